@@ -1,0 +1,45 @@
+# agent-sidecar: `make demo` runs the whole path end to end; `make test` is what CI runs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint unit rego bench proto install-check clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo/run.py
+
+test: lint unit rego
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest
+
+rego: $(STAMP)
+	$(BIN)/agent-sidecar policy test rego/
+
+bench: $(STAMP)
+	$(BIN)/python bench/relay_overhead.py
+
+proto: $(STAMP)
+	$(BIN)/python tools/gen_proto.py
+
+# What the Dockerfile does: a plain, non-editable `pip install .` into a fresh venv.
+install-check:
+	rm -rf build/install-check && $(PYTHON) -m venv build/install-check
+	build/install-check/bin/python -m pip install -q --disable-pip-version-check .
+	cd /tmp && $(CURDIR)/build/install-check/bin/agent-sidecar --help >/dev/null
+	cd /tmp && $(CURDIR)/build/install-check/bin/agent-sidecar policy test $(CURDIR)/rego
+	rm -rf build/install-check
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

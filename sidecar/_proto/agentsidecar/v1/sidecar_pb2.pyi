@@ -1,0 +1,79 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CallToolRequest(_message.Message):
+    __slots__ = ("tool", "arguments_json", "task_id", "intent")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    arguments_json: str
+    task_id: str
+    intent: str
+    def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ...) -> None: ...
+
+class CheckRequest(_message.Message):
+    __slots__ = ("tool", "arguments_json", "task_id", "intent")
+    TOOL_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    tool: str
+    arguments_json: str
+    task_id: str
+    intent: str
+    def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ...) -> None: ...
+
+class Decision(_message.Message):
+    __slots__ = ("decision_id", "effect", "reasons", "code", "obligations_json", "policy_revision", "approval_id")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    EFFECT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    OBLIGATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    effect: str
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    code: str
+    obligations_json: str
+    policy_revision: str
+    approval_id: str
+    def __init__(self, decision_id: _Optional[str] = ..., effect: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., code: _Optional[str] = ..., obligations_json: _Optional[str] = ..., policy_revision: _Optional[str] = ..., approval_id: _Optional[str] = ...) -> None: ...
+
+class CallToolResponse(_message.Message):
+    __slots__ = ("decision", "upstream_status", "content_type", "body")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    upstream_status: int
+    content_type: str
+    body: bytes
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., upstream_status: _Optional[int] = ..., content_type: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class CheckResponse(_message.Message):
+    __slots__ = ("decision",)
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ...) -> None: ...
+
+class CallError(_message.Message):
+    __slots__ = ("code", "decision", "upstream_status", "upstream_body")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_BODY_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    decision: Decision
+    upstream_status: int
+    upstream_body: bytes
+    def __init__(self, code: _Optional[str] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., upstream_status: _Optional[int] = ..., upstream_body: _Optional[bytes] = ...) -> None: ...

@@ -1,0 +1,135 @@
+"""Audit records: one JSON line per call (allowed, denied or failed), written before the
+answer goes back to the agent.
+
+A record answers: who called which tool, with what, under which policy, what was decided and
+what came back. Argument values and results appear only as the decision's ``log`` obligation
+allows: ``full`` (as sent), ``redacted`` (detected data classes replaced) or ``metadata``
+(argument names and sizes only, the default and what every failed call gets). Credentials are
+never part of a record: the sidecar never puts them in the structures recorded here.
+
+Writers implement :class:`AuditSink`; hash chaining and other sinks plug in behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sidecar.classify import DETECTORS, redact
+from sidecar.errors import SidecarError
+
+__all__ = ["AuditError", "AuditSink", "CallRecord", "JsonlFileSink", "payload_view"]
+
+RECORD_VERSION = 1
+_RESULT_LIMIT = 4096
+
+
+class AuditError(SidecarError):
+    """A record could not be written; the call fails closed with ``audit_unavailable``."""
+
+
+class AuditSink(Protocol):
+    def write(self, record: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class CallRecord:
+    """What is known about one call; becomes one audit line via :meth:`to_dict`."""
+
+    decision_id: str
+    rpc: str
+    time_ns: int
+    subject: dict[str, Any] | None = None
+    action: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None
+    delegation: list[str] = field(default_factory=list)
+    policy: dict[str, Any] | None = None
+    decision: dict[str, Any] | None = None
+    status: str = "OK"
+    code: str = "ok"
+    message: str = ""
+    relayed: bool = False
+    upstream: dict[str, Any] | None = None
+    latency_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "record_version": RECORD_VERSION,
+            "type": "call",
+            "time": datetime.fromtimestamp(self.time_ns / 1e9, UTC).isoformat(),
+            "time_ns": self.time_ns,
+            "decision_id": self.decision_id,
+            "rpc": self.rpc,
+            "subject": self.subject,
+            "action": self.action,
+            "task": self.task,
+            "delegation": self.delegation,
+            "policy": self.policy,
+            "decision": self.decision,
+            "outcome": {
+                "status": self.status,
+                "code": self.code,
+                "message": self.message,
+                "relayed": self.relayed,
+            },
+            "upstream": self.upstream,
+            "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
+        }
+        return out
+
+
+def payload_view(value: Any, log: str) -> dict[str, Any]:
+    """How arguments (or a result) appear in a record under a ``log`` obligation."""
+    if log == "full":
+        return {"log": "full", "value": value}
+    if log == "redacted":
+        return {"log": "redacted", "value": redact(value, [d.name for d in DETECTORS])}
+    if isinstance(value, dict):
+        return {"log": "metadata", "keys": sorted(value)}
+    return {"log": "metadata"}
+
+
+def result_view(body: bytes, content_type: str, log: str) -> dict[str, Any]:
+    """The upstream's answer as recorded: size and type always, content per ``log``."""
+    out: dict[str, Any] = {"bytes": len(body), "content_type": content_type}
+    if log in ("full", "redacted"):
+        text = body[:_RESULT_LIMIT].decode("utf-8", errors="replace")
+        out["truncated"] = len(body) > _RESULT_LIMIT
+        out["body"] = text if log == "full" else redact(text, [d.name for d in DETECTORS])
+    return out
+
+
+class JsonlFileSink:
+    """Appends one JSON line per record; flushed (and optionally fsynced) before returning."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self._fsync = fsync
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot open audit log: {exc.strerror}") from exc
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+        with self._lock:
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+                if self._fsync:
+                    os.fsync(self._file.fileno())
+            except (OSError, ValueError) as exc:
+                raise AuditError(f"{self.path}: cannot write audit record: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()

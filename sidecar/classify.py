@@ -1,0 +1,121 @@
+"""Data classes found in call arguments, and redaction of them.
+
+Detectors are regular expressions plus a validity check where one exists (Luhn for card
+numbers, area/group rules for SSNs), so near misses such as order numbers are not flagged.
+The classes found go into ``input.action.data_classes``; the ``redact`` obligation and the
+``redacted`` log level replace matches with typed placeholders (``[REDACTED:email]``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["DETECTORS", "Detector", "classify", "redact"]
+
+
+@dataclass(frozen=True)
+class Detector:
+    name: str
+    pattern: re.Pattern[str]
+    valid: Callable[[str], bool] = lambda _: True
+
+    def matches(self, text: str) -> Iterable[re.Match[str]]:
+        return (m for m in self.pattern.finditer(text) if self.valid(m.group(0)))
+
+
+def _luhn(candidate: str) -> bool:
+    digits = [int(c) for c in candidate if c.isdigit()]
+    if not 13 <= len(digits) <= 19:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _ssn(candidate: str) -> bool:
+    area, group, serial = candidate.split("-")
+    return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
+
+
+DETECTORS: tuple[Detector, ...] = (
+    Detector(
+        "private_key",
+        re.compile(
+            r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z]+ )?PRIVATE KEY-----"
+        ),
+    ),
+    Detector(
+        "secret",
+        re.compile(
+            r"\b(?:sk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}"  # OpenAI / Anthropic keys
+            r"|gh[pousr]_[A-Za-z0-9]{36,}"  # GitHub tokens
+            r"|github_pat_[A-Za-z0-9_]{40,}"
+            r"|xox[abprs]-[A-Za-z0-9-]{10,}"  # Slack tokens
+            r"|AKIA[0-9A-Z]{16}"  # AWS access key ids
+            r"|AIza[0-9A-Za-z_-]{35}"  # Google API keys
+            r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"  # JWTs
+        ),
+    ),
+    Detector(
+        "email",
+        re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    ),
+    Detector("credit_card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), _luhn),
+    Detector("us_ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), _ssn),
+)
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
+
+
+def classify(value: Any, detectors: Iterable[Detector] = DETECTORS) -> list[str]:
+    """Sorted names of the data classes found anywhere in a JSON value (keys included)."""
+    detectors = tuple(detectors)
+    found = set()
+    for text in _strings(value):
+        for detector in detectors:
+            if detector.name not in found and any(True for _ in detector.matches(text)):
+                found.add(detector.name)
+    return sorted(found)
+
+
+def redact(value: Any, classes: Iterable[str], detectors: Iterable[Detector] = DETECTORS) -> Any:
+    """A copy of a JSON value with every match of ``classes`` replaced by ``[REDACTED:class]``."""
+    wanted = set(classes)
+    active = tuple(d for d in detectors if d.name in wanted)
+    if not active:
+        return value
+
+    def text(s: str) -> str:
+        for detector in active:  # most specific first: keys before emails inside them
+            s = detector.pattern.sub(
+                lambda m, d=detector: f"[REDACTED:{d.name}]" if d.valid(m.group(0)) else m.group(0),
+                s,
+            )
+        return s
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return text(v)
+        if isinstance(v, dict):
+            return {text(str(k)): walk(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [walk(x) for x in v]
+        return v
+
+    return walk(value)

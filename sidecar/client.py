@@ -1,0 +1,250 @@
+"""The agent-side SDK: what an agent imports to call tools through its sidecar.
+
+    from sidecar.client import SidecarClient, PolicyDenied, StepUpRequired
+
+    with SidecarClient("127.0.0.1:7443") as sidecar:
+        try:
+            result = sidecar.call_tool("tickets.get", {"id": "7"})
+            print(result.json())
+        except PolicyDenied as denied:
+            print(denied.reasons, denied.decision_id)
+
+Exceptions (all carry ``code``, ``decision_id`` and ``reasons`` when the sidecar sent them)::
+
+    SidecarCallError
+    ├── PolicyDenied         PERMISSION_DENIED: policy said no (or could not say yes)
+    ├── StepUpRequired       FAILED_PRECONDITION + approval_required: a human must approve
+    ├── Unauthenticated      UNAUTHENTICATED: the sidecar could not attest this agent
+    ├── InvalidRequest       INVALID_ARGUMENT / NOT_FOUND: fix the call, do not retry it
+    ├── Unavailable          UNAVAILABLE / DEADLINE_EXCEEDED: the sidecar or upstream is down
+    └── UpstreamError        any other status: the upstream answered with an error
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_status import rpc_status
+
+from sidecar._proto.agentsidecar.v1 import sidecar_pb2
+from sidecar.errors import SidecarError
+
+__all__ = [
+    "Decision",
+    "InvalidRequest",
+    "PolicyDenied",
+    "SidecarCallError",
+    "SidecarClient",
+    "StepUpRequired",
+    "ToolResult",
+    "Unauthenticated",
+    "Unavailable",
+    "UpstreamError",
+]
+
+_SERVICE = "/agentsidecar.v1.Sidecar/"
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision_id: str
+    effect: str
+    reasons: tuple[str, ...]
+    code: str
+    obligations: dict[str, Any]
+    policy_revision: str
+    approval_id: str
+
+    @classmethod
+    def from_message(cls, msg: sidecar_pb2.Decision) -> Decision:
+        return cls(
+            decision_id=msg.decision_id,
+            effect=msg.effect,
+            reasons=tuple(msg.reasons),
+            code=msg.code,
+            obligations=json.loads(msg.obligations_json) if msg.obligations_json else {},
+            policy_revision=msg.policy_revision,
+            approval_id=msg.approval_id,
+        )
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    decision: Decision
+    status: int
+    content_type: str
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+class SidecarCallError(SidecarError):
+    """A call the sidecar did not complete. ``status`` is the gRPC status code."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: grpc.StatusCode,
+        code: str,
+        decision: Decision | None,
+        upstream_status: int = 0,
+        upstream_body: bytes = b"",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.decision = decision
+        self.upstream_status = upstream_status
+        self.upstream_body = upstream_body
+
+    @property
+    def decision_id(self) -> str:
+        return self.decision.decision_id if self.decision else ""
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return self.decision.reasons if self.decision else ()
+
+
+class PolicyDenied(SidecarCallError):
+    pass
+
+
+class StepUpRequired(SidecarCallError):
+    @property
+    def approval_id(self) -> str:
+        return self.decision.approval_id if self.decision else ""
+
+
+class Unauthenticated(SidecarCallError):
+    pass
+
+
+class InvalidRequest(SidecarCallError):
+    pass
+
+
+class Unavailable(SidecarCallError):
+    pass
+
+
+class UpstreamError(SidecarCallError):
+    pass
+
+
+class SidecarClient:
+    """A small blocking client of the agent API (``127.0.0.1:PORT`` or ``unix:PATH``)."""
+
+    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._timeout = timeout_s
+        self._call_tool = self._channel.unary_unary(
+            _SERVICE + "CallTool",
+            request_serializer=sidecar_pb2.CallToolRequest.SerializeToString,
+            response_deserializer=sidecar_pb2.CallToolResponse.FromString,
+        )
+        self._check = self._channel.unary_unary(
+            _SERVICE + "Check",
+            request_serializer=sidecar_pb2.CheckRequest.SerializeToString,
+            response_deserializer=sidecar_pb2.CheckResponse.FromString,
+        )
+
+    def call_tool(
+        self,
+        tool: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        task_id: str = "",
+        intent: str = "",
+        timeout_s: float | None = None,
+    ) -> ToolResult:
+        """Call a tool; returns its result or raises a :class:`SidecarCallError` subclass."""
+        request = sidecar_pb2.CallToolRequest(
+            tool=tool, arguments_json=_encode(arguments), task_id=task_id, intent=intent
+        )
+        try:
+            response = self._call_tool(request, timeout=timeout_s or self._timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        return ToolResult(
+            decision=Decision.from_message(response.decision),
+            status=response.upstream_status,
+            content_type=response.content_type,
+            body=response.body,
+        )
+
+    def check(
+        self,
+        tool: str,
+        arguments: dict[str, Any] | None = None,
+        *,
+        task_id: str = "",
+        intent: str = "",
+        timeout_s: float | None = None,
+    ) -> Decision:
+        """Ask what policy would decide; nothing is relayed. Returns allow, deny or step_up."""
+        request = sidecar_pb2.CheckRequest(
+            tool=tool, arguments_json=_encode(arguments), task_id=task_id, intent=intent
+        )
+        try:
+            response = self._check(request, timeout=timeout_s or self._timeout)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        return Decision.from_message(response.decision)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> SidecarClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _encode(arguments: dict[str, Any] | None) -> str:
+    return json.dumps(arguments or {}, separators=(",", ":"), allow_nan=False)
+
+
+def _translate(exc: grpc.RpcError) -> SidecarCallError:
+    status = exc.code()  # type: ignore[attr-defined]
+    message = exc.details() or status.name  # type: ignore[attr-defined]
+    code, decision, upstream_status, upstream_body = status.name.lower(), None, 0, b""
+    rich = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    if rich is not None:
+        for detail in rich.details:
+            error = sidecar_pb2.CallError()
+            if detail.Unpack(error):
+                code = error.code
+                upstream_status, upstream_body = error.upstream_status, error.upstream_body
+                if error.HasField("decision"):
+                    decision = Decision.from_message(error.decision)
+    kwargs = {
+        "status": status,
+        "code": code,
+        "decision": decision,
+        "upstream_status": upstream_status,
+        "upstream_body": upstream_body,
+    }
+    S = grpc.StatusCode
+    if code == "approval_required":
+        return StepUpRequired(message, **kwargs)
+    if upstream_status:
+        return UpstreamError(message, **kwargs)
+    cls: type[SidecarCallError] = {
+        S.PERMISSION_DENIED: PolicyDenied,
+        S.UNAUTHENTICATED: Unauthenticated,
+        S.INVALID_ARGUMENT: InvalidRequest,
+        S.NOT_FOUND: InvalidRequest,
+        S.UNAVAILABLE: Unavailable,
+        S.DEADLINE_EXCEEDED: Unavailable,
+    }.get(status, UpstreamError)
+    return cls(message, **kwargs)

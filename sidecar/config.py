@@ -1,0 +1,332 @@
+"""YAML configuration -> frozen, typed settings, validated once before anything listens.
+
+Every section starts from named defaults (the dataclass field defaults below are the reference;
+``docs/configuration.md`` lists them). Loading is strict: an unknown key, a wrong type, a bad
+value or a missing file raises :class:`ConfigError` naming the file and the dotted key.
+Relative paths are resolved against the config file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+
+from sidecar.errors import SidecarError
+
+__all__ = [
+    "AuditSettings",
+    "ConfigError",
+    "IdentitySettings",
+    "PolicySettings",
+    "RelaySettings",
+    "ServerSettings",
+    "Settings",
+    "TargetSettings",
+    "ToolSettings",
+    "load_settings",
+    "parse_settings",
+]
+
+MIB = 1024 * 1024
+SPIFFE_ID_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$")
+_PATH_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(SidecarError):
+    """The configuration cannot be used; the message names the file and the key."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The agent-facing gRPC listener."""
+
+    # grpc addresses: "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" or "unix:///path".
+    listen: tuple[str, ...] = ("127.0.0.1:7443",)
+    # Largest request the sidecar decodes; larger ones get INVALID_ARGUMENT (request_too_large).
+    max_request_bytes: int = 1 * MIB
+    # Seconds in-flight calls get to finish on SIGTERM.
+    grace_s: float = 5.0
+    reflection: bool = True
+
+    def __post_init__(self) -> None:
+        _check(len(self.listen) > 0, "listen: at least one address is required")
+        for address in self.listen:
+            _check_loopback(address)
+        _check(self.max_request_bytes > 0, "max_request_bytes: must be > 0")
+        _check(self.grace_s >= 0, "grace_s: must be >= 0")
+
+
+def _check_loopback(address: str) -> None:
+    """The agent API is for the agent beside us only: loopback or a unix socket."""
+    if address.startswith("unix:"):
+        _check(len(address) > len("unix:"), f"listen: {address!r} names no socket path")
+        return
+    host, sep, port = address.rpartition(":")
+    _check(bool(sep) and port.isdigit(), f"listen: {address!r} is not HOST:PORT or unix:PATH")
+    host = host.strip("[]")
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    _check(
+        loopback,
+        f"listen: {address!r} is not a loopback address or unix socket; "
+        "the agent API must not be reachable from outside the pod",
+    )
+
+
+@dataclass(frozen=True)
+class IdentitySettings:
+    """Who the caller is. ``static`` is for local development only and is logged as insecure."""
+
+    mode: Literal["static"] = "static"
+    spiffe_id: str = ""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.spiffe_id), "spiffe_id: required when mode is static")
+        _check(
+            SPIFFE_ID_RE.match(self.spiffe_id) is not None,
+            f"spiffe_id: {self.spiffe_id!r} is not a SPIFFE ID (spiffe://trust-domain/path)",
+        )
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Where decisions come from."""
+
+    engine: Literal["embedded"] = "embedded"
+    dir: Path = Path("rego")
+    query: str = "data.agentsidecar.authz.decision"
+    timeout_ms: int = 250
+    # Interpreters evaluated in parallel (each holds its own compiled copy of the policy).
+    workers: int = 4
+
+    def __post_init__(self) -> None:
+        _check(
+            re.fullmatch(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+", self.query) is not None,
+            f"query: {self.query!r} is not a data reference like data.agentsidecar.authz.decision",
+        )
+        _check(self.timeout_ms > 0, "timeout_ms: must be > 0")
+        _check(1 <= self.workers <= 64, "workers: must be between 1 and 64")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """Where audit records go (one JSON line per call)."""
+
+    path: Path = Path("audit.log")
+    # fsync after every record: durable across power loss, at a cost per call.
+    fsync: bool = False
+
+
+@dataclass(frozen=True)
+class RelaySettings:
+    """How allowed calls reach their upstreams."""
+
+    # Calls relayed at once; further calls wait for a slot (within their deadline).
+    max_concurrency: int = 32
+    max_response_bytes: int = 4 * MIB
+
+    def __post_init__(self) -> None:
+        _check(self.max_concurrency > 0, "max_concurrency: must be > 0")
+        _check(self.max_response_bytes > 0, "max_response_bytes: must be > 0")
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """An upstream service that tools are relayed to."""
+
+    base_url: str
+    timeout_s: float = 10.0
+    # PEM bundle to verify an https upstream with (default: the system's CAs).
+    ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        _check(
+            parts.scheme in ("http", "https") and bool(parts.hostname),
+            f"base_url: {self.base_url!r} is not an http(s) URL",
+        )
+        _check(
+            not parts.query and not parts.fragment and not parts.username,
+            f"base_url: {self.base_url!r} must not carry a query, fragment or credentials",
+        )
+        _check(self.timeout_s > 0, "timeout_s: must be > 0")
+
+
+@dataclass(frozen=True)
+class ToolSettings:
+    """One tool an agent may call: which upstream, which operation kind, which request."""
+
+    target: str
+    operation: Literal["read", "act", "delegate"]
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+    # Path under the target's base_url; {name} placeholders are filled from the arguments.
+    path: str
+    timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.path.startswith("/"), f"path: {self.path!r} must start with '/'")
+        _check("?" not in self.path and "#" not in self.path, "path: no query or fragment")
+        _check(self.timeout_s is None or self.timeout_s > 0, "timeout_s: must be > 0")
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(_PATH_PARAM_RE.findall(self.path))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration. Build it with :func:`load_settings`."""
+
+    identity: IdentitySettings
+    server: ServerSettings = field(default_factory=ServerSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
+    targets: Mapping[str, TargetSettings] = field(default_factory=dict)
+    tools: Mapping[str, ToolSettings] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, tool in self.tools.items():
+            if tool.target not in self.targets:
+                raise _KeyedError(
+                    f"tools.{name}.target",
+                    f"{tool.target!r} is not a configured target (targets: "
+                    f"{', '.join(sorted(self.targets)) or 'none'})",
+                )
+
+
+class _KeyedError(ValueError):
+    """A validation error that knows the full dotted key it belongs to."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def load_settings(path: str | Path) -> Settings:
+    """Read and validate the YAML config at ``path``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: config file not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_settings(raw if raw is not None else {}, source=path)
+
+
+def parse_settings(raw: Any, *, source: Path) -> Settings:
+    """Validate an already-parsed mapping; ``source`` names the file in errors and anchors paths."""
+    try:
+        settings = _convert(Settings, raw, "", source.parent)
+    except _KeyedError as exc:
+        raise ConfigError(f"{source}: {exc.key}: {exc}") from None
+    return settings
+
+
+def _convert(tp: Any, value: Any, key: str, base: Path) -> Any:
+    where = key or "(top level)"
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise _KeyedError(where, f"expected a mapping, got {_kind(value)}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(map(str, value)) - set(fields))
+        if unknown:
+            known = ", ".join(sorted(fields))
+            raise _KeyedError(_join(key, unknown[0]), f"unknown key (known keys: {known})")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _convert(hints[name], value[name], _join(key, name), base)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise _KeyedError(_join(key, name), "required key is missing")
+        try:
+            return tp(**kwargs)
+        except _KeyedError:
+            raise
+        except ValueError as exc:
+            message = str(exc)
+            field_name, sep, rest = message.partition(": ")
+            if sep and field_name in fields:
+                raise _KeyedError(_join(key, field_name), rest) from None
+            raise _KeyedError(where, message) from None
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise _KeyedError(where, f"{value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(args[0], value, key, base)
+    if origin is tuple:
+        (item,) = typing.get_args(tp)[:1]
+        if isinstance(value, str) or not isinstance(value, list):
+            raise _KeyedError(where, f"expected a list, got {_kind(value)}")
+        return tuple(_convert(item, v, f"{key}[{i}]", base) for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        _, item = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise _KeyedError(where, f"expected a mapping, got {_kind(value)}")
+        return types.MappingProxyType(
+            {str(k): _convert(item, v, _join(key, str(k)), base) for k, v in value.items()}
+        )
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise _KeyedError(where, f"expected a path, got {_kind(value)}")
+        return (base / value).resolve()
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _KeyedError(where, f"expected true or false, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _KeyedError(where, f"expected an integer, got {_kind(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _KeyedError(where, f"expected a number, got {_kind(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _KeyedError(where, f"expected a string, got {_kind(value)}")
+        return value
+    raise TypeError(f"config type {tp!r} has no converter")  # a bug in this module
+
+
+def _join(key: str, name: str) -> str:
+    return f"{key}.{name}" if key else name
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names.update({list: "a list", dict: "a mapping"})
+    return names.get(type(value), type(value).__name__)

@@ -1,0 +1,64 @@
+"""Outcomes on the wire: every stable code and the gRPC status it is answered with.
+
+One table, so the server, the SDK and the docs agree. Codes are snake_case, never renamed, and
+double as audit and metrics labels (bounded: the keys of ``STATUS_BY_CODE``).
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from sidecar.policy.decision import CODES as DECISION_CODES
+
+__all__ = ["STATUS_BY_CODE", "status_for", "status_for_http"]
+
+_S = grpc.StatusCode
+
+STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
+    "ok": _S.OK,
+    "approval_required": _S.FAILED_PRECONDITION,
+    # request
+    "request_too_large": _S.INVALID_ARGUMENT,
+    "malformed_request": _S.INVALID_ARGUMENT,
+    "invalid_arguments": _S.INVALID_ARGUMENT,
+    "unknown_tool": _S.NOT_FOUND,
+    # identity
+    "unauthenticated": _S.UNAUTHENTICATED,
+    "invalid_spiffe_id": _S.UNAUTHENTICATED,
+    # enforcement and relay
+    "credential_unavailable": _S.UNAVAILABLE,
+    "deadline_exceeded": _S.DEADLINE_EXCEEDED,
+    "upstream_unavailable": _S.UNAVAILABLE,
+    "upstream_timeout": _S.UNAVAILABLE,
+    "upstream_response_too_large": _S.RESOURCE_EXHAUSTED,
+    "audit_unavailable": _S.UNAVAILABLE,
+    "internal_error": _S.INTERNAL,
+}
+# Every policy failure, and policy's own deny, is PERMISSION_DENIED.
+for _code in DECISION_CODES:
+    STATUS_BY_CODE.setdefault(_code, _S.PERMISSION_DENIED)
+
+_HTTP: dict[int, grpc.StatusCode] = {
+    400: _S.INVALID_ARGUMENT,
+    401: _S.PERMISSION_DENIED,  # the sidecar's credential was refused, not the agent's identity
+    403: _S.PERMISSION_DENIED,
+    404: _S.NOT_FOUND,
+    409: _S.ABORTED,
+    412: _S.FAILED_PRECONDITION,
+    422: _S.INVALID_ARGUMENT,
+    429: _S.RESOURCE_EXHAUSTED,
+    501: _S.UNIMPLEMENTED,
+}
+
+
+def status_for(code: str) -> grpc.StatusCode:
+    return STATUS_BY_CODE[code]
+
+
+def status_for_http(status: int) -> grpc.StatusCode:
+    """The gRPC status an upstream's non-2xx HTTP answer is relayed as."""
+    if status in _HTTP:
+        return _HTTP[status]
+    if 500 <= status <= 599:
+        return _S.UNAVAILABLE
+    return _S.FAILED_PRECONDITION  # other 4xx, and 3xx (redirects are never followed)

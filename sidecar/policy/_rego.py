@@ -1,0 +1,165 @@
+"""The one module that talks to regopy (rego-cpp). Its errors are translated here, once.
+
+Two regopy behaviours shape this module:
+
+* ``regopy.Input`` mis-encodes strings holding quotes or backslashes, so input is passed as a
+  JSON term (``set_input_term``), which round-trips every JSON value exactly (tested).
+* Errors are not raised, and ``ok()`` is not enough: an evaluation error may come back as an
+  output that is not ``ok()`` (its messages are in an error node tree), or as an ``ok()``
+  output whose text is an ``(error ...)`` s-expression, or (rego-cpp bugs) as text that is not
+  valid JSON. All three are :class:`EvalError` here, so the caller denies. regopy's own
+  ``Output`` class is bypassed because it raises ``JSONDecodeError`` on the last two.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import regopy
+from regopy import Interpreter, NodeKind
+from regopy.rego_shared import (
+    rego_bundle_query,
+    rego_free_output,
+    rego_node_get,
+    rego_node_size,
+    rego_node_type,
+    rego_node_value,
+    rego_output_node,
+    rego_output_ok,
+    rego_output_string,
+    rego_query,
+)
+
+from sidecar.policy.compat import RegoModule, check_builtins
+from sidecar.policy.errors import PolicyLoadError
+
+__all__ = ["ENGINE_VERSION", "CompiledQuery", "EvalError", "new_interpreter", "query_once"]
+
+ENGINE_VERSION = f"regopy {regopy.rego_version()}"
+_BINDING = "result"
+_ERRORMSG = re.compile(r"\(errormsg \d+:([^\n]*)\)")
+
+
+class EvalError(Exception):
+    """rego-cpp reported errors while evaluating (strict built-in errors included)."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("; ".join(messages) or "unknown evaluation error")
+        self.messages = messages
+
+
+def new_interpreter(modules: Iterable[RegoModule], data: Any) -> Interpreter:
+    """An interpreter with strict built-in errors, the modules and the data loaded.
+
+    Refuses (``UnsupportedBuiltinError``) a module that calls a built-in rego-cpp lacks.
+    """
+    modules = list(modules)
+    interp = Interpreter()
+    interp.strict_built_in_errors = True
+    check_builtins(modules, interp.is_builtin)
+    for module in modules:
+        try:
+            interp.add_module(module.path, module.source)
+        except (regopy.RegoError, ValueError) as exc:
+            raise PolicyLoadError(f"{module.path}: does not compile: {_first_line(exc)}") from exc
+    try:
+        interp.add_data_json(json.dumps(data))
+    except (regopy.RegoError, ValueError) as exc:
+        raise PolicyLoadError(f"data documents are not accepted by the engine: {exc}") from exc
+    return interp
+
+
+class CompiledQuery:
+    """One interpreter with ``query`` compiled once into a bundle; not thread-safe by itself."""
+
+    def __init__(self, modules: Iterable[RegoModule], data: Any, query: str) -> None:
+        self._interp = new_interpreter(modules, data)
+        try:
+            self._bundle = self._interp.build(f"{_BINDING} = {query}")
+        except (regopy.RegoError, ValueError) as exc:
+            raise PolicyLoadError(f"policy does not compile: {_first_line(exc)}") from exc
+        if not self._bundle.ok():
+            raise PolicyLoadError("policy does not compile (the engine built no plan)")
+
+    def evaluate(self, input_json: str) -> tuple[bool, Any]:
+        """Return ``(defined, value)``; raise :class:`EvalError` on any engine error."""
+        try:
+            self._interp.set_input_term(input_json)
+        except (regopy.RegoError, ValueError) as exc:
+            raise EvalError([f"input rejected: {_first_line(exc)}"]) from exc
+        doc = _run(lambda: rego_bundle_query(self._interp._impl, self._bundle._impl))
+        if doc is None or _BINDING not in doc.get("bindings", {}):
+            return False, None
+        return True, doc["bindings"][_BINDING]
+
+
+def query_once(interp: Interpreter, query: str) -> tuple[bool, Any]:
+    """Evaluate an ad-hoc query (used by the test runner); same contract as ``evaluate``."""
+    doc = _run(lambda: rego_query(interp._impl, query))
+    if doc is None or not doc.get("expressions"):
+        return False, None
+    return True, doc["expressions"][0]
+
+
+def _run(call: Any) -> dict[str, Any] | None:
+    """Run a query call and return its first result, None when undefined, or raise."""
+    output = call()
+    if not output:
+        raise EvalError(["the engine returned no output"])
+    try:
+        if not rego_output_ok(output):
+            raise EvalError(_error_nodes(output))
+        text = rego_output_string(output)
+    except regopy.RegoError as exc:
+        raise EvalError([_first_line(exc)]) from exc
+    finally:
+        rego_free_output(output)
+    if text.strip() == "undefined":
+        return None
+    if text.lstrip().startswith("(error"):
+        raise EvalError(_ERRORMSG.findall(text) or ["evaluation error"])
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvalError([f"the engine produced malformed output ({exc.msg})"]) from exc
+    if isinstance(doc, list):
+        if len(doc) != 1:
+            raise EvalError([f"the query produced {len(doc)} results, expected exactly one"])
+        doc = doc[0]
+    if not isinstance(doc, dict):
+        raise EvalError(["the engine produced an output of an unexpected shape"])
+    return doc
+
+
+def _error_nodes(output: Any) -> list[str]:
+    """Messages (with their rego-cpp codes) from an error output's node tree."""
+    messages: list[str] = []
+    root = rego_output_node(output)
+    if not root:
+        return ["evaluation error"]
+
+    def walk(node: Any, current: list[str]) -> None:
+        kind = rego_node_type(node)
+        if kind == NodeKind.ErrorMessage:
+            current.append(rego_node_value(node))
+        elif kind == NodeKind.ErrorCode:
+            current.append(f"({rego_node_value(node)})")
+        elif kind == NodeKind.ErrorAst:
+            return
+        for i in range(rego_node_size(node)):
+            walk(rego_node_get(node, i), current)
+
+    for i in range(rego_node_size(root)):
+        parts: list[str] = []
+        walk(rego_node_get(root, i), parts)
+        if parts:
+            messages.append(" ".join(parts))
+    return messages or ["evaluation error"]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

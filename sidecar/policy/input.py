@@ -1,0 +1,91 @@
+"""Policy input, version 1: a pure function of facts the sidecar has established.
+
+The shape is the contract in ``docs/policy-contract.md`` and the JSON schema
+``rego/schemas/input.v1.json``. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sidecar.identity.subject import Subject
+
+__all__ = ["INPUT_VERSION", "Action", "ApprovalInfo", "TaskInfo", "build_input"]
+
+INPUT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Action:
+    """What the caller wants to do."""
+
+    kind: Literal["tool", "model"]
+    name: str
+    operation: Literal["read", "act", "delegate"]
+    target: str
+    arguments: Mapping[str, Any]
+    data_classes: Sequence[str] = ()
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """The task a call runs under. Counters are present once the sidecar tracks tasks."""
+
+    id: str
+    intent: str = ""
+    calls: int | None = None
+    tokens: int | None = None
+    age_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ApprovalInfo:
+    """A human approval of this exact request; present only when valid and unused."""
+
+    id: str
+    approved_by: str
+    approved_at_ns: int
+
+
+def build_input(
+    *,
+    request_id: str,
+    time_ns: int,
+    subject: Subject,
+    action: Action,
+    task: TaskInfo | None = None,
+    delegation_chain: Sequence[str] = (),
+    approval: ApprovalInfo | None = None,
+) -> dict[str, Any]:
+    """Return the input v1 document for one request."""
+    doc: dict[str, Any] = {
+        "version": INPUT_VERSION,
+        "request_id": request_id,
+        "time_ns": time_ns,
+        "subject": subject.to_input(),
+        "action": {
+            "kind": action.kind,
+            "name": action.name,
+            "operation": action.operation,
+            "target": action.target,
+            "arguments": dict(action.arguments),
+            "data_classes": sorted(set(action.data_classes)),
+        },
+        "delegation": {"chain": list(delegation_chain), "depth": len(delegation_chain)},
+    }
+    if task is not None:
+        task_doc: dict[str, Any] = {"id": task.id, "intent": task.intent}
+        for key in ("calls", "tokens", "age_s"):
+            value = getattr(task, key)
+            if value is not None:
+                task_doc[key] = value
+        doc["task"] = task_doc
+    if approval is not None:
+        doc["approval"] = {
+            "id": approval.id,
+            "approved_by": approval.approved_by,
+            "approved_at_ns": approval.approved_at_ns,
+        }
+    return doc

@@ -1,0 +1,168 @@
+"""Run Rego unit tests (``test_*`` rules in ``*_test.rego``) with the embedded engine.
+
+The files are ordinary OPA test files, so ``opa test DIR`` runs the same suite on real OPA.
+Like ``opa test``: a test passes when its rule is true; false or undefined fails; an engine
+error is an error; rules named ``todo_test_*`` are skipped.
+
+Tests run in a worker subprocess that reports one JSON line per test. rego-cpp can crash the
+process on some ``with`` forms (see ``compat.risky_with_forms``); when the worker dies, the
+test it was running is reported as an ERROR naming the crash, and a new worker carries on
+with the rest, so one bad test never hides the others.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sidecar.policy._rego import new_interpreter
+from sidecar.policy.compat import risky_with_forms
+from sidecar.policy.source import load_policy_dir
+
+__all__ = ["TestCase", "TestOutcome", "TestResult", "discover_tests", "run_tests", "warnings"]
+
+_TEST_RULE = re.compile(r"^((?:todo_)?test_\w+)\s*(?:if\b|\{|:=|=)", re.MULTILINE)
+
+
+class TestOutcome:
+    PASS = "PASS"  # noqa: S105 (a test outcome, not a password)
+    FAIL = "FAIL"
+    ERROR = "ERROR"
+    SKIP = "SKIPPED"
+
+
+@dataclass(frozen=True)
+class TestCase:
+    package: str
+    name: str
+    file: str
+    line: int
+
+    @property
+    def ref(self) -> str:
+        return f"data.{self.package}.{self.name}"
+
+
+@dataclass(frozen=True)
+class TestResult:
+    case: TestCase
+    outcome: str
+    duration_s: float
+    message: str = ""
+
+
+def discover_tests(policy_dir: str | Path) -> list[TestCase]:
+    source = load_policy_dir(policy_dir, include_tests=True)
+    cases: dict[str, TestCase] = {}
+    for module in source.modules:
+        if not module.path.endswith("_test.rego"):
+            continue
+        code = module.code
+        for match in _TEST_RULE.finditer(code):
+            case = TestCase(
+                package=module.package,
+                name=match.group(1),
+                file=module.path,
+                line=code.count("\n", 0, match.start()) + 1,
+            )
+            cases.setdefault(case.ref, case)  # incremental definitions are one test
+    return list(cases.values())
+
+
+def warnings(policy_dir: str | Path) -> list[str]:
+    """``file:line: why`` for each test-file construct the embedded engine mishandles."""
+    source = load_policy_dir(policy_dir, include_tests=True)
+    return [
+        f"{module.path}:{line}: {why}; rewrite it or check this test with `opa test`"
+        for module in source.modules
+        if module.path.endswith("_test.rego")
+        for line, why in risky_with_forms(module)
+    ]
+
+
+def run_tests(
+    policy_dir: str | Path,
+    *,
+    run: str | None = None,
+    on_result: Callable[[TestResult], None] | None = None,
+) -> list[TestResult]:
+    """Run every (matching) test; raises ``PolicyLoadError`` if the policy cannot load."""
+    source = load_policy_dir(policy_dir, include_tests=True)
+    new_interpreter(source.modules, source.data)  # load errors surface here, not in the worker
+    pattern = re.compile(run) if run else None
+    cases = [c for c in discover_tests(policy_dir) if pattern is None or pattern.search(c.ref)]
+    results: list[TestResult] = []
+
+    def record(result: TestResult) -> None:
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+
+    pending = []
+    for case in cases:
+        if case.name.startswith("todo_"):
+            record(TestResult(case, TestOutcome.SKIP, 0.0))
+        else:
+            pending.append(case)
+    while pending:
+        pending = _run_worker(Path(policy_dir), pending, record)
+    return results
+
+
+def _run_worker(
+    policy_dir: Path, cases: list[TestCase], record: Callable[[TestResult], None]
+) -> list[TestCase]:
+    """Run ``cases`` in one worker; return those not yet run if the worker died."""
+    by_ref = {c.ref: c for c in cases}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.policy._test_worker", str(policy_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n".join(by_ref) + "\n")
+    proc.stdin.close()
+    done: set[str] = set()
+    running: str | None = None
+    started = time.perf_counter()
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "start":
+            running, started = event["ref"], time.perf_counter()
+        else:
+            case = by_ref[event["ref"]]
+            record(TestResult(case, event["outcome"], event["duration_s"], event["message"]))
+            done.add(event["ref"])
+            running = None
+    stderr = proc.stderr.read() if proc.stderr else ""
+    code = proc.wait()
+    if code == 0 and running is None:
+        return [c for c in cases if c.ref not in done]
+    if running is None:
+        # The worker failed before running anything (e.g. the policy does not load).
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code}"
+        for case in cases:
+            if case.ref not in done:
+                record(TestResult(case, TestOutcome.ERROR, 0.0, f"test worker failed: {detail}"))
+        return []
+    crash = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+    record(
+        TestResult(
+            by_ref[running],
+            TestOutcome.ERROR,
+            time.perf_counter() - started,
+            f"the embedded engine (rego-cpp) crashed evaluating this test ({crash}); "
+            "this is an engine bug, see docs/policy-authoring.md, and check it with `opa test`",
+        )
+    )
+    done.add(running)
+    return [c for c in cases if c.ref not in done]

@@ -1,0 +1,162 @@
+"""Relay of allowed tool calls to HTTP(S) upstreams.
+
+The agent names a tool; configuration alone decides the URL: the target's ``base_url`` plus
+the tool's path, whose ``{placeholders}`` are filled from arguments as single, percent-encoded
+path segments. Redirects are never followed (a 3xx is returned as the upstream's answer), so
+an upstream cannot send the call elsewhere. One pooled keep-alive session per target.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from sidecar import __version__
+from sidecar.config import TargetSettings, ToolSettings
+from sidecar.relay.errors import (
+    RequestBuildError,
+    UpstreamResponseTooLarge,
+    UpstreamStatusError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+
+__all__ = ["HttpRelay", "UpstreamRequest", "UpstreamResponse", "build_request"]
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+_ERROR_BODY_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    params: list[tuple[str, str]] = field(default_factory=list)
+    json_body: Any = None
+
+
+@dataclass(frozen=True)
+class UpstreamResponse:
+    status: int
+    content_type: str
+    body: bytes
+
+
+def build_request(target: TargetSettings, tool: ToolSettings, arguments: Mapping[str, Any]):
+    """The request a call becomes. Pure; raises :class:`RequestBuildError` on bad arguments."""
+    remaining = dict(arguments)
+    path = tool.path
+    for name in tool.path_params:
+        if name not in remaining:
+            raise RequestBuildError(f"argument {name!r} is required by the tool's path")
+        value = remaining.pop(name)
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise RequestBuildError(f"argument {name!r} must be a string or integer")
+        text = str(value)
+        if text in ("", ".", ".."):
+            raise RequestBuildError(f"argument {name!r} is not a usable path segment")
+        path = path.replace("{" + name + "}", quote(text, safe=""))
+    url = target.base_url.rstrip("/") + path
+    if tool.method in _BODY_METHODS:
+        return UpstreamRequest(tool.method, url, json_body=remaining)
+    params: list[tuple[str, str]] = []
+    for key, value in remaining.items():
+        for item in value if isinstance(value, list) else [value]:
+            params.append((key, _query_value(key, item)))
+    return UpstreamRequest(tool.method, url, params=params)
+
+
+def _query_value(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise RequestBuildError(f"argument {key!r} cannot be sent as a query parameter")
+
+
+class HttpRelay:
+    """Sends upstream requests. Blocking: call it from a worker thread."""
+
+    def __init__(
+        self,
+        targets: Mapping[str, TargetSettings],
+        *,
+        max_response_bytes: int,
+        pool_size: int = 16,
+    ) -> None:
+        self._targets = targets
+        self._max_response_bytes = max_response_bytes
+        self._sessions: dict[str, requests.Session] = {}
+        for name in targets:
+            session = requests.Session()
+            session.trust_env = False  # no proxy or netrc credentials from the environment
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._sessions[name] = session
+
+    def send(
+        self,
+        target_name: str,
+        request: UpstreamRequest,
+        *,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+    ) -> UpstreamResponse:
+        target = self._targets[target_name]
+        all_headers = {"User-Agent": f"agent-sidecar/{__version__}", "Accept": "*/*"}
+        all_headers.update(headers or {})
+        body = None
+        if request.json_body is not None:
+            body = json.dumps(request.json_body, separators=(",", ":")).encode()
+            all_headers["Content-Type"] = "application/json"
+        try:
+            response = self._sessions[target_name].request(
+                request.method,
+                request.url,
+                params=request.params or None,
+                data=body,
+                headers=all_headers,
+                timeout=timeout_s,
+                allow_redirects=False,
+                stream=True,
+                verify=str(target.ca_file) if target.ca_file else True,
+            )
+            with response:
+                content = self._read_bounded(response)
+        except requests.Timeout as exc:
+            raise UpstreamTimeout(f"the upstream did not answer within {timeout_s:.1f}s") from exc
+        except requests.exceptions.SSLError as exc:
+            raise UpstreamUnavailable("TLS handshake with the upstream failed") from exc
+        except requests.RequestException as exc:
+            raise UpstreamUnavailable(
+                f"the upstream is unreachable ({type(exc).__name__})"
+            ) from exc
+        content_type = response.headers.get("Content-Type", "")
+        if not 200 <= response.status_code < 300:
+            raise UpstreamStatusError(
+                response.status_code, content[:_ERROR_BODY_LIMIT], content_type
+            )
+        return UpstreamResponse(response.status_code, content_type, content)
+
+    def _read_bounded(self, response: requests.Response) -> bytes:
+        chunks, size = [], 0
+        for chunk in response.iter_content(chunk_size=65536):
+            size += len(chunk)
+            if size > self._max_response_bytes:
+                raise UpstreamResponseTooLarge(
+                    f"the upstream's answer exceeds relay.max_response_bytes "
+                    f"({self._max_response_bytes})"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        for session in self._sessions.values():
+            session.close()

@@ -1,0 +1,215 @@
+"""gRPC wiring: the agent API, health, reflection, graceful shutdown.
+
+Handlers receive raw request bytes (no deserializer is registered), so an oversized or
+undecodable request is answered ``INVALID_ARGUMENT`` *and audited* by the sidecar itself
+instead of being dropped inside gRPC. The transport's own limit is set well above
+``server.max_request_bytes`` (4x) as a hard ceiling against memory exhaustion; a message
+beyond it is refused by gRPC with RESOURCE_EXHAUSTED before any of this code runs.
+
+Every non-OK answer carries a ``google.rpc.Status`` with a ``CallError`` detail (stable code,
+decision with reasons and decision id, upstream status) in ``grpc-status-details-bin``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2, message
+from google.rpc import status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from sidecar._proto.agentsidecar.v1 import sidecar_pb2
+from sidecar.config import Settings
+from sidecar.pipeline import CallResult, Mediator, ToolCall
+from sidecar.policy import Decision
+
+__all__ = ["SERVICE_NAME", "SidecarServer"]
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = sidecar_pb2.DESCRIPTOR.services_by_name["Sidecar"].full_name
+
+
+def decision_message(result: CallResult) -> sidecar_pb2.Decision:
+    decision: Decision | None = result.decision
+    if decision is None:
+        return sidecar_pb2.Decision(decision_id=result.decision_id, code=result.code)
+    return sidecar_pb2.Decision(
+        decision_id=result.decision_id,
+        effect=decision.effect,
+        reasons=list(decision.reasons),
+        code=decision.code,
+        obligations_json=decision.obligations_json(),
+        policy_revision=result.policy_revision,
+    )
+
+
+class SidecarService:
+    """The ``agentsidecar.v1.Sidecar`` handlers: decode, run the mediator, encode."""
+
+    def __init__(self, mediator: Mediator, max_request_bytes: int) -> None:
+        self._mediator = mediator
+        self._max = max_request_bytes
+
+    def handlers(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Callable[[bytes, Any], Awaitable[Any]]) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=None, response_serializer=_serialize
+            )
+
+        return grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {"CallTool": unary(self.call_tool), "Check": unary(self.check)},
+        )
+
+    async def call_tool(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        result = await self._handle("CallTool", sidecar_pb2.CallToolRequest, raw, context)
+        upstream = result.upstream
+        assert upstream is not None
+        return sidecar_pb2.CallToolResponse(
+            decision=decision_message(result),
+            upstream_status=upstream.status,
+            content_type=upstream.content_type,
+            body=upstream.body,
+        )
+
+    async def check(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        result = await self._handle("Check", sidecar_pb2.CheckRequest, raw, context)
+        return sidecar_pb2.CheckResponse(decision=decision_message(result))
+
+    async def _handle(
+        self, rpc: str, message_type: Any, raw: bytes, context: grpc.aio.ServicerContext
+    ) -> CallResult:
+        if len(raw) > self._max:
+            result = await self._mediator.reject(
+                rpc,
+                "request_too_large",
+                f"request is {len(raw)} bytes; the limit is {self._max} (server.max_request_bytes)",
+            )
+        else:
+            try:
+                request = message_type.FromString(raw)
+            except message.DecodeError:
+                result = await self._mediator.reject(
+                    rpc, "malformed_request", f"the request is not a valid {rpc} message"
+                )
+            else:
+                result = await self._mediator.call(
+                    rpc,
+                    ToolCall(
+                        tool=request.tool,
+                        arguments_json=request.arguments_json,
+                        task_id=request.task_id,
+                        intent=request.intent,
+                    ),
+                    metadata=tuple(context.invocation_metadata() or ()),
+                    peer=context.peer(),
+                    time_remaining=context.time_remaining(),
+                )
+        if result.status != grpc.StatusCode.OK:
+            await _abort(context, result)
+        return result
+
+
+def _serialize(msg: Any) -> bytes:
+    return msg.SerializeToString()
+
+
+async def _abort(context: grpc.aio.ServicerContext, result: CallResult) -> None:
+    detail = sidecar_pb2.CallError(
+        code=result.code,
+        decision=decision_message(result),
+        upstream_status=result.upstream_status,
+        upstream_body=result.upstream_body,
+    )
+    packed = any_pb2.Any()
+    packed.Pack(detail)
+    status = status_pb2.Status(
+        code=result.status.value[0], message=result.message or result.code, details=[packed]
+    )
+    await context.abort(
+        result.status,
+        status.message,
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+class SidecarServer:
+    """Owns the grpc.aio server and its listeners."""
+
+    def __init__(self, settings: Settings, mediator: Mediator) -> None:
+        self._settings = settings
+        limit = settings.server.max_request_bytes
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit * 4 + 4096),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        self._server.add_generic_rpc_handlers((SidecarService(mediator, limit).handlers(),))
+        self.health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        if settings.server.reflection:
+            reflection.enable_server_reflection(
+                (
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                self._server,
+            )
+        self.addresses: list[str] = []
+        for address in settings.server.listen:
+            self.addresses.append(self._bind(address))
+
+    def _bind(self, address: str) -> str:
+        if address.startswith("unix:"):
+            path = Path(address.removeprefix("unix://").removeprefix("unix:"))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if path.is_socket():
+                    path.unlink()  # a stale socket from a previous run
+            self._server.add_insecure_port(f"unix:{path}")
+            return f"unix:{path}"
+        port = self._server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        host = address.rpartition(":")[0]
+        return f"{host}:{port}"
+
+    async def start(self) -> None:
+        await self._server.start()
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", extra={"addresses": self.addresses, "pid": os.getpid()})
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        await self.health.enter_graceful_shutdown()
+        grace = self._settings.server.grace_s if grace_s is None else grace_s
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve_until_signalled(server: SidecarServer) -> None:
+    """Start, then stop gracefully on SIGTERM or SIGINT."""
+    import signal
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
