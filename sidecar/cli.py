@@ -70,11 +70,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging(args.log_level)
     settings = load_settings(args.config)
-    sidecar = Sidecar.build(settings)
-    try:
-        asyncio.run(serve_until_signalled(sidecar.server))
-    finally:
-        sidecar.close()
+
+    async def serve() -> None:
+        # grpc.aio binds to the running loop: build inside it.
+        sidecar = Sidecar.build(settings)
+        try:
+            await serve_until_signalled(sidecar.server)
+        finally:
+            sidecar.close()
+
+    asyncio.run(serve())
     return 0
 
 
