@@ -107,7 +107,9 @@ def result_view(body: bytes, content_type: str, log: str) -> dict[str, Any]:
 
 
 class JsonlFileSink:
-    """Appends one JSON line per record; flushed (and optionally fsynced) before returning."""
+    """Appends one JSON line per record with a single unbuffered ``write`` (``O_APPEND``), so a
+    failed write leaves nothing behind to be flushed later; optionally fsynced. Mode 0600:
+    records may hold argument values."""
 
     def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
         self.path = Path(path)
@@ -115,21 +117,25 @@ class JsonlFileSink:
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot open audit log: {exc.strerror}") from exc
 
     def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str)
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
+        data = line.encode("utf-8")
         with self._lock:
             try:
-                self._file.write(line + "\n")
-                self._file.flush()
+                written = os.write(self._fd, data)
+                if written != len(data):
+                    raise OSError(f"short write ({written} of {len(data)} bytes)")
                 if self._fsync:
-                    os.fsync(self._file.fileno())
-            except (OSError, ValueError) as exc:
+                    os.fsync(self._fd)
+            except OSError as exc:
                 raise AuditError(f"{self.path}: cannot write audit record: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

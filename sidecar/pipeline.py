@@ -49,6 +49,10 @@ __all__ = ["CallResult", "Mediator", "ToolCall"]
 
 log = logging.getLogger(__name__)
 
+# Kept back from the agent's deadline so that a timeout inside the sidecar still reaches the
+# agent as a specific answer (policy_timeout, deadline_exceeded) rather than a bare deadline.
+ANSWER_MARGIN_S = 0.05
+
 
 @dataclass(frozen=True)
 class ToolCall:
@@ -124,7 +128,11 @@ class Mediator:
         """Decide (``Check``) or decide and relay (``CallTool``) one request."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + time_remaining if time_remaining is not None else math.inf
+        deadline = (
+            loop.time() + time_remaining - ANSWER_MARGIN_S
+            if time_remaining is not None
+            else math.inf
+        )
         record = CallRecord(decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns())
         try:
             result = await self._run(record, rpc, request, metadata, peer, deadline)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -64,7 +65,12 @@ def demo_routes() -> dict[tuple[str, str], Route]:
 class ToolServer:
     """A threaded HTTP server; ``routes`` maps (method, path or path prefix ending in /)."""
 
-    def __init__(self, routes: dict[tuple[str, str], Route] | None = None, port: int = 0):
+    def __init__(
+        self,
+        routes: dict[tuple[str, str], Route] | None = None,
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.routes = dict(demo_routes() if routes is None else routes)
         self.received: list[Received] = []
         self._lock = threading.Lock()
@@ -106,6 +112,10 @@ class ToolServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._httpd.daemon_threads = True
+        self._scheme = "http"
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
+            self._scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
     def _route(self, request: Received) -> Reply:
@@ -120,7 +130,7 @@ class ToolServer:
     @property
     def url(self) -> str:
         host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     def start(self) -> ToolServer:
         self._thread.start()

@@ -1,0 +1,66 @@
+"""A real sidecar for tests: built from settings, serving on a unix socket, in its own loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sidecar.app import Sidecar
+from sidecar.client import SidecarClient
+from sidecar.config import Settings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_CONFIG = ROOT / "examples" / "demo" / "config.yaml"
+
+
+def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settings:
+    """The demo config pointed at ``tools_url``, with ``section={...}`` overrides merged in."""
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["server"]["listen"] = [f"unix://{tmp_path}/agent.sock"]
+    raw["policy"]["dir"] = str(ROOT / "rego")
+    raw["audit"]["path"] = str(tmp_path / "audit.log")
+    for target in raw["targets"].values():
+        target["base_url"] = tools_url
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(raw.get(section), dict):
+            raw[section].update(values)
+        else:
+            raw[section] = values
+    return parse_settings(raw, source=tmp_path / "config.yaml")
+
+
+class RunningSidecar:
+    """Runs :class:`Sidecar` on an event loop in a background thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def build() -> Sidecar:
+            sidecar = Sidecar.build(settings)
+            await sidecar.start()
+            return sidecar
+
+        self.sidecar = self.run(build())
+        self.address = self.sidecar.server.addresses[0]
+        self.audit_path = settings.audit.path
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    def client(self, **kwargs: Any) -> SidecarClient:
+        return SidecarClient(self.address, **kwargs)
+
+    def stop(self) -> None:
+        if not self.loop.is_running():
+            return
+        self.run(self.sidecar.stop(0))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
