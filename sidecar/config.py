@@ -263,6 +263,14 @@ def _convert(tp: Any, value: Any, key: str, base: Path) -> Any:
         for name, f in fields.items():
             if name in value:
                 kwargs[name] = _convert(hints[name], value[name], _join(key, name), base)
+            elif dataclasses.is_dataclass(hints[name]) or typing.get_origin(hints[name]) in (
+                Mapping,
+                dict,
+            ):
+                # An absent section is an empty one: its own defaults apply, converted the same way.
+                kwargs[name] = _convert(hints[name], {}, _join(key, name), base)
+            elif isinstance(f.default, Path):
+                kwargs[name] = (base / f.default).resolve()  # defaults are relative to the file
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise _KeyedError(_join(key, name), "required key is missing")
         try:

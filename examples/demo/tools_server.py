@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import socket
 import ssl
 import threading
 import time
@@ -78,6 +79,12 @@ class ToolServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in separate writes; without this, Nagle plus delayed
+                # ACKs stall every keep-alive response by ~40 ms.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
             def _handle(self) -> None:
                 parts = urlsplit(self.path)

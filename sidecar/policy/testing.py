@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from sidecar.policy.compat import risky_with_forms
 from sidecar.policy.source import load_policy_dir
 
 __all__ = ["TestCase", "TestOutcome", "TestResult", "discover_tests", "run_tests", "warnings"]
+
+WORKER = (sys.executable, "-m", "sidecar.policy._test_worker")
 
 _TEST_RULE = re.compile(r"^((?:todo_)?test_\w+)\s*(?:if\b|\{|:=|=)", re.MULTILINE)
 
@@ -92,8 +94,13 @@ def run_tests(
     *,
     run: str | None = None,
     on_result: Callable[[TestResult], None] | None = None,
+    worker: Sequence[str] = WORKER,
 ) -> list[TestResult]:
-    """Run every (matching) test; raises ``PolicyLoadError`` if the policy cannot load."""
+    """Run every (matching) test; raises ``PolicyLoadError`` if the policy cannot load.
+
+    ``worker`` is the command of the worker process (it gets the policy dir as its last
+    argument and speaks the JSON-lines protocol of ``_test_worker``).
+    """
     source = load_policy_dir(policy_dir, include_tests=True)
     new_interpreter(source.modules, source.data)  # load errors surface here, not in the worker
     pattern = re.compile(run) if run else None
@@ -112,24 +119,27 @@ def run_tests(
         else:
             pending.append(case)
     while pending:
-        pending = _run_worker(Path(policy_dir), pending, record)
+        pending = _run_worker(worker, Path(policy_dir), pending, record)
     return results
 
 
 def _run_worker(
-    policy_dir: Path, cases: list[TestCase], record: Callable[[TestResult], None]
+    worker: Sequence[str],
+    policy_dir: Path,
+    cases: list[TestCase],
+    record: Callable[[TestResult], None],
 ) -> list[TestCase]:
     """Run ``cases`` in one worker; return those not yet run if the worker died."""
     by_ref = {c.ref: c for c in cases}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.policy._test_worker", str(policy_dir)],
+        [*worker, str(policy_dir)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("\n".join(by_ref) + "\n")
+    proc.stdin.write("".join(json.dumps([c.file, c.ref]) + "\n" for c in cases))
     proc.stdin.close()
     done: set[str] = set()
     running: str | None = None

@@ -1,0 +1,26 @@
+"""The relay benchmark runs and reports both paths (figures themselves are not asserted:
+timings on shared machines are noise; `make bench` is where they are read)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_relay_overhead_bench_reports_direct_and_sidecar():
+    done = subprocess.run(
+        [sys.executable, "bench/relay_overhead.py", "--calls", "40", "--concurrency", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("direct ") for line in lines)
+    assert any(line.startswith("sidecar ") for line in lines)
+    assert "added latency: p50 +" in done.stdout or "added latency: p50 " in done.stdout
+    assert "audit records written: 90" in done.stdout  # 40 measured + 50 warm-up

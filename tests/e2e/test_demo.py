@@ -1,0 +1,25 @@
+"""`make demo` (examples/demo/run.py) runs end to end and exits 0."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_demo_runs_end_to_end():
+    done = subprocess.run(
+        [sys.executable, "examples/demo/run.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "payments.refund  step_up" in out
+    assert "partner.notify   deny" in out
+    assert '"[REDACTED:email] asked for a call back"' in out
+    assert "(8 records)" in out

@@ -1,0 +1,138 @@
+"""The `agent-sidecar` command as a user runs it: a real process, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def _copy_rego(tmp_path: Path) -> Path:
+    target = tmp_path / "rego"
+    shutil.copytree(ROOT / "rego", target)
+    return target
+
+
+def test_policy_test_passes_on_the_shipped_policy():
+    done = cli("policy", "test", "rego/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    count = len(
+        [
+            line
+            for line in (ROOT / "rego/agentsidecar/authz/authz_test.rego").read_text().splitlines()
+            if line.startswith("test_")
+        ]
+    )
+    assert last == f"{count} passed, 0 failed"
+
+
+def test_a_broken_test_fails_the_run_and_is_named_with_its_file(tmp_path):
+    rego = _copy_rego(tmp_path)
+    test_file = rego / "agentsidecar/authz/authz_test.rego"
+    text = test_file.read_text()
+    broken = text.replace(
+        'test_unknown_subject_denies if {\n\tauthz.decision == {\n\t\t"effect": "deny"',
+        'test_unknown_subject_denies if {\n\tauthz.decision == {\n\t\t"effect": "allow"',
+    )
+    assert broken != text
+    test_file.write_text(broken)
+    done = cli("policy", "test", str(rego))
+    assert done.returncode == 1
+    assert "FAIL: data.agentsidecar.authz_test.test_unknown_subject_denies" in done.stdout
+    assert f"{test_file}:" in done.stdout
+    assert done.stdout.strip().splitlines()[-1].endswith("passed, 1 failed")
+
+
+def test_verbose_and_run_filter(tmp_path):
+    done = cli("policy", "test", "rego/", "--verbose", "--run", "high_risk")
+    assert done.returncode == 0
+    passes = [line for line in done.stdout.splitlines() if line.startswith("PASS:")]
+    assert passes and all("high_risk" in line for line in passes)
+    assert done.stdout.strip().splitlines()[-1] == f"{len(passes)} passed, 0 failed"
+
+
+def test_a_test_file_the_engine_cannot_evaluate_errors_alone(tmp_path):
+    rego = _copy_rego(tmp_path)
+    crash = rego / "agentsidecar/authz/crash_test.rego"
+    crash.write_text(
+        "package agentsidecar.authz_test\n\nimport rego.v1\n\n"
+        "test_whole_input_with if {\n"
+        '\tdata.agentsidecar.authz.decision.effect == "deny" with input as {"version": 1}\n'
+        "}\n"
+    )
+    done = cli("policy", "test", str(rego))
+    assert done.returncode == 1
+    assert "whole-document `with input as`" in done.stderr  # warned before running
+    assert "ERROR: data.agentsidecar.authz_test.test_whole_input_with" in done.stdout
+    assert "could not evaluate this test file" in done.stdout
+    summary = done.stdout.strip().splitlines()[-1]
+    passed = int(summary.split()[0])
+    assert passed >= 18 and summary.endswith("1 failed")
+
+
+def test_an_unsupported_builtin_stops_the_run_with_exit_2(tmp_path):
+    rego = _copy_rego(tmp_path)
+    (rego / "agentsidecar/authz/extra.rego").write_text(
+        "package agentsidecar.authz\n\nimport rego.v1\n\n"
+        'fetched := http.send({"method": "get", "url": "https://example.com"})\n'
+    )
+    done = cli("policy", "test", str(rego))
+    assert done.returncode == 2
+    assert "http.send" in done.stderr and "extra.rego:5" in done.stderr
+    assert "policy.engine: opa" in done.stderr
+
+
+def test_check_prints_the_decision_as_json(tmp_path):
+    doc = {
+        "version": 1,
+        "request_id": "01J00000000000000000000000",
+        "time_ns": 1,
+        "subject": {
+            "spiffe_id": "spiffe://demo.example/agent/support",
+            "trust_domain": "demo.example",
+            "attestation": "static",
+            "claims": {},
+        },
+        "action": {
+            "kind": "tool",
+            "name": "payments.refund",
+            "operation": "act",
+            "target": "payments",
+            "arguments": {"amount": 250},
+            "data_classes": [],
+        },
+        "delegation": {"chain": [], "depth": 0},
+    }
+    (tmp_path / "input.json").write_text(json.dumps(doc))
+    done = cli(
+        "check", "--config", "examples/demo/config.yaml", "--input", str(tmp_path / "input.json")
+    )
+    assert done.returncode == 0, done.stderr
+    decision = json.loads(done.stdout)
+    assert decision["effect"] == "step_up"
+    assert decision["code"] == "approval_required"
+    assert decision["reasons"] == ["payments.refund needs approval when amount is above 100"]
+    assert len(decision["policy_revision"]) == 32
+
+
+def test_a_bad_config_is_exit_2_naming_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("identity: {mode: static, spiffe_id: 'spiffe://x/y'}\npolicy: {engin: opa}\n")
+    done = cli("serve", "--config", str(bad))
+    assert done.returncode == 2
+    assert f"{bad}: policy.engin: unknown key" in done.stderr

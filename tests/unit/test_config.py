@@ -1,0 +1,97 @@
+"""Configuration: strict, typed, and every error names the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sidecar.config import ConfigError, load_settings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = {"identity": {"mode": "static", "spiffe_id": "spiffe://example.org/agent"}}
+
+
+def test_the_demo_config_loads_with_paths_resolved_against_its_file():
+    settings = load_settings(ROOT / "examples/demo/config.yaml")
+    assert settings.policy.dir == (ROOT / "rego").resolve()
+    assert settings.tools["tickets.get"].path_params == ("id",)
+    assert settings.server.listen == ("unix:///tmp/agent-sidecar/agent.sock",)
+
+
+def test_defaults_apply_to_a_minimal_config(tmp_path):
+    settings = parse_settings(MINIMAL, source=tmp_path / "c.yaml")
+    assert settings.server.listen == ("127.0.0.1:7443",)
+    assert settings.policy.query == "data.agentsidecar.authz.decision"
+    assert settings.policy.dir == tmp_path / "rego"
+
+
+@pytest.mark.parametrize(
+    ("raw", "key", "words"),
+    [
+        ({"polcy": {}}, "polcy", "unknown key"),
+        ({"policy": {"timeout": 5}}, "policy.timeout", "unknown key"),
+        ({"policy": {"timeout_ms": "fast"}}, "policy.timeout_ms", "expected an integer"),
+        ({"policy": {"timeout_ms": True}}, "policy.timeout_ms", "expected an integer"),
+        ({"policy": {"engine": "wasm"}}, "policy.engine", "not one of"),
+        ({"policy": {"query": "decision"}}, "policy.query", "not a data reference"),
+        ({"server": {"listen": "127.0.0.1:1"}}, "server.listen", "expected a list"),
+        ({"server": {"listen": ["0.0.0.0:7443"]}}, "server.listen", "not a loopback"),
+        ({"server": {"listen": ["10.0.0.1:7443"]}}, "server.listen", "not a loopback"),
+        ({"identity": {"mode": "static"}}, "identity.spiffe_id", "required"),
+        ({"identity": {"mode": "static", "spiffe_id": "x"}}, "identity.spiffe_id", "SPIFFE ID"),
+        ({"targets": {"t": {"base_url": "ftp://x"}}}, "targets.t.base_url", "http(s)"),
+        ({"targets": {"t": {"base_url": "http://u:p@x"}}}, "targets.t.base_url", "credentials"),
+        ({"targets": {"t": {}}}, "targets.t.base_url", "required key is missing"),
+        (
+            {"tools": {"x": {"target": "nope", "operation": "read", "method": "GET", "path": "/"}}},
+            "tools.x.target",
+            "not a configured target",
+        ),
+        (
+            {
+                "targets": {"t": {"base_url": "http://h"}},
+                "tools": {"x": {"target": "t", "operation": "write", "method": "GET", "path": "/"}},
+            },
+            "tools.x.operation",
+            "not one of read, act, delegate",
+        ),
+        (
+            {
+                "targets": {"t": {"base_url": "http://h"}},
+                "tools": {"x": {"target": "t", "operation": "read", "method": "GET", "path": "a"}},
+            },
+            "tools.x.path",
+            "must start with",
+        ),
+    ],
+)
+def test_bad_config_names_the_file_and_key(tmp_path, raw, key, words):
+    merged = {**MINIMAL, **raw}
+    with pytest.raises(ConfigError) as error:
+        parse_settings(merged, source=tmp_path / "sidecar.yaml")
+    message = str(error.value)
+    assert message.startswith(f"{tmp_path / 'sidecar.yaml'}: {key}: "), message
+    assert words in message
+
+
+def test_missing_file_and_bad_yaml_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(bad)
+
+
+def test_loopback_and_unix_listeners_are_accepted(tmp_path):
+    raw = {**MINIMAL, "server": {"listen": ["[::1]:7000", "localhost:7001", "unix:///run/a.sock"]}}
+    assert len(parse_settings(raw, source=tmp_path / "c.yaml").server.listen) == 3
+
+
+def test_settings_are_frozen(tmp_path):
+    settings = parse_settings(MINIMAL, source=tmp_path / "c.yaml")
+    with pytest.raises(AttributeError):
+        settings.policy.timeout_ms = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        settings.tools["new"] = None  # type: ignore[index]
