@@ -170,10 +170,7 @@ class SidecarClient:
         request = sidecar_pb2.CallToolRequest(
             tool=tool, arguments_json=_encode(arguments), task_id=task_id, intent=intent
         )
-        try:
-            response = self._call_tool(request, timeout=timeout_s or self._timeout)
-        except grpc.RpcError as exc:
-            raise _translate(exc) from None
+        response = self._invoke(self._call_tool, request, timeout_s)
         return ToolResult(
             decision=Decision.from_message(response.decision),
             status=response.upstream_status,
@@ -194,11 +191,13 @@ class SidecarClient:
         request = sidecar_pb2.CheckRequest(
             tool=tool, arguments_json=_encode(arguments), task_id=task_id, intent=intent
         )
+        return Decision.from_message(self._invoke(self._check, request, timeout_s).decision)
+
+    def _invoke(self, method: Any, request: Any, timeout_s: float | None) -> Any:
         try:
-            response = self._check(request, timeout=timeout_s or self._timeout)
+            return method(request, timeout=timeout_s or self._timeout)
         except grpc.RpcError as exc:
             raise _translate(exc) from None
-        return Decision.from_message(response.decision)
 
     def close(self) -> None:
         self._channel.close()

@@ -74,12 +74,17 @@ def test_a_malformed_decision_denies_with_its_code(
     assert record["outcome"]["code"] == code and record["outcome"]["relayed"] is False
 
 
+# About a second of rego-cpp work.
+SLOW_POLICY = (
+    'decision := {"effect": "allow", "reasons": [sprintf("%d", '
+    "[count([x | some x in numbers.range(1, 400000); x % 7 == 0])])]}"
+)
+
+
 def test_a_slow_policy_times_out_and_denies(start_sidecar, tools, tmp_path):
-    slow = (
-        'decision := {"effect": "allow", "reasons": [sprintf("%d", '
-        "[count([x | some x in numbers.range(1, 400000); x % 7 == 0])])]}"
+    running = start_sidecar(
+        tools.url, policy={"dir": _policy(tmp_path, SLOW_POLICY), "timeout_ms": 20}
     )
-    running = start_sidecar(tools.url, policy={"dir": _policy(tmp_path, slow), "timeout_ms": 20})
     with running.client() as client, pytest.raises(PolicyDenied) as denied:
         client.call_tool("tickets.get", {"id": "1"})
     assert denied.value.code == "policy_timeout"
@@ -87,11 +92,9 @@ def test_a_slow_policy_times_out_and_denies(start_sidecar, tools, tmp_path):
 
 
 def test_the_agents_deadline_bounds_policy_evaluation(start_sidecar, tools, tmp_path):
-    slow = (
-        'decision := {"effect": "allow", "reasons": [sprintf("%d", '
-        "[count([x | some x in numbers.range(1, 400000); x % 7 == 0])])]}"
+    running = start_sidecar(
+        tools.url, policy={"dir": _policy(tmp_path, SLOW_POLICY), "timeout_ms": 60000}
     )
-    running = start_sidecar(tools.url, policy={"dir": _policy(tmp_path, slow), "timeout_ms": 60000})
     with running.client() as client, pytest.raises(PolicyDenied) as denied:
         client.call_tool("tickets.get", {"id": "1"}, timeout_s=0.3)
     assert denied.value.code == "policy_timeout"
