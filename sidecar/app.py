@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from sidecar.audit import JsonlFileSink
-from sidecar.config import Settings
-from sidecar.identity import Attestor, StaticAttestor
+from sidecar.config import ConfigError, Settings
+from sidecar.identity import (
+    Attestor,
+    IdentityError,
+    JwtAttestor,
+    MtlsAttestor,
+    PodAttestor,
+    StaticAttestor,
+    UpstreamCredentials,
+    WorkloadIdentity,
+)
 from sidecar.pipeline import Mediator
 from sidecar.policy import EmbeddedEngine, PolicyEngine
 from sidecar.relay import HttpRelay
 from sidecar.server import SidecarServer
 
-__all__ = ["Sidecar", "build_attestor", "build_engine"]
+__all__ = ["Sidecar", "build_attestor", "build_engine", "build_identity"]
+
+# How long an mTLS listener waits for its first SVID before the sidecar gives up starting.
+MTLS_READY_TIMEOUT_S = 30.0
 
 
 def build_engine(settings: Settings) -> PolicyEngine:
@@ -20,8 +33,38 @@ def build_engine(settings: Settings) -> PolicyEngine:
     return EmbeddedEngine.from_dir(policy.dir, policy.query, workers=policy.workers)
 
 
-def build_attestor(settings: Settings) -> Attestor:
-    return StaticAttestor(settings.identity.spiffe_id)
+def workload_api_socket(settings: Settings) -> str:
+    socket = settings.identity.socket or os.environ.get("SPIFFE_ENDPOINT_SOCKET", "")
+    if not socket:
+        raise ConfigError(
+            "identity.socket: not set, and SPIFFE_ENDPOINT_SOCKET is empty; the sidecar needs "
+            "the SPIFFE Workload API socket (e.g. unix:///run/spire/sockets/agent.sock)"
+        )
+    return socket
+
+
+def build_identity(settings: Settings) -> WorkloadIdentity | None:
+    """The Workload API connection, when identity or any upstream credential needs it."""
+    needed = settings.identity.mode != "static" or any(
+        t.auth.type != "none" for t in settings.targets.values()
+    )
+    if not needed:
+        return None
+    return WorkloadIdentity(
+        workload_api_socket(settings), refresh_margin_s=settings.identity.jwt_refresh_margin_s
+    )
+
+
+def build_attestor(settings: Settings, identity: WorkloadIdentity | None) -> Attestor:
+    mode = settings.identity
+    if mode.mode == "static":
+        return StaticAttestor(mode.spiffe_id)
+    assert identity is not None
+    if mode.mode == "pod":
+        return PodAttestor(identity)
+    if mode.mode == "jwt":
+        return JwtAttestor(identity, mode.audience, mode.trust_domains)
+    return MtlsAttestor(identity, mode.trust_domains)
 
 
 @dataclass
@@ -30,6 +73,7 @@ class Sidecar:
 
     settings: Settings
     engine: PolicyEngine
+    identity: WorkloadIdentity | None
     relay: HttpRelay
     audit: JsonlFileSink
     mediator: Mediator
@@ -40,6 +84,16 @@ class Sidecar:
         """Everything that can fail (policy load, audit file) fails here, before listening."""
         engine = build_engine(settings)
         audit = JsonlFileSink(settings.audit.path, fsync=settings.audit.fsync)
+        identity = build_identity(settings)
+        if settings.identity.mode == "mtls":
+            assert identity is not None
+            if not identity.wait_ready(MTLS_READY_TIMEOUT_S):
+                identity.close()
+                raise IdentityError(
+                    f"no X.509-SVID from the Workload API within {MTLS_READY_TIMEOUT_S:.0f}s; "
+                    "the mTLS listener cannot start without one",
+                    code="identity_not_ready",
+                )
         relay = HttpRelay(
             settings.targets,
             max_response_bytes=settings.relay.max_response_bytes,
@@ -48,11 +102,13 @@ class Sidecar:
         mediator = Mediator(
             settings=settings,
             engine=engine,
-            attestor=build_attestor(settings),
+            attestor=build_attestor(settings, identity),
             relay=relay,
             audit=audit,
+            credentials=UpstreamCredentials(settings.targets, identity),
         )
-        return cls(settings, engine, relay, audit, mediator, SidecarServer(settings, mediator))
+        server = SidecarServer(settings, mediator, identity)
+        return cls(settings, engine, identity, relay, audit, mediator, server)
 
     async def start(self) -> None:
         await self.server.start()
@@ -66,3 +122,5 @@ class Sidecar:
         self.relay.close()
         self.engine.close()
         self.audit.close()
+        if self.identity is not None:
+            self.identity.close()

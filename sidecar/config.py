@@ -31,8 +31,10 @@ __all__ = [
     "RelaySettings",
     "ServerSettings",
     "Settings",
+    "TargetAuthSettings",
     "TargetSettings",
     "ToolSettings",
+    "is_local_address",
     "load_settings",
     "parse_settings",
 ]
@@ -66,45 +68,71 @@ class ServerSettings:
     def __post_init__(self) -> None:
         _check(len(self.listen) > 0, "listen: at least one address is required")
         for address in self.listen:
-            _check_loopback(address)
+            _check_address(address)
         _check(self.max_request_bytes > 0, "max_request_bytes: must be > 0")
         _check(self.grace_s >= 0, "grace_s: must be >= 0")
 
 
-def _check_loopback(address: str) -> None:
-    """The agent API is for the agent beside us only: loopback or a unix socket."""
+def _check_address(address: str) -> None:
     if address.startswith("unix:"):
         _check(len(address) > len("unix:"), f"listen: {address!r} names no socket path")
         return
-    host, sep, port = address.rpartition(":")
+    _, sep, port = address.rpartition(":")
     _check(bool(sep) and port.isdigit(), f"listen: {address!r} is not HOST:PORT or unix:PATH")
-    host = host.strip("[]")
+
+
+def is_local_address(address: str) -> bool:
+    """Loopback or a unix socket: reachable only from inside the pod."""
+    if address.startswith("unix:"):
+        return True
+    host = address.rpartition(":")[0].strip("[]")
     if host == "localhost":
-        return
+        return True
     try:
-        loopback = ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        loopback = False
-    _check(
-        loopback,
-        f"listen: {address!r} is not a loopback address or unix socket; "
-        "the agent API must not be reachable from outside the pod",
-    )
+        return False
 
 
 @dataclass(frozen=True)
 class IdentitySettings:
-    """Who the caller is. ``static`` is for local development only and is logged as insecure."""
+    """Who the caller is.
 
-    mode: Literal["static"] = "static"
+    ``pod``: the sidecar's own X.509-SVID names the workload (loopback/unix listener only).
+    ``jwt``: the agent sends a JWT-SVID for ``audience`` as ``authorization: Bearer``.
+    ``mtls``: the agent connects with its X.509-SVID; the listener requires client certs.
+    ``static``: every caller is ``spiffe_id``, unattested: local development only.
+    """
+
+    mode: Literal["pod", "jwt", "mtls", "static"] = "pod"
+    # Workload API socket (unix path or unix:// URI); default: $SPIFFE_ENDPOINT_SOCKET.
+    socket: str = ""
+    # jwt mode: the audience the agent's JWT-SVID must carry.
+    audience: str = ""
+    # Trust domains whose callers are accepted (jwt, mtls); default: the sidecar's own.
+    trust_domains: tuple[str, ...] = ()
+    # static mode only.
     spiffe_id: str = ""
+    # Cached JWT-SVIDs for upstreams are refreshed this long before they expire.
+    jwt_refresh_margin_s: float = 30.0
 
     def __post_init__(self) -> None:
-        _check(bool(self.spiffe_id), "spiffe_id: required when mode is static")
-        _check(
-            SPIFFE_ID_RE.match(self.spiffe_id) is not None,
-            f"spiffe_id: {self.spiffe_id!r} is not a SPIFFE ID (spiffe://trust-domain/path)",
-        )
+        if self.mode == "static":
+            _check(bool(self.spiffe_id), "spiffe_id: required when mode is static")
+            _check(
+                SPIFFE_ID_RE.match(self.spiffe_id) is not None,
+                f"spiffe_id: {self.spiffe_id!r} is not a SPIFFE ID (spiffe://trust-domain/path)",
+            )
+        else:
+            _check(not self.spiffe_id, f"spiffe_id: only for mode static, not {self.mode}")
+        if self.mode == "jwt":
+            _check(bool(self.audience), "audience: required when mode is jwt")
+        for td in self.trust_domains:
+            _check(
+                re.fullmatch(r"[a-z0-9._-]+", td) is not None,
+                f"trust_domains: {td!r} is not a trust domain name (no spiffe:// prefix)",
+            )
+        _check(self.jwt_refresh_margin_s >= 0, "jwt_refresh_margin_s: must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -150,6 +178,20 @@ class RelaySettings:
 
 
 @dataclass(frozen=True)
+class TargetAuthSettings:
+    """Just-in-time upstream credential: ``jwt-svid`` (Bearer, for ``audience``) or none."""
+
+    type: Literal["none", "jwt-svid"] = "none"
+    audience: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type == "jwt-svid":
+            _check(bool(self.audience), "audience: required when type is jwt-svid")
+        else:
+            _check(not self.audience, "audience: only for type jwt-svid")
+
+
+@dataclass(frozen=True)
 class TargetSettings:
     """An upstream service that tools are relayed to."""
 
@@ -157,6 +199,8 @@ class TargetSettings:
     timeout_s: float = 10.0
     # PEM bundle to verify an https upstream with (default: the system's CAs).
     ca_file: Path | None = None
+    # The credential the sidecar injects; the agent never sees it.
+    auth: TargetAuthSettings = field(default_factory=lambda: TargetAuthSettings())
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -205,6 +249,15 @@ class Settings:
     tools: Mapping[str, ToolSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.identity.mode != "mtls":
+            for address in self.server.listen:
+                if not is_local_address(address):
+                    raise _KeyedError(
+                        "server.listen",
+                        f"{address!r} is not a loopback address or unix socket; with identity "
+                        f"mode {self.identity.mode} the agent API must not be reachable from "
+                        "outside the pod (only mode mtls may listen on other addresses)",
+                    )
         for name, tool in self.tools.items():
             if tool.target not in self.targets:
                 raise _KeyedError(

@@ -14,10 +14,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import grpc
@@ -25,7 +23,7 @@ import grpc
 from sidecar.audit import AuditError, AuditSink, CallRecord, payload_view, result_view
 from sidecar.classify import classify, redact
 from sidecar.config import Settings
-from sidecar.identity import Attestor, IdentityError
+from sidecar.identity import Attestor, CallContext, IdentityError, UpstreamCredentials
 from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for, status_for_http
 from sidecar.policy import (
@@ -37,6 +35,7 @@ from sidecar.policy import (
     build_input,
     parse_decision,
 )
+from sidecar.policy.decision import CredentialObligation
 from sidecar.relay import (
     HttpRelay,
     RelayError,
@@ -99,8 +98,10 @@ class Mediator:
         attestor: Attestor,
         relay: HttpRelay,
         audit: AuditSink,
+        credentials: UpstreamCredentials | None = None,
     ) -> None:
         self._settings = settings
+        self._credentials = credentials or UpstreamCredentials(settings.targets, None)
         self._engine = engine
         self._attestor = attestor
         self._relay = relay
@@ -121,8 +122,7 @@ class Mediator:
         rpc: str,
         request: ToolCall,
         *,
-        metadata: Sequence[tuple[str, str | bytes]],
-        peer: str,
+        context: CallContext,
         time_remaining: float | None,
     ) -> CallResult:
         """Decide (``Check``) or decide and relay (``CallTool``) one request."""
@@ -135,7 +135,7 @@ class Mediator:
         )
         record = CallRecord(decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns())
         try:
-            result = await self._run(record, rpc, request, metadata, peer, deadline)
+            result = await self._run(record, rpc, request, context, deadline)
         except _Stop as stop:
             result = CallResult(
                 record.decision_id, stop.code, status_for(stop.code), str(stop), **stop.kwargs
@@ -152,8 +152,7 @@ class Mediator:
         record: CallRecord,
         rpc: str,
         request: ToolCall,
-        metadata: Sequence[tuple[str, str | bytes]],
-        peer: str,
+        context: CallContext,
         deadline: float,
     ) -> CallResult:
         settings = self._settings
@@ -166,10 +165,12 @@ class Mediator:
         arguments = _parse_arguments(request.arguments_json)
 
         try:
-            subject = self._attestor.attest(metadata, peer)
+            subject = self._attestor.attest(context)
         except IdentityError as exc:
             raise _Stop(exc.code, str(exc)) from exc
         record.subject = {"spiffe_id": subject.spiffe_id, "attestation": subject.attestation}
+        if subject.expires_at is not None:
+            record.subject["expires_at"] = subject.expires_at
 
         action = Action(
             kind="tool",
@@ -220,13 +221,6 @@ class Mediator:
             raise _Stop(decision.code, "; ".join(decision.reasons) or decision.code, **common)
 
         obligations = decision.obligations
-        if obligations.credential is not None:
-            raise _Stop(
-                "credential_unavailable",
-                f"policy requires an upstream credential for audience "
-                f"{obligations.credential.audience!r}, and no credential source is configured",
-                **common,
-            )
         sent = redact(arguments, obligations.redact) if obligations.redact else arguments
         record.action["arguments"] = payload_view(sent, log_level)
         try:
@@ -247,7 +241,13 @@ class Mediator:
         t0 = time.perf_counter()
         try:
             response = await asyncio.wait_for(
-                self._send(tool.target, upstream_request, min(timeout, remaining), record),
+                self._send(
+                    tool.target,
+                    upstream_request,
+                    min(timeout, remaining),
+                    record,
+                    obligations.credential,
+                ),
                 timeout=remaining,
             )
         except TimeoutError:
@@ -269,7 +269,10 @@ class Mediator:
                 **common,
             )
             return result
-        except RelayError as exc:
+        except (RelayError, IdentityError) as exc:
+            if isinstance(exc, IdentityError):
+                record.relayed = False
+                raise _Stop("credential_unavailable", str(exc), **common) from exc
             raise _Stop(exc.code, str(exc), **common) from exc
         finally:
             record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
@@ -285,17 +288,24 @@ class Mediator:
             **common,
         )
 
-    async def _send(self, target: str, request: Any, timeout: float, record: CallRecord):
+    async def _send(
+        self,
+        target: str,
+        request: Any,
+        timeout: float,
+        record: CallRecord,
+        credential: CredentialObligation | None,
+    ) -> UpstreamResponse:
+        def send() -> UpstreamResponse:
+            # The credential is minted here, in the relay thread: fetching a JWT-SVID may wait
+            # on the Workload API, which must not block the event loop.
+            headers = {"X-Request-Id": record.decision_id}
+            headers.update(self._credentials.headers_for(target, credential))
+            return self._relay.send(target, request, timeout_s=timeout, headers=headers)
+
         async with self._relay_slots:
             loop = asyncio.get_running_loop()
-            call = partial(
-                self._relay.send,
-                target,
-                request,
-                timeout_s=timeout,
-                headers={"X-Request-Id": record.decision_id},
-            )
-            return await loop.run_in_executor(self._relay_pool, call)
+            return await loop.run_in_executor(self._relay_pool, send)
 
     async def _decide(self, input_doc: dict[str, Any], deadline: float) -> Decision:
         """Ask policy; any failure is a deny with its code, never an exception."""

@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.config import Settings
+from sidecar.identity import CallContext, WorkloadIdentity
 from sidecar.pipeline import CallResult, Mediator, ToolCall
 from sidecar.policy import Decision
 
@@ -111,8 +112,11 @@ class SidecarService:
                         task_id=request.task_id,
                         intent=request.intent,
                     ),
-                    metadata=tuple(context.invocation_metadata() or ()),
-                    peer=context.peer(),
+                    context=CallContext(
+                        metadata=tuple(context.invocation_metadata() or ()),
+                        peer=context.peer(),
+                        auth_context=context.auth_context() or {},
+                    ),
                     time_remaining=context.time_remaining(),
                 )
         if result.status != grpc.StatusCode.OK:
@@ -144,10 +148,18 @@ async def _abort(context: grpc.aio.ServicerContext, result: CallResult) -> None:
 
 
 class SidecarServer:
-    """Owns the grpc.aio server and its listeners."""
+    """Owns the grpc.aio server and its listeners.
 
-    def __init__(self, settings: Settings, mediator: Mediator) -> None:
+    Health is NOT_SERVING until the Workload API has delivered the first SVID, and again
+    whenever the cached SVID has expired without a replacement.
+    """
+
+    def __init__(
+        self, settings: Settings, mediator: Mediator, identity: WorkloadIdentity | None = None
+    ) -> None:
         self._settings = settings
+        self._identity = identity
+        self._health_task: asyncio.Task[None] | None = None
         limit = settings.server.max_request_bytes
         self._server = grpc.aio.server(
             options=[
@@ -172,6 +184,13 @@ class SidecarServer:
             self.addresses.append(self._bind(address))
 
     def _bind(self, address: str) -> str:
+        if self._settings.identity.mode == "mtls":
+            port = self._server.add_secure_port(address, self._mtls_credentials())
+            if port == 0:
+                raise OSError(f"cannot listen on {address}")
+            return (
+                address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{port}"
+            )
         if address.startswith("unix:"):
             path = Path(address.removeprefix("unix://").removeprefix("unix:"))
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,13 +205,70 @@ class SidecarServer:
         host = address.rpartition(":")[0]
         return f"{host}:{port}"
 
+    def _mtls_credentials(self) -> grpc.ServerCredentials:
+        """TLS with client certificates required, re-read from the SVID after each rotation."""
+        identity = self._identity
+        assert identity is not None
+        trusted = list(self._settings.identity.trust_domains) or None
+
+        def configuration() -> Any:
+            snapshot = identity.snapshot()
+            roots = snapshot.bundle_pem(trusted or [snapshot.trust_domain])
+            return grpc.ssl_server_certificate_configuration(
+                [(snapshot.key_pem(), snapshot.chain_pem())], root_certificates=roots
+            )
+
+        seen = {"rotations": identity.rotations}
+
+        def fetch() -> Any:
+            if identity.rotations == seen["rotations"]:
+                return None
+            try:
+                config = configuration()
+            except Exception:  # an expired snapshot: keep serving the last configuration
+                log.exception("cannot rotate the mTLS certificate")
+                return None
+            seen["rotations"] = identity.rotations
+            return config
+
+        return grpc.dynamic_ssl_server_credentials(
+            configuration(), fetch, require_client_authentication=True
+        )
+
+    def _serving(self) -> bool:
+        if self._identity is None:
+            return True
+        try:
+            self._identity.snapshot()
+        except Exception:
+            return False
+        return self._identity.ready
+
+    async def _track_health(self) -> None:
+        current = None
+        while True:
+            serving = self._serving()
+            if serving != current:
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if serving
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                for service in ("", SERVICE_NAME):
+                    await self.health.set(service, status)
+                current = serving
+                log.info("health", extra={"serving": serving})
+            await asyncio.sleep(0.05 if not serving else 0.5)
+
     async def start(self) -> None:
         await self._server.start()
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"addresses": self.addresses, "pid": os.getpid()})
+        self._health_task = asyncio.create_task(self._track_health())
+        await asyncio.sleep(0)
+        log.info("listening", extra={"addresses": self.addresses, "pid": os.getpid()})
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
         grace = self._settings.server.grace_s if grace_s is None else grace_s
         await self._server.stop(grace)
