@@ -1,8 +1,10 @@
 """What the sidecar adds to a tool call: the same calls straight to the upstream, then through
 the sidecar, measured in one run on this machine.
 
-The upstream (examples/demo/tools_server.py) and the sidecar each run in their own process,
-as in a pod; this process is the agent. Prints p50/p99 for both paths and the added latency.
+The upstream (examples/demo/tools_server.py), the sidecar (identity mode ``pod``, a
+development Workload API beside it, a JWT-SVID injected for the tickets upstream) each run in
+their own process, as in a pod; this process is the agent. Prints p50/p99 for both paths and
+the added latency.
 Timings on shared machines are noisy: read the ratio and the difference, not absolute values.
 
     python bench/relay_overhead.py [--calls 2000] [--concurrency 8] [--tool tickets.get]
@@ -27,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from examples.demo.run import wait_serving  # noqa: E402
+from examples.demo.run import start_workload_api, wait_serving  # noqa: E402
 from sidecar.client import SidecarClient  # noqa: E402
 
 
@@ -67,6 +69,7 @@ def main() -> int:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="agent-sidecar-bench-"))
+    workload_api = start_workload_api(work / "workload.sock", subprocess.DEVNULL)
     port = free_port()
     upstream = subprocess.Popen(
         [sys.executable, str(ROOT / "examples/demo/tools_server.py"), "--port", str(port)],
@@ -74,6 +77,7 @@ def main() -> int:
     )
     config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
     config["server"]["listen"] = [f"unix://{work}/agent.sock"]
+    config["identity"]["socket"] = f"unix://{work}/workload.sock"
     config["policy"]["dir"] = str(ROOT / "rego")
     config["audit"]["path"] = str(work / "audit.log")
     for target in config["targets"].values():
@@ -116,10 +120,9 @@ def main() -> int:
         sidecar_ms, sidecar_s = run_calls(via_sidecar, args.calls, args.concurrency)
         client.close()
     finally:
-        sidecar.terminate()
-        upstream.terminate()
-        sidecar.wait(10)
-        upstream.wait(10)
+        for proc in (sidecar, upstream, workload_api):
+            proc.terminate()
+            proc.wait(10)
 
     audit_records = len((work / "audit.log").read_text().splitlines())
     print(f"relay overhead: {args.calls} calls of {args.tool}, concurrency {args.concurrency}")

@@ -3,6 +3,7 @@
   agent-sidecar serve --config FILE
   agent-sidecar check --config FILE --input FILE.json
   agent-sidecar policy test [DIR] [--verbose] [--run REGEX]
+  agent-sidecar dev workload-api --trust-domain TD --socket PATH --spiffe-id ID [...]
 
 Exit status: 0 success; 1 a policy test failed; 2 bad usage, configuration or policy.
 """
@@ -59,6 +60,43 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--verbose", "-v", action="store_true", help="print passing tests too")
     test.add_argument("--run", "-r", metavar="REGEX", help="only tests whose ref matches")
     test.set_defaults(func=_policy_test)
+
+    dev = sub.add_parser("dev", help="DEVELOPMENT ONLY helpers")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    wl = dev_sub.add_parser(
+        "workload-api",
+        help="DEVELOPMENT ONLY: a SPIFFE Workload API that issues SVIDs from an in-memory CA",
+        description="DEVELOPMENT ONLY. Serves the SPIFFE Workload API on unix sockets, one "
+        "identity per socket, signed by an in-memory CA. It attests nothing: never use it "
+        "outside development and tests. SIGHUP rotates every SVID and the JWT key.",
+    )
+    wl.add_argument("--trust-domain", required=True)
+    wl.add_argument(
+        "--socket",
+        action="append",
+        default=[],
+        type=Path,
+        required=True,
+        help="unix socket path (repeat, paired in order with --spiffe-id)",
+    )
+    wl.add_argument(
+        "--spiffe-id",
+        action="append",
+        default=[],
+        required=True,
+        help="SPIFFE ID served on the matching --socket",
+    )
+    wl.add_argument(
+        "--dns-name",
+        action="append",
+        default=[],
+        help="DNS SAN added to every X.509-SVID (for mTLS server names)",
+    )
+    wl.add_argument("--x509-ttl", type=float, default=3600, help="X.509-SVID TTL, seconds")
+    wl.add_argument("--jwt-ttl", type=float, default=300, help="JWT-SVID TTL, seconds")
+    wl.add_argument("--rotate-every", type=float, help="rotate everything every N seconds")
+    wl.add_argument("--bundle-out", type=Path, help="write the X.509 trust bundle (PEM) here")
+    wl.set_defaults(func=_dev_workload_api)
     return parser
 
 
@@ -104,6 +142,24 @@ def _check(args: argparse.Namespace) -> int:
     out = decision.to_dict() | {"policy_revision": engine.revision}
     print(json.dumps(out, indent=2, sort_keys=True))
     return 0
+
+
+def _dev_workload_api(args: argparse.Namespace) -> int:
+    from sidecar.dev import run_dev_workload_api
+    from sidecar.logs import configure_logging
+
+    configure_logging("warning")
+    if len(args.socket) != len(args.spiffe_id):
+        raise SidecarError("give one --spiffe-id for each --socket")
+    return run_dev_workload_api(
+        trust_domain=args.trust_domain,
+        identities=[(str(s), i) for s, i in zip(args.socket, args.spiffe_id, strict=True)],
+        x509_ttl_s=args.x509_ttl,
+        jwt_ttl_s=args.jwt_ttl,
+        rotate_every_s=args.rotate_every,
+        bundle_out=args.bundle_out,
+        dns_names=args.dns_name,
+    )
 
 
 def _policy_test(args: argparse.Namespace) -> int:

@@ -23,6 +23,8 @@ Exceptions (all carry ``code``, ``decision_id`` and ``reasons`` when the sidecar
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +45,7 @@ __all__ = [
     "Unauthenticated",
     "Unavailable",
     "UpstreamError",
+    "workload_api_jwt_svid",
 ]
 
 _SERVICE = "/agentsidecar.v1.Sidecar/"
@@ -141,11 +144,31 @@ class UpstreamError(SidecarCallError):
 
 
 class SidecarClient:
-    """A small blocking client of the agent API (``127.0.0.1:PORT`` or ``unix:PATH``)."""
+    """A small blocking client of the agent API (``127.0.0.1:PORT`` or ``unix:PATH``).
 
-    def __init__(self, target: str, *, timeout_s: float = 30.0) -> None:
-        self._channel = grpc.insecure_channel(target)
+    Identity, to match the sidecar's ``identity.mode``: nothing (``pod``: the pod's SVID names
+    the caller); ``jwt_svid``, a callable returning the agent's JWT-SVID for the sidecar's
+    audience, sent as ``authorization: Bearer`` (``jwt``; see :func:`workload_api_jwt_svid`);
+    or ``tls``, channel credentials carrying the agent's X.509-SVID, with ``server_name`` a
+    DNS SAN of the sidecar's SVID (``mtls``).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout_s: float = 30.0,
+        jwt_svid: Callable[[], str] | None = None,
+        tls: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
+    ) -> None:
+        if tls is not None:
+            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            self._channel = grpc.secure_channel(target, tls, options=options)
+        else:
+            self._channel = grpc.insecure_channel(target)
         self._timeout = timeout_s
+        self._jwt_svid = jwt_svid
         self._call_tool = self._channel.unary_unary(
             _SERVICE + "CallTool",
             request_serializer=sidecar_pb2.CallToolRequest.SerializeToString,
@@ -194,8 +217,11 @@ class SidecarClient:
         return Decision.from_message(self._invoke(self._check, request, timeout_s).decision)
 
     def _invoke(self, method: Any, request: Any, timeout_s: float | None) -> Any:
+        metadata = None
+        if self._jwt_svid is not None:
+            metadata = (("authorization", f"Bearer {self._jwt_svid()}"),)
         try:
-            return method(request, timeout=timeout_s or self._timeout)
+            return method(request, timeout=timeout_s or self._timeout, metadata=metadata)
         except grpc.RpcError as exc:
             raise _translate(exc) from None
 
@@ -207,6 +233,23 @@ class SidecarClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def workload_api_jwt_svid(socket: str, audience: str) -> Callable[[], str]:
+    """A ``jwt_svid`` callable: the agent's JWT-SVID for ``audience`` from its Workload API,
+    fetched when needed and reused until 30 s before it expires."""
+    from spiffe import WorkloadApiClient
+
+    client = WorkloadApiClient(socket_path=socket if "://" in socket else f"unix://{socket}")
+    cached: dict[str, Any] = {}
+
+    def token() -> str:
+        if not cached or cached["expiry"] - time.time() < 30:
+            svid = client.fetch_jwt_svid(audience={audience})
+            cached.update(token=svid.token, expiry=svid.expiry)
+        return cached["token"]
+
+    return token
 
 
 def _encode(arguments: dict[str, Any] | None) -> str:

@@ -1,7 +1,9 @@
 """`make demo`: one agent, its sidecar and a tool upstream, end to end on this machine.
 
-Starts the example tool upstream, writes a config into ./demo-out, starts
-``agent-sidecar serve`` as its own process, waits until its gRPC health check says SERVING,
+Starts a development SPIFFE Workload API (``agent-sidecar dev workload-api``) that issues the
+pod's SVID, the example tool upstream, writes a config into ./demo-out, starts
+``agent-sidecar serve`` (identity mode ``pod``) as its own process, waits until its gRPC health
+check says SERVING (it does once the first SVID has arrived),
 runs the scripted agent, prints one line per call and where the audit log is, then stops
 everything. Exits non-zero if any call's effect differs from what the baseline policy should
 decide, so the demo doubles as a smoke test.
@@ -9,6 +11,7 @@ decide, so the demo doubles as a smoke test.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -30,10 +33,16 @@ from examples.demo.tools_server import ToolServer  # noqa: E402
 OUT = ROOT / "demo-out"
 
 
+RUN_DIR = Path("/tmp") / f"agent-sidecar-demo-{int(time.time() * 1000)}"
+WORKLOAD_SOCKET = RUN_DIR / "workload.sock"
+SPIFFE_ID = "spiffe://demo.example/agent/support"
+
+
 def write_config(tools_url: str) -> tuple[Path, str]:
     config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
-    socket = Path("/tmp") / f"agent-sidecar-demo-{int(time.time() * 1000)}" / "agent.sock"
+    socket = RUN_DIR / "agent.sock"
     config["server"]["listen"] = [f"unix://{socket}"]
+    config["identity"]["socket"] = f"unix://{WORKLOAD_SOCKET}"
     config["policy"]["dir"] = str(ROOT / "rego")
     config["audit"]["path"] = str(OUT / "audit.log")
     for target in config["targets"].values():
@@ -60,9 +69,45 @@ def wait_serving(address: str, proc: subprocess.Popen, timeout_s: float = 30) ->
     raise SystemExit("the sidecar did not become ready in time")
 
 
+def start_workload_api(socket: Path, log) -> subprocess.Popen:
+    """``agent-sidecar dev workload-api`` serving the demo agent's SVID on ``socket``."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "dev",
+            "workload-api",
+            "--trust-domain",
+            "demo.example",
+            "--socket",
+            str(socket),
+            "--spiffe-id",
+            SPIFFE_ID,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while not socket.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("the development Workload API did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def jwt_claims(token: str) -> dict:
+    """The claims of a JWT, for display only (the token itself is never printed)."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
 def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
+    RUN_DIR.mkdir(parents=True)
+    workload_log = (OUT / "workload-api.log").open("w")
+    workload_api = start_workload_api(WORKLOAD_SOCKET, workload_log)
     with ToolServer() as tools:
         config, address = write_config(tools.url)
         log = (OUT / "sidecar.log").open("w")
@@ -82,15 +127,31 @@ def main() -> int:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
             log.close()
+            workload_api.send_signal(signal.SIGTERM)
+            workload_api.wait(timeout=15)
+            workload_log.close()
+            shutil.rmtree(RUN_DIR, ignore_errors=True)
         notified = [r.json() for r in tools.received if r.path == "/notify"]
+        bearer = [
+            r.headers["authorization"].removeprefix("Bearer ")
+            for r in tools.received
+            if r.path.startswith("/tickets") and "authorization" in r.headers
+        ]
     audit = (OUT / "audit.log").read_text().splitlines()
     print(f"\nupstream received {len(tools.received)} requests for {len(lines)} calls")
     if notified:
         print(f"partner.notify as the partner received it: {json.dumps(notified[0])}")
+    if bearer:
+        claims = jwt_claims(bearer[0])
+        print(
+            f"tickets received a JWT-SVID the agent never saw: sub={claims['sub']} "
+            f"aud={claims['aud']} ttl={claims['exp'] - claims['iat']}s"
+        )
     print(f"audit log: {OUT / 'audit.log'} ({len(audit)} records)")
     print(f"sidecar log: {OUT / 'sidecar.log'}")
     wrong = [line for line in lines if line.effect != line.expected]
-    if wrong or len(audit) != len(lines):
+    tickets_calls = sum(1 for r in tools.received if r.path.startswith("/tickets"))
+    if wrong or len(audit) != len(lines) or len(bearer) != tickets_calls:
         print("demo FAILED: a decision or the audit log is not what it should be", file=sys.stderr)
         return 1
     return 0

@@ -115,7 +115,10 @@ class DevAuthority:
         *,
         ttl_s: float | None = None,
         not_before: dt.datetime | None = None,
+        dns_names: Sequence[str] = (),
     ) -> IssuedX509Svid:
+        """An X.509-SVID: exactly one URI SAN (the SPIFFE ID), optionally DNS SANs too (the
+        standard allows them; gRPC clients verify an mTLS server by a DNS name)."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(seconds=30)
         lifetime = dt.timedelta(seconds=self.x509_ttl_s if ttl_s is None else ttl_s)
@@ -139,7 +142,12 @@ class DevAuthority:
                 critical=False,
             )
             .add_extension(
-                x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+                x509.SubjectAlternativeName(
+                    [
+                        x509.UniformResourceIdentifier(spiffe_id),
+                        *(x509.DNSName(name) for name in dns_names),
+                    ]
+                ),
                 critical=False,
             )
             .sign(self._ca_key, hashes.SHA256())

@@ -44,12 +44,14 @@ class DevWorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
         spiffe_id: str,
         *,
         federated: Mapping[str, DevAuthority] | None = None,
+        dns_names: tuple[str, ...] = (),
     ) -> None:
         self.authority = authority
         self.spiffe_id = spiffe_id
+        self.dns_names = dns_names
         self._federated = dict(federated or {})
         self._cond = threading.Condition()
-        self._svid: IssuedX509Svid = authority.issue_x509(spiffe_id)
+        self._svid: IssuedX509Svid = authority.issue_x509(spiffe_id, dns_names=dns_names)
         self._generation = 0
         self._stopping = False
 
@@ -63,7 +65,7 @@ class DevWorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
     def rotate(self, *, x509_ttl_s: float | None = None) -> None:
         """Issue a new X.509-SVID (and, through the authority, a new JWT key); push it."""
         self.authority.rotate()
-        svid = self.authority.issue_x509(self.spiffe_id, ttl_s=x509_ttl_s)
+        svid = self.authority.issue_x509(self.spiffe_id, ttl_s=x509_ttl_s, dns_names=self.dns_names)
         with self._cond:
             self._svid = svid
             self._generation += 1

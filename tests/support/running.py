@@ -24,10 +24,15 @@ def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settin
     raw["server"]["listen"] = [f"unix://{tmp_path}/agent.sock"]
     raw["policy"]["dir"] = str(ROOT / "rego")
     raw["audit"]["path"] = str(tmp_path / "audit.log")
+    # Static identity and no upstream credentials unless a test asks for SPIFFE (identity=...).
+    raw["identity"] = {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"}
     for target in raw["targets"].values():
         target["base_url"] = tools_url
+        target.pop("auth", None)
     for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(raw.get(section), dict):
+        if section == "identity":
+            raw[section] = values
+        elif isinstance(values, dict) and isinstance(raw.get(section), dict):
             raw[section].update(values)
         else:
             raw[section] = values
