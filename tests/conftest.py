@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,9 +16,50 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from examples.demo.tools_server import Reply, ToolServer  # noqa: E402
-from tests.support.running import RunningSidecar, sidecar_settings  # noqa: E402
+from sidecar.logs import JsonFormatter  # noqa: E402
+from tests.support.running import AUDIT_PATHS, RunningSidecar, sidecar_settings  # noqa: E402
 
 REGO = ROOT / "rego"
+SECRET_PATTERNS = {
+    "JWT": re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+    "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+}
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_any_log_or_audit_record():
+    """Every log record (at DEBUG) and every audit line of the whole suite is scanned for
+    tokens and private keys; finding one fails the run."""
+    collector = _Collect()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(collector)
+    root.setLevel(logging.DEBUG)
+    yield
+    root.removeHandler(collector)
+    root.setLevel(previous)
+    sources = [("log", line) for line in collector.lines]
+    for path in AUDIT_PATHS:
+        if path.exists() and path.is_file():
+            sources += [(str(path), line) for line in path.read_text().splitlines()]
+    found = [
+        f"{kind} in {where}: {text[:120]}"
+        for where, text in sources
+        for kind, pattern in SECRET_PATTERNS.items()
+        if pattern.search(text)
+    ]
+    if found:
+        pytest.fail("secrets were written:\n" + "\n".join(found[:10]), pytrace=False)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sidecar.identity.errors import IdentityError
 from sidecar.identity.subject import parse_spiffe_id
@@ -23,6 +24,7 @@ __all__ = ["ALGORITHMS", "JwtBundles", "VerifiedJwtSvid", "validate_jwt_svid"]
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
 _TYPES = ("JWT", "JOSE")
+_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 # trust domain name -> key id -> public key
 JwtBundles = Mapping[str, Mapping[str, Any]]
@@ -71,6 +73,8 @@ def validate_jwt_svid(token: str, *, audience: str, bundles: JwtBundles) -> Veri
     key = keys.get(kid)
     if key is None:
         raise _fail("jwt_unknown_kid", f"kid {kid!r} is not in the {trust_domain} JWT bundle")
+    if not _key_fits(alg, key):
+        raise _fail("jwt_bad_signature", f"the bundle key {kid!r} cannot verify alg {alg}")
     try:
         claims = jwt.decode(
             token,
@@ -86,7 +90,13 @@ def validate_jwt_svid(token: str, *, audience: str, bundles: JwtBundles) -> Veri
         raise _fail("jwt_not_yet_valid", "the token is not valid yet (nbf)") from exc
     except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError) as exc:
         raise _fail("jwt_audience_mismatch", f"the token is not for audience {audience!r}") from exc
-    except (jwt.InvalidSignatureError, jwt.InvalidKeyError, jwt.InvalidAlgorithmError) as exc:
+    except (
+        jwt.InvalidSignatureError,
+        jwt.InvalidKeyError,
+        jwt.InvalidAlgorithmError,
+        TypeError,
+        ValueError,
+    ) as exc:
         raise _fail("jwt_bad_signature", "the token's signature does not verify") from exc
     except jwt.PyJWTError as exc:
         raise _fail("jwt_invalid", f"the token is not valid: {exc}") from exc
@@ -97,3 +107,10 @@ def validate_jwt_svid(token: str, *, audience: str, bundles: JwtBundles) -> Veri
         expires_at=int(claims["exp"]),
         claims=claims,
     )
+
+
+def _key_fits(alg: str, key: Any) -> bool:
+    """The bundle key's type (and curve) matches the token's algorithm family."""
+    if alg.startswith(("RS", "PS")):
+        return isinstance(key, rsa.RSAPublicKey)
+    return isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == _CURVES[alg]

@@ -23,3 +23,10 @@ def test_the_demo_runs_end_to_end():
     assert "partner.notify   deny" in out
     assert '"[REDACTED:email] asked for a call back"' in out
     assert "(8 records)" in out
+    assert "tickets received a JWT-SVID the agent never saw" in out
+    from tests.conftest import SECRET_PATTERNS
+
+    for path in (ROOT / "demo-out").iterdir():
+        text = path.read_text()
+        for kind, pattern in SECRET_PATTERNS.items():
+            assert not pattern.search(text), f"{kind} written to {path}"

@@ -15,6 +15,8 @@ from sidecar.client import SidecarClient
 from sidecar.config import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every audit log a test sidecar wrote this session, for the secret scan in conftest.
+AUDIT_PATHS: list[Path] = []
 DEMO_CONFIG = ROOT / "examples" / "demo" / "config.yaml"
 
 
@@ -56,6 +58,7 @@ class RunningSidecar:
         self.sidecar = self.run(build())
         self.address = self.sidecar.server.addresses[0]
         self.audit_path = settings.audit.path
+        AUDIT_PATHS.append(self.audit_path)
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)

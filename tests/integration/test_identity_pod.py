@@ -1,0 +1,249 @@
+"""Pod mode and just-in-time upstream credentials, against a real Workload API server on a unix
+socket (the development server, speaking workload.proto, SVIDs signed by a real test CA)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import jwt
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from examples.demo.tools_server import ToolServer
+from sidecar._proto.agentsidecar.v1 import sidecar_pb2
+from sidecar.client import PolicyDenied, Unauthenticated, Unavailable
+from sidecar.identity.dev_authority import DevAuthority
+from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
+from sidecar.identity.jwt_svid import validate_jwt_svid
+from sidecar.identity.workload import parse_jwt_bundles
+from tests.conftest import audit_lines
+
+AGENT = "spiffe://demo.example/agent/support"
+TICKETS_AUD = "spiffe://demo.example/tickets"
+
+
+@pytest.fixture
+def authority() -> DevAuthority:
+    return DevAuthority("demo.example")
+
+
+@pytest.fixture
+def workload_api(authority, tmp_path):
+    server = DevWorkloadApiServer(DevWorkloadApi(authority, AGENT), tmp_path / "wl.sock").start()
+    yield server
+    server.stop()
+
+
+def _pod(socket_path, **extra):
+    return {"mode": "pod", "socket": f"unix://{socket_path}", **extra}
+
+
+def _with_jwt_auth(tools_url: str) -> dict:
+    return {
+        "tickets": {"base_url": tools_url, "auth": {"type": "jwt-svid", "audience": TICKETS_AUD}},
+        "kb": {"base_url": tools_url},
+        "payments": {"base_url": tools_url},
+        "partner": {"base_url": tools_url},
+    }
+
+
+def _health(address: str) -> int:
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+    return reply.status
+
+
+def _wait(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_pod_mode_subject_is_the_pods_svid(start_sidecar, tools, workload_api):
+    running = start_sidecar(tools.url, identity=_pod(workload_api.socket_path))
+    assert _wait(lambda: _health(running.address) == health_pb2.HealthCheckResponse.SERVING)
+    channel = grpc.insecure_channel(running.address)
+    call = channel.unary_unary(
+        "/agentsidecar.v1.Sidecar/CallTool",
+        request_serializer=sidecar_pb2.CallToolRequest.SerializeToString,
+        response_deserializer=sidecar_pb2.CallToolResponse.FromString,
+    )
+    reply = call(
+        sidecar_pb2.CallToolRequest(tool="tickets.get", arguments_json='{"id": "1"}'),
+        metadata=(("x-spiffe-id", "spiffe://demo.example/agent/admin"),),
+    )
+    channel.close()
+    assert reply.decision.effect == "allow"
+    [record] = audit_lines(running.audit_path)
+    assert record["subject"]["spiffe_id"] == AGENT
+    assert record["subject"]["attestation"] == "pod-svid"
+    expected_expiry = workload_api.api.svid.leaf.not_valid_after_utc.timestamp()
+    assert record["subject"]["expires_at"] == int(expected_expiry)
+
+
+def test_not_serving_until_the_first_svid_arrives(start_sidecar, tools, authority, tmp_path):
+    socket_path = tmp_path / "late" / "wl.sock"
+    running = start_sidecar(tools.url, identity=_pod(socket_path))
+    assert _health(running.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    with running.client() as client, pytest.raises(Unavailable) as failed:
+        client.call_tool("tickets.get", {"id": "1"})
+    assert failed.value.code == "identity_not_ready"
+    server = DevWorkloadApiServer(DevWorkloadApi(authority, AGENT), socket_path).start()
+    try:
+        assert _wait(lambda: _health(running.address) == health_pb2.HealthCheckResponse.SERVING)
+        with running.client() as client:
+            assert client.call_tool("tickets.get", {"id": "1"}).status == 200
+    finally:
+        server.stop()
+    assert audit_lines(running.audit_path)[0]["outcome"]["code"] == "identity_not_ready"
+
+
+def test_rotation_during_a_stream_of_calls_fails_none(start_sidecar, tools, workload_api):
+    running = start_sidecar(
+        tools.url, identity=_pod(workload_api.socket_path), targets=_with_jwt_auth(tools.url)
+    )
+    assert _wait(lambda: _health(running.address) == health_pb2.HealthCheckResponse.SERVING)
+    failures: list[Exception] = []
+    done = threading.Event()
+
+    def calls() -> None:
+        with running.client() as client:
+            for i in range(150):
+                try:
+                    client.call_tool("tickets.get", {"id": str(i)})
+                except Exception as exc:  # any failure counts
+                    failures.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=calls)
+    thread.start()
+    rotations = 0
+    while not done.is_set() and rotations < 5:
+        time.sleep(0.1)
+        workload_api.api.rotate()
+        rotations += 1
+    thread.join(60)
+    assert failures == []
+    assert rotations >= 3
+    identity = running.sidecar.identity
+    assert _wait(lambda: identity.rotations >= rotations)
+    assert identity.snapshot().chain[0].serial_number == workload_api.api.svid.leaf.serial_number
+    assert len(audit_lines(running.audit_path)) == 150
+
+
+def test_workload_api_down_keeps_serving_until_the_svid_expires(
+    start_sidecar, tools, workload_api, authority
+):
+    workload_api.api.set_svid(authority.issue_x509(AGENT, ttl_s=3))
+    running = start_sidecar(tools.url, identity=_pod(workload_api.socket_path))
+    identity = running.sidecar.identity
+    assert _wait(lambda: identity.ready and identity.snapshot().expires_at - time.time() < 5)
+    workload_api.stop()  # the SPIRE agent goes away
+    with running.client() as client:
+        assert client.call_tool("tickets.get", {"id": "1"}).status == 200  # cached SVID
+        time.sleep(max(0.0, identity.snapshot().expires_at - time.time()) + 0.3)
+        with pytest.raises(Unauthenticated) as failed:
+            client.call_tool("tickets.get", {"id": "2"})
+    assert failed.value.code == "svid_expired"
+    assert _wait(lambda: _health(running.address) == health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert len(tools.received) == 1
+
+
+def test_upstream_gets_a_jwt_svid_for_exactly_its_audience(start_sidecar, tools, workload_api):
+    running = start_sidecar(
+        tools.url, identity=_pod(workload_api.socket_path), targets=_with_jwt_auth(tools.url)
+    )
+    assert _wait(lambda: _health(running.address) == health_pb2.HealthCheckResponse.SERVING)
+    with running.client() as client:
+        first = client.call_tool("tickets.get", {"id": "1"})
+        client.call_tool("tickets.create", {"title": "t"})
+        client.call_tool("kb.search", {"q": "x"})
+    tickets = [r for r in tools.received if r.path.startswith("/tickets")]
+    kb = [r for r in tools.received if r.path.startswith("/kb")]
+    tokens = [r.headers["authorization"].removeprefix("Bearer ") for r in tickets]
+    bundles = parse_jwt_bundles(workload_api.api._jwt_bundles())
+    for token in tokens:
+        verified = validate_jwt_svid(token, audience=TICKETS_AUD, bundles=bundles)
+        assert verified.spiffe_id == AGENT
+        assert verified.audience == (TICKETS_AUD,)  # exactly its audience, nothing more
+    assert tokens[0] == tokens[1]  # cached until shortly before expiry
+    assert "authorization" not in kb[0].headers  # a target without auth gets none
+    # The agent never sees it: not in the response, not in the audit log.
+    assert tokens[0].encode() not in first.body
+    assert tokens[0] not in running.audit_path.read_text()
+
+
+def _policy_with_credential(tmp_path, audience: str, ttl_s: int) -> str:
+    directory = tmp_path / "cred-policy" / "agentsidecar" / "authz"
+    directory.mkdir(parents=True)
+    (directory / "authz.rego").write_text(
+        "package agentsidecar.authz\n\nimport rego.v1\n\n"
+        'decision := {"effect": "allow", "reasons": [], "obligations": '
+        f'{{"credential": {{"audience": "{audience}", "ttl_s": {ttl_s}}}}}}}\n'
+    )
+    return str(tmp_path / "cred-policy")
+
+
+def test_credential_obligation_narrows_the_audience(start_sidecar, tools, workload_api, tmp_path):
+    narrowed = "spiffe://demo.example/tickets/read"
+    running = start_sidecar(
+        tools.url,
+        identity=_pod(workload_api.socket_path),
+        targets=_with_jwt_auth(tools.url),
+        policy={"dir": _policy_with_credential(tmp_path, narrowed, 600)},
+    )
+    assert _wait(lambda: running.sidecar.identity.ready)
+    with running.client() as client:
+        client.call_tool("tickets.get", {"id": "1"})
+    token = tools.received[0].headers["authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert claims["aud"] == [narrowed]
+
+
+def test_a_credential_policy_cannot_get_is_refused_before_relay(
+    start_sidecar, tools, workload_api, tmp_path
+):
+    # The Workload API issues 300 s JWT-SVIDs; policy allows at most 60 s.
+    running = start_sidecar(
+        tools.url,
+        identity=_pod(workload_api.socket_path),
+        targets=_with_jwt_auth(tools.url),
+        policy={"dir": _policy_with_credential(tmp_path, TICKETS_AUD, 60)},
+    )
+    assert _wait(lambda: running.sidecar.identity.ready)
+    with running.client() as client, pytest.raises(Unavailable) as failed:
+        client.call_tool("tickets.get", {"id": "1"})
+    assert failed.value.code == "credential_unavailable"
+    assert "60s" in str(failed.value)
+    with running.client() as client, pytest.raises(Unavailable):
+        client.call_tool("kb.search", {"q": "x"})  # a target with no credential configured
+    assert tools.received == []
+
+
+def test_pod_mode_refuses_a_non_loopback_listener(tools, tmp_path):
+    from sidecar.config import ConfigError
+    from tests.support.running import sidecar_settings
+
+    with pytest.raises(ConfigError, match=r"server\.listen"):
+        sidecar_settings(
+            tmp_path,
+            tools.url,
+            identity=_pod(tmp_path / "wl.sock"),
+            server={"listen": ["0.0.0.0:7443"]},
+        )
+
+
+def test_deny_still_denies_in_pod_mode(start_sidecar, workload_api):
+    with ToolServer() as upstream:
+        running = start_sidecar(upstream.url, identity=_pod(workload_api.socket_path))
+        assert _wait(lambda: running.sidecar.identity.ready)
+        with running.client() as client, pytest.raises(PolicyDenied):
+            client.call_tool("tickets.close", {"id": "1"})
+        assert upstream.received == []
