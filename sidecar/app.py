@@ -17,6 +17,7 @@ from sidecar.identity import (
     UpstreamCredentials,
     WorkloadIdentity,
 )
+from sidecar.identity.credentials import wire_mtls
 from sidecar.pipeline import Mediator
 from sidecar.policy import EmbeddedEngine, PolicyEngine
 from sidecar.relay import HttpRelay
@@ -99,6 +100,8 @@ class Sidecar:
             max_response_bytes=settings.relay.max_response_bytes,
             pool_size=settings.relay.max_concurrency,
         )
+        if identity is not None:
+            wire_mtls(relay, settings.targets, identity)
         mediator = Mediator(
             settings=settings,
             engine=engine,

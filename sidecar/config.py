@@ -179,9 +179,11 @@ class RelaySettings:
 
 @dataclass(frozen=True)
 class TargetAuthSettings:
-    """Just-in-time upstream credential: ``jwt-svid`` (Bearer, for ``audience``) or none."""
+    """Just-in-time upstream credential: ``jwt-svid`` (Bearer, for ``audience``), ``mtls``
+    (the sidecar's X.509-SVID as client certificate, the upstream verified against the
+    SPIFFE trust bundle and its DNS name), or ``none``."""
 
-    type: Literal["none", "jwt-svid"] = "none"
+    type: Literal["none", "jwt-svid", "mtls"] = "none"
     audience: str = ""
 
     def __post_init__(self) -> None:
@@ -204,6 +206,9 @@ class TargetSettings:
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
+        if self.auth.type == "mtls":
+            _check(parts.scheme == "https", "auth: type mtls needs an https base_url")
+            _check(self.ca_file is None, "ca_file: not with auth mtls (the SPIFFE bundle is used)")
         _check(
             parts.scheme in ("http", "https") and bool(parts.hostname),
             f"base_url: {self.base_url!r} is not an http(s) URL",

@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 DEFAULT_OUT = ROOT / "sidecar" / "_proto"
-_IMPORT = re.compile(r"^from (agentsidecar|spiffe)((?:\.\w+)*) import", re.MULTILINE)
+_IMPORT = re.compile(r"^from (agentsidecar)((?:\.\w+)*) import", re.MULTILINE)
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -25,7 +25,10 @@ def generate(out_dir: Path) -> list[Path]:
     import grpc_tools
     from grpc_tools import protoc  # build-time dependency only
 
-    protos = sorted(str(p.relative_to(PROTO_DIR)) for p in PROTO_DIR.rglob("*.proto"))
+    # Only our own API: proto/spiffe/workload.proto is served with py-spiffe's generated code.
+    protos = sorted(
+        str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / "agentsidecar").rglob("*.proto")
+    )
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     out_dir.mkdir(parents=True, exist_ok=True)
     args = [

@@ -30,6 +30,8 @@ class Received:
     query: list[tuple[str, str]]
     headers: dict[str, str]
     body: bytes
+    # The TLS client certificate's subjectAltName entries, when the client presented one.
+    peer_san: tuple[tuple[str, str], ...] = ()
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -61,6 +63,12 @@ def demo_routes() -> dict[tuple[str, str], Route]:
         ("POST", "/refunds"): lambda r: Reply(body={"refund_id": f"R-{next(ids)}", **r.json()}),
         ("POST", "/notify"): lambda r: Reply(202, {"accepted": True, "received": r.json()}),
     }
+
+
+def _peer_san(connection: Any) -> tuple[tuple[str, str], ...]:
+    getpeercert = getattr(connection, "getpeercert", None)
+    cert = getpeercert() if getpeercert else None
+    return tuple(cert.get("subjectAltName", ())) if cert else ()
 
 
 class ToolServer:
@@ -95,6 +103,7 @@ class ToolServer:
                     query=parse_qsl(parts.query, keep_blank_values=True),
                     headers={k.lower(): v for k, v in self.headers.items()},
                     body=self.rfile.read(length) if length else b"",
+                    peer_san=_peer_san(self.connection),
                 )
                 with server._lock:
                     server.received.append(request)

@@ -1,7 +1,10 @@
 """Just-in-time upstream credentials: what the sidecar adds to a relayed call, never the agent.
 
 Per target (``targets.NAME.auth``): ``jwt-svid`` sends ``Authorization: Bearer <JWT-SVID>``
-fetched from the Workload API for the target's audience, or ``none``. A decision's
+fetched from the Workload API for the target's audience; ``mtls`` presents the sidecar's
+X.509-SVID as the TLS client certificate and verifies the upstream against the SPIFFE trust
+bundle (chain and DNS name), re-reading both after every rotation; ``none`` adds nothing.
+A decision's
 ``credential`` obligation ``{audience, ttl_s}`` narrows this: the JWT-SVID is requested for the
 obligation's audience, and a token that would outlive ``ttl_s`` is not used, so the call is
 refused (``credential_unavailable``) rather than relayed with more than policy allowed.
@@ -9,15 +12,18 @@ refused (``credential_unavailable``) rather than relayed with more than policy a
 
 from __future__ import annotations
 
+import os
+import ssl
 import time
 from collections.abc import Mapping
 
 from sidecar.config import TargetSettings
 from sidecar.identity.errors import IdentityError
-from sidecar.identity.workload import WorkloadIdentity
+from sidecar.identity.workload import Snapshot, WorkloadIdentity
 from sidecar.policy.decision import CredentialObligation
+from sidecar.relay.http import HttpRelay
 
-__all__ = ["UpstreamCredentials"]
+__all__ = ["UpstreamCredentials", "mtls_context", "wire_mtls"]
 
 
 class UpstreamCredentials:
@@ -30,6 +36,11 @@ class UpstreamCredentials:
     def headers_for(self, target: str, obligation: CredentialObligation | None) -> dict[str, str]:
         """Headers carrying the credential for one call (blocking: may ask the Workload API)."""
         auth = self._targets[target].auth
+        if obligation is None and auth.type == "mtls":
+            if self._identity is None:
+                raise IdentityError("no Workload API for mTLS", code="credential_unavailable")
+            self._identity.snapshot()  # no current SVID: refuse rather than connect without
+            return {}
         if obligation is None and auth.type == "none":
             return {}
         if auth.type != "jwt-svid":
@@ -53,3 +64,40 @@ class UpstreamCredentials:
                 code="credential_unavailable",
             )
         return {"Authorization": f"Bearer {token}"}
+
+
+def mtls_context(snapshot: Snapshot) -> ssl.SSLContext:
+    """A client SSLContext: our SVID as client certificate, the trust bundle as roots.
+
+    ``ssl`` loads keys only from files, so the key goes through an anonymous in-memory file
+    (memfd) that never touches a filesystem and is closed at once.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_verify_locations(cadata=snapshot.bundle_pem().decode("ascii"))
+    fd = os.memfd_create("svid", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, snapshot.chain_pem() + snapshot.key_pem())
+        context.load_cert_chain(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+    return context
+
+
+def wire_mtls(relay: HttpRelay, targets: Mapping[str, TargetSettings], identity: WorkloadIdentity):
+    """Give every ``auth: mtls`` target a TLS context now and after every rotation."""
+    names = [name for name, t in targets.items() if t.auth.type == "mtls"]
+    if not names:
+        return
+    refuse_all = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # no roots: every handshake fails
+    for name in names:
+        relay.use_tls(name, refuse_all)
+
+    def apply(snapshot: Snapshot) -> None:
+        context = mtls_context(snapshot)
+        for name in names:
+            relay.use_tls(name, context)
+
+    identity.subscribe(apply)
+    if identity.ready:
+        apply(identity.snapshot())

@@ -9,6 +9,7 @@ an upstream cannot send the call elsewhere. One pooled keep-alive session per ta
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,18 @@ def _query_value(key: str, value: Any) -> str:
     raise RequestBuildError(f"argument {key!r} cannot be sent as a query parameter")
 
 
+class _TlsAdapter(HTTPAdapter):
+    """An adapter whose connections use a given SSLContext (client certificate, roots)."""
+
+    def __init__(self, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
+        self._ssl_context = ssl_context
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._ssl_context
+        super().init_poolmanager(*args, **kwargs)
+
+
 class HttpRelay:
     """Sends upstream requests. Blocking: call it from a worker thread."""
 
@@ -92,6 +105,7 @@ class HttpRelay:
     ) -> None:
         self._targets = targets
         self._max_response_bytes = max_response_bytes
+        self._pool_size = pool_size
         self._sessions: dict[str, requests.Session] = {}
         for name in targets:
             session = requests.Session()
@@ -100,6 +114,17 @@ class HttpRelay:
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             self._sessions[name] = session
+
+    def use_tls(self, target: str, context: ssl.SSLContext) -> None:
+        """Send ``target``'s calls with ``context`` from now on (e.g. a rotated client SVID).
+        Connections of the previous context finish their calls and are then dropped."""
+        adapter = _TlsAdapter(
+            context, pool_connections=1, pool_maxsize=self._pool_size, max_retries=0
+        )
+        old = self._sessions[target].adapters.get("https://")
+        self._sessions[target].mount("https://", adapter)
+        if old is not None:
+            old.close()
 
     def send(
         self,
@@ -127,6 +152,7 @@ class HttpRelay:
                 allow_redirects=False,
                 stream=True,
                 verify=str(target.ca_file) if target.ca_file else True,
+                # (for auth mtls the adapter's SSLContext verifies against the SPIFFE bundle)
             )
             with response:
                 content = self._read_bounded(response)

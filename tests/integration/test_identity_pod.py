@@ -247,3 +247,65 @@ def test_deny_still_denies_in_pod_mode(start_sidecar, workload_api):
         with running.client() as client, pytest.raises(PolicyDenied):
             client.call_tool("tickets.close", {"id": "1"})
         assert upstream.received == []
+
+
+def test_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
+    start_sidecar, workload_api, authority, tmp_path
+):
+    import ssl
+
+    upstream_svid = authority.issue_x509(
+        "spiffe://demo.example/tickets-api", dns_names=("localhost",)
+    )
+    cert, key = tmp_path / "up.crt", tmp_path / "up.key"
+    cert.write_bytes(upstream_svid.chain_pem)
+    key.write_bytes(upstream_svid.key_pem)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    context.load_verify_locations(cadata=authority.x509_bundle_pem.decode())
+    context.verify_mode = ssl.CERT_REQUIRED  # the upstream demands a client SVID
+    with ToolServer(tls=context) as upstream:
+        url = upstream.url.replace("127.0.0.1", "localhost")
+        targets = {
+            "tickets": {"base_url": url, "auth": {"type": "mtls"}},
+            "kb": {"base_url": url},
+            "payments": {"base_url": url},
+            "partner": {"base_url": url},
+        }
+        running = start_sidecar(url, identity=_pod(workload_api.socket_path), targets=targets)
+        assert _wait(lambda: running.sidecar.identity.ready)
+        time.sleep(0.2)  # let the rotation listener install the client context
+        with running.client() as client:
+            assert client.call_tool("tickets.get", {"id": "1"}).status == 200
+            workload_api.api.rotate()
+            assert _wait(lambda: running.sidecar.identity.rotations >= 1)
+            time.sleep(0.2)
+            assert client.call_tool("tickets.get", {"id": "2"}).status == 200
+        assert [r.peer_san for r in upstream.received] == [(("URI", AGENT),)] * 2
+        # An upstream whose certificate is not from the trust bundle is refused.
+        other = DevAuthority("demo.example").issue_x509(
+            "spiffe://demo.example/tickets-api", dns_names=("localhost",)
+        )
+        cert.write_bytes(other.chain_pem)
+        key.write_bytes(other.key_pem)
+        impostor_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        impostor_ctx.load_cert_chain(cert, key)
+        with ToolServer(tls=impostor_ctx) as impostor:
+            impostor_url = impostor.url.replace("127.0.0.1", "localhost")
+            (tmp_path / "b").mkdir()
+            bad = start_sidecar(
+                impostor_url,
+                identity=_pod(workload_api.socket_path),
+                targets={
+                    **targets,
+                    "tickets": {"base_url": impostor_url, "auth": {"type": "mtls"}},
+                },
+                server={"listen": [f"unix://{tmp_path}/b/agent.sock"]},
+                audit={"path": str(tmp_path / "b" / "audit.log")},
+            )
+            assert _wait(lambda: bad.sidecar.identity.ready)
+            time.sleep(0.2)
+            with bad.client() as client, pytest.raises(Unavailable) as failed:
+                client.call_tool("tickets.get", {"id": "1"})
+            assert failed.value.code == "upstream_unavailable"
+            assert impostor.received == []
