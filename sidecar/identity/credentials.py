@@ -4,9 +4,10 @@ Per target (``targets.NAME.auth``): ``jwt-svid`` sends ``Authorization: Bearer <
 fetched from the Workload API for the target's audience; ``mtls`` presents the sidecar's
 X.509-SVID as the TLS client certificate and verifies the upstream against the SPIFFE trust
 bundle (chain and DNS name), re-reading both after every rotation; ``none`` adds nothing.
-A decision's
-``credential`` obligation ``{audience, ttl_s}`` narrows this: the JWT-SVID is requested for the
-obligation's audience, and a token that would outlive ``ttl_s`` is not used, so the call is
+
+A decision's ``credential`` obligation ``{audience, ttl_s}`` narrows this: the JWT-SVID is
+requested for the obligation's audience, and a token that would outlive ``ttl_s`` is not
+used, so the call is
 refused (``credential_unavailable``) rather than relayed with more than policy allowed.
 """
 
