@@ -136,3 +136,21 @@ def test_a_bad_config_is_exit_2_naming_file_and_key(tmp_path):
     done = cli("serve", "--config", str(bad))
     assert done.returncode == 2
     assert f"{bad}: policy.engin: unknown key" in done.stderr
+
+
+def test_pod_mode_without_a_workload_api_socket_is_exit_2(tmp_path):
+    config = tmp_path / "pod.yaml"
+    config.write_text(f"identity: {{mode: pod}}\npolicy: {{dir: {ROOT / 'rego'}}}\n")
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "SPIFFE_ENDPOINT_SOCKET"}
+    done = subprocess.run(
+        [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env=env,
+    )
+    assert done.returncode == 2
+    assert "identity.socket" in done.stderr and "SPIFFE_ENDPOINT_SOCKET" in done.stderr
