@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from examples.demo.tools_server import Reply, ToolServer  # noqa: E402
+from sidecar.identity.dev_authority import DevAuthority  # noqa: E402
 from sidecar.logs import JsonFormatter  # noqa: E402
 from tests.support.running import AUDIT_PATHS, RunningSidecar, sidecar_settings  # noqa: E402
 
@@ -60,6 +61,12 @@ def no_secret_in_any_log_or_audit_record():
     ]
     if found:
         pytest.fail("secrets were written:\n" + "\n".join(found[:10]), pytrace=False)
+
+
+@pytest.fixture
+def authority() -> DevAuthority:
+    """A development SPIFFE authority (CA + JWT key) for trust domain demo.example."""
+    return DevAuthority("demo.example")
 
 
 @pytest.fixture

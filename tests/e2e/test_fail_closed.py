@@ -13,8 +13,8 @@ import pytest
 from examples.demo.tools_server import Reply, ToolServer
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.client import InvalidRequest, PolicyDenied, Unavailable, UpstreamError
+from sidecar.identity.dev_authority import DevAuthority
 from tests.conftest import audit_lines
-from tests.support.pki import TestCA
 
 
 def _policy(tmp_path: Path, decision: str, name: str = "p") -> str:
@@ -247,22 +247,25 @@ def test_an_oversized_upstream_answer_is_refused(start_sidecar):
 
 
 def test_https_upstream_verified_against_the_configured_ca(start_sidecar, tmp_path):
-    ca = TestCA()
-    cert, key = ca.issue_server().write(tmp_path, "upstream")
-    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    ca = DevAuthority("tls.example")
+    issued = ca.issue_x509("spiffe://tls.example/upstream", dns_names=("localhost",))
+    (tmp_path / "up.crt").write_bytes(issued.chain_pem)
+    (tmp_path / "up.key").write_bytes(issued.key_pem)
+    (tmp_path / "ca.pem").write_bytes(ca.x509_bundle_pem)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context.load_cert_chain(tmp_path / "up.crt", tmp_path / "up.key")
     with ToolServer(tls=context) as upstream:
-        assert upstream.url.startswith("https://")
-        targets = {"tickets": {"base_url": upstream.url, "ca_file": str(tmp_path / "ca.pem")}}
-        good = start_sidecar(upstream.url, targets=targets)
+        url = upstream.url.replace("127.0.0.1", "localhost")
+        assert url.startswith("https://")
+        targets = {"tickets": {"base_url": url, "ca_file": str(tmp_path / "ca.pem")}}
+        good = start_sidecar(url, targets=targets)
         with good.client() as client:
             assert client.call_tool("tickets.get", {"id": "5"}).json()["id"] == "5"
-        (tmp_path / "other.pem").write_bytes(TestCA("another CA").cert_pem)
-        targets = {"tickets": {"base_url": upstream.url, "ca_file": str(tmp_path / "other.pem")}}
+        (tmp_path / "other.pem").write_bytes(DevAuthority("other.example").x509_bundle_pem)
+        targets = {"tickets": {"base_url": url, "ca_file": str(tmp_path / "other.pem")}}
         (tmp_path / "b").mkdir()
         bad = start_sidecar(
-            upstream.url,
+            url,
             targets=targets,
             server={"listen": [f"unix://{tmp_path}/b/agent.sock"]},
             audit={"path": str(tmp_path / "b" / "audit.log")},

@@ -22,11 +22,6 @@ AUDIENCE = "spiffe://demo.example/agent-sidecar"
 
 
 @pytest.fixture
-def authority() -> DevAuthority:
-    return DevAuthority("demo.example")
-
-
-@pytest.fixture
 def sidecar_in_jwt_mode(start_sidecar, tools, authority, tmp_path):
     api = DevWorkloadApiServer(DevWorkloadApi(authority, SIDECAR_ID), tmp_path / "wl.sock")
     api.start()

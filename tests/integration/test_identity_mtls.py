@@ -21,11 +21,6 @@ SERVER_NAME = "agent-sidecar"
 
 
 @pytest.fixture
-def authority() -> DevAuthority:
-    return DevAuthority("demo.example")
-
-
-@pytest.fixture
 def mtls_sidecar(start_sidecar, tools, authority, tmp_path):
     api = DevWorkloadApi(authority, SIDECAR_ID, dns_names=(SERVER_NAME,))
     server = DevWorkloadApiServer(api, tmp_path / "wl.sock").start()

@@ -25,11 +25,6 @@ TICKETS_AUD = "spiffe://demo.example/tickets"
 
 
 @pytest.fixture
-def authority() -> DevAuthority:
-    return DevAuthority("demo.example")
-
-
-@pytest.fixture
 def workload_api(authority, tmp_path):
     server = DevWorkloadApiServer(DevWorkloadApi(authority, AGENT), tmp_path / "wl.sock").start()
     yield server
