@@ -20,6 +20,8 @@ from sidecar.identity import (
 from sidecar.identity.credentials import wire_mtls
 from sidecar.pipeline import Mediator
 from sidecar.policy import EmbeddedEngine, PolicyEngine
+from sidecar.policy.opa import OpaEngine
+from sidecar.policy.reload import PolicyReloader
 from sidecar.relay import HttpRelay
 from sidecar.server import SidecarServer
 
@@ -31,7 +33,17 @@ MTLS_READY_TIMEOUT_S = 30.0
 
 def build_engine(settings: Settings) -> PolicyEngine:
     policy = settings.policy
+    if policy.engine == "opa":
+        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
     return EmbeddedEngine.from_dir(policy.dir, policy.query, workers=policy.workers)
+
+
+def build_shadow(settings: Settings) -> PolicyEngine | None:
+    """The shadow policy (config only: no request can enable or influence it)."""
+    policy = settings.policy
+    if policy.shadow is None:
+        return None
+    return EmbeddedEngine.from_dir(policy.shadow, policy.query, workers=policy.workers)
 
 
 def workload_api_socket(settings: Settings) -> str:
@@ -79,11 +91,14 @@ class Sidecar:
     audit: JsonlFileSink
     mediator: Mediator
     server: SidecarServer
+    shadow: PolicyEngine | None = None
+    reloader: PolicyReloader | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Sidecar:
         """Everything that can fail (policy load, audit file) fails here, before listening."""
         engine = build_engine(settings)
+        shadow = build_shadow(settings)
         audit = JsonlFileSink(settings.audit.path, fsync=settings.audit.fsync)
         identity = build_identity(settings)
         if settings.identity.mode == "mtls":
@@ -109,9 +124,14 @@ class Sidecar:
             relay=relay,
             audit=audit,
             credentials=UpstreamCredentials(settings.targets, identity),
+            shadow=shadow,
         )
-        server = SidecarServer(settings, mediator, identity)
-        return cls(settings, engine, identity, relay, audit, mediator, server)
+        server = SidecarServer(settings, mediator, identity, engine)
+        reloader = None
+        if isinstance(engine, EmbeddedEngine):
+            interval = settings.policy.reload_interval_ms / 1000
+            reloader = PolicyReloader(engine, interval).start()
+        return cls(settings, engine, identity, relay, audit, mediator, server, shadow, reloader)
 
     async def start(self) -> None:
         await self.server.start()
@@ -121,6 +141,10 @@ class Sidecar:
         self.close()
 
     def close(self) -> None:
+        if self.reloader is not None:
+            self.reloader.stop()
+        if self.shadow is not None:
+            self.shadow.close()
         self.mediator.close()
         self.relay.close()
         self.engine.close()

@@ -51,7 +51,10 @@ class CallRecord:
     task: dict[str, Any] | None = None
     delegation: list[str] = field(default_factory=list)
     policy: dict[str, Any] | None = None
+    # The policy input, when the log obligation allows it (for `policy replay`).
+    input: dict[str, Any] | None = None
     decision: dict[str, Any] | None = None
+    shadow: dict[str, Any] | None = None
     status: str = "OK"
     code: str = "ok"
     message: str = ""
@@ -72,7 +75,9 @@ class CallRecord:
             "task": self.task,
             "delegation": self.delegation,
             "policy": self.policy,
+            "input": self.input,
             "decision": self.decision,
+            "shadow": self.shadow,
             "outcome": {
                 "status": self.status,
                 "code": self.code,

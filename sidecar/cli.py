@@ -113,7 +113,8 @@ def _serve(args: argparse.Namespace) -> int:
         # grpc.aio binds to the running loop: build inside it.
         sidecar = Sidecar.build(settings)
         try:
-            await serve_until_signalled(sidecar.server)
+            reload = sidecar.reloader.request if sidecar.reloader else None
+            await serve_until_signalled(sidecar.server, on_hup=reload)
         finally:
             sidecar.close()
 

@@ -139,12 +139,20 @@ class IdentitySettings:
 class PolicySettings:
     """Where decisions come from."""
 
-    engine: Literal["embedded"] = "embedded"
+    engine: Literal["embedded", "opa"] = "embedded"
     dir: Path = Path("rego")
     query: str = "data.agentsidecar.authz.decision"
     timeout_ms: int = 250
-    # Interpreters evaluated in parallel (each holds its own compiled copy of the policy).
+    # Interpreters evaluating in parallel (embedded), or connections to OPA (opa).
     workers: int = 4
+    # embedded: how often the policy dir is checked for changes (0: only on SIGHUP).
+    reload_interval_ms: int = 1000
+    # opa: the OPA server (http://HOST:PORT or unix:///PATH).
+    opa_url: str = "http://127.0.0.1:8181"
+    # A second policy evaluated beside the active one for every call; recorded, never enforced.
+    shadow: Path | None = None
+    # Read-only tools allowed when the engine fails (not when policy denies). Off by default.
+    fail_open_on_engine_error: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check(
@@ -153,6 +161,13 @@ class PolicySettings:
         )
         _check(self.timeout_ms > 0, "timeout_ms: must be > 0")
         _check(1 <= self.workers <= 64, "workers: must be between 1 and 64")
+        _check(self.reload_interval_ms >= 0, "reload_interval_ms: must be >= 0")
+        parts = urlsplit(self.opa_url)
+        _check(
+            (parts.scheme == "http" and bool(parts.hostname))
+            or (parts.scheme == "unix" and bool(parts.path)),
+            f"opa_url: {self.opa_url!r} is not http://HOST:PORT or unix:///PATH",
+        )
 
 
 @dataclass(frozen=True)
@@ -263,6 +278,13 @@ class Settings:
                         f"mode {self.identity.mode} the agent API must not be reachable from "
                         "outside the pod (only mode mtls may listen on other addresses)",
                     )
+        for i, name in enumerate(self.policy.fail_open_on_engine_error):
+            tool = self.tools.get(name)
+            if tool is None or tool.operation != "read":
+                raise _KeyedError(
+                    f"policy.fail_open_on_engine_error[{i}]",
+                    f"{name!r} is not a configured read tool; only read tools may fail open",
+                )
         for name, tool in self.tools.items():
             if tool.target not in self.targets:
                 raise _KeyedError(

@@ -16,6 +16,7 @@ _S = grpc.StatusCode
 
 STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "ok": _S.OK,
+    "fail_open": _S.OK,
     "approval_required": _S.FAILED_PRECONDITION,
     # request
     "request_too_large": _S.INVALID_ARGUMENT,

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from sidecar.policy import (
     build_input,
     parse_decision,
 )
-from sidecar.policy.decision import CredentialObligation
+from sidecar.policy.decision import ENGINE_FAILURES, CredentialObligation
 from sidecar.relay import (
     HttpRelay,
     RelayError,
@@ -78,6 +79,13 @@ class CallResult:
     upstream_body: bytes = b""
 
 
+@dataclass(frozen=True)
+class _Decided:
+    decision: Decision
+    revision: str
+    engine_decision_id: str | None
+
+
 class _Stop(Exception):
     """Ends the pipeline early with a result (internal control flow)."""
 
@@ -99,8 +107,13 @@ class Mediator:
         relay: HttpRelay,
         audit: AuditSink,
         credentials: UpstreamCredentials | None = None,
+        shadow: PolicyEngine | None = None,
     ) -> None:
         self._settings = settings
+        self._shadow = shadow
+        self._fail_open = frozenset(settings.policy.fail_open_on_engine_error)
+        # Counts for operators (exported as metrics by the audit/metrics issue).
+        self.stats: Counter[str] = Counter()
         self._credentials = credentials or UpstreamCredentials(settings.targets, None)
         self._engine = engine
         self._attestor = attestor
@@ -192,17 +205,32 @@ class Mediator:
         record.action = {k: v for k, v in input_doc["action"].items() if k != "arguments"} | {
             "arguments": payload_view(arguments, "metadata")
         }
+        t0 = time.perf_counter()
+        decided, shadow = await asyncio.gather(
+            self._decide(self._engine, input_doc, deadline, request.tool),
+            self._shadow_decide(input_doc, deadline),
+        )
+        decision = decided.decision
+        record.latency_ms["decide"] = (time.perf_counter() - t0) * 1000
         record.policy = {
             "engine": self._engine.name,
-            "revision": self._engine.revision,
+            "revision": decided.revision,
             "query": settings.policy.query,
         }
-
-        t0 = time.perf_counter()
-        decision = await self._decide(input_doc, deadline)
-        record.latency_ms["decide"] = (time.perf_counter() - t0) * 1000
+        if decided.engine_decision_id:
+            record.policy["engine_decision_id"] = decided.engine_decision_id
         record.decision = decision.to_dict()
+        if shadow is not None:
+            record.shadow = shadow.decision.to_dict() | {"revision": shadow.revision}
+            self.stats["shadow_evaluations"] += 1
+            if shadow.decision.effect != decision.effect:
+                self.stats["shadow_disagreements"] += 1
         log_level = decision.obligations.log
+        if log_level in ("full", "redacted"):
+            record.input = input_doc | {
+                "action": input_doc["action"]
+                | {"arguments": payload_view(arguments, log_level)["value"]}
+            }
         log.info(
             "decision",
             extra={
@@ -212,7 +240,7 @@ class Mediator:
                 "code": decision.code,
             },
         )
-        common = {"decision": decision, "policy_revision": self._engine.revision}
+        common = {"decision": decision, "policy_revision": decided.revision}
 
         if rpc == "Check" or not decision.allowed:
             record.action["arguments"] = payload_view(arguments, log_level)
@@ -307,21 +335,48 @@ class Mediator:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._relay_pool, send)
 
-    async def _decide(self, input_doc: dict[str, Any], deadline: float) -> Decision:
-        """Ask policy; any failure is a deny with its code, never an exception."""
+    async def _decide(
+        self, engine: PolicyEngine, input_doc: dict[str, Any], deadline: float, tool: str
+    ) -> _Decided:
+        """Ask policy; any failure is a deny with its code, never an exception. A read tool in
+        ``policy.fail_open_on_engine_error`` is allowed when the *engine* fails (counted,
+        audited as ``fail_open``); never when policy answered."""
         loop = asyncio.get_running_loop()
         timeout = min(self._settings.policy.timeout_ms / 1000, deadline - loop.time())
+        revision = engine.revision
         try:
             if timeout <= 0:
                 raise DecisionError("policy_timeout", "no time left in the call's deadline")
-            result = await self._engine.evaluate(input_doc, timeout_s=timeout)
-            return parse_decision(result.value, defined=result.defined)
+            result = await engine.evaluate(input_doc, timeout_s=timeout)
+            revision = result.revision
+            decision = parse_decision(result.value, defined=result.defined)
+            return _Decided(decision, revision, result.engine_decision_id)
         except DecisionError as exc:
             log.warning(
                 "policy failed closed",
                 extra={"decision_id": input_doc["request_id"], "code": exc.code, "error": str(exc)},
             )
-            return Decision.fail_closed(exc)
+            if engine is self._engine and exc.code in ENGINE_FAILURES and tool in self._fail_open:
+                self.stats["fail_open"] += 1
+                log.warning(
+                    "FAIL OPEN: engine failure on a read tool configured to fail open",
+                    extra={"decision_id": input_doc["request_id"], "tool": tool, "code": exc.code},
+                )
+                return _Decided(
+                    Decision(
+                        effect="allow",
+                        reasons=(f"fail-open ({exc.code}): {exc}",),
+                        code="fail_open",
+                    ),
+                    revision,
+                    None,
+                )
+            return _Decided(Decision.fail_closed(exc), revision, None)
+
+    async def _shadow_decide(self, input_doc: dict[str, Any], deadline: float) -> _Decided | None:
+        if self._shadow is None:
+            return None
+        return await self._decide(self._shadow, input_doc, deadline, tool="")
 
     def _finish(self, record: CallRecord, result: CallResult, started: float) -> CallResult:
         record.status = result.status.name

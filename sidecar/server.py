@@ -31,7 +31,7 @@ from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.config import Settings
 from sidecar.identity import CallContext, WorkloadIdentity
 from sidecar.pipeline import CallResult, Mediator, ToolCall
-from sidecar.policy import Decision
+from sidecar.policy import Decision, PolicyEngine
 
 __all__ = ["SERVICE_NAME", "SidecarServer"]
 
@@ -155,10 +155,15 @@ class SidecarServer:
     """
 
     def __init__(
-        self, settings: Settings, mediator: Mediator, identity: WorkloadIdentity | None = None
+        self,
+        settings: Settings,
+        mediator: Mediator,
+        identity: WorkloadIdentity | None = None,
+        engine: PolicyEngine | None = None,
     ) -> None:
         self._settings = settings
         self._identity = identity
+        self._engine = engine
         self._health_task: asyncio.Task[None] | None = None
         limit = settings.server.max_request_bytes
         self._server = grpc.aio.server(
@@ -236,6 +241,10 @@ class SidecarServer:
         )
 
     def _serving(self) -> bool:
+        """Ready: the engine can decide (OPA: bundles active) and, with SPIFFE identity, a
+        current SVID is held. Blocking (asks OPA): runs off the event loop."""
+        if self._engine is not None and not self._engine.healthy():
+            return False
         if self._identity is None:
             return True
         try:
@@ -247,7 +256,7 @@ class SidecarServer:
     async def _track_health(self) -> None:
         current = None
         while True:
-            serving = self._serving()
+            serving = await asyncio.to_thread(self._serving)
             if serving != current:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING
@@ -277,14 +286,16 @@ class SidecarServer:
         await self._server.wait_for_termination()
 
 
-async def serve_until_signalled(server: SidecarServer) -> None:
-    """Start, then stop gracefully on SIGTERM or SIGINT."""
+async def serve_until_signalled(server: SidecarServer, on_hup: Any = None) -> None:
+    """Start, then stop gracefully on SIGTERM or SIGINT; SIGHUP calls ``on_hup``."""
     import signal
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if on_hup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hup)
     await server.start()
     await stop.wait()
     log.info("shutting down")

@@ -18,6 +18,7 @@ from sidecar.policy.errors import DecisionError
 __all__ = [
     "CODES",
     "EFFECTS",
+    "ENGINE_FAILURES",
     "LOG_LEVELS",
     "ApprovalObligation",
     "CredentialObligation",
@@ -41,7 +42,15 @@ CODES = {
     "invalid_obligation": "a known obligation has a malformed value",
     "policy_error": "the policy engine failed to evaluate",
     "policy_timeout": "the policy engine did not answer within its timeout",
+    "opa_unavailable": "the OPA server could not be reached",
+    "opa_timeout": "the OPA server did not answer in time",
+    "opa_bad_response": "the OPA server answered with an error or an unreadable body",
+    "fail_open": "the engine failed and this read-only tool is configured to fail open",
 }
+# Failures of the engine itself (not policy's answer): the only ones fail-open may cover.
+ENGINE_FAILURES = frozenset(
+    {"policy_error", "policy_timeout", "opa_unavailable", "opa_timeout", "opa_bad_response"}
+)
 _DECISION_KEYS = {"effect", "reasons", "obligations"}
 _EFFECT_CODES = {"allow": "ok", "deny": "policy_deny", "step_up": "approval_required"}
 

@@ -3,14 +3,23 @@
 The policy is compiled once per worker at load (a plan per interpreter; interpreters are not
 thread-safe, and evaluation releases the GIL, so ``workers`` interpreters evaluate in
 parallel). Each call borrows one, sets the input and runs the prepared plan.
+
+Hot reload: :meth:`reload` reads the directory, and if its content hash changed compiles a
+complete new set of interpreters on the caller's thread (off the hot path), then swaps one
+reference. A call takes that reference once when it starts, so it is evaluated, and reports
+its revision, entirely under one policy. A revision that does not load (syntax, unsupported
+built-in, bad data) is rejected with :class:`PolicyLoadError` and the old one stays active.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import queue
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +30,14 @@ from sidecar.policy.source import PolicySource, load_policy_dir
 
 __all__ = ["EmbeddedEngine"]
 
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _State:
+    source: PolicySource
+    pool: queue.SimpleQueue[CompiledQuery]
+
 
 class EmbeddedEngine:
     """Evaluates ``query`` against a loaded policy directory with a pool of interpreters."""
@@ -28,12 +45,18 @@ class EmbeddedEngine:
     name = "embedded"
 
     def __init__(self, source: PolicySource, query: str, *, workers: int = 4) -> None:
-        self._source = source
         self._query = query
-        self._pool: queue.SimpleQueue[CompiledQuery] = queue.SimpleQueue()
-        for _ in range(workers):
-            self._pool.put(CompiledQuery(source.modules, source.data, query))
+        self._workers = workers
+        self._dir = source.root
+        self._state = self._compile(source)
+        self._reload_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rego")
+
+    def _compile(self, source: PolicySource) -> _State:
+        pool: queue.SimpleQueue[CompiledQuery] = queue.SimpleQueue()
+        for _ in range(self._workers):
+            pool.put(CompiledQuery(source.modules, source.data, self._query))
+        return _State(source, pool)
 
     @classmethod
     def from_dir(cls, policy_dir: str | Path, query: str, *, workers: int = 4) -> EmbeddedEngine:
@@ -41,16 +64,31 @@ class EmbeddedEngine:
 
     @property
     def revision(self) -> str:
-        return self._source.revision
+        return self._state.source.revision
 
     @property
     def version(self) -> str:
         return ENGINE_VERSION
 
+    def reload(self) -> bool:
+        """Load the policy directory again; swap if it changed. True when a new revision is
+        active. Raises ``PolicyLoadError`` (the old revision stays) if it does not load."""
+        with self._reload_lock:
+            source = load_policy_dir(self._dir)
+            if source.revision == self._state.source.revision:
+                return False
+            self._state = self._compile(source)
+        log.info("policy reloaded", extra={"revision": source.revision})
+        return True
+
+    def healthy(self) -> bool:
+        return True
+
     async def evaluate(self, input_doc: dict[str, Any], *, timeout_s: float) -> EngineResult:
+        state = self._state
         input_json = json.dumps(input_doc, separators=(",", ":"), allow_nan=False)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._evaluate_blocking, input_json)
+        future = loop.run_in_executor(self._executor, _evaluate, state, input_json)
         try:
             defined, value = await asyncio.wait_for(future, timeout=max(timeout_s, 0.0))
         except TimeoutError:
@@ -60,22 +98,24 @@ class EmbeddedEngine:
             ) from None
         except EvalError as exc:
             raise DecisionError("policy_error", f"policy evaluation failed: {exc}") from exc
-        return EngineResult(defined=defined, value=value, revision=self.revision)
+        return EngineResult(defined=defined, value=value, revision=state.source.revision)
 
     def evaluate_sync(self, input_doc: dict[str, Any]) -> EngineResult:
         """Blocking evaluation without a timeout, for the CLI."""
+        state = self._state
         try:
-            defined, value = self._evaluate_blocking(json.dumps(input_doc, allow_nan=False))
+            defined, value = _evaluate(state, json.dumps(input_doc, allow_nan=False))
         except EvalError as exc:
             raise DecisionError("policy_error", f"policy evaluation failed: {exc}") from exc
-        return EngineResult(defined=defined, value=value, revision=self.revision)
-
-    def _evaluate_blocking(self, input_json: str) -> tuple[bool, Any]:
-        compiled = self._pool.get()
-        try:
-            return compiled.evaluate(input_json)
-        finally:
-            self._pool.put(compiled)
+        return EngineResult(defined=defined, value=value, revision=state.source.revision)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _evaluate(state: _State, input_json: str) -> tuple[bool, Any]:
+    compiled = state.pool.get()
+    try:
+        return compiled.evaluate(input_json)
+    finally:
+        state.pool.put(compiled)
