@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tests.conftest import REGO, audit_lines
-from tests.integration.test_spire_containers import _docker_unavailable
+from tests.support.docker import docker_unavailable
 
 OPA_IMAGE = "openpolicyagent/opa:1.4.2"
 

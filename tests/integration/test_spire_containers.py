@@ -13,19 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.docker import docker_unavailable
+
 SPIRE_VERSION = "1.13.3"
 TRUST_DOMAIN = "demo.example"
 WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/agent/support"
-
-
-def _docker_unavailable() -> str | None:
-    try:
-        import docker
-
-        docker.from_env(timeout=3).ping()
-    except Exception as exc:  # no daemon, no socket, no permission: all mean "cannot run"
-        return f"no Docker daemon here ({type(exc).__name__}); the SPIRE containers test needs one"
-    return None
 
 
 pytestmark = pytest.mark.skipif((reason := _docker_unavailable()) is not None, reason=reason or "")
