@@ -3,9 +3,13 @@
   agent-sidecar serve --config FILE
   agent-sidecar check --config FILE --input FILE.json
   agent-sidecar policy test [DIR] [--verbose] [--run REGEX]
+  agent-sidecar policy eval --input FILE [--policy DIR] [--query Q]
+  agent-sidecar policy check [DIR] [--query Q]
+  agent-sidecar policy replay --audit FILE --policy DIR [--fail-on-change] [--to-tests FILE]
   agent-sidecar dev workload-api --trust-domain TD --socket PATH --spiffe-id ID [...]
 
-Exit status: 0 success; 1 a policy test failed; 2 bad usage, configuration or policy.
+Exit status: 0 success; 1 a policy test failed, `check` found problems, or `replay
+--fail-on-change` found a flipped decision; 2 bad usage, configuration or policy.
 """
 
 from __future__ import annotations
@@ -59,7 +63,37 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("dir", nargs="?", default="rego", type=Path, help="policy dir (rego)")
     test.add_argument("--verbose", "-v", action="store_true", help="print passing tests too")
     test.add_argument("--run", "-r", metavar="REGEX", help="only tests whose ref matches")
+    test.add_argument("--coverage", action="store_true", help="(not available: says why)")
     test.set_defaults(func=_policy_test)
+
+    query_default = "data.agentsidecar.authz.decision"
+    ev = policy_sub.add_parser("eval", help="evaluate one input; print the decision")
+    ev.add_argument("--input", required=True, type=Path, help="policy input (JSON)")
+    ev.add_argument("--policy", default=Path("rego"), type=Path, help="policy dir (rego)")
+    ev.add_argument("--query", default=query_default)
+    ev.set_defaults(func=_policy_eval)
+
+    chk = policy_sub.add_parser("check", help="compile, built-ins, data schema, style lint")
+    chk.add_argument("dir", nargs="?", default=Path("rego"), type=Path)
+    chk.add_argument("--query", default=query_default)
+    chk.set_defaults(func=_policy_check)
+
+    rp = policy_sub.add_parser("replay", help="re-decide an audit log's calls with a candidate")
+    rp.add_argument("--audit", required=True, type=Path, help="audit log (JSON lines)")
+    rp.add_argument("--policy", required=True, type=Path, help="candidate policy dir")
+    rp.add_argument("--query", default=query_default)
+    rp.add_argument(
+        "--fail-on-change",
+        action="store_true",
+        help="exit 1 if an allowed call would be refused, or a refused one allowed",
+    )
+    rp.add_argument(
+        "--to-tests",
+        type=Path,
+        metavar="FILE",
+        help="write the changed cases as a *_test.rego file",
+    )
+    rp.set_defaults(func=_policy_replay)
 
     dev = sub.add_parser("dev", help="DEVELOPMENT ONLY helpers")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
@@ -163,8 +197,82 @@ def _dev_workload_api(args: argparse.Namespace) -> int:
     )
 
 
+def _policy_eval(args: argparse.Namespace) -> int:
+    from sidecar.policy import Decision, DecisionError, EmbeddedEngine, parse_decision
+
+    try:
+        input_doc = json.loads(args.input.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SidecarError(f"{args.input}: cannot read a JSON input document: {exc}") from exc
+    engine = EmbeddedEngine.from_dir(args.policy, args.query, workers=1)
+    try:
+        result = engine.evaluate_sync(input_doc)
+        try:
+            decision = parse_decision(result.value, defined=result.defined)
+        except DecisionError as exc:
+            decision = Decision.fail_closed(exc)
+        out = {
+            "query": args.query,
+            "revision": result.revision,
+            "defined": result.defined,
+            "result": result.value,
+            "decision": decision.to_dict(),
+        }
+    except DecisionError as exc:
+        out = {
+            "query": args.query,
+            "error": str(exc),
+            "decision": Decision.fail_closed(exc).to_dict(),
+        }
+    finally:
+        engine.close()
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from sidecar.policy.check import check_policy
+
+    findings = check_policy(args.dir, args.query)
+    for finding in findings:
+        print(finding)
+    print(f"{len(findings)} problem{'s' if len(findings) != 1 else ''}")
+    return 1 if findings else 0
+
+
+def _policy_replay(args: argparse.Namespace) -> int:
+    from sidecar.policy.replay import replay, to_rego_tests
+
+    if not args.audit.is_file():
+        raise SidecarError(f"{args.audit}: audit log not found")
+    report = replay(args.audit, args.policy, args.query)
+    for change in report.changes:
+        reasons = "; ".join(change.new_reasons) or "-"
+        print(
+            f"{change.decision_id} {change.tool}: {change.old_effect} -> "
+            f"{change.new_effect} ({reasons})"
+        )
+    print(
+        f"{report.records} records, {report.replayed} replayed (recorded with input), "
+        f"{len(report.changes)} changed under revision {report.revision}"
+    )
+    if args.to_tests is not None and report.changes:
+        args.to_tests.write_text(to_rego_tests(report.changes, args.query))
+        print(f"wrote {len(report.changes)} tests to {args.to_tests}")
+    flipped = [c for c in report.changes if c.flips_allow]
+    return 1 if args.fail_on_change and flipped else 0
+
+
 def _policy_test(args: argparse.Namespace) -> int:
     from sidecar.policy.testing import TestOutcome, TestResult, run_tests, warnings
+
+    if args.coverage:
+        print(
+            "agent-sidecar: coverage is not available with the embedded engine: rego-cpp "
+            f"exposes no coverage data. Run `opa test --coverage {args.dir}` for it.",
+            file=sys.stderr,
+        )
+        return 2
 
     for warning in warnings(args.dir):
         print(f"warning: {warning}", file=sys.stderr)

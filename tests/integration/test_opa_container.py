@@ -13,7 +13,9 @@ from tests.support.docker import docker_unavailable
 
 OPA_IMAGE = "openpolicyagent/opa:1.4.2"
 
-pytestmark = pytest.mark.skipif((reason := _docker_unavailable()) is not None, reason=reason or "")
+pytestmark = pytest.mark.skipif(
+    (reason := docker_unavailable("the real OPA image test")) is not None, reason=reason or ""
+)
 
 CALLS = [
     ("tickets.get", {"id": "1"}),

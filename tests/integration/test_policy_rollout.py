@@ -38,9 +38,7 @@ def test_concurrent_calls_during_repeated_swaps(start_sidecar, tools, tmp_path):
     _write(policy_dir, MARKED.format(marker="B"))
     revision_b = load_policy_dir(policy_dir).revision
     marker_of = {revision_a: "A", revision_b: "B"}
-    running = start_sidecar(
-        tools.url, policy={"dir": str(policy_dir), "reload_interval_ms": 0}
-    )
+    running = start_sidecar(tools.url, policy={"dir": str(policy_dir), "reload_interval_ms": 0})
     reloader = running.sidecar.reloader
     failures: list[BaseException] = []
     stop = threading.Event()

@@ -20,7 +20,9 @@ TRUST_DOMAIN = "demo.example"
 WORKLOAD_ID = f"spiffe://{TRUST_DOMAIN}/agent/support"
 
 
-pytestmark = pytest.mark.skipif((reason := _docker_unavailable()) is not None, reason=reason or "")
+pytestmark = pytest.mark.skipif(
+    (reason := docker_unavailable("the SPIRE server+agent test")) is not None, reason=reason or ""
+)
 
 SERVER_CONF = f"""
 server {{
