@@ -25,6 +25,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest
 
 rego: $(STAMP)
+	$(BIN)/agent-sidecar policy check rego/
 	$(BIN)/agent-sidecar policy test rego/
 
 bench: $(STAMP)
