@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.inputs import sample_input
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -98,26 +100,9 @@ def test_an_unsupported_builtin_stops_the_run_with_exit_2(tmp_path):
 
 
 def test_check_prints_the_decision_as_json(tmp_path):
-    doc = {
-        "version": 1,
-        "request_id": "01J00000000000000000000000",
-        "time_ns": 1,
-        "subject": {
-            "spiffe_id": "spiffe://demo.example/agent/support",
-            "trust_domain": "demo.example",
-            "attestation": "static",
-            "claims": {},
-        },
-        "action": {
-            "kind": "tool",
-            "name": "payments.refund",
-            "operation": "act",
-            "target": "payments",
-            "arguments": {"amount": 250},
-            "data_classes": [],
-        },
-        "delegation": {"chain": [], "depth": 0},
-    }
+    doc = sample_input(
+        name="payments.refund", operation="act", target="payments", arguments={"amount": 250}
+    )
     (tmp_path / "input.json").write_text(json.dumps(doc))
     done = cli(
         "check", "--config", "examples/demo/config.yaml", "--input", str(tmp_path / "input.json")

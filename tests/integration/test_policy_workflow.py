@@ -12,27 +12,9 @@ import pytest
 from sidecar.client import PolicyDenied
 from tests.conftest import REGO
 from tests.integration.test_cli import cli
+from tests.support.inputs import sample_input
 
-INPUT = {
-    "version": 1,
-    "request_id": "01J00000000000000000000000",
-    "time_ns": 1,
-    "subject": {
-        "spiffe_id": "spiffe://demo.example/agent/support",
-        "trust_domain": "demo.example",
-        "attestation": "static",
-        "claims": {},
-    },
-    "action": {
-        "kind": "tool",
-        "name": "tickets.get",
-        "operation": "read",
-        "target": "tickets",
-        "arguments": {"id": "7"},
-        "data_classes": [],
-    },
-    "delegation": {"chain": [], "depth": 0},
-}
+INPUT = sample_input()
 
 
 def test_eval_prints_the_raw_result_and_the_validated_decision(tmp_path):
