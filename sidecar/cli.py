@@ -50,7 +50,28 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the agent API until SIGTERM")
     serve.add_argument("--config", required=True, type=Path, help="YAML config file")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (e.g. policy.engine=opa); repeatable",
+    )
     serve.set_defaults(func=_serve)
+
+    health = sub.add_parser("health", help="exit 0 if the sidecar's gRPC health is SERVING")
+    health.add_argument("--addr", default="127.0.0.1:7443", help="HOST:PORT or unix:PATH")
+    health.add_argument("--timeout", type=float, default=2.0)
+    health.set_defaults(func=_health)
+
+    webhook = sub.add_parser("webhook", help="the Kubernetes mutating admission webhook")
+    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True)
+    ws = webhook_sub.add_parser("serve", help="serve POST /mutate over HTTPS")
+    ws.add_argument("--config", required=True, type=Path, help="webhook config (YAML)")
+    ws.add_argument("--tls-cert", required=True, type=Path)
+    ws.add_argument("--tls-key", required=True, type=Path)
+    ws.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT")
+    ws.set_defaults(func=_webhook_serve)
 
     check = sub.add_parser("check", help="evaluate one policy input and print the decision")
     check.add_argument("--config", required=True, type=Path, help="YAML config file")
@@ -141,7 +162,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sidecar.server import serve_until_signalled
 
     configure_logging(args.log_level)
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, overrides=args.set)
 
     async def serve() -> None:
         # grpc.aio binds to the running loop: build inside it.
@@ -153,6 +174,50 @@ def _serve(args: argparse.Namespace) -> int:
             sidecar.close()
 
     asyncio.run(serve())
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(args.addr) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=args.timeout
+            )
+    except grpc.RpcError as exc:
+        print(f"not serving: {exc.code().name}", file=sys.stderr)
+        return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(name)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _webhook_serve(args: argparse.Namespace) -> int:
+    import ssl
+
+    from sidecar.logs import configure_logging
+    from sidecar.webhook.server import WebhookServer
+
+    configure_logging("info")
+    host, _, port = args.listen.rpartition(":")
+    if not port.isdigit():
+        raise SidecarError(f"--listen {args.listen!r} is not HOST:PORT")
+    try:
+        server = WebhookServer(
+            args.config,
+            args.tls_cert,
+            args.tls_key,
+            host=host or "0.0.0.0",  # noqa: S104 - the API server must reach the webhook
+            port=int(port),
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise SidecarError(f"cannot start the webhook: {exc}") from exc
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        server.stop()
     return 0
 
 

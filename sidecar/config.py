@@ -302,8 +302,9 @@ class _KeyedError(ValueError):
         self.key = key
 
 
-def load_settings(path: str | Path) -> Settings:
-    """Read and validate the YAML config at ``path``."""
+def load_settings(path: str | Path, overrides: list[str] | None = None) -> Settings:
+    """Read and validate the YAML config at ``path``; ``overrides`` are ``dotted.key=value``
+    (the value parsed as YAML), applied before validation, so they are checked the same way."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -315,7 +316,23 @@ def load_settings(path: str | Path) -> Settings:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_settings(raw if raw is not None else {}, source=path)
+    raw = raw if raw is not None else {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. policy.engine=opa)")
+        _set_dotted(raw, key.split("."), yaml.safe_load(value) if value else "", item)
+    return parse_settings(raw, source=path)
+
+
+def _set_dotted(raw: Any, keys: list[str], value: Any, item: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--set {item!r}: cannot set inside a non-mapping")
+    for key in keys[:-1]:
+        raw = raw.setdefault(key, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"--set {item!r}: {key} is not a mapping")
+    raw[keys[-1]] = value
 
 
 def parse_settings(raw: Any, *, source: Path) -> Settings:

@@ -139,3 +139,18 @@ def test_pod_mode_without_a_workload_api_socket_is_exit_2(tmp_path):
     )
     assert done.returncode == 2
     assert "identity.socket" in done.stderr and "SPIFFE_ENDPOINT_SOCKET" in done.stderr
+
+
+def test_health_reports_the_sidecars_grpc_health(sidecar):
+    done = cli("health", "--addr", sidecar.address)
+    assert done.returncode == 0 and done.stdout.strip() == "SERVING"
+    gone = cli("health", "--addr", "unix:/nonexistent/agent.sock", "--timeout", "0.5")
+    assert gone.returncode == 1 and "not serving" in gone.stderr
+
+
+def test_serve_set_overrides_are_validated_like_the_file(tmp_path):
+    done = cli("serve", "--config", "examples/demo/config.yaml", "--set", "policy.engine=wasm")
+    assert done.returncode == 2
+    assert "policy.engine: 'wasm' is not one of embedded, opa" in done.stderr
+    bad = cli("serve", "--config", "examples/demo/config.yaml", "--set", "nokey")
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr

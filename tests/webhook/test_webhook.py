@@ -1,0 +1,220 @@
+"""The mutating webhook over real HTTPS, AdmissionReview JSON as the API server sends it.
+
+Golden files: ``testdata/NAME.yaml`` (admission path, namespace, operation, pod) ->
+``testdata/NAME.injected.yaml`` (allowed, message, and the pod after applying the returned
+JSONPatch). Regenerate after an intended change with ``UPDATE_GOLDEN=1 make test`` and review
+the diff. Every injected pod must validate against the Kubernetes OpenAPI schema (strict).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import os
+import ssl
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+import requests
+import yaml
+
+from sidecar.identity.dev_authority import DevAuthority
+from sidecar.webhook.server import WebhookServer
+
+TESTDATA = Path(__file__).parent / "testdata"
+CASES = sorted(p.stem for p in TESTDATA.glob("*.yaml") if not p.stem.endswith(".injected"))
+K8S_VERSION = "1.32.0"
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("webhook")
+    ca = DevAuthority("webhook.example")
+    issued = ca.issue_x509("spiffe://webhook.example/webhook", dns_names=("localhost",))
+    (tmp / "tls.crt").write_bytes(issued.chain_pem)
+    (tmp / "tls.key").write_bytes(issued.key_pem)
+    (tmp / "ca.pem").write_bytes(ca.x509_bundle_pem)
+    (tmp / "webhook.yaml").write_text("namespace: agent-sidecar-system\n")
+    server = WebhookServer(
+        tmp / "webhook.yaml", tmp / "tls.crt", tmp / "tls.key", host="127.0.0.1", port=0
+    ).start()
+    server.tmp = tmp
+    server.ca_authority = ca
+    server.base = f"https://localhost:{server.port}"
+    yield server
+    server.stop()
+
+
+def _post(webhook, path: str, body: bytes, content_type: str = "application/json"):
+    return requests.post(
+        webhook.base + path,
+        data=body,
+        headers={"Content-Type": content_type},
+        verify=str(webhook.tmp / "ca.pem"),
+        timeout=10,
+    )
+
+
+def _review(namespace: str, operation: str, pod: dict[str, Any], kind: str = "Pod") -> dict:
+    return {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": str(uuid.uuid4()),
+            "kind": {"group": "", "version": "v1", "kind": kind},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+            "dryRun": False,
+        },
+    }
+
+
+def _admit(webhook, path: str, namespace: str, operation: str, pod: dict) -> dict[str, Any]:
+    review = _review(namespace, operation, pod)
+    answer = _post(webhook, path, json.dumps(review).encode())
+    assert answer.status_code == 200, answer.text
+    doc = answer.json()
+    assert doc["apiVersion"] == "admission.k8s.io/v1" and doc["kind"] == "AdmissionReview"
+    response = doc["response"]
+    assert response["uid"] == review["request"]["uid"]
+    outcome: dict[str, Any] = {"allowed": response["allowed"]}
+    if "status" in response:
+        outcome["message"] = response["status"]["message"]
+    result = pod
+    if "patch" in response:
+        assert response["patchType"] == "JSONPatch"
+        patch = json.loads(base64.b64decode(response["patch"]))
+        result = jsonpatch.apply_patch(pod, patch)
+    outcome["pod"] = result
+    return outcome
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden(webhook, case):
+    spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
+    outcome = _admit(webhook, spec["path"], spec["namespace"], spec["operation"], spec["object"])
+    golden = TESTDATA / f"{case}.injected.yaml"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(yaml.safe_dump(outcome, sort_keys=False))
+    assert outcome == yaml.safe_load(golden.read_text())
+    if outcome["allowed"]:
+        kubernetes_validate.validate(outcome["pod"], K8S_VERSION, strict=True)
+
+
+def _containers(pod: dict) -> list[str]:
+    return [c["name"] for c in pod["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("case", ["plain-pod", "opa-engine", "enrolled-namespace"])
+def test_readmission_of_an_injected_pod_changes_nothing(webhook, case):
+    spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
+    first = _admit(webhook, spec["path"], spec["namespace"], "CREATE", spec["object"])["pod"]
+    second = _admit(webhook, spec["path"], spec["namespace"], "CREATE", first)["pod"]
+    assert second == first
+    names = _containers(second)
+    assert names.count("agent-sidecar") == 1 and names.count("agent") == 1
+    volumes = [v["name"] for v in second["spec"]["volumes"]]
+    assert len(volumes) == len(set(volumes))
+
+
+def test_reinvocation_after_another_webhook_keeps_one_of_each(webhook):
+    spec = yaml.safe_load((TESTDATA / "opa-engine.yaml").read_text())
+    injected = _admit(webhook, "/mutate/pod", "support", "CREATE", spec["object"])["pod"]
+    other = copy.deepcopy(injected)  # another webhook appended a container of its own
+    other["spec"]["containers"].append({"name": "istio-proxy", "image": "istio/proxyv2:1.27.0"})
+    again = _admit(webhook, "/mutate/pod", "support", "CREATE", other)["pod"]
+    assert sorted(_containers(again)) == ["agent", "agent-sidecar", "istio-proxy", "opa"]
+    kubernetes_validate.validate(again, K8S_VERSION, strict=True)
+
+
+def test_agent_containers_get_the_sidecar_address_and_only_the_sidecar_gets_the_socket(webhook):
+    spec = yaml.safe_load((TESTDATA / "plain-pod.yaml").read_text())
+    pod = _admit(webhook, "/mutate/pod", "support", "CREATE", spec["object"])["pod"]
+    agent, sidecar = pod["spec"]["containers"]
+    assert {"name": "AGENT_SIDECAR_ADDR", "value": "127.0.0.1:7443"} in agent["env"]
+    assert {"name": "LOG_LEVEL", "value": "info"} in agent["env"]
+    assert not any(m["name"] == "agent-sidecar-spiffe" for m in agent.get("volumeMounts", []))
+    assert any(m["name"] == "agent-sidecar-spiffe" for m in sidecar["volumeMounts"])
+    security = sidecar["securityContext"]
+    assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert sidecar["readinessProbe"]["exec"]["command"][:2] == ["agent-sidecar", "health"]
+    [csi] = [v for v in pod["spec"]["volumes"] if v["name"] == "agent-sidecar-spiffe"]
+    assert csi["csi"]["driver"] == "csi.spiffe.io"
+
+
+def test_update_operations_are_not_mutated(webhook):
+    spec = yaml.safe_load((TESTDATA / "plain-pod.yaml").read_text())
+    outcome = _admit(webhook, "/mutate/pod", "support", "UPDATE", spec["object"])
+    assert outcome == {"allowed": True, "pod": spec["object"]}
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "words"),
+    [
+        (b"{not json", "application/json", "not JSON"),
+        (b'{"kind": "AdmissionReview"}', "text/plain", "Content-Type must be application/json"),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
+            "application/json",
+            "has no request",
+        ),
+        (
+            b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": {}}',
+            "application/json",
+            "is not admission.k8s.io/v1",
+        ),
+        (b"[1, 2]", "application/json", "not an AdmissionReview"),
+        (b"x" * (1024 * 1024 + 1), "application/json", "the limit is"),
+    ],
+    ids=["not-json", "content-type", "no-request", "v1beta1", "not-a-review", "oversized"],
+)
+def test_bad_input_is_a_clear_400(webhook, body, content_type, words):
+    answer = _post(webhook, "/mutate", body, content_type)
+    assert answer.status_code == 400
+    assert words in answer.json()["error"]
+
+
+def test_a_non_pod_kind_is_refused_with_a_message(webhook):
+    review = _review("support", "CREATE", {"metadata": {"name": "d"}}, kind="Deployment")
+    answer = _post(webhook, "/mutate", json.dumps(review).encode()).json()["response"]
+    assert answer["allowed"] is False
+    assert "Pods only" in answer["status"]["message"]
+
+
+def test_health_endpoints(webhook):
+    for path in ("/healthz", "/readyz"):
+        answer = requests.get(webhook.base + path, verify=str(webhook.tmp / "ca.pem"), timeout=5)
+        assert answer.status_code == 200
+
+
+def test_rotated_certificates_are_used_for_new_connections(webhook):
+    def serial() -> int:
+        context = ssl.create_default_context(cafile=str(webhook.tmp / "ca.pem"))
+        import socket
+
+        with (
+            socket.create_connection(("127.0.0.1", webhook.port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as tls,
+        ):
+            from cryptography import x509
+
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+    before = serial()
+    rotated = webhook.ca_authority.issue_x509(
+        "spiffe://webhook.example/webhook", dns_names=("localhost",)
+    )
+    (webhook.tmp / "tls.key").write_bytes(rotated.key_pem)
+    (webhook.tmp / "tls.crt").write_bytes(rotated.chain_pem)
+    after = serial()
+    assert after == rotated.leaf.serial_number != before
