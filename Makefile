@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit rego bench proto install-check clean
+.PHONY: demo test lint unit rego bench proto install-check k8s-policy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ bench: $(STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
+
+# kustomize loads nothing outside k8s/: refresh the policy copy the ConfigMap is built from.
+k8s-policy:
+	cp rego/agentsidecar/authz/authz.rego k8s/base/agents/policy/authz.rego
+	cp rego/agentsidecar/data.json k8s/base/agents/policy/data.json
 
 # What the Dockerfile does: a plain, non-editable `pip install .` into a fresh venv.
 install-check:

@@ -1,0 +1,123 @@
+# The baseline policy: who may call which tool, and how.
+#
+# Contract: docs/policy-contract.md. Query: data.agentsidecar.authz.decision.
+# Every allow needs positive facts (a grant for this exact subject, operation and tool);
+# everything else falls through to deny, so a missing attribute can never allow.
+# Grants and lists live in ../data.json (data.agentsidecar), not here.
+package agentsidecar.authz
+
+import rego.v1
+
+
+
+# Names for reasons. `default` rather than object.get(..., "<...>"): rego-cpp 1.5 returns
+# object.get's string default with its quotes, which breaks sprintf (docs/policy-authoring.md).
+default _subject_id := "<no subject>"
+
+_subject_id := input.subject.spiffe_id
+
+default _operation := "<no operation>"
+
+_operation := input.action.operation
+
+default _tool := "<no tool>"
+
+_tool := input.action.name
+
+default _target := "<no target>"
+
+_target := input.action.target
+
+# --- grants: read, act and delegate are separate ---------------------------------------
+
+_granted if {
+	input.version == 1
+	input.action.kind == "tool"
+	some tool in data.agentsidecar.grants[input.subject.spiffe_id][input.action.operation]
+	tool == input.action.name
+}
+
+# A target is internal only when data says so; unknown targets are external.
+_internal_target if data.agentsidecar.targets[input.action.target].external == false
+
+_deny contains msg if {
+	not _granted
+	msg := sprintf("%v holds no %v grant on %v", [_subject_id, _operation, _tool])
+}
+
+_deny contains msg if {
+	not _internal_target
+	some class in input.action.data_classes
+	class in data.agentsidecar.sensitive_classes
+	msg := sprintf("data class %v may not be sent to external target %v", [class, _target])
+}
+
+# --- step-up: high-risk calls need a human approval of this exact call ------------------
+
+_high_risk contains msg if {
+	rule := data.agentsidecar.high_risk[input.action.name]
+	not rule.argument
+	msg := sprintf("%v needs approval", [_tool])
+}
+
+_high_risk contains msg if {
+	rule := data.agentsidecar.high_risk[input.action.name]
+	value := input.action.arguments[rule.argument]
+	value > rule.above
+	msg := sprintf("%v needs approval when %v is above %v", [_tool, rule.argument, rule.above])
+}
+
+# A threshold rule whose argument is missing or not a number steps up too.
+_high_risk contains msg if {
+	rule := data.agentsidecar.high_risk[input.action.name]
+	rule.argument
+	not is_number(input.action.arguments[rule.argument])
+	msg := sprintf("%v needs approval: %v is missing or not a number", [_tool, rule.argument])
+}
+
+_approved if input.approval.id
+
+# --- obligations -------------------------------------------------------------------------
+
+_redact contains class if {
+	not _internal_target
+	some class in input.action.data_classes
+	class in data.agentsidecar.redact_external
+}
+
+_allow_obligations := {"log": "redacted"} if count(_redact) == 0
+
+_allow_obligations := {"log": "redacted", "redact": sort([c | some c in _redact])} if count(_redact) > 0
+
+# --- the decision: exactly one of these holds --------------------------------------------
+
+default decision := {"effect": "deny", "reasons": ["no rule allowed this call"]}
+
+decision := {"effect": "deny", "reasons": sort([r | some r in _deny])} if count(_deny) > 0
+
+decision := {
+	"effect": "step_up",
+	"reasons": sort([r | some r in _high_risk]),
+	"obligations": {
+		"approval": {"approvers": data.agentsidecar.approvers, "ttl_s": data.agentsidecar.approval_ttl_s},
+		"log": "full",
+	},
+} if {
+	count(_deny) == 0
+	_granted
+	count(_high_risk) > 0
+	not _approved
+}
+
+decision := {"effect": "allow", "reasons": [], "obligations": _allow_obligations} if {
+	count(_deny) == 0
+	_granted
+	count(_high_risk) == 0
+}
+
+decision := {"effect": "allow", "reasons": [], "obligations": {"log": "full"}} if {
+	count(_deny) == 0
+	_granted
+	count(_high_risk) > 0
+	_approved
+}

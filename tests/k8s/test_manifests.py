@@ -1,0 +1,149 @@
+"""The Kubernetes manifests: both overlays build with `kubectl kustomize`, every object
+validates against the Kubernetes OpenAPI schema (strict), the settings they carry load with
+the real loaders, and the example agent, injected, is a valid pod."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sidecar.config import load_settings
+from sidecar.webhook.inject import SPIFFE_SOCKET, mutate
+from sidecar.webhook.settings import load_webhook_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S_VERSION = "1.32.0"
+# Custom resources: no schema ships with kubernetes-validate; checked for shape only.
+CRDS = {
+    ("cert-manager.io/v1", "Issuer"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("spire.spiffe.io/v1alpha1", "ClusterSPIFFEID"),
+}
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+
+
+def build(overlay: str) -> list[dict]:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(ROOT / "k8s/overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def find(docs: list[dict], kind: str, name: str) -> dict:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_every_object_validates(overlay):
+    docs = build(overlay)
+    assert len(docs) >= 15
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key in CRDS:
+            assert doc["metadata"]["name"] and isinstance(doc["spec"], dict)
+            continue
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_webhook_is_registered_safely(overlay):
+    docs = build(overlay)
+    config = find(docs, "MutatingWebhookConfiguration", "agent-sidecar")
+    assert config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"] == (
+        "agent-sidecar-system/agent-sidecar-webhook"
+    )
+    paths = set()
+    for hook in config["webhooks"]:
+        assert hook["failurePolicy"] == "Fail"
+        assert hook["sideEffects"] == "None"
+        assert hook["timeoutSeconds"] <= 5
+        assert hook["reinvocationPolicy"] == "IfNeeded"
+        excluded = [
+            e
+            for e in hook["namespaceSelector"]["matchExpressions"]
+            if e["key"] == "kubernetes.io/metadata.name"
+        ]
+        assert {"agent-sidecar-system", "kube-system"} <= set(excluded[0]["values"])
+        assert "objectSelector" in hook
+        paths.add(hook["clientConfig"]["service"]["path"])
+    assert paths == {"/mutate/pod", "/mutate/namespace"}
+    deployment = find(docs, "Deployment", "agent-sidecar-webhook")
+    assert deployment["spec"]["replicas"] == {"dev": 1, "prod": 3}[overlay]
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"]
+    find(docs, "PodDisruptionBudget", "agent-sidecar-webhook")
+    find(docs, "ValidatingAdmissionPolicy", "agent-sidecar-required")
+    find(docs, "ValidatingAdmissionPolicyBinding", "agent-sidecar-required")
+    account = find(docs, "ServiceAccount", "agent-sidecar-webhook")
+    assert account["automountServiceAccountToken"] is False
+    assert not [
+        d for d in docs if d["kind"] in ("Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding")
+    ]
+
+
+def test_the_configs_in_the_config_maps_load(tmp_path):
+    docs = build("prod")
+    # (kustomize suffixes the generated name with a content hash; the Deployment follows it)
+    [webhook_yaml] = [
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap"
+        and d["metadata"]["name"].startswith("agent-sidecar-webhook-config-")
+    ]
+    volumes = find(docs, "Deployment", "agent-sidecar-webhook")["spec"]["template"]["spec"]
+    assert {"name": "config", "configMap": {"name": webhook_yaml["metadata"]["name"]}} in (
+        volumes["volumes"]
+    )
+    (tmp_path / "webhook.yaml").write_text(webhook_yaml["data"]["webhook.yaml"])
+    settings = load_webhook_settings(tmp_path / "webhook.yaml")
+    sidecar_cm = find(docs, "ConfigMap", "agent-sidecar-config")
+    (tmp_path / "config.yaml").write_text(sidecar_cm["data"]["config.yaml"])
+    policy_cm = find(docs, "ConfigMap", "agent-sidecar-policy-agentsidecar")
+    policy_dir = tmp_path / "policy" / "agentsidecar"
+    (policy_dir / "authz").mkdir(parents=True)
+    (policy_dir / "authz" / "authz.rego").write_text(policy_cm["data"]["authz.rego"])
+    (policy_dir / "data.json").write_text(policy_cm["data"]["data.json"])
+    # The sidecar config, with the overrides the webhook adds for an embedded-engine pod.
+    loaded = load_settings(
+        tmp_path / "config.yaml",
+        overrides=[
+            "policy.engine=embedded",
+            "identity.mode=pod",
+            f"identity.socket={SPIFFE_SOCKET}",
+            f"policy.dir={tmp_path / 'policy'}",
+        ],
+    )
+    assert loaded.identity.mode == "pod"
+    from sidecar.policy import EmbeddedEngine
+
+    EmbeddedEngine.from_dir(loaded.policy.dir, loaded.policy.query, workers=1).close()
+    # The example agent, injected with that webhook config, is a valid pod.
+    agent = find(docs, "Deployment", "summarizer")
+    pod = {"apiVersion": "v1", "kind": "Pod", **agent["spec"]["template"]}
+    pod["metadata"] = {**pod["metadata"], "name": "summarizer-x", "namespace": "agents"}
+    result = mutate(
+        pod, namespace="agents", operation="CREATE", enrolled_namespace=False, settings=settings
+    )
+    assert result.injected
+    kubernetes_validate.validate(result.pod, K8S_VERSION, strict=True)
+
+
+def test_the_policy_copy_in_k8s_is_current():
+    copies = ROOT / "k8s/base/agents/policy"
+    assert (copies / "authz.rego").read_text() == (
+        ROOT / "rego/agentsidecar/authz/authz.rego"
+    ).read_text(), "run `make k8s-policy`"
+    assert (copies / "data.json").read_text() == (
+        ROOT / "rego/agentsidecar/data.json"
+    ).read_text(), "run `make k8s-policy`"
