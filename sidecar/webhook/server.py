@@ -37,6 +37,9 @@ __all__ = ["WebhookServer", "review"]
 
 log = logging.getLogger(__name__)
 
+# An oversized body is read and dropped up to this many bytes before the 400 goes out.
+_DRAIN_LIMIT = 16 * 1024 * 1024
+
 
 class BadRequest(SidecarError):
     """Answered with HTTP 400 and this message."""
@@ -203,7 +206,15 @@ class WebhookServer:
                 except ValueError as exc:
                     raise BadRequest("Content-Length is required") from exc
                 if length > limit:
+                    # Read (and drop) what was sent, up to a bound, so the client gets to read
+                    # this answer instead of a reset while it is still writing.
                     self.close_connection = True
+                    remaining = min(length, _DRAIN_LIMIT)
+                    while remaining > 0:
+                        chunk = self.rfile.read(min(remaining, 65536))
+                        if not chunk:
+                            break
+                        remaining -= len(chunk)
                     raise BadRequest(f"the body is {length} bytes; the limit is {limit}")
                 return self.rfile.read(length)
 
