@@ -13,6 +13,7 @@ Timings on shared machines are noisy: read the ratio and the difference, not abs
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import statistics
 import subprocess
@@ -78,6 +79,7 @@ def main() -> int:
     config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
     config["server"]["listen"] = [f"unix://{work}/agent.sock"]
     config["identity"]["socket"] = f"unix://{work}/workload.sock"
+    config["admin"] = {"listen": ""}
     config["policy"]["dir"] = str(ROOT / "rego")
     config["audit"]["path"] = str(work / "audit.log")
     for target in config["targets"].values():
@@ -124,7 +126,8 @@ def main() -> int:
             proc.terminate()
             proc.wait(10)
 
-    audit_records = len((work / "audit.log").read_text().splitlines())
+    audit_lines = [json.loads(line) for line in (work / "audit.log").read_text().splitlines()]
+    audit_records = sum(1 for record in audit_lines if record.get("type") == "call")
     print(f"relay overhead: {args.calls} calls of {args.tool}, concurrency {args.concurrency}")
     print(f"{'path':<10} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'calls/s':>9}")
     for name, values, total in (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from sidecar.audit import JsonlFileSink
+from sidecar.audit import AuditLog, FileKeySigner, HttpSink, SvidSigner
 from sidecar.config import ConfigError, Settings
 from sidecar.identity import (
     Attestor,
@@ -18,6 +18,7 @@ from sidecar.identity import (
     WorkloadIdentity,
 )
 from sidecar.identity.credentials import wire_mtls
+from sidecar.metrics import Metrics
 from sidecar.pipeline import Mediator
 from sidecar.policy import EmbeddedEngine, PolicyEngine
 from sidecar.policy.opa import OpaEngine
@@ -80,6 +81,47 @@ def build_attestor(settings: Settings, identity: WorkloadIdentity | None) -> Att
     return MtlsAttestor(identity, mode.trust_domains)
 
 
+def build_audit(settings: Settings, identity: WorkloadIdentity | None) -> AuditLog:
+    """The audit log; checkpoints are signed with the SVID, or a development key file."""
+    audit = settings.audit
+    if identity is not None and audit.signing_key is None:
+        signer = SvidSigner(identity.snapshot)
+    else:
+        signer = FileKeySigner(audit.signing_key or audit.path.parent / "audit-signing.key")
+    http = None
+    if audit.http_url:
+        http = HttpSink(
+            audit.http_url,
+            batch=audit.http_batch,
+            interval_s=audit.http_interval_s,
+            query=settings.policy.query,
+        )
+    return AuditLog(
+        audit.path,
+        mode=audit.mode,
+        fsync=audit.fsync,
+        signer=signer,
+        checkpoint_every=audit.checkpoint_every,
+        checkpoint_interval_s=audit.checkpoint_interval_s,
+        checkpoints_path=audit.checkpoints_path
+        or audit.path.with_name(audit.path.name + ".checkpoints"),
+        max_bytes=audit.max_bytes,
+        keep_files=audit.keep_files,
+        buffer=audit.buffer,
+        stdout=audit.stdout,
+        http=http,
+    )
+
+
+def _svid_expiry(identity: WorkloadIdentity | None) -> float | None:
+    if identity is None:
+        return None
+    try:
+        return identity.snapshot().expires_at
+    except IdentityError:
+        return None
+
+
 @dataclass
 class Sidecar:
     """All components of one sidecar; ``start``/``stop`` run its gRPC server."""
@@ -88,19 +130,21 @@ class Sidecar:
     engine: PolicyEngine
     identity: WorkloadIdentity | None
     relay: HttpRelay
-    audit: JsonlFileSink
+    audit: AuditLog
     mediator: Mediator
     server: SidecarServer
     shadow: PolicyEngine | None = None
     reloader: PolicyReloader | None = None
+    metrics: Metrics | None = None
+    admin_port: int | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Sidecar:
         """Everything that can fail (policy load, audit file) fails here, before listening."""
         engine = build_engine(settings)
         shadow = build_shadow(settings)
-        audit = JsonlFileSink(settings.audit.path, fsync=settings.audit.fsync)
         identity = build_identity(settings)
+        audit = build_audit(settings, identity)
         if settings.identity.mode == "mtls":
             assert identity is not None
             if not identity.wait_ready(MTLS_READY_TIMEOUT_S):
@@ -126,12 +170,33 @@ class Sidecar:
             credentials=UpstreamCredentials(settings.targets, identity),
             shadow=shadow,
         )
+        metrics = Metrics(list(settings.targets))
+        mediator.metrics = metrics
+        metrics.watch(
+            audit_counts=lambda: dict(audit.counts),
+            stats=lambda: dict(mediator.stats),
+            policy=lambda: (engine.name, engine.revision),
+            svid_expires_at=lambda: _svid_expiry(identity),
+        )
+        admin_port = metrics.serve(settings.admin.listen) if settings.admin.listen else None
         server = SidecarServer(settings, mediator, identity, engine)
         reloader = None
         if isinstance(engine, EmbeddedEngine):
             interval = settings.policy.reload_interval_ms / 1000
             reloader = PolicyReloader(engine, interval).start()
-        return cls(settings, engine, identity, relay, audit, mediator, server, shadow, reloader)
+        return cls(
+            settings,
+            engine,
+            identity,
+            relay,
+            audit,
+            mediator,
+            server,
+            shadow,
+            reloader,
+            metrics,
+            admin_port,
+        )
 
     async def start(self) -> None:
         await self.server.start()
@@ -141,6 +206,8 @@ class Sidecar:
         self.close()
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         if self.reloader is not None:
             self.reloader.stop()
         if self.shadow is not None:

@@ -7,6 +7,8 @@
   agent-sidecar policy check [DIR] [--query Q]
   agent-sidecar policy replay --audit FILE --policy DIR [--fail-on-change] [--to-tests FILE]
   agent-sidecar dev workload-api --trust-domain TD --socket PATH --spiffe-id ID [...]
+  agent-sidecar audit verify FILE... [--checkpoints F] [--bundle F | --key F] [--require-sealed]
+  agent-sidecar audit show FILE... [--subject ID] [--tool NAME] [--effect E] [--since T]
 
 Exit status: 0 success; 1 a policy test failed, `check` found problems, or `replay
 --fail-on-change` found a flipped decision; 2 bad usage, configuration or policy.
@@ -116,6 +118,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     rp.set_defaults(func=_policy_replay)
 
+    audit = sub.add_parser("audit", help="verify and query audit logs")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    av = audit_sub.add_parser("verify", help="check hashes, sequence and signed checkpoints")
+    av.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        help="audit log(s), oldest first (rotations of one path are found)",
+    )
+    av.add_argument(
+        "--checkpoints", type=Path, help="the checkpoint file (default FILE.checkpoints)"
+    )
+    av.add_argument("--bundle", type=Path, help="trust bundle (PEM) for SVID-signed checkpoints")
+    av.add_argument("--key", type=Path, help="public key (PEM) for key-file-signed checkpoints")
+    av.add_argument(
+        "--require-sealed",
+        action="store_true",
+        help="fail if records after the last checkpoint are not signed yet",
+    )
+    av.set_defaults(func=_audit_verify)
+    sh = audit_sub.add_parser("show", help="who called what, with what outcome")
+    sh.add_argument("files", nargs="+", type=Path)
+    sh.add_argument("--subject", help="a SPIFFE ID")
+    sh.add_argument("--tool", help="a tool (or model) name")
+    sh.add_argument("--effect", choices=["allow", "deny", "step_up"])
+    sh.add_argument("--since", help="30m, 2h, 1d, or an ISO 8601 time")
+    sh.set_defaults(func=_audit_show)
+
     dev = sub.add_parser("dev", help="DEVELOPMENT ONLY helpers")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     wl = dev_sub.add_parser(
@@ -174,6 +204,70 @@ def _serve(args: argparse.Namespace) -> int:
             sidecar.close()
 
     asyncio.run(serve())
+    return 0
+
+
+def _audit_files(paths: list[Path]) -> list[Path]:
+    from sidecar.audit import rotated_files
+
+    files: list[Path] = []
+    for path in paths:
+        found = rotated_files(path) if len(paths) == 1 else [path]
+        if not found:
+            raise SidecarError(f"{path}: audit log not found")
+        files += found
+    return files
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from sidecar.audit import verify
+
+    files = _audit_files(args.files)
+    for option, path in (
+        ("--bundle", args.bundle),
+        ("--key", args.key),
+        ("--checkpoints", args.checkpoints),
+    ):
+        if path is not None and not path.is_file():
+            raise SidecarError(f"{option} {path}: file not found")
+    checkpoints = args.checkpoints or files[-1].with_name(files[-1].name + ".checkpoints")
+    report = verify(
+        files,
+        checkpoints_file=checkpoints,
+        key_file=args.key,
+        bundle_file=args.bundle,
+        require_sealed=args.require_sealed,
+    )
+    for problem in report.problems:
+        print(f"BAD: {problem}")
+    for note in report.notes:
+        print(f"note: {note}")
+    verdict = "intact" if report.intact else "NOT intact"
+    print(
+        f"{report.records} records, {report.checkpoints} checkpoints, signed through seq "
+        f"{report.sealed_through}: {verdict}"
+    )
+    return 0 if report.intact else 1
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    from sidecar.audit.show import parse_since, rows, table
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        raise SidecarError(f"--since {args.since!r}: {exc}") from exc
+    found = list(
+        rows(
+            _audit_files(args.files),
+            subject=args.subject,
+            tool=args.tool,
+            effect=args.effect,
+            since_ns=since,
+        )
+    )
+    print(table(found))
+    print(f"{len(found)} calls")
     return 0
 
 

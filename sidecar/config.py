@@ -24,6 +24,7 @@ import yaml
 from sidecar.errors import SidecarError
 
 __all__ = [
+    "AdminSettings",
     "AuditSettings",
     "ConfigError",
     "IdentitySettings",
@@ -172,11 +173,56 @@ class PolicySettings:
 
 @dataclass(frozen=True)
 class AuditSettings:
-    """Where audit records go (one JSON line per call)."""
+    """Where audit records go, and how hard the sidecar insists they get there."""
 
     path: Path = Path("audit.log")
+    # strict: a record that cannot be written fails the call (before any relay);
+    # best_effort: a bounded in-memory queue, oldest dropped (and counted) when full.
+    mode: Literal["strict", "best_effort"] = "strict"
     # fsync after every record: durable across power loss, at a cost per call.
     fsync: bool = False
+    buffer: int = 10000
+    # Rotate the file at this size (0: never); keep this many rotated files.
+    max_bytes: int = 0
+    keep_files: int = 10
+    # A signed checkpoint every N records or T seconds (and at shutdown).
+    checkpoint_every: int = 100
+    checkpoint_interval_s: float = 60.0
+    # Checkpoints are also written here (default: <path>.checkpoints).
+    checkpoints_path: Path | None = None
+    # Development signing key (Ed25519 PEM, created if missing) when no SVID is available.
+    signing_key: Path | None = None
+    stdout: bool = False
+    # A decision-log collector (OPA decision-log event format), batched and retried.
+    http_url: str = ""
+    http_batch: int = 100
+    http_interval_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        _check(self.buffer > 0, "buffer: must be > 0")
+        _check(self.max_bytes >= 0, "max_bytes: must be >= 0")
+        _check(self.keep_files >= 1, "keep_files: must be >= 1")
+        _check(self.checkpoint_every >= 1, "checkpoint_every: must be >= 1")
+        _check(self.checkpoint_interval_s > 0, "checkpoint_interval_s: must be > 0")
+        if self.http_url:
+            parts = urlsplit(self.http_url)
+            _check(
+                parts.scheme in ("http", "https") and bool(parts.hostname),
+                f"http_url: {self.http_url!r} is not an http(s) URL",
+            )
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin listener: Prometheus metrics (``/metrics``)."""
+
+    # HOST:PORT; empty: no admin listener.
+    listen: str = "127.0.0.1:9464"
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            _, sep, port = self.listen.rpartition(":")
+            _check(bool(sep) and port.isdigit(), f"listen: {self.listen!r} is not HOST:PORT")
 
 
 @dataclass(frozen=True)
@@ -264,6 +310,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
     targets: Mapping[str, TargetSettings] = field(default_factory=dict)
     tools: Mapping[str, ToolSettings] = field(default_factory=dict)

@@ -112,8 +112,9 @@ class Mediator:
         self._settings = settings
         self._shadow = shadow
         self._fail_open = frozenset(settings.policy.fail_open_on_engine_error)
-        # Counts for operators (exported as metrics by the audit/metrics issue).
+        # Counts for operators (exported by sidecar.metrics).
         self.stats: Counter[str] = Counter()
+        self.metrics: Any = None
         self._credentials = credentials or UpstreamCredentials(settings.targets, None)
         self._engine = engine
         self._attestor = attestor
@@ -266,6 +267,21 @@ class Mediator:
             "method": upstream_request.method,
             "url": upstream_request.url,
         }
+        if self._audit.strict:
+            # Write-ahead: the call is on record before anything reaches the upstream.
+            intent = record.to_dict() | {"type": "intent"}
+            intent["outcome"] = {
+                "status": "PENDING",
+                "code": "relaying",
+                "message": "",
+                "relayed": False,
+            }
+            try:
+                self._audit.write(intent)
+            except AuditError as exc:
+                raise _Stop(
+                    "audit_unavailable", f"the audit record could not be written: {exc}", **common
+                ) from exc
         t0 = time.perf_counter()
         try:
             response = await asyncio.wait_for(
@@ -383,8 +399,11 @@ class Mediator:
         record.code = result.code
         record.message = result.message
         record.latency_ms["total"] = (time.perf_counter() - started) * 1000
+        doc = record.to_dict()
+        if self.metrics is not None:
+            self.metrics.observe(doc)
         try:
-            self._audit.write(record.to_dict())
+            self._audit.write(doc)
         except AuditError as exc:
             log.error("audit write failed", extra={"decision_id": record.decision_id})
             return CallResult(

@@ -97,7 +97,12 @@ def sidecar(start_sidecar, tools) -> RunningSidecar:
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
+    """The call records of an audit log (one per call), without intents and checkpoints."""
+    return [r for r in all_audit_lines(path) if r["type"] == "call"]
+
+
+def all_audit_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-__all__ = ["REGO", "Reply", "audit_lines"]
+__all__ = ["REGO", "Reply", "all_audit_lines", "audit_lines"]

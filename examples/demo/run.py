@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import grpc
+import requests
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -38,11 +39,23 @@ WORKLOAD_SOCKET = RUN_DIR / "workload.sock"
 SPIFFE_ID = "spiffe://demo.example/agent/support"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+ADMIN_PORT = _free_port()
+
+
 def write_config(tools_url: str) -> tuple[Path, str]:
     config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
     socket = RUN_DIR / "agent.sock"
     config["server"]["listen"] = [f"unix://{socket}"]
     config["identity"]["socket"] = f"unix://{WORKLOAD_SOCKET}"
+    config["admin"] = {"listen": f"127.0.0.1:{ADMIN_PORT}"}
     config["policy"]["dir"] = str(ROOT / "rego")
     config["audit"]["path"] = str(OUT / "audit.log")
     for target in config["targets"].values():
@@ -69,7 +82,7 @@ def wait_serving(address: str, proc: subprocess.Popen, timeout_s: float = 30) ->
     raise SystemExit("the sidecar did not become ready in time")
 
 
-def start_workload_api(socket: Path, log) -> subprocess.Popen:
+def start_workload_api(socket: Path, log, bundle_out: Path | None = None) -> subprocess.Popen:
     """``agent-sidecar dev workload-api`` serving the demo agent's SVID on ``socket``."""
     proc = subprocess.Popen(
         [
@@ -84,6 +97,7 @@ def start_workload_api(socket: Path, log) -> subprocess.Popen:
             str(socket),
             "--spiffe-id",
             SPIFFE_ID,
+            *(["--bundle-out", str(bundle_out)] if bundle_out else []),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -107,7 +121,7 @@ def main() -> int:
     OUT.mkdir()
     RUN_DIR.mkdir(parents=True)
     workload_log = (OUT / "workload-api.log").open("w")
-    workload_api = start_workload_api(WORKLOAD_SOCKET, workload_log)
+    workload_api = start_workload_api(WORKLOAD_SOCKET, workload_log, OUT / "bundle.pem")
     with ToolServer() as tools:
         config, address = write_config(tools.url)
         log = (OUT / "sidecar.log").open("w")
@@ -123,6 +137,10 @@ def main() -> int:
             lines = run_agent(address)
             for line in lines:
                 print(line)
+            metrics = requests.get(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=5).text
+            decisions = [
+                m for m in metrics.splitlines() if m.startswith("agent_sidecar_decisions_total")
+            ]
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=15)
@@ -137,7 +155,7 @@ def main() -> int:
             for r in tools.received
             if r.path.startswith("/tickets") and "authorization" in r.headers
         ]
-    audit = (OUT / "audit.log").read_text().splitlines()
+    audit = [json.loads(line) for line in (OUT / "audit.log").read_text().splitlines()]
     print(f"\nupstream received {len(tools.received)} requests for {len(lines)} calls")
     if notified:
         print(f"partner.notify as the partner received it: {json.dumps(notified[0])}")
@@ -147,11 +165,34 @@ def main() -> int:
             f"tickets received a JWT-SVID the agent never saw: sub={claims['sub']} "
             f"aud={claims['aud']} ttl={claims['exp'] - claims['iat']}s"
         )
-    print(f"audit log: {OUT / 'audit.log'} ({len(audit)} records)")
+    calls = [r for r in audit if r["type"] == "call"]
+    verified = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "audit",
+            "verify",
+            str(OUT / "audit.log"),
+            "--bundle",
+            str(OUT / "bundle.pem"),
+            "--require-sealed",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    print(
+        f"audit log: {OUT / 'audit.log'} ({len(calls)} call records, hash-chained, "
+        "checkpoints signed with the SVID)"
+    )
+    print(f"audit verify --bundle demo-out/bundle.pem: {verified.stdout.strip().splitlines()[-1]}")
+    print(f"metrics (http://127.0.0.1:{ADMIN_PORT}/metrics):")
+    for metric in decisions:
+        print(f"  {metric}")
     print(f"sidecar log: {OUT / 'sidecar.log'}")
     wrong = [line for line in lines if line.effect != line.expected]
     tickets_calls = sum(1 for r in tools.received if r.path.startswith("/tickets"))
-    if wrong or len(audit) != len(lines) or len(bearer) != tickets_calls:
+    if wrong or len(calls) != len(lines) or len(bearer) != tickets_calls or verified.returncode:
         print("demo FAILED: a decision or the audit log is not what it should be", file=sys.stderr)
         return 1
     return 0

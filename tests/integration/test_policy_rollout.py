@@ -143,6 +143,7 @@ def test_sighup_reloads_a_running_sidecar(tmp_path):
         "identity": {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"},
         "policy": {"dir": str(policy_dir), "reload_interval_ms": 0},
         "audit": {"path": str(tmp_path / "audit.log")},
+        "admin": {"listen": ""},
         "targets": {"t": {"base_url": "http://127.0.0.1:9"}},
         "tools": {"t.get": {"target": "t", "operation": "read", "method": "GET", "path": "/"}},
     }

@@ -26,6 +26,7 @@ def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settin
     raw["server"]["listen"] = [f"unix://{tmp_path}/agent.sock"]
     raw["policy"]["dir"] = str(ROOT / "rego")
     raw["audit"]["path"] = str(tmp_path / "audit.log")
+    raw["admin"] = {"listen": "127.0.0.1:0"}  # a free port per test sidecar
     # Static identity and no upstream credentials unless a test asks for SPIFFE (identity=...).
     raw["identity"] = {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"}
     for target in raw["targets"].values():

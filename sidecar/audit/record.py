@@ -7,23 +7,20 @@ allows: ``full`` (as sent), ``redacted`` (detected data classes replaced) or ``m
 (argument names and sizes only, the default and what every failed call gets). Credentials are
 never part of a record: the sidecar never puts them in the structures recorded here.
 
-Writers implement :class:`AuditSink`; hash chaining and other sinks plug in behind it.
+Writers implement :class:`AuditSink` (``sidecar.audit.log.AuditLog``: hash chain, signed
+checkpoints, sinks, strict or best-effort mode).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Protocol
 
 from sidecar.classify import DETECTORS, redact
 from sidecar.errors import SidecarError
 
-__all__ = ["AuditError", "AuditSink", "CallRecord", "JsonlFileSink", "payload_view"]
+__all__ = ["AuditError", "AuditSink", "CallRecord", "payload_view", "result_view"]
 
 RECORD_VERSION = 1
 _RESULT_LIMIT = 4096
@@ -34,6 +31,11 @@ class AuditError(SidecarError):
 
 
 class AuditSink(Protocol):
+    @property
+    def strict(self) -> bool:
+        """Strict: a failed write raises; the pipeline writes an intent record before relay."""
+        ...
+
     def write(self, record: dict[str, Any]) -> None: ...
 
     def close(self) -> None: ...
@@ -60,6 +62,7 @@ class CallRecord:
     message: str = ""
     relayed: bool = False
     upstream: dict[str, Any] | None = None
+    trace_id: str | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +88,7 @@ class CallRecord:
                 "relayed": self.relayed,
             },
             "upstream": self.upstream,
+            "trace_id": self.trace_id,
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
         }
         return out
@@ -109,38 +113,3 @@ def result_view(body: bytes, content_type: str, log: str) -> dict[str, Any]:
         out["truncated"] = len(body) > _RESULT_LIMIT
         out["body"] = text if log == "full" else redact(text, [d.name for d in DETECTORS])
     return out
-
-
-class JsonlFileSink:
-    """Appends one JSON line per record with a single unbuffered ``write`` (``O_APPEND``), so a
-    failed write leaves nothing behind to be flushed later; optionally fsynced. Mode 0600:
-    records may hold argument values."""
-
-    def __init__(self, path: str | Path, *, fsync: bool = False) -> None:
-        self.path = Path(path)
-        self._fsync = fsync
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise AuditError(f"{self.path}: cannot open audit log: {exc.strerror}") from exc
-
-    def write(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=str) + "\n"
-        data = line.encode("utf-8")
-        with self._lock:
-            try:
-                written = os.write(self._fd, data)
-                if written != len(data):
-                    raise OSError(f"short write ({written} of {len(data)} bytes)")
-                if self._fsync:
-                    os.fsync(self._fd)
-            except OSError as exc:
-                raise AuditError(f"{self.path}: cannot write audit record: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            if self._fd >= 0:
-                os.close(self._fd)
-                self._fd = -1

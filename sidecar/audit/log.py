@@ -1,0 +1,167 @@
+"""The audit log: chain, sinks, checkpoints, and the mode (config only).
+
+``strict``: every record is sealed and written to the file sink (fsync per ``audit.fsync``)
+before the call continues; a write that fails raises :class:`AuditError`, and the call fails
+closed (``audit_unavailable``). For a call about to be relayed the pipeline first writes an
+``intent`` record, so no relayed call can be missing from the log, even if the process is
+killed before the call's own record is written.
+
+``best_effort``: records go to a bounded in-memory queue drained by a writer thread; when it
+is full the oldest is dropped and counted; calls never wait on or fail for the log.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from sidecar.audit.chain import Chain, Signer, canonical
+from sidecar.audit.record import AuditError
+from sidecar.audit.sinks import FileSink, HttpSink, StdoutSink
+
+__all__ = ["AuditLog"]
+
+log = logging.getLogger(__name__)
+
+
+class AuditLog:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        mode: str = "strict",
+        fsync: bool = False,
+        signer: Signer | None = None,
+        checkpoint_every: int = 100,
+        checkpoint_interval_s: float = 60.0,
+        checkpoints_path: Path | None = None,
+        max_bytes: int = 0,
+        keep_files: int = 10,
+        buffer: int = 10000,
+        stdout: bool = False,
+        http: HttpSink | None = None,
+    ) -> None:
+        self.mode = mode
+        self.path = Path(path)
+        self._file = FileSink(path, fsync=fsync, max_bytes=max_bytes, keep=keep_files)
+        self._checkpoints = (
+            FileSink(checkpoints_path, fsync=fsync) if checkpoints_path is not None else None
+        )
+        self._stdout = StdoutSink() if stdout else None
+        self._http = http
+        self.chain = Chain(
+            self._file.head() or (0, "0" * 64),
+            every=checkpoint_every,
+            interval_s=checkpoint_interval_s,
+            signer=signer,
+        )
+        self._lock = threading.Lock()
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._buffer = buffer
+        self._wake = threading.Condition()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._tick, name="audit-checkpoint", daemon=True)]
+        if mode == "best_effort":
+            self._threads.append(
+                threading.Thread(target=self._drain, name="audit-writer", daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def strict(self) -> bool:
+        return self.mode == "strict"
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.strict:
+            self._write_now(record)
+            return
+        with self._wake:
+            if len(self._queue) >= self._buffer:
+                self._queue.popleft()
+                self.counts["dropped"] += 1
+            self._queue.append(record)
+            self._wake.notify()
+
+    def _write_now(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            sealed = self.chain.seal(record)
+            try:
+                self._file.write_line(canonical(sealed) + b"\n")
+            except AuditError:
+                self.counts["failed"] += 1
+                # The chain's head moved past a record that is not on disk: go back.
+                self.chain = Chain(
+                    self._file.head() or (0, "0" * 64),
+                    every=self.chain._every,
+                    interval_s=self.chain._interval_s,
+                    signer=self.chain._signer,
+                )
+                raise
+            self.counts["written"] += 1
+            for sink in (self._stdout,):
+                if sink is not None:
+                    sink.write_line(canonical(sealed) + b"\n")
+            if self._http is not None:
+                self._http.write_record(sealed)
+            if self.chain.checkpoint_due():
+                self._checkpoint_locked()
+
+    def _checkpoint_locked(self) -> None:
+        try:
+            checkpoint = self.chain.checkpoint()
+        except Exception as exc:  # e.g. no SVID yet: try again at the next record
+            log.warning("audit checkpoint not signed yet", extra={"error": str(exc)})
+            return
+        if checkpoint is None:
+            return
+        line = canonical(checkpoint) + b"\n"
+        self._file.write_line(line)
+        if self._checkpoints is not None:
+            self._checkpoints.write_line(line)
+        self.counts["checkpoints"] += 1
+
+    def checkpoint(self) -> None:
+        with self._lock:
+            self._checkpoint_locked()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            if self.chain.checkpoint_due():
+                try:
+                    self.checkpoint()
+                except AuditError:
+                    log.exception("audit checkpoint could not be written")
+
+    def _drain(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stop.is_set():
+                    self._wake.wait(0.5)
+                if not self._queue and self._stop.is_set():
+                    return
+                record = self._queue.popleft()
+            try:
+                self._write_now(record)
+            except AuditError:
+                log.error("audit record could not be written (best_effort: dropped)")
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(10)
+        try:
+            self.checkpoint()  # a clean shutdown leaves the whole log sealed
+        except AuditError:
+            log.exception("final audit checkpoint could not be written")
+        if self._http is not None:
+            self._http.close()
+        self._file.close()
+        if self._checkpoints is not None:
+            self._checkpoints.close()

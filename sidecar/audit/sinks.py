@@ -1,0 +1,203 @@
+"""Where sealed audit lines go.
+
+``FileSink``: JSON lines appended with one unbuffered ``write`` (``O_APPEND``, mode 0600),
+optionally fsynced; rotated by size (``audit.log`` -> ``audit.log.1`` ...), the chain
+continuing across files. ``StdoutSink``. ``HttpSink``: batched POSTs to a collector in OPA's
+decision-log event format, retried with backoff, off the call path; what cannot be delivered
+is counted as dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from sidecar.audit.record import AuditError
+
+__all__ = ["FileSink", "HttpSink", "StdoutSink", "rotated_files"]
+
+log = logging.getLogger(__name__)
+
+
+def rotated_files(path: Path) -> list[Path]:
+    """``path`` and its rotations, oldest first."""
+    if not path.parent.is_dir():
+        return []
+    rotations = sorted(
+        (p for p in path.parent.glob(path.name + ".*") if p.suffix.lstrip(".").isdigit()),
+        key=lambda p: int(p.suffix.lstrip(".")),
+        reverse=True,
+    )
+    return [*rotations, path] if path.exists() else rotations
+
+
+class FileSink:
+    def __init__(self, path: str | Path, *, fsync: bool, max_bytes: int = 0, keep: int = 10):
+        self.path = Path(path)
+        self._fsync = fsync
+        self._max_bytes = max_bytes
+        self._keep = keep
+        self._fd = -1
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot open audit log: {exc.strerror}") from exc
+
+    def head(self) -> tuple[int, str] | None:
+        """The last record's (seq, hash), so a restarted sidecar continues the chain."""
+        for path in reversed(rotated_files(self.path)):
+            if not path.is_file():
+                continue  # e.g. /dev/full in tests: nothing to continue from
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue
+            for line in reversed(lines):
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line (killed mid-write) is skipped
+                if (
+                    isinstance(doc, dict)
+                    and "seq" in doc
+                    and "hash" in doc
+                    and (doc.get("type") != "checkpoint")
+                ):
+                    return int(doc["seq"]), str(doc["hash"])
+        return None
+
+    def write_line(self, line: bytes) -> None:
+        if self._max_bytes and self._size and self._size + len(line) > self._max_bytes:
+            self._rotate()
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(f"short write ({written} of {len(line)} bytes)")
+            if self._fsync:
+                os.fsync(self._fd)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot write audit record: {exc}") from exc
+        self._size += len(line)
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        for n in range(self._keep - 1, 0, -1):
+            older = self.path.with_name(f"{self.path.name}.{n}")
+            if older.exists():
+                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+        self.path.replace(self.path.with_name(self.path.name + ".1"))
+        self._open()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StdoutSink:
+    def write_line(self, line: bytes) -> None:
+        sys.stdout.write(line.decode("utf-8"))
+        sys.stdout.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class HttpSink:
+    """Batched, retried delivery to a decision-log collector; never blocks a call."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        batch: int = 100,
+        interval_s: float = 2.0,
+        buffer: int = 10000,
+        retries: int = 3,
+        query: str = "",
+    ) -> None:
+        self._url = url
+        self._batch = batch
+        self._interval_s = interval_s
+        self._retries = retries
+        self._path = query.removeprefix("data.").replace(".", "/")
+        self._queue: deque[dict[str, Any]] = deque()
+        self._buffer = buffer
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.delivered = 0
+        self.dropped = 0
+        self._session = requests.Session()
+        self._session.trust_env = False
+        self._thread = threading.Thread(target=self._run, name="audit-http", daemon=True)
+        self._thread.start()
+
+    def write_record(self, record: dict[str, Any]) -> None:
+        event = {
+            "decision_id": record.get("decision_id"),
+            "path": self._path,
+            "input": record.get("input"),
+            "result": record.get("decision"),
+            "timestamp": record.get("time"),
+            "labels": {"app": "agent-sidecar"},
+            "requested_by": (record.get("subject") or {}).get("spiffe_id", ""),
+            "agent_sidecar": record,
+        }
+        with self._lock:
+            if len(self._queue) >= self._buffer:
+                self._queue.popleft()
+                self.dropped += 1
+            self._queue.append(event)
+            if len(self._queue) >= self._batch:
+                self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self._interval_s)
+            self._wake.clear()
+            self._flush()
+
+    def _flush(self) -> None:
+        while True:
+            with self._lock:
+                batch = [self._queue.popleft() for _ in range(min(self._batch, len(self._queue)))]
+            if not batch:
+                return
+            delay = 0.2
+            for attempt in range(self._retries):
+                try:
+                    response = self._session.post(self._url, json=batch, timeout=5)
+                    if 200 <= response.status_code < 300:
+                        self.delivered += len(batch)
+                        break
+                except requests.RequestException:
+                    pass
+                if attempt + 1 < self._retries:
+                    time.sleep(delay)
+                    delay *= 2
+            else:
+                self.dropped += len(batch)
+                log.error(
+                    "audit collector unreachable; batch dropped", extra={"records": len(batch)}
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(10)
+        self._flush()
