@@ -49,6 +49,8 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "upstream_unavailable": _S.UNAVAILABLE,
     "upstream_timeout": _S.UNAVAILABLE,
     "upstream_response_too_large": _S.RESOURCE_EXHAUSTED,
+    # (its status on the wire is the upstream's HTTP status mapped by status_for_http)
+    "upstream_error": _S.UNAVAILABLE,
     "audit_unavailable": _S.UNAVAILABLE,
     "internal_error": _S.INTERNAL,
 }

@@ -44,6 +44,7 @@ from sidecar.relay import (
     UpstreamStatusError,
     build_request,
 )
+from sidecar.tracing import Tracer, trace_context
 
 __all__ = ["CallResult", "Mediator", "ToolCall"]
 
@@ -115,6 +116,7 @@ class Mediator:
         # Counts for operators (exported by sidecar.metrics).
         self.stats: Counter[str] = Counter()
         self.metrics: Any = None
+        self._tracer = Tracer()
         self._credentials = credentials or UpstreamCredentials(settings.targets, None)
         self._engine = engine
         self._attestor = attestor
@@ -170,6 +172,8 @@ class Mediator:
         deadline: float,
     ) -> CallResult:
         settings = self._settings
+        trace = trace_context(context.metadata)
+        record.trace_id = trace.trace_id
         record.action = {"kind": "tool", "name": request.tool}
         if not request.tool:
             raise _Stop("malformed_request", "tool is required")
@@ -179,7 +183,8 @@ class Mediator:
         arguments = _parse_arguments(request.arguments_json)
 
         try:
-            subject = self._attestor.attest(context)
+            with self._tracer.span("attest", trace):
+                subject = self._attestor.attest(context)
         except IdentityError as exc:
             raise _Stop(exc.code, str(exc)) from exc
         record.subject = {"spiffe_id": subject.spiffe_id, "attestation": subject.attestation}
@@ -207,10 +212,11 @@ class Mediator:
             "arguments": payload_view(arguments, "metadata")
         }
         t0 = time.perf_counter()
-        decided, shadow = await asyncio.gather(
-            self._decide(self._engine, input_doc, deadline, request.tool),
-            self._shadow_decide(input_doc, deadline),
-        )
+        with self._tracer.span("decide", trace, tool=request.tool):
+            decided, shadow = await asyncio.gather(
+                self._decide(self._engine, input_doc, deadline, request.tool),
+                self._shadow_decide(input_doc, deadline),
+            )
         decision = decided.decision
         record.latency_ms["decide"] = (time.perf_counter() - t0) * 1000
         record.policy = {
@@ -284,16 +290,18 @@ class Mediator:
                 ) from exc
         t0 = time.perf_counter()
         try:
-            response = await asyncio.wait_for(
-                self._send(
-                    tool.target,
-                    upstream_request,
-                    min(timeout, remaining),
-                    record,
-                    obligations.credential,
-                ),
-                timeout=remaining,
-            )
+            with self._tracer.span("relay", trace, target=tool.target) as span_id:
+                response = await asyncio.wait_for(
+                    self._send(
+                        tool.target,
+                        upstream_request,
+                        min(timeout, remaining),
+                        record,
+                        obligations.credential,
+                        trace.child_header(span_id),
+                    ),
+                    timeout=remaining,
+                )
         except TimeoutError:
             record.relayed = True
             raise _Stop(
@@ -339,11 +347,12 @@ class Mediator:
         timeout: float,
         record: CallRecord,
         credential: CredentialObligation | None,
+        traceparent: str,
     ) -> UpstreamResponse:
         def send() -> UpstreamResponse:
             # The credential is minted here, in the relay thread: fetching a JWT-SVID may wait
             # on the Workload API, which must not block the event loop.
-            headers = {"X-Request-Id": record.decision_id}
+            headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
             headers.update(self._credentials.headers_for(target, credential))
             return self._relay.send(target, request, timeout_s=timeout, headers=headers)
 
