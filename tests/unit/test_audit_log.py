@@ -1,0 +1,34 @@
+"""The audit log's sinks and chain, directly."""
+
+from __future__ import annotations
+
+import json
+
+from sidecar.audit import AuditLog, FileKeySigner, digest
+
+
+def test_stdout_sink_gets_the_same_sealed_records(tmp_path, capfd):
+    log = AuditLog(tmp_path / "a.log", stdout=True, signer=FileKeySigner(tmp_path / "k.pem"))
+    log.write({"type": "call", "decision_id": "d1"})
+    log.write({"type": "call", "decision_id": "d2"})
+    log.close()
+    printed = [json.loads(x) for x in capfd.readouterr().out.splitlines()]
+    on_disk = [json.loads(x) for x in (tmp_path / "a.log").read_text().splitlines()]
+    assert printed == [d for d in on_disk if d["type"] == "call"]
+    assert [d["seq"] for d in printed] == [1, 2]
+    assert printed[1]["prev_hash"] == printed[0]["hash"] == digest(printed[0])
+
+
+def test_a_restarted_log_continues_the_chain(tmp_path):
+    signer = FileKeySigner(tmp_path / "k.pem")
+    first = AuditLog(tmp_path / "a.log", signer=signer)
+    first.write({"type": "call", "decision_id": "before"})
+    first.close()
+    second = AuditLog(tmp_path / "a.log", signer=signer)
+    second.write({"type": "call", "decision_id": "after"})
+    second.close()
+    calls = [
+        json.loads(x) for x in (tmp_path / "a.log").read_text().splitlines() if '"type":"call"' in x
+    ]
+    assert [c["seq"] for c in calls] == [1, 2]
+    assert calls[1]["prev_hash"] == calls[0]["hash"]
