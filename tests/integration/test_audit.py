@@ -7,15 +7,12 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import requests
-import yaml
 
 from examples.demo.tools_server import Reply, ToolServer
 from sidecar.audit import AuditLog, FileKeySigner, canonical, digest
@@ -185,13 +182,13 @@ def test_best_effort_drops_the_oldest_when_full_and_counts_them(tmp_path):
 
 
 def test_kill_9_leaves_a_verifiable_log_with_every_relayed_call(tmp_path):
+    from tests.support.running import serve_process
+
     with ToolServer() as upstream:
         config = {
-            "server": {"listen": [f"unix://{tmp_path}/agent.sock"]},
             "identity": {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"},
             "policy": {"dir": str(Path(__file__).resolve().parents[2] / "rego")},
             "audit": {"path": str(tmp_path / "audit.log"), "mode": "strict", "checkpoint_every": 5},
-            "admin": {"listen": ""},
             "targets": {"tickets": {"base_url": upstream.url}},
             "tools": {
                 "tickets.get": {
@@ -202,38 +199,29 @@ def test_kill_9_leaves_a_verifiable_log_with_every_relayed_call(tmp_path):
                 }
             },
         }
-        (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(tmp_path / "c.yaml")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        from examples.demo.run import wait_serving
+        with serve_process(tmp_path, config) as (proc, address):
+            stop = threading.Event()
 
-        address = f"unix:{tmp_path}/agent.sock"
-        wait_serving(address, proc)
-        stop = threading.Event()
+            def stream() -> None:
+                with SidecarClient(address, timeout_s=5) as client:
+                    i = 0
+                    while not stop.is_set():
+                        try:
+                            client.call_tool("tickets.get", {"id": str(i)})
+                        except Exception:
+                            return  # the sidecar is gone
+                        i += 1
 
-        def stream() -> None:
-            with SidecarClient(address, timeout_s=5) as client:
-                i = 0
-                while not stop.is_set():
-                    try:
-                        client.call_tool("tickets.get", {"id": str(i)})
-                    except Exception:
-                        return  # the sidecar is gone
-                    i += 1
-
-        threads = [threading.Thread(target=stream) for _ in range(3)]
-        for thread in threads:
-            thread.start()
-        while len(upstream.received) < 40:
-            time.sleep(0.01)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-        stop.set()
-        for thread in threads:
-            thread.join(10)
+            threads = [threading.Thread(target=stream) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            while len(upstream.received) < 40:
+                time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            stop.set()
+            for thread in threads:
+                thread.join(10)
         relayed = {r.headers["x-request-id"] for r in upstream.received}
     done = cli(
         "audit", "verify", str(tmp_path / "audit.log"), "--key", str(tmp_path / "audit-signing.pub")

@@ -128,44 +128,25 @@ def test_the_shadow_policy_is_recorded_and_never_enforced(start_sidecar, tools, 
 
 def test_sighup_reloads_a_running_sidecar(tmp_path):
     import signal
-    import subprocess
-    import sys
 
-    import yaml
-
-    from examples.demo.run import wait_serving
     from sidecar.client import SidecarClient
+    from tests.support.running import serve_process
 
     policy_dir = tmp_path / "live"
     _write(policy_dir, MARKED.format(marker="before"))
     config = {
-        "server": {"listen": [f"unix://{tmp_path}/agent.sock"]},
         "identity": {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"},
         "policy": {"dir": str(policy_dir), "reload_interval_ms": 0},
-        "audit": {"path": str(tmp_path / "audit.log")},
-        "admin": {"listen": ""},
         "targets": {"t": {"base_url": "http://127.0.0.1:9"}},
         "tools": {"t.get": {"target": "t", "operation": "read", "method": "GET", "path": "/"}},
     }
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(tmp_path / "c.yaml")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    address = f"unix:{tmp_path}/agent.sock"
-    try:
-        wait_serving(address, proc)
-        with SidecarClient(address) as client:
-            assert client.check("t.get").reasons == ("before",)
-            _write(policy_dir, MARKED.format(marker="after"))
-            time.sleep(0.3)
-            assert client.check("t.get").reasons == ("before",)  # no polling: reload_interval 0
-            proc.send_signal(signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            while client.check("t.get").reasons != ("after",) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert client.check("t.get").reasons == ("after",)
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with serve_process(tmp_path, config) as (proc, address), SidecarClient(address) as client:
+        assert client.check("t.get").reasons == ("before",)
+        _write(policy_dir, MARKED.format(marker="after"))
+        time.sleep(0.3)
+        assert client.check("t.get").reasons == ("before",)  # no polling: reload_interval 0
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while client.check("t.get").reasons != ("after",) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.check("t.get").reasons == ("after",)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settin
     raw["server"]["listen"] = [f"unix://{tmp_path}/agent.sock"]
     raw["policy"]["dir"] = str(ROOT / "rego")
     raw["audit"]["path"] = str(tmp_path / "audit.log")
+    # Always in the test's directory, even when a test points the log at /dev/full.
+    raw["audit"]["signing_key"] = str(tmp_path / "audit-signing.key")
     raw["admin"] = {"listen": "127.0.0.1:0"}  # a free port per test sidecar
     # Static identity and no upstream credentials unless a test asks for SPIFFE (identity=...).
     raw["identity"] = {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"}
@@ -73,3 +76,34 @@ class RunningSidecar:
         self.run(self.sidecar.stop(0))
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def serve_process(tmp_path: Path, config: dict[str, Any]) -> Iterator[tuple[Any, str]]:
+    """``agent-sidecar serve`` as its own process on ``tmp_path/agent.sock``; yields
+    (process, address) once its health is SERVING, and stops it at the end."""
+    import subprocess
+    import sys
+
+    from examples.demo.run import wait_serving
+
+    config = {
+        "server": {"listen": [f"unix://{tmp_path}/agent.sock"]},
+        "admin": {"listen": ""},
+        **config,
+    }
+    config.setdefault("audit", {}).setdefault("path", str(tmp_path / "audit.log"))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(tmp_path / "c.yaml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    address = f"unix:{tmp_path}/agent.sock"
+    try:
+        wait_serving(address, proc)
+        yield proc, address
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(10)
