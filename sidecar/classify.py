@@ -1,7 +1,9 @@
 """Data classes found in call arguments, and redaction of them.
 
 Detectors are regular expressions plus a validity check where one exists (Luhn for card
-numbers, area/group rules for SSNs), so near misses such as order numbers are not flagged.
+numbers, mod-97 for IBANs, area/group rules for SSNs, digit counts for phone numbers), so near
+misses such as order numbers, dates and versions are not flagged. Order matters: secrets and
+keys first, so a token is not half-matched as something else.
 The classes found go into ``input.action.data_classes``; the ``redact`` obligation and the
 ``redacted`` log level replace matches with typed placeholders (``[REDACTED:email]``).
 """
@@ -38,6 +40,21 @@ def _luhn(candidate: str) -> bool:
     return total % 10 == 0
 
 
+def _iban(candidate: str) -> bool:
+    """ISO 13616: 15 to 34 characters, and the mod-97 check of the rearranged number is 1."""
+    compact = candidate.replace(" ", "").upper()
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    digits = "".join(str(int(c, 36)) for c in rearranged)
+    return int(digits) % 97 == 1
+
+
+def _phone(candidate: str) -> bool:
+    digits = sum(c.isdigit() for c in candidate)
+    return 10 <= digits <= 15
+
+
 def _ssn(candidate: str) -> bool:
     area, group, serial = candidate.split("-")
     return area not in ("000", "666") and area[0] != "9" and group != "00" and serial != "0000"
@@ -68,6 +85,20 @@ DETECTORS: tuple[Detector, ...] = (
     ),
     Detector("credit_card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), _luhn),
     Detector("us_ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), _ssn),
+    Detector(
+        "iban",
+        re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
+        _iban,
+    ),
+    Detector(
+        "phone",
+        # E.164 (+ and 8-15 digits, spaces/dashes allowed) or North American (xxx) xxx-xxxx.
+        re.compile(
+            r"(?<![\w+])\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){1,4}\b"
+            r"|(?<![\w-])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b"
+        ),
+        _phone,
+    ),
 )
 
 

@@ -17,6 +17,12 @@ POSITIVES = [
     ("secret", "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzcGlmZmUifQ.c2lnbmF0dXJlLXBhcnQ"),
     ("private_key", "-----BEGIN PRIVATE KEY-----\nMIIB\n-----END PRIVATE KEY-----"),
     ("private_key", "-----BEGIN EC PRIVATE KEY-----\nabc\n-----END EC PRIVATE KEY-----"),
+    ("iban", "pay to DE89 3704 0044 0532 0130 00 today"),
+    ("iban", "GB82WEST12345698765432"),
+    ("phone", "call +44 20 7946 0958"),
+    ("phone", "call +14155552671"),
+    ("phone", "call (415) 555-2671 after 5"),
+    ("phone", "call 415-555-2671"),
 ]
 NEAR_MISSES = [
     "order 4111 1111 1111 1112",  # fails Luhn
@@ -27,6 +33,11 @@ NEAR_MISSES = [
     "sk-short",
     "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----",
     "version 1.2.3.4",
+    "GB82WEST12345698765433",  # IBAN checksum off by one
+    "due 2026-11-22",  # a date
+    "order 415-5552-671",  # not a phone layout
+    "ticket +1",  # too short
+    "build 20261122.1234",
 ]
 
 
@@ -38,6 +49,14 @@ def test_true_positives(cls, text):
 @pytest.mark.parametrize("text", NEAR_MISSES)
 def test_near_misses_are_not_flagged(text):
     assert classify({"a": text}) == []
+
+
+def test_redacting_phone_numbers_for_external_targets_works_end_to_end():
+    note = {"note": "call me on +44 20 7946 0958 or mail a@example.com"}
+    assert classify(note) == ["email", "phone"]
+    assert redact(note, ["email", "phone"]) == {
+        "note": "call me on [REDACTED:phone] or mail [REDACTED:email]"
+    }
 
 
 def test_nested_values_and_keys_are_scanned():
