@@ -409,12 +409,11 @@ class Mediator:
         record.message = result.message
         record.latency_ms["total"] = (time.perf_counter() - started) * 1000
         doc = record.to_dict()
-        if self.metrics is not None:
-            self.metrics.observe(doc)
         try:
             self._audit.write(doc)
         except AuditError as exc:
             log.error("audit write failed", extra={"decision_id": record.decision_id})
+            self._observe(doc | {"outcome": doc["outcome"] | {"code": "audit_unavailable"}})
             return CallResult(
                 record.decision_id,
                 "audit_unavailable",
@@ -423,7 +422,17 @@ class Mediator:
                 decision=result.decision,
                 policy_revision=result.policy_revision,
             )
+        self._observe(doc)
         return result
+
+    def _observe(self, doc: dict[str, Any]) -> None:
+        """Metrics, after the audit record: they can never change or lose a call."""
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.observe(doc)
+        except Exception:
+            log.exception("metrics update failed", extra={"decision_id": doc["decision_id"]})
 
     def close(self) -> None:
         self._relay_pool.shutdown(wait=False, cancel_futures=True)

@@ -39,7 +39,8 @@ WORKLOAD_SOCKET = RUN_DIR / "workload.sock"
 SPIFFE_ID = "spiffe://demo.example/agent/support"
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
     import socket
 
     with socket.socket() as s:
@@ -47,7 +48,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-ADMIN_PORT = _free_port()
+ADMIN_PORT = free_port()
 
 
 def write_config(tools_url: str) -> tuple[Path, str]:

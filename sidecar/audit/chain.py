@@ -142,16 +142,21 @@ class Chain:
         return self._head.seq, self._head.hash
 
     def seal(self, record: dict[str, Any]) -> dict[str, Any]:
-        """Give ``record`` its place in the chain (call under the writer's lock, in order)."""
+        r"""``record`` with its place in the chain. The head moves only when the caller
+        :meth:`advance`\ s after writing it, so a failed write leaves the chain as it was."""
         with self._lock:
             sealed = dict(record)
             sealed["seq"] = self._head.seq + 1
             sealed["prev_hash"] = self._head.hash
             sealed.pop("hash", None)
             sealed["hash"] = digest(sealed)
+            return sealed
+
+    def advance(self, sealed: dict[str, Any]) -> None:
+        """``sealed`` is durably written: it is the new head."""
+        with self._lock:
             self._head = _Head(sealed["seq"], sealed["hash"])
             self._since_checkpoint += 1
-            return sealed
 
     def checkpoint_due(self) -> bool:
         with self._lock:
@@ -163,18 +168,22 @@ class Chain:
             )
 
     def checkpoint(self) -> dict[str, Any] | None:
-        """A signed checkpoint of the current head (None without a signer or nothing new)."""
+        """A signed checkpoint of the current head (None without a signer or nothing new).
+        It counts as taken only once the caller :meth:`checkpointed` it after writing it."""
         with self._lock:
             if self._signer is None or self._head.seq == self._checkpointed_seq:
                 return None
             body = {"seq": self._head.seq, "head_hash": self._head.hash, "time_ns": time.time_ns()}
             signature = self._signer.sign(canonical(body))
-            self._since_checkpoint = 0
-            self._last_checkpoint_at = time.monotonic()
-            self._checkpointed_seq = self._head.seq
             return {
                 "type": "checkpoint",
                 **body,
                 **self._signer.describe(),
                 "signature": base64.b64encode(signature).decode("ascii"),
             }
+
+    def checkpointed(self, checkpoint: dict[str, Any]) -> None:
+        with self._lock:
+            self._since_checkpoint = 0
+            self._last_checkpoint_at = time.monotonic()
+            self._checkpointed_seq = checkpoint["seq"]

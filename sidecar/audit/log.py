@@ -90,39 +90,37 @@ class AuditLog:
     def _write_now(self, record: dict[str, Any]) -> None:
         with self._lock:
             sealed = self.chain.seal(record)
+            line = canonical(sealed) + b"\n"
             try:
-                self._file.write_line(canonical(sealed) + b"\n")
+                self._file.write_line(line)
             except AuditError:
                 self.counts["failed"] += 1
-                # The chain's head moved past a record that is not on disk: go back.
-                self.chain = Chain(
-                    self._file.head() or (0, "0" * 64),
-                    every=self.chain._every,
-                    interval_s=self.chain._interval_s,
-                    signer=self.chain._signer,
-                )
                 raise
+            self.chain.advance(sealed)
             self.counts["written"] += 1
-            for sink in (self._stdout,):
-                if sink is not None:
-                    sink.write_line(canonical(sealed) + b"\n")
+            if self._stdout is not None:
+                self._stdout.write_line(line)
             if self._http is not None:
                 self._http.write_record(sealed)
             if self.chain.checkpoint_due():
                 self._checkpoint_locked()
 
     def _checkpoint_locked(self) -> None:
+        """Sign and write a checkpoint. A failure here never fails the call whose record is
+        already written: the checkpoint is retried with the next record."""
         try:
             checkpoint = self.chain.checkpoint()
-        except Exception as exc:  # e.g. no SVID yet: try again at the next record
-            log.warning("audit checkpoint not signed yet", extra={"error": str(exc)})
+            if checkpoint is None:
+                return
+            line = canonical(checkpoint) + b"\n"
+            self._file.write_line(line)
+            if self._checkpoints is not None:
+                self._checkpoints.write_line(line)
+        except Exception as exc:  # no SVID yet, a full disk: try again later
+            self.counts["failed"] += 1
+            log.warning("audit checkpoint not written yet", extra={"error": str(exc)})
             return
-        if checkpoint is None:
-            return
-        line = canonical(checkpoint) + b"\n"
-        self._file.write_line(line)
-        if self._checkpoints is not None:
-            self._checkpoints.write_line(line)
+        self.chain.checkpointed(checkpoint)
         self.counts["checkpoints"] += 1
 
     def checkpoint(self) -> None:
@@ -132,10 +130,7 @@ class AuditLog:
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
             if self.chain.checkpoint_due():
-                try:
-                    self.checkpoint()
-                except AuditError:
-                    log.exception("audit checkpoint could not be written")
+                self.checkpoint()
 
     def _drain(self) -> None:
         while True:
@@ -156,10 +151,7 @@ class AuditLog:
             self._wake.notify_all()
         for thread in self._threads:
             thread.join(10)
-        try:
-            self.checkpoint()  # a clean shutdown leaves the whole log sealed
-        except AuditError:
-            log.exception("final audit checkpoint could not be written")
+        self.checkpoint()  # a clean shutdown leaves the whole log sealed
         if self._http is not None:
             self._http.close()
         self._file.close()

@@ -32,3 +32,31 @@ def test_a_restarted_log_continues_the_chain(tmp_path):
     ]
     assert [c["seq"] for c in calls] == [1, 2]
     assert calls[1]["prev_hash"] == calls[0]["hash"]
+
+
+def test_a_failed_write_leaves_no_gap_in_the_chain(tmp_path):
+    from sidecar.audit import AuditError
+
+    log = AuditLog(tmp_path / "a.log", signer=FileKeySigner(tmp_path / "k.pem"))
+    log.write({"type": "call", "decision_id": "first"})
+    real = log._file.write_line
+
+    def failing(line: bytes) -> None:
+        raise AuditError("disk full")
+
+    log._file.write_line = failing
+    try:
+        log.write({"type": "call", "decision_id": "lost"})
+    except AuditError:
+        pass
+    else:
+        raise AssertionError("a strict write that fails must raise")
+    log._file.write_line = real
+    log.write({"type": "call", "decision_id": "after"})
+    log.close()
+    calls = [
+        json.loads(x) for x in (tmp_path / "a.log").read_text().splitlines() if '"type":"call"' in x
+    ]
+    assert [(c["decision_id"], c["seq"]) for c in calls] == [("first", 1), ("after", 2)]
+    assert calls[1]["prev_hash"] == calls[0]["hash"]
+    assert log.counts["failed"] == 1
