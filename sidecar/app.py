@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from sidecar.approvals import Approval, ApprovalBroker, ApprovalStore, Notifier
+from sidecar.approvals.admin import AdminServer
+from sidecar.approvals.model import audit_record
 from sidecar.audit import AuditLog, FileKeySigner, HttpSink, SvidSigner
 from sidecar.config import ConfigError, Settings
 from sidecar.identity import (
@@ -25,11 +33,18 @@ from sidecar.policy.opa import OpaEngine
 from sidecar.policy.reload import PolicyReloader
 from sidecar.relay import HttpRelay
 from sidecar.server import SidecarServer
+from sidecar.state import StateDb
+from sidecar.tasks import TaskRegistry
 
 __all__ = ["Sidecar", "build_attestor", "build_engine", "build_identity"]
 
+log = logging.getLogger(__name__)
+
 # How long an mTLS listener waits for its first SVID before the sidecar gives up starting.
 MTLS_READY_TIMEOUT_S = 30.0
+# How often ended tasks and expired approvals are swept (their ends take effect at once on
+# use in any case; the sweep revokes what nobody uses).
+SWEEP_INTERVAL_S = 1.0
 
 
 def build_engine(settings: Settings) -> PolicyEngine:
@@ -59,8 +74,10 @@ def workload_api_socket(settings: Settings) -> str:
 
 def build_identity(settings: Settings) -> WorkloadIdentity | None:
     """The Workload API connection, when identity or any upstream credential needs it."""
-    needed = settings.identity.mode != "static" or any(
-        t.auth.type != "none" for t in settings.targets.values()
+    needed = (
+        settings.identity.mode != "static"
+        or any(t.auth.type != "none" for t in settings.targets.values())
+        or not settings.approvals_listen.startswith("unix:")
     )
     if not needed:
         return None
@@ -122,6 +139,17 @@ def _svid_expiry(identity: WorkloadIdentity | None) -> float | None:
         return None
 
 
+def approval_auditor(audit: AuditLog) -> Any:
+    """Writes an approval audit record (an approver's decision or refusal, an end)."""
+
+    def write(
+        event: str, approval: Approval | None, detail: Mapping[str, Any], approval_id: str = ""
+    ) -> None:
+        audit.write(audit_record(event, approval, detail, approval_id=approval_id))
+
+    return write
+
+
 @dataclass
 class Sidecar:
     """All components of one sidecar; ``start``/``stop`` run its gRPC server."""
@@ -137,6 +165,13 @@ class Sidecar:
     reloader: PolicyReloader | None = None
     metrics: Metrics | None = None
     admin_port: int | None = None
+    state: StateDb | None = None
+    tasks: TaskRegistry | None = None
+    approvals: ApprovalBroker | None = None
+    approvals_server: AdminServer | None = None
+    notifier: Notifier | None = None
+    _sweeper: asyncio.Task[None] | None = None
+    _closed: bool = False
 
     @classmethod
     def build(cls, settings: Settings) -> Sidecar:
@@ -161,14 +196,33 @@ class Sidecar:
         )
         if identity is not None:
             wire_mtls(relay, settings.targets, identity)
+        credentials = UpstreamCredentials(settings.targets, identity)
+        state = StateDb(settings.state_db)
+        notifier = None
+        if settings.approvals.notify_url:
+            notifier = Notifier(
+                settings.approvals.notify_url,
+                attempts=settings.approvals.notify_attempts,
+                timeout_s=settings.approvals.notify_timeout_s,
+            )
+        record = approval_auditor(audit)
+        approvals = ApprovalBroker(
+            ApprovalStore(state), settings.approvals, notify=notifier, record=record
+        )
+        tasks = TaskRegistry(state, settings.tasks)
+        tasks.add_end_hook(lambda task: approvals.revoke_task(task.id))
+        tasks.add_end_hook(lambda task: credentials.revoke_task(task.id))
         mediator = Mediator(
             settings=settings,
             engine=engine,
             attestor=build_attestor(settings, identity),
             relay=relay,
             audit=audit,
-            credentials=UpstreamCredentials(settings.targets, identity),
+            tasks=tasks,
+            approvals=approvals,
+            credentials=credentials,
             shadow=shadow,
+            identity=identity,
         )
         metrics = Metrics(list(settings.targets))
         mediator.metrics = metrics
@@ -177,9 +231,11 @@ class Sidecar:
             stats=lambda: dict(mediator.stats),
             policy=lambda: (engine.name, engine.revision),
             svid_expires_at=lambda: _svid_expiry(identity),
+            pending_approvals=approvals.pending_count,
         )
         admin_port = metrics.serve(settings.admin.listen) if settings.admin.listen else None
         server = SidecarServer(settings, mediator, identity, engine)
+        approvals_server = AdminServer(settings, approvals, identity, record)
         reloader = None
         if isinstance(engine, EmbeddedEngine):
             interval = settings.policy.reload_interval_ms / 1000
@@ -196,16 +252,47 @@ class Sidecar:
             reloader,
             metrics,
             admin_port,
+            state,
+            tasks,
+            approvals,
+            approvals_server,
+            notifier,
         )
 
     async def start(self) -> None:
+        if self.approvals_server is not None:
+            await self.approvals_server.start()
         await self.server.start()
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """End expired tasks (revoking their approvals and credentials) and expire approvals."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                if self.tasks is not None:
+                    self.tasks.sweep()
+                if self.approvals is not None:
+                    self.approvals.sweep()
+            except Exception:
+                log.exception("sweeping tasks and approvals failed")
 
     async def stop(self, grace_s: float | None = None) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self.approvals_server is not None:
+            await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
         self.close()
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.notifier is not None:
+            self.notifier.close()
         if self.metrics is not None:
             self.metrics.close()
         if self.reloader is not None:
@@ -216,5 +303,7 @@ class Sidecar:
         self.relay.close()
         self.engine.close()
         self.audit.close()
+        if self.state is not None:
+            self.state.close()
         if self.identity is not None:
             self.identity.close()

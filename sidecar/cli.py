@@ -9,6 +9,9 @@
   agent-sidecar dev workload-api --trust-domain TD --socket PATH --spiffe-id ID [...]
   agent-sidecar audit verify FILE... [--checkpoints F] [--bundle F | --key F] [--require-sealed]
   agent-sidecar audit show FILE... [--subject ID] [--tool NAME] [--effect E] [--since T]
+  agent-sidecar approvals [--admin ADDR | --config FILE] [--as NAME | mTLS options]
+                          list [--state S] | show ID | approve ID --reason TEXT
+                          | deny ID --reason TEXT | watch
 
 Exit status: 0 success; 1 a policy test failed, `check` found problems, or `replay
 --fail-on-change` found a flipped decision; 2 bad usage, configuration or policy.
@@ -146,6 +149,40 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--since", help="30m, 2h, 1d, or an ISO 8601 time")
     sh.set_defaults(func=_audit_show)
 
+    ap = sub.add_parser(
+        "approvals",
+        help="list, approve and deny step-up approvals (the admin API)",
+        description="Talks to the sidecar's approvals admin API: a unix socket (name yourself "
+        "with --as) or HOST:PORT with mTLS (your X.509-SVID from --workload-api, or --cert, "
+        "--key and --bundle files). The address: --admin, or approvals.listen in --config.",
+    )
+    ap.add_argument("--admin", help="unix:///PATH or HOST:PORT of the approvals API")
+    ap.add_argument("--config", type=Path, help="the sidecar's config (for approvals.listen)")
+    ap.add_argument("--as", dest="approver", default="", help="your name on a unix socket")
+    ap.add_argument("--workload-api", default="", help="Workload API socket for your SVID")
+    ap.add_argument("--cert", type=Path, help="your X.509-SVID chain (PEM)")
+    ap.add_argument("--key", type=Path, help="its private key (PEM)")
+    ap.add_argument("--bundle", type=Path, help="trust bundle to verify the sidecar (PEM)")
+    ap.add_argument("--server-name", help="a DNS SAN of the sidecar's SVID")
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    ap_sub = ap.add_subparsers(dest="approvals_command", required=True)
+    al = ap_sub.add_parser("list", help="approvals, newest first")
+    al.add_argument("--state", action="append", default=[], help="only these states")
+    al.add_argument("--limit", type=int, default=100)
+    al.set_defaults(func=_approvals)
+    ash = ap_sub.add_parser("show", help="one approval, whole")
+    ash.add_argument("id")
+    ash.set_defaults(func=_approvals)
+    for name, verb in (("approve", "grant"), ("deny", "refuse")):
+        ad = ap_sub.add_parser(name, help=f"{verb} a pending approval")
+        ad.add_argument("id")
+        ad.add_argument(
+            "--reason", required=True, help="recorded in the audit log and policy input"
+        )
+        ad.set_defaults(func=_approvals)
+    aw = ap_sub.add_parser("watch", help="print approvals as they are created and change")
+    aw.set_defaults(func=_approvals)
+
     dev = sub.add_parser("dev", help="DEVELOPMENT ONLY helpers")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
     wl = dev_sub.add_parser(
@@ -199,11 +236,66 @@ def _serve(args: argparse.Namespace) -> int:
         sidecar = Sidecar.build(settings)
         try:
             reload = sidecar.reloader.request if sidecar.reloader else None
-            await serve_until_signalled(sidecar.server, on_hup=reload)
+            await serve_until_signalled(sidecar, on_hup=reload)
         finally:
-            sidecar.close()
+            sidecar.close()  # idempotent: after a clean stop, nothing is left to close
 
     asyncio.run(serve())
+    return 0
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    import getpass
+
+    from google.protobuf import json_format
+
+    from sidecar.approvals.client import ApprovalsClient, svid_credentials
+
+    address = args.admin
+    if not address and args.config:
+        from sidecar.config import load_settings
+
+        address = load_settings(args.config).approvals_listen
+    if not address:
+        raise SidecarError("give --admin ADDRESS or --config FILE (approvals.listen)")
+    tls = None
+    if not address.startswith("unix:"):
+        tls = svid_credentials(
+            cert=args.cert, key=args.key, bundle=args.bundle, workload_api=args.workload_api
+        )
+    approver = args.approver or (getpass.getuser() if tls is None else "")
+
+    def show(approval: object) -> str:
+        return json_format.MessageToJson(approval, preserving_proto_field_name=True, indent=2)
+
+    with ApprovalsClient(
+        address, approver=approver, tls=tls, server_name=args.server_name
+    ) as client:
+        command = args.approvals_command
+        try:
+            if command == "list":
+                approvals = client.list(args.state, args.limit)
+                if args.json:
+                    print(json.dumps([json.loads(show(a)) for a in approvals], indent=2))
+                for a in [] if args.json else approvals:
+                    reasons = "; ".join(a.reasons)
+                    print(f"{a.id}  {a.state:<8} {a.subject}  {a.action_name}  {reasons}")
+            elif command == "show":
+                print(show(client.get(args.id)))
+            elif command in ("approve", "deny"):
+                decide = client.approve if command == "approve" else client.deny
+                approval = decide(args.id, reason=args.reason)
+                if args.json:
+                    print(show(approval))
+                else:
+                    print(f"{approval.id} {approval.state} by {approval.decided_by}")
+            else:
+                for event in client.watch():
+                    a = event.approval
+                    print(f"{event.type:<8} {a.id}  {a.subject}  {a.action_name}", flush=True)
+        except SidecarError as exc:
+            print(f"agent-sidecar: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

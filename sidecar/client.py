@@ -3,11 +3,18 @@
     from sidecar.client import SidecarClient, PolicyDenied, StepUpRequired
 
     with SidecarClient("127.0.0.1:7443") as sidecar:
+        task = sidecar.start_task("handle ticket 7", ttl_s=600)   # act calls need a task
         try:
-            result = sidecar.call_tool("tickets.get", {"id": "7"})
+            result = sidecar.call_tool("tickets.get", {"id": "7"}, task_id=task.task_id)
             print(result.json())
         except PolicyDenied as denied:
             print(denied.reasons, denied.decision_id)
+        finally:
+            sidecar.end_task(task.task_id)
+
+A step-up call waits (within ``timeout_s``) for a human to approve it; with ``wait=False`` it
+raises :class:`StepUpRequired` at once, and the same call retried with
+``approval_id=exc.approval_id`` goes through once the approval is granted.
 
 Exceptions (all carry ``code``, ``decision_id`` and ``reasons`` when the sidecar sent them)::
 
@@ -16,6 +23,7 @@ Exceptions (all carry ``code``, ``decision_id`` and ``reasons`` when the sidecar
     ├── StepUpRequired       FAILED_PRECONDITION + approval_required: a human must approve
     ├── Unauthenticated      UNAUTHENTICATED: the sidecar could not attest this agent
     ├── InvalidRequest       INVALID_ARGUMENT / NOT_FOUND: fix the call, do not retry it
+    ├── RateLimited          RESOURCE_EXHAUSTED from the sidecar (e.g. approval_rate_limited)
     ├── Unavailable          UNAVAILABLE / DEADLINE_EXCEEDED: the sidecar or upstream is down
     └── UpstreamError        any other status: the upstream answered with an error
 """
@@ -24,7 +32,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +46,11 @@ __all__ = [
     "Decision",
     "InvalidRequest",
     "PolicyDenied",
+    "RateLimited",
     "SidecarCallError",
     "SidecarClient",
     "StepUpRequired",
+    "Task",
     "ToolResult",
     "Unauthenticated",
     "Unavailable",
@@ -71,6 +81,33 @@ class Decision:
             obligations=json.loads(msg.obligations_json) if msg.obligations_json else {},
             policy_revision=msg.policy_revision,
             approval_id=msg.approval_id,
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    intent: str
+    owner: str
+    state: str
+    started_at_ns: int
+    expires_at_ns: int
+    ended_at_ns: int
+    calls: int
+    tokens: int
+
+    @classmethod
+    def from_message(cls, msg: sidecar_pb2.Task) -> Task:
+        return cls(
+            task_id=msg.task_id,
+            intent=msg.intent,
+            owner=msg.owner,
+            state=msg.state,
+            started_at_ns=msg.started_at_ns,
+            expires_at_ns=msg.expires_at_ns,
+            ended_at_ns=msg.ended_at_ns,
+            calls=msg.calls,
+            tokens=msg.tokens,
         )
 
 
@@ -135,6 +172,10 @@ class InvalidRequest(SidecarCallError):
     pass
 
 
+class RateLimited(SidecarCallError):
+    pass
+
+
 class Unavailable(SidecarCallError):
     pass
 
@@ -179,6 +220,26 @@ class SidecarClient:
             request_serializer=sidecar_pb2.CheckRequest.SerializeToString,
             response_deserializer=sidecar_pb2.CheckResponse.FromString,
         )
+        self._start_task = self._channel.unary_unary(
+            _SERVICE + "StartTask",
+            request_serializer=sidecar_pb2.StartTaskRequest.SerializeToString,
+            response_deserializer=sidecar_pb2.Task.FromString,
+        )
+        self._end_task = self._channel.unary_unary(
+            _SERVICE + "EndTask",
+            request_serializer=sidecar_pb2.EndTaskRequest.SerializeToString,
+            response_deserializer=sidecar_pb2.Task.FromString,
+        )
+
+    def start_task(self, intent: str, *, ttl_s: int = 0) -> Task:
+        """Start a task; its id goes with every call made for it (act calls need one)."""
+        request = sidecar_pb2.StartTaskRequest(intent=intent, ttl_s=ttl_s)
+        return Task.from_message(self._invoke(self._start_task, request, None))
+
+    def end_task(self, task_id: str) -> Task:
+        """End a task: its pending approvals and cached credentials are revoked."""
+        request = sidecar_pb2.EndTaskRequest(task_id=task_id)
+        return Task.from_message(self._invoke(self._end_task, request, None))
 
     def call_tool(
         self,
@@ -188,10 +249,23 @@ class SidecarClient:
         task_id: str = "",
         intent: str = "",
         timeout_s: float | None = None,
+        approval_id: str = "",
+        wait: bool = True,
+        delegation_chain: Sequence[str] = (),
     ) -> ToolResult:
-        """Call a tool; returns its result or raises a :class:`SidecarCallError` subclass."""
+        """Call a tool; returns its result or raises a :class:`SidecarCallError` subclass.
+
+        ``wait``: on step-up, wait (up to ``timeout_s``) for the approver; ``approval_id``:
+        retry a stepped-up call with its granted approval; ``delegation_chain``: JWT-SVIDs of
+        the agents that delegated this call, outermost first."""
         request = sidecar_pb2.CallToolRequest(
-            tool=tool, arguments_json=_encode(arguments), task_id=task_id, intent=intent
+            tool=tool,
+            arguments_json=_encode(arguments),
+            task_id=task_id,
+            intent=intent,
+            approval_id=approval_id,
+            no_wait=not wait,
+            delegation_chain=list(delegation_chain),
         )
         response = self._invoke(self._call_tool, request, timeout_s)
         return ToolResult(
@@ -209,10 +283,15 @@ class SidecarClient:
         task_id: str = "",
         intent: str = "",
         timeout_s: float | None = None,
+        delegation_chain: Sequence[str] = (),
     ) -> Decision:
         """Ask what policy would decide; nothing is relayed. Returns allow, deny or step_up."""
         request = sidecar_pb2.CheckRequest(
-            tool=tool, arguments_json=_encode(arguments), task_id=task_id, intent=intent
+            tool=tool,
+            arguments_json=_encode(arguments),
+            task_id=task_id,
+            intent=intent,
+            delegation_chain=list(delegation_chain),
         )
         return Decision.from_message(self._invoke(self._check, request, timeout_s).decision)
 
@@ -279,6 +358,8 @@ def _translate(exc: grpc.RpcError) -> SidecarCallError:
     S = grpc.StatusCode
     if code == "approval_required":
         return StepUpRequired(message, **kwargs)
+    if code.endswith("_rate_limited"):
+        return RateLimited(message, **kwargs)
     if upstream_status:
         return UpstreamError(message, **kwargs)
     cls: type[SidecarCallError] = {

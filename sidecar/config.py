@@ -25,15 +25,19 @@ from sidecar.errors import SidecarError
 
 __all__ = [
     "AdminSettings",
+    "ApprovalSettings",
     "AuditSettings",
     "ConfigError",
+    "DelegationSettings",
     "IdentitySettings",
     "PolicySettings",
     "RelaySettings",
     "ServerSettings",
     "Settings",
+    "StateSettings",
     "TargetAuthSettings",
     "TargetSettings",
+    "TaskSettings",
     "ToolSettings",
     "is_local_address",
     "load_settings",
@@ -226,6 +230,91 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
+class StateSettings:
+    """Where the sidecar keeps what must survive a restart (approvals, tasks): one SQLite
+    database in WAL mode, ``<dir>/state.db``."""
+
+    dir: Path = Path("state")
+
+
+@dataclass(frozen=True)
+class ApprovalSettings:
+    """Step-up approvals: the approver-facing admin API and the limits on pending requests."""
+
+    # unix:///PATH (who may connect is decided by the socket file's permissions) or HOST:PORT
+    # (mTLS: the approver's X.509-SVID must be in `approvers`). Empty: <state.dir>/approvals.sock.
+    listen: str = ""
+    # Octal permission bits of the unix socket file.
+    socket_mode: str = "0600"
+    # SPIFFE IDs allowed to approve over mTLS (required for a HOST:PORT listener).
+    approvers: tuple[str, ...] = ()
+    # Names for the `approvers` of a decision's approval obligation: group -> members
+    # (SPIFFE IDs, or local:NAME for operators on the unix socket).
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Upper bound on an approval's lifetime, whatever the obligation's ttl_s.
+    max_ttl_s: int = 3600
+    # Step-up flood control per subject: pending approvals held at once, new ones per minute.
+    max_pending_per_subject: int = 10
+    max_new_per_minute: int = 30
+    # POSTs each new pending approval as JSON (chat, ticketing). Empty: off.
+    notify_url: str = ""
+    notify_attempts: int = 5
+    notify_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.listen and not self.listen.startswith("unix:"):
+            _check_address(self.listen)
+            _check(
+                len(self.approvers) > 0,
+                "approvers: required when listen is HOST:PORT (mTLS); list the SPIFFE IDs "
+                "allowed to approve, or listen on a unix socket",
+            )
+        _check(
+            re.fullmatch(r"0?[0-7]{3}", self.socket_mode) is not None,
+            f"socket_mode: {self.socket_mode!r} is not octal permission bits like 0600",
+        )
+        for approver in self.approvers:
+            _check(
+                SPIFFE_ID_RE.match(approver) is not None,
+                f"approvers: {approver!r} is not a SPIFFE ID",
+            )
+        _check(self.max_ttl_s > 0, "max_ttl_s: must be > 0")
+        _check(self.max_pending_per_subject > 0, "max_pending_per_subject: must be > 0")
+        _check(self.max_new_per_minute > 0, "max_new_per_minute: must be > 0")
+        if self.notify_url:
+            parts = urlsplit(self.notify_url)
+            _check(
+                parts.scheme in ("http", "https") and bool(parts.hostname),
+                f"notify_url: {self.notify_url!r} is not an http(s) URL",
+            )
+        _check(self.notify_attempts >= 1, "notify_attempts: must be >= 1")
+        _check(self.notify_timeout_s > 0, "notify_timeout_s: must be > 0")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Task lifetimes: StartTask's ttl_s defaults to ``default_ttl_s``, capped at ``max_ttl_s``."""
+
+    default_ttl_s: int = 3600
+    max_ttl_s: int = 86400
+
+    def __post_init__(self) -> None:
+        _check(self.default_ttl_s > 0, "default_ttl_s: must be > 0")
+        _check(self.max_ttl_s >= self.default_ttl_s, "max_ttl_s: must be >= default_ttl_s")
+
+
+@dataclass(frozen=True)
+class DelegationSettings:
+    """Delegation chains: the most links the sidecar verifies before refusing a chain (a
+    bound on work; how deep a chain may be is policy's, data.agentsidecar.max_delegation_depth)."""
+
+    max_links: int = 8
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.max_links <= 32, "max_links: must be between 1 and 32")
+
+
+@dataclass(frozen=True)
 class RelaySettings:
     """How allowed calls reach their upstreams."""
 
@@ -312,6 +401,10 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     relay: RelaySettings = field(default_factory=RelaySettings)
+    state: StateSettings = field(default_factory=StateSettings)
+    approvals: ApprovalSettings = field(default_factory=ApprovalSettings)
+    tasks: TaskSettings = field(default_factory=TaskSettings)
+    delegation: DelegationSettings = field(default_factory=DelegationSettings)
     targets: Mapping[str, TargetSettings] = field(default_factory=dict)
     tools: Mapping[str, ToolSettings] = field(default_factory=dict)
 
@@ -325,6 +418,12 @@ class Settings:
                         f"mode {self.identity.mode} the agent API must not be reachable from "
                         "outside the pod (only mode mtls may listen on other addresses)",
                     )
+        if self.approvals.listen and self.approvals.listen in self.server.listen:
+            raise _KeyedError(
+                "approvals.listen",
+                "must not be an agent API address (server.listen): agents must not reach the "
+                "approvals API",
+            )
         for i, name in enumerate(self.policy.fail_open_on_engine_error):
             tool = self.tools.get(name)
             if tool is None or tool.operation != "read":
@@ -339,6 +438,15 @@ class Settings:
                     f"{tool.target!r} is not a configured target (targets: "
                     f"{', '.join(sorted(self.targets)) or 'none'})",
                 )
+
+    @property
+    def state_db(self) -> Path:
+        return self.state.dir / "state.db"
+
+    @property
+    def approvals_listen(self) -> str:
+        """The admin listener's address, the default resolved."""
+        return self.approvals.listen or f"unix://{self.state.dir / 'approvals.sock'}"
 
 
 class _KeyedError(ValueError):

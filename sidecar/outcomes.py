@@ -43,6 +43,20 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "invalid_svid": _S.UNAUTHENTICATED,
     "svid_expired": _S.UNAUTHENTICATED,
     "identity_not_ready": _S.UNAVAILABLE,
+    "delegation_invalid": _S.UNAUTHENTICATED,
+    # tasks (sidecar/tasks.py)
+    "invalid_task": _S.INVALID_ARGUMENT,
+    "task_unknown": _S.PERMISSION_DENIED,
+    "task_ended": _S.PERMISSION_DENIED,
+    # step-up approvals (sidecar/approvals/)
+    "approval_unknown": _S.PERMISSION_DENIED,
+    "approval_mismatch": _S.PERMISSION_DENIED,
+    "approval_denied": _S.PERMISSION_DENIED,
+    "approval_used": _S.PERMISSION_DENIED,
+    "approval_expired": _S.PERMISSION_DENIED,
+    "approval_revoked": _S.PERMISSION_DENIED,
+    "approval_rate_limited": _S.RESOURCE_EXHAUSTED,
+    "state_unavailable": _S.UNAVAILABLE,
     # enforcement and relay
     "credential_unavailable": _S.UNAVAILABLE,
     "deadline_exceeded": _S.DEADLINE_EXCEEDED,

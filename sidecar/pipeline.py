@@ -21,18 +21,27 @@ from typing import Any
 
 import grpc
 
+from sidecar.approvals import Approval, ApprovalBroker, ApprovalError, request_digest
 from sidecar.audit import AuditError, AuditSink, CallRecord, payload_view, result_view
 from sidecar.classify import classify, redact
 from sidecar.config import Settings
-from sidecar.identity import Attestor, CallContext, IdentityError, UpstreamCredentials
+from sidecar.identity import (
+    Attestor,
+    CallContext,
+    IdentityError,
+    Subject,
+    UpstreamCredentials,
+    WorkloadIdentity,
+)
+from sidecar.identity.delegation import verify_chain
 from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for, status_for_http
 from sidecar.policy import (
     Action,
+    ApprovalInfo,
     Decision,
     DecisionError,
     PolicyEngine,
-    TaskInfo,
     build_input,
     parse_decision,
 )
@@ -44,9 +53,11 @@ from sidecar.relay import (
     UpstreamStatusError,
     build_request,
 )
+from sidecar.state import StateError
+from sidecar.tasks import Task, TaskError, TaskRegistry
 from sidecar.tracing import Tracer, trace_context
 
-__all__ = ["CallResult", "Mediator", "ToolCall"]
+__all__ = ["CallResult", "Mediator", "TaskResult", "ToolCall"]
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +74,20 @@ class ToolCall:
     arguments_json: str
     task_id: str = ""
     intent: str = ""
+    approval_id: str = ""
+    no_wait: bool = False
+    delegation_chain: tuple[str, ...] = ()
+
+
+@dataclass
+class TaskResult:
+    """How a StartTask or EndTask ends: the task, or why not."""
+
+    decision_id: str
+    code: str
+    status: grpc.StatusCode
+    message: str = ""
+    task: Task | None = None
 
 
 @dataclass
@@ -78,6 +103,8 @@ class CallResult:
     upstream: UpstreamResponse | None = None
     upstream_status: int = 0
     upstream_body: bytes = b""
+    # The step-up approval to wait for or retry with.
+    approval_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,10 +134,17 @@ class Mediator:
         attestor: Attestor,
         relay: HttpRelay,
         audit: AuditSink,
+        tasks: TaskRegistry,
+        approvals: ApprovalBroker,
         credentials: UpstreamCredentials | None = None,
         shadow: PolicyEngine | None = None,
+        identity: WorkloadIdentity | None = None,
     ) -> None:
         self._settings = settings
+        self._tasks = tasks
+        self._approvals = approvals
+        # Verifies delegation chains (JWT bundles); None: no Workload API, chains refused.
+        self._identity = identity
         self._shadow = shadow
         self._fail_open = frozenset(settings.policy.fail_open_on_engine_error)
         # Counts for operators (exported by sidecar.metrics).
@@ -156,6 +190,11 @@ class Mediator:
             result = CallResult(
                 record.decision_id, stop.code, status_for(stop.code), str(stop), **stop.kwargs
             )
+        except StateError as exc:
+            log.error("state database failed", extra={"decision_id": record.decision_id})
+            result = CallResult(
+                record.decision_id, "state_unavailable", status_for("state_unavailable"), str(exc)
+            )
         except Exception:
             log.exception("internal error", extra={"decision_id": record.decision_id})
             result = CallResult(
@@ -174,6 +213,7 @@ class Mediator:
         settings = self._settings
         trace = trace_context(context.metadata)
         record.trace_id = trace.trace_id
+        record.intent = request.intent
         record.action = {"kind": "tool", "name": request.tool}
         if not request.tool:
             raise _Stop("malformed_request", "tool is required")
@@ -182,14 +222,11 @@ class Mediator:
             raise _Stop("unknown_tool", f"tool {request.tool!r} is not configured")
         arguments = _parse_arguments(request.arguments_json)
 
-        try:
-            with self._tracer.span("attest", trace):
-                subject = self._attestor.attest(context)
-        except IdentityError as exc:
-            raise _Stop(exc.code, str(exc)) from exc
-        record.subject = {"spiffe_id": subject.spiffe_id, "attestation": subject.attestation}
-        if subject.expires_at is not None:
-            record.subject["expires_at"] = subject.expires_at
+        with self._tracer.span("attest", trace):
+            subject = self._attest(record, context)
+            chain = self._verify_delegation(request.delegation_chain, subject)
+        record.delegation = chain
+        task = self._use_task(record, request.task_id, subject, chain, count=rpc == "CallTool")
 
         action = Action(
             kind="tool",
@@ -199,54 +236,72 @@ class Mediator:
             arguments=arguments,
             data_classes=classify(arguments),
         )
-        task = TaskInfo(id=request.task_id, intent=request.intent) if request.task_id else None
-        input_doc = build_input(
-            request_id=record.decision_id,
-            time_ns=record.time_ns,
-            subject=subject,
-            action=action,
-            task=task,
-        )
-        record.task = input_doc.get("task")
-        record.action = {k: v for k, v in input_doc["action"].items() if k != "arguments"} | {
-            "arguments": payload_view(arguments, "metadata")
+        record.action = {
+            "kind": action.kind,
+            "name": action.name,
+            "operation": action.operation,
+            "target": action.target,
+            "data_classes": sorted(set(action.data_classes)),
+            "arguments": payload_view(arguments, "metadata"),
         }
-        t0 = time.perf_counter()
-        with self._tracer.span("decide", trace, tool=request.tool):
-            decided, shadow = await asyncio.gather(
-                self._decide(self._engine, input_doc, deadline, request.tool),
-                self._shadow_decide(input_doc, deadline),
+
+        def digest(revision: str) -> str:
+            return request_digest(
+                subject=subject.spiffe_id,
+                delegation=chain,
+                action=record.action or {},
+                arguments=arguments,
+                task_id=request.task_id,
+                policy_revision=revision,
             )
+
+        approval: ApprovalInfo | None = None
+        if rpc == "CallTool" and request.approval_id:
+            approval = await self._use_approval(
+                record,
+                request.approval_id,
+                digest(self._engine.revision),
+                no_wait=request.no_wait,
+                deadline=deadline,
+            )
+
+        def policy_input(approval: ApprovalInfo | None) -> dict[str, Any]:
+            return build_input(
+                request_id=record.decision_id,
+                time_ns=record.time_ns,
+                subject=subject,
+                action=action,
+                task=task.info(record.time_ns) if task is not None else None,
+                delegation_chain=chain,
+                approval=approval,
+            )
+
+        input_doc = policy_input(approval)
+        decided = await self._decide_recorded(record, input_doc, deadline, request.tool, trace)
+        if approval is not None:
+            self._check_revision(record, decided)
+
+        if decided.decision.effect == "step_up" and rpc == "CallTool" and approval is None:
+            # A human must approve this exact call: record a pending approval, then wait for
+            # it (or answer with its id), and decide again with the approval in the input.
+            pending = self._request_approval(
+                record, decided, digest(decided.revision), subject, chain, arguments, request
+            )
+            if request.no_wait:
+                raise self._step_up_stop(decided, pending.id, "the agent asked not to wait")
+            approval = await self._await_approval(record, pending.id, decided, deadline)
+            approval = self._claim(record, pending.id, digest(decided.revision))
+            input_doc = policy_input(approval)
+            decided = await self._decide_recorded(record, input_doc, deadline, request.tool, trace)
+            self._check_revision(record, decided)
+
         decision = decided.decision
-        record.latency_ms["decide"] = (time.perf_counter() - t0) * 1000
-        record.policy = {
-            "engine": self._engine.name,
-            "revision": decided.revision,
-            "query": settings.policy.query,
-        }
-        if decided.engine_decision_id:
-            record.policy["engine_decision_id"] = decided.engine_decision_id
-        record.decision = decision.to_dict()
-        if shadow is not None:
-            record.shadow = shadow.decision.to_dict() | {"revision": shadow.revision}
-            self.stats["shadow_evaluations"] += 1
-            if shadow.decision.effect != decision.effect:
-                self.stats["shadow_disagreements"] += 1
         log_level = decision.obligations.log
         if log_level in ("full", "redacted"):
             record.input = input_doc | {
                 "action": input_doc["action"]
                 | {"arguments": payload_view(arguments, log_level)["value"]}
             }
-        log.info(
-            "decision",
-            extra={
-                "decision_id": record.decision_id,
-                "tool": request.tool,
-                "effect": decision.effect,
-                "code": decision.code,
-            },
-        )
         common = {"decision": decision, "policy_revision": decided.revision}
 
         if rpc == "Check" or not decision.allowed:
@@ -299,6 +354,7 @@ class Mediator:
                         record,
                         obligations.credential,
                         trace.child_header(span_id),
+                        request.task_id,
                     ),
                     timeout=remaining,
                 )
@@ -340,6 +396,288 @@ class Mediator:
             **common,
         )
 
+    # --- the facts: identity, delegation, task ----------------------------------------------
+
+    def _attest(self, record: CallRecord, context: CallContext) -> Subject:
+        try:
+            subject = self._attestor.attest(context)
+        except IdentityError as exc:
+            raise _Stop(exc.code, str(exc)) from exc
+        record.subject = {"spiffe_id": subject.spiffe_id, "attestation": subject.attestation}
+        if subject.expires_at is not None:
+            record.subject["expires_at"] = subject.expires_at
+        return subject
+
+    def _verify_delegation(self, tokens: tuple[str, ...], subject: Subject) -> list[str]:
+        if not tokens:
+            return []
+        if self._identity is None:
+            raise _Stop(
+                "delegation_invalid",
+                "this sidecar has no Workload API (JWT bundles) to verify a delegation chain with",
+            )
+        try:
+            bundles = self._identity.jwt_bundles()
+            trusted = self._settings.identity.trust_domains or (
+                self._identity.snapshot().trust_domain,
+            )
+            return verify_chain(
+                tokens,
+                caller=subject.spiffe_id,
+                bundles=bundles,
+                trust_domains=trusted,
+                max_links=self._settings.delegation.max_links,
+            )
+        except IdentityError as exc:
+            raise _Stop("delegation_invalid", str(exc)) from exc
+
+    def _use_task(
+        self,
+        record: CallRecord,
+        task_id: str,
+        subject: Subject,
+        chain: list[str],
+        *,
+        count: bool,
+    ) -> Task | None:
+        if not task_id:
+            return None
+        record.task = {"id": task_id}
+        try:
+            task = self._tasks.use(task_id, subject.spiffe_id, chain, count=count)
+        except TaskError as exc:
+            raise _Stop(exc.code, str(exc)) from exc
+        record.task = {
+            "id": task.id,
+            "intent": task.intent,
+            "owner": task.owner,
+            "calls": task.calls,
+            "tokens": task.tokens,
+        }
+        return task
+
+    # --- step-up approvals -------------------------------------------------------------------
+
+    def _request_approval(
+        self,
+        record: CallRecord,
+        decided: _Decided,
+        digest: str,
+        subject: Subject,
+        chain: list[str],
+        arguments: dict[str, Any],
+        request: ToolCall,
+    ) -> Approval:
+        decision = decided.decision
+        obligation = decision.obligations.approval
+        assert record.action is not None
+        try:
+            pending = self._approvals.request(
+                digest=digest,
+                subject=subject.spiffe_id,
+                delegation=chain,
+                action={k: record.action[k] for k in ("kind", "name", "operation", "target")},
+                arguments=payload_view(arguments, decision.obligations.log),
+                task_id=request.task_id,
+                reasons=decision.reasons,
+                approvers=obligation.approvers if obligation else (),
+                ttl_s=obligation.ttl_s if obligation else self._settings.approvals.max_ttl_s,
+                policy_revision=decided.revision,
+                decision_id=record.decision_id,
+            )
+        except ApprovalError as exc:
+            raise _Stop(exc.code, str(exc), **self._common(decided)) from exc
+        record.approval = {"id": pending.id, "state": "pending", "digest": pending.digest}
+        return pending
+
+    async def _await_approval(
+        self, record: CallRecord, approval_id: str, decided: _Decided, deadline: float
+    ) -> Approval:
+        """Park the call until the approval is decided, it expires or the deadline comes."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            approval = await self._approvals.wait(approval_id, deadline - loop.time())
+        finally:
+            record.latency_ms["approval_wait"] = (time.perf_counter() - t0) * 1000
+        assert approval is not None
+        record.approval = approval.summary()
+        if approval.state == "pending":
+            raise self._step_up_stop(
+                decided, approval_id, "the call's deadline came before an approver decided"
+            )
+        return approval
+
+    async def _use_approval(
+        self,
+        record: CallRecord,
+        approval_id: str,
+        digest: str,
+        *,
+        no_wait: bool,
+        deadline: float,
+    ) -> ApprovalInfo:
+        """A retry with an approval id: wait for it if still pending, then use it."""
+        current = self._approvals.get(approval_id)
+        if current is not None and current.state == "pending" and current.digest == digest:
+            record.approval = current.summary()
+            if no_wait:
+                raise _Stop(
+                    "approval_required",
+                    f"approval {approval_id} is still pending",
+                    approval_id=approval_id,
+                )
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
+            current = await self._approvals.wait(approval_id, deadline - loop.time())
+            record.latency_ms["approval_wait"] = (time.perf_counter() - t0) * 1000
+            if current is not None and current.state == "pending":
+                record.approval = current.summary()
+                raise _Stop(
+                    "approval_required",
+                    f"approval {approval_id} is still pending at the call's deadline",
+                    approval_id=approval_id,
+                )
+        return self._claim(record, approval_id, digest)
+
+    def _claim(self, record: CallRecord, approval_id: str, digest: str) -> ApprovalInfo:
+        try:
+            approval = self._approvals.claim(approval_id, digest, used_by=record.decision_id)
+        except ApprovalError as exc:
+            current = self._approvals.get(approval_id)
+            known = current.summary() if current is not None else {"id": approval_id}
+            record.approval = known | {"refused": exc.code}
+            code = "approval_required" if exc.code == "approval_pending" else exc.code
+            raise _Stop(code, str(exc), approval_id=approval_id) from exc
+        record.approval = approval.summary()
+        return ApprovalInfo(
+            id=approval.id,
+            approved_by=approval.decided_by,
+            approved_at_ns=approval.decided_at_ns,
+            reason=approval.decision_reason,
+        )
+
+    def _check_revision(self, record: CallRecord, decided: _Decided) -> None:
+        """An approval is for the policy revision that asked for it; the re-decision must be
+        by the same one (a reload in between makes the approval useless, never broader)."""
+        used = self._approvals.get(record.approval["id"]) if record.approval else None
+        if used is not None and used.policy_revision != decided.revision:
+            raise _Stop(
+                "approval_mismatch",
+                f"approval {used.id} was granted under policy revision {used.policy_revision}; "
+                f"the policy is now {decided.revision}",
+                **self._common(decided),
+            )
+
+    def _step_up_stop(self, decided: _Decided, approval_id: str, why: str) -> _Stop:
+        reasons = "; ".join(decided.decision.reasons) or "approval required"
+        return _Stop(
+            "approval_required",
+            f"{reasons} ({why}; approval {approval_id})",
+            approval_id=approval_id,
+            **self._common(decided),
+        )
+
+    @staticmethod
+    def _common(decided: _Decided) -> dict[str, Any]:
+        return {"decision": decided.decision, "policy_revision": decided.revision}
+
+    async def _decide_recorded(
+        self,
+        record: CallRecord,
+        input_doc: dict[str, Any],
+        deadline: float,
+        tool: str,
+        trace: Any,
+    ) -> _Decided:
+        """Ask policy (and the shadow policy) and put the answer on record."""
+        t0 = time.perf_counter()
+        with self._tracer.span("decide", trace, tool=tool):
+            decided, shadow = await asyncio.gather(
+                self._decide(self._engine, input_doc, deadline, tool),
+                self._shadow_decide(input_doc, deadline),
+            )
+        decision = decided.decision
+        record.latency_ms["decide"] = (
+            record.latency_ms.get("decide", 0.0) + (time.perf_counter() - t0) * 1000
+        )
+        record.policy = {
+            "engine": self._engine.name,
+            "revision": decided.revision,
+            "query": self._settings.policy.query,
+        }
+        if decided.engine_decision_id:
+            record.policy["engine_decision_id"] = decided.engine_decision_id
+        record.decision = decision.to_dict()
+        if shadow is not None:
+            record.shadow = shadow.decision.to_dict() | {"revision": shadow.revision}
+            self.stats["shadow_evaluations"] += 1
+            if shadow.decision.effect != decision.effect:
+                self.stats["shadow_disagreements"] += 1
+        log.info(
+            "decision",
+            extra={
+                "decision_id": record.decision_id,
+                "tool": tool,
+                "effect": decision.effect,
+                "code": decision.code,
+            },
+        )
+        return decided
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    async def task_rpc(
+        self,
+        rpc: str,
+        context: CallContext,
+        *,
+        intent: str = "",
+        ttl_s: int = 0,
+        task_id: str = "",
+    ) -> TaskResult:
+        """StartTask or EndTask for the attested caller; audited like every call."""
+        started = time.perf_counter()
+        record = CallRecord(
+            decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns(), type="task"
+        )
+        record.action = {"kind": "task", "name": rpc}
+        record.intent = intent
+        task: Task | None = None
+        try:
+            subject = self._attest(record, context)
+            try:
+                if rpc == "StartTask":
+                    task = self._tasks.start(subject.spiffe_id, intent, ttl_s)
+                else:
+                    task = self._tasks.end(task_id, subject.spiffe_id)
+            except TaskError as exc:
+                record.task = {"id": task_id} if task_id else None
+                raise _Stop(exc.code, str(exc)) from exc
+            record.task = {
+                "id": task.id,
+                "intent": task.intent,
+                "owner": task.owner,
+                "state": task.state,
+                "calls": task.calls,
+                "expires_at_ns": task.expires_ns,
+            }
+            result = TaskResult(record.decision_id, "ok", grpc.StatusCode.OK, task=task)
+        except _Stop as stop:
+            result = TaskResult(record.decision_id, stop.code, status_for(stop.code), str(stop))
+        except StateError as exc:
+            log.error("state database failed", extra={"error": str(exc)})
+            result = TaskResult(
+                record.decision_id, "state_unavailable", status_for("state_unavailable"), str(exc)
+            )
+        call = CallResult(result.decision_id, result.code, result.status, result.message)
+        finished = self._finish(record, call, started)
+        if finished.code != result.code:  # the audit record could not be written
+            return TaskResult(
+                finished.decision_id, finished.code, finished.status, finished.message
+            )
+        return result
+
     async def _send(
         self,
         target: str,
@@ -348,12 +686,13 @@ class Mediator:
         record: CallRecord,
         credential: CredentialObligation | None,
         traceparent: str,
+        task_id: str,
     ) -> UpstreamResponse:
         def send() -> UpstreamResponse:
             # The credential is minted here, in the relay thread: fetching a JWT-SVID may wait
             # on the Workload API, which must not block the event loop.
             headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
-            headers.update(self._credentials.headers_for(target, credential))
+            headers.update(self._credentials.headers_for(target, credential, task_id=task_id))
             return self._relay.send(target, request, timeout_s=timeout, headers=headers)
 
         async with self._relay_slots:
@@ -421,6 +760,7 @@ class Mediator:
                 f"the audit record could not be written: {exc}",
                 decision=result.decision,
                 policy_revision=result.policy_revision,
+                approval_id=result.approval_id,
             )
         self._observe(doc)
         return result

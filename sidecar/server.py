@@ -30,10 +30,11 @@ from grpc_reflection.v1alpha import reflection
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.config import Settings
 from sidecar.identity import CallContext, WorkloadIdentity
-from sidecar.pipeline import CallResult, Mediator, ToolCall
+from sidecar.pipeline import CallResult, Mediator, TaskResult, ToolCall
 from sidecar.policy import Decision, PolicyEngine
+from sidecar.tasks import Task
 
-__all__ = ["SERVICE_NAME", "SidecarServer"]
+__all__ = ["SERVICE_NAME", "SidecarServer", "mtls_server_credentials"]
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ SERVICE_NAME = sidecar_pb2.DESCRIPTOR.services_by_name["Sidecar"].full_name
 def decision_message(result: CallResult) -> sidecar_pb2.Decision:
     decision: Decision | None = result.decision
     if decision is None:
-        return sidecar_pb2.Decision(decision_id=result.decision_id, code=result.code)
+        return sidecar_pb2.Decision(
+            decision_id=result.decision_id, code=result.code, approval_id=result.approval_id
+        )
     return sidecar_pb2.Decision(
         decision_id=result.decision_id,
         effect=decision.effect,
@@ -51,6 +54,21 @@ def decision_message(result: CallResult) -> sidecar_pb2.Decision:
         code=decision.code,
         obligations_json=decision.obligations_json(),
         policy_revision=result.policy_revision,
+        approval_id=result.approval_id,
+    )
+
+
+def task_message(task: Task) -> sidecar_pb2.Task:
+    return sidecar_pb2.Task(
+        task_id=task.id,
+        intent=task.intent,
+        owner=task.owner,
+        state=task.state,
+        started_at_ns=task.started_ns,
+        expires_at_ns=task.expires_ns,
+        ended_at_ns=task.ended_ns,
+        calls=task.calls,
+        tokens=task.tokens,
     )
 
 
@@ -69,7 +87,12 @@ class SidecarService:
 
         return grpc.method_handlers_generic_handler(
             SERVICE_NAME,
-            {"CallTool": unary(self.call_tool), "Check": unary(self.check)},
+            {
+                "CallTool": unary(self.call_tool),
+                "Check": unary(self.check),
+                "StartTask": unary(self.start_task),
+                "EndTask": unary(self.end_task),
+            },
         )
 
     async def call_tool(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -86,6 +109,41 @@ class SidecarService:
     async def check(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         result = await self._handle("Check", sidecar_pb2.CheckRequest, raw, context)
         return sidecar_pb2.CheckResponse(decision=decision_message(result))
+
+    async def start_task(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await self._decode_task(sidecar_pb2.StartTaskRequest, raw, context)
+        result = await self._mediator.task_rpc(
+            "StartTask", _call_context(context), intent=request.intent, ttl_s=request.ttl_s
+        )
+        return await self._task_answer(result, context)
+
+    async def end_task(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await self._decode_task(sidecar_pb2.EndTaskRequest, raw, context)
+        result = await self._mediator.task_rpc(
+            "EndTask", _call_context(context), task_id=request.task_id
+        )
+        return await self._task_answer(result, context)
+
+    async def _decode_task(self, message_type: Any, raw: bytes, context: Any) -> Any:
+        rpc = message_type.__name__.removesuffix("Request")
+        if len(raw) > self._max:
+            result = await self._mediator.reject(rpc, "request_too_large", "request too large")
+            await _abort(context, result)
+        try:
+            return message_type.FromString(raw)
+        except message.DecodeError:
+            result = await self._mediator.reject(
+                rpc, "malformed_request", f"the request is not a valid {rpc} message"
+            )
+            await _abort(context, result)
+
+    async def _task_answer(self, result: TaskResult, context: grpc.aio.ServicerContext) -> Any:
+        if result.status != grpc.StatusCode.OK:
+            await _abort(
+                context, CallResult(result.decision_id, result.code, result.status, result.message)
+            )
+        assert result.task is not None
+        return task_message(result.task)
 
     async def _handle(
         self, rpc: str, message_type: Any, raw: bytes, context: grpc.aio.ServicerContext
@@ -111,12 +169,11 @@ class SidecarService:
                         arguments_json=request.arguments_json,
                         task_id=request.task_id,
                         intent=request.intent,
+                        approval_id=getattr(request, "approval_id", ""),
+                        no_wait=getattr(request, "no_wait", False),
+                        delegation_chain=tuple(request.delegation_chain),
                     ),
-                    context=CallContext(
-                        metadata=tuple(context.invocation_metadata() or ()),
-                        peer=context.peer(),
-                        auth_context=context.auth_context() or {},
-                    ),
+                    context=_call_context(context),
                     time_remaining=context.time_remaining(),
                 )
         if result.status != grpc.StatusCode.OK:
@@ -126,6 +183,47 @@ class SidecarService:
 
 def _serialize(msg: Any) -> bytes:
     return msg.SerializeToString()
+
+
+def _call_context(context: grpc.aio.ServicerContext) -> CallContext:
+    return CallContext(
+        metadata=tuple(context.invocation_metadata() or ()),
+        peer=context.peer(),
+        auth_context=context.auth_context() or {},
+    )
+
+
+def mtls_server_credentials(
+    identity: WorkloadIdentity, trust_domains: tuple[str, ...] | list[str]
+) -> grpc.ServerCredentials:
+    """TLS with client certificates required, from the sidecar's X.509-SVID, re-read after
+    each rotation; clients are verified against the bundles of ``trust_domains`` (default:
+    the sidecar's own)."""
+    trusted = list(trust_domains) or None
+
+    def configuration() -> Any:
+        snapshot = identity.snapshot()
+        roots = snapshot.bundle_pem(trusted or [snapshot.trust_domain])
+        return grpc.ssl_server_certificate_configuration(
+            [(snapshot.key_pem(), snapshot.chain_pem())], root_certificates=roots
+        )
+
+    seen = {"rotations": identity.rotations}
+
+    def fetch() -> Any:
+        if identity.rotations == seen["rotations"]:
+            return None
+        try:
+            config = configuration()
+        except Exception:  # an expired snapshot: keep serving the last configuration
+            log.exception("cannot rotate the mTLS certificate")
+            return None
+        seen["rotations"] = identity.rotations
+        return config
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(), fetch, require_client_authentication=True
+    )
 
 
 async def _abort(context: grpc.aio.ServicerContext, result: CallResult) -> None:
@@ -211,34 +309,8 @@ class SidecarServer:
         return f"{host}:{port}"
 
     def _mtls_credentials(self) -> grpc.ServerCredentials:
-        """TLS with client certificates required, re-read from the SVID after each rotation."""
-        identity = self._identity
-        assert identity is not None
-        trusted = list(self._settings.identity.trust_domains) or None
-
-        def configuration() -> Any:
-            snapshot = identity.snapshot()
-            roots = snapshot.bundle_pem(trusted or [snapshot.trust_domain])
-            return grpc.ssl_server_certificate_configuration(
-                [(snapshot.key_pem(), snapshot.chain_pem())], root_certificates=roots
-            )
-
-        seen = {"rotations": identity.rotations}
-
-        def fetch() -> Any:
-            if identity.rotations == seen["rotations"]:
-                return None
-            try:
-                config = configuration()
-            except Exception:  # an expired snapshot: keep serving the last configuration
-                log.exception("cannot rotate the mTLS certificate")
-                return None
-            seen["rotations"] = identity.rotations
-            return config
-
-        return grpc.dynamic_ssl_server_credentials(
-            configuration(), fetch, require_client_authentication=True
-        )
+        assert self._identity is not None
+        return mtls_server_credentials(self._identity, self._settings.identity.trust_domains)
 
     def _serving(self) -> bool:
         """Ready: the engine can decide (OPA: bundles active) and, with SPIFFE identity, a
@@ -286,8 +358,9 @@ class SidecarServer:
         await self._server.wait_for_termination()
 
 
-async def serve_until_signalled(server: SidecarServer, on_hup: Any = None) -> None:
-    """Start, then stop gracefully on SIGTERM or SIGINT; SIGHUP calls ``on_hup``."""
+async def serve_until_signalled(server: Any, on_hup: Any = None) -> None:
+    """Start ``server`` (anything with async ``start`` and ``stop``: the whole sidecar), then
+    stop it gracefully on SIGTERM or SIGINT; SIGHUP calls ``on_hup``."""
     import signal
 
     loop = asyncio.get_running_loop()

@@ -96,9 +96,17 @@ def sidecar(start_sidecar, tools) -> RunningSidecar:
     return start_sidecar(tools.url)
 
 
-def audit_lines(path: Path) -> list[dict[str, Any]]:
-    """The call records of an audit log (one per call), without intents and checkpoints."""
-    return [r for r in all_audit_lines(path) if r["type"] == "call"]
+@pytest.fixture
+def task(sidecar) -> str:
+    """A task started on ``sidecar`` (act calls need one under the baseline policy)."""
+    with sidecar.client() as client:
+        return client.start_task("test").task_id
+
+
+def audit_lines(path: Path, type: str = "call") -> list[dict[str, Any]]:
+    """The call records of an audit log (one per call), without intents, checkpoints, task
+    and approval records (or those of another ``type``)."""
+    return [r for r in all_audit_lines(path) if r["type"] == type]
 
 
 def all_audit_lines(path: Path) -> list[dict[str, Any]]:

@@ -6,7 +6,9 @@ Run alone against a running sidecar: ``python examples/demo/agent.py unix:/tmp/a
 
 from __future__ import annotations
 
+import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,27 +34,64 @@ class Line:
     expected: str
     reasons: tuple[str, ...]
     decision_id: str
+    note: str = ""
 
     def __str__(self) -> str:
-        reasons = "; ".join(self.reasons) or "-"
+        reasons = "; ".join(self.reasons) or self.note or "-"
         mark = "" if self.effect == self.expected else f"   <-- expected {self.expected}"
         return f"{self.tool:<16} {self.effect:<8} {self.decision_id}  {reasons}{mark}"
 
 
-def run(address: str) -> list[Line]:
+def _call(
+    sidecar: SidecarClient, tool: str, arguments: dict[str, Any], expected: str, **kwargs: Any
+) -> tuple[Line, SidecarCallError | None]:
+    try:
+        decision = sidecar.call_tool(tool, arguments, **kwargs).decision
+        error = None
+    except SidecarCallError as exc:
+        if exc.decision is None:
+            raise
+        decision, error = exc.decision, exc
+    effect = decision.effect or "deny"  # refused before policy (e.g. task_ended)
+    reasons = decision.reasons or ((error.code,) if error else ())
+    if decision.approval_id and error is not None:
+        reasons = (*reasons, f"approval {decision.approval_id}")
+    return Line(tool, effect, expected, tuple(reasons), decision.decision_id), error
+
+
+def run(address: str, approve: Callable[[str], str] | None = None) -> list[Line]:
+    """Run the script under one task; a step-up is approved with ``approve`` (a human's job),
+    then the call is retried with the approval, reused once (refused), and finally a call
+    after the task ended is refused."""
     lines = []
     with SidecarClient(address, timeout_s=10) as sidecar:
+        task = sidecar.start_task("help jane with her printer ticket", ttl_s=600)
+        step_up: tuple[str, dict[str, Any], str] | None = None
         for tool, arguments, expected in SCRIPT:
-            try:
-                result = sidecar.call_tool(tool, arguments, task_id="demo-task", intent="support")
-                decision = result.decision
-            except SidecarCallError as exc:
-                if exc.decision is None:
-                    raise
-                decision = exc.decision
-            lines.append(
-                Line(tool, decision.effect, expected, decision.reasons, decision.decision_id)
+            line, error = _call(
+                sidecar, tool, arguments, expected, task_id=task.task_id, wait=False
             )
+            lines.append(line)
+            if error is not None and error.code == "approval_required":
+                step_up = (tool, arguments, error.decision.approval_id if error.decision else "")
+        if step_up is not None and approve is not None:
+            tool, arguments, approval_id = step_up
+            note = approve(approval_id)
+            for expected in ("allow", "deny"):  # used once; the second use is refused
+                line, _ = _call(
+                    sidecar,
+                    tool,
+                    arguments,
+                    expected,
+                    task_id=task.task_id,
+                    approval_id=approval_id,
+                )
+                if expected == "allow":
+                    line = dataclasses.replace(line, note=f"retried after: {note}")
+                lines.append(line)
+        sidecar.end_task(task.task_id)
+        line, _ = _call(sidecar, "tickets.get", {"id": "7"}, "deny", task_id=task.task_id)
+        lines.append(line)
     return lines
 
 

@@ -37,6 +37,7 @@ OUT = ROOT / "demo-out"
 RUN_DIR = Path("/tmp") / f"agent-sidecar-demo-{int(time.time() * 1000)}"
 WORKLOAD_SOCKET = RUN_DIR / "workload.sock"
 SPIFFE_ID = "spiffe://demo.example/agent/support"
+APPROVALS_SOCKET = RUN_DIR / "approvals.sock"
 
 
 def free_port() -> int:
@@ -59,6 +60,8 @@ def write_config(tools_url: str) -> tuple[Path, str]:
     config["admin"] = {"listen": f"127.0.0.1:{ADMIN_PORT}"}
     config["policy"]["dir"] = str(ROOT / "rego")
     config["audit"]["path"] = str(OUT / "audit.log")
+    config["state"]["dir"] = str(OUT / "state")
+    config["approvals"]["listen"] = f"unix://{APPROVALS_SOCKET}"
     for target in config["targets"].values():
         target["base_url"] = tools_url
     path = OUT / "config.yaml"
@@ -117,6 +120,30 @@ def jwt_claims(token: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
+def approve_as_oncall(approval_id: str) -> str:
+    """What an on-call human does with `agent-sidecar approvals approve ID --reason ...`."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "approvals",
+            "--admin",
+            f"unix://{APPROVALS_SOCKET}",
+            "--as",
+            "demo-oncall",
+            "approve",
+            approval_id,
+            "--reason",
+            "refund confirmed with the customer",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
 def main() -> int:
     shutil.rmtree(OUT, ignore_errors=True)
     OUT.mkdir()
@@ -135,7 +162,7 @@ def main() -> int:
             wait_serving(address, proc)
             print(f"sidecar serving on {address}; tool upstream on {tools.url}\n")
             print(f"{'TOOL':<16} {'EFFECT':<8} {'DECISION ID':<26}  REASONS")
-            lines = run_agent(address)
+            lines = run_agent(address, approve=approve_as_oncall)
             for line in lines:
                 print(line)
             metrics = requests.get(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=5).text
@@ -167,6 +194,7 @@ def main() -> int:
             f"aud={claims['aud']} ttl={claims['exp'] - claims['iat']}s"
         )
     calls = [r for r in audit if r["type"] == "call"]
+    approvals = [r for r in audit if r["type"] == "approval"]
     verified = subprocess.run(
         [
             sys.executable,
@@ -183,8 +211,8 @@ def main() -> int:
         text=True,
     )
     print(
-        f"audit log: {OUT / 'audit.log'} ({len(calls)} call records, hash-chained, "
-        "checkpoints signed with the SVID)"
+        f"audit log: {OUT / 'audit.log'} ({len(calls)} call records, {len(approvals)} approval "
+        "record, hash-chained, checkpoints signed with the SVID)"
     )
     print(f"audit verify --bundle demo-out/bundle.pem: {verified.stdout.strip().splitlines()[-1]}")
     print(f"metrics (http://127.0.0.1:{ADMIN_PORT}/metrics):")
@@ -193,6 +221,10 @@ def main() -> int:
     print(f"sidecar log: {OUT / 'sidecar.log'}")
     wrong = [line for line in lines if line.effect != line.expected]
     tickets_calls = sum(1 for r in tools.received if r.path.startswith("/tickets"))
+    refunds = [r for r in tools.received if r.path == "/refunds"]
+    if len(refunds) != 2:  # the small refund, and the approved large one exactly once
+        print(f"demo FAILED: {len(refunds)} refunds reached the upstream", file=sys.stderr)
+        return 1
     if wrong or len(calls) != len(lines) or len(bearer) != tickets_calls or verified.returncode:
         print("demo FAILED: a decision or the audit log is not what it should be", file=sys.stderr)
         return 1

@@ -48,10 +48,16 @@ class CallRecord:
     decision_id: str
     rpc: str
     time_ns: int
+    # "call" (CallTool, Check) or "task" (StartTask, EndTask).
+    type: str = "call"
     subject: dict[str, Any] | None = None
     action: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
     delegation: list[str] = field(default_factory=list)
+    # What the agent said the call is for (CallToolRequest.intent).
+    intent: str = ""
+    # The step-up approval this call created, waited for or used.
+    approval: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
     # The policy input, when the log obligation allows it (for `policy replay`).
     input: dict[str, Any] | None = None
@@ -68,7 +74,7 @@ class CallRecord:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "record_version": RECORD_VERSION,
-            "type": "call",
+            "type": self.type,
             "time": datetime.fromtimestamp(self.time_ns / 1e9, UTC).isoformat(),
             "time_ns": self.time_ns,
             "decision_id": self.decision_id,
@@ -77,6 +83,8 @@ class CallRecord:
             "action": self.action,
             "task": self.task,
             "delegation": self.delegation,
+            "intent": self.intent,
+            "approval": self.approval,
             "policy": self.policy,
             "input": self.input,
             "decision": self.decision,

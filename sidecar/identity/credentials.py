@@ -34,8 +34,11 @@ class UpstreamCredentials:
         self._targets = targets
         self._identity = identity
 
-    def headers_for(self, target: str, obligation: CredentialObligation | None) -> dict[str, str]:
-        """Headers carrying the credential for one call (blocking: may ask the Workload API)."""
+    def headers_for(
+        self, target: str, obligation: CredentialObligation | None, *, task_id: str = ""
+    ) -> dict[str, str]:
+        """Headers carrying the credential for one call (blocking: may ask the Workload API).
+        JWT-SVIDs are cached per task, so that :meth:`revoke_task` can drop them."""
         auth = self._targets[target].auth
         if obligation is None and auth.type == "mtls":
             if self._identity is None:
@@ -56,7 +59,7 @@ class UpstreamCredentials:
                 code="credential_unavailable",
             )
         audience = obligation.audience if obligation is not None else auth.audience
-        token, expires_at = self._identity.jwt_svid(audience)
+        token, expires_at = self._identity.jwt_svid(audience, scope=task_id)
         if obligation is not None and expires_at - time.time() > obligation.ttl_s:
             raise IdentityError(
                 f"the Workload API's JWT-SVID for {audience!r} is valid for "
@@ -65,6 +68,13 @@ class UpstreamCredentials:
                 code="credential_unavailable",
             )
         return {"Authorization": f"Bearer {token}"}
+
+    def revoke_task(self, task_id: str) -> int:
+        """Forget every credential cached for ``task_id``: no later call reuses one. (A JWT-SVID
+        already sent stays valid upstream until it expires: its short TTL bounds that.)"""
+        if self._identity is None or not task_id:
+            return 0
+        return self._identity.forget_tokens(task_id)
 
 
 def mtls_context(snapshot: Snapshot) -> ssl.SSLContext:

@@ -95,7 +95,8 @@ class WorkloadIdentity:
         self._jwt_bundles: dict[str, dict[str, Any]] = {}
         self._jwt_ready = threading.Event()
         self._listeners: list[Callable[[Snapshot], None]] = []
-        self._tokens: dict[str, tuple[str, float]] = {}  # audience -> (token, expires_at)
+        # (scope, audience) -> (token, expires_at); scope: the task a token was minted for.
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}
         self._client: WorkloadApiClient | None = None
         self._handlers: list[Any] = []
         self._closed = threading.Event()
@@ -207,11 +208,14 @@ class WorkloadIdentity:
             raise IdentityError("no JWT bundles received yet", code="identity_not_ready")
         return bundles
 
-    def jwt_svid(self, audience: str, *, timeout_s: float = 5.0) -> tuple[str, float]:
-        """A JWT-SVID for exactly ``audience`` and its expiry, cached until shortly before it."""
+    def jwt_svid(
+        self, audience: str, *, scope: str = "", timeout_s: float = 5.0
+    ) -> tuple[str, float]:
+        """A JWT-SVID for exactly ``audience`` and its expiry, cached per ``scope`` (a task id,
+        so that ending the task can drop it) until shortly before it expires."""
         now = time.time()
         with self._lock:
-            cached = self._tokens.get(audience)
+            cached = self._tokens.get((scope, audience))
         if cached is not None and cached[1] - now > self._refresh_margin_s:
             return cached
         if self._client is None:
@@ -230,9 +234,17 @@ class WorkloadIdentity:
             )
         entry = (svid.token, float(svid.expiry))
         with self._lock:
-            self._tokens[audience] = entry
+            self._tokens[(scope, audience)] = entry
         return entry
 
-    def forget_tokens(self) -> None:
+    def forget_tokens(self, scope: str | None = None) -> int:
+        """Drop cached JWT-SVIDs: those of ``scope``, or all; returns how many."""
         with self._lock:
-            self._tokens.clear()
+            keys = [k for k in self._tokens if scope is None or k[0] == scope]
+            for key in keys:
+                del self._tokens[key]
+        return len(keys)
+
+    def cached_scopes(self) -> set[str]:
+        with self._lock:
+            return {scope for scope, _ in self._tokens}

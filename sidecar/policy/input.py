@@ -47,6 +47,7 @@ class ApprovalInfo:
     id: str
     approved_by: str
     approved_at_ns: int
+    reason: str = ""
 
 
 def build_input(
@@ -87,5 +88,6 @@ def build_input(
             "id": approval.id,
             "approved_by": approval.approved_by,
             "approved_at_ns": approval.approved_at_ns,
+            "reason": approval.reason,
         }
     return doc

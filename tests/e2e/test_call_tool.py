@@ -24,16 +24,18 @@ def test_allowed_call_is_relayed_and_returns_the_upstream_body(sidecar, tools):
     assert received.headers["x-request-id"] == result.decision.decision_id
 
 
-def test_post_arguments_become_the_json_body(sidecar, tools):
+def test_post_arguments_become_the_json_body(sidecar, tools, task):
     with sidecar.client() as client:
-        result = client.call_tool("tickets.create", {"title": "Broken", "priority": 2})
+        result = client.call_tool(
+            "tickets.create", {"title": "Broken", "priority": 2}, task_id=task
+        )
     assert result.status == 201
     assert tools.received[0].json() == {"title": "Broken", "priority": 2}
 
 
-def test_denied_call_never_reaches_the_upstream(sidecar, tools):
+def test_denied_call_never_reaches_the_upstream(sidecar, tools, task):
     with sidecar.client() as client, pytest.raises(PolicyDenied) as denied:
-        client.call_tool("tickets.close", {"id": "7"})
+        client.call_tool("tickets.close", {"id": "7"}, task_id=task)
     assert denied.value.status == grpc.StatusCode.PERMISSION_DENIED
     assert denied.value.code == "policy_deny"
     assert denied.value.reasons == (
@@ -43,27 +45,32 @@ def test_denied_call_never_reaches_the_upstream(sidecar, tools):
     assert tools.received == []
 
 
-def test_sensitive_data_to_an_external_target_is_denied(sidecar, tools):
+def test_sensitive_data_to_an_external_target_is_denied(sidecar, tools, task):
     with sidecar.client() as client, pytest.raises(PolicyDenied) as denied:
-        client.call_tool("partner.notify", {"note": "card 4111 1111 1111 1111"})
+        client.call_tool("partner.notify", {"note": "card 4111 1111 1111 1111"}, task_id=task)
     assert denied.value.reasons == (
         "data class credit_card may not be sent to external target partner",
     )
     assert tools.received == []
 
 
-def test_redact_obligation_is_applied_before_relay(sidecar, tools):
+def test_redact_obligation_is_applied_before_relay(sidecar, tools, task):
     with sidecar.client() as client:
-        result = client.call_tool("partner.notify", {"note": "mail bob@example.org today"})
+        result = client.call_tool(
+            "partner.notify", {"note": "mail bob@example.org today"}, task_id=task
+        )
     assert result.decision.obligations["redact"] == ["email"]
     assert tools.received[0].json() == {"note": "mail [REDACTED:email] today"}
 
 
-def test_step_up_is_failed_precondition_and_not_relayed(sidecar, tools):
+def test_step_up_is_failed_precondition_and_not_relayed(sidecar, tools, task):
     with sidecar.client() as client, pytest.raises(StepUpRequired) as step_up:
-        client.call_tool("payments.refund", {"order": "A-1", "amount": 500})
+        client.call_tool(
+            "payments.refund", {"order": "A-1", "amount": 500}, task_id=task, wait=False
+        )
     assert step_up.value.status == grpc.StatusCode.FAILED_PRECONDITION
     assert step_up.value.code == "approval_required"
+    assert step_up.value.approval_id.startswith("ap-")
     assert step_up.value.decision.obligations["approval"] == {
         "approvers": ["group:payments-oncall"],
         "ttl_s": 900,
@@ -71,11 +78,11 @@ def test_step_up_is_failed_precondition_and_not_relayed(sidecar, tools):
     assert tools.received == []
 
 
-def test_check_decides_without_relaying(sidecar, tools):
+def test_check_decides_without_relaying(sidecar, tools, task):
     with sidecar.client() as client:
         allow = client.check("tickets.get", {"id": "1"})
-        deny = client.check("tickets.close", {"id": "1"})
-        step_up = client.check("payments.refund", {"amount": 1000})
+        deny = client.check("tickets.close", {"id": "1"}, task_id=task)
+        step_up = client.check("payments.refund", {"amount": 1000}, task_id=task)
     assert (allow.effect, deny.effect, step_up.effect) == ("allow", "deny", "step_up")
     assert deny.reasons and step_up.reasons
     assert allow.policy_revision == sidecar.sidecar.engine.revision
@@ -110,7 +117,7 @@ def test_agent_metadata_is_not_forwarded_upstream(sidecar, tools):
     assert "authorization" not in headers and "cookie" not in headers
 
 
-def test_every_call_leaves_exactly_one_audit_record(sidecar, tools):
+def test_every_call_leaves_exactly_one_audit_record(sidecar, tools, task):
     calls = [
         ("tickets.get", {"id": "1"}),
         ("tickets.close", {"id": "1"}),
@@ -122,7 +129,9 @@ def test_every_call_leaves_exactly_one_audit_record(sidecar, tools):
     with sidecar.client() as client:
         for tool, args in calls:
             try:
-                ids.append(client.call_tool(tool, args).decision.decision_id)
+                ids.append(
+                    client.call_tool(tool, args, task_id=task, wait=False).decision.decision_id
+                )
             except Exception as exc:  # every outcome counts
                 ids.append(exc.decision_id or None)
         client.check("tickets.get", {"id": "1"})
@@ -143,11 +152,11 @@ def test_every_call_leaves_exactly_one_audit_record(sidecar, tools):
     assert [r["outcome"]["relayed"] for r in records] == [True, False, False, False, False, False]
 
 
-def test_argument_values_are_not_audited_unless_the_log_obligation_says_so(sidecar):
+def test_argument_values_are_not_audited_unless_the_log_obligation_says_so(sidecar, task):
     with sidecar.client() as client:
-        client.call_tool("tickets.create", {"title": "secret-title-value"})
+        client.call_tool("tickets.create", {"title": "secret-title-value"}, task_id=task)
         with pytest.raises(PolicyDenied):
-            client.call_tool("tickets.close", {"id": "value-of-a-denied-call"})
+            client.call_tool("tickets.close", {"id": "value-of-a-denied-call"}, task_id=task)
     text = sidecar.audit_path.read_text()
     assert "value-of-a-denied-call" not in text  # deny: metadata only
     allowed, denied = audit_lines(sidecar.audit_path)

@@ -22,7 +22,10 @@ def test_the_demo_runs_end_to_end():
     assert "payments.refund  step_up" in out
     assert "partner.notify   deny" in out
     assert '"[REDACTED:email] asked for a call back"' in out
-    assert "(8 call records" in out
+    assert "(11 call records, 1 approval record" in out
+    assert "approved by local:demo-oncall" in out
+    assert "approval_used" in out
+    assert "task_ended" in out
     assert ": intact" in out  # the demo verifies its own audit log
     assert "tickets received a JWT-SVID the agent never saw" in out
     from tests.conftest import SECRET_PATTERNS

@@ -266,7 +266,8 @@ def test_http_sink_delivers_opa_decision_log_events_with_retries(start_sidecar, 
         )
         with running.client() as client:
             client.call_tool("tickets.get", {"id": "1"})
-            client.check("payments.refund", {"amount": 500})
+            task = client.start_task("refunds").task_id
+            client.check("payments.refund", {"amount": 500}, task_id=task)
         running.stop()
         events = [e for r in collector.received[1:] for e in r.json()]
     assert len(attempts) >= 2 and attempts[0] == attempts[1]  # the same batch, retried
@@ -288,8 +289,9 @@ def test_audit_show_answers_who_did_what(start_sidecar, tools):
     running = start_sidecar(tools.url)
     with running.client() as client:
         client.call_tool("tickets.get", {"id": "1"})
+        task = client.start_task("refunds").task_id
         with pytest.raises(StepUpRequired):
-            client.call_tool("payments.refund", {"amount": 500})
+            client.call_tool("payments.refund", {"amount": 500}, task_id=task, wait=False)
     done = cli("audit", "show", str(running.audit_path), "--effect", "step_up")
     assert done.returncode == 0
     lines = done.stdout.splitlines()
@@ -306,10 +308,13 @@ def test_metrics_after_a_mixed_workload(start_sidecar, tmp_path):
     with ToolServer(routes) as upstream:
         running = start_sidecar(upstream.url)
         with running.client() as client:
+            task = client.start_task("workload").task_id
             for call in (
                 lambda: client.call_tool("tickets.get", {"id": "1"}),
-                lambda: client.call_tool("tickets.close", {"id": "1"}),
-                lambda: client.call_tool("payments.refund", {"amount": 500}),
+                lambda: client.call_tool("tickets.close", {"id": "1"}, task_id=task),
+                lambda: client.call_tool(
+                    "payments.refund", {"amount": 500}, task_id=task, wait=False
+                ),
             ):
                 with contextlib.suppress(Exception):  # every outcome is part of the workload
                     call()
@@ -326,7 +331,8 @@ def test_metrics_after_a_mixed_workload(start_sidecar, tmp_path):
         "agent_sidecar_decision_seconds_count 4.0",
         'agent_sidecar_audit_records_total{result="written"}',
         'agent_sidecar_audit_records_total{result="dropped"} 0.0',
-        "agent_sidecar_pending_approvals 0.0",
+        "agent_sidecar_pending_approvals 1.0",
+        'agent_sidecar_calls_total{code="ok",rpc="StartTask"} 1.0',
         "agent_sidecar_fail_open_total 0.0",
         'agent_sidecar_policy_info{engine="embedded",revision="',
     ]

@@ -103,6 +103,7 @@ def test_check_prints_the_decision_as_json(tmp_path):
     doc = sample_input(
         name="payments.refund", operation="act", target="payments", arguments={"amount": 250}
     )
+    doc["task"] = {"id": "t-1", "intent": "refunds", "calls": 0, "tokens": 0, "age_s": 1.0}
     (tmp_path / "input.json").write_text(json.dumps(doc))
     done = cli(
         "check", "--config", "examples/demo/config.yaml", "--input", str(tmp_path / "input.json")

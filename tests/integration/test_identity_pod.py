@@ -157,8 +157,9 @@ def test_upstream_gets_a_jwt_svid_for_exactly_its_audience(start_sidecar, tools,
     )
     assert _wait(lambda: _health(running.address) == health_pb2.HealthCheckResponse.SERVING)
     with running.client() as client:
-        first = client.call_tool("tickets.get", {"id": "1"})
-        client.call_tool("tickets.create", {"title": "t"})
+        task = client.start_task("tickets").task_id
+        first = client.call_tool("tickets.get", {"id": "1"}, task_id=task)
+        client.call_tool("tickets.create", {"title": "t"}, task_id=task)
         client.call_tool("kb.search", {"q": "x"})
     tickets = [r for r in tools.received if r.path.startswith("/tickets")]
     kb = [r for r in tools.received if r.path.startswith("/kb")]
@@ -168,7 +169,7 @@ def test_upstream_gets_a_jwt_svid_for_exactly_its_audience(start_sidecar, tools,
         verified = validate_jwt_svid(token, audience=TICKETS_AUD, bundles=bundles)
         assert verified.spiffe_id == AGENT
         assert verified.audience == (TICKETS_AUD,)  # exactly its audience, nothing more
-    assert tokens[0] == tokens[1]  # cached until shortly before expiry
+    assert tokens[0] == tokens[1]  # cached (for the task) until shortly before expiry
     assert "authorization" not in kb[0].headers  # a target without auth gets none
     # The agent never sees it: not in the response, not in the audit log.
     assert tokens[0].encode() not in first.body

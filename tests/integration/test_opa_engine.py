@@ -31,7 +31,8 @@ def test_decisions_come_from_opa_and_join_its_decision_log(start_sidecar, tools,
         assert client.call_tool("tickets.get", {"id": "1"}).status == 200
         with pytest.raises(PolicyDenied) as denied:
             client.call_tool("tickets.close", {"id": "1"})
-        step_up = client.check("payments.refund", {"amount": 500})
+        task = client.start_task("refunds").task_id
+        step_up = client.check("payments.refund", {"amount": 500}, task_id=task)
     assert denied.value.code == "policy_deny"
     assert step_up.effect == "step_up"
     assert len(opa.requests) == 3

@@ -89,7 +89,8 @@ def test_replay_detects_a_tightened_rule_and_writes_tests_that_pass(start_sideca
     with running.client() as client:
         client.call_tool("tickets.get", {"id": "1"})
         client.call_tool("kb.search", {"q": "printer"})
-        client.call_tool("tickets.create", {"title": "t"})
+        task = client.start_task("tickets").task_id
+        client.call_tool("tickets.create", {"title": "t"}, task_id=task)
         with pytest.raises(PolicyDenied):
             client.call_tool("tickets.close", {"id": "1"})
     running.stop()

@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # Every audit log a test sidecar wrote this session, for the secret scan in conftest.
 AUDIT_PATHS: list[Path] = []
 DEMO_CONFIG = ROOT / "examples" / "demo" / "config.yaml"
+# A human approver's SPIFFE ID (mTLS approvals listener tests).
+APPROVER = "spiffe://demo.example/human/alice"
 
 
 def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settings:
@@ -30,6 +32,11 @@ def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settin
     # Always in the test's directory, even when a test points the log at /dev/full.
     raw["audit"]["signing_key"] = str(tmp_path / "audit-signing.key")
     raw["admin"] = {"listen": "127.0.0.1:0"}  # a free port per test sidecar
+    raw["state"] = {"dir": str(tmp_path / "state")}
+    raw["approvals"] = {
+        "listen": f"unix://{tmp_path}/approvals.sock",
+        "groups": {"payments-oncall": ["local:alice", APPROVER]},
+    }
     # Static identity and no upstream credentials unless a test asks for SPIFFE (identity=...).
     raw["identity"] = {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"}
     for target in raw["targets"].values():
@@ -69,6 +76,16 @@ class RunningSidecar:
 
     def client(self, **kwargs: Any) -> SidecarClient:
         return SidecarClient(self.address, **kwargs)
+
+    @property
+    def approvals_address(self) -> str:
+        assert self.sidecar.approvals_server is not None
+        return self.sidecar.approvals_server.address
+
+    def approvals(self, approver: str = "alice", **kwargs: Any) -> Any:
+        from sidecar.approvals.client import ApprovalsClient
+
+        return ApprovalsClient(self.approvals_address, approver=approver, **kwargs)
 
     def stop(self) -> None:
         if not self.loop.is_running():

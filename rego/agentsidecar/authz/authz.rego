@@ -30,11 +30,55 @@ _target := input.action.target
 
 # --- grants: read, act and delegate are separate ---------------------------------------
 
+_holds(spiffe_id, operation, tool) if {
+	some granted in data.agentsidecar.grants[spiffe_id][operation]
+	granted == tool
+}
+
 _granted if {
 	input.version == 1
 	input.action.kind == "tool"
-	some tool in data.agentsidecar.grants[input.subject.spiffe_id][input.action.operation]
-	tool == input.action.name
+	_holds(input.subject.spiffe_id, input.action.operation, input.action.name)
+}
+
+# --- tasks: acting or delegating needs a task the sidecar tracks -------------------------
+
+_has_task if input.task.id
+
+_deny contains msg if {
+	input.action.operation in {"act", "delegate"}
+	not _has_task
+	msg := sprintf("%v on %v needs a task (StartTask)", [_operation, _tool])
+}
+
+# --- delegation: every delegator must hold delegate, and the operation, on the tool -----
+# Effective permissions are the intersection along the chain: the caller's own grant (above)
+# and each delegator's. A chain deeper than max_delegation_depth is denied.
+
+default _chain := []
+
+_chain := input.delegation.chain
+
+_deny contains msg if {
+	some delegator in _chain
+	not _holds(delegator, "delegate", input.action.name)
+	msg := sprintf("delegator %v holds no delegate grant on %v", [delegator, _tool])
+}
+
+_deny contains msg if {
+	some delegator in _chain
+	not _holds(delegator, input.action.operation, input.action.name)
+	msg := sprintf("delegator %v holds no %v grant on %v", [delegator, _operation, _tool])
+}
+
+_depth_within_limit if {
+	is_number(data.agentsidecar.max_delegation_depth)
+	count(_chain) <= data.agentsidecar.max_delegation_depth
+}
+
+_deny contains msg if {
+	not _depth_within_limit
+	msg := sprintf("delegation depth %v exceeds the limit", [count(_chain)])
 }
 
 # A target is internal only when data says so; unknown targets are external.

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentsidecar/v1/sidecar.proto\x12\x0f\x61gentsidecar.v1\"X\n\x0f\x43\x61llToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\"U\n\x0c\x43heckRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\"\x96\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x18\n\x10obligations_json\x18\x05 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x07 \x01(\t\"|\n\x10\x43\x61llToolResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x02 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"<\n\rCheckResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\"v\n\tCallError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x03 \x01(\x05\x12\x15\n\rupstream_body\x18\x04 \x01(\x0c\x32\xa2\x01\n\x07Sidecar\x12O\n\x08\x43\x61llTool\x12 .agentsidecar.v1.CallToolRequest\x1a!.agentsidecar.v1.CallToolResponse\x12\x46\n\x05\x43heck\x12\x1d.agentsidecar.v1.CheckRequest\x1a\x1e.agentsidecar.v1.CheckResponseBKZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentsidecar/v1/sidecar.proto\x12\x0f\x61gentsidecar.v1\"\x98\x01\n\x0f\x43\x61llToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x05 \x01(\t\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65legation_chain\x18\x07 \x03(\t\"o\n\x0c\x43heckRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65legation_chain\x18\x05 \x03(\t\"1\n\x10StartTaskRequest\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\r\"!\n\x0e\x45ndTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xa7\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rstarted_at_ns\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ns\x18\x06 \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\x07 \x01(\x03\x12\r\n\x05\x63\x61lls\x18\x08 \x01(\x04\x12\x0e\n\x06tokens\x18\t \x01(\x04\"\x96\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x18\n\x10obligations_json\x18\x05 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x07 \x01(\t\"|\n\x10\x43\x61llToolResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x02 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"<\n\rCheckResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\"v\n\tCallError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x03 \x01(\x05\x12\x15\n\rupstream_body\x18\x04 \x01(\x0c\x32\xac\x02\n\x07Sidecar\x12O\n\x08\x43\x61llTool\x12 .agentsidecar.v1.CallToolRequest\x1a!.agentsidecar.v1.CallToolResponse\x12\x46\n\x05\x43heck\x12\x1d.agentsidecar.v1.CheckRequest\x1a\x1e.agentsidecar.v1.CheckResponse\x12\x45\n\tStartTask\x12!.agentsidecar.v1.StartTaskRequest\x1a\x15.agentsidecar.v1.Task\x12\x41\n\x07\x45ndTask\x12\x1f.agentsidecar.v1.EndTaskRequest\x1a\x15.agentsidecar.v1.TaskBKZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,18 +32,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentsidecar.v1.sidecar_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1'
-  _globals['_CALLTOOLREQUEST']._serialized_start=50
-  _globals['_CALLTOOLREQUEST']._serialized_end=138
-  _globals['_CHECKREQUEST']._serialized_start=140
-  _globals['_CHECKREQUEST']._serialized_end=225
-  _globals['_DECISION']._serialized_start=228
-  _globals['_DECISION']._serialized_end=378
-  _globals['_CALLTOOLRESPONSE']._serialized_start=380
-  _globals['_CALLTOOLRESPONSE']._serialized_end=504
-  _globals['_CHECKRESPONSE']._serialized_start=506
-  _globals['_CHECKRESPONSE']._serialized_end=566
-  _globals['_CALLERROR']._serialized_start=568
-  _globals['_CALLERROR']._serialized_end=686
-  _globals['_SIDECAR']._serialized_start=689
-  _globals['_SIDECAR']._serialized_end=851
+  _globals['_CALLTOOLREQUEST']._serialized_start=51
+  _globals['_CALLTOOLREQUEST']._serialized_end=203
+  _globals['_CHECKREQUEST']._serialized_start=205
+  _globals['_CHECKREQUEST']._serialized_end=316
+  _globals['_STARTTASKREQUEST']._serialized_start=318
+  _globals['_STARTTASKREQUEST']._serialized_end=367
+  _globals['_ENDTASKREQUEST']._serialized_start=369
+  _globals['_ENDTASKREQUEST']._serialized_end=402
+  _globals['_TASK']._serialized_start=405
+  _globals['_TASK']._serialized_end=572
+  _globals['_DECISION']._serialized_start=575
+  _globals['_DECISION']._serialized_end=725
+  _globals['_CALLTOOLRESPONSE']._serialized_start=727
+  _globals['_CALLTOOLRESPONSE']._serialized_end=851
+  _globals['_CHECKRESPONSE']._serialized_start=853
+  _globals['_CHECKRESPONSE']._serialized_end=913
+  _globals['_CALLERROR']._serialized_start=915
+  _globals['_CALLERROR']._serialized_end=1033
+  _globals['_SIDECAR']._serialized_start=1036
+  _globals['_SIDECAR']._serialized_end=1336
 # @@protoc_insertion_point(module_scope)

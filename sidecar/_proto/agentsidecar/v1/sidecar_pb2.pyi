@@ -7,28 +7,72 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CallToolRequest(_message.Message):
-    __slots__ = ("tool", "arguments_json", "task_id", "intent")
+    __slots__ = ("tool", "arguments_json", "task_id", "intent", "approval_id", "no_wait", "delegation_chain")
     TOOL_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
+    DELEGATION_CHAIN_FIELD_NUMBER: _ClassVar[int]
     tool: str
     arguments_json: str
     task_id: str
     intent: str
-    def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ...) -> None: ...
+    approval_id: str
+    no_wait: bool
+    delegation_chain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., approval_id: _Optional[str] = ..., no_wait: _Optional[bool] = ..., delegation_chain: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckRequest(_message.Message):
-    __slots__ = ("tool", "arguments_json", "task_id", "intent")
+    __slots__ = ("tool", "arguments_json", "task_id", "intent", "delegation_chain")
     TOOL_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     INTENT_FIELD_NUMBER: _ClassVar[int]
+    DELEGATION_CHAIN_FIELD_NUMBER: _ClassVar[int]
     tool: str
     arguments_json: str
     task_id: str
     intent: str
-    def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ...) -> None: ...
+    delegation_chain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., delegation_chain: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class StartTaskRequest(_message.Message):
+    __slots__ = ("intent", "ttl_s")
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    intent: str
+    ttl_s: int
+    def __init__(self, intent: _Optional[str] = ..., ttl_s: _Optional[int] = ...) -> None: ...
+
+class EndTaskRequest(_message.Message):
+    __slots__ = ("task_id",)
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("task_id", "intent", "owner", "state", "started_at_ns", "expires_at_ns", "ended_at_ns", "calls", "tokens")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_NS_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    intent: str
+    owner: str
+    state: str
+    started_at_ns: int
+    expires_at_ns: int
+    ended_at_ns: int
+    calls: int
+    tokens: int
+    def __init__(self, task_id: _Optional[str] = ..., intent: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[str] = ..., started_at_ns: _Optional[int] = ..., expires_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., calls: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("decision_id", "effect", "reasons", "code", "obligations_json", "policy_revision", "approval_id")

@@ -44,6 +44,16 @@ class SidecarStub:
                 request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckRequest.SerializeToString,
                 response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckResponse.FromString,
                 _registered_method=True)
+        self.StartTask = channel.unary_unary(
+                '/agentsidecar.v1.Sidecar/StartTask',
+                request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.StartTaskRequest.SerializeToString,
+                response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.Task.FromString,
+                _registered_method=True)
+        self.EndTask = channel.unary_unary(
+                '/agentsidecar.v1.Sidecar/EndTask',
+                request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.EndTaskRequest.SerializeToString,
+                response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.Task.FromString,
+                _registered_method=True)
 
 
 class SidecarServicer:
@@ -57,7 +67,23 @@ class SidecarServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Check(self, request, context):
-        """Decides only: nothing is relayed. The decision comes back whatever its effect.
+        """Decides only: nothing is relayed, no approval is created or used. The decision comes
+        back whatever its effect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTask(self, request, context):
+        """Starts a task: calls that carry its id are counted against it and end when it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndTask(self, request, context):
+        """Ends a task: its pending approvals and cached credentials are revoked, later calls under
+        it are denied with task_ended. Only the agent that started it may end it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -75,6 +101,16 @@ def add_SidecarServicer_to_server(servicer, server):
                     servicer.Check,
                     request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckRequest.FromString,
                     response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckResponse.SerializeToString,
+            ),
+            'StartTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTask,
+                    request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.StartTaskRequest.FromString,
+                    response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.Task.SerializeToString,
+            ),
+            'EndTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndTask,
+                    request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.EndTaskRequest.FromString,
+                    response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.Task.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +167,60 @@ class Sidecar:
             '/agentsidecar.v1.Sidecar/Check',
             agentsidecar_dot_v1_dot_sidecar__pb2.CheckRequest.SerializeToString,
             agentsidecar_dot_v1_dot_sidecar__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentsidecar.v1.Sidecar/StartTask',
+            agentsidecar_dot_v1_dot_sidecar__pb2.StartTaskRequest.SerializeToString,
+            agentsidecar_dot_v1_dot_sidecar__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentsidecar.v1.Sidecar/EndTask',
+            agentsidecar_dot_v1_dot_sidecar__pb2.EndTaskRequest.SerializeToString,
+            agentsidecar_dot_v1_dot_sidecar__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

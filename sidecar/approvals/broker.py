@@ -1,0 +1,314 @@
+"""Step-up approvals: create, wait for, decide and use them.
+
+Lives on the sidecar's event loop: the agent API parks a call in :meth:`ApprovalBroker.wait`
+and the admin API's Approve/Deny wakes it, in the same process. The state itself is in SQLite
+(:class:`ApprovalStore`), so a restart keeps it; waiting is what a restart loses, and the
+agent then retries with the approval id.
+
+Rules (who may approve is checked here; whether the call may then happen is policy's):
+- one pending approval per exact request (digest): an identical retry waits on the same one;
+- a subject holds at most ``max_pending_per_subject`` pending approvals and creates at most
+  ``max_new_per_minute``: beyond that, ``approval_rate_limited``;
+- nobody approves a request they made or delegated; when the obligation names approvers,
+  the approver must be one of them (directly or through ``approvals.groups``);
+- an approval is used once, by a call with the same digest, before it expires; denial,
+  expiry or the end of its task ends it; a timeout never approves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sidecar.approvals.errors import ApprovalError, ApproverRefused
+from sidecar.approvals.model import Approval
+from sidecar.approvals.store import ApprovalStore
+from sidecar.config import ApprovalSettings
+from sidecar.ids import new_decision_id
+
+__all__ = ["ApprovalBroker"]
+
+log = logging.getLogger(__name__)
+
+_ENDED_CODES = {
+    "denied": "approval_denied",
+    "used": "approval_used",
+    "expired": "approval_expired",
+    "revoked": "approval_revoked",
+}
+
+
+class ApprovalBroker:
+    def __init__(
+        self,
+        store: ApprovalStore,
+        settings: ApprovalSettings,
+        *,
+        notify: Callable[[Approval], None] | None = None,
+        record: Callable[[str, Approval, Mapping[str, Any]], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._settings = settings
+        self._notify = notify
+        # Writes an audit record for an approver's decision (before it commits: a decision
+        # that cannot be audited does not happen) and for an approval's expiry or revocation.
+        self._record = record
+        self._waiters: dict[str, set[asyncio.Event]] = collections.defaultdict(set)
+        self._watchers: set[asyncio.Queue[tuple[str, Approval]]] = set()
+        self._created: dict[str, collections.deque[float]] = collections.defaultdict(
+            collections.deque
+        )
+
+    # --- the agent side (the pipeline) -----------------------------------------------------
+
+    def request(
+        self,
+        *,
+        digest: str,
+        subject: str,
+        delegation: Sequence[str],
+        action: Mapping[str, str],
+        arguments: Mapping[str, Any],
+        task_id: str,
+        reasons: Sequence[str],
+        approvers: Sequence[str],
+        ttl_s: int,
+        policy_revision: str,
+        decision_id: str,
+    ) -> Approval:
+        """The pending approval for this exact request: an existing one, or a new one."""
+        now_ns = time.time_ns()
+        existing = self._store.find_pending(digest, now_ns)
+        if existing is not None:
+            return existing
+        self._check_rate(subject, now_ns)
+        ttl = min(ttl_s, self._settings.max_ttl_s)
+        approval = Approval(
+            id="ap-" + new_decision_id(now_ns),
+            state="pending",
+            digest=digest,
+            subject=subject,
+            delegation=tuple(delegation),
+            action=dict(action),
+            arguments=dict(arguments),
+            task_id=task_id,
+            reasons=tuple(reasons),
+            approvers=tuple(approvers),
+            policy_revision=policy_revision,
+            decision_id=decision_id,
+            created_at_ns=now_ns,
+            expires_at_ns=now_ns + ttl * 1_000_000_000,
+        )
+        self._store.insert(approval)
+        self._created[subject].append(time.monotonic())
+        log.info(
+            "approval pending",
+            extra={"approval_id": approval.id, "decision_id": decision_id, "subject": subject},
+        )
+        self._publish("created", approval)
+        if self._notify is not None:
+            self._notify(approval)
+        return approval
+
+    def _check_rate(self, subject: str, now_ns: int) -> None:
+        settings = self._settings
+        recent = self._created[subject]
+        cutoff = time.monotonic() - 60
+        while recent and recent[0] < cutoff:
+            recent.popleft()
+        if len(recent) >= settings.max_new_per_minute:
+            raise ApprovalError(
+                f"{subject} asked for {len(recent)} approvals in the last minute; the limit is "
+                f"{settings.max_new_per_minute} (approvals.max_new_per_minute)",
+                code="approval_rate_limited",
+            )
+        pending = self._store.count_pending(subject, now_ns)
+        if pending >= settings.max_pending_per_subject:
+            raise ApprovalError(
+                f"{subject} already has {pending} pending approvals; the limit is "
+                f"{settings.max_pending_per_subject} (approvals.max_pending_per_subject)",
+                code="approval_rate_limited",
+            )
+
+    async def wait(self, approval_id: str, timeout_s: float) -> Approval | None:
+        """Wait until the approval is no longer pending, it expires, or ``timeout_s`` passes;
+        return it as it then is (still ``pending`` when the wait timed out)."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout_s
+        while True:
+            approval = self._store.get(approval_id)
+            if approval is None or approval.state != "pending":
+                return approval
+            until_expiry = (approval.expires_at_ns - time.time_ns()) / 1e9
+            if until_expiry <= 0:
+                self.sweep()
+                continue
+            remaining = min(end - loop.time(), until_expiry)
+            if remaining <= 0:
+                return approval
+            event = asyncio.Event()
+            self._waiters[approval_id].add(event)
+            try:
+                await asyncio.wait_for(event.wait(), remaining)
+            except TimeoutError:
+                pass
+            finally:
+                self._waiters[approval_id].discard(event)
+                if not self._waiters[approval_id]:
+                    del self._waiters[approval_id]
+
+    def claim(self, approval_id: str, digest: str, used_by: str) -> Approval:
+        """Use an approved approval for the call with ``digest``: once, atomically."""
+        now_ns = time.time_ns()
+
+        def check(approval: Approval) -> None:
+            if approval.digest != digest:
+                raise ApprovalError(
+                    f"approval {approval_id} was granted for another request (subject, tool, "
+                    "arguments, task or policy revision differ)",
+                    code="approval_mismatch",
+                    approval_id=approval_id,
+                )
+            if approval.state in ("pending", "approved") and approval.expires_at_ns <= now_ns:
+                raise ApprovalError(
+                    f"approval {approval_id} expired",
+                    code="approval_expired",
+                    approval_id=approval_id,
+                )
+            if approval.state == "pending":
+                raise ApprovalError(
+                    f"approval {approval_id} is still pending",
+                    code="approval_pending",
+                    approval_id=approval_id,
+                )
+            if approval.state != "approved":
+                raise ApprovalError(
+                    f"approval {approval_id} is {approval.state}",
+                    code=_ENDED_CODES[approval.state],
+                    approval_id=approval_id,
+                )
+
+        def use(approval: Approval) -> None:
+            approval.state = "used"
+            approval.used_at_ns = now_ns
+            approval.used_by = used_by
+
+        try:
+            approval = self._store.transition(approval_id, check, use)
+        except ApprovalError as exc:
+            if exc.code == "approval_expired":
+                self.sweep()
+            raise
+        self._publish("used", approval)
+        return approval
+
+    # --- the approver side (the admin API) ---------------------------------------------------
+
+    def get(self, approval_id: str) -> Approval | None:
+        return self._store.get(approval_id)
+
+    def pending_count(self) -> int:
+        """Approvals waiting for a human now (the ``agent_sidecar_pending_approvals`` gauge)."""
+        return self._store.count_all_pending(time.time_ns())
+
+    def list(self, states: Sequence[str] = (), limit: int = 100) -> list[Approval]:
+        self.sweep()
+        return self._store.list(states, limit)
+
+    def decide(self, approval_id: str, *, approve: bool, approver: str, reason: str) -> Approval:
+        """Approve or deny a pending approval as ``approver``, with a reason."""
+        if not reason.strip():
+            raise ApproverRefused("a reason is required", code="reason_required")
+        self.sweep()
+        now_ns = time.time_ns()
+
+        def check(approval: Approval) -> None:
+            if approver == approval.subject or approver in approval.delegation:
+                raise ApproverRefused(
+                    f"{approver} made or delegated this request and cannot decide it",
+                    code="self_approval",
+                )
+            if approval.approvers and not self._may_approve(approver, approval.approvers):
+                raise ApproverRefused(
+                    f"{approver} is not among this approval's approvers "
+                    f"({', '.join(approval.approvers)})",
+                    code="not_an_approver",
+                )
+            if approval.state != "pending":
+                raise ApproverRefused(
+                    f"approval {approval_id} is {approval.state}, not pending", code="not_pending"
+                )
+
+        def change(approval: Approval) -> None:
+            approval.state = "approved" if approve else "denied"
+            approval.decided_by = approver
+            approval.decided_at_ns = now_ns
+            approval.decision_reason = reason
+
+        def audit(approval: Approval) -> None:
+            if self._record is not None:
+                self._record(approval.state, approval, {"actor": approver})
+
+        try:
+            approval = self._store.transition(approval_id, check, change, audit)
+        except ApprovalError as exc:  # unknown id
+            raise ApproverRefused(str(exc), code=exc.code) from exc
+        log.info(
+            "approval decided",
+            extra={"approval_id": approval_id, "state": approval.state, "approver": approver},
+        )
+        self._publish(approval.state, approval)
+        return approval
+
+    def _may_approve(self, approver: str, required: Sequence[str]) -> bool:
+        for entry in required:
+            if entry == approver:
+                return True
+            group = entry.removeprefix("group:")
+            if entry.startswith("group:") and approver in self._settings.groups.get(group, ()):
+                return True
+        return False
+
+    def subscribe(self) -> asyncio.Queue[tuple[str, Approval]]:
+        queue: asyncio.Queue[tuple[str, Approval]] = asyncio.Queue(maxsize=1000)
+        self._watchers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[tuple[str, Approval]]) -> None:
+        self._watchers.discard(queue)
+
+    # --- ends: expiry and task revocation ------------------------------------------------
+
+    def sweep(self) -> list[Approval]:
+        """Expire every approval whose time has passed."""
+        expired = self._store.expire_due(time.time_ns())
+        for approval in expired:
+            self._after_end("expired", approval, {})
+        return expired
+
+    def revoke_task(self, task_id: str) -> list[Approval]:
+        revoked = self._store.revoke_task(task_id)
+        for approval in revoked:
+            self._after_end("revoked", approval, {"task_id": task_id})
+        return revoked
+
+    def _after_end(self, event: str, approval: Approval, detail: Mapping[str, Any]) -> None:
+        self._publish(event, approval)
+        if self._record is not None:
+            try:
+                self._record(event, approval, detail)
+            except Exception:  # the end already happened; it cannot be undone for the log
+                log.exception("cannot audit an approval's end", extra={"approval_id": approval.id})
+
+    def _publish(self, event: str, approval: Approval) -> None:
+        for waiter in self._waiters.get(approval.id, ()):
+            waiter.set()
+        for queue in list(self._watchers):
+            try:
+                queue.put_nowait((event, approval))
+            except asyncio.QueueFull:  # a watcher that stopped reading is dropped
+                self._watchers.discard(queue)

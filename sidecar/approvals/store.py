@@ -1,0 +1,128 @@
+"""Approvals in the state database. Every state change is one transaction that checks the
+state it starts from, so an approval is used at most once even under concurrent calls, and a
+restart neither loses a pending approval nor revives a used one."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+from sidecar.approvals.errors import ApprovalError
+from sidecar.approvals.model import Approval
+from sidecar.state import StateDb
+
+__all__ = ["ApprovalStore"]
+
+
+class ApprovalStore:
+    def __init__(self, db: StateDb) -> None:
+        self._db = db
+
+    def insert(self, approval: Approval) -> None:
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO approvals (id, state, digest, subject, task_id, created_ns,"
+                " expires_ns, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    approval.id,
+                    approval.state,
+                    approval.digest,
+                    approval.subject,
+                    approval.task_id,
+                    approval.created_at_ns,
+                    approval.expires_at_ns,
+                    json.dumps(approval.to_doc()),
+                ),
+            )
+
+    def get(self, approval_id: str) -> Approval | None:
+        rows = self._db.query("SELECT doc FROM approvals WHERE id = ?", (approval_id,))
+        return Approval.from_doc(json.loads(rows[0]["doc"])) if rows else None
+
+    def find_pending(self, digest: str, now_ns: int) -> Approval | None:
+        rows = self._db.query(
+            "SELECT doc FROM approvals WHERE digest = ? AND state = 'pending' AND expires_ns > ?"
+            " ORDER BY created_ns DESC LIMIT 1",
+            (digest, now_ns),
+        )
+        return Approval.from_doc(json.loads(rows[0]["doc"])) if rows else None
+
+    def count_pending(self, subject: str, now_ns: int) -> int:
+        rows = self._db.query(
+            "SELECT COUNT(*) AS n FROM approvals WHERE subject = ? AND state = 'pending'"
+            " AND expires_ns > ?",
+            (subject, now_ns),
+        )
+        return int(rows[0]["n"])
+
+    def count_all_pending(self, now_ns: int) -> int:
+        rows = self._db.query(
+            "SELECT COUNT(*) AS n FROM approvals WHERE state = 'pending' AND expires_ns > ?",
+            (now_ns,),
+        )
+        return int(rows[0]["n"])
+
+    def list(self, states: Sequence[str] = (), limit: int = 100) -> list[Approval]:
+        if states:
+            marks = ",".join("?" for _ in states)
+            rows = self._db.query(
+                f"SELECT doc FROM approvals WHERE state IN ({marks})"  # noqa: S608 (only ?s)
+                " ORDER BY created_ns DESC LIMIT ?",
+                (*states, limit),
+            )
+        else:
+            rows = self._db.query(
+                "SELECT doc FROM approvals ORDER BY created_ns DESC LIMIT ?", (limit,)
+            )
+        return [Approval.from_doc(json.loads(r["doc"])) for r in rows]
+
+    def transition(
+        self,
+        approval_id: str,
+        check: Callable[[Approval], None],
+        change: Callable[[Approval], None],
+        before_commit: Callable[[Approval], None] | None = None,
+    ) -> Approval:
+        """Atomically: read, ``check`` (raises to refuse), ``change`` in place, write back;
+        ``before_commit`` (e.g. the audit record) failing rolls the change back."""
+        with self._db.transaction() as conn:
+            row = conn.execute("SELECT doc FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            if row is None:
+                raise ApprovalError(
+                    f"no approval {approval_id!r}", code="approval_unknown", approval_id=approval_id
+                )
+            approval = Approval.from_doc(json.loads(row["doc"]))
+            check(approval)
+            change(approval)
+            conn.execute(
+                "UPDATE approvals SET state = ?, doc = ? WHERE id = ?",
+                (approval.state, json.dumps(approval.to_doc()), approval.id),
+            )
+            if before_commit is not None:
+                before_commit(approval)
+        return approval
+
+    def end_where(self, where: str, params: tuple[object, ...], state: str) -> list[Approval]:
+        """Move every pending or approved approval matching ``where`` to ``state``."""
+        ended = []
+        with self._db.transaction() as conn:
+            rows = conn.execute(
+                # `where` is one of this module's constants, never input.
+                f"SELECT doc FROM approvals WHERE state IN ('pending', 'approved') AND {where}",  # noqa: S608
+                params,
+            ).fetchall()
+            for row in rows:
+                approval = Approval.from_doc(json.loads(row["doc"]))
+                approval.state = state
+                conn.execute(
+                    "UPDATE approvals SET state = ?, doc = ? WHERE id = ?",
+                    (state, json.dumps(approval.to_doc()), approval.id),
+                )
+                ended.append(approval)
+        return ended
+
+    def expire_due(self, now_ns: int) -> list[Approval]:
+        return self.end_where("expires_ns <= ?", (now_ns,), "expired")
+
+    def revoke_task(self, task_id: str) -> list[Approval]:
+        return self.end_where("task_id = ?", (task_id,), "revoked")

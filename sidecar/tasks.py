@@ -1,0 +1,170 @@
+"""Tasks: an agent's authority bounded by what it is doing and for how long.
+
+``StartTask(intent, ttl_s)`` registers a task owned by the calling agent; calls carrying its
+id are counted (``input.task.calls``, ``tokens``, ``age_s`` for policy). Ending it, or its TTL
+passing, revokes its pending approvals and every upstream credential the sidecar cached for
+it (the ``on_end`` hooks), and every later call under it is denied with ``task_ended``. Tasks
+are stored in the state database: an ended task stays ended across restarts.
+
+A task is usable by its owner, and by agents whose verified delegation chain contains the
+owner (work delegated within the task); to anyone else it does not exist (``task_unknown``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sidecar.config import TaskSettings
+from sidecar.errors import SidecarError
+from sidecar.ids import new_decision_id
+from sidecar.policy.input import TaskInfo
+from sidecar.state import StateDb
+
+__all__ = ["Task", "TaskError", "TaskRegistry"]
+
+log = logging.getLogger(__name__)
+
+
+class TaskError(SidecarError):
+    """``code``: ``task_unknown`` (no such task for this caller), ``task_ended``,
+    ``invalid_task`` (a bad StartTask request)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str
+    owner: str
+    intent: str
+    started_ns: int
+    expires_ns: int
+    ended_ns: int = 0
+    end_reason: str = ""
+    calls: int = 0
+    tokens: int = 0
+
+    @property
+    def state(self) -> str:
+        if self.ended_ns:
+            return "expired" if self.end_reason == "expired" else "ended"
+        return "active"
+
+    def info(self, now_ns: int) -> TaskInfo:
+        """What policy sees: ``calls`` made under the task before this one."""
+        return TaskInfo(
+            id=self.id,
+            intent=self.intent,
+            calls=self.calls,
+            tokens=self.tokens,
+            age_s=round((now_ns - self.started_ns) / 1e9, 3),
+        )
+
+
+class TaskRegistry:
+    def __init__(
+        self,
+        db: StateDb,
+        settings: TaskSettings,
+        on_end: Sequence[Callable[[Task], None]] = (),
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._on_end = list(on_end)
+
+    def add_end_hook(self, hook: Callable[[Task], None]) -> None:
+        self._on_end.append(hook)
+
+    def start(self, owner: str, intent: str, ttl_s: int = 0) -> Task:
+        settings = self._settings
+        if ttl_s < 0 or ttl_s > settings.max_ttl_s:
+            raise TaskError(
+                f"ttl_s {ttl_s} is outside 0..{settings.max_ttl_s} (tasks.max_ttl_s)",
+                code="invalid_task",
+            )
+        if len(intent) > 4096:
+            raise TaskError("intent is longer than 4096 characters", code="invalid_task")
+        now = time.time_ns()
+        task = Task(
+            id="t-" + new_decision_id(now),
+            owner=owner,
+            intent=intent,
+            started_ns=now,
+            expires_ns=now + (ttl_s or settings.default_ttl_s) * 1_000_000_000,
+        )
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO tasks (id, owner, intent, started_ns, expires_ns) VALUES (?,?,?,?,?)",
+                (task.id, task.owner, task.intent, task.started_ns, task.expires_ns),
+            )
+        log.info("task started", extra={"task_id": task.id, "subject": owner})
+        return task
+
+    def get(self, task_id: str) -> Task | None:
+        rows = self._db.query("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        return Task(**dict(rows[0])) if rows else None
+
+    def _visible(self, task_id: str, caller: str, delegation: Sequence[str]) -> Task:
+        task = self.get(task_id)
+        if task is None or (task.owner != caller and task.owner not in delegation):
+            raise TaskError(f"no task {task_id!r} for this caller", code="task_unknown")
+        return task
+
+    def use(
+        self, task_id: str, caller: str, delegation: Sequence[str] = (), *, count: bool = True
+    ) -> Task:
+        """The task a call runs under, as it was before this call; counts the call (a Check
+        does not)."""
+        task = self._visible(task_id, caller, delegation)
+        now = time.time_ns()
+        if not task.ended_ns and task.expires_ns <= now:
+            task = self._end(task, "expired")
+        if task.ended_ns:
+            raise TaskError(f"task {task_id} has {task.state}", code="task_ended")
+        if count:
+            with self._db.transaction() as conn:
+                conn.execute("UPDATE tasks SET calls = calls + 1 WHERE id = ?", (task_id,))
+        return task
+
+    def add_tokens(self, task_id: str, tokens: int) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("UPDATE tasks SET tokens = tokens + ? WHERE id = ?", (tokens, task_id))
+
+    def end(self, task_id: str, caller: str) -> Task:
+        """End a task (its owner only). Ending an ended task changes nothing."""
+        task = self.get(task_id)
+        if task is None or task.owner != caller:
+            raise TaskError(f"no task {task_id!r} for this caller", code="task_unknown")
+        if task.ended_ns:
+            return task
+        return self._end(task, "ended")
+
+    def sweep(self) -> list[Task]:
+        """End every task whose TTL has passed."""
+        rows = self._db.query(
+            "SELECT * FROM tasks WHERE ended_ns = 0 AND expires_ns <= ?", (time.time_ns(),)
+        )
+        return [self._end(Task(**dict(row)), "expired") for row in rows]
+
+    def _end(self, task: Task, reason: str) -> Task:
+        now = time.time_ns()
+        with self._db.transaction() as conn:
+            changed = conn.execute(
+                "UPDATE tasks SET ended_ns = ?, end_reason = ? WHERE id = ? AND ended_ns = 0",
+                (now, reason, task.id),
+            ).rowcount
+        ended = self.get(task.id)
+        assert ended is not None
+        if changed:
+            log.info("task ended", extra={"task_id": task.id, "reason": reason})
+            for hook in self._on_end:
+                try:
+                    hook(ended)
+                except Exception:
+                    log.exception("task end hook failed", extra={"task_id": task.id})
+        return ended
