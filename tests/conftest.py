@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from examples.demo.tools_server import Reply, ToolServer  # noqa: E402
 from sidecar.identity.dev_authority import DevAuthority  # noqa: E402
+from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer  # noqa: E402
 from sidecar.logs import JsonFormatter  # noqa: E402
 from tests.support.running import AUDIT_PATHS, RunningSidecar, sidecar_settings  # noqa: E402
 
@@ -89,6 +90,33 @@ def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., RunningSidecar]]:
     yield start
     for running in started:
         running.stop()
+
+
+# jwt identity mode: the sidecar's own SVID, and the audience agents' JWT-SVIDs must carry.
+SIDECAR_ID = "spiffe://demo.example/ns/agents/sa/support-sidecar"
+SIDECAR_AUDIENCE = "spiffe://demo.example/agent-sidecar"
+SIDECAR_SERVER_NAME = "agent-sidecar"  # a DNS SAN of the sidecar's SVID, for mTLS clients
+
+
+@pytest.fixture
+def start_jwt_sidecar(start_sidecar, tools, authority, tmp_path) -> Iterator[Any]:
+    """Start sidecars in identity mode ``jwt`` from overrides: a development Workload API
+    (``authority``) issues the sidecar's SVID; agents present JWT-SVIDs for SIDECAR_AUDIENCE."""
+    api = DevWorkloadApiServer(
+        DevWorkloadApi(authority, SIDECAR_ID, dns_names=(SIDECAR_SERVER_NAME,)),
+        tmp_path / "wl.sock",
+    ).start()
+
+    def start(**overrides: Any) -> RunningSidecar:
+        identity = {"mode": "jwt", "socket": f"unix://{api.socket_path}"}
+        running = start_sidecar(
+            tools.url, identity=identity | {"audience": SIDECAR_AUDIENCE}, **overrides
+        )
+        assert running.sidecar.identity.wait_ready(10)
+        return running
+
+    yield start
+    api.stop()
 
 
 @pytest.fixture

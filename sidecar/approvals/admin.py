@@ -31,8 +31,10 @@ from sidecar._proto.agentsidecar.v1 import approvals_pb2, approvals_pb2_grpc
 from sidecar.approvals.broker import ApprovalBroker
 from sidecar.approvals.errors import ApproverRefused
 from sidecar.approvals.model import STATES, Approval
+from sidecar.audit import AuditError
 from sidecar.config import Settings
 from sidecar.identity import CallContext, IdentityError, MtlsAttestor, WorkloadIdentity
+from sidecar.state import StateError
 
 __all__ = ["APPROVALS_SERVICE", "AdminServer", "approval_message"]
 
@@ -146,6 +148,12 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
                 request.id,
             )
             await context.abort(_REFUSAL_STATUS[exc.code], f"{exc.code}: {exc}")
+            raise AssertionError("unreachable") from exc
+        except (AuditError, StateError) as exc:
+            # Nothing changed: a decision that cannot be recorded does not happen.
+            log.error("approval decision not recorded", extra={"approval_id": request.id})
+            code = "audit_unavailable" if isinstance(exc, AuditError) else "state_unavailable"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{code}: {exc}")
             raise AssertionError("unreachable") from exc
         return approval_message(approval)
 

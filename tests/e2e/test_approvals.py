@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from sidecar._proto.agentsidecar.v1 import approvals_pb2
 from sidecar.approvals.client import AdminCallError
 from sidecar.client import PolicyDenied, RateLimited, StepUpRequired
 from tests.conftest import all_audit_lines, audit_lines
+from tests.support.cli import cli as run_cli
 
 REFUND = {"order": "A-1", "amount": 500}
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,23 +33,7 @@ def refunds(tools) -> list:
 
 
 def cli(running, *args: str, approver: str = "alice") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sidecar.cli",
-            "approvals",
-            "--admin",
-            running.approvals_address,
-            "--as",
-            approver,
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    return run_cli("approvals", "--admin", running.approvals_address, "--as", approver, *args)
 
 
 def pending(running, timeout_s: float = 10) -> approvals_pb2.Approval:
@@ -319,7 +303,7 @@ class _Hook(BaseHTTPRequestHandler):
     bodies: list[dict] = []
     failures = 1
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if type(self).failures > 0:
             type(self).failures -= 1

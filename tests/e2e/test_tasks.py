@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from sidecar.client import InvalidRequest, PolicyDenied, StepUpRequired
-from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
+from tests.conftest import SIDECAR_AUDIENCE as AUDIENCE
 from tests.conftest import audit_lines
 
 REFUND = {"order": "A-1", "amount": 500}
@@ -138,31 +138,12 @@ def test_unknown_tasks_and_bad_requests(sidecar):
         assert too_long.value.code == "invalid_task"
 
 
-SIDECAR_ID = "spiffe://demo.example/ns/agents/sa/support-sidecar"
-AUDIENCE = "spiffe://demo.example/agent-sidecar"
-
-
 @pytest.fixture
-def jwt_sidecar(start_sidecar, tools, authority, tmp_path):
+def jwt_sidecar(start_jwt_sidecar, tools):
     """JWT mode (two agents can call), and the tickets target takes a JWT-SVID."""
-    api = DevWorkloadApiServer(DevWorkloadApi(authority, SIDECAR_ID), tmp_path / "wl.sock")
-    api.start()
-    running = start_sidecar(
-        tools.url,
-        identity={"mode": "jwt", "socket": f"unix://{api.socket_path}", "audience": AUDIENCE},
-        targets={
-            "tickets": {
-                "base_url": tools.url,
-                "auth": {"type": "jwt-svid", "audience": "spiffe://demo.example/tickets"},
-            },
-            "kb": {"base_url": tools.url},
-            "payments": {"base_url": tools.url},
-            "partner": {"base_url": tools.url},
-        },
-    )
-    assert running.sidecar.identity.wait_ready(10)
-    yield running
-    api.stop()
+    targets = {name: {"base_url": tools.url} for name in ("tickets", "kb", "payments", "partner")}
+    targets["tickets"]["auth"] = {"type": "jwt-svid", "audience": "spiffe://demo.example/tickets"}
+    return start_jwt_sidecar(targets=targets)
 
 
 def _agent(running, authority, spiffe_id: str):

@@ -7,36 +7,23 @@ import grpc
 import pytest
 
 from sidecar.approvals.client import AdminCallError, ApprovalsClient
-from sidecar.client import StepUpRequired
-from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
+from sidecar.client import PolicyDenied, StepUpRequired
+from tests.conftest import SIDECAR_AUDIENCE as AUDIENCE
+from tests.conftest import SIDECAR_SERVER_NAME as SERVER_NAME
 from tests.conftest import all_audit_lines, audit_lines
+from tests.support.cli import cli
 from tests.support.running import APPROVER
 
-SIDECAR_ID = "spiffe://demo.example/ns/agents/sa/support-sidecar"
 AGENT = "spiffe://demo.example/agent/support"
-AUDIENCE = "spiffe://demo.example/agent-sidecar"
-SERVER_NAME = "agent-sidecar"
 REFUND = {"order": "A-1", "amount": 500}
 
 
 @pytest.fixture
-def start(start_sidecar, tools, authority, tmp_path):
-    api = DevWorkloadApiServer(
-        DevWorkloadApi(authority, SIDECAR_ID, dns_names=(SERVER_NAME,)), tmp_path / "wl.sock"
-    )
-    api.start()
-
+def start(start_jwt_sidecar):
     def start(approvers: list[str]):
-        running = start_sidecar(
-            tools.url,
-            identity={"mode": "jwt", "socket": f"unix://{api.socket_path}", "audience": AUDIENCE},
-            approvals={"listen": "127.0.0.1:0", "approvers": approvers},
-        )
-        assert running.sidecar.identity.wait_ready(10)
-        return running
+        return start_jwt_sidecar(approvals={"listen": "127.0.0.1:0", "approvers": approvers})
 
-    yield start
-    api.stop()
+    return start
 
 
 def _admin(running, authority, spiffe_id: str) -> ApprovalsClient:
@@ -93,9 +80,9 @@ def test_even_a_listed_approver_cannot_approve_its_own_request(start, authority,
 def test_a_client_without_a_certificate_is_refused(start, authority):
     running = start([APPROVER])
     creds = grpc.ssl_channel_credentials(authority.x509_bundle_pem)
-    with ApprovalsClient(running.approvals_address, tls=creds, server_name=SERVER_NAME) as anon:
-        with pytest.raises(AdminCallError) as refused:
-            anon.list()
+    anon = ApprovalsClient(running.approvals_address, tls=creds, server_name=SERVER_NAME)
+    with anon, pytest.raises(AdminCallError) as refused:
+        anon.list()
     assert refused.value.status == grpc.StatusCode.UNAVAILABLE  # the handshake fails
 
 
@@ -103,5 +90,55 @@ def test_a_tcp_listener_needs_an_allow_list(tmp_path, tools):
     from sidecar.config import ConfigError
     from tests.support.running import sidecar_settings
 
-    with pytest.raises(ConfigError, match="approvals.approvers: required"):
+    with pytest.raises(ConfigError, match=r"approvals\.approvers: required"):
         sidecar_settings(tmp_path, tools.url, approvals={"listen": "127.0.0.1:7444"})
+
+
+def test_the_cli_approves_over_mtls_with_svid_files(start, authority, tmp_path):
+    running = start([APPROVER])
+    approval_id, _, _ = _step_up(running, authority)
+    svid = authority.issue_x509(APPROVER)
+    (tmp_path / "alice.pem").write_bytes(svid.chain_pem)
+    (tmp_path / "alice.key").write_bytes(svid.key_pem)
+    (tmp_path / "bundle.pem").write_bytes(authority.x509_bundle_pem)
+    done = cli(
+        "approvals",
+        "--admin",
+        running.approvals_address,
+        "--cert",
+        str(tmp_path / "alice.pem"),
+        "--key",
+        str(tmp_path / "alice.key"),
+        "--bundle",
+        str(tmp_path / "bundle.pem"),
+        "--server-name",
+        SERVER_NAME,
+        "approve",
+        approval_id,
+        "--reason",
+        "verified by phone",
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{approval_id} approved by {APPROVER}"
+
+
+def test_another_agent_or_another_tool_cannot_use_the_approval(start, authority, tools):
+    running = start([APPROVER])
+    approval_id, task, token = _step_up(running, authority)
+    with _admin(running, authority, APPROVER) as alice:
+        alice.approve(approval_id, reason="checked")
+    planner = authority.issue_jwt("spiffe://demo.example/agent/planner", [AUDIENCE])
+    with running.client(jwt_svid=lambda: planner) as other, pytest.raises(PolicyDenied) as theft:
+        other.call_tool("payments.refund", REFUND, approval_id=approval_id)
+    assert theft.value.code == "approval_mismatch"
+    with running.client(jwt_svid=lambda: token) as client:
+        with pytest.raises(PolicyDenied) as other_tool:
+            client.call_tool("tickets.create", REFUND, task_id=task, approval_id=approval_id)
+        assert other_tool.value.code == "approval_mismatch"
+        assert (
+            client.call_tool(
+                "payments.refund", REFUND, task_id=task, approval_id=approval_id
+            ).status
+            == 200
+        )
+    assert len([r for r in tools.received if r.path == "/refunds"]) == 1

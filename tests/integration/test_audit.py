@@ -18,7 +18,7 @@ from examples.demo.tools_server import Reply, ToolServer
 from sidecar.audit import AuditLog, FileKeySigner, canonical, digest
 from sidecar.client import PolicyDenied, SidecarClient, StepUpRequired, Unavailable
 from tests.conftest import all_audit_lines, audit_lines
-from tests.integration.test_cli import cli
+from tests.support.cli import cli
 
 # --- a real log, then every way of tampering with it ---------------------------------------
 

@@ -8,19 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.cli import cli
 from tests.support.inputs import sample_input
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sidecar.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-    )
 
 
 def _copy_rego(tmp_path: Path) -> Path:

@@ -8,11 +8,9 @@ import pytest
 
 from sidecar.client import PolicyDenied, Unauthenticated
 from sidecar.identity.dev_authority import DevAuthority
-from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
+from tests.conftest import SIDECAR_AUDIENCE as AUDIENCE
 from tests.conftest import audit_lines
 
-SIDECAR_ID = "spiffe://demo.example/ns/agents/sa/support-sidecar"
-AUDIENCE = "spiffe://demo.example/agent-sidecar"
 SUPPORT = "spiffe://demo.example/agent/support"
 PLANNER = "spiffe://demo.example/agent/planner"
 DISPATCHER = "spiffe://demo.example/agent/dispatcher"
@@ -20,16 +18,8 @@ INTERN = "spiffe://demo.example/agent/intern"
 
 
 @pytest.fixture
-def running(start_sidecar, tools, authority, tmp_path):
-    api = DevWorkloadApiServer(DevWorkloadApi(authority, SIDECAR_ID), tmp_path / "wl.sock")
-    api.start()
-    running = start_sidecar(
-        tools.url,
-        identity={"mode": "jwt", "socket": f"unix://{api.socket_path}", "audience": AUDIENCE},
-    )
-    assert running.sidecar.identity.wait_ready(10)
-    yield running
-    api.stop()
+def running(start_jwt_sidecar):
+    return start_jwt_sidecar()
 
 
 def chain(authority: DevAuthority, *hops: str, caller: str = SUPPORT, **kwargs) -> list[str]:
@@ -135,18 +125,8 @@ def test_without_a_workload_api_a_chain_cannot_be_verified(sidecar, authority, t
     assert tools.received == []
 
 
-def test_too_many_links_are_refused_before_verification(start_sidecar, tools, authority, tmp_path):
-    api = DevWorkloadApiServer(DevWorkloadApi(authority, SIDECAR_ID), tmp_path / "wl2.sock")
-    api.start()
-    try:
-        running = start_sidecar(
-            tools.url,
-            identity={"mode": "jwt", "socket": f"unix://{api.socket_path}", "audience": AUDIENCE},
-            delegation={"max_links": 1},
-        )
-        assert running.sidecar.identity.wait_ready(10)
-        with pytest.raises(Unauthenticated) as refused:
-            call(running, authority, ["x", "y"])
-        assert "at most 1 (delegation.max_links)" in str(refused.value)
-    finally:
-        api.stop()
+def test_too_many_links_are_refused_before_verification(start_jwt_sidecar, authority):
+    running = start_jwt_sidecar(delegation={"max_links": 1})
+    with pytest.raises(Unauthenticated) as refused:
+        call(running, authority, ["x", "y"])
+    assert "at most 1 (delegation.max_links)" in str(refused.value)

@@ -14,24 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sidecar.client import SidecarClient, Unauthenticated, workload_api_jwt_svid
 from sidecar.identity.dev_authority import DevAuthority
 from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
+from tests.conftest import SIDECAR_AUDIENCE as AUDIENCE
 from tests.conftest import audit_lines
 
-SIDECAR_ID = "spiffe://demo.example/ns/agents/sa/support-sidecar"
 AGENT = "spiffe://demo.example/agent/support"
-AUDIENCE = "spiffe://demo.example/agent-sidecar"
 
 
 @pytest.fixture
-def sidecar_in_jwt_mode(start_sidecar, tools, authority, tmp_path):
-    api = DevWorkloadApiServer(DevWorkloadApi(authority, SIDECAR_ID), tmp_path / "wl.sock")
-    api.start()
-    running = start_sidecar(
-        tools.url,
-        identity={"mode": "jwt", "socket": f"unix://{api.socket_path}", "audience": AUDIENCE},
-    )
-    assert running.sidecar.identity.wait_ready(10)
-    yield running
-    api.stop()
+def sidecar_in_jwt_mode(start_jwt_sidecar):
+    return start_jwt_sidecar()
 
 
 def _b64(data: dict) -> str:

@@ -29,8 +29,10 @@ CALLS = [
 
 def _decisions(running) -> list[tuple[str, tuple[str, ...], str]]:
     with running.client() as client:
+        task = client.start_task("compare engines").task_id
         for tool, arguments in CALLS:
             client.check(tool, arguments)
+            client.check(tool, arguments, task_id=task)
     return [
         (r["decision"]["effect"], tuple(r["decision"]["reasons"]), r["decision"]["code"])
         for r in audit_lines(running.audit_path)
@@ -59,5 +61,7 @@ def test_real_opa_agrees_with_the_embedded_engine(start_sidecar, tools, tmp_path
             tools.url,
             server={"listen": [f"unix://{tmp_path}/e/agent.sock"]},
             audit={"path": str(tmp_path / "e" / "audit.log")},
+            state={"dir": str(tmp_path / "e" / "state")},
+            approvals={"listen": f"unix://{tmp_path}/e/approvals.sock"},
         )
         assert _decisions(remote) == _decisions(local)

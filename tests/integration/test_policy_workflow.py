@@ -11,7 +11,7 @@ import pytest
 
 from sidecar.client import PolicyDenied
 from tests.conftest import REGO
-from tests.integration.test_cli import cli
+from tests.support.cli import cli
 from tests.support.inputs import sample_input
 
 INPUT = sample_input()

@@ -91,8 +91,11 @@ class RunningSidecar:
         if not self.loop.is_running():
             return
         self.run(self.sidecar.stop(0))
+        self.run(self.loop.shutdown_default_executor())  # no idle threads left behind
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
+        if not self.loop.is_running():
+            self.loop.close()
 
 
 @contextlib.contextmanager

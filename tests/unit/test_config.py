@@ -30,6 +30,18 @@ def test_defaults_apply_to_a_minimal_config(tmp_path):
     ("raw", "key", "words"),
     [
         ({"polcy": {}}, "polcy", "unknown key"),
+        ({"approvals": {"socket_mode": "rw-------"}}, "approvals.socket_mode", "octal"),
+        ({"approvals": {"listen": "127.0.0.1:9"}}, "approvals.approvers", "required"),
+        (
+            {"approvals": {"listen": "127.0.0.1:9", "approvers": ["alice"]}},
+            "approvals.approvers",
+            "not a SPIFFE ID",
+        ),
+        ({"approvals": {"max_ttl_s": 0}}, "approvals.max_ttl_s", "must be > 0"),
+        ({"approvals": {"notify_url": "ftp://x"}}, "approvals.notify_url", "not an http"),
+        ({"approvals": {"groups": {"oncall": "alice"}}}, "approvals.groups.oncall", "a list"),
+        ({"tasks": {"default_ttl_s": 10, "max_ttl_s": 5}}, "tasks.max_ttl_s", ">= default"),
+        ({"delegation": {"max_links": 0}}, "delegation.max_links", "between 1 and 32"),
         ({"policy": {"timeout": 5}}, "policy.timeout", "unknown key"),
         ({"policy": {"timeout_ms": "fast"}}, "policy.timeout_ms", "expected an integer"),
         ({"policy": {"timeout_ms": True}}, "policy.timeout_ms", "expected an integer"),
@@ -95,3 +107,19 @@ def test_settings_are_frozen(tmp_path):
         settings.policy.timeout_ms = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         settings.tools["new"] = None  # type: ignore[index]
+
+
+def test_the_approvals_listener_defaults_to_a_socket_in_the_state_dir(tmp_path):
+    settings = parse_settings(MINIMAL, source=tmp_path / "c.yaml")
+    assert settings.state_db == tmp_path / "state" / "state.db"
+    assert settings.approvals_listen == f"unix://{tmp_path / 'state' / 'approvals.sock'}"
+
+
+def test_the_approvals_listener_is_never_an_agent_listener(tmp_path):
+    raw = {
+        **MINIMAL,
+        "server": {"listen": ["unix:///run/a.sock"]},
+        "approvals": {"listen": "unix:///run/a.sock"},
+    }
+    with pytest.raises(ConfigError, match=r"approvals\.listen: must not be an agent API address"):
+        parse_settings(raw, source=tmp_path / "c.yaml")

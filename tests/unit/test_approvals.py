@@ -1,0 +1,226 @@
+"""Approvals against a real SQLite state database: the digest binds every field, use is
+single and atomic under concurrency, the limits hold, and state survives reopening."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from sidecar.approvals import ApprovalBroker, ApprovalError, ApprovalStore, ApproverRefused
+from sidecar.approvals.model import request_digest
+from sidecar.config import ApprovalSettings
+from sidecar.state import StateDb
+
+BASE = {
+    "subject": "spiffe://demo.example/agent/support",
+    "delegation": [],
+    "action": {"kind": "tool", "name": "payments.refund", "operation": "act", "target": "payments"},
+    "arguments": {"order": "A-1", "amount": 500},
+    "task_id": "t-1",
+    "policy_revision": "r1",
+}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"subject": "spiffe://demo.example/agent/other"},
+        {"delegation": ["spiffe://demo.example/agent/planner"]},
+        {"action": BASE["action"] | {"name": "payments.charge"}},
+        {"action": BASE["action"] | {"operation": "read"}},
+        {"action": BASE["action"] | {"target": "elsewhere"}},
+        {"arguments": {"order": "A-1", "amount": 501}},
+        {"arguments": {"order": "A-1", "amount": 500.0}},  # another number as text
+        {"arguments": {"order": "A-1", "amount": 500, "note": ""}},
+        {"task_id": "t-2"},
+        {"policy_revision": "r2"},
+    ],
+)
+def test_the_digest_changes_with_every_bound_field(change):
+    assert request_digest(**BASE) != request_digest(**(BASE | change))
+
+
+def test_the_digest_ignores_key_order():
+    reordered = BASE | {"arguments": {"amount": 500, "order": "A-1"}}
+    assert request_digest(**BASE) == request_digest(**reordered)
+
+
+def _broker(tmp_path: Path, **settings) -> tuple[ApprovalBroker, StateDb]:
+    db = StateDb(tmp_path / "state.db")
+    groups = {"oncall": ("local:alice",)}
+    return ApprovalBroker(ApprovalStore(db), ApprovalSettings(groups=groups, **settings)), db
+
+
+def _request(broker: ApprovalBroker, amount: int = 500, subject: str = BASE["subject"], **kw):
+    fields = BASE | {"arguments": {"order": "A-1", "amount": amount}, "subject": subject}
+    return broker.request(
+        digest=request_digest(**fields),
+        subject=subject,
+        delegation=kw.get("delegation", ()),
+        action=BASE["action"],
+        arguments={"log": "full", "value": fields["arguments"]},
+        task_id="t-1",
+        reasons=["needs approval"],
+        approvers=kw.get("approvers", ["group:oncall"]),
+        ttl_s=kw.get("ttl_s", 60),
+        policy_revision="r1",
+        decision_id="01ARZ3NDEKTSV4RRFFQ69G5FAV",
+    )
+
+
+def test_an_approval_is_used_once_even_by_racing_calls(tmp_path):
+    broker, _ = _broker(tmp_path)
+    approval = _request(broker)
+    broker.decide(approval.id, approve=True, approver="local:alice", reason="ok")
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def use() -> None:
+        barrier.wait()
+        try:
+            broker.claim(approval.id, approval.digest, used_by="call")
+            results.append("used")
+        except ApprovalError as exc:
+            results.append(exc.code)
+
+    threads = [threading.Thread(target=use) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == ["approval_used"] * 7 + ["used"]
+
+
+def test_state_survives_reopening_the_database(tmp_path):
+    broker, db = _broker(tmp_path)
+    approval = _request(broker)
+    broker.decide(approval.id, approve=True, approver="local:alice", reason="ok")
+    db.close()
+    reopened, db2 = _broker(tmp_path)
+    assert reopened.get(approval.id).state == "approved"
+    reopened.claim(approval.id, approval.digest, used_by="call")
+    db2.close()
+    again, _ = _broker(tmp_path)
+    with pytest.raises(ApprovalError) as used:
+        again.claim(approval.id, approval.digest, used_by="call")
+    assert used.value.code == "approval_used"
+
+
+def test_the_database_is_in_wal_mode(tmp_path):
+    db = StateDb(tmp_path / "state.db")
+    assert db.query("PRAGMA journal_mode")[0][0] == "wal"
+
+
+def test_an_identical_request_reuses_the_pending_approval(tmp_path):
+    broker, _ = _broker(tmp_path)
+    assert _request(broker).id == _request(broker).id
+    assert _request(broker, amount=600).id != _request(broker).id
+
+
+def test_pending_and_per_minute_limits(tmp_path):
+    broker, _ = _broker(tmp_path, max_pending_per_subject=2, max_new_per_minute=3)
+    _request(broker, 101)
+    second = _request(broker, 102)
+    with pytest.raises(ApprovalError) as pending:
+        _request(broker, 103)
+    assert pending.value.code == "approval_rate_limited"
+    assert "max_pending_per_subject" in str(pending.value)
+    broker.decide(second.id, approve=False, approver="local:alice", reason="no")
+    _request(broker, 104)  # room again: three created this minute
+    broker.decide(_request(broker, 104).id, approve=False, approver="local:alice", reason="no")
+    with pytest.raises(ApprovalError) as per_minute:
+        _request(broker, 105)
+    assert "max_new_per_minute" in str(per_minute.value)
+    # Another subject has its own budget.
+    _request(broker, 105, subject="spiffe://demo.example/agent/planner")
+
+
+def test_the_ttl_is_bounded_by_config(tmp_path):
+    broker, _ = _broker(tmp_path, max_ttl_s=5)
+    approval = _request(broker, ttl_s=900)
+    assert approval.expires_at_ns - approval.created_at_ns == 5 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("approver", "code"),
+    [
+        (BASE["subject"], "self_approval"),
+        ("spiffe://demo.example/agent/planner", "self_approval"),  # a delegator
+        ("local:mallory", "not_an_approver"),
+    ],
+)
+def test_who_may_not_decide(tmp_path, approver, code):
+    broker, _ = _broker(tmp_path)
+    approval = _request(broker, delegation=["spiffe://demo.example/agent/planner"])
+    with pytest.raises(ApproverRefused) as refused:
+        broker.decide(approval.id, approve=True, approver=approver, reason="ok")
+    assert refused.value.code == code
+    assert broker.get(approval.id).state == "pending"
+
+
+def test_a_decision_needs_a_reason_and_a_pending_approval(tmp_path):
+    broker, _ = _broker(tmp_path)
+    approval = _request(broker)
+    with pytest.raises(ApproverRefused) as no_reason:
+        broker.decide(approval.id, approve=True, approver="local:alice", reason="  ")
+    assert no_reason.value.code == "reason_required"
+    broker.decide(approval.id, approve=False, approver="local:alice", reason="no")
+    with pytest.raises(ApproverRefused) as twice:
+        broker.decide(approval.id, approve=True, approver="local:alice", reason="yes after all")
+    assert twice.value.code == "not_pending"
+    with pytest.raises(ApproverRefused) as unknown:
+        broker.decide("ap-nope", approve=True, approver="local:alice", reason="x")
+    assert unknown.value.code == "approval_unknown"
+
+
+def test_an_approval_whose_audit_record_fails_is_not_decided(tmp_path):
+    db = StateDb(tmp_path / "state.db")
+
+    def failing_audit(*_):
+        raise OSError("disk full")
+
+    broker = ApprovalBroker(
+        ApprovalStore(db),
+        ApprovalSettings(groups={"oncall": ("local:alice",)}),
+        record=failing_audit,
+    )
+    approval = _request(broker)
+    with pytest.raises(OSError):
+        broker.decide(approval.id, approve=True, approver="local:alice", reason="ok")
+    assert broker.get(approval.id).state == "pending"
+
+
+def test_waiting_wakes_on_the_decision_and_times_out_pending(tmp_path):
+    broker, _ = _broker(tmp_path)
+    approval = _request(broker)
+
+    async def scenario() -> tuple[str, str, float]:
+        started = time.monotonic()
+        timed_out = await broker.wait(approval.id, 0.2)
+        waited = time.monotonic() - started
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            0.1,
+            lambda: broker.decide(approval.id, approve=True, approver="local:alice", reason="ok"),
+        )
+        decided = await broker.wait(approval.id, 10)
+        return timed_out.state, decided.state, waited
+
+    timed_out, decided, waited = asyncio.run(scenario())
+    assert (timed_out, decided) == ("pending", "approved")
+    assert 0.15 < waited < 2
+
+
+def test_expiry_ends_pending_and_approved_approvals(tmp_path):
+    broker, _ = _broker(tmp_path)
+    approval = _request(broker, ttl_s=1)
+    broker.decide(approval.id, approve=True, approver="local:alice", reason="ok")
+    time.sleep(1.05)
+    with pytest.raises(ApprovalError) as expired:
+        broker.claim(approval.id, approval.digest, used_by="call")
+    assert expired.value.code == "approval_expired"
+    assert broker.get(approval.id).state == "expired"
