@@ -4,7 +4,7 @@ the sidecar, measured in one run on this machine.
 The upstream (examples/demo/tools_server.py), the sidecar (identity mode ``pod``, a
 development Workload API beside it, a JWT-SVID injected for the tickets upstream) each run in
 their own process, as in a pod; this process is the agent. Prints p50/p99 for both paths and
-the added latency.
+the added latency, and the same calls made under a task (counted in the state database).
 Timings on shared machines are noisy: read the ratio and the difference, not absolute values.
 
     python bench/relay_overhead.py [--calls 2000] [--concurrency 8] [--tool tickets.get]
@@ -75,6 +75,8 @@ def main() -> int:
     config["admin"] = {"listen": ""}
     config["policy"]["dir"] = str(ROOT / "rego")
     config["audit"]["path"] = str(work / "audit.log")
+    config["state"] = {"dir": str(work / "state")}
+    config["approvals"]["listen"] = f"unix://{work}/approvals.sock"
     for target in config["targets"].values():
         target["base_url"] = f"http://127.0.0.1:{port}"
     (work / "config.yaml").write_text(yaml.safe_dump(config))
@@ -109,10 +111,16 @@ def main() -> int:
         def via_sidecar() -> None:
             client.call_tool(args.tool, {"id": "7"})
 
+        task = client.start_task("benchmark").task_id
+
+        def via_sidecar_task() -> None:
+            client.call_tool(args.tool, {"id": "7"}, task_id=task)
+
         for call in (direct, via_sidecar):  # warm up connections and the policy engine
             run_calls(call, 50, args.concurrency)
         direct_ms, direct_s = run_calls(direct, args.calls, args.concurrency)
         sidecar_ms, sidecar_s = run_calls(via_sidecar, args.calls, args.concurrency)
+        task_ms, task_s = run_calls(via_sidecar_task, args.calls, args.concurrency)
         client.close()
     finally:
         for proc in (sidecar, upstream, workload_api):
@@ -126,6 +134,7 @@ def main() -> int:
     for name, values, total in (
         ("direct", direct_ms, direct_s),
         ("sidecar", sidecar_ms, sidecar_s),
+        ("+task", task_ms, task_s),
     ):
         print(
             f"{name:<10} {percentile(values, 50):>8.2f} {percentile(values, 99):>8.2f} "
@@ -137,6 +146,8 @@ def main() -> int:
     print(
         f"added latency: p50 +{p50:.2f} ms, p99 +{p99:.2f} ms; p50 ratio sidecar/direct {ratio:.2f}"
     )
+    task_p50 = percentile(task_ms, 50) - percentile(sidecar_ms, 50)
+    print(f"a task on each call (state database update): p50 {task_p50:+.2f} ms")
     print(f"audit records written: {audit_records} (one per call through the sidecar)")
     return 0
 

@@ -1,9 +1,10 @@
 """The sidecar's durable state: one SQLite database in WAL mode under ``state.dir``.
 
 Approvals and tasks live here so that a restart loses no pending approval and can never make
-a used approval usable again. Writes are small and synchronous (``synchronous=FULL``: a
-committed approval decision survives power loss); one lock serialises them, which is plenty
-for the rate at which humans approve and agents start tasks.
+a used approval usable again. Writes are small; one lock serialises them. A transaction is
+``durable`` by default (``synchronous=FULL``: an approval's use or a task's end survives power
+loss); the per-call task counter is not (``NORMAL``: it survives a crash of the sidecar, and a
+power cut may lose the last few counts), which saves a disk flush on every call.
 """
 
 from __future__ import annotations
@@ -72,10 +73,11 @@ class StateDb:
         self._lock = threading.RLock()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One atomic unit (``BEGIN IMMEDIATE``): read-check-write without a race."""
         with self._lock:
             try:
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
                 self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise StateError(f"{self.path}: {exc}") from exc

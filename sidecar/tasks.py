@@ -127,12 +127,12 @@ class TaskRegistry:
         if task.ended_ns:
             raise TaskError(f"task {task_id} has {task.state}", code="task_ended")
         if count:
-            with self._db.transaction() as conn:
+            with self._db.transaction(durable=False) as conn:
                 conn.execute("UPDATE tasks SET calls = calls + 1 WHERE id = ?", (task_id,))
         return task
 
     def add_tokens(self, task_id: str, tokens: int) -> None:
-        with self._db.transaction() as conn:
+        with self._db.transaction(durable=False) as conn:
             conn.execute("UPDATE tasks SET tokens = tokens + ? WHERE id = ?", (tokens, task_id))
 
     def end(self, task_id: str, caller: str) -> Task:
