@@ -30,6 +30,7 @@ rego: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/relay_overhead.py
+	$(BIN)/python bench/model_overhead.py
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py

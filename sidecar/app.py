@@ -14,7 +14,9 @@ from sidecar.approvals import Approval, ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
 from sidecar.approvals.model import audit_record
 from sidecar.audit import AuditLog, FileKeySigner, HttpSink, SvidSigner
+from sidecar.budgets import Budgets
 from sidecar.config import ConfigError, Settings
+from sidecar.frontdoor import FrontDoor
 from sidecar.identity import (
     Attestor,
     IdentityError,
@@ -32,6 +34,7 @@ from sidecar.policy import EmbeddedEngine, PolicyEngine
 from sidecar.policy.opa import OpaEngine
 from sidecar.policy.reload import PolicyReloader
 from sidecar.relay import HttpRelay
+from sidecar.relay.models import ModelRelay
 from sidecar.server import SidecarServer
 from sidecar.state import StateDb
 from sidecar.tasks import TaskRegistry
@@ -170,6 +173,8 @@ class Sidecar:
     approvals: ApprovalBroker | None = None
     approvals_server: AdminServer | None = None
     notifier: Notifier | None = None
+    models: ModelRelay | None = None
+    frontdoor: FrontDoor | None = None
     _sweeper: asyncio.Task[None] | None = None
     _closed: bool = False
 
@@ -210,6 +215,11 @@ class Sidecar:
             ApprovalStore(state), settings.approvals, notify=notifier, record=record
         )
         tasks = TaskRegistry(state, settings.tasks)
+        models = ModelRelay(
+            settings.providers,
+            max_response_bytes=settings.relay.max_response_bytes,
+            pool_size=settings.relay.max_concurrency,
+        )
         tasks.add_end_hook(lambda task: approvals.revoke_task(task.id))
         tasks.add_end_hook(lambda task: credentials.revoke_task(task.id))
         mediator = Mediator(
@@ -220,6 +230,8 @@ class Sidecar:
             audit=audit,
             tasks=tasks,
             approvals=approvals,
+            budgets=Budgets(state, settings.budgets, tasks),
+            models=models,
             credentials=credentials,
             shadow=shadow,
             identity=identity,
@@ -236,6 +248,7 @@ class Sidecar:
         admin_port = metrics.serve(settings.admin.listen) if settings.admin.listen else None
         server = SidecarServer(settings, mediator, identity, engine)
         approvals_server = AdminServer(settings, approvals, identity, record)
+        frontdoor = FrontDoor(settings, mediator, engine) if settings.frontdoor.listen else None
         reloader = None
         if isinstance(engine, EmbeddedEngine):
             interval = settings.policy.reload_interval_ms / 1000
@@ -257,12 +270,16 @@ class Sidecar:
             approvals,
             approvals_server,
             notifier,
+            models,
+            frontdoor,
         )
 
     async def start(self) -> None:
         if self.approvals_server is not None:
             await self.approvals_server.start()
         await self.server.start()
+        if self.frontdoor is not None:
+            self.frontdoor.start(asyncio.get_running_loop())
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
@@ -282,6 +299,8 @@ class Sidecar:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
+        if self.frontdoor is not None:
+            await asyncio.to_thread(self.frontdoor.stop)
         if self.approvals_server is not None:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
@@ -301,6 +320,8 @@ class Sidecar:
             self.shadow.close()
         self.mediator.close()
         self.relay.close()
+        if self.models is not None:
+            self.models.close()
         self.engine.close()
         self.audit.close()
         if self.state is not None:

@@ -2,8 +2,9 @@
 
 Detectors are regular expressions plus a validity check where one exists (Luhn for card
 numbers, mod-97 for IBANs, area/group rules for SSNs, digit counts for phone numbers), so near
-misses such as order numbers, dates and versions are not flagged. Order matters: secrets and
-keys first, so a token is not half-matched as something else.
+misses such as order numbers, dates and versions are not flagged. Order matters: detectors run
+most specific first (keys, secrets, emails, IBANs before card numbers) and a span one detector
+claimed is not seen by the later ones, so an IBAN whose digits pass Luhn is an IBAN only.
 The classes found go into ``input.action.data_classes``; the ``redact`` obligation and the
 ``redacted`` log level replace matches with typed placeholders (``[REDACTED:email]``).
 """
@@ -83,13 +84,13 @@ DETECTORS: tuple[Detector, ...] = (
         "email",
         re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     ),
-    Detector("credit_card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), _luhn),
-    Detector("us_ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), _ssn),
     Detector(
         "iban",
         re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
         _iban,
     ),
+    Detector("credit_card", re.compile(r"\b(?:\d[ -]?){12,18}\d\b"), _luhn),
+    Detector("us_ssn", re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), _ssn),
     Detector(
         "phone",
         # E.164 (+ and 8-15 digits, spaces/dashes allowed) or North American (xxx) xxx-xxxx.
@@ -120,9 +121,17 @@ def classify(value: Any, detectors: Iterable[Detector] = DETECTORS) -> list[str]
     found = set()
     for text in _strings(value):
         for detector in detectors:
-            if detector.name not in found and any(True for _ in detector.matches(text)):
+            spans = [m.span() for m in detector.matches(text)]
+            if spans:
                 found.add(detector.name)
+                text = _blank(text, spans)  # later detectors do not see a claimed span
     return sorted(found)
+
+
+def _blank(text: str, spans: list[tuple[int, int]]) -> str:
+    for start, end in reversed(spans):
+        text = text[:start] + "\x00" * (end - start) + text[end:]
+    return text
 
 
 def redact(value: Any, classes: Iterable[str], detectors: Iterable[Detector] = DETECTORS) -> Any:
@@ -150,3 +159,42 @@ def redact(value: Any, classes: Iterable[str], detectors: Iterable[Detector] = D
         return v
 
     return walk(value)
+
+
+_PEM_END = re.compile(r"-----END [A-Z ]*-----")
+
+
+class StreamRedactor:
+    """Redacts a text that arrives in pieces (a streamed completion) without letting a match
+    slip through a piece boundary.
+
+    Text is released only once no match can still grow into it: the last ``hold`` characters
+    are kept back (longer than any single-line match), a match running into that tail moves
+    the cut before it, and from an unfinished ``-----BEGIN`` (a PEM block spans lines) nothing
+    is released until its ``-----END ...-----`` has arrived. ``flush`` releases the rest.
+    """
+
+    def __init__(self, classes: Iterable[str], hold: int = 256) -> None:
+        wanted = set(classes)
+        self._active = tuple(d for d in DETECTORS if d.name in wanted)
+        self._hold = hold
+        self._pending = ""
+
+    def feed(self, text: str) -> str:
+        if not self._active:
+            return text
+        self._pending += text
+        cut = max(0, len(self._pending) - self._hold)
+        begin = self._pending.rfind("-----BEGIN")
+        if begin != -1 and not _PEM_END.search(self._pending, begin):
+            cut = min(cut, begin)
+        for detector in self._active:
+            for match in detector.matches(self._pending):
+                if match.start() < cut < match.end():
+                    cut = match.start()
+        released, self._pending = self._pending[:cut], self._pending[cut:]
+        return redact(released, [d.name for d in self._active])
+
+    def flush(self) -> str:
+        released, self._pending = self._pending, ""
+        return redact(released, [d.name for d in self._active]) if self._active else released

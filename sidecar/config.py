@@ -27,10 +27,14 @@ __all__ = [
     "AdminSettings",
     "ApprovalSettings",
     "AuditSettings",
+    "BudgetSettings",
     "ConfigError",
     "DelegationSettings",
+    "FrontDoorSettings",
     "IdentitySettings",
+    "ModelSettings",
     "PolicySettings",
+    "ProviderSettings",
     "RelaySettings",
     "ServerSettings",
     "Settings",
@@ -315,6 +319,80 @@ class DelegationSettings:
 
 
 @dataclass(frozen=True)
+class ProviderSettings:
+    """A model provider. ``openai``: any OpenAI-compatible API (OpenAI, Azure OpenAI's
+    /openai/v1, vLLM, Ollama, LiteLLM...), ``POST {base_url}/chat/completions``. The key is
+    read from ``key_file`` (a mounted Secret), re-read when the file changes, sent as
+    ``Authorization: Bearer`` and never shown to the agent, logged or given to policy."""
+
+    base_url: str
+    type: Literal["openai"] = "openai"
+    # A file holding the API key; empty: no key (a local server).
+    key_file: Path | None = None
+    timeout_s: float = 60.0
+    # PEM bundle to verify an https provider with (default: the system's CAs).
+    ca_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.base_url)
+        _check(
+            parts.scheme in ("http", "https") and bool(parts.hostname),
+            f"base_url: {self.base_url!r} is not an http(s) URL",
+        )
+        _check(
+            not parts.query and not parts.fragment and not parts.username,
+            f"base_url: {self.base_url!r} must not carry a query, fragment or credentials",
+        )
+        _check(self.timeout_s > 0, "timeout_s: must be > 0")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """A model alias agents may ask for: which provider, which upstream model."""
+
+    provider: str
+    # The provider's name for the model (default: the alias).
+    model: str = ""
+    # What a call to it counts as for policy (read: no side effects beyond the answer).
+    operation: Literal["read", "act", "delegate"] = "read"
+
+
+@dataclass(frozen=True)
+class FrontDoorSettings:
+    """The OpenAI-compatible HTTP listener on loopback (``base_url`` for unmodified SDKs)."""
+
+    # HOST:PORT on loopback; empty: no front door.
+    listen: str = ""
+    # How long a stepped-up request waits for an approver before answering 409.
+    wait_for_approval_s: float = 0.0
+    max_request_bytes: int = 4 * MIB
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            _, sep, port = self.listen.rpartition(":")
+            _check(bool(sep) and port.isdigit(), f"listen: {self.listen!r} is not HOST:PORT")
+            _check(
+                is_local_address(self.listen) and not self.listen.startswith("unix:"),
+                f"listen: {self.listen!r} is not a loopback HOST:PORT (the front door is "
+                "unencrypted HTTP for the agent in the same pod)",
+            )
+        _check(self.wait_for_approval_s >= 0, "wait_for_approval_s: must be >= 0")
+        _check(self.max_request_bytes > 0, "max_request_bytes: must be > 0")
+
+
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Hard token limits the sidecar enforces itself, whatever policy says (0: none)."""
+
+    task_tokens: int = 0
+    subject_tokens_per_day: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.task_tokens >= 0, "task_tokens: must be >= 0")
+        _check(self.subject_tokens_per_day >= 0, "subject_tokens_per_day: must be >= 0")
+
+
+@dataclass(frozen=True)
 class RelaySettings:
     """How allowed calls reach their upstreams."""
 
@@ -407,6 +485,10 @@ class Settings:
     delegation: DelegationSettings = field(default_factory=DelegationSettings)
     targets: Mapping[str, TargetSettings] = field(default_factory=dict)
     tools: Mapping[str, ToolSettings] = field(default_factory=dict)
+    providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
+    models: Mapping[str, ModelSettings] = field(default_factory=dict)
+    frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
 
     def __post_init__(self) -> None:
         if self.identity.mode != "mtls":
@@ -431,6 +513,19 @@ class Settings:
                     f"policy.fail_open_on_engine_error[{i}]",
                     f"{name!r} is not a configured read tool; only read tools may fail open",
                 )
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise _KeyedError(
+                    f"models.{name}.provider",
+                    f"{model.provider!r} is not a configured provider (providers: "
+                    f"{', '.join(sorted(self.providers)) or 'none'})",
+                )
+        if self.frontdoor.listen and self.identity.mode == "mtls":
+            raise _KeyedError(
+                "frontdoor.listen",
+                "the front door is plain HTTP on loopback and cannot attest an mTLS caller; "
+                "use identity mode pod or jwt (the SDK's api key carries the JWT-SVID)",
+            )
         for name, tool in self.tools.items():
             if tool.target not in self.targets:
                 raise _KeyedError(

@@ -23,6 +23,9 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "malformed_request": _S.INVALID_ARGUMENT,
     "invalid_arguments": _S.INVALID_ARGUMENT,
     "unknown_tool": _S.NOT_FOUND,
+    "unknown_model": _S.NOT_FOUND,
+    # model token budgets (sidecar/budgets.py), enforced whatever policy says
+    "budget_exceeded": _S.RESOURCE_EXHAUSTED,
     # identity: the caller could not be attested (sidecar/identity/)
     "unauthenticated": _S.UNAUTHENTICATED,
     "invalid_spiffe_id": _S.UNAUTHENTICATED,
@@ -63,6 +66,8 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "upstream_unavailable": _S.UNAVAILABLE,
     "upstream_timeout": _S.UNAVAILABLE,
     "upstream_response_too_large": _S.RESOURCE_EXHAUSTED,
+    "upstream_bad_response": _S.UNAVAILABLE,
+    "upstream_stream_interrupted": _S.UNAVAILABLE,
     # (its status on the wire is the upstream's HTTP status mapped by status_for_http)
     "upstream_error": _S.UNAVAILABLE,
     "audit_unavailable": _S.UNAVAILABLE,

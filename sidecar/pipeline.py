@@ -13,8 +13,10 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +25,8 @@ import grpc
 
 from sidecar.approvals import Approval, ApprovalBroker, ApprovalError, request_digest
 from sidecar.audit import AuditError, AuditSink, CallRecord, payload_view, result_view
-from sidecar.classify import classify, redact
+from sidecar.budgets import BudgetExceeded, Budgets
+from sidecar.classify import StreamRedactor, classify, redact
 from sidecar.config import Settings
 from sidecar.identity import (
     Attestor,
@@ -35,6 +38,18 @@ from sidecar.identity import (
 )
 from sidecar.identity.delegation import verify_chain
 from sidecar.ids import new_decision_id
+from sidecar.model_calls import (
+    ModelCall,
+    ModelRequestError,
+    Usage,
+    completion_text,
+    estimate_usage,
+    parse_model_request,
+    policy_arguments,
+    provider_body,
+    redact_choices,
+    usage_from,
+)
 from sidecar.outcomes import status_for, status_for_http
 from sidecar.policy import (
     Action,
@@ -53,6 +68,7 @@ from sidecar.relay import (
     UpstreamStatusError,
     build_request,
 )
+from sidecar.relay.models import ModelRelay
 from sidecar.state import StateError
 from sidecar.tasks import Task, TaskError, TaskRegistry
 from sidecar.tracing import Tracer, trace_context
@@ -105,6 +121,22 @@ class CallResult:
     upstream_body: bytes = b""
     # The step-up approval to wait for or retry with.
     approval_id: str = ""
+    # Model calls: the completion (unary) and the token usage.
+    completion: dict[str, Any] | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the sidecar established about a call before asking policy."""
+
+    subject: Subject
+    chain: list[str]
+    task: Task | None
+    task_id: str
+    action: Action
+    # What an approval is bound to (the full arguments, or messages and parameters).
+    arguments: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -136,6 +168,8 @@ class Mediator:
         audit: AuditSink,
         tasks: TaskRegistry,
         approvals: ApprovalBroker,
+        budgets: Budgets,
+        models: ModelRelay,
         credentials: UpstreamCredentials | None = None,
         shadow: PolicyEngine | None = None,
         identity: WorkloadIdentity | None = None,
@@ -143,6 +177,8 @@ class Mediator:
         self._settings = settings
         self._tasks = tasks
         self._approvals = approvals
+        self._budgets = budgets
+        self._models = models
         # Verifies delegation chains (JWT bundles); None: no Workload API, chains refused.
         self._identity = identity
         self._shadow = shadow
@@ -245,55 +281,16 @@ class Mediator:
             "arguments": payload_view(arguments, "metadata"),
         }
 
-        def digest(revision: str) -> str:
-            return request_digest(
-                subject=subject.spiffe_id,
-                delegation=chain,
-                action=record.action or {},
-                arguments=arguments,
-                task_id=request.task_id,
-                policy_revision=revision,
-            )
-
-        approval: ApprovalInfo | None = None
-        if rpc == "CallTool" and request.approval_id:
-            approval = await self._use_approval(
-                record,
-                request.approval_id,
-                digest(self._engine.revision),
-                no_wait=request.no_wait,
-                deadline=deadline,
-            )
-
-        def policy_input(approval: ApprovalInfo | None) -> dict[str, Any]:
-            return build_input(
-                request_id=record.decision_id,
-                time_ns=record.time_ns,
-                subject=subject,
-                action=action,
-                task=task.info(record.time_ns) if task is not None else None,
-                delegation_chain=chain,
-                approval=approval,
-            )
-
-        input_doc = policy_input(approval)
-        decided = await self._decide_recorded(record, input_doc, deadline, request.tool, trace)
-        if approval is not None:
-            self._check_revision(record, decided)
-
-        if decided.decision.effect == "step_up" and rpc == "CallTool" and approval is None:
-            # A human must approve this exact call: record a pending approval, then wait for
-            # it (or answer with its id), and decide again with the approval in the input.
-            pending = self._request_approval(
-                record, decided, digest(decided.revision), subject, chain, arguments, request
-            )
-            if request.no_wait:
-                raise self._step_up_stop(decided, pending.id, "the agent asked not to wait")
-            approval = await self._await_approval(record, pending.id, decided, deadline)
-            approval = self._claim(record, pending.id, digest(decided.revision))
-            input_doc = policy_input(approval)
-            decided = await self._decide_recorded(record, input_doc, deadline, request.tool, trace)
-            self._check_revision(record, decided)
+        facts = _Facts(subject, chain, task, request.task_id, action, arguments)
+        decided, input_doc = await self._decide_call(
+            record,
+            facts,
+            acting=rpc == "CallTool",
+            approval_id=request.approval_id,
+            no_wait=request.no_wait,
+            deadline=deadline,
+            trace=trace,
+        )
 
         decision = decided.decision
         log_level = decision.obligations.log
@@ -329,20 +326,7 @@ class Mediator:
             "url": upstream_request.url,
         }
         if self._audit.strict:
-            # Write-ahead: the call is on record before anything reaches the upstream.
-            intent = record.to_dict() | {"type": "intent"}
-            intent["outcome"] = {
-                "status": "PENDING",
-                "code": "relaying",
-                "message": "",
-                "relayed": False,
-            }
-            try:
-                self._audit.write(intent)
-            except AuditError as exc:
-                raise _Stop(
-                    "audit_unavailable", f"the audit record could not be written: {exc}", **common
-                ) from exc
+            self._write_intent(record, common)
         t0 = time.perf_counter()
         try:
             with self._tracer.span("relay", trace, target=tool.target) as span_id:
@@ -395,6 +379,68 @@ class Mediator:
             upstream_status=response.status,
             **common,
         )
+
+    async def _decide_call(
+        self,
+        record: CallRecord,
+        facts: _Facts,
+        *,
+        acting: bool,
+        approval_id: str,
+        no_wait: bool,
+        deadline: float,
+        trace: Any,
+    ) -> tuple[_Decided, dict[str, Any]]:
+        """Ask policy; on step_up (for a call that would act, not a Check) record a pending
+        approval, wait for it (or answer with its id), and decide again with the approval."""
+
+        def digest(revision: str) -> str:
+            assert record.action is not None
+            return request_digest(
+                subject=facts.subject.spiffe_id,
+                delegation=facts.chain,
+                action=record.action,
+                arguments=facts.arguments,
+                task_id=facts.task_id,
+                policy_revision=revision,
+            )
+
+        def policy_input(approval: ApprovalInfo | None) -> dict[str, Any]:
+            task = facts.task
+            return build_input(
+                request_id=record.decision_id,
+                time_ns=record.time_ns,
+                subject=facts.subject,
+                action=facts.action,
+                task=task.info(record.time_ns) if task is not None else None,
+                delegation_chain=facts.chain,
+                approval=approval,
+            )
+
+        approval: ApprovalInfo | None = None
+        if acting and approval_id:
+            approval = await self._use_approval(
+                record,
+                approval_id,
+                digest(self._engine.revision),
+                no_wait=no_wait,
+                deadline=deadline,
+            )
+        input_doc = policy_input(approval)
+        name = facts.action.name
+        decided = await self._decide_recorded(record, input_doc, deadline, name, trace)
+        if approval is not None:
+            self._check_revision(record, decided)
+        if decided.decision.effect == "step_up" and acting and approval is None:
+            pending = self._request_approval(record, decided, digest(decided.revision), facts)
+            if no_wait:
+                raise self._step_up_stop(decided, pending.id, "the agent asked not to wait")
+            await self._await_approval(record, pending.id, decided, deadline)
+            approval = self._claim(record, pending.id, digest(decided.revision))
+            input_doc = policy_input(approval)
+            decided = await self._decide_recorded(record, input_doc, deadline, name, trace)
+            self._check_revision(record, decided)
+        return decided, input_doc
 
     # --- the facts: identity, delegation, task ----------------------------------------------
 
@@ -459,14 +505,7 @@ class Mediator:
     # --- step-up approvals -------------------------------------------------------------------
 
     def _request_approval(
-        self,
-        record: CallRecord,
-        decided: _Decided,
-        digest: str,
-        subject: Subject,
-        chain: list[str],
-        arguments: dict[str, Any],
-        request: ToolCall,
+        self, record: CallRecord, decided: _Decided, digest: str, facts: _Facts
     ) -> Approval:
         decision = decided.decision
         obligation = decision.obligations.approval
@@ -474,11 +513,11 @@ class Mediator:
         try:
             pending = self._approvals.request(
                 digest=digest,
-                subject=subject.spiffe_id,
-                delegation=chain,
+                subject=facts.subject.spiffe_id,
+                delegation=facts.chain,
                 action={k: record.action[k] for k in ("kind", "name", "operation", "target")},
-                arguments=payload_view(arguments, decision.obligations.log),
-                task_id=request.task_id,
+                arguments=payload_view(facts.arguments, decision.obligations.log),
+                task_id=facts.task_id,
                 reasons=decision.reasons,
                 approvers=obligation.approvers if obligation else (),
                 ttl_s=obligation.ttl_s if obligation else self._settings.approvals.max_ttl_s,
@@ -624,6 +663,370 @@ class Mediator:
             },
         )
         return decided
+
+    # --- model calls -----------------------------------------------------------------------
+
+    async def call_model(
+        self,
+        rpc: str,
+        request: ModelCall,
+        *,
+        context: CallContext,
+        time_remaining: float | None,
+        emit: Callable[[str, Any], None] | None = None,
+    ) -> CallResult:
+        """Decide and relay one chat completion (``CallModel``, ``StreamModel``, the front
+        door). A stream hands ``emit("start", result)`` once relaying begins, then
+        ``emit("chunk", chunk)`` per chunk; the returned result carries the usage."""
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        deadline = (
+            loop.time() + time_remaining - ANSWER_MARGIN_S
+            if time_remaining is not None
+            else math.inf
+        )
+        record = CallRecord(decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns())
+        try:
+            result = await self._run_model(record, rpc, request, context, deadline, emit)
+        except _Stop as stop:
+            result = CallResult(
+                record.decision_id, stop.code, status_for(stop.code), str(stop), **stop.kwargs
+            )
+        except StateError as exc:
+            log.error("state database failed", extra={"decision_id": record.decision_id})
+            result = CallResult(
+                record.decision_id, "state_unavailable", status_for("state_unavailable"), str(exc)
+            )
+        except Exception:
+            log.exception("internal error", extra={"decision_id": record.decision_id})
+            result = CallResult(
+                record.decision_id, "internal_error", status_for("internal_error"), "internal error"
+            )
+        return self._finish(record, result, started)
+
+    async def _run_model(
+        self,
+        record: CallRecord,
+        rpc: str,
+        request: ModelCall,
+        context: CallContext,
+        deadline: float,
+        emit: Callable[[str, Any], None] | None,
+    ) -> CallResult:
+        settings = self._settings
+        trace = trace_context(context.metadata)
+        record.trace_id = trace.trace_id
+        record.intent = request.intent
+        record.action = {"kind": "model", "name": request.model}
+        model = settings.models.get(request.model)
+        if not request.model:
+            raise _Stop("malformed_request", "model is required")
+        if model is None:
+            raise _Stop("unknown_model", f"model {request.model!r} is not configured")
+        try:
+            messages, parameters = parse_model_request(request)
+        except ModelRequestError as exc:
+            raise _Stop(exc.code, str(exc)) from exc
+        record.model = {
+            "alias": request.model,
+            "provider": model.provider,
+            "model": model.model or request.model,
+            "stream": request.stream,
+        }
+        with self._tracer.span("attest", trace):
+            subject = self._attest(record, context)
+            chain = self._verify_delegation(request.delegation_chain, subject)
+        record.delegation = chain
+        task = self._use_task(record, request.task_id, subject, chain, count=True)
+        try:
+            self._budgets.check(subject.spiffe_id, task)
+        except BudgetExceeded as exc:
+            raise _Stop(exc.code, str(exc)) from exc
+
+        prompt = {"messages": messages, "parameters": parameters}
+        action = Action(
+            kind="model",
+            name=request.model,
+            operation=model.operation,
+            target=model.provider,
+            arguments=policy_arguments(messages, parameters),
+            data_classes=classify(messages),
+        )
+        record.action = {
+            "kind": "model",
+            "name": request.model,
+            "operation": model.operation,
+            "target": model.provider,
+            "data_classes": sorted(set(action.data_classes)),
+            "arguments": payload_view(prompt, "metadata"),
+        }
+        facts = _Facts(subject, chain, task, request.task_id, action, prompt)
+        decided, input_doc = await self._decide_call(
+            record,
+            facts,
+            acting=True,
+            approval_id=request.approval_id,
+            no_wait=request.no_wait,
+            deadline=deadline,
+            trace=trace,
+        )
+        decision = decided.decision
+        log_level = decision.obligations.log
+        if log_level in ("full", "redacted"):
+            record.input = input_doc
+        common = self._common(decided)
+        if not decision.allowed:
+            raise _Stop(decision.code, "; ".join(decision.reasons) or decision.code, **common)
+
+        obligations = decision.obligations
+        sent = redact(messages, obligations.redact) if obligations.redact else messages
+        record.action["arguments"] = payload_view(
+            {"messages": sent, "parameters": parameters}, log_level
+        )
+        body = provider_body(
+            request.model,
+            model,
+            sent,
+            parameters,
+            max_tokens=obligations.max_tokens,
+            stream=request.stream,
+        )
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise _Stop("deadline_exceeded", "the call's deadline passed before relay", **common)
+        provider = settings.providers[model.provider]
+        record.upstream = {
+            "target": model.provider,
+            "method": "POST",
+            "url": self._models.url(model.provider),
+        }
+        if self._audit.strict:
+            self._write_intent(record, common)
+        headers = {
+            "X-Request-Id": record.decision_id,
+            "traceparent": trace.child_header(),
+        }
+        t0 = time.perf_counter()
+        text = ""
+        usage: Usage | None = None
+        try:
+            if request.stream:
+                text, usage = await self._stream_model(
+                    record,
+                    model.provider,
+                    body,
+                    headers,
+                    provider.timeout_s,
+                    remaining,
+                    obligations.redact_response,
+                    emit,
+                    common,
+                )
+            else:
+                completion = await self._complete_model(
+                    model.provider, body, headers, min(provider.timeout_s, remaining), remaining
+                )
+                record.upstream["status"] = 200
+                record.upstream["response_classes"] = classify(completion.get("choices"))
+                completion = redact_choices(completion, obligations.redact_response)
+                completion["model"] = request.model
+                text = completion_text(completion)
+                usage = usage_from(completion)
+                record.upstream["result"] = {"chars": len(text), **payload_view(text, log_level)}
+        except TimeoutError:
+            raise _Stop(
+                "deadline_exceeded", "the call's deadline passed during relay", **common
+            ) from None
+        except UpstreamStatusError as exc:
+            record.relayed = True
+            record.upstream["status"] = exc.status
+            return CallResult(
+                record.decision_id,
+                exc.code,
+                status_for_http(exc.status),
+                str(exc),
+                upstream_status=exc.status,
+                upstream_body=exc.body,
+                **common,
+            )
+        except RelayError as exc:
+            record.relayed = record.relayed or exc.code == "upstream_stream_interrupted"
+            raise _Stop(exc.code, str(exc), **common) from exc
+        finally:
+            record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
+            if usage is None and record.relayed:
+                usage = estimate_usage(sent, text)
+            if usage is not None:
+                record.model["usage"] = usage.to_dict()
+                self._budgets.record(subject.spiffe_id, request.task_id, usage.total_tokens)
+        record.relayed = True
+        if usage is None:
+            usage = estimate_usage(sent, text)
+            record.model["usage"] = usage.to_dict()
+            self._budgets.record(subject.spiffe_id, request.task_id, usage.total_tokens)
+        result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common)
+        result.usage = usage
+        if not request.stream:
+            result.completion = completion
+        return result
+
+    async def list_models(self, context: CallContext) -> tuple[CallResult, list[str]]:
+        """The model aliases policy lets this caller use (allow or step_up for an empty
+        prompt), for ``GET /v1/models``. One audit record lists them."""
+        started = time.perf_counter()
+        record = CallRecord(decision_id=new_decision_id(), rpc="ListModels", time_ns=time.time_ns())
+        record.action = {"kind": "model", "name": "*"}
+        allowed: list[str] = []
+        try:
+            subject = self._attest(record, context)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._settings.policy.timeout_ms / 1000 * 4
+            for alias, model in sorted(self._settings.models.items()):
+                action = Action(
+                    kind="model",
+                    name=alias,
+                    operation=model.operation,
+                    target=model.provider,
+                    arguments=policy_arguments([], {}),
+                )
+                input_doc = build_input(
+                    request_id=record.decision_id,
+                    time_ns=record.time_ns,
+                    subject=subject,
+                    action=action,
+                )
+                decided = await self._decide(self._engine, input_doc, deadline, alias)
+                if decided.decision.effect in ("allow", "step_up"):
+                    allowed.append(alias)
+            record.model = {"listed": allowed}
+            result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK)
+        except _Stop as stop:
+            result = CallResult(record.decision_id, stop.code, status_for(stop.code), str(stop))
+        return self._finish(record, result, started), allowed
+
+    async def _complete_model(
+        self,
+        provider: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        timeout: float,
+        remaining: float,
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+
+        def send() -> dict[str, Any]:
+            return self._models.complete(provider, body, timeout_s=timeout, headers=headers)
+
+        async with self._relay_slots:
+            return await asyncio.wait_for(
+                loop.run_in_executor(self._relay_pool, send), timeout=remaining
+            )
+
+    async def _stream_model(
+        self,
+        record: CallRecord,
+        provider: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        read_timeout: float,
+        remaining: float,
+        redact_classes: tuple[str, ...],
+        emit: Callable[[str, Any], None] | None,
+        common: dict[str, Any],
+    ) -> tuple[str, Usage | None]:
+        """Relay a stream: chunks go to ``emit`` as they come, with ``redact_response``
+        applied across chunk boundaries; returns the whole text and the provider's usage."""
+        loop = asyncio.get_running_loop()
+        cancelled = threading.Event()
+        redactor = StreamRedactor(redact_classes)
+        state: dict[str, Any] = {"text": [], "usage": None, "started": False, "raw": []}
+        assert record.upstream is not None
+
+        def handle(chunk: dict[str, Any]) -> None:
+            if not state["started"]:
+                state["started"] = True
+                record.relayed = True
+                record.upstream["status"] = 200
+                if emit is not None:
+                    emit(
+                        "start", CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common)
+                    )
+            state["usage"] = usage_from(chunk) or state["usage"]
+            chunk["model"] = record.action["name"] if record.action else chunk.get("model")
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if not isinstance(delta, dict):
+                    continue
+                content = delta.get("content")
+                if isinstance(content, str):
+                    state["raw"].append(content)
+                    released = redactor.feed(content)
+                    if choice.get("finish_reason"):
+                        released += redactor.flush()
+                    delta["content"] = released
+                    state["text"].append(released)
+                elif choice.get("finish_reason"):
+                    rest = redactor.flush()
+                    if rest:
+                        delta["content"] = rest
+                        state["text"].append(rest)
+            if emit is not None:
+                emit("chunk", chunk)
+
+        def send() -> None:
+            self._models.stream(
+                provider,
+                body,
+                timeout_s=read_timeout,
+                headers=headers,
+                on_chunk=lambda c: loop.call_soon_threadsafe(handle, c),
+                cancelled=cancelled,
+            )
+
+        try:
+            async with self._relay_slots:
+                await asyncio.wait_for(
+                    loop.run_in_executor(self._relay_pool, send), timeout=remaining
+                )
+        finally:
+            cancelled.set()
+            await asyncio.sleep(0)  # let chunks already scheduled reach the agent and the record
+            # What the redactor still holds (redacted) goes out too, even if the stream broke.
+            rest = redactor.flush()
+            if rest:
+                state["text"].append(rest)
+                if emit is not None and state["started"]:
+                    emit(
+                        "chunk",
+                        {
+                            "object": "chat.completion.chunk",
+                            "model": record.action["name"] if record.action else "",
+                            "choices": [
+                                {"index": 0, "delta": {"content": rest}, "finish_reason": None}
+                            ],
+                        },
+                    )
+            text = "".join(state["text"])
+            log_level = common["decision"].obligations.log
+            record.upstream["response_classes"] = classify("".join(state["raw"]))
+            record.upstream["result"] = {"chars": len(text), **payload_view(text, log_level)}
+        return text, state["usage"]
+
+    def _write_intent(self, record: CallRecord, common: dict[str, Any]) -> None:
+        """Write-ahead: the call is on record before anything reaches the upstream."""
+        intent = record.to_dict() | {"type": "intent"}
+        intent["outcome"] = {
+            "status": "PENDING",
+            "code": "relaying",
+            "message": "",
+            "relayed": False,
+        }
+        try:
+            self._audit.write(intent)
+        except AuditError as exc:
+            raise _Stop(
+                "audit_unavailable", f"the audit record could not be written: {exc}", **common
+            ) from exc
 
     # --- tasks -----------------------------------------------------------------------------
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -30,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.config import Settings
 from sidecar.identity import CallContext, WorkloadIdentity
+from sidecar.model_calls import ModelCall
 from sidecar.pipeline import CallResult, Mediator, TaskResult, ToolCall
 from sidecar.policy import Decision, PolicyEngine
 from sidecar.tasks import Task
@@ -90,6 +93,10 @@ class SidecarService:
             {
                 "CallTool": unary(self.call_tool),
                 "Check": unary(self.check),
+                "CallModel": unary(self.call_model),
+                "StreamModel": grpc.unary_stream_rpc_method_handler(
+                    self.stream_model, request_deserializer=None, response_serializer=_serialize
+                ),
                 "StartTask": unary(self.start_task),
                 "EndTask": unary(self.end_task),
             },
@@ -109,6 +116,79 @@ class SidecarService:
     async def check(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         result = await self._handle("Check", sidecar_pb2.CheckRequest, raw, context)
         return sidecar_pb2.CheckResponse(decision=decision_message(result))
+
+    async def call_model(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await self._decode_model(raw, context, "CallModel")
+        result = await self._mediator.call_model(
+            "CallModel",
+            request,
+            context=_call_context(context),
+            time_remaining=context.time_remaining(),
+        )
+        if result.status != grpc.StatusCode.OK:
+            await _abort(context, result)
+        return sidecar_pb2.CallModelResponse(
+            decision=decision_message(result),
+            completion_json=json.dumps(result.completion, separators=(",", ":")),
+            usage=_usage_message(result),
+        )
+
+    async def stream_model(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await self._decode_model(raw, context, "StreamModel")
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        call = asyncio.ensure_future(
+            self._mediator.call_model(
+                "StreamModel",
+                dataclasses.replace(request, stream=True),
+                context=_call_context(context),
+                time_remaining=context.time_remaining(),
+                emit=lambda kind, value: queue.put_nowait((kind, value)),
+            )
+        )
+        call.add_done_callback(lambda _: queue.put_nowait(("end", None)))
+        first: Any = None
+        try:
+            while True:
+                kind, value = await queue.get()
+                if kind == "start":
+                    first = decision_message(value)
+                elif kind == "chunk":
+                    yield sidecar_pb2.ModelChunk(
+                        decision=first, chunk_json=json.dumps(value, separators=(",", ":"))
+                    )
+                    first = None
+                else:
+                    break
+        finally:
+            if not call.done():
+                call.cancel()
+        result = call.result()
+        if result.status != grpc.StatusCode.OK:
+            await _abort(context, result)
+        yield sidecar_pb2.ModelChunk(decision=first, usage=_usage_message(result))
+
+    async def _decode_model(self, raw: bytes, context: Any, rpc: str) -> ModelCall:
+        if len(raw) > self._max:
+            result = await self._mediator.reject(rpc, "request_too_large", "request too large")
+            await _abort(context, result)
+        try:
+            msg = sidecar_pb2.CallModelRequest.FromString(raw)
+        except message.DecodeError:
+            result = await self._mediator.reject(
+                rpc, "malformed_request", f"the request is not a valid {rpc} message"
+            )
+            await _abort(context, result)
+            raise
+        return ModelCall(
+            model=msg.model,
+            messages_json=msg.messages_json,
+            parameters_json=msg.parameters_json,
+            task_id=msg.task_id,
+            intent=msg.intent,
+            approval_id=msg.approval_id,
+            no_wait=msg.no_wait,
+            delegation_chain=tuple(msg.delegation_chain),
+        )
 
     async def start_task(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         request = await self._decode_task(sidecar_pb2.StartTaskRequest, raw, context)
@@ -179,6 +259,18 @@ class SidecarService:
         if result.status != grpc.StatusCode.OK:
             await _abort(context, result)
         return result
+
+
+def _usage_message(result: CallResult) -> sidecar_pb2.Usage | None:
+    usage = result.usage
+    if usage is None:
+        return None
+    return sidecar_pb2.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        estimated=usage.estimated,
+    )
 
 
 def _serialize(msg: Any) -> bytes:

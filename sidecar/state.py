@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS tasks_open ON tasks (ended_ns, expires_ns);
+CREATE TABLE IF NOT EXISTS usage (
+    subject TEXT NOT NULL,
+    day TEXT NOT NULL,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (subject, day)
+);
 """
 
 

@@ -58,6 +58,8 @@ class CallRecord:
     intent: str = ""
     # The step-up approval this call created, waited for or used.
     approval: dict[str, Any] | None = None
+    # Model calls: alias, provider, provider model, stream, token usage.
+    model: dict[str, Any] | None = None
     policy: dict[str, Any] | None = None
     # The policy input, when the log obligation allows it (for `policy replay`).
     input: dict[str, Any] | None = None
@@ -85,6 +87,7 @@ class CallRecord:
             "delegation": self.delegation,
             "intent": self.intent,
             "approval": self.approval,
+            "model": self.model,
             "policy": self.policy,
             "input": self.input,
             "decision": self.decision,

@@ -78,6 +78,8 @@ class Obligations:
     """What the sidecar must do along with the effect. ``log`` defaults to ``metadata``."""
 
     redact: tuple[str, ...] = ()
+    # Data classes replaced in the upstream's answer before the agent gets it.
+    redact_response: tuple[str, ...] = ()
     credential: CredentialObligation | None = None
     max_tokens: int | None = None
     log: str = "metadata"
@@ -88,6 +90,8 @@ class Obligations:
         out: dict[str, Any] = {"log": self.log}
         if self.redact:
             out["redact"] = list(self.redact)
+        if self.redact_response:
+            out["redact_response"] = list(self.redact_response)
         if self.credential is not None:
             out["credential"] = self.credential.to_dict()
         if self.max_tokens is not None:
@@ -166,7 +170,7 @@ def parse_decision(result: Any, *, defined: bool = True) -> Decision:
 def _parse_obligations(raw: Any) -> Obligations:
     if not isinstance(raw, Mapping):
         raise DecisionError("policy_invalid_decision", "obligations must be an object")
-    known = {"redact", "credential", "max_tokens", "log", "approval"}
+    known = {"redact", "redact_response", "credential", "max_tokens", "log", "approval"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise DecisionError(
@@ -182,6 +186,13 @@ def _parse_obligations(raw: Any) -> Obligations:
             "redact must be a list of data-class names",
         )
         values["redact"] = tuple(sorted(set(redact)))
+    if "redact_response" in raw:
+        classes = raw["redact_response"]
+        _require(
+            isinstance(classes, list) and all(isinstance(c, str) and c for c in classes),
+            "redact_response must be a list of data-class names",
+        )
+        values["redact_response"] = tuple(sorted(set(classes)))
     if "credential" in raw:
         cred = raw["credential"]
         _require(

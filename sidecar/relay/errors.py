@@ -5,10 +5,13 @@ from __future__ import annotations
 from sidecar.errors import SidecarError
 
 __all__ = [
+    "ProviderKeyUnavailable",
     "RelayError",
     "RequestBuildError",
+    "UpstreamBadResponse",
     "UpstreamResponseTooLarge",
     "UpstreamStatusError",
+    "UpstreamStreamInterrupted",
     "UpstreamTimeout",
     "UpstreamUnavailable",
 ]
@@ -48,3 +51,21 @@ class UpstreamStatusError(RelayError):
         self.status = status
         self.body = body
         self.content_type = content_type
+
+
+class UpstreamBadResponse(RelayError):
+    """The provider answered 2xx with something that is not the API's JSON."""
+
+    code = "upstream_bad_response"
+
+
+class UpstreamStreamInterrupted(RelayError):
+    """A streamed answer broke off (connection lost, or it ended without ``[DONE]``)."""
+
+    code = "upstream_stream_interrupted"
+
+
+class ProviderKeyUnavailable(RelayError):
+    """The provider key file is missing, unreadable or empty: nothing is sent."""
+
+    code = "credential_unavailable"

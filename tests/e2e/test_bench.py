@@ -25,3 +25,17 @@ def test_relay_overhead_bench_reports_direct_and_sidecar():
     assert "added latency: p50 +" in done.stdout or "added latency: p50 " in done.stdout
     assert any(line.startswith("+task ") for line in lines)
     assert "audit records written: 130" in done.stdout  # 2 x 40 measured + 50 warm-up
+
+
+def test_model_overhead_bench_reports_direct_and_front_door():
+    done = subprocess.run(
+        [sys.executable, "bench/model_overhead.py", "--calls", "10"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "unary   added latency: p50" in done.stdout
+    assert "stream  added latency: p50" in done.stdout
+    assert "audit records written: 60" in done.stdout  # 2 x (10 measured + 20 warm-up)

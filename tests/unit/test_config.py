@@ -30,6 +30,14 @@ def test_defaults_apply_to_a_minimal_config(tmp_path):
     ("raw", "key", "words"),
     [
         ({"polcy": {}}, "polcy", "unknown key"),
+        (
+            {"models": {"m": {"provider": "nowhere"}}},
+            "models.m.provider",
+            "not a configured provider",
+        ),
+        ({"providers": {"p": {"base_url": "ftp://x"}}}, "providers.p.base_url", "not an http"),
+        ({"frontdoor": {"listen": "0.0.0.0:8080"}}, "frontdoor.listen", "not a loopback"),
+        ({"budgets": {"task_tokens": -1}}, "budgets.task_tokens", "must be >= 0"),
         ({"approvals": {"socket_mode": "rw-------"}}, "approvals.socket_mode", "octal"),
         ({"approvals": {"listen": "127.0.0.1:9"}}, "approvals.approvers", "required"),
         (

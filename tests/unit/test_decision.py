@@ -54,6 +54,8 @@ def test_log_defaults_to_metadata():
         ({"effect": "allow", "obligations": {"rate_limit": 1}}, "unknown_obligation"),
         ({"effect": "allow", "obligations": {"log": "all"}}, "invalid_obligation"),
         ({"effect": "allow", "obligations": {"max_tokens": 0}}, "invalid_obligation"),
+        ({"effect": "allow", "obligations": {"redact_response": "secret"}}, "invalid_obligation"),
+        ({"effect": "allow", "obligations": {"redact_response": [""]}}, "invalid_obligation"),
         ({"effect": "allow", "obligations": {"max_tokens": True}}, "invalid_obligation"),
         ({"effect": "allow", "obligations": {"redact": "email"}}, "invalid_obligation"),
         (
@@ -93,3 +95,11 @@ def test_fail_closed_is_a_deny_carrying_the_code_and_reason():
         ("too slow",),
     )
     assert not decision.allowed
+
+
+def test_redact_response_is_an_obligation():
+    decision = parse_decision(
+        {"effect": "allow", "obligations": {"redact_response": ["secret", "private_key"]}}
+    )
+    assert decision.obligations.redact_response == ("private_key", "secret")
+    assert decision.obligations.to_dict()["redact_response"] == ["private_key", "secret"]

@@ -41,6 +41,16 @@ _granted if {
 	_holds(input.subject.spiffe_id, input.action.operation, input.action.name)
 }
 
+# Models: a per-SPIFFE-ID allow-list of aliases.
+_is_model if input.action.kind == "model"
+
+_granted if {
+	input.version == 1
+	_is_model
+	some model in data.agentsidecar.models[input.subject.spiffe_id]
+	model == input.action.name
+}
+
 # --- tasks: acting or delegating needs a task the sidecar tracks -------------------------
 
 _has_task if input.task.id
@@ -86,7 +96,14 @@ _internal_target if data.agentsidecar.targets[input.action.target].external == f
 
 _deny contains msg if {
 	not _granted
+	not _is_model
 	msg := sprintf("%v holds no %v grant on %v", [_subject_id, _operation, _tool])
+}
+
+_deny contains msg if {
+	not _granted
+	_is_model
+	msg := sprintf("%v may not use model %v", [_subject_id, _tool])
 }
 
 _deny contains msg if {
@@ -119,6 +136,13 @@ _high_risk contains msg if {
 	msg := sprintf("%v needs approval: %v is missing or not a number", [_tool, rule.argument])
 }
 
+# A model call under a task that has used more than the budget needs a human.
+_high_risk contains msg if {
+	_is_model
+	input.task.tokens > data.agentsidecar.task_token_step_up
+	msg := sprintf("the task has used %v tokens, above %v", [input.task.tokens, data.agentsidecar.task_token_step_up])
+}
+
 _approved if input.approval.id
 
 # --- obligations -------------------------------------------------------------------------
@@ -129,9 +153,17 @@ _redact contains class if {
 	class in data.agentsidecar.redact_external
 }
 
-_allow_obligations := {"log": "redacted"} if count(_redact) == 0
+_base_obligations := {"log": "redacted"} if count(_redact) == 0
 
-_allow_obligations := {"log": "redacted", "redact": sort([c | some c in _redact])} if count(_redact) > 0
+_base_obligations := {"log": "redacted", "redact": sort([c | some c in _redact])} if count(_redact) > 0
+
+_allow_obligations := _base_obligations if not _is_model
+
+# Model calls: max_tokens capped, and secrets or keys in the answer never reach the agent.
+_allow_obligations := object.union(_base_obligations, {
+	"max_tokens": data.agentsidecar.model_max_tokens,
+	"redact_response": ["private_key", "secret"],
+}) if _is_model
 
 # --- the decision: exactly one of these holds --------------------------------------------
 

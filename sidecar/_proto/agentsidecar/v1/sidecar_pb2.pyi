@@ -38,6 +38,58 @@ class CheckRequest(_message.Message):
     delegation_chain: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., delegation_chain: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class CallModelRequest(_message.Message):
+    __slots__ = ("model", "messages_json", "parameters_json", "task_id", "intent", "approval_id", "no_wait", "delegation_chain")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
+    DELEGATION_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    messages_json: str
+    parameters_json: str
+    task_id: str
+    intent: str
+    approval_id: str
+    no_wait: bool
+    delegation_chain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., messages_json: _Optional[str] = ..., parameters_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., approval_id: _Optional[str] = ..., no_wait: _Optional[bool] = ..., delegation_chain: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "estimated")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ...) -> None: ...
+
+class CallModelResponse(_message.Message):
+    __slots__ = ("decision", "completion_json", "usage")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_JSON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    completion_json: str
+    usage: Usage
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., completion_json: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class ModelChunk(_message.Message):
+    __slots__ = ("decision", "chunk_json", "usage")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_JSON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    chunk_json: str
+    usage: Usage
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., chunk_json: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
 class StartTaskRequest(_message.Message):
     __slots__ = ("intent", "ttl_s")
     INTENT_FIELD_NUMBER: _ClassVar[int]

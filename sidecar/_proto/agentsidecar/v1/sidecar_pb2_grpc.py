@@ -44,6 +44,16 @@ class SidecarStub:
                 request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckRequest.SerializeToString,
                 response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckResponse.FromString,
                 _registered_method=True)
+        self.CallModel = channel.unary_unary(
+                '/agentsidecar.v1.Sidecar/CallModel',
+                request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallModelRequest.SerializeToString,
+                response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallModelResponse.FromString,
+                _registered_method=True)
+        self.StreamModel = channel.unary_stream(
+                '/agentsidecar.v1.Sidecar/StreamModel',
+                request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallModelRequest.SerializeToString,
+                response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.ModelChunk.FromString,
+                _registered_method=True)
         self.StartTask = channel.unary_unary(
                 '/agentsidecar.v1.Sidecar/StartTask',
                 request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.StartTaskRequest.SerializeToString,
@@ -69,6 +79,22 @@ class SidecarServicer:
     def Check(self, request, context):
         """Decides only: nothing is relayed, no approval is created or used. The decision comes
         back whatever its effect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallModel(self, request, context):
+        """Decides and, only when policy allows, relays one chat completion to the model's provider
+        with the provider key the sidecar holds. Same outcomes as CallTool.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamModel(self, request, context):
+        """The same, streamed: the first message carries the decision, then one message per
+        chunk from the provider, the last one with the token usage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,6 +127,16 @@ def add_SidecarServicer_to_server(servicer, server):
                     servicer.Check,
                     request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckRequest.FromString,
                     response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CheckResponse.SerializeToString,
+            ),
+            'CallModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallModel,
+                    request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallModelRequest.FromString,
+                    response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallModelResponse.SerializeToString,
+            ),
+            'StreamModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamModel,
+                    request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallModelRequest.FromString,
+                    response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.ModelChunk.SerializeToString,
             ),
             'StartTask': grpc.unary_unary_rpc_method_handler(
                     servicer.StartTask,
@@ -167,6 +203,60 @@ class Sidecar:
             '/agentsidecar.v1.Sidecar/Check',
             agentsidecar_dot_v1_dot_sidecar__pb2.CheckRequest.SerializeToString,
             agentsidecar_dot_v1_dot_sidecar__pb2.CheckResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentsidecar.v1.Sidecar/CallModel',
+            agentsidecar_dot_v1_dot_sidecar__pb2.CallModelRequest.SerializeToString,
+            agentsidecar_dot_v1_dot_sidecar__pb2.CallModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentsidecar.v1.Sidecar/StreamModel',
+            agentsidecar_dot_v1_dot_sidecar__pb2.CallModelRequest.SerializeToString,
+            agentsidecar_dot_v1_dot_sidecar__pb2.ModelChunk.FromString,
             options,
             channel_credentials,
             insecure,

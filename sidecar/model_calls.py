@@ -1,0 +1,203 @@
+"""Model calls: what a chat completion request means to policy, and what goes to the provider.
+
+Policy sees a summary, not the prompt: ``action.arguments`` is ``{"parameters": {...},
+"messages": {"count", "chars", "roles"}}`` (tool definitions by name only), while the data
+classes found anywhere in the messages go to ``action.data_classes``. The prompt itself is
+audited only as the ``log`` obligation allows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.classify import classify, redact
+from sidecar.config import ModelSettings
+from sidecar.errors import SidecarError
+
+__all__ = [
+    "ModelCall",
+    "ModelRequestError",
+    "Usage",
+    "completion_text",
+    "estimate_usage",
+    "parse_model_request",
+    "policy_arguments",
+    "provider_body",
+    "redact_choices",
+    "usage_from",
+]
+
+# Keys of the request the sidecar sets itself.
+RESERVED = frozenset({"model", "messages", "stream", "stream_options"})
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+class ModelRequestError(SidecarError):
+    code = "invalid_arguments"
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """A CallModel / StreamModel request (or a front-door request), decoded."""
+
+    model: str
+    messages_json: str
+    parameters_json: str = ""
+    task_id: str = ""
+    intent: str = ""
+    approval_id: str = ""
+    no_wait: bool = False
+    delegation_chain: tuple[str, ...] = ()
+    stream: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    estimated: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "estimated": self.estimated,
+        }
+
+
+def _strict_json(text: str, what: str) -> Any:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _ in pairs]
+        if len(keys) != len(set(keys)):
+            raise ModelRequestError(f"{what} repeats a key")
+        return dict(pairs)
+
+    def bad_constant(name: str) -> Any:
+        raise ModelRequestError(f"{what} contains {name}, which is not JSON")
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=bad_constant)
+    except json.JSONDecodeError as exc:
+        raise ModelRequestError(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ModelRequestError(f"{what} is nested too deeply") from exc
+
+
+def parse_model_request(call: ModelCall) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The messages (a non-empty list of ``{role, ...}``) and the other parameters."""
+    messages = _strict_json(call.messages_json or "null", "messages_json")
+    if not isinstance(messages, list) or not messages:
+        raise ModelRequestError("messages must be a non-empty JSON array")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _ROLES:
+            raise ModelRequestError(
+                f"messages[{i}] must be an object with a role ({', '.join(sorted(_ROLES))})"
+            )
+    parameters = _strict_json(call.parameters_json or "{}", "parameters_json")
+    if not isinstance(parameters, dict):
+        raise ModelRequestError("parameters_json must be a JSON object")
+    reserved = sorted(RESERVED & set(parameters))
+    if reserved:
+        raise ModelRequestError(f"parameter {reserved[0]!r} is set by the sidecar, not the agent")
+    return messages, parameters
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: [{"type": "text", "text": ...}, ...]
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def policy_arguments(
+    messages: list[dict[str, Any]], parameters: Mapping[str, Any]
+) -> dict[str, Any]:
+    summary = dict(parameters)
+    if isinstance(summary.get("tools"), list):
+        summary["tools"] = sorted(
+            str((t.get("function") or {}).get("name", ""))
+            for t in summary["tools"]
+            if isinstance(t, dict)
+        )
+    return {
+        "parameters": summary,
+        "messages": {
+            "count": len(messages),
+            "chars": sum(len(_text_of(m.get("content"))) for m in messages),
+            "roles": sorted({str(m["role"]) for m in messages}),
+        },
+    }
+
+
+def message_classes(messages: list[dict[str, Any]]) -> list[str]:
+    return classify(messages)
+
+
+def provider_body(
+    model: str,
+    settings: ModelSettings,
+    messages: list[dict[str, Any]],
+    parameters: Mapping[str, Any],
+    *,
+    max_tokens: int | None,
+    stream: bool,
+) -> dict[str, Any]:
+    """The provider request: the alias replaced by the provider's model name, ``max_tokens``
+    capped by policy's obligation (set to it when the agent asked for none)."""
+    body: dict[str, Any] = {"model": settings.model or model, "messages": messages}
+    body.update(parameters)
+    if max_tokens is not None:
+        for key in ("max_tokens", "max_completion_tokens"):
+            if isinstance(body.get(key), int):
+                body[key] = min(body[key], max_tokens)
+        if "max_tokens" not in body and "max_completion_tokens" not in body:
+            body["max_tokens"] = max_tokens
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def completion_text(completion: Mapping[str, Any]) -> str:
+    parts = []
+    for choice in completion.get("choices") or []:
+        if isinstance(choice, dict):
+            message = choice.get("message") or choice.get("delta") or {}
+            if isinstance(message, dict):
+                parts.append(_text_of(message.get("content")))
+    return "".join(parts)
+
+
+def redact_choices(obj: dict[str, Any], classes: Iterable[str]) -> dict[str, Any]:
+    """The completion with data classes replaced in its choices (ids and usage untouched)."""
+    classes = list(classes)
+    if not classes or not isinstance(obj.get("choices"), list):
+        return obj
+    return obj | {"choices": redact(obj["choices"], classes)}
+
+
+def usage_from(obj: Mapping[str, Any]) -> Usage | None:
+    usage = obj.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    try:
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        total = int(usage.get("total_tokens") or prompt + completion)
+    except (TypeError, ValueError):
+        return None
+    return Usage(prompt, completion, total)
+
+
+def estimate_usage(messages: list[dict[str, Any]], completion: str) -> Usage:
+    """About 4 characters a token: used only when the provider reports no usage."""
+    prompt = math.ceil(sum(len(_text_of(m.get("content"))) for m in messages) / 4)
+    produced = math.ceil(len(completion) / 4)
+    return Usage(prompt, produced, prompt + produced, estimated=True)
