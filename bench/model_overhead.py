@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import openai
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.relay_overhead import percentile  # noqa: E402
+from bench.relay_overhead import demo_config, percentile, start_sidecar  # noqa: E402
 from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.run import free_port, wait_serving  # noqa: E402
 
@@ -56,35 +54,15 @@ def main() -> int:
     (work / "key").write_text("sk-bench-0123456789abcdefghijklmnop")
     port = free_port()
     with ModelServer() as upstream:
-        config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
-        config["server"]["listen"] = [f"unix://{work}/agent.sock"]
+        config = demo_config(work)
         config["identity"] = {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"}
-        config["admin"] = {"listen": ""}
-        config["policy"]["dir"] = str(ROOT / "rego")
-        config["audit"]["path"] = str(work / "audit.log")
-        config["state"] = {"dir": str(work / "state")}
-        config["approvals"]["listen"] = f"unix://{work}/approvals.sock"
         for target in config["targets"].values():
             target["base_url"] = "http://127.0.0.1:9"
             target.pop("auth", None)
         config["providers"] = {"local": {"base_url": upstream.url, "key_file": str(work / "key")}}
         config["models"] = {"local-small": {"provider": "local", "model": "bench-model"}}
         config["frontdoor"] = {"listen": f"127.0.0.1:{port}"}
-        (work / "config.yaml").write_text(yaml.safe_dump(config))
-        sidecar = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sidecar.cli",
-                "serve",
-                "--config",
-                str(work / "config.yaml"),
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        sidecar = start_sidecar(work, config)
         try:
             wait_serving(f"unix:{work}/agent.sock", sidecar)
             direct = openai.OpenAI(base_url=upstream.url, api_key="sk-direct", max_retries=0)

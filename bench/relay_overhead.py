@@ -38,6 +38,37 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
+def demo_config(work: Path) -> dict:
+    """The demo config with the listener, audit log and state in ``work``."""
+    config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
+    config["server"]["listen"] = [f"unix://{work}/agent.sock"]
+    config["admin"] = {"listen": ""}
+    config["policy"]["dir"] = str(ROOT / "rego")
+    config["audit"]["path"] = str(work / "audit.log")
+    config["state"] = {"dir": str(work / "state")}
+    config["approvals"]["listen"] = f"unix://{work}/approvals.sock"
+    return config
+
+
+def start_sidecar(work: Path, config: dict) -> subprocess.Popen:
+    """``agent-sidecar serve`` on ``config`` as its own process, quiet."""
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sidecar.cli",
+            "serve",
+            "--config",
+            str(work / "config.yaml"),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def run_calls(call, calls: int, concurrency: int) -> tuple[list[float], float]:
     latencies: list[float] = []
     lock = threading.Lock()
@@ -69,31 +100,11 @@ def main() -> int:
         [sys.executable, str(ROOT / "examples/demo/tools_server.py"), "--port", str(port)],
         stdout=subprocess.DEVNULL,
     )
-    config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
-    config["server"]["listen"] = [f"unix://{work}/agent.sock"]
+    config = demo_config(work)
     config["identity"]["socket"] = f"unix://{work}/workload.sock"
-    config["admin"] = {"listen": ""}
-    config["policy"]["dir"] = str(ROOT / "rego")
-    config["audit"]["path"] = str(work / "audit.log")
-    config["state"] = {"dir": str(work / "state")}
-    config["approvals"]["listen"] = f"unix://{work}/approvals.sock"
     for target in config["targets"].values():
         target["base_url"] = f"http://127.0.0.1:{port}"
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
-    sidecar = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sidecar.cli",
-            "serve",
-            "--config",
-            str(work / "config.yaml"),
-            "--log-level",
-            "warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    sidecar = start_sidecar(work, config)
     address = f"unix:{work}/agent.sock"
     try:
         wait_serving(address, sidecar)

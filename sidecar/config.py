@@ -90,6 +90,20 @@ def _check_address(address: str) -> None:
     _check(bool(sep) and port.isdigit(), f"listen: {address!r} is not HOST:PORT or unix:PATH")
 
 
+def _check_base_url(url: str) -> None:
+    """An upstream's root: http(s), a host, and nothing that could smuggle credentials or a
+    different request (query, fragment, userinfo)."""
+    parts = urlsplit(url)
+    _check(
+        parts.scheme in ("http", "https") and bool(parts.hostname),
+        f"base_url: {url!r} is not an http(s) URL",
+    )
+    _check(
+        not parts.query and not parts.fragment and not parts.username,
+        f"base_url: {url!r} must not carry a query, fragment or credentials",
+    )
+
+
 def is_local_address(address: str) -> bool:
     """Loopback or a unix socket: reachable only from inside the pod."""
     if address.startswith("unix:"):
@@ -334,15 +348,7 @@ class ProviderSettings:
     ca_file: Path | None = None
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.base_url)
-        _check(
-            parts.scheme in ("http", "https") and bool(parts.hostname),
-            f"base_url: {self.base_url!r} is not an http(s) URL",
-        )
-        _check(
-            not parts.query and not parts.fragment and not parts.username,
-            f"base_url: {self.base_url!r} must not carry a query, fragment or credentials",
-        )
+        _check_base_url(self.base_url)
         _check(self.timeout_s > 0, "timeout_s: must be > 0")
 
 
@@ -437,14 +443,7 @@ class TargetSettings:
         if self.auth.type == "mtls":
             _check(parts.scheme == "https", "auth: type mtls needs an https base_url")
             _check(self.ca_file is None, "ca_file: not with auth mtls (the SPIFFE bundle is used)")
-        _check(
-            parts.scheme in ("http", "https") and bool(parts.hostname),
-            f"base_url: {self.base_url!r} is not an http(s) URL",
-        )
-        _check(
-            not parts.query and not parts.fragment and not parts.username,
-            f"base_url: {self.base_url!r} must not carry a query, fragment or credentials",
-        )
+        _check_base_url(self.base_url)
         _check(self.timeout_s > 0, "timeout_s: must be > 0")
 
 

@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -212,6 +212,20 @@ class Mediator:
         time_remaining: float | None,
     ) -> CallResult:
         """Decide (``Check``) or decide and relay (``CallTool``) one request."""
+        return await self._guarded(
+            rpc,
+            time_remaining,
+            lambda record, deadline: self._run(record, rpc, request, context, deadline),
+        )
+
+    async def _guarded(
+        self,
+        rpc: str,
+        time_remaining: float | None,
+        run: Callable[[CallRecord, float], Awaitable[CallResult]],
+    ) -> CallResult:
+        """Run one call within its deadline; every way it can end becomes a result with a
+        stable code, and exactly one audit record."""
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         deadline = (
@@ -221,7 +235,7 @@ class Mediator:
         )
         record = CallRecord(decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns())
         try:
-            result = await self._run(record, rpc, request, context, deadline)
+            result = await run(record, deadline)
         except _Stop as stop:
             result = CallResult(
                 record.decision_id, stop.code, status_for(stop.code), str(stop), **stop.kwargs
@@ -272,14 +286,7 @@ class Mediator:
             arguments=arguments,
             data_classes=classify(arguments),
         )
-        record.action = {
-            "kind": action.kind,
-            "name": action.name,
-            "operation": action.operation,
-            "target": action.target,
-            "data_classes": sorted(set(action.data_classes)),
-            "arguments": payload_view(arguments, "metadata"),
-        }
+        record.action = _action_record(action, arguments)
 
         facts = _Facts(subject, chain, task, request.task_id, action, arguments)
         decided, input_doc = await self._decide_call(
@@ -678,31 +685,11 @@ class Mediator:
         """Decide and relay one chat completion (``CallModel``, ``StreamModel``, the front
         door). A stream hands ``emit("start", result)`` once relaying begins, then
         ``emit("chunk", chunk)`` per chunk; the returned result carries the usage."""
-        started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        deadline = (
-            loop.time() + time_remaining - ANSWER_MARGIN_S
-            if time_remaining is not None
-            else math.inf
+        return await self._guarded(
+            rpc,
+            time_remaining,
+            lambda record, deadline: self._run_model(record, rpc, request, context, deadline, emit),
         )
-        record = CallRecord(decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns())
-        try:
-            result = await self._run_model(record, rpc, request, context, deadline, emit)
-        except _Stop as stop:
-            result = CallResult(
-                record.decision_id, stop.code, status_for(stop.code), str(stop), **stop.kwargs
-            )
-        except StateError as exc:
-            log.error("state database failed", extra={"decision_id": record.decision_id})
-            result = CallResult(
-                record.decision_id, "state_unavailable", status_for("state_unavailable"), str(exc)
-            )
-        except Exception:
-            log.exception("internal error", extra={"decision_id": record.decision_id})
-            result = CallResult(
-                record.decision_id, "internal_error", status_for("internal_error"), "internal error"
-            )
-        return self._finish(record, result, started)
 
     async def _run_model(
         self,
@@ -752,14 +739,7 @@ class Mediator:
             arguments=policy_arguments(messages, parameters),
             data_classes=classify(messages),
         )
-        record.action = {
-            "kind": "model",
-            "name": request.model,
-            "operation": model.operation,
-            "target": model.provider,
-            "data_classes": sorted(set(action.data_classes)),
-            "arguments": payload_view(prompt, "metadata"),
-        }
+        record.action = _action_record(action, prompt)
         facts = _Facts(subject, chain, task, request.task_id, action, prompt)
         decided, input_doc = await self._decide_call(
             record,
@@ -1179,6 +1159,19 @@ class Mediator:
 
     def close(self) -> None:
         self._relay_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _action_record(action: Action, payload: dict[str, Any]) -> dict[str, Any]:
+    """The action as audited: arguments (or the prompt) by name only until the decision's
+    ``log`` obligation says more may be recorded."""
+    return {
+        "kind": action.kind,
+        "name": action.name,
+        "operation": action.operation,
+        "target": action.target,
+        "data_classes": sorted(set(action.data_classes)),
+        "arguments": payload_view(payload, "metadata"),
+    }
 
 
 def _parse_arguments(text: str) -> dict[str, Any]:
