@@ -13,7 +13,8 @@ Sidecar headers: ``x-agent-sidecar-task-id``, ``x-agent-sidecar-intent``,
 (comma-separated JWT-SVIDs, outermost first).
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "code", "param", ...}}`` plus
-``decision_id``, ``reasons`` and, for a step-up, ``approval_id``:
+``decision_id``, ``reasons`` and, for a step-up, ``approval_id`` (a success carries the
+decision id in the ``x-agent-sidecar-decision-id`` header):
 
     401 authentication_error   the caller could not be attested
     403 permission_error       policy denied (or could not decide)
@@ -154,10 +155,14 @@ class _Handler(BaseHTTPRequestHandler):
             metadata.append(("traceparent", trace))
         return CallContext(metadata=tuple(metadata), peer=f"ipv4:{self.client_address[0]}")
 
-    def _send_json(self, status: int, body: Any, *, retry: bool = True) -> None:
+    def _send_json(
+        self, status: int, body: Any, *, retry: bool = True, decision_id: str = ""
+    ) -> None:
         data = json.dumps(body, separators=(",", ":")).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if decision_id:
+            self.send_header("x-agent-sidecar-decision-id", decision_id)
         self.send_header("Content-Length", str(len(data)))
         if not retry:
             self.send_header("x-should-retry", "false")
@@ -247,7 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
         if result.status != grpc.StatusCode.OK:
             self._send_error(result)
             return
-        self._send_json(200, result.completion)
+        self._send_json(200, result.completion, decision_id=result.decision_id)
 
     def _stream(self, call: ModelCall) -> None:
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -270,6 +275,7 @@ class _Handler(BaseHTTPRequestHandler):
                 started = True
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
+                self.send_header("x-agent-sidecar-decision-id", value.decision_id)
                 self.send_header("Cache-Control", "no-cache")
                 self.send_header("Connection", "close")
                 self.end_headers()

@@ -95,6 +95,43 @@ def run(address: str, approve: Callable[[str], str] | None = None) -> list[Line]
     return lines
 
 
+# (model alias, prompt, the effect the baseline policy should give)
+MODEL_SCRIPT: list[tuple[str, str, str]] = [
+    ("gpt-small", "Summarise: jane@example.com says the printer is on fire", "allow"),
+    ("gpt-small", "Refund card 4111 1111 1111 1111 for jane", "deny"),
+]
+
+
+def run_models(base_url: str) -> list[Line]:
+    """Model calls with the unmodified openai SDK through the sidecar's front door: no
+    provider key here (the api key is ignored in pod mode)."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="not-a-provider-key", max_retries=0)
+    lines = []
+    for model, prompt, expected in MODEL_SCRIPT:
+        try:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": prompt}]
+            )
+            answer = raw.parse()
+            usage = answer.usage.total_tokens if answer.usage else 0
+            decision_id = raw.headers.get("x-agent-sidecar-decision-id", "")
+            lines.append(Line(model, "allow", expected, (), decision_id, note=f"{usage} tokens"))
+        except openai.APIStatusError as exc:
+            error = exc.body if isinstance(exc.body, dict) else {}
+            lines.append(
+                Line(
+                    model,
+                    "deny",
+                    expected,
+                    tuple(error.get("reasons") or [error.get("code", "")]),
+                    error.get("decision_id", ""),
+                )
+            )
+    return lines
+
+
 if __name__ == "__main__":
     for line in run(sys.argv[1]):
         print(line)

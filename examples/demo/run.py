@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from examples.demo.agent import run as run_agent  # noqa: E402
+from examples.demo.agent import run_models as run_model_agent  # noqa: E402
+from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.tools_server import ToolServer  # noqa: E402
 
 OUT = ROOT / "demo-out"
@@ -52,7 +54,12 @@ def free_port() -> int:
 ADMIN_PORT = free_port()
 
 
-def write_config(tools_url: str) -> tuple[Path, str]:
+FRONTDOOR_PORT = free_port()
+# Stands in for the provider's key Secret; the agent never sees it.
+PROVIDER_KEY = "sk-demo-provider-key-0123456789abcdef"
+
+
+def write_config(tools_url: str, models_url: str) -> tuple[Path, str]:
     config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
     socket = RUN_DIR / "agent.sock"
     config["server"]["listen"] = [f"unix://{socket}"]
@@ -64,6 +71,11 @@ def write_config(tools_url: str) -> tuple[Path, str]:
     config["approvals"]["listen"] = f"unix://{APPROVALS_SOCKET}"
     for target in config["targets"].values():
         target["base_url"] = tools_url
+    (OUT / "provider.key").write_text(PROVIDER_KEY)
+    (OUT / "provider.key").chmod(0o600)
+    config["providers"]["openai"]["base_url"] = models_url
+    config["providers"]["openai"]["key_file"] = str(OUT / "provider.key")
+    config["frontdoor"]["listen"] = f"127.0.0.1:{FRONTDOOR_PORT}"
     path = OUT / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, f"unix:{socket}"
@@ -150,8 +162,8 @@ def main() -> int:
     RUN_DIR.mkdir(parents=True)
     workload_log = (OUT / "workload-api.log").open("w")
     workload_api = start_workload_api(WORKLOAD_SOCKET, workload_log, OUT / "bundle.pem")
-    with ToolServer() as tools:
-        config, address = write_config(tools.url)
+    with ToolServer() as tools, ModelServer() as models:
+        config, address = write_config(tools.url, models.url)
         log = (OUT / "sidecar.log").open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config)],
@@ -163,6 +175,7 @@ def main() -> int:
             print(f"sidecar serving on {address}; tool upstream on {tools.url}\n")
             print(f"{'TOOL':<16} {'EFFECT':<8} {'DECISION ID':<26}  REASONS")
             lines = run_agent(address, approve=approve_as_oncall)
+            lines += run_model_agent(f"http://127.0.0.1:{FRONTDOOR_PORT}/v1")
             for line in lines:
                 print(line)
             metrics = requests.get(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=5).text
@@ -183,10 +196,14 @@ def main() -> int:
             for r in tools.received
             if r.path.startswith("/tickets") and "authorization" in r.headers
         ]
+        prompts = [r.body["messages"][-1]["content"] for r in models.received]
+        keys_seen = {r.headers.get("authorization") for r in models.received}
     audit = [json.loads(line) for line in (OUT / "audit.log").read_text().splitlines()]
     print(f"\nupstream received {len(tools.received)} requests for {len(lines)} calls")
     if notified:
         print(f"partner.notify as the partner received it: {json.dumps(notified[0])}")
+    if prompts:
+        print(f"the model provider received: {json.dumps(prompts[0])} (key: the sidecar's)")
     if bearer:
         claims = jwt_claims(bearer[0])
         print(
@@ -222,6 +239,9 @@ def main() -> int:
     wrong = [line for line in lines if line.effect != line.expected]
     tickets_calls = sum(1 for r in tools.received if r.path.startswith("/tickets"))
     refunds = [r for r in tools.received if r.path == "/refunds"]
+    if keys_seen != {f"Bearer {PROVIDER_KEY}"} or len(prompts) != 1:
+        print("demo FAILED: the model provider did not get exactly one call", file=sys.stderr)
+        return 1
     if len(refunds) != 2:  # the small refund, and the approved large one exactly once
         print(f"demo FAILED: {len(refunds)} refunds reached the upstream", file=sys.stderr)
         return 1

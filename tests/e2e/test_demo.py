@@ -22,7 +22,9 @@ def test_the_demo_runs_end_to_end():
     assert "payments.refund  step_up" in out
     assert "partner.notify   deny" in out
     assert '"[REDACTED:email] asked for a call back"' in out
-    assert "(11 call records, 1 approval record" in out
+    assert "(13 call records, 1 approval record" in out
+    assert "gpt-small        deny" in out
+    assert '"Summarise: [REDACTED:email] says the printer is on fire"' in out
     assert "approved by local:demo-oncall" in out
     assert "approval_used" in out
     assert "task_ended" in out

@@ -63,9 +63,10 @@ def sdk(running, **kwargs) -> openai.OpenAI:
 
 def test_a_unary_completion_through_the_front_door(model_sidecar, models, caplog):
     caplog.set_level(logging.DEBUG)
-    answer = sdk(model_sidecar).chat.completions.create(
+    raw = sdk(model_sidecar).chat.completions.with_raw_response.create(
         model="gpt-small", messages=USER, max_tokens=4000, temperature=0.2
     )
+    answer = raw.parse()
     assert answer.choices[0].message.content == "echo: hello there"
     assert answer.model == "gpt-small"  # the alias, not the provider's name
     assert PROVIDER_KEY not in answer.model_dump_json()  # the agent never gets the key
@@ -75,6 +76,7 @@ def test_a_unary_completion_through_the_front_door(model_sidecar, models, caplog
     assert sent.body["max_tokens"] == 512  # capped by policy's max_tokens obligation
     assert sent.body["temperature"] == 0.2
     [record] = audit_lines(model_sidecar.audit_path)
+    assert raw.headers["x-agent-sidecar-decision-id"] == record["decision_id"]
     assert record["model"]["usage"] == {
         "prompt_tokens": 2,
         "completion_tokens": 3,

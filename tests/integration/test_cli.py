@@ -27,10 +27,12 @@ def test_policy_test_passes_on_the_shipped_policy():
     count = len(
         [
             line
-            for line in (ROOT / "rego/agentsidecar/authz/authz_test.rego").read_text().splitlines()
+            for path in (ROOT / "rego").rglob("*_test.rego")
+            for line in path.read_text().splitlines()
             if line.startswith("test_")
         ]
     )
+    assert count >= 36
     assert last == f"{count} passed, 0 failed"
 
 
