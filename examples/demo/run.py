@@ -199,7 +199,7 @@ def main() -> int:
         prompts = [r.body["messages"][-1]["content"] for r in models.received]
         keys_seen = {r.headers.get("authorization") for r in models.received}
     audit = [json.loads(line) for line in (OUT / "audit.log").read_text().splitlines()]
-    print(f"\nupstream received {len(tools.received)} requests for {len(lines)} calls")
+    print(f"\ntool upstream received {len(tools.received)} requests for {len(lines)} calls")
     if notified:
         print(f"partner.notify as the partner received it: {json.dumps(notified[0])}")
     if prompts:
