@@ -28,6 +28,7 @@ import copy
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from sidecar.errors import SidecarError
 from sidecar.webhook.settings import Resources, WebhookSettings
@@ -221,6 +222,9 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         "--set",
         f"identity.socket={SPIFFE_SOCKET}",
     ]
+    if template.model_front_door_url:
+        front = urlsplit(template.model_front_door_url)
+        args += ["--set", f"frontdoor.listen=127.0.0.1:{front.port}"]
     if engine == "opa":
         args += ["--set", "policy.opa_url=http://127.0.0.1:8181"]
     else:

@@ -40,8 +40,22 @@ class SidecarTemplate:
     agent_address: str = "127.0.0.1:7443"
     run_as_user: int = 65532
     resources: Resources = field(default_factory=Resources)
-    # When set, agents also get OPENAI_BASE_URL (the model front door) pointing here.
+    # When set (http://127.0.0.1:PORT/v1), the sidecar serves its model front door there and
+    # agents get OPENAI_BASE_URL pointing to it.
     model_front_door_url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model_front_door_url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.model_front_door_url)
+            if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
+                raise ValueError(
+                    "model_front_door_url: must be http://127.0.0.1:PORT/v1 (the front door "
+                    "listens on the pod's loopback only)"
+                )
+            if parts.port is None:
+                raise ValueError("model_front_door_url: needs an explicit port")
 
 
 @dataclass(frozen=True)

@@ -218,3 +218,27 @@ def test_rotated_certificates_are_used_for_new_connections(webhook):
     (webhook.tmp / "tls.crt").write_bytes(rotated.chain_pem)
     after = serial()
     assert after == rotated.leaf.serial_number != before
+
+
+def test_a_model_front_door_url_makes_the_sidecar_serve_it(tmp_path):
+    from sidecar.config import ConfigError
+    from sidecar.webhook.inject import mutate
+    from sidecar.webhook.settings import load_webhook_settings
+
+    config = tmp_path / "webhook.yaml"
+    config.write_text("sidecar: {model_front_door_url: 'http://127.0.0.1:7480/v1'}\n")
+    settings = load_webhook_settings(config)
+    pod = yaml.safe_load((TESTDATA / "embedded-engine.yaml").read_text())
+    result = mutate(
+        pod, namespace="agents", operation="CREATE", enrolled_namespace=True, settings=settings
+    )
+    containers = {c["name"]: c for c in result.pod["spec"]["containers"]}
+    sidecar = next(c for name, c in containers.items() if name == "agent-sidecar")
+    assert "frontdoor.listen=127.0.0.1:7480" in sidecar["args"]
+    agents = [c for name, c in containers.items() if name != "agent-sidecar"]
+    assert all(
+        {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:7480/v1"} in c["env"] for c in agents
+    )
+    config.write_text("sidecar: {model_front_door_url: 'http://0.0.0.0:7480/v1'}\n")
+    with pytest.raises(ConfigError, match="loopback only"):
+        load_webhook_settings(config)
