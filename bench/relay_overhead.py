@@ -47,6 +47,7 @@ def demo_config(work: Path) -> dict:
     config["audit"]["path"] = str(work / "audit.log")
     config["state"] = {"dir": str(work / "state")}
     config["approvals"]["listen"] = f"unix://{work}/approvals.sock"
+    config["frontdoor"] = {}
     return config
 
 

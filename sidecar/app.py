@@ -245,10 +245,31 @@ class Sidecar:
             svid_expires_at=lambda: _svid_expiry(identity),
             pending_approvals=approvals.pending_count,
         )
-        admin_port = metrics.serve(settings.admin.listen) if settings.admin.listen else None
-        server = SidecarServer(settings, mediator, identity, engine)
-        approvals_server = AdminServer(settings, approvals, identity, record)
-        frontdoor = FrontDoor(settings, mediator, engine) if settings.frontdoor.listen else None
+        # Listeners last, plain sockets before gRPC ones: a port in use fails the build before
+        # any gRPC server exists, and everything already opened is closed again.
+        try:
+            admin_port = metrics.serve(settings.admin.listen) if settings.admin.listen else None
+            frontdoor = FrontDoor(settings, mediator, engine) if settings.frontdoor.listen else None
+            server = SidecarServer(settings, mediator, identity, engine)
+            approvals_server = AdminServer(settings, approvals, identity, record)
+        except BaseException:
+            for close in (
+                metrics.close,
+                mediator.close,
+                relay.close,
+                models.close,
+                engine.close,
+                audit.close,
+                state.close,
+                *((notifier.close,) if notifier else ()),
+                *((shadow.close,) if shadow else ()),
+                *((identity.close,) if identity else ()),
+            ):
+                try:
+                    close()
+                except Exception:
+                    log.exception("cleanup after a failed start")
+            raise
         reloader = None
         if isinstance(engine, EmbeddedEngine):
             interval = settings.policy.reload_interval_ms / 1000

@@ -284,3 +284,28 @@ def test_in_jwt_mode_the_api_key_carries_the_jwt_svid(
         sdk(running).chat.completions.create(model="local-small", messages=USER)
     assert refused.value.body["code"] == "jwt_malformed"
     assert len(models.received) == 1
+
+
+def test_a_front_door_port_in_use_fails_the_start_and_closes_what_opened(tools, tmp_path):
+    import socket
+
+    from sidecar.app import Sidecar
+    from tests.support.running import sidecar_settings
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    settings = sidecar_settings(tmp_path, tools.url, frontdoor={"listen": f"127.0.0.1:{port}"})
+    with pytest.raises(OSError, match="in use"):
+        Sidecar.build(settings)
+    busy.close()
+    # Nothing was left holding the state database or the audit log: a new sidecar starts.
+    settings = sidecar_settings(tmp_path, tools.url, frontdoor={"listen": f"127.0.0.1:{port}"})
+    from tests.support.running import RunningSidecar
+
+    running = RunningSidecar(settings)
+    try:
+        assert running.sidecar.frontdoor.port == port
+    finally:
+        running.stop()

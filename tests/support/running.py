@@ -16,6 +16,7 @@ from sidecar.client import SidecarClient
 from sidecar.config import Settings, parse_settings
 
 ROOT = Path(__file__).resolve().parents[2]
+_STOPPED: list[RunningSidecar] = []
 # Every audit log a test sidecar wrote this session, for the secret scan in conftest.
 AUDIT_PATHS: list[Path] = []
 DEMO_CONFIG = ROOT / "examples" / "demo" / "config.yaml"
@@ -33,6 +34,7 @@ def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settin
     raw["audit"]["signing_key"] = str(tmp_path / "audit-signing.key")
     raw["admin"] = {"listen": "127.0.0.1:0"}  # a free port per test sidecar
     raw["state"] = {"dir": str(tmp_path / "state")}
+    raw["frontdoor"] = {}  # off unless a test asks (the demo's fixed port would collide)
     raw["approvals"] = {
         "listen": f"unix://{tmp_path}/approvals.sock",
         "groups": {"payments-oncall": ["local:alice", APPROVER]},
@@ -94,8 +96,10 @@ class RunningSidecar:
         self.run(self.loop.shutdown_default_executor())  # no idle threads left behind
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
-        if not self.loop.is_running():
-            self.loop.close()
+        # Kept referenced for the rest of the session: the garbage collector finalizing a
+        # stopped sidecar's grpc.aio objects while other sidecars' loops run has crashed the
+        # test process (a segfault during GC). In production one sidecar owns the process.
+        _STOPPED.append(self)
 
 
 @contextlib.contextmanager
