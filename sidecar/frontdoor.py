@@ -21,7 +21,8 @@ decision id in the ``x-agent-sidecar-decision-id`` header):
     409 approval_required      a human must approve this exact request; retry with the id
     400 invalid_request_error  404 not_found_error (unknown model)
     429 rate_limit_error       a token budget or the step-up flood limit
-    502/503/504                the provider failed, is unreachable, or took too long
+    502/503/504                the provider failed (or answered too much), is unreachable, or
+                               took too long
 
 409 rather than 202: the SDK treats any 2xx as a completion, and the request did *not*
 happen. Sidecar refusals carry ``x-should-retry: false`` so the SDK does not repeat them.
@@ -70,6 +71,8 @@ _RETRYABLE = {"upstream_unavailable", "upstream_timeout", "identity_not_ready"}
 def error_body(result: CallResult) -> tuple[int, dict[str, Any]]:
     """The HTTP status and OpenAI-shaped error for a call that did not complete."""
     status, kind = _STATUS.get(result.status, (500, "api_error"))
+    if result.code == "upstream_response_too_large":  # the provider's fault, not a quota
+        status, kind = 502, "upstream_error"
     if result.upstream_status:
         status = result.upstream_status if 400 <= result.upstream_status < 500 else 502
         kind = "upstream_error"

@@ -81,6 +81,17 @@ def _query_value(key: str, value: Any) -> str:
     raise RequestBuildError(f"argument {key!r} cannot be sent as a query parameter")
 
 
+def read_bounded(response: requests.Response, limit: int, what: str) -> bytes:
+    """The whole body, or :class:`UpstreamResponseTooLarge` as soon as it passes ``limit``."""
+    chunks, size = [], 0
+    for chunk in response.iter_content(chunk_size=65536):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamResponseTooLarge(f"{what} exceeds relay.max_response_bytes ({limit})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class _TlsAdapter(HTTPAdapter):
     """An adapter whose connections use a given SSLContext (client certificate, roots)."""
 
@@ -172,16 +183,7 @@ class HttpRelay:
         return UpstreamResponse(response.status_code, content_type, content)
 
     def _read_bounded(self, response: requests.Response) -> bytes:
-        chunks, size = [], 0
-        for chunk in response.iter_content(chunk_size=65536):
-            size += len(chunk)
-            if size > self._max_response_bytes:
-                raise UpstreamResponseTooLarge(
-                    f"the upstream's answer exceeds relay.max_response_bytes "
-                    f"({self._max_response_bytes})"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return read_bounded(response, self._max_response_bytes, "the upstream's answer")
 
     def close(self) -> None:
         for session in self._sessions.values():

@@ -30,6 +30,7 @@ from sidecar.relay.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from sidecar.relay.http import read_bounded
 
 __all__ = ["ModelRelay", "ProviderKey"]
 
@@ -146,16 +147,9 @@ class ModelRelay:
     ) -> dict[str, Any]:
         """One chat completion: the provider's ``chat.completion`` object."""
         response = self._post(provider, body, timeout_s, headers)
-        chunks, size = [], 0
         try:
             with response:
-                for chunk in response.iter_content(chunk_size=65536):
-                    size += len(chunk)
-                    if size > self._max:
-                        raise UpstreamResponseTooLarge(
-                            f"the provider's answer exceeds relay.max_response_bytes ({self._max})"
-                        )
-                    chunks.append(chunk)
+                content = read_bounded(response, self._max, "the provider's answer")
         except requests.Timeout as exc:
             raise UpstreamTimeout(f"the provider did not answer within {timeout_s:.1f}s") from exc
         except requests.RequestException as exc:
@@ -163,7 +157,7 @@ class ModelRelay:
                 f"the provider's answer broke off ({type(exc).__name__})"
             ) from exc
         try:
-            completion = json.loads(b"".join(chunks))
+            completion = json.loads(content)
         except ValueError as exc:
             raise UpstreamBadResponse("the provider's answer is not JSON") from exc
         if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):

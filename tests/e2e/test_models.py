@@ -309,3 +309,24 @@ def test_a_front_door_port_in_use_fails_the_start_and_closes_what_opened(tools, 
         assert running.sidecar.frontdoor.port == port
     finally:
         running.stop()
+
+
+def test_an_oversized_answer_is_refused(start_model_sidecar, models):
+    running = start_model_sidecar(relay={"max_response_bytes": 1000})
+    models.script(reply="x" * 2000)
+    client = sdk(running)
+    with pytest.raises(openai.APIStatusError) as unary:
+        client.chat.completions.create(model="gpt-small", messages=USER)
+    assert (unary.value.status_code, unary.value.body["code"]) == (
+        502,
+        "upstream_response_too_large",
+    )
+    # Streamed: refused before the first chunk reached the agent, so a plain 502.
+    with pytest.raises(openai.APIStatusError) as streamed:
+        list(client.chat.completions.create(model="gpt-small", messages=USER, stream=True))
+    assert (streamed.value.status_code, streamed.value.body["code"]) == (
+        502,
+        "upstream_response_too_large",
+    )
+    codes = [r["outcome"]["code"] for r in audit_lines(running.audit_path)]
+    assert codes == ["upstream_response_too_large"] * 2
