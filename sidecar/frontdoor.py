@@ -65,14 +65,17 @@ _STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
     _S.DEADLINE_EXCEEDED: (504, "timeout_error"),
     _S.INTERNAL: (500, "api_error"),
 }
+# Codes whose gRPC status reads differently over HTTP: a too-large answer is the provider's
+# fault (502), not the caller's quota (429).
+_CODE_STATUS: dict[str, tuple[int, str]] = {
+    "upstream_response_too_large": (502, "upstream_error"),
+}
 _RETRYABLE = {"upstream_unavailable", "upstream_timeout", "identity_not_ready"}
 
 
 def error_body(result: CallResult) -> tuple[int, dict[str, Any]]:
     """The HTTP status and OpenAI-shaped error for a call that did not complete."""
-    status, kind = _STATUS.get(result.status, (500, "api_error"))
-    if result.code == "upstream_response_too_large":  # the provider's fault, not a quota
-        status, kind = 502, "upstream_error"
+    status, kind = _CODE_STATUS.get(result.code) or _STATUS.get(result.status, (500, "api_error"))
     if result.upstream_status:
         status = result.upstream_status if 400 <= result.upstream_status < 500 else 502
         kind = "upstream_error"
@@ -210,7 +213,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._plain_error(404, "not_found", f"no route {self.path}")
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        raw_length = self.headers.get("Content-Length") or ""
+        if not raw_length.isdigit():  # also refuses chunked bodies: the SDK always sends a length
+            self._plain_error(411, "length_required", "Content-Length (a byte count) is required")
+            self.close_connection = True
+            return
+        length = int(raw_length)
         limit = self.door._settings.frontdoor.max_request_bytes
         if length > limit:
             self._plain_error(413, "request_too_large", f"the body exceeds {limit} bytes")

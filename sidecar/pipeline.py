@@ -806,6 +806,7 @@ class Mediator:
                 completion = await self._complete_model(
                     model.provider, body, headers, min(provider.timeout_s, remaining), remaining
                 )
+                record.relayed = True
                 record.upstream["status"] = 200
                 record.upstream["response_classes"] = classify(completion.get("choices"))
                 completion = redact_choices(completion, obligations.redact_response)
@@ -833,17 +834,16 @@ class Mediator:
             record.relayed = record.relayed or exc.code == "upstream_stream_interrupted"
             raise _Stop(exc.code, str(exc), **common) from exc
         finally:
+            # Whatever the provider produced counts against the budgets, also when the call
+            # then failed (a broken stream): its usage, or an estimate when it sent none.
             record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
-            if usage is None and record.relayed:
+            if usage is None and (
+                text or (record.relayed and record.upstream.get("status") == 200)
+            ):
                 usage = estimate_usage(sent, text)
             if usage is not None:
                 record.model["usage"] = usage.to_dict()
                 self._budgets.record(subject.spiffe_id, request.task_id, usage.total_tokens)
-        record.relayed = True
-        if usage is None:
-            usage = estimate_usage(sent, text)
-            record.model["usage"] = usage.to_dict()
-            self._budgets.record(subject.spiffe_id, request.task_id, usage.total_tokens)
         result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common)
         result.usage = usage
         if not request.stream:
@@ -882,6 +882,12 @@ class Mediator:
             result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK)
         except _Stop as stop:
             result = CallResult(record.decision_id, stop.code, status_for(stop.code), str(stop))
+        except Exception:
+            log.exception("internal error", extra={"decision_id": record.decision_id})
+            allowed = []
+            result = CallResult(
+                record.decision_id, "internal_error", status_for("internal_error"), "internal error"
+            )
         return self._finish(record, result, started), allowed
 
     async def _complete_model(

@@ -168,17 +168,7 @@ class SidecarService:
         yield sidecar_pb2.ModelChunk(decision=first, usage=_usage_message(result))
 
     async def _decode_model(self, raw: bytes, context: Any, rpc: str) -> ModelCall:
-        if len(raw) > self._max:
-            result = await self._mediator.reject(rpc, "request_too_large", "request too large")
-            await _abort(context, result)
-        try:
-            msg = sidecar_pb2.CallModelRequest.FromString(raw)
-        except message.DecodeError:
-            result = await self._mediator.reject(
-                rpc, "malformed_request", f"the request is not a valid {rpc} message"
-            )
-            await _abort(context, result)
-            raise
+        msg = await self._decode(rpc, sidecar_pb2.CallModelRequest, raw, context)
         return ModelCall(
             model=msg.model,
             messages_json=msg.messages_json,
@@ -190,24 +180,14 @@ class SidecarService:
             delegation_chain=tuple(msg.delegation_chain),
         )
 
-    async def start_task(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        request = await self._decode_task(sidecar_pb2.StartTaskRequest, raw, context)
-        result = await self._mediator.task_rpc(
-            "StartTask", _call_context(context), intent=request.intent, ttl_s=request.ttl_s
-        )
-        return await self._task_answer(result, context)
-
-    async def end_task(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-        request = await self._decode_task(sidecar_pb2.EndTaskRequest, raw, context)
-        result = await self._mediator.task_rpc(
-            "EndTask", _call_context(context), task_id=request.task_id
-        )
-        return await self._task_answer(result, context)
-
-    async def _decode_task(self, message_type: Any, raw: bytes, context: Any) -> Any:
-        rpc = message_type.__name__.removesuffix("Request")
+    async def _decode(self, rpc: str, message_type: Any, raw: bytes, context: Any) -> Any:
+        """The request message, or an audited INVALID_ARGUMENT abort (too large, undecodable)."""
         if len(raw) > self._max:
-            result = await self._mediator.reject(rpc, "request_too_large", "request too large")
+            result = await self._mediator.reject(
+                rpc,
+                "request_too_large",
+                f"request is {len(raw)} bytes; the limit is {self._max} (server.max_request_bytes)",
+            )
             await _abort(context, result)
         try:
             return message_type.FromString(raw)
@@ -216,6 +196,21 @@ class SidecarService:
                 rpc, "malformed_request", f"the request is not a valid {rpc} message"
             )
             await _abort(context, result)
+            raise
+
+    async def start_task(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await self._decode("StartTask", sidecar_pb2.StartTaskRequest, raw, context)
+        result = await self._mediator.task_rpc(
+            "StartTask", _call_context(context), intent=request.intent, ttl_s=request.ttl_s
+        )
+        return await self._task_answer(result, context)
+
+    async def end_task(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        request = await self._decode("EndTask", sidecar_pb2.EndTaskRequest, raw, context)
+        result = await self._mediator.task_rpc(
+            "EndTask", _call_context(context), task_id=request.task_id
+        )
+        return await self._task_answer(result, context)
 
     async def _task_answer(self, result: TaskResult, context: grpc.aio.ServicerContext) -> Any:
         if result.status != grpc.StatusCode.OK:
@@ -228,34 +223,21 @@ class SidecarService:
     async def _handle(
         self, rpc: str, message_type: Any, raw: bytes, context: grpc.aio.ServicerContext
     ) -> CallResult:
-        if len(raw) > self._max:
-            result = await self._mediator.reject(
-                rpc,
-                "request_too_large",
-                f"request is {len(raw)} bytes; the limit is {self._max} (server.max_request_bytes)",
-            )
-        else:
-            try:
-                request = message_type.FromString(raw)
-            except message.DecodeError:
-                result = await self._mediator.reject(
-                    rpc, "malformed_request", f"the request is not a valid {rpc} message"
-                )
-            else:
-                result = await self._mediator.call(
-                    rpc,
-                    ToolCall(
-                        tool=request.tool,
-                        arguments_json=request.arguments_json,
-                        task_id=request.task_id,
-                        intent=request.intent,
-                        approval_id=getattr(request, "approval_id", ""),
-                        no_wait=getattr(request, "no_wait", False),
-                        delegation_chain=tuple(request.delegation_chain),
-                    ),
-                    context=_call_context(context),
-                    time_remaining=context.time_remaining(),
-                )
+        request = await self._decode(rpc, message_type, raw, context)
+        result = await self._mediator.call(
+            rpc,
+            ToolCall(
+                tool=request.tool,
+                arguments_json=request.arguments_json,
+                task_id=request.task_id,
+                intent=request.intent,
+                approval_id=getattr(request, "approval_id", ""),
+                no_wait=getattr(request, "no_wait", False),
+                delegation_chain=tuple(request.delegation_chain),
+            ),
+            context=_call_context(context),
+            time_remaining=context.time_remaining(),
+        )
         if result.status != grpc.StatusCode.OK:
             await _abort(context, result)
         return result

@@ -330,3 +330,44 @@ def test_an_oversized_answer_is_refused(start_model_sidecar, models):
     )
     codes = [r["outcome"]["code"] for r in audit_lines(running.audit_path)]
     assert codes == ["upstream_response_too_large"] * 2
+
+
+def test_bad_front_door_requests_get_clear_openai_shaped_errors(model_sidecar, models):
+    import http.client
+
+    port = model_sidecar.sidecar.frontdoor.port
+
+    def send(method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.putrequest(method, path)
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders(body)
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        conn.close()
+        return response.status, answer["error"]
+
+    url = "/v1/chat/completions"
+    cases = [
+        ("POST", url, b"{nope", {"Content-Length": "5"}, 400, "invalid_json"),
+        ("POST", url, b"[1]", {"Content-Length": "3"}, 400, "invalid_json"),
+        ("POST", url, b"{}", {"Content-Length": "x"}, 411, "length_required"),
+        ("POST", url, b"{}", {}, 411, "length_required"),
+        ("POST", url, b"{}", {"Content-Length": str(10**9)}, 413, "request_too_large"),
+        ("POST", "/v1/embeddings", b"{}", {"Content-Length": "2"}, 404, "not_found"),
+        ("GET", "/v1/files", None, {}, 404, "not_found"),
+        (
+            "POST",
+            url,
+            b'{"model": "gpt-small"}',
+            {"Content-Length": "22"},
+            400,
+            "invalid_arguments",
+        ),
+    ]
+    for method, path, body, headers, status, code in cases:
+        got_status, error = send(method, path, body, headers)
+        assert (got_status, error["code"]) == (status, code), (path, body, headers)
+        assert error["message"]
+    assert models.received == []
