@@ -2,7 +2,7 @@
 
   agent-sidecar serve --config FILE
   agent-sidecar check --config FILE --input FILE.json
-  agent-sidecar policy test [DIR] [--verbose] [--run REGEX]
+  agent-sidecar policy test [DIR] [--verbose] [--run REGEX] [--watch]
   agent-sidecar policy eval --input FILE [--policy DIR] [--query Q]
   agent-sidecar policy check [DIR] [--query Q]
   agent-sidecar policy replay --audit FILE --policy DIR [--fail-on-change] [--to-tests FILE]
@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--verbose", "-v", action="store_true", help="print passing tests too")
     test.add_argument("--run", "-r", metavar="REGEX", help="only tests whose ref matches")
     test.add_argument("--coverage", action="store_true", help="(not available: says why)")
+    test.add_argument(
+        "--watch", "-w", action="store_true", help="run again on every change (Ctrl-C stops)"
+    )
     test.set_defaults(func=_policy_test)
 
     query_default = "data.agentsidecar.authz.decision"
@@ -515,7 +518,7 @@ def _policy_replay(args: argparse.Namespace) -> int:
 
 
 def _policy_test(args: argparse.Namespace) -> int:
-    from sidecar.policy.testing import TestOutcome, TestResult, run_tests, warnings
+    from sidecar.policy.watch import watch
 
     if args.coverage:
         print(
@@ -524,9 +527,14 @@ def _policy_test(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.watch:
+        return watch(args.dir, lambda: _run_policy_tests(args), sys.stdout)
+    return _run_policy_tests(args)
 
-    for warning in warnings(args.dir):
-        print(f"warning: {warning}", file=sys.stderr)
+
+def _run_policy_tests(args: argparse.Namespace) -> int:
+    from sidecar.policy.errors import PolicyLoadError
+    from sidecar.policy.testing import TestOutcome, TestResult, run_tests, warnings
 
     def show(result: TestResult) -> None:
         ms = f"{result.duration_s * 1000:.1f}ms"
@@ -538,7 +546,13 @@ def _policy_test(args: argparse.Namespace) -> int:
         if result.outcome in (TestOutcome.FAIL, TestOutcome.ERROR):
             print(f"  {result.case.file}:{result.case.line}: {result.message}")
 
-    results = run_tests(args.dir, run=args.run, on_result=show)
+    try:
+        for warning in warnings(args.dir):
+            print(f"warning: {warning}", file=sys.stderr)
+        results = run_tests(args.dir, run=args.run, on_result=show)
+    except PolicyLoadError as exc:
+        print(f"agent-sidecar: {exc}", file=sys.stderr, flush=True)
+        return 2
     passed = sum(r.outcome == TestOutcome.PASS for r in results)
     failed = sum(r.outcome in (TestOutcome.FAIL, TestOutcome.ERROR) for r in results)
     skipped = sum(r.outcome == TestOutcome.SKIP for r in results)
@@ -547,7 +561,7 @@ def _policy_test(args: argparse.Namespace) -> int:
         return 1
     print("-" * 80)
     summary = f"{passed} passed, {failed} failed"
-    print(summary + (f", {skipped} skipped" if skipped else ""))
+    print(summary + (f", {skipped} skipped" if skipped else ""), flush=True)
     return 1 if failed else 0
 
 

@@ -22,6 +22,7 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "request_too_large": _S.INVALID_ARGUMENT,
     "malformed_request": _S.INVALID_ARGUMENT,
     "invalid_arguments": _S.INVALID_ARGUMENT,
+    "input_unrepresentable": _S.INVALID_ARGUMENT,
     "unknown_tool": _S.NOT_FOUND,
     "unknown_model": _S.NOT_FOUND,
     # model token budgets (sidecar/budgets.py), enforced whatever policy says

@@ -19,9 +19,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import regopy
-from regopy import Interpreter, NodeKind
+from regopy import Interpreter, LogLevel, NodeKind
 from regopy.rego_shared import (
     rego_bundle_query,
+    rego_bundle_query_entrypoint,
     rego_free_output,
     rego_node_get,
     rego_node_size,
@@ -33,10 +34,26 @@ from regopy.rego_shared import (
     rego_query,
 )
 
+from sidecar._loadorder import LOAD_ORDER_HELP, engine_loaded_first
+from sidecar.policy._rego_input import UnrepresentableInput, set_input
 from sidecar.policy.compat import RegoModule, check_builtins
-from sidecar.policy.errors import PolicyLoadError
+from sidecar.policy.errors import (
+    CompileError,
+    LoadOrderError,
+    PolicyLoadError,
+    UnsupportedBuiltinError,
+)
+from sidecar.policy.portability import PortabilityError, portability_issues
 
-__all__ = ["ENGINE_VERSION", "CompiledQuery", "EvalError", "new_interpreter", "query_once"]
+__all__ = [
+    "ENGINE_VERSION",
+    "CompiledQuery",
+    "EvalError",
+    "compile_entrypoints",
+    "new_interpreter",
+    "query_entrypoint",
+    "query_once",
+]
 
 ENGINE_VERSION = f"regopy {regopy.rego_version()}"
 _BINDING = "result"
@@ -56,17 +73,26 @@ def new_interpreter(modules: Iterable[RegoModule], data: Any) -> Interpreter:
 
     Refuses (``UnsupportedBuiltinError``) a module that calls a built-in rego-cpp lacks.
     """
+    if not engine_loaded_first():
+        raise LoadOrderError(LOAD_ORDER_HELP)
     modules = list(modules)
     interp = Interpreter()
+    interp.log_level = LogLevel.NONE  # errors come back to us; the engine must not print them
     interp.strict_built_in_errors = True
     check_builtins(modules, interp.is_builtin)
+    issues = portability_issues(modules)
+    if issues and issues[0].builtin:
+        first = issues[0]
+        raise UnsupportedBuiltinError(first.builtin, first.file, first.line, first.message)
+    if issues:
+        raise PortabilityError(issues[0])
     for module in modules:
         try:
             interp.add_module(module.path, module.source)
         except (regopy.RegoError, ValueError) as exc:
-            raise PolicyLoadError(f"{module.path}: does not compile: {_first_line(exc)}") from exc
+            raise _compile_error(exc, modules, module.path) from exc
     try:
-        interp.add_data_json(json.dumps(data))
+        interp.add_data_json(json.dumps(data, ensure_ascii=False))
     except (regopy.RegoError, ValueError) as exc:
         raise PolicyLoadError(f"data documents are not accepted by the engine: {exc}") from exc
     return interp
@@ -76,24 +102,54 @@ class CompiledQuery:
     """One interpreter with ``query`` compiled once into a bundle; not thread-safe by itself."""
 
     def __init__(self, modules: Iterable[RegoModule], data: Any, query: str) -> None:
-        self._interp = new_interpreter(modules, data)
+        self._modules = list(modules)
+        self._interp = new_interpreter(self._modules, data)
         try:
             self._bundle = self._interp.build(f"{_BINDING} = {query}")
         except (regopy.RegoError, ValueError) as exc:
-            raise PolicyLoadError(f"policy does not compile: {_first_line(exc)}") from exc
+            raise _compile_error(exc, self._modules, None) from exc
         if not self._bundle.ok():
             raise PolicyLoadError("policy does not compile (the engine built no plan)")
 
-    def evaluate(self, input_json: str) -> tuple[bool, Any]:
-        """Return ``(defined, value)``; raise :class:`EvalError` on any engine error."""
+    def evaluate(self, input_doc: dict[str, Any]) -> tuple[bool, Any]:
+        """Return ``(defined, value)``; raise :class:`EvalError` on any engine error and
+        :class:`UnrepresentableInput` for a number the engine would misjudge."""
         try:
-            self._interp.set_input_term(input_json)
-        except (regopy.RegoError, ValueError) as exc:
+            set_input(self._interp._impl, self._interp.set_input_term, input_doc)
+        except UnrepresentableInput:
+            raise
+        except (regopy.RegoError, ValueError, TypeError, RecursionError) as exc:
             raise EvalError([f"input rejected: {_first_line(exc)}"]) from exc
         doc = _run(lambda: rego_bundle_query(self._interp._impl, self._bundle._impl))
         if doc is None or _BINDING not in doc.get("bindings", {}):
             return False, None
         return True, doc["bindings"][_BINDING]
+
+
+Program = tuple[Interpreter, Any]
+
+
+def compile_entrypoints(modules: Iterable[RegoModule], data: Any, refs: list[str]) -> Program:
+    """Compile ``modules`` once with every ``data.a.b`` in ``refs`` as an entrypoint."""
+    interp = new_interpreter(modules, data)
+    entrypoints = [ref.removeprefix("data.").replace(".", "/") for ref in refs]
+    try:
+        bundle = interp.build(None, entrypoints)
+    except (regopy.RegoError, ValueError) as exc:
+        raise _compile_error(exc, list(modules), None) from exc
+    if not bundle.ok():
+        raise PolicyLoadError("the policy does not compile (the engine built no plan)")
+    return interp, bundle
+
+
+def query_entrypoint(program: Program, ref: str) -> tuple[bool, Any]:
+    """Evaluate one entrypoint of a :func:`compile_entrypoints` program."""
+    interp, bundle = program
+    entrypoint = ref.removeprefix("data.").replace(".", "/")
+    doc = _run(lambda: rego_bundle_query_entrypoint(interp._impl, bundle._impl, entrypoint))
+    if doc is None or not doc.get("expressions"):
+        return False, None
+    return True, doc["expressions"][0]
 
 
 def query_once(interp: Interpreter, query: str) -> tuple[bool, Any]:
@@ -158,6 +214,30 @@ def _error_nodes(output: Any) -> list[str]:
         if parts:
             messages.append(" ".join(parts))
     return messages or ["evaluation error"]
+
+
+_POSITIONED = re.compile(r"\(error \d+:([^|\n]*)\|(\d+)\|\d+\s+\(errormsg \d+:([^\n]*?)\)\s*$", re.M)
+
+
+def _compile_error(
+    exc: BaseException, modules: list[RegoModule], current: str | None
+) -> PolicyLoadError:
+    """A :class:`CompileError` naming ``file:line:col`` for each error rego-cpp reports (it
+    gives a byte offset into the named module), instead of its s-expression dump."""
+    sources = {m.path: m.source.encode() for m in modules}
+    errors = []
+    for path, offset, message in _POSITIONED.findall(str(exc)):
+        path = path or current or "?"
+        source = sources.get(path, b"")
+        at = min(int(offset), len(source))
+        start = source.rfind(b"\n", 0, at) + 1
+        line = source.count(b"\n", 0, at) + 1
+        col = len(source[start:at].decode(errors="replace")) + 1
+        errors.append(CompileError.Location(path, line, col, message.strip()))
+    if not errors:
+        where = f"{current}: " if current else ""
+        return PolicyLoadError(f"{where}does not compile: {_first_line(exc)}")
+    return CompileError(list(dict.fromkeys(errors)))
 
 
 def _first_line(exc: BaseException) -> str:

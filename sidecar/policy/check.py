@@ -21,7 +21,8 @@ from pathlib import Path
 
 from sidecar.policy._rego import CompiledQuery, new_interpreter
 from sidecar.policy.compat import RegoModule
-from sidecar.policy.errors import PolicyLoadError, UnsupportedBuiltinError
+from sidecar.policy.errors import CompileError, PolicyLoadError, UnsupportedBuiltinError
+from sidecar.policy.portability import PortabilityError, portability_issues
 from sidecar.policy.source import load_policy_dir
 
 __all__ = ["Finding", "check_policy"]
@@ -39,9 +40,11 @@ class Finding:
     line: int
     rule: str
     message: str
+    col: int = 0
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.rule}: {self.message}"
+        where = f"{self.file}:{self.line}" + (f":{self.col}" if self.col else "")
+        return f"{where}: {self.rule}: {self.message}"
 
 
 def check_policy(policy_dir: str | Path, query: str) -> list[Finding]:
@@ -57,8 +60,16 @@ def check_policy(policy_dir: str | Path, query: str) -> list[Finding]:
         CompiledQuery(policy, source.data, query)
     except UnsupportedBuiltinError as exc:
         findings.append(Finding(exc.file, exc.line, "unsupported-builtin", str(exc)))
+    except CompileError as exc:
+        findings += [Finding(e.file, e.line, "compile", e.message, e.col) for e in exc.errors]
+    except PortabilityError:
+        pass  # every portability issue is reported below, not only the first
     except PolicyLoadError as exc:
         findings.append(Finding(str(root), 0, "compile", str(exc)))
+    findings += [
+        Finding(i.file, i.line, i.rule, f"{i.message} (or run it with `policy.engine: opa`)")
+        for i in portability_issues(source.modules)
+    ]
     findings += _check_data(root, source.data)
     findings += _lint(root, source.modules, query)
     return findings

@@ -9,7 +9,8 @@ the source at load time turns that into an error naming the built-in, the file a
 
 This is a lexical scan, not a parser: strings and comments are blanked first (keeping line
 numbers), then every ``name(`` / ``a.b.c(`` is a call unless it is a keyword, a rule head at
-column 0 (a function definition), or a reference into ``data`` (a policy-defined function).
+column 0 followed by ``:=``/``=``/``if``/a body (a function definition), or a reference into
+``data`` (a policy-defined function).
 """
 
 from __future__ import annotations
@@ -103,10 +104,24 @@ def find_calls(module: RegoModule) -> list[Call]:
         if name in _KEYWORDS:
             continue
         line_start = code.rfind("\n", 0, match.start()) + 1
-        if line_start == match.start() or code[line_start : match.start()].strip() == "default":
+        at_head = line_start == match.start() or code[line_start : match.start()] == "default "
+        if at_head and _is_definition(code, match.end()):
             continue  # a rule head: `f(x) := ...` defines f
         calls.append(Call(name=name, line=code.count("\n", 0, match.start()) + 1))
     return calls
+
+
+_HEAD_TAIL = re.compile(r"\s*(?::=|=|if\b|\{|contains\b|else\b)")
+
+
+def _is_definition(code: str, after_paren: int) -> bool:
+    """A column-0 ``f(...)`` defines f when its closing paren is followed by ``:=``, ``=``,
+    ``if`` or a body; otherwise it is a call (e.g. a body line that starts at column 0)."""
+    depth, i = 1, after_paren
+    while i < len(code) and depth:
+        depth += {"(": 1, ")": -1}.get(code[i], 0)
+        i += 1
+    return depth == 0 and _HEAD_TAIL.match(code, i) is not None
 
 
 def check_builtins(modules: Iterable[RegoModule], is_builtin: Callable[[str], bool]) -> None:

@@ -41,6 +41,7 @@ CODES = {
     "unknown_obligation": "the decision carries an obligation the sidecar does not know",
     "invalid_obligation": "a known obligation has a malformed value",
     "policy_error": "the policy engine failed to evaluate",
+    "input_unrepresentable": "the input holds a number the embedded engine cannot compare exactly",
     "policy_timeout": "the policy engine did not answer within its timeout",
     "opa_unavailable": "the OPA server could not be reached",
     "opa_timeout": "the OPA server did not answer in time",

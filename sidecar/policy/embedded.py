@@ -14,7 +14,6 @@ built-in, bad data) is rejected with :class:`PolicyLoadError` and the old one st
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import threading
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.policy._rego import ENGINE_VERSION, CompiledQuery, EvalError
+from sidecar.policy._rego_input import UnrepresentableInput
 from sidecar.policy.engine import EngineResult
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.source import PolicySource, load_policy_dir
@@ -86,9 +86,8 @@ class EmbeddedEngine:
 
     async def evaluate(self, input_doc: dict[str, Any], *, timeout_s: float) -> EngineResult:
         state = self._state
-        input_json = json.dumps(input_doc, separators=(",", ":"), allow_nan=False)
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, _evaluate, state, input_json)
+        future = loop.run_in_executor(self._executor, _evaluate, state, input_doc)
         try:
             defined, value = await asyncio.wait_for(future, timeout=max(timeout_s, 0.0))
         except TimeoutError:
@@ -96,6 +95,8 @@ class EmbeddedEngine:
                 "policy_timeout",
                 f"the policy engine did not answer within {timeout_s * 1000:.0f} ms",
             ) from None
+        except UnrepresentableInput as exc:
+            raise DecisionError("input_unrepresentable", str(exc)) from exc
         except EvalError as exc:
             raise DecisionError("policy_error", f"policy evaluation failed: {exc}") from exc
         return EngineResult(defined=defined, value=value, revision=state.source.revision)
@@ -104,7 +105,9 @@ class EmbeddedEngine:
         """Blocking evaluation without a timeout, for the CLI."""
         state = self._state
         try:
-            defined, value = _evaluate(state, json.dumps(input_doc, allow_nan=False))
+            defined, value = _evaluate(state, input_doc)
+        except UnrepresentableInput as exc:
+            raise DecisionError("input_unrepresentable", str(exc)) from exc
         except EvalError as exc:
             raise DecisionError("policy_error", f"policy evaluation failed: {exc}") from exc
         return EngineResult(defined=defined, value=value, revision=state.source.revision)
@@ -113,9 +116,9 @@ class EmbeddedEngine:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _evaluate(state: _State, input_json: str) -> tuple[bool, Any]:
+def _evaluate(state: _State, input_doc: dict[str, Any]) -> tuple[bool, Any]:
     compiled = state.pool.get()
     try:
-        return compiled.evaluate(input_json)
+        return compiled.evaluate(input_doc)
     finally:
         state.pool.put(compiled)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from sidecar.identity.subject import Subject
+if TYPE_CHECKING:  # the policy tools (check, test) load without the identity stack
+    from sidecar.identity.subject import Subject
 
 __all__ = ["INPUT_VERSION", "Action", "ApprovalInfo", "TaskInfo", "build_input"]
 

@@ -4,23 +4,28 @@ The files are ordinary OPA test files, so ``opa test DIR`` runs the same suite o
 Like ``opa test``: a test passes when its rule is true; false or undefined fails; an engine
 error is an error; rules named ``todo_test_*`` are skipped.
 
-Tests run in a worker subprocess that reports one JSON line per test. rego-cpp can crash the
-process on some ``with`` forms (see ``compat.risky_with_forms``); when the worker dies, the
-test it was running is reported as an ERROR naming the crash, and a new worker carries on
-with the rest, so one bad test never hides the others.
+Tests run in one worker subprocess for the whole run, which compiles the policy and the tests
+once and reports one JSON line per test. rego-cpp can crash the process on some ``with`` forms
+(see ``compat.risky_with_forms``); when the worker dies, the test it was running is reported as
+an ERROR naming the crash, and a new worker carries on with the rest, so one bad test never
+hides the others. A failed ``lhs == rhs`` test shows both values (``_test_explain``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sidecar.policy._rego import new_interpreter
 from sidecar.policy.compat import risky_with_forms
@@ -95,32 +100,64 @@ def run_tests(
     run: str | None = None,
     on_result: Callable[[TestResult], None] | None = None,
     worker: Sequence[str] = WORKER,
+    jobs: int | None = None,
 ) -> list[TestResult]:
     """Run every (matching) test; raises ``PolicyLoadError`` if the policy cannot load.
 
     ``worker`` is the command of the worker process (it gets the policy dir as its last
-    argument and speaks the JSON-lines protocol of ``_test_worker``).
+    argument and speaks the JSON-lines protocol of ``_test_worker``). Test files are shared
+    out to ``jobs`` workers (default: the CPUs available), each compiling its files once.
     """
     source = load_policy_dir(policy_dir, include_tests=True)
     new_interpreter(source.modules, source.data)  # load errors surface here, not in the worker
     pattern = re.compile(run) if run else None
     cases = [c for c in discover_tests(policy_dir) if pattern is None or pattern.search(c.ref)]
     results: list[TestResult] = []
+    lock = threading.Lock()
 
     def record(result: TestResult) -> None:
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
+        with lock:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
 
-    pending = []
+    by_file: dict[str, list[TestCase]] = {}
     for case in cases:
         if case.name.startswith("todo_"):
             record(TestResult(case, TestOutcome.SKIP, 0.0))
         else:
-            pending.append(case)
-    while pending:
-        pending = _run_worker(worker, Path(policy_dir), pending, record)
+            by_file.setdefault(case.file, []).append(case)
+    groups: list[list[TestCase]] = [[] for _ in range(max(1, jobs or _cpus()))]
+    for file_cases in sorted(by_file.values(), key=len, reverse=True):
+        min(groups, key=len).extend(file_cases)
+
+    def run_group(pending: list[TestCase]) -> None:
+        while pending:
+            pending = _run_worker(worker, Path(policy_dir), pending, record)
+
+    threads = [threading.Thread(target=run_group, args=(g,)) for g in groups if g]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     return results
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _event(line: str) -> dict[str, Any] | None:
+    """One protocol event, or None for anything else on the worker's stdout."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(event, dict) and event.get("event") in ("start", "result") and "ref" in event
+    return event if ok else None
 
 
 def _run_worker(
@@ -131,32 +168,48 @@ def _run_worker(
 ) -> list[TestCase]:
     """Run ``cases`` in one worker; return those not yet run if the worker died."""
     by_ref = {c.ref: c for c in cases}
-    proc = subprocess.Popen(
-        [*worker, str(policy_dir)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write("".join(json.dumps([c.file, c.ref]) + "\n" for c in cases))
-    proc.stdin.close()
-    done: set[str] = set()
-    running: str | None = None
-    started = time.perf_counter()
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event["event"] == "start":
-            running, started = event["ref"], time.perf_counter()
-        else:
-            case = by_ref[event["ref"]]
-            record(TestResult(case, event["outcome"], event["duration_s"], event["message"]))
-            done.add(event["ref"])
-            running = None
-    stderr = proc.stderr.read() if proc.stderr else ""
-    code = proc.wait()
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(
+            [*worker, str(policy_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("".join(json.dumps([c.file, c.ref]) + "\n" for c in cases))
+        proc.stdin.close()
+        done: set[str] = set()
+        running: str | None = None
+        started = time.perf_counter()
+        for line in proc.stdout:
+            event = _event(line)
+            if event is None:
+                continue
+            if event["event"] == "start":
+                running, started = event["ref"], time.perf_counter()
+            elif event["ref"] in by_ref:
+                case = by_ref[event["ref"]]
+                record(TestResult(case, event["outcome"], event["duration_s"], event["message"]))
+                done.add(event["ref"])
+                running = None
+        code = proc.wait()
+        errors.seek(0)
+        stderr = errors.read()
     if code == 0 and running is None:
         return [c for c in cases if c.ref not in done]
+    left = [c for c in cases if c.ref not in done]
+    if running is None and len({c.file for c in left}) > 1:
+        # It died compiling several test files together: run each file on its own, so that
+        # the one the engine cannot compile fails alone.
+        by_file: dict[str, list[TestCase]] = {}
+        for case in left:
+            by_file.setdefault(case.file, []).append(case)
+        for file_cases in by_file.values():
+            pending = file_cases
+            while pending:
+                pending = _run_worker(worker, policy_dir, pending, record)
+        return []
     if running is None:
         # The worker failed before running anything (e.g. the policy does not load).
         detail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit status {code}"

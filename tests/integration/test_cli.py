@@ -74,7 +74,11 @@ def test_a_test_file_the_engine_cannot_evaluate_errors_alone(tmp_path):
     assert done.returncode == 1
     assert "whole-document `with input as`" in done.stderr  # warned before running
     assert "ERROR: data.agentsidecar.authz_test.test_whole_input_with" in done.stdout
-    assert "could not evaluate this test file" in done.stdout
+    # Depending on the engine build it fails the file's evaluation or aborts the worker.
+    assert (
+        "could not evaluate this test file" in done.stdout
+        or "crashed evaluating this test (signal SIGABRT)" in done.stdout
+    )
     summary = done.stdout.strip().splitlines()[-1]
     passed = int(summary.split()[0])
     assert passed >= 18 and summary.endswith("1 failed")

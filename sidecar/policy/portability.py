@@ -1,0 +1,248 @@
+"""What a policy may use so that it means the same on the embedded engine and on OPA.
+
+rego-cpp (regopy 1.5) differs from OPA v1 in places that change decisions silently. Measured
+against OPA's own Go engine (``tests/oracle/``), each difference is closed here by refusing the
+construct at load, with a named rule, the file and line, and the fix:
+
+``divergent-builtin``    a built-in whose results differ (``lower``/``upper`` on non-ASCII,
+                         ``object.union`` not deep, ``sort`` of mixed types, ``sprintf`` verbs,
+                         time parsing and formatting, ...), or one the semantics suite has not
+                         verified: only :data:`VERIFIED_BUILTINS` are accepted.
+``sprintf-format``       ``sprintf`` with a format that is not a literal of ``%v``/``%s`` verbs.
+``not-undefined``        ``not`` over a call, operator or dynamic index whose operand is a
+                         reference (``not f(input.x)``): OPA makes it undefined when the
+                         reference is, rego-cpp makes it true (R1).
+``untyped-comparison``   ``<``, ``>``, ``<=``, ``>=`` on a reference or variable whose type the
+                         rule does not check (``is_number(x)``/``is_string(x)``): OPA orders
+                         values across types (``"500" > 100``), rego-cpp is undefined (R3).
+
+Numbers rego-cpp cannot compare exactly are refused per call instead
+(``sidecar/policy/_rego_input.py``, R2 and R4). The checks are lexical, like ``compat``: strings
+and comments are blanked first, so they never trigger a rule.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sidecar.policy.compat import RegoModule, find_calls
+from sidecar.policy.errors import PolicyLoadError
+
+__all__ = [
+    "DIVERGENT_BUILTINS",
+    "VERIFIED_BUILTINS",
+    "PortabilityError",
+    "PortabilityIssue",
+    "portability_issues",
+]
+
+# Built-ins whose results the semantics suite (tests/oracle/test_semantics.py) shows identical
+# on both engines, edge cases included. Adding one here needs cases there.
+VERIFIED_BUILTINS = frozenset(
+    {
+        "abs", "array.concat", "array.reverse", "array.slice", "base64.decode",
+        "base64.encode", "base64url.decode", "base64url.encode", "ceil", "concat",
+        "contains", "count", "crypto.sha256", "endswith", "floor", "format_int",
+        "glob.match", "hex.decode", "hex.encode", "indexof", "intersection", "is_array",
+        "is_boolean", "is_null", "is_number", "is_object", "is_string", "json.marshal",
+        "json.unmarshal", "max", "min", "numbers.range", "object.filter", "object.get",
+        "object.keys", "object.remove", "product", "replace", "round", "semver.compare",
+        "semver.is_valid", "split", "sprintf", "startswith", "strings.any_prefix_match",
+        "strings.any_suffix_match", "strings.count", "strings.replace_n", "strings.reverse",
+        "substring", "sum", "time.add_date", "time.clock", "time.date", "time.now_ns",
+        "time.parse_duration_ns", "time.weekday", "trim", "trim_left", "trim_prefix",
+        "trim_right", "trim_space", "trim_suffix", "type_name", "union", "units.parse_bytes",
+    }
+)  # fmt: skip
+
+# Built-ins the embedded engine has but that decide differently from OPA (each shown by a case
+# in tests/oracle/test_semantics.py). Named here so the error says what differs.
+DIVERGENT_BUILTINS = {
+    "lower": "lowercases ASCII only (lower(\"TİCKETS\") keeps İ)",
+    "upper": "uppercases ASCII only",
+    "sort": "orders values of mixed types differently",
+    "object.union": "does not merge nested objects",
+    "object.union_n": "does not merge nested objects",
+    "is_set": "is undefined, not false, for a value that is not a set",
+    "json.is_valid": "is undefined, not false, for invalid JSON",
+    "regex.match": "treats \\w and other classes as ASCII only",
+    "to_number": "turns integers beyond 64 bits into floats",
+    "time.parse_rfc3339_ns": "fails on 'Z' with fractional seconds",
+    "time.format": "always prints nanoseconds",
+    "walk": "fails with 'recursion detected'",
+    "opa.runtime": "exposes the process environment",
+    "net.cidr_contains": "is not implemented (errors at run time)",
+    "http.send": "is not implemented (errors at run time)",
+    "io.jwt.decode": "crashes on malformed tokens",
+}
+
+_SPRINTF_VERB = re.compile(r"%(.)")
+_NOT_EXPR = re.compile(r"\bnot\s+([^\n;]*)")
+_OPERATOR = re.compile(r"\(|\[\s*[A-Za-z_]|!=|<|>|\+|(?<![\w.])-(?!\d)|\*|/|%|&|\||\bin\b")
+_IDENT = re.compile(r"(?<![\w.])([A-Za-z_]\w*)(?!\w)(\s*\()?")
+_OPERAND = (
+    r"(?:[A-Za-z_]\w*(?:\.[A-Za-z_]\w*|\[[^\]\n]*\])*(?:\([^()\n]*\))?"
+    r"|-?\d[\d.]*(?:[eE][-+]?\d+)?|\"[^\"\n]*\")"
+)
+_COMPARISON = re.compile(rf"({_OPERAND})\s*(<=|>=|<|>)\s*({_OPERAND})")
+_RULE_START = re.compile(r"^[A-Za-z_]", re.M)
+_RULE_NAME = re.compile(r"^(?:default\s+)?([A-Za-z_]\w*)(\s*\()?", re.M)
+
+
+@dataclass(frozen=True)
+class PortabilityIssue:
+    file: str
+    line: int
+    rule: str
+    message: str
+    builtin: str = ""  # for divergent-builtin: the built-in's name
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.rule}: {self.message}"
+
+
+class PortabilityError(PolicyLoadError):
+    """The policy uses a construct that decides differently on the embedded engine and OPA."""
+
+    def __init__(self, issue: PortabilityIssue) -> None:
+        super().__init__(
+            f"{issue}; rewrite it, or run this policy with `policy.engine: opa` "
+            "(docs/policy-engines.md)"
+        )
+        self.issue = issue
+
+
+def portability_issues(modules: Iterable[RegoModule]) -> list[PortabilityIssue]:
+    """Every construct in ``modules`` that would decide differently on the two engines."""
+    modules = list(modules)
+    defined = {f"data.{m.package}.{name}" for m in modules for name in m.defined_functions()}
+    issues: list[PortabilityIssue] = []
+    for module in modules:
+        issues += _builtin_issues(module, defined)
+        issues += _not_issues(module)
+        if not module.path.endswith("_test.rego"):
+            issues += _comparison_issues(module)
+    return sorted(issues, key=lambda i: (i.file, i.line, i.rule))
+
+
+def _builtin_issues(module: RegoModule, defined: set[str]) -> list[PortabilityIssue]:
+    issues = []
+    local = {name for name in module.defined_functions()}
+    imports = module.imports()
+    for call in find_calls(module):
+        head = call.name.split(".")[0]
+        if call.name in local or head == "data" or head in imports:
+            continue  # a function the policy defines (compat checks that it exists)
+        if f"data.{module.package}.{call.name}" in defined:
+            continue
+        if call.name in DIVERGENT_BUILTINS:
+            why = f"which {DIVERGENT_BUILTINS[call.name]} on the embedded engine"
+        elif call.name not in VERIFIED_BUILTINS:
+            why = (
+                "which is not among the built-ins verified to decide on the embedded engine "
+                "as on OPA (docs/policy-engines.md lists them)"
+            )
+        else:
+            continue
+        issue = PortabilityIssue(module.path, call.line, "divergent-builtin", why, call.name)
+        issues.append(issue)
+    issues += _sprintf_issues(module)
+    return issues
+
+
+def _sprintf_issues(module: RegoModule) -> list[PortabilityIssue]:
+    code, source = module.code, module.source
+    issues = []
+    for match in re.finditer(r"(?<![\w.])sprintf\s*\(\s*", code):
+        start = match.end()
+        line = code.count("\n", 0, start) + 1
+        if not code.startswith('"', start):
+            issues.append(
+                PortabilityIssue(
+                    module.path, line, "sprintf-format", "the format must be a string literal"
+                )
+            )
+            continue
+        end = code.index('"', start + 1)
+        verbs = set(_SPRINTF_VERB.findall(source[start + 1 : end].replace("%%", "")))
+        if verbs - {"v", "s"}:
+            bad = ", ".join(sorted(f"%{v}" for v in verbs - {"v", "s"}))
+            issues.append(
+                PortabilityIssue(
+                    module.path,
+                    line,
+                    "sprintf-format",
+                    f"{bad} formats differently on the embedded engine; use %v or %s",
+                )
+            )
+    return issues
+
+
+def _rule_names(module: RegoModule) -> set[str]:
+    """Rules (not functions) the module defines: references that may be undefined."""
+    names = set()
+    for match in _RULE_NAME.finditer(module.code):
+        if match.group(1) not in {"package", "import"} and not match.group(2):
+            names.add(match.group(1))
+    return names
+
+
+def _not_issues(module: RegoModule) -> list[PortabilityIssue]:
+    code = module.code
+    references = {"input", "data"} | _rule_names(module) | set(module.imports())
+    issues = []
+    for match in _NOT_EXPR.finditer(code):
+        expr = match.group(1).split(" with ")[0]
+        text = module.source[match.start(1) : match.start(1) + len(expr)].strip()
+        if not _OPERATOR.search(expr):
+            continue
+        names = {m.group(1) for m in _IDENT.finditer(expr) if not m.group(2)}
+        found = sorted(names & references)
+        if found:
+            issues.append(
+                PortabilityIssue(
+                    module.path,
+                    code.count("\n", 0, match.start()) + 1,
+                    "not-undefined",
+                    f"`not {text}` over {found[0]}: OPA is undefined when it is, the "
+                    f"embedded engine true; bind it first (`v := {found[0]}...` then `not` over v)",
+                )
+            )
+    return issues
+
+
+def _bodies(code: str) -> list[tuple[int, str]]:
+    """(offset, text) of each top-level rule, from its head to the next column-0 line."""
+    starts = [m.start() for m in _RULE_START.finditer(code)] + [len(code)]
+    return [(a, code[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+
+
+def _typed(operand: str, body: str) -> bool:
+    if operand[0] in '"-0123456789' or operand.endswith(")"):
+        return True  # a literal, or a call (built-ins return typed values)
+    return any(f"{check}({operand})" in body for check in ("is_number", "is_string"))
+
+
+def _comparison_issues(module: RegoModule) -> list[PortabilityIssue]:
+    issues = []
+    for offset, body in _bodies(module.code):
+        if body.startswith(("package", "import")):
+            continue
+        for match in _COMPARISON.finditer(body):
+            text = module.source[offset + match.start() : offset + match.end()]
+            for operand in (match.group(1), match.group(3)):
+                if not _typed(operand, body):
+                    issues.append(
+                        PortabilityIssue(
+                            module.path,
+                            module.code.count("\n", 0, offset + match.start()) + 1,
+                            "untyped-comparison",
+                            f"`{text}`: check the type of {operand} first "
+                            f"(is_number({operand})); OPA orders values across types, the "
+                            "embedded engine is undefined",
+                        )
+                    )
+                    break
+    return issues
