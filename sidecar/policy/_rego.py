@@ -216,7 +216,9 @@ def _error_nodes(output: Any) -> list[str]:
     return messages or ["evaluation error"]
 
 
-_POSITIONED = re.compile(r"\(error \d+:([^|\n]*)\|(\d+)\|\d+\s+\(errormsg \d+:([^\n]*?)\)\s*$", re.M)
+_POSITIONED = re.compile(
+    r"\(error \d+:([^|\n]*)\|(\d+)\|\d+\s+\(errormsg \d+:([^\n]*?)\)\s*$", re.M
+)
 
 
 def _compile_error(

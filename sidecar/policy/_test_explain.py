@@ -83,8 +83,7 @@ def explain_failure(module: RegoModule, ref: str, query: Query) -> str | None:
     except Exception:  # the explanation is best effort; the failure itself stands
         return None
     return (
-        f"expected: {_show(want_defined, want)}\n"
-        f"    actual:   {_show(got_defined, got)}   ({lhs})"
+        f"expected: {_show(want_defined, want)}\n    actual:   {_show(got_defined, got)}   ({lhs})"
     )
 
 

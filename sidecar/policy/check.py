@@ -24,6 +24,7 @@ from sidecar.policy.compat import RegoModule
 from sidecar.policy.errors import CompileError, PolicyLoadError, UnsupportedBuiltinError
 from sidecar.policy.portability import PortabilityError, portability_issues
 from sidecar.policy.source import load_policy_dir
+from sidecar.policy.static_check import static_issues
 
 __all__ = ["Finding", "check_policy"]
 
@@ -70,9 +71,27 @@ def check_policy(policy_dir: str | Path, query: str) -> list[Finding]:
         Finding(i.file, i.line, i.rule, f"{i.message} (or run it with `policy.engine: opa`)")
         for i in portability_issues(source.modules)
     ]
+    functions = {f for m in source.modules for f in m.defined_functions()}
+    for module in source.modules:
+        findings += [
+            Finding(i.file, i.line, i.rule, i.message) for i in static_issues(module, functions)
+        ]
     findings += _check_data(root, source.data)
     findings += _lint(root, source.modules, query)
-    return findings
+    return _unique(findings)
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    """One finding per file, line and rule (the lexical lints and the static checks overlap
+    on v0 syntax; the more specific message, found first, stays)."""
+    seen: set[tuple[str, int, str]] = set()
+    out = []
+    for finding in findings:
+        key = (finding.file, finding.line, finding.rule)
+        if key not in seen:
+            seen.add(key)
+            out.append(finding)
+    return out
 
 
 def _check_data(root: Path, data: object) -> list[Finding]:

@@ -165,7 +165,9 @@ def parse_decision(result: Any, *, defined: bool = True) -> Decision:
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
         raise DecisionError("policy_invalid_decision", "reasons must be a list of strings")
     obligations = _parse_obligations(result.get("obligations", {}))
-    return Decision(effect=effect, reasons=tuple(reasons), obligations=obligations)
+    # Reasons are unordered (policies build them from sets, which the engines iterate in
+    # different orders): sorted, so the decision enforced and audited is engine-independent.
+    return Decision(effect=effect, reasons=tuple(sorted(reasons)), obligations=obligations)
 
 
 def _parse_obligations(raw: Any) -> Obligations:

@@ -19,7 +19,9 @@ def echo(tmp_path_factory):
         "above := input.v > input.limit if {\n\tis_number(input.v)\n\tis_number(input.limit)\n}\n\n"
         "same := input.v == input.limit\n"
     )
-    return {q: EmbeddedEngine.from_dir(root, f"data.p.{q}", workers=1) for q in ("out", "above", "same")}
+    return {
+        q: EmbeddedEngine.from_dir(root, f"data.p.{q}", workers=1) for q in ("out", "above", "same")
+    }
 
 
 def _eval(engine, doc):
@@ -70,5 +72,5 @@ def test_admissible_floats_round_trip_and_compare_exactly(echo):
 )
 def test_strings_and_numbers_round_trip_on_the_node_and_the_term_path(echo, value):
     # A float six decimals cannot hold (1e-7) sends the whole document through the JSON term.
-    for doc in ({"k\"ey": value}, {"k\"ey": value, "force_term": 1e-7}):
+    for doc in ({'k"ey': value}, {'k"ey': value, "force_term": 1e-7}):
         assert _eval(echo["out"], doc) == json.loads(json.dumps(doc))

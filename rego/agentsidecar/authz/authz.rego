@@ -85,12 +85,18 @@ _deny contains msg if {
 	msg := sprintf("delegator %v holds no %v grant on %v", [delegator, _operation, _tool])
 }
 
+_chain_is_list if is_array(_chain)
+
+_deny contains "delegation.chain is not a list" if not _chain_is_list
+
 _depth_within_limit if {
+	is_array(_chain)
 	is_number(data.agentsidecar.max_delegation_depth)
 	count(_chain) <= data.agentsidecar.max_delegation_depth
 }
 
 _deny contains msg if {
+	_chain_is_list
 	not _depth_within_limit
 	msg := sprintf("delegation depth %v exceeds the limit", [count(_chain)])
 }

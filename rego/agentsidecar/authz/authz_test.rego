@@ -159,3 +159,16 @@ test_grants_come_from_data if {
 		with input.action as {"kind": "tool", "name": "tickets.get", "operation": "read", "target": "tickets", "arguments": {}, "data_classes": []}
 		with data.agentsidecar.grants as {}
 }
+
+# On OPA, `not is_number(input.action.arguments.amount)` is undefined when amount is missing;
+# the policy checks the argument through a helper so that a missing amount still steps up.
+test_high_risk_with_amount_missing_steps_up if {
+	authz.decision == {
+		"effect": "step_up",
+		"reasons": ["payments.refund needs approval: amount is missing or not a number"],
+		"obligations": {"approval": {"approvers": ["group:payments-oncall"], "ttl_s": 900}, "log": "full"},
+	} with input.version as 1
+		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
+		with input.action as {"kind": "tool", "name": "payments.refund", "operation": "act", "target": "payments", "arguments": {}, "data_classes": []}
+		with input.task as {"id": "t-1", "intent": "support", "calls": 0, "tokens": 0, "age_s": 1}
+}

@@ -100,3 +100,21 @@ test_malformed_depth_limit_denies_any_delegation if {
 		with input.delegation as {"chain": ["spiffe://demo.example/agent/planner"], "depth": 1}
 		with data.agentsidecar.max_delegation_depth as "two"
 }
+
+test_chain_that_is_not_a_list_denies if {
+	authz.decision == {
+		"effect": "deny",
+		"reasons": ["delegation.chain is not a list"],
+	} with input.version as 1
+		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
+		with input.action as {"kind": "tool", "name": "tickets.get", "operation": "read", "target": "tickets", "arguments": {"id": "7"}, "data_classes": []}
+		with input.delegation as {"chain": null, "depth": 0}
+}
+
+test_threshold_that_is_not_a_number_steps_up if {
+	authz.decision.reasons == ["payments.refund needs approval: its threshold is not a number"] with input.version as 1
+		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
+		with input.action as {"kind": "tool", "name": "payments.refund", "operation": "act", "target": "payments", "arguments": {"amount": 500}, "data_classes": []}
+		with input.task as {"id": "t-1", "intent": "support", "calls": 0, "tokens": 0, "age_s": 1}
+		with data.agentsidecar.high_risk as {"payments.refund": {"argument": "amount", "above": "100"}}
+}

@@ -69,24 +69,34 @@ default _chain := []
 
 _chain := input.delegation.chain
 
+# `not` is only ever applied to bound values: on OPA, `not f(input.missing)` is undefined.
 _deny contains msg if {
 	some delegator in _chain
-	not _holds(delegator, "delegate", input.action.name)
+	tool := input.action.name
+	not _holds(delegator, "delegate", tool)
 	msg := sprintf("delegator %v holds no delegate grant on %v", [delegator, _tool])
 }
 
 _deny contains msg if {
 	some delegator in _chain
-	not _holds(delegator, input.action.operation, input.action.name)
+	tool := input.action.name
+	operation := input.action.operation
+	not _holds(delegator, operation, tool)
 	msg := sprintf("delegator %v holds no %v grant on %v", [delegator, _operation, _tool])
 }
 
+_chain_is_list if is_array(_chain)
+
+_deny contains "delegation.chain is not a list" if not _chain_is_list
+
 _depth_within_limit if {
+	is_array(_chain)
 	is_number(data.agentsidecar.max_delegation_depth)
 	count(_chain) <= data.agentsidecar.max_delegation_depth
 }
 
 _deny contains msg if {
+	_chain_is_list
 	not _depth_within_limit
 	msg := sprintf("delegation depth %v exceeds the limit", [count(_chain)])
 }
@@ -121,26 +131,43 @@ _high_risk contains msg if {
 	msg := sprintf("%v needs approval", [_tool])
 }
 
+# Types are checked before every comparison: OPA orders values across types ("500" > 100).
 _high_risk contains msg if {
 	rule := data.agentsidecar.high_risk[input.action.name]
 	value := input.action.arguments[rule.argument]
+	is_number(value)
+	is_number(rule.above)
 	value > rule.above
 	msg := sprintf("%v needs approval when %v is above %v", [_tool, rule.argument, rule.above])
 }
 
-# A threshold rule whose argument is missing or not a number steps up too.
+_number_argument(rule) if is_number(input.action.arguments[rule.argument])
+
+# A threshold rule whose argument is missing or not a number steps up too (and so does a
+# rule whose threshold is not a number).
 _high_risk contains msg if {
 	rule := data.agentsidecar.high_risk[input.action.name]
 	rule.argument
-	not is_number(input.action.arguments[rule.argument])
+	not _number_argument(rule)
 	msg := sprintf("%v needs approval: %v is missing or not a number", [_tool, rule.argument])
+}
+
+_high_risk contains msg if {
+	rule := data.agentsidecar.high_risk[input.action.name]
+	rule.argument
+	not is_number(rule.above)
+	msg := sprintf("%v needs approval: its threshold is not a number", [_tool])
 }
 
 # A model call under a task that has used more than the budget needs a human.
 _high_risk contains msg if {
 	_is_model
-	input.task.tokens > data.agentsidecar.task_token_step_up
-	msg := sprintf("the task has used %v tokens, above %v", [input.task.tokens, data.agentsidecar.task_token_step_up])
+	tokens := input.task.tokens
+	limit := data.agentsidecar.task_token_step_up
+	is_number(tokens)
+	is_number(limit)
+	tokens > limit
+	msg := sprintf("the task has used %v tokens, above %v", [tokens, limit])
 }
 
 _approved if input.approval.id
@@ -153,27 +180,33 @@ _redact contains class if {
 	class in data.agentsidecar.redact_external
 }
 
+# Iterating a set yields its members in order, so these lists come out sorted on both engines.
 _base_obligations := {"log": "redacted"} if count(_redact) == 0
 
-_base_obligations := {"log": "redacted", "redact": sort([c | some c in _redact])} if count(_redact) > 0
+_base_obligations := {"log": "redacted", "redact": [c | some c in _redact]} if count(_redact) > 0
 
 _allow_obligations := _base_obligations if not _is_model
 
 # Model calls: max_tokens capped, and secrets or keys in the answer never reach the agent.
-_allow_obligations := object.union(_base_obligations, {
+_model_obligations := {
 	"max_tokens": data.agentsidecar.model_max_tokens,
 	"redact_response": ["private_key", "secret"],
-}) if _is_model
+}
+
+_allow_obligations := {k: v |
+	some obligations in [_base_obligations, _model_obligations]
+	some k, v in obligations
+} if _is_model
 
 # --- the decision: exactly one of these holds --------------------------------------------
 
 default decision := {"effect": "deny", "reasons": ["no rule allowed this call"]}
 
-decision := {"effect": "deny", "reasons": sort([r | some r in _deny])} if count(_deny) > 0
+decision := {"effect": "deny", "reasons": [r | some r in _deny]} if count(_deny) > 0
 
 decision := {
 	"effect": "step_up",
-	"reasons": sort([r | some r in _high_risk]),
+	"reasons": [r | some r in _high_risk],
 	"obligations": {
 		"approval": {"approvers": data.agentsidecar.approvers, "ttl_s": data.agentsidecar.approval_ttl_s},
 		"log": "full",

@@ -1,0 +1,243 @@
+"""Policy inputs generated from the input schema and the shipped data, for the differential run.
+
+Every dimension of ``rego/schemas/input.v1.json`` is varied one or two at a time from valid
+baselines (each granted subject and tool), and then in seeded random combinations: unknown,
+foreign-domain and confusable subjects and names, every operation, thresholds and the smallest
+representable step around them, missing fields, wrong types, delegation and approval shapes.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from typing import Any
+
+
+class _Missing:
+    """A field left out of the input (survives deepcopy as itself)."""
+
+    def __deepcopy__(self, memo: dict) -> _Missing:
+        return self
+
+
+_MISSING = _Missing()
+
+
+def _nudge(value: float, direction: float) -> float:
+    return math.nextafter(float(value), direction)
+
+
+def _subjects(data: dict[str, Any]) -> list[Any]:
+    known = sorted(set(data["grants"]) | set(data.get("models", {})))
+    out: list[Any] = list(known)
+    for sid in known[:2]:
+        out += [
+            sid.replace("demo.example", "evil.example"),  # foreign trust domain, same path
+            sid + "/",
+            sid.upper(),
+            sid.replace("o", "\u043e"),  # Cyrillic o
+            sid + "\u0000",
+            " " + sid,
+        ]
+    out += ["spiffe://demo.example/agent/unknown", "", 42, None, ["x"], _MISSING]
+    return out
+
+
+def _tools(data: dict[str, Any]) -> list[Any]:
+    names = sorted(
+        {t for grant in data["grants"].values() for ts in grant.values() for t in ts}
+        | set(data["high_risk"])
+        | {m for ms in data.get("models", {}).values() for m in ms}
+    )
+    out: list[Any] = list(names)
+    for name in names[:3]:
+        out += [name.upper(), name + " ", name.replace(".", "_"), "TİCKETS.GET"]
+    out += ["unknown.tool", "", 7, None, _MISSING]
+    return out
+
+
+def _amounts(limit: float) -> list[Any]:
+    return [
+        limit,
+        _nudge(limit, math.inf),  # the smallest step above: 17 digits, refused before policy
+        _nudge(limit, -math.inf),
+        limit + 1e-12,  # 15 significant digits: decided
+        limit - 1e-12,
+        limit + 0.5,
+        int(limit) + 1,
+        int(limit) - 1,
+        float(limit),
+        -1,
+        0,
+        1e15,
+        2**53 + 1,
+        2**63,  # beyond 64 bits: refused
+        5e-324,
+        1.7976931348623157e308,
+        str(int(limit) * 5),
+        "",
+        None,
+        True,
+        [],
+        {},
+        _MISSING,
+    ]
+
+
+def _put(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    target = doc
+    for key in path[:-1]:
+        if not isinstance(target.get(key), dict):
+            target[key] = {}
+        target = target[key]
+    if value is _MISSING:
+        target.pop(path[-1], None)
+    else:
+        target[path[-1]] = value
+
+
+def _base(subject: str, tool: str, operation: str, kind: str, target: str) -> dict[str, Any]:
+    return {
+        "version": 1,
+        "request_id": "01J00000000000000000000000",
+        "time_ns": 1_763_700_000_000_000_000,
+        "subject": {
+            "spiffe_id": subject,
+            "trust_domain": "demo.example",
+            "attestation": "pod-svid",
+            "claims": {},
+        },
+        "action": {
+            "kind": kind,
+            "name": tool,
+            "operation": operation,
+            "target": target,
+            "arguments": {},
+            "data_classes": [],
+        },
+        "task": {"id": "t-1", "intent": "support", "calls": 0, "tokens": 0, "age_s": 1},
+        "delegation": {"chain": [], "depth": 0},
+    }
+
+
+def generate(data: dict[str, Any], *, random_cases: int = 3000, seed: int = 7) -> Iterator[dict]:
+    """Yield policy inputs (dicts; each is a fresh copy)."""
+    subjects = _subjects(data)
+    tools = _tools(data)
+    targets = [*sorted(data["targets"]), "unknown-target", "", None, _MISSING]
+    operations = ["read", "act", "delegate", "READ", "write", "", None, 1, _MISSING]
+    kinds = ["tool", "model", "mcp", "", None, _MISSING]
+    classes = [
+        [],
+        ["email"],
+        ["phone", "email"],
+        ["credit_card"],
+        ["secret", "email"],
+        ["private_key"],
+        "email",
+        [1],
+        None,
+        _MISSING,
+    ]
+    chains = [
+        [],
+        [subjects[1]],
+        [subjects[1], subjects[2]],
+        [subjects[1]] * 3,
+        ["spiffe://demo.example/agent/unknown"],
+        [7],
+        "x",
+        None,
+        _MISSING,
+    ]
+    approvals = [
+        _MISSING,
+        {"id": "ap-1", "approved_by": "a", "approved_at_ns": 1},
+        {"id": "", "approved_by": "a", "approved_at_ns": 1},
+        {"id": None},
+        "ap-1",
+    ]
+    tasks = [
+        _MISSING,
+        None,
+        {},
+        {"id": "t-1", "intent": "x", "calls": 3, "tokens": 20000},
+        {"id": "t-1", "intent": "x", "tokens": 20001},
+        {"id": "", "intent": "x"},
+        {"id": "t-1", "intent": "x", "tokens": "30000"},
+        {"id": 5},
+    ]
+    tokens = [*_amounts(data["task_token_step_up"])]
+    high = data["high_risk"]
+    granted = [
+        (sid, op, tool)
+        for sid, grant in sorted(data["grants"].items())
+        for op, names in sorted(grant.items())
+        for tool in names
+    ]
+
+    def target_of(tool: Any) -> str:
+        return tool.split(".")[0] if isinstance(tool, str) and "." in tool else "tickets"
+
+    # 1. Every grant, each dimension varied alone.
+    for sid, op, tool in granted:
+        base = _base(sid, tool, op, "tool", target_of(tool))
+        yield copy.deepcopy(base)
+        variations: list[tuple[tuple[str, ...], list[Any]]] = [
+            (("subject", "spiffe_id"), subjects),
+            (("action", "name"), tools),
+            (("action", "operation"), operations),
+            (("action", "kind"), kinds),
+            (("action", "target"), targets),
+            (("action", "data_classes"), classes),
+            (("delegation", "chain"), chains),
+            (("approval",), approvals),
+            (("task",), tasks),
+            (("version",), [2, "1", None, _MISSING]),
+            (("subject",), [None, {}, "x", _MISSING]),
+            (("action",), [None, {}, _MISSING]),
+        ]
+        for path, values in variations:
+            for value in values:
+                doc = copy.deepcopy(base)
+                _put(doc, path, copy.deepcopy(value))
+                yield doc
+    # 2. High-risk thresholds: every amount, with and without approval, each granted subject.
+    for tool, rule in sorted(high.items()):
+        for sid in sorted(data["grants"]):
+            for amount, approval in itertools.product(_amounts(rule["above"]), approvals[:3]):
+                doc = _base(sid, tool, "act", "tool", target_of(tool))
+                _put(doc, ("action", "arguments", rule["argument"]), amount)
+                _put(doc, ("approval",), copy.deepcopy(approval))
+                yield doc
+    # 3. Model calls: every subject and alias, token counts around the step-up.
+    models = [*sorted({m for ms in data.get("models", {}).values() for m in ms}), "gpt-huge"]
+    for sid, model, count, cls in itertools.product(
+        sorted(data.get("models", {})) + subjects[-6:-4], models, tokens, classes[:5]
+    ):
+        doc = _base(sid, model, "read", "model", "openai" if "gpt" in model else "local")
+        _put(doc, ("task", "tokens"), count)
+        _put(doc, ("action", "data_classes"), copy.deepcopy(cls))
+        yield doc
+    # 4. Seeded random combinations of everything.
+    rng = random.Random(seed)
+    for _ in range(random_cases):
+        doc = _base(rng.choice(subjects[:4]), "tickets.get", "read", "tool", "tickets")
+        for path, values in (
+            (("subject", "spiffe_id"), subjects),
+            (("action", "name"), tools),
+            (("action", "operation"), operations),
+            (("action", "kind"), kinds),
+            (("action", "target"), targets),
+            (("action", "data_classes"), classes),
+            (("delegation", "chain"), chains),
+            (("approval",), approvals),
+            (("task",), tasks),
+            (("action", "arguments", "amount"), _amounts(100)),
+        ):
+            if rng.random() < 0.5:
+                _put(doc, path, copy.deepcopy(rng.choice(values)))
+        yield doc
