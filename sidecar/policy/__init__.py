@@ -6,7 +6,9 @@ from sidecar.policy.decision import CODES, Decision, Obligations, parse_decision
 from sidecar.policy.embedded import EmbeddedEngine
 from sidecar.policy.engine import EngineResult, PolicyEngine
 from sidecar.policy.errors import (
+    CompileError,
     DecisionError,
+    LoadOrderError,
     PolicyError,
     PolicyLoadError,
     UnsupportedBuiltinError,
@@ -18,7 +20,9 @@ __all__ = [
     "Action",
     "ApprovalInfo",
     "Decision",
+    "CompileError",
     "DecisionError",
+    "LoadOrderError",
     "EmbeddedEngine",
     "EngineResult",
     "Obligations",

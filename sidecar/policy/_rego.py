@@ -64,6 +64,7 @@ class EvalError(Exception):
     """rego-cpp reported errors while evaluating (strict built-in errors included)."""
 
     def __init__(self, messages: list[str]) -> None:
+        messages = list(dict.fromkeys(messages))  # rego-cpp repeats one error per rule reached
         super().__init__("; ".join(messages) or "unknown evaluation error")
         self.messages = messages
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from regopy.rego_shared import rego as _lib
@@ -33,6 +34,8 @@ _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
 # Finite doubles rego-cpp reads and compares exactly, at 15 significant digits (tested).
 _FLOAT_MIN, _FLOAT_MAX = 1e-307, 1e308
 _escape = json.JSONEncoder(ensure_ascii=False).encode
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
+_KEYS: dict[str, bytes] = {}
 _string = _lib.regoInputString
 _int = _lib.regoInputInt
 _float = _lib.regoInputFloat
@@ -89,34 +92,62 @@ def check_numbers(value: Any, path: str = "") -> None:
         _check_int(value, path)
 
 
-def _build(handle: int, value: Any, path: str) -> None:
+class _Refused(Exception):
+    """A number :func:`check_numbers` will name (the builder keeps no paths: it is hot)."""
+
+
+def _text(value: str) -> bytes:
+    """The string as ``regoInputString`` takes it: its JSON text without the quotes."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value.encode()
+    return _escape(value)[1:-1].encode()
+
+
+def _key(value: str) -> bytes:
+    """Object keys repeat on every call: their encodings are cached (bounded)."""
+    encoded = _KEYS.get(value)
+    if encoded is None:
+        if len(_KEYS) >= 4096:
+            _KEYS.clear()
+        encoded = _KEYS[value] = _text(value)
+    return encoded
+
+
+def _build(handle: int, value: Any) -> None:
     kind = type(value)
     if kind is str:
-        _string(handle, _escape(value)[1:-1].encode())
+        _string(handle, _text(value))
     elif kind is dict:
         for key, item in value.items():
-            _string(handle, _escape(key)[1:-1].encode())
-            _build(handle, item, f"{path}.{key}" if path else key)
+            _string(handle, _key(key))
+            _build(handle, item)
             _item(handle)
         _object(handle, len(value))
     elif kind is list:
-        for index, item in enumerate(value):
-            _build(handle, item, f"{path}[{index}]")
+        for item in value:
+            _build(handle, item)
         _array(handle, len(value))
     elif kind is bool:
         _bool(handle, value)
     elif kind is int:
-        _check_int(value, path)
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _Refused
         _int(handle, value)
     elif value is None:
         _null(handle)
     elif kind is float:
-        _check_float(value, path)
+        magnitude = abs(value)
+        if (
+            not math.isfinite(value)
+            or (magnitude and not _FLOAT_MIN <= magnitude <= _FLOAT_MAX)
+            or float(format(value, ".15g")) != value
+        ):
+            raise _Refused
         if float(f"{value:f}") != value:
             raise _NeedsTerm
         _float(handle, value)
     else:
-        raise TypeError(f"input.{path}: {kind.__name__} is not a JSON value")
+        raise TypeError(f"{kind.__name__} is not a JSON value")
 
 
 def set_input(interp_impl: Any, set_term: Any, doc: dict[str, Any]) -> None:
@@ -124,7 +155,11 @@ def set_input(interp_impl: Any, set_term: Any, doc: dict[str, Any]) -> None:
     ``set_input_term``). Raises :class:`UnrepresentableInput`, ``TypeError``."""
     handle = rego_new_input()
     try:
-        _build(handle, doc, "")
+        _build(handle, doc)
+    except _Refused:
+        rego_free_input(handle)
+        check_numbers(doc)  # raises, naming the path
+        raise UnrepresentableInput("", "a number out of range") from None
     except _NeedsTerm:
         rego_free_input(handle)
         check_numbers(doc)

@@ -71,23 +71,24 @@ def check_policy(policy_dir: str | Path, query: str) -> list[Finding]:
         Finding(i.file, i.line, i.rule, f"{i.message} (or run it with `policy.engine: opa`)")
         for i in portability_issues(source.modules)
     ]
+    findings += _check_data(root, source.data)
+    findings += _lint(root, source.modules, query)
     functions = {f for m in source.modules for f in m.defined_functions()}
     for module in source.modules:
         findings += [
             Finding(i.file, i.line, i.rule, i.message) for i in static_issues(module, functions)
         ]
-    findings += _check_data(root, source.data)
-    findings += _lint(root, source.modules, query)
     return _unique(findings)
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:
-    """One finding per file, line and rule (the lexical lints and the static checks overlap
-    on v0 syntax; the more specific message, found first, stays)."""
-    seen: set[tuple[str, int, str]] = set()
+    """Drop repeats. The lexical lints and the static checks overlap on v0 syntax: there one
+    finding per line stays, the more specific message, found first."""
+    seen: set[tuple[str, int, str, str]] = set()
     out = []
     for finding in findings:
-        key = (finding.file, finding.line, finding.rule)
+        message = "" if finding.rule == "v1-syntax" else finding.message
+        key = (finding.file, finding.line, finding.rule, message)
         if key not in seen:
             seen.add(key)
             out.append(finding)

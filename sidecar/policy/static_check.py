@@ -115,7 +115,7 @@ class StaticIssue:
 
 
 # A rule or else head that opens a body without `if`: `{` right after a complete term.
-_HEAD_LINE = re.compile(r"^(?:\}\s*)?(?:default\s+)?(?:else\b|[A-Za-z_])[^\n]*$", re.M)
+_HEAD_LINE = re.compile(r"^(?:\}[ \t]*)?(?:default[ \t]+)?(?:else\b|[A-Za-z_])[^\n]*$", re.M)
 _V0_OPEN = re.compile(r"[\w)\]\"]\s*\{\s*$|[\w)\]\"]\s*\{\s*[^}\n]*\}\s*$")
 _V0_ELSE = re.compile(r"\belse\b(?:(?!\bif\b)[^\n{])*[\w)\]\"]\s*\{")
 _SHADOW = re.compile(r"(?<![\w.])(input|data)\s*:=")

@@ -49,7 +49,7 @@ BAD_DECISIONS = [
     ),
     (
         "builtin_error",
-        'decision := {"effect": "allow", "reasons": [to_number("abc")]}',
+        'decision := {"effect": "allow", "reasons": [json.unmarshal("{")]}',
         "policy_error",
     ),
     (
@@ -76,7 +76,7 @@ def test_a_malformed_decision_denies_with_its_code(
 
 # About a second of rego-cpp work.
 SLOW_POLICY = (
-    'decision := {"effect": "allow", "reasons": [sprintf("%d", '
+    'decision := {"effect": "allow", "reasons": [sprintf("%v", '
     "[count([x | some x in numbers.range(1, 400000); x % 7 == 0])])]}"
 )
 
@@ -281,3 +281,26 @@ def test_an_unwritable_audit_log_withholds_the_answer(start_sidecar, tools):
     with running.client() as client, pytest.raises(Unavailable) as failed:
         client.call_tool("tickets.get", {"id": "1"})
     assert failed.value.code == "audit_unavailable"
+
+
+@pytest.mark.parametrize(
+    "amount",
+    ["100.00000000000001", "5e-324", "9223372036854775808"],
+    ids=["17_digits", "subnormal", "beyond_64_bits"],
+)
+def test_a_number_the_engine_cannot_compare_exactly_is_refused_and_audited(
+    sidecar, tools, task, amount
+):
+    """On OPA, 100.00000000000001 > 100 (step up); rego-cpp compares at ~15 digits and would
+    have allowed the refund. The sidecar refuses the input before policy instead."""
+    payload = sidecar_pb2.CallToolRequest(
+        tool="payments.refund", arguments_json=f'{{"amount": {amount}}}', task_id=task
+    )
+    error = _raw_call(sidecar.address, payload.SerializeToString())
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "input.action.arguments.amount" in error.details()
+    assert amount not in error.details()
+    assert tools.received == []
+    record = audit_lines(sidecar.audit_path)[0]
+    assert record["outcome"]["code"] == "input_unrepresentable"
+    assert record["decision"]["effect"] == "deny"

@@ -6,6 +6,7 @@ Where it cannot be installed these tests skip and say why."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ class Opa:
 
 @pytest.fixture(scope="session")
 def opa_available() -> None:
+    if _MISSING and os.environ.get("AGENT_SIDECAR_REQUIRE_ORACLE") == "1":
+        pytest.fail(_MISSING + " (required: AGENT_SIDECAR_REQUIRE_ORACLE=1)")
     if _MISSING:
         pytest.skip(_MISSING)
 

@@ -30,10 +30,7 @@ _target := input.action.target
 
 # --- grants: read, act and delegate are separate ---------------------------------------
 
-_holds(spiffe_id, operation, tool) if {
-	some granted in data.agentsidecar.grants[spiffe_id][operation]
-	granted == tool
-}
+_holds(spiffe_id, operation, tool) if tool in data.agentsidecar.grants[spiffe_id][operation]
 
 _granted if {
 	input.version == 1
