@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-
 __all__ = ["watch"]
 
 
