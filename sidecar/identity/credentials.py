@@ -110,5 +110,10 @@ def wire_mtls(relay: HttpRelay, targets: Mapping[str, TargetSettings], identity:
             relay.use_tls(name, context)
 
     identity.subscribe(apply)
-    if identity.ready:
-        apply(identity.snapshot())
+    # A snapshot taken before we subscribed was not given to ``apply``: the stream sets the
+    # snapshot before it reads the listeners, so one of the two always sees it.
+    try:
+        snapshot = identity.snapshot()
+    except IdentityError:
+        return
+    apply(snapshot)

@@ -152,15 +152,18 @@ class WorkloadIdentity:
             first = self._snapshot is None
             self._snapshot = snapshot
             listeners = list(self._listeners)
-            if not first:
+        # Listeners (e.g. the mTLS client contexts) run before the identity counts as ready or
+        # rotated: whoever waits on either then finds them in place.
+        for listener in listeners:
+            listener(snapshot)
+        if not first:
+            with self._lock:
                 self.rotations += 1
         self._ready.set()
         log.info(
             "x509-svid received" if first else "x509-svid rotated",
             extra={"spiffe_id": snapshot.spiffe_id, "expires_at": int(snapshot.expires_at)},
         )
-        for listener in listeners:
-            listener(snapshot)
 
     def _on_jwt_bundles(self, bundle_set: Any) -> None:
         bundles = {b.trust_domain.name: dict(b.jwt_authorities) for b in bundle_set.bundles}

@@ -269,13 +269,12 @@ def test_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
             "partner": {"base_url": url},
         }
         running = start_sidecar(url, identity=_pod(workload_api.socket_path), targets=targets)
+        # Ready means the rotation listeners (the mTLS client context) have run.
         assert _wait(lambda: running.sidecar.identity.ready)
-        time.sleep(0.2)  # let the rotation listener install the client context
         with running.client() as client:
             assert client.call_tool("tickets.get", {"id": "1"}).status == 200
             workload_api.api.rotate()
             assert _wait(lambda: running.sidecar.identity.rotations >= 1)
-            time.sleep(0.2)
             assert client.call_tool("tickets.get", {"id": "2"}).status == 200
         assert [r.peer_san for r in upstream.received] == [(("URI", AGENT),)] * 2
         # An upstream whose certificate is not from the trust bundle is refused.
@@ -300,7 +299,6 @@ def test_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
                 audit={"path": str(tmp_path / "b" / "audit.log")},
             )
             assert _wait(lambda: bad.sidecar.identity.ready)
-            time.sleep(0.2)
             with bad.client() as client, pytest.raises(Unavailable) as failed:
                 client.call_tool("tickets.get", {"id": "1"})
             assert failed.value.code == "upstream_unavailable"
