@@ -7,7 +7,8 @@
   agent-sidecar policy check [DIR] [--query Q]
   agent-sidecar policy replay --audit FILE --policy DIR [--fail-on-change] [--to-tests FILE]
   agent-sidecar dev workload-api --trust-domain TD --socket PATH --spiffe-id ID [...]
-  agent-sidecar audit verify FILE... [--checkpoints F] [--bundle F | --key F] [--require-sealed]
+  agent-sidecar audit verify FILE... [--checkpoints F] [--bundle F [--signer ID] | --key F]
+                             [--require-sealed] [--max-unsealed-records N] [--max-unsealed-age S]
   agent-sidecar audit show FILE... [--subject ID] [--tool NAME] [--effect E] [--since T]
   agent-sidecar approvals [--admin ADDR | --config FILE] [--as NAME | mTLS options]
                           list [--state S] | show ID | approve ID --reason TEXT
@@ -142,6 +143,29 @@ def _parser() -> argparse.ArgumentParser:
         "--require-sealed",
         action="store_true",
         help="fail if records after the last checkpoint are not signed yet",
+    )
+    av.add_argument(
+        "--signer",
+        action="append",
+        default=[],
+        metavar="SPIFFE_ID",
+        help="with --bundle: accept checkpoints signed only by this SPIFFE ID (repeatable; "
+        "default: any SVID of the bundle's trust domain, named in the checkpoint)",
+    )
+    av.add_argument(
+        "--max-unsealed-records",
+        type=int,
+        default=100,
+        metavar="N",
+        help="fail if more than N records follow the last checkpoint (default: 100)",
+    )
+    av.add_argument(
+        "--max-unsealed-age",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="fail if records were written more than SECONDS after the last checkpoint "
+        "(default: 600)",
     )
     av.set_defaults(func=_audit_verify)
     sh = audit_sub.add_parser("show", help="who called what, with what outcome")
@@ -332,6 +356,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
         key_file=args.key,
         bundle_file=args.bundle,
         require_sealed=args.require_sealed,
+        signers=args.signer,
+        max_unsealed_records=args.max_unsealed_records,
+        max_unsealed_age_s=args.max_unsealed_age,
     )
     for problem in report.problems:
         print(f"BAD: {problem}")

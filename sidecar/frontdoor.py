@@ -48,6 +48,7 @@ from sidecar.identity import CallContext
 from sidecar.model_calls import ModelCall
 from sidecar.pipeline import CallResult, Mediator
 from sidecar.policy import PolicyEngine
+from sidecar.strict_json import StrictJsonError, loads_strict
 
 __all__ = ["FrontDoor", "error_body"]
 
@@ -225,9 +226,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         try:
-            body = json.loads(self.rfile.read(length) or b"null")
-        except ValueError:
-            self._plain_error(400, "invalid_json", "the body is not JSON")
+            body = loads_strict(self.rfile.read(length) or b"null", "the body")
+        except StrictJsonError as exc:
+            self._plain_error(400, "invalid_json", str(exc))
             return
         if not isinstance(body, dict):
             self._plain_error(400, "invalid_json", "the body must be a JSON object")

@@ -8,7 +8,6 @@ audited only as the ``log`` obligation allows.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from sidecar.classify import classify, redact
 from sidecar.config import ModelSettings
 from sidecar.errors import SidecarError
+from sidecar.strict_json import StrictJsonError, loads_strict
 
 __all__ = [
     "ModelCall",
@@ -72,21 +72,10 @@ class Usage:
 
 
 def _strict_json(text: str, what: str) -> Any:
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(keys) != len(set(keys)):
-            raise ModelRequestError(f"{what} repeats a key")
-        return dict(pairs)
-
-    def bad_constant(name: str) -> Any:
-        raise ModelRequestError(f"{what} contains {name}, which is not JSON")
-
     try:
-        return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=bad_constant)
-    except json.JSONDecodeError as exc:
-        raise ModelRequestError(f"{what} is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise ModelRequestError(f"{what} is nested too deeply") from exc
+        return loads_strict(text, what)
+    except StrictJsonError as exc:
+        raise ModelRequestError(str(exc)) from exc
 
 
 def parse_model_request(call: ModelCall) -> tuple[list[dict[str, Any]], dict[str, Any]]:

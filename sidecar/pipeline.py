@@ -10,7 +10,6 @@ is withheld (``audit_unavailable``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import threading
@@ -70,6 +69,7 @@ from sidecar.relay import (
 )
 from sidecar.relay.models import ModelRelay
 from sidecar.state import StateError
+from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.tasks import Task, TaskError, TaskRegistry
 from sidecar.tracing import Tracer, trace_context
 
@@ -332,8 +332,7 @@ class Mediator:
             "method": upstream_request.method,
             "url": upstream_request.url,
         }
-        if self._audit.strict:
-            self._write_intent(record, common)
+        self._before_relay(record, common)
         t0 = time.perf_counter()
         try:
             with self._tracer.span("relay", trace, target=tool.target) as span_id:
@@ -372,6 +371,7 @@ class Mediator:
             if isinstance(exc, IdentityError):
                 record.relayed = False
                 raise _Stop("credential_unavailable", str(exc), **common) from exc
+            record.relayed = exc.reached  # a timeout after sending was relayed
             raise _Stop(exc.code, str(exc), **common) from exc
         finally:
             record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
@@ -780,8 +780,7 @@ class Mediator:
             "method": "POST",
             "url": self._models.url(model.provider),
         }
-        if self._audit.strict:
-            self._write_intent(record, common)
+        self._before_relay(record, common)
         headers = {
             "X-Request-Id": record.decision_id,
             "traceparent": trace.child_header(),
@@ -831,7 +830,7 @@ class Mediator:
                 **common,
             )
         except RelayError as exc:
-            record.relayed = record.relayed or exc.code == "upstream_stream_interrupted"
+            record.relayed = record.relayed or exc.reached
             raise _Stop(exc.code, str(exc), **common) from exc
         finally:
             # Whatever the provider produced counts against the budgets, also when the call
@@ -998,6 +997,17 @@ class Mediator:
             record.upstream["result"] = {"chars": len(text), **payload_view(text, log_level)}
         return text, state["usage"]
 
+    def audit_alive(self) -> bool:
+        return self._audit.alive
+
+    def _before_relay(self, record: CallRecord, common: dict[str, Any]) -> None:
+        """Nothing is relayed unaudited: strict writes the intent first; best_effort needs a
+        live writer."""
+        if self._audit.strict:
+            self._write_intent(record, common)
+        elif not self._audit.alive:
+            raise _Stop("audit_unavailable", "the audit writer has stopped", **common)
+
     def _write_intent(self, record: CallRecord, common: dict[str, Any]) -> None:
         """Write-ahead: the call is on record before anything reaches the upstream."""
         intent = record.to_dict() | {"type": "intent"}
@@ -1097,13 +1107,17 @@ class Mediator:
         loop = asyncio.get_running_loop()
         timeout = min(self._settings.policy.timeout_ms / 1000, deadline - loop.time())
         revision = engine.revision
+        engine_decision_id: str | None = None
         try:
             if timeout <= 0:
                 raise DecisionError("policy_timeout", "no time left in the call's deadline")
             result = await engine.evaluate(input_doc, timeout_s=timeout)
             revision = result.revision
+            # Kept also when the result is refused below (undefined, malformed): OPA made that
+            # decision, and its decision log must join this record.
+            engine_decision_id = result.engine_decision_id
             decision = parse_decision(result.value, defined=result.defined)
-            return _Decided(decision, revision, result.engine_decision_id)
+            return _Decided(decision, revision, engine_decision_id)
         except DecisionError as exc:
             log.warning(
                 "policy failed closed",
@@ -1124,7 +1138,7 @@ class Mediator:
                     revision,
                     None,
                 )
-            return _Decided(Decision.fail_closed(exc), revision, None)
+            return _Decided(Decision.fail_closed(exc), revision, engine_decision_id)
 
     async def _shadow_decide(self, input_doc: dict[str, Any], deadline: float) -> _Decided | None:
         if self._shadow is None:
@@ -1181,27 +1195,11 @@ def _action_record(action: Action, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _parse_arguments(text: str) -> dict[str, Any]:
-    """Arguments must be one JSON object: no duplicate keys (policy and upstream could read
-    different values), no NaN or Infinity (not JSON)."""
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        keys = [k for k, _ in pairs]
-        if len(keys) != len(set(keys)):
-            duplicate = next(k for k in keys if keys.count(k) > 1)
-            raise _Stop("invalid_arguments", f"arguments_json repeats the key {duplicate!r}")
-        return dict(pairs)
-
-    def bad_constant(name: str) -> Any:
-        raise _Stop("invalid_arguments", f"arguments_json contains {name}, which is not JSON")
-
+    """Arguments must be one JSON object, read strictly (``sidecar/strict_json.py``)."""
     try:
-        value = json.loads(
-            text or "{}", object_pairs_hook=no_duplicates, parse_constant=bad_constant
-        )
-    except json.JSONDecodeError as exc:
-        raise _Stop("invalid_arguments", f"arguments_json is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise _Stop("invalid_arguments", "arguments_json is nested too deeply") from exc
+        value = loads_strict(text or "{}", "arguments_json")
+    except StrictJsonError as exc:
+        raise _Stop("invalid_arguments", str(exc)) from exc
     if not isinstance(value, dict):
         raise _Stop("invalid_arguments", "arguments_json must be a JSON object")
     return value

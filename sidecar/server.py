@@ -323,7 +323,8 @@ class SidecarServer:
     """Owns the grpc.aio server and its listeners.
 
     Health is NOT_SERVING until the Workload API has delivered the first SVID, and again
-    whenever the cached SVID has expired without a replacement.
+    whenever the cached SVID has expired without a replacement, the engine cannot decide, or
+    audit records can no longer be written.
     """
 
     def __init__(
@@ -334,6 +335,7 @@ class SidecarServer:
         engine: PolicyEngine | None = None,
     ) -> None:
         self._settings = settings
+        self._mediator = mediator
         self._identity = identity
         self._engine = engine
         self._health_task: asyncio.Task[None] | None = None
@@ -387,9 +389,12 @@ class SidecarServer:
         return mtls_server_credentials(self._identity, self._settings.identity.trust_domains)
 
     def _serving(self) -> bool:
-        """Ready: the engine can decide (OPA: bundles active) and, with SPIFFE identity, a
-        current SVID is held. Blocking (asks OPA): runs off the event loop."""
+        """Ready: the engine can decide (OPA: bundles active), audit records can be written,
+        and, with SPIFFE identity, a current SVID is held. Blocking (asks OPA): runs off the
+        event loop."""
         if self._engine is not None and not self._engine.healthy():
+            return False
+        if not self._mediator.audit_alive():
             return False
         if self._identity is None:
             return True
@@ -402,7 +407,11 @@ class SidecarServer:
     async def _track_health(self) -> None:
         current = None
         while True:
-            serving = await asyncio.to_thread(self._serving)
+            try:
+                serving = await asyncio.to_thread(self._serving)
+            except Exception:  # the check itself failed: not serving, and say why
+                log.exception("health check failed")
+                serving = False
             if serving != current:
                 status = (
                     health_pb2.HealthCheckResponse.SERVING

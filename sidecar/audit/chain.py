@@ -32,9 +32,15 @@ GENESIS = "0" * 64
 
 
 def canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(
-        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
-    ).encode("utf-8")
+    """The record's one encoding: JSON, keys sorted, no whitespace, UTF-8. A record holding a
+    lone UTF-16 surrogate (from an upstream's JSON; agents' are refused) is not Unicode text:
+    it is encoded with every non-ASCII character escaped instead, which is still one
+    deterministic encoding of the same record, so it hashes and verifies all the same."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
 def digest(record: dict[str, Any]) -> str:

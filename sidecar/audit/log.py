@@ -7,7 +7,9 @@ closed (``audit_unavailable``). For a call about to be relayed the pipeline firs
 killed before the call's own record is written.
 
 ``best_effort``: records go to a bounded in-memory queue drained by a writer thread; when it
-is full the oldest is dropped and counted; calls never wait on or fail for the log.
+is full the oldest is dropped and counted; calls never wait on or fail for the log. The writer
+survives any one record that cannot be written (counted as dropped); should it stop anyway,
+``alive`` turns false: the sidecar reports NOT_SERVING and refuses to relay.
 """
 
 from __future__ import annotations
@@ -64,11 +66,10 @@ class AuditLog:
         self._buffer = buffer
         self._wake = threading.Condition()
         self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._drain, name="audit-writer", daemon=True)
         self._threads = [threading.Thread(target=self._tick, name="audit-checkpoint", daemon=True)]
         if mode == "best_effort":
-            self._threads.append(
-                threading.Thread(target=self._drain, name="audit-writer", daemon=True)
-            )
+            self._threads.append(self._writer)
         for thread in self._threads:
             thread.start()
 
@@ -76,10 +77,18 @@ class AuditLog:
     def strict(self) -> bool:
         return self.mode == "strict"
 
+    @property
+    def alive(self) -> bool:
+        if self.strict:
+            return True
+        return self._writer.is_alive() and not self._stop.is_set()
+
     def write(self, record: dict[str, Any]) -> None:
         if self.strict:
             self._write_now(record)
             return
+        if not self.alive:
+            raise AuditError("the audit writer has stopped; no record can be written")
         with self._wake:
             if len(self._queue) >= self._buffer:
                 self._queue.popleft()
@@ -133,6 +142,13 @@ class AuditLog:
                 self.checkpoint()
 
     def _drain(self) -> None:
+        try:
+            self._drain_queue()
+        finally:
+            if not self._stop.is_set():
+                log.critical("the audit writer stopped: NOT_SERVING, nothing is relayed")
+
+    def _drain_queue(self) -> None:
         while True:
             with self._wake:
                 while not self._queue and not self._stop.is_set():
@@ -142,8 +158,12 @@ class AuditLog:
                 record = self._queue.popleft()
             try:
                 self._write_now(record)
-            except AuditError:
-                log.error("audit record could not be written (best_effort: dropped)")
+            except Exception as exc:  # the writer must outlive any one record
+                self.counts["dropped"] += 1
+                log.error(
+                    "audit record could not be written (best_effort: dropped)",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                )
 
     def close(self) -> None:
         self._stop.set()

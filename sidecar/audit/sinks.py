@@ -1,7 +1,8 @@
 """Where sealed audit lines go.
 
 ``FileSink``: JSON lines appended with one unbuffered ``write`` (``O_APPEND``, mode 0600),
-optionally fsynced; rotated by size (``audit.log`` -> ``audit.log.1`` ...), the chain
+optionally fsynced; a write that fails part-way is cut back, so no torn line is left;
+rotated by size (``audit.log`` -> ``audit.log.1`` ...), the chain
 continuing across files. ``StdoutSink``. ``HttpSink``: batched POSTs to a collector in OPA's
 decision-log event format, retried with backoff, off the call path; what cannot be delivered
 is counted as dropped.
@@ -90,8 +91,18 @@ class FileSink:
             if self._fsync:
                 os.fsync(self._fd)
         except OSError as exc:
+            self._cut_torn_write()
             raise AuditError(f"{self.path}: cannot write audit record: {exc}") from exc
         self._size += len(line)
+
+    def _cut_torn_write(self) -> None:
+        """A failed write (a full disk) may have appended part of the line: cut the file back
+        to its last complete record, so the next record starts on a line of its own."""
+        try:
+            if os.fstat(self._fd).st_size > self._size:
+                os.ftruncate(self._fd, self._size)
+        except OSError as exc:  # nothing more can be done; verify names the torn line
+            log.error("could not cut a torn audit line", extra={"error": str(exc)})
 
     def _rotate(self) -> None:
         os.close(self._fd)

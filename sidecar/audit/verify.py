@@ -2,22 +2,33 @@
 
 Checks, naming the first bad record by its sequence number:
 
+- every line is UTF-8, one JSON object with no repeated key, and exactly the canonical
+  encoding of that object (so what a reader sees is what was hashed: duplicate keys or a
+  re-encoding cannot smuggle other values past the hash);
 - every record's ``hash`` is the SHA-256 of its canonical encoding (an edited record);
 - ``seq`` runs 1, 2, 3 ... with no gap (a deleted record) and no step back (reordered);
 - every ``prev_hash`` is the previous record's ``hash`` (a broken or spliced chain);
 - every checkpoint's signature verifies (``--key`` public key, or ``--bundle`` for SVID
   certificate chains), and its ``head_hash`` is the hash of the record at its ``seq`` (a
   re-sealed log: consistent hashes, but not the signed ones);
+- an SVID-signed checkpoint's certificate chains to the trust bundle given, through
+  intermediates that are CAs and themselves chain to it (never to a CA the log supplies),
+  every certificate on the path valid at the checkpoint's time; the leaf's SPIFFE ID is the
+  checkpoint's signer, in the bundle's trust domain, and one of ``--signer`` when given;
 - no checkpoint, in the log or in the separate checkpoint file, covers records the log no
   longer has (truncated after a checkpoint).
 
-Records after the last checkpoint are not yet covered by a signature: they are reported;
-with ``--require-sealed`` that is a failure too. A clean shutdown seals the whole log.
+A log no signature covers at all fails. Records after the last checkpoint are not yet covered
+by a signature: more than ``max_unsealed_records`` of them, or a tail written more than
+``max_unsealed_age_s`` after the last checkpoint, fails (a killed sidecar leaves fewer than its
+``checkpoint_every`` records within its ``checkpoint_interval_s``); a shorter tail is a note,
+and with ``--require-sealed`` any tail fails. A clean shutdown seals the whole log.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,14 +59,102 @@ class VerifyReport:
         return not self.problems
 
 
-def _lines(files: Iterable[Path]) -> Iterable[tuple[str, int, str]]:
+class _BadLine(ValueError):
+    """A line that is not exactly one canonically encoded JSON object."""
+
+
+def _lines(files: Iterable[Path]) -> Iterable[tuple[str, int, bytes]]:
     for path in files:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
             if line.strip():
                 yield str(path), number, line
 
 
-def _check_signature(cp: dict[str, Any], key: Any, bundle: list[x509.Certificate]) -> str | None:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        repeated = next(k for k in keys if keys.count(k) > 1)
+        raise _BadLine(f"the key {repeated!r} appears twice in one object")
+    return dict(pairs)
+
+
+def _parse(line: bytes) -> dict[str, Any]:
+    """The record on ``line``; raises :class:`_BadLine` saying what is wrong with it."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _BadLine(f"not UTF-8 (byte {exc.start})") from None
+    try:
+        doc = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _BadLine:
+        raise
+    except ValueError:
+        raise _BadLine("not a JSON record (a torn write or an edit)") from None
+    if not isinstance(doc, dict):
+        raise _BadLine("not a JSON object")
+    if canonical(doc) != line:
+        raise _BadLine("not the canonical encoding of its record (re-encoded or edited)")
+    return doc
+
+
+def _spiffe_id(cert: x509.Certificate) -> str | None:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    uris = list(san.get_values_for_type(x509.UniformResourceIdentifier))
+    return uris[0] if len(uris) == 1 and uris[0].startswith("spiffe://") else None
+
+
+def _trust_domain(spiffe_id: str | None) -> str | None:
+    return spiffe_id.removeprefix("spiffe://").split("/", 1)[0] if spiffe_id else None
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _valid_at(cert: x509.Certificate, at: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
+
+
+def _path_to_bundle(
+    leaf: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    bundle: list[x509.Certificate],
+    at: dt.datetime,
+) -> str | None:
+    """None when ``leaf`` chains to a bundle CA at time ``at``, through CA intermediates;
+    otherwise why not. Intermediates only ever extend a path toward the bundle."""
+    current, used = leaf, [leaf]
+    for _ in range(len(intermediates) + 1):
+        if not _valid_at(current, at):
+            name = current.subject.rfc4514_string()
+            return f"a certificate on its chain ({name}) was not valid at the checkpoint's time"
+        anchor = next((ca for ca in bundle if _issued(current, ca)), None)
+        if anchor is not None:
+            if not _valid_at(anchor, at):
+                return "the trust bundle's CA was not valid at the checkpoint's time"
+            return None
+        current = next(
+            (c for c in intermediates if c not in used and _is_ca(c) and _issued(current, c)),
+            None,
+        )
+        if current is None:
+            break
+        used.append(current)
+    return "not issued by the trust bundle"
+
+
+def _check_signature(
+    cp: dict[str, Any],
+    key: Any,
+    bundle: list[x509.Certificate],
+    signers: frozenset[str],
+) -> str | None:
     body = canonical(
         {"seq": cp.get("seq"), "head_hash": cp.get("head_hash"), "time_ns": cp.get("time_ns")}
     )
@@ -65,13 +164,30 @@ def _check_signature(cp: dict[str, Any], key: Any, bundle: list[x509.Certificate
         return "its signature is not base64"
     public = key
     if cp.get("cert_chain"):
-        certs = x509.load_pem_x509_certificates(cp["cert_chain"].encode())
+        try:
+            certs = x509.load_pem_x509_certificates(str(cp["cert_chain"]).encode())
+        except ValueError:
+            return "its certificate chain is not PEM"
         if not bundle:
             return "it is signed by an SVID; pass --bundle to verify it"
         leaf = certs[0]
-        issuers = certs[1:] + bundle
-        if not any(_issued(leaf, ca) for ca in issuers):
-            return "its certificate is not issued by the trust bundle"
+        time_ns = cp.get("time_ns")
+        if not isinstance(time_ns, int):
+            return "it has no time"
+        at = dt.datetime.fromtimestamp(time_ns / 1e9, dt.UTC)
+        why = _path_to_bundle(leaf, certs[1:], bundle, at)
+        if why:
+            return why
+        signer = _spiffe_id(leaf)
+        if signer is None or _is_ca(leaf):
+            return "its certificate is not an X.509-SVID (one SPIFFE ID, not a CA)"
+        if signer != cp.get("signer"):
+            return f"its certificate names {signer}, not the signer it claims"
+        domains = {_trust_domain(_spiffe_id(ca)) for ca in bundle} - {None}
+        if domains and _trust_domain(signer) not in domains:
+            return f"its signer {signer} is not in the trust bundle's trust domain"
+        if signers and signer not in signers:
+            return f"its signer {signer} is not one of --signer"
         public = leaf.public_key()
     if public is None:
         return "no key to verify it with (pass --key or --bundle)"
@@ -102,22 +218,27 @@ def verify(
     key_file: Path | None = None,
     bundle_file: Path | None = None,
     require_sealed: bool = False,
+    signers: Iterable[str] = (),
+    max_unsealed_records: int = 100,
+    max_unsealed_age_s: float = 600.0,
 ) -> VerifyReport:
     report = VerifyReport()
     key = serialization.load_pem_public_key(key_file.read_bytes()) if key_file else None
     bundle = x509.load_pem_x509_certificates(bundle_file.read_bytes()) if bundle_file else []
     hashes_by_seq: dict[int, str] = {}
+    times_by_seq: dict[int, int] = {}
     checkpoints: list[tuple[str, dict[str, Any]]] = []
     expected, prev = None, GENESIS
+    allowed = frozenset(signers)
 
     def problem(text: str) -> None:
         report.problems.append(text)
 
     for where, number, line in _lines(files):
         try:
-            doc = json.loads(line)
-        except ValueError:
-            problem(f"{where}:{number}: not JSON (a torn or edited line)")
+            doc = _parse(line)
+        except _BadLine as exc:
+            problem(f"{where}:{number}: {exc}")
             continue
         if doc.get("type") == "checkpoint":
             checkpoints.append((f"{where}:{number}", doc))
@@ -141,19 +262,22 @@ def verify(
         if doc.get("prev_hash") != prev and seq >= expected:
             problem(f"seq {seq}: chain broken (prev_hash is not the hash of the record before)")
         hashes_by_seq[seq] = doc.get("hash", "")
+        if isinstance(doc.get("time_ns"), int):
+            times_by_seq[seq] = doc["time_ns"]
         prev = doc.get("hash", "")
         expected = max(expected, seq) + 1
         report.last_seq = max(report.last_seq, seq)
     if checkpoints_file is not None and checkpoints_file.exists():
-        for where, _, line in _lines([checkpoints_file]):
+        for where, number, line in _lines([checkpoints_file]):
             try:
-                checkpoints.append((f"{where} (checkpoint file)", json.loads(line)))
-            except ValueError:
-                problem(f"{where}: a checkpoint that is not JSON")
+                checkpoints.append((f"{where} (checkpoint file)", _parse(line)))
+            except _BadLine as exc:
+                problem(f"{where}:{number}: a checkpoint line is {exc}")
+    sealed_at: dict[int, int] = {}
     for where, cp in checkpoints:
         report.checkpoints += 1
         seq = cp.get("seq")
-        bad = _check_signature(cp, key, bundle)
+        bad = _check_signature(cp, key, bundle, allowed)
         if bad:
             problem(f"checkpoint at seq {seq} ({where}): {bad}")
             continue
@@ -171,14 +295,47 @@ def verify(
             )
         else:
             report.sealed_through = max(report.sealed_through, seq)
-    if report.records and report.sealed_through < report.last_seq:
-        text = (
-            f"seq {report.sealed_through + 1}..{report.last_seq} are not yet covered by a "
-            "signed checkpoint"
-        )
-        (report.problems if require_sealed else report.notes).append(text)
+            sealed_at[seq] = cp.get("time_ns") if isinstance(cp.get("time_ns"), int) else 0
+    _judge_tail(
+        report, sealed_at, times_by_seq, require_sealed, max_unsealed_records, max_unsealed_age_s
+    )
     report.problems.sort(key=_seq_of)
     return report
+
+
+def _judge_tail(
+    report: VerifyReport,
+    sealed_at: dict[int, int],
+    times_by_seq: dict[int, int],
+    require_sealed: bool,
+    max_records: int,
+    max_age_s: float,
+) -> None:
+    """Records no signature covers: none covered at all fails; a tail fails when it is longer
+    or later than a running sidecar leaves, or with ``require_sealed``; otherwise a note."""
+    if not report.records or report.sealed_through >= report.last_seq:
+        return
+    first, last = report.sealed_through + 1, report.last_seq
+    if report.sealed_through == 0:
+        report.problems.append(
+            f"seq {first}..{last}: no signed checkpoint covers any record of this log "
+            "(anyone could have written it)"
+        )
+        return
+    text = f"seq {first}..{last} are not yet covered by a signed checkpoint"
+    tail = last - first + 1
+    last_seal_ns = sealed_at.get(report.sealed_through, 0)
+    age_s = (times_by_seq.get(last, 0) - last_seal_ns) / 1e9 if last_seal_ns else 0.0
+    if require_sealed:
+        report.problems.append(text)
+    elif tail > max_records:
+        report.problems.append(f"{text}: {tail} records, more than {max_records}")
+    elif age_s > max_age_s:
+        report.problems.append(
+            f"{text}: written {age_s:.0f} s after the last checkpoint, more than {max_age_s:.0f} s"
+        )
+    else:
+        report.notes.append(text)
 
 
 def _seq_of(text: str) -> int:

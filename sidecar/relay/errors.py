@@ -14,17 +14,51 @@ __all__ = [
     "UpstreamStreamInterrupted",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "never_connected",
 ]
 
 
 class RelayError(SidecarError):
+    """``reached``: whether bytes of the request may have reached the upstream. Only a
+    failure to connect at all (refused, DNS, connect timeout, TLS handshake) is False; the
+    audit record's ``relayed`` says so."""
+
     code = "upstream_error"
+
+    def __init__(self, message: str = "", *, reached: bool = True) -> None:
+        super().__init__(message)
+        self.reached = reached
+
+
+def never_connected(exc: BaseException) -> bool:
+    """True when a ``requests`` failure happened before any request byte could be sent."""
+    import requests
+    from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
+        return True
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, NewConnectionError | NameResolutionError):
+            return True
+        reason = getattr(seen, "reason", None)
+        if isinstance(reason, NewConnectionError | NameResolutionError):
+            return True
+        seen = (
+            seen.__cause__
+            or seen.__context__
+            or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
+        )
+    return False
 
 
 class RequestBuildError(RelayError):
     """The arguments cannot form the configured request (missing or unsafe path parameter)."""
 
     code = "invalid_arguments"
+
+    def __init__(self, message: str = "", *, reached: bool = False) -> None:
+        super().__init__(message, reached=reached)
 
 
 class UpstreamUnavailable(RelayError):
@@ -69,3 +103,6 @@ class ProviderKeyUnavailable(RelayError):
     """The provider key file is missing, unreadable or empty: nothing is sent."""
 
     code = "credential_unavailable"
+
+    def __init__(self, message: str = "", *, reached: bool = False) -> None:
+        super().__init__(message, reached=reached)

@@ -26,6 +26,7 @@ from sidecar.relay.errors import (
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    never_connected,
 )
 
 __all__ = ["HttpRelay", "UpstreamRequest", "UpstreamResponse", "build_request"]
@@ -168,12 +169,18 @@ class HttpRelay:
             with response:
                 content = self._read_bounded(response)
         except requests.Timeout as exc:
-            raise UpstreamTimeout(f"the upstream did not answer within {timeout_s:.1f}s") from exc
+            raise UpstreamTimeout(
+                f"the upstream did not answer within {timeout_s:.1f}s",
+                reached=not never_connected(exc),
+            ) from exc
         except requests.exceptions.SSLError as exc:
-            raise UpstreamUnavailable("TLS handshake with the upstream failed") from exc
+            raise UpstreamUnavailable(
+                "TLS handshake with the upstream failed", reached=False
+            ) from exc
         except requests.RequestException as exc:
             raise UpstreamUnavailable(
-                f"the upstream is unreachable ({type(exc).__name__})"
+                f"the upstream is unreachable ({type(exc).__name__})",
+                reached=not never_connected(exc),
             ) from exc
         content_type = response.headers.get("Content-Type", "")
         if not 200 <= response.status_code < 300:

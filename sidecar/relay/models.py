@@ -29,6 +29,7 @@ from sidecar.relay.errors import (
     UpstreamStreamInterrupted,
     UpstreamTimeout,
     UpstreamUnavailable,
+    never_connected,
 )
 from sidecar.relay.http import read_bounded
 
@@ -124,10 +125,14 @@ class ModelRelay:
                 verify=str(settings.ca_file) if settings.ca_file else True,
             )
         except requests.Timeout as exc:
-            raise UpstreamTimeout(f"the provider did not answer within {timeout_s:.1f}s") from exc
+            raise UpstreamTimeout(
+                f"the provider did not answer within {timeout_s:.1f}s",
+                reached=not never_connected(exc),
+            ) from exc
         except requests.RequestException as exc:
             raise UpstreamUnavailable(
-                f"the provider is unreachable ({type(exc).__name__})"
+                f"the provider is unreachable ({type(exc).__name__})",
+                reached=not never_connected(exc),
             ) from exc
         if not 200 <= response.status_code < 300:
             with response:
@@ -151,7 +156,10 @@ class ModelRelay:
             with response:
                 content = read_bounded(response, self._max, "the provider's answer")
         except requests.Timeout as exc:
-            raise UpstreamTimeout(f"the provider did not answer within {timeout_s:.1f}s") from exc
+            raise UpstreamTimeout(
+                f"the provider did not answer within {timeout_s:.1f}s",
+                reached=not never_connected(exc),
+            ) from exc
         except requests.RequestException as exc:
             raise UpstreamUnavailable(
                 f"the provider's answer broke off ({type(exc).__name__})"

@@ -66,6 +66,17 @@ def test_each_opa_failure_denies_with_its_code(start_sidecar, tools, opa, fault,
     assert audit_lines(running.audit_path)[0]["outcome"]["code"] == code
 
 
+def test_item9_an_undefined_decision_keeps_opas_decision_id(start_sidecar, tools, opa):
+    """OPA answered (without a result): its decision log has the decision, so ours joins it."""
+    opa.fault = "no_result"
+    running = _opa_sidecar(start_sidecar, tools, opa.url, timeout_ms=5000)
+    with running.client() as client, pytest.raises(PolicyDenied):
+        client.call_tool("tickets.get", {"id": "1"})
+    [record] = audit_lines(running.audit_path)
+    assert record["outcome"]["code"] == "policy_undefined"
+    assert record["policy"]["engine_decision_id"] == opa.decision_ids[-1]
+
+
 def test_connection_refused_is_opa_unavailable(start_sidecar, tools, opa):
     url = opa.url
     opa.__exit__(None, None, None)

@@ -34,6 +34,7 @@ class FakeOpa:
         #                                "delay:SECONDS", "drop"
         self.healthy = True
         self.requests: list[dict[str, Any]] = []
+        self.decision_ids: list[str] = []  # every decision_id answered, in order
         opa = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -85,6 +86,7 @@ class FakeOpa:
                         "bundles": {"authz": {"revision": opa.engine.revision}},
                     },
                 }
+                opa.decision_ids.append(answer["decision_id"])
                 if self.path.split("?")[0] == opa.path and fault != "no_result":
                     result = opa.engine.evaluate_sync(body.get("input", {}))
                     if result.defined:

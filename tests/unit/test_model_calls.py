@@ -28,7 +28,7 @@ USER = [{"role": "user", "content": "hello"}]
         ('[{"content": "x"}]', "{}", "with a role"),
         ('[{"role": "wizard"}]', "{}", "with a role"),
         ("not json", "{}", "not valid JSON"),
-        (json.dumps(USER), '{"a": 1, "a": 2}', "repeats a key"),
+        (json.dumps(USER), '{"a": 1, "a": 2}', "repeats the key"),
         (json.dumps(USER), '{"t": NaN}', "NaN"),
         (json.dumps(USER), "[]", "JSON object"),
         (json.dumps(USER), '{"stream": true}', "set by the sidecar"),

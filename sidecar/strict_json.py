@@ -1,0 +1,57 @@
+"""The one strict JSON reader for what agents send (tool arguments, model requests, the front
+door): a document policy sees must be exactly what is relayed and what is audited.
+
+Refused, each with :class:`StrictJsonError` naming why: invalid JSON; a repeated object key
+(policy and the upstream could read different values); ``NaN``/``Infinity`` (not JSON);
+nesting too deep for the parser; and a lone UTF-16 surrogate escape (``"\\ud800"``: valid JSON
+text, but not Unicode, so it can be neither sent as UTF-8 nor written to the audit log).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from sidecar.errors import SidecarError
+
+__all__ = ["StrictJsonError", "loads_strict"]
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class StrictJsonError(SidecarError):
+    """The text is not a JSON document the sidecar accepts (the message says why)."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicate = next(k for k in keys if keys.count(k) > 1)
+        raise StrictJsonError(f"repeats the key {duplicate!r}")
+    return dict(pairs)
+
+
+def _bad_constant(name: str) -> Any:
+    raise StrictJsonError(f"contains {name}, which is not JSON")
+
+
+def loads_strict(text: str | bytes, what: str) -> Any:
+    """Parse ``text``; raise :class:`StrictJsonError` ("<what> <why>") on anything above."""
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_bad_constant)
+    except StrictJsonError as exc:
+        raise StrictJsonError(f"{what} {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StrictJsonError(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise StrictJsonError(f"{what} is nested too deeply") from exc
+    raw = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    if _SURROGATE_ESCAPE.search(raw):  # rare: only then the full check
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise StrictJsonError(
+                f"{what} holds a lone UTF-16 surrogate escape, which is not Unicode text"
+            ) from None
+    return value
