@@ -16,6 +16,7 @@ Measured side by side in one run, on the shipped policy and a typical CallTool i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -27,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import grpc  # noqa: E402,F401  (loaded as in the server)
 from regopy.rego_shared import rego_bundle_query, rego_free_output, rego_output_string  # noqa: E402
 
 import sidecar  # noqa: E402,F401  (first: the engine's library before grpc's)
@@ -105,6 +105,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=5000, help="timed calls (default 5000)")
     parser.add_argument("--soak", type=int, default=100_000, help="decisions for RSS (100000)")
     args = parser.parse_args()
+    importlib.import_module("grpc")  # loaded as in the server (after sidecar: isort-proof)
 
     engine = EmbeddedEngine.from_dir(ROOT / "rego", QUERY, workers=2)
     compiled = engine._state.pool.get()
