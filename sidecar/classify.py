@@ -106,6 +106,8 @@ DETECTORS: tuple[Detector, ...] = (
 def _strings(value: Any) -> Iterable[str]:
     if isinstance(value, str):
         yield value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        yield str(value)  # a card number sent as a JSON number is still a card number
     elif isinstance(value, dict):
         for k, v in value.items():
             yield str(k)
@@ -152,6 +154,9 @@ def redact(value: Any, classes: Iterable[str], detectors: Iterable[Detector] = D
     def walk(v: Any) -> Any:
         if isinstance(v, str):
             return text(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            redacted = text(str(v))  # a number that matches a class becomes its marker
+            return v if redacted == str(v) else redacted
         if isinstance(v, dict):
             return {text(str(k)): walk(x) for k, x in v.items()}
         if isinstance(v, list):

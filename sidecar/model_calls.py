@@ -94,7 +94,21 @@ def parse_model_request(call: ModelCall) -> tuple[list[dict[str, Any]], dict[str
     reserved = sorted(RESERVED & set(parameters))
     if reserved:
         raise ModelRequestError(f"parameter {reserved[0]!r} is set by the sidecar, not the agent")
+    for key in _TOKEN_LIMITS:
+        # What policy caps must be what is sent: a limit is a positive integer, or absent
+        # (null means "no limit", the same as leaving it out).
+        if key in parameters and parameters[key] is None:
+            del parameters[key]
+        elif key in parameters and not _positive_int(parameters[key]):
+            raise ModelRequestError(f"{key} must be a positive integer")
     return messages, parameters
+
+
+_TOKEN_LIMITS = ("max_tokens", "max_completion_tokens")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _text_of(content: Any) -> str:
@@ -143,10 +157,10 @@ def provider_body(
     body: dict[str, Any] = {"model": settings.model or model, "messages": messages}
     body.update(parameters)
     if max_tokens is not None:
-        for key in ("max_tokens", "max_completion_tokens"):
-            if isinstance(body.get(key), int):
-                body[key] = min(body[key], max_tokens)
-        if "max_tokens" not in body and "max_completion_tokens" not in body:
+        for key in _TOKEN_LIMITS:
+            if key in body:  # parse_model_request let only positive integers through
+                body[key] = min(body[key], max_tokens) if _positive_int(body[key]) else max_tokens
+        if not any(key in body for key in _TOKEN_LIMITS):
             body["max_tokens"] = max_tokens
     if stream:
         body["stream"] = True

@@ -787,6 +787,7 @@ class Mediator:
         }
         t0 = time.perf_counter()
         text = ""
+        delivered: list[str] = []
         usage: Usage | None = None
         try:
             if request.stream:
@@ -800,6 +801,7 @@ class Mediator:
                     obligations.redact_response,
                     emit,
                     common,
+                    delivered,
                 )
             else:
                 completion = await self._complete_model(
@@ -836,6 +838,7 @@ class Mediator:
             # Whatever the provider produced counts against the budgets, also when the call
             # then failed (a broken stream): its usage, or an estimate when it sent none.
             record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
+            text = text or "".join(delivered)  # a broken stream: what the agent got
             if usage is None and (
                 text or (record.relayed and record.upstream.get("status") == 200)
             ):
@@ -918,9 +921,12 @@ class Mediator:
         redact_classes: tuple[str, ...],
         emit: Callable[[str, Any], None] | None,
         common: dict[str, Any],
+        delivered: list[str],
     ) -> tuple[str, Usage | None]:
         """Relay a stream: chunks go to ``emit`` as they come, with ``redact_response``
-        applied across chunk boundaries; returns the whole text and the provider's usage."""
+        applied across chunk boundaries; returns the whole text and the provider's usage.
+        ``delivered`` gets the text that reached the agent also when the stream breaks (the
+        budget is charged for it)."""
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
         redactor = StreamRedactor(redact_classes)
@@ -992,6 +998,7 @@ class Mediator:
                         },
                     )
             text = "".join(state["text"])
+            delivered.append(text)
             log_level = common["decision"].obligations.log
             record.upstream["response_classes"] = classify("".join(state["raw"]))
             record.upstream["result"] = {"chars": len(text), **payload_view(text, log_level)}

@@ -256,9 +256,10 @@ def _local_approver(context: grpc.aio.ServicerContext) -> str:
     names = [v for k, v in context.invocation_metadata() or () if k == "x-approver"]
     name = names[0] if names else ""
     name = name.decode() if isinstance(name, bytes) else name
+    name = name.removeprefix("local:")  # the form the sidecar prints (local:NAME) is accepted
     if not _LOCAL_NAME.fullmatch(name):
         raise PermissionError(
-            "name yourself: x-approver metadata (agent-sidecar approvals --as NAME) of letters, "
-            "digits and ._@+-"
+            "name yourself: x-approver metadata (agent-sidecar approvals --as NAME, or "
+            "local:NAME) of letters, digits and ._@+-; it is recorded as local:NAME"
         )
     return f"local:{name}"

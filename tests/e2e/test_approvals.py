@@ -365,3 +365,15 @@ def test_each_pending_approval_is_posted_to_the_notify_url(
     else:
         assert "SECRET-ORDER-7" not in json.dumps(body)
         assert body["approval"]["arguments"] == {"log": "metadata", "keys": ["amount", "order"]}
+
+
+def test_item18_the_printed_local_name_is_accepted_by_approvals_as(sidecar, tools):
+    with sidecar.client(timeout_s=20) as client:
+        task = client.start_task("refund order A-1").task_id
+        approval_id = step_up_id(client, task)
+    done = cli(sidecar, "approve", approval_id, "--reason", "ok", approver="local:alice")
+    assert done.returncode == 0, done.stderr
+    assert f"{approval_id} approved by local:alice" in done.stdout  # not local:local:alice
+    refused = cli(sidecar, "show", approval_id, approver="local:")
+    assert refused.returncode != 0
+    assert "it is recorded as local:NAME" in refused.stderr

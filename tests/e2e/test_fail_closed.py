@@ -140,8 +140,26 @@ def test_undecodable_bytes_are_invalid_argument_and_audited(sidecar, tools):
 
 @pytest.mark.parametrize(
     "arguments_json",
-    ["not json", "[1, 2]", '{"id": 1, "id": 2}', '{"n": NaN}', "[" * 100000],
-    ids=["not_json", "not_object", "duplicate_key", "nan", "deep"],
+    [
+        "not json",
+        "[1, 2]",
+        '{"id": 1, "id": 2}',
+        '{"n": NaN}',
+        "[" * 100000,
+        '{"id": "1", "n": 1e400}',
+        '{"id": "1", "a": ' + "[" * 500 + "]" * 500 + "}",
+        '{"id": "1", "n": ' + "9" * 5000 + "}",
+    ],
+    ids=[
+        "not_json",
+        "not_object",
+        "duplicate_key",
+        "nan",
+        "deep",
+        "item13_beyond_a_double",
+        "item13_500_deep",
+        "item13_5000_digits",
+    ],
 )
 def test_bad_arguments_are_invalid_argument(sidecar, tools, arguments_json):
     payload = sidecar_pb2.CallToolRequest(tool="tickets.get", arguments_json=arguments_json)

@@ -161,7 +161,9 @@ def test_a_budget_breach_is_denied_mid_task(start_model_sidecar, models):
     assert records[2]["outcome"]["code"] == "budget_exceeded"
 
 
-def test_a_stream_cut_by_the_upstream_is_a_clean_error_and_fully_audited(model_sidecar, models):
+def test_item15_a_stream_cut_by_the_upstream_is_a_clean_error_and_fully_audited(
+    model_sidecar, models
+):
     models.script(reply="one two three four five six", cut_after=2)
     stream = sdk(model_sidecar).chat.completions.create(
         model="gpt-small", messages=USER, stream=True
@@ -177,6 +179,8 @@ def test_a_stream_cut_by_the_upstream_is_a_clean_error_and_fully_audited(model_s
     assert record["outcome"]["relayed"] is True
     assert record["model"]["usage"]["estimated"] is True
     assert record["upstream"]["result"]["value"] == "one two "  # what the agent got
+    # item 15: the text that reached the agent is charged (4 chars a token), not only the prompt
+    assert record["model"]["usage"]["completion_tokens"] == 2
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -371,3 +375,57 @@ def test_bad_front_door_requests_get_clear_openai_shaped_errors(model_sidecar, m
         assert (got_status, error["code"]) == (status, code), (path, body, headers)
         assert error["message"]
     assert models.received == []
+
+
+@pytest.mark.parametrize(
+    ("value", "accepted"),
+    [(None, True), (100000.0, False), ("100000", False), (True, False), (0, False), (-5, False)],
+    ids=["null", "float", "string", "bool", "zero", "negative"],
+)
+def test_item1_max_tokens_of_any_type_never_reaches_the_provider_uncapped(
+    model_sidecar, models, value, accepted
+):
+    """Policy caps max_tokens at 512: whatever type the agent sends, the provider gets an
+    integer <= 512, or the call is refused as malformed (front door and CallModel)."""
+    import requests
+
+    body = {"model": "gpt-small", "messages": USER, "max_tokens": value}
+    answer = requests.post(
+        model_sidecar.sidecar.frontdoor.url + "/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {AGENT_KEY}"},
+        timeout=10,
+    )
+    channel = grpc.insecure_channel(model_sidecar.address)
+    stub = sidecar_pb2_grpc.SidecarStub(channel)
+    request = sidecar_pb2.CallModelRequest(
+        model="gpt-small",
+        messages_json=json.dumps(USER),
+        parameters_json=json.dumps({"max_tokens": value}),
+    )
+    if accepted:
+        assert answer.status_code == 200, answer.text
+        stub.CallModel(request, timeout=10)
+        assert [r.body["max_tokens"] for r in models.received] == [512, 512]
+    else:
+        assert answer.status_code == 400
+        assert "max_tokens must be a positive integer" in answer.text
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CallModel(request, timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert models.received == []
+    channel.close()
+
+
+def test_item1_a_card_number_sent_as_a_json_number_is_seen_by_policy(model_sidecar, tools):
+    """The redact/data-class obligations read numbers too: policy sees the card class in a
+    number and the external target never gets it."""
+    with model_sidecar.client() as client:
+        task = client.start_task("t").task_id
+        with pytest.raises(Exception) as denied:
+            client.call_tool(
+                "partner.notify", {"note": "x", "card": 4111111111111111}, task_id=task
+            )
+    assert getattr(denied.value, "code", "") == "policy_deny"
+    assert "credit_card" in str(denied.value)
+    assert tools.received == []
