@@ -82,6 +82,16 @@ log = logging.getLogger(__name__)
 ANSWER_MARGIN_S = 0.05
 
 
+def answer_margin(time_remaining: float) -> float:
+    """How long before the server's view of the deadline to answer. gRPC sends the timeout
+    rounded *up* to three significant digits (15 s arrives as 15.1 s, 120 s as 121 s, 1000 s
+    as 1010 s), so the server believes it has up to one unit of the third digit more than the
+    client waits: keep that back too, or a long step-up wait ends in a bare DEADLINE_EXCEEDED."""
+    if time_remaining <= 0:
+        return ANSWER_MARGIN_S
+    return ANSWER_MARGIN_S + 10 ** (math.floor(math.log10(time_remaining)) - 2)
+
+
 @dataclass(frozen=True)
 class ToolCall:
     """A CallTool or Check request, decoded."""
@@ -229,7 +239,7 @@ class Mediator:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         deadline = (
-            loop.time() + time_remaining - ANSWER_MARGIN_S
+            loop.time() + time_remaining - answer_margin(time_remaining)
             if time_remaining is not None
             else math.inf
         )

@@ -377,3 +377,45 @@ def test_item18_the_printed_local_name_is_accepted_by_approvals_as(sidecar, tool
     refused = cli(sidecar, "show", approval_id, approver="local:")
     assert refused.returncode != 0
     assert "it is recorded as local:NAME" in refused.stderr
+
+
+def test_item3_item16_a_long_step_up_wait_ends_with_the_approval_id_never_a_bare_deadline(
+    sidecar, tools
+):
+    """gRPC rounds a timeout up when it sends it (10.5 s arrives as 10.6 s); the sidecar must
+    still answer first: approval_required with the approval id, audited, also under load."""
+    from sidecar.client import StepUpRequired
+
+    stop = threading.Event()
+
+    def load() -> int:
+        done = 0
+        with sidecar.client() as client:
+            while not stop.is_set():
+                client.check("tickets.get", {"id": str(done)})
+                done += 1
+        return done
+
+    with sidecar.client(timeout_s=10.5) as client, ThreadPoolExecutor(6) as pool:
+        task = client.start_task("refunds").task_id
+        background = [pool.submit(load) for _ in range(2)]
+        waits = [
+            pool.submit(client.call_tool, "payments.refund", {"order": f"A-{i}", "amount": 500},
+                        task_id=task)  # fmt: skip
+            for i in range(4)
+        ]
+        outcomes = []
+        for wait in waits:
+            try:
+                wait.result(timeout=30)
+            except StepUpRequired as exc:
+                outcomes.append(exc.approval_id)
+            except Exception as exc:  # noqa: BLE001 - the bug this test is about
+                outcomes.append(f"{type(exc).__name__}: {getattr(exc, 'code', '')}")
+        stop.set()
+        assert all(b.result(timeout=30) > 0 for b in background)
+    assert all(o.startswith("ap-") for o in outcomes), outcomes
+    records = [r for r in audit_lines(sidecar.audit_path) if r["rpc"] == "CallTool"]
+    assert sorted(r["approval"]["id"] for r in records) == sorted(outcomes)
+    assert {r["outcome"]["code"] for r in records} == {"approval_required"}
+    assert refunds(tools) == []
