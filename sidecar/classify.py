@@ -179,9 +179,11 @@ class StreamRedactor:
     is released until its ``-----END ...-----`` has arrived. ``flush`` releases the rest.
     """
 
-    def __init__(self, classes: Iterable[str], hold: int = 256) -> None:
+    def __init__(
+        self, classes: Iterable[str], hold: int = 256, extra: Iterable[Detector] = ()
+    ) -> None:
         wanted = set(classes)
-        self._active = tuple(d for d in DETECTORS if d.name in wanted)
+        self._active = tuple(d for d in (*extra, *DETECTORS) if d.name in wanted)
         self._hold = hold
         self._pending = ""
 
@@ -198,8 +200,10 @@ class StreamRedactor:
                 if match.start() < cut < match.end():
                     cut = match.start()
         released, self._pending = self._pending[:cut], self._pending[cut:]
-        return redact(released, [d.name for d in self._active])
+        return redact(released, [d.name for d in self._active], self._active)
 
     def flush(self) -> str:
         released, self._pending = self._pending, ""
-        return redact(released, [d.name for d in self._active]) if self._active else released
+        if not self._active:
+            return released
+        return redact(released, [d.name for d in self._active], self._active)

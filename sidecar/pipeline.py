@@ -10,6 +10,7 @@ is withheld (``audit_unavailable``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import threading
@@ -25,7 +26,7 @@ import grpc
 from sidecar.approvals import Approval, ApprovalBroker, ApprovalError, request_digest
 from sidecar.audit import AuditError, AuditSink, CallRecord, payload_view, result_view
 from sidecar.budgets import BudgetExceeded, Budgets
-from sidecar.classify import StreamRedactor, classify, redact
+from sidecar.classify import classify, redact
 from sidecar.config import Settings
 from sidecar.identity import (
     Attestor,
@@ -68,6 +69,7 @@ from sidecar.relay import (
     build_request,
 )
 from sidecar.relay.models import ModelRelay
+from sidecar.relay.scrub import Scrubber
 from sidecar.state import StateError
 from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.tasks import Task, TaskError, TaskRegistry
@@ -343,6 +345,7 @@ class Mediator:
             "url": upstream_request.url,
         }
         self._before_relay(record, common)
+        scrubber = Scrubber()
         t0 = time.perf_counter()
         try:
             with self._tracer.span("relay", trace, target=tool.target) as span_id:
@@ -355,6 +358,7 @@ class Mediator:
                         obligations.credential,
                         trace.child_header(span_id),
                         request.task_id,
+                        scrubber,
                     ),
                     timeout=remaining,
                 )
@@ -366,14 +370,16 @@ class Mediator:
         except UpstreamStatusError as exc:
             record.relayed = True
             record.upstream["status"] = exc.status
-            record.upstream["result"] = result_view(exc.body, exc.content_type, log_level)
+            body = scrubber.bytes(exc.body)
+            record.upstream["result"] = result_view(body, exc.content_type, log_level)
+            record.upstream["credentials_scrubbed"] = scrubber.count
             result = CallResult(
                 record.decision_id,
                 exc.code,
                 status_for_http(exc.status),
                 str(exc),
                 upstream_status=exc.status,
-                upstream_body=exc.body,
+                upstream_body=body,
                 **common,
             )
             return result
@@ -386,8 +392,10 @@ class Mediator:
         finally:
             record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
         record.relayed = True
+        response = dataclasses.replace(response, body=scrubber.bytes(response.body))
         record.upstream["status"] = response.status
         record.upstream["result"] = result_view(response.body, response.content_type, log_level)
+        record.upstream["credentials_scrubbed"] = scrubber.count
         return CallResult(
             record.decision_id,
             "ok",
@@ -795,6 +803,7 @@ class Mediator:
             "X-Request-Id": record.decision_id,
             "traceparent": trace.child_header(),
         }
+        scrubber = Scrubber([self._provider_key(model.provider)])
         t0 = time.perf_counter()
         text = ""
         delivered: list[str] = []
@@ -812,11 +821,13 @@ class Mediator:
                     emit,
                     common,
                     delivered,
+                    scrubber,
                 )
             else:
                 completion = await self._complete_model(
                     model.provider, body, headers, min(provider.timeout_s, remaining), remaining
                 )
+                completion = scrubber.value(completion)
                 record.relayed = True
                 record.upstream["status"] = 200
                 record.upstream["response_classes"] = classify(completion.get("choices"))
@@ -838,7 +849,7 @@ class Mediator:
                 status_for_http(exc.status),
                 str(exc),
                 upstream_status=exc.status,
-                upstream_body=exc.body,
+                upstream_body=scrubber.bytes(exc.body),
                 **common,
             )
         except RelayError as exc:
@@ -848,6 +859,7 @@ class Mediator:
             # Whatever the provider produced counts against the budgets, also when the call
             # then failed (a broken stream): its usage, or an estimate when it sent none.
             record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
+            record.upstream["credentials_scrubbed"] = scrubber.count
             text = text or "".join(delivered)  # a broken stream: what the agent got
             if usage is None and (
                 text or (record.relayed and record.upstream.get("status") == 200)
@@ -932,6 +944,7 @@ class Mediator:
         emit: Callable[[str, Any], None] | None,
         common: dict[str, Any],
         delivered: list[str],
+        scrubber: Scrubber,
     ) -> tuple[str, Usage | None]:
         """Relay a stream: chunks go to ``emit`` as they come, with ``redact_response``
         applied across chunk boundaries; returns the whole text and the provider's usage.
@@ -939,7 +952,7 @@ class Mediator:
         budget is charged for it)."""
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
-        redactor = StreamRedactor(redact_classes)
+        redactor = scrubber.stream(redact_classes)
         state: dict[str, Any] = {"text": [], "usage": None, "started": False, "raw": []}
         assert record.upstream is not None
 
@@ -972,7 +985,7 @@ class Mediator:
                         delta["content"] = rest
                         state["text"].append(rest)
             if emit is not None:
-                emit("chunk", chunk)
+                emit("chunk", scrubber.value(chunk))  # fields other than the text, too
 
         def send() -> None:
             self._models.stream(
@@ -1009,10 +1022,19 @@ class Mediator:
                     )
             text = "".join(state["text"])
             delivered.append(text)
+            scrubber.count_stream("".join(state["raw"]), text)
             log_level = common["decision"].obligations.log
             record.upstream["response_classes"] = classify("".join(state["raw"]))
             record.upstream["result"] = {"chars": len(text), **payload_view(text, log_level)}
         return text, state["usage"]
+
+    def _provider_key(self, provider: str) -> str:
+        """The key the relay will send (to scrub it from what comes back); "" when there is
+        none or it cannot be read (the relay then refuses with its own code)."""
+        try:
+            return self._models.keys[provider].get() or ""
+        except RelayError:
+            return ""
 
     def audit_alive(self) -> bool:
         return self._audit.alive
@@ -1103,12 +1125,16 @@ class Mediator:
         credential: CredentialObligation | None,
         traceparent: str,
         task_id: str,
+        scrubber: Scrubber,
     ) -> UpstreamResponse:
         def send() -> UpstreamResponse:
             # The credential is minted here, in the relay thread: fetching a JWT-SVID may wait
             # on the Workload API, which must not block the event loop.
             headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
-            headers.update(self._credentials.headers_for(target, credential, task_id=task_id))
+            injected = self._credentials.headers_for(target, credential, task_id=task_id)
+            for value in injected.values():
+                scrubber.add(value.removeprefix("Bearer "))  # never echoed back to the agent
+            headers.update(injected)
             return self._relay.send(target, request, timeout_s=timeout, headers=headers)
 
         async with self._relay_slots:

@@ -400,8 +400,12 @@ def test_item3_item16_a_long_step_up_wait_ends_with_the_approval_id_never_a_bare
         task = client.start_task("refunds").task_id
         background = [pool.submit(load) for _ in range(2)]
         waits = [
-            pool.submit(client.call_tool, "payments.refund", {"order": f"A-{i}", "amount": 500},
-                        task_id=task)  # fmt: skip
+            pool.submit(
+                client.call_tool,
+                "payments.refund",
+                {"order": f"A-{i}", "amount": 500},
+                task_id=task,
+            )  # fmt: skip
             for i in range(4)
         ]
         outcomes = []
