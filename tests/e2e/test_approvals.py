@@ -405,7 +405,7 @@ def test_item3_item16_a_long_step_up_wait_ends_with_the_approval_id_never_a_bare
                 "payments.refund",
                 {"order": f"A-{i}", "amount": 500},
                 task_id=task,
-            )  # fmt: skip
+            )
             for i in range(4)
         ]
         outcomes = []
@@ -414,7 +414,7 @@ def test_item3_item16_a_long_step_up_wait_ends_with_the_approval_id_never_a_bare
                 wait.result(timeout=30)
             except StepUpRequired as exc:
                 outcomes.append(exc.approval_id)
-            except Exception as exc:  # noqa: BLE001 - the bug this test is about
+            except Exception as exc:  # the bug this test is about
                 outcomes.append(f"{type(exc).__name__}: {getattr(exc, 'code', '')}")
         stop.set()
         assert all(b.result(timeout=30) > 0 for b in background)

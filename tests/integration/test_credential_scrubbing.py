@@ -13,11 +13,19 @@ import pytest
 from examples.demo.model_server import ModelServer
 from examples.demo.tools_server import Reply, ToolServer
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
+from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
 from tests.conftest import audit_lines
-from tests.integration.test_identity_pod import _pod, _with_jwt_auth, workload_api  # noqa: F401
+from tests.integration.test_identity_pod import AGENT, _pod, _with_jwt_auth
 
 KEY = "sk-provider-0123456789abcdefghijklmnop"
 MARK = "[REDACTED:credential]"
+
+
+@pytest.fixture
+def workload_api(authority, tmp_path):
+    server = DevWorkloadApiServer(DevWorkloadApi(authority, AGENT), tmp_path / "wl.sock").start()
+    yield server
+    server.stop()
 
 
 def _echo(status: int):
@@ -30,7 +38,7 @@ def _echo(status: int):
 def test_item5_a_tool_upstream_echoing_its_request_never_returns_the_jwt_svid(
     start_sidecar,
     workload_api,
-    status,  # noqa: F811
+    status,
 ):
     with ToolServer({("GET", "/tickets/"): _echo(status)}) as upstream:
         running = start_sidecar(
