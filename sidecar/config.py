@@ -150,6 +150,10 @@ class IdentitySettings:
             _check(not self.spiffe_id, f"spiffe_id: only for mode static, not {self.mode}")
         if self.mode == "jwt":
             _check(bool(self.audience), "audience: required when mode is jwt")
+            _check(
+                not self.audience.startswith("agent-sidecar-delegate:"),
+                "audience: agent-sidecar-delegate: is reserved for delegation links",
+            )
         for td in self.trust_domains:
             _check(
                 re.fullmatch(r"[a-z0-9._-]+", td) is not None,
@@ -423,6 +427,10 @@ class TargetAuthSettings:
     def __post_init__(self) -> None:
         if self.type == "jwt-svid":
             _check(bool(self.audience), "audience: required when type is jwt-svid")
+            _check(
+                not self.audience.startswith("agent-sidecar-delegate:"),
+                "audience: agent-sidecar-delegate: is reserved for delegation links",
+            )
         else:
             _check(not self.audience, "audience: only for type jwt-svid")
 

@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from sidecar.client import PolicyDenied, Unauthenticated
+from sidecar.identity.delegation import delegation_audience
 from sidecar.identity.dev_authority import DevAuthority
 from tests.conftest import SIDECAR_AUDIENCE as AUDIENCE
 from tests.conftest import audit_lines
@@ -23,9 +24,12 @@ def running(start_jwt_sidecar):
 
 
 def chain(authority: DevAuthority, *hops: str, caller: str = SUPPORT, **kwargs) -> list[str]:
-    """JWT-SVIDs for ``hops`` (outermost first), each for the next hop's SPIFFE ID."""
+    """JWT-SVIDs for ``hops`` (outermost first), each a link to the next hop."""
     nexts = [*hops[1:], caller]
-    return [authority.issue_jwt(hop, [nxt], **kwargs) for hop, nxt in zip(hops, nexts, strict=True)]
+    return [
+        authority.issue_jwt(hop, [delegation_audience(nxt)], **kwargs)
+        for hop, nxt in zip(hops, nexts, strict=True)
+    ]
 
 
 def call(running, authority, tokens: list[str], tool="tickets.get", arguments=None, **kwargs):
@@ -55,7 +59,10 @@ def test_an_unverifiable_link_is_unauthenticated(running, authority, tools, case
             *chain(authority, PLANNER, ttl_s=-5),
         ]
     elif case == "audience skips a hop":
-        tokens = [authority.issue_jwt(DISPATCHER, [SUPPORT]), *chain(authority, PLANNER)]
+        tokens = [
+            authority.issue_jwt(DISPATCHER, [delegation_audience(SUPPORT)]),
+            *chain(authority, PLANNER),
+        ]
     else:
         tokens = chain(authority, PLANNER, DISPATCHER, PLANNER)
     with pytest.raises(Unauthenticated) as refused:
@@ -130,3 +137,26 @@ def test_too_many_links_are_refused_before_verification(start_jwt_sidecar, autho
     with pytest.raises(Unauthenticated) as refused:
         call(running, authority, ["x", "y"])
     assert "at most 1 (delegation.max_links)" in str(refused.value)
+
+
+def test_item6_an_upstream_credential_is_not_a_delegation_link(running, authority, tools):
+    """The JWT-SVID a sidecar sends an upstream (sub: the agent, aud: the upstream's SPIFFE ID)
+    reached a malicious upstream that is itself a workload: presenting it as a link, with
+    itself as the caller, must fail."""
+    upstream_credential = authority.issue_jwt(PLANNER, [SUPPORT])  # aud = the next hop's ID
+    with pytest.raises(Unauthenticated) as refused:
+        call(running, authority, [upstream_credential])
+    assert refused.value.code == "delegation_invalid"
+    assert tools.received == []
+
+
+def test_item6_a_target_audience_shaped_like_a_link_is_a_config_error(tmp_path):
+    from sidecar.config import ConfigError, load_settings
+
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "targets:\n  t:\n    base_url: http://127.0.0.1:1\n"
+        "    auth: {type: jwt-svid, audience: 'agent-sidecar-delegate:spiffe://x/y'}\n"
+    )
+    with pytest.raises(ConfigError, match="reserved for delegation links"):
+        load_settings(config)
