@@ -5,7 +5,8 @@ delegator *i* whose audience is :func:`delegation_audience` of the next hop: del
 or for the last link the caller itself. The ``agent-sidecar-delegate:`` prefix keeps links
 apart from every other JWT-SVID: the credential a sidecar sends an upstream (audience: the
 upstream's own SPIFFE ID) is not a link, so an upstream that is itself a workload cannot
-present it as "the agent delegated to me" (config refuses target audiences with the prefix). Every link is checked like a caller's JWT-SVID (signature against
+present it as "the agent delegated to me" (config refuses target audiences with the prefix).
+Every link is checked like a caller's JWT-SVID (signature against
 the trust domain's JWT bundle, algorithm, expiry, trusted trust domain) and the audiences must
 chain; an ID may appear once. Anything unverifiable is ``delegation_invalid``
 (UNAUTHENTICATED); the verified IDs become ``input.delegation.chain``. What a delegator may
