@@ -4,24 +4,42 @@ Usage is read from each provider answer (``usage``; for streams the final usage 
 estimate when the provider sends none) and added to the call's task (``input.task.tokens``)
 and to the subject's total for the UTC day, both in the state database. A call is refused
 with ``budget_exceeded`` before it is relayed once the task has used ``budgets.task_tokens``
-or the subject ``budgets.subject_tokens_per_day``. One call may take a budget past its limit
-(its size is only known afterwards); the next one is refused.
+or the subject ``budgets.subject_tokens_per_day``.
+
+Concurrent calls cannot all slip under a limit: before relay each call *reserves* its
+estimate (the prompt's estimate plus its completion cap) in one transaction that checks the
+limits and adds the estimate to both counters; when the call ends the reservation is settled
+to the provider's usage (or released). So the calls in flight are counted before they finish,
+and a budget is exceeded by at most one call's estimate.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from dataclasses import dataclass
 
 from sidecar.config import BudgetSettings
 from sidecar.errors import SidecarError
 from sidecar.state import StateDb
 from sidecar.tasks import Task, TaskRegistry
 
-__all__ = ["BudgetExceeded", "Budgets"]
+__all__ = ["BudgetExceeded", "Budgets", "Reservation"]
 
 
 class BudgetExceeded(SidecarError):
     code = "budget_exceeded"
+
+
+@dataclass
+class Reservation:
+    """Tokens set aside for one call in flight (settled once, when it ends)."""
+
+    subject: str
+    task_id: str
+    day: str
+    tokens: int
+    settled: bool = False
 
 
 class Budgets:
@@ -55,14 +73,54 @@ class Budgets:
                     f"{settings.subject_tokens_per_day} (budgets.subject_tokens_per_day)"
                 )
 
-    def record(self, subject: str, task_id: str, tokens: int) -> None:
-        if tokens <= 0:
+    def reserve(self, subject: str, task_id: str, estimate: int) -> Reservation:
+        """Check the limits and set ``estimate`` tokens aside, atomically; raise
+        :class:`BudgetExceeded` when a limit is already reached (counting calls in flight)."""
+        settings = self._settings
+        day = self._day()
+        estimate = max(0, estimate)
+        with self._db.transaction(durable=False) as conn:
+            if task_id and settings.task_tokens:
+                row = conn.execute("SELECT tokens FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                used = int(row["tokens"]) if row else 0
+                if used >= settings.task_tokens:
+                    raise BudgetExceeded(
+                        f"task {task_id} has used or reserved {used} tokens; its budget is "
+                        f"{settings.task_tokens} (budgets.task_tokens)"
+                    )
+            if settings.subject_tokens_per_day:
+                row = conn.execute(
+                    "SELECT tokens FROM usage WHERE subject = ? AND day = ?", (subject, day)
+                ).fetchone()
+                used = int(row["tokens"]) if row else 0
+                if used >= settings.subject_tokens_per_day:
+                    raise BudgetExceeded(
+                        f"{subject} has used or reserved {used} tokens today (UTC); the budget "
+                        f"is {settings.subject_tokens_per_day} (budgets.subject_tokens_per_day)"
+                    )
+            self._add(conn, subject, task_id, day, estimate)
+        return Reservation(subject, task_id, day, estimate)
+
+    def settle(self, reservation: Reservation, tokens: int) -> None:
+        """Replace the reservation by the call's real usage (0 releases it)."""
+        if reservation.settled:
+            return
+        reservation.settled = True
+        delta = max(0, tokens) - reservation.tokens
+        if delta:
+            with self._db.transaction(durable=False) as conn:
+                self._add(conn, reservation.subject, reservation.task_id, reservation.day, delta)
+
+    @staticmethod
+    def _add(conn: sqlite3.Connection, subject: str, task_id: str, day: str, tokens: int) -> None:
+        if not tokens:
             return
         if task_id:
-            self._tasks.add_tokens(task_id, tokens)
-        with self._db.transaction(durable=False) as conn:
             conn.execute(
-                "INSERT INTO usage (subject, day, tokens) VALUES (?, ?, ?) "
-                "ON CONFLICT (subject, day) DO UPDATE SET tokens = tokens + excluded.tokens",
-                (subject, self._day(), tokens),
+                "UPDATE tasks SET tokens = MAX(0, tokens + ?) WHERE id = ?", (tokens, task_id)
             )
+        conn.execute(
+            "INSERT INTO usage (subject, day, tokens) VALUES (?, ?, MAX(0, ?)) "
+            "ON CONFLICT (subject, day) DO UPDATE SET tokens = MAX(0, tokens + ?)",
+            (subject, day, tokens, tokens),
+        )

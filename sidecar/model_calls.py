@@ -199,6 +199,19 @@ def usage_from(obj: Mapping[str, Any]) -> Usage | None:
     return Usage(prompt, completion, total)
 
 
+# What a call without any completion cap is assumed to produce, for its budget reservation.
+DEFAULT_COMPLETION_ESTIMATE = 1024
+
+
+def reservation_estimate(messages: list[dict[str, Any]], body: Mapping[str, Any]) -> int:
+    """Tokens to set aside before relay: the prompt's estimate plus the completion cap the
+    provider was sent (or :data:`DEFAULT_COMPLETION_ESTIMATE` when there is none)."""
+    caps = [body[k] for k in _TOKEN_LIMITS if _positive_int(body.get(k))]
+    return estimate_usage(messages, "").prompt_tokens + (
+        min(caps) if caps else DEFAULT_COMPLETION_ESTIMATE
+    )
+
+
 def estimate_usage(messages: list[dict[str, Any]], completion: str) -> Usage:
     """About 4 characters a token: used only when the provider reports no usage."""
     prompt = math.ceil(sum(len(_text_of(m.get("content"))) for m in messages) / 4)

@@ -48,6 +48,7 @@ from sidecar.model_calls import (
     policy_arguments,
     provider_body,
     redact_choices,
+    reservation_estimate,
     usage_from,
 )
 from sidecar.outcomes import status_for, status_for_http
@@ -804,6 +805,12 @@ class Mediator:
             "traceparent": trace.child_header(),
         }
         scrubber = Scrubber([self._provider_key(model.provider)])
+        try:  # counted before relay, so calls in flight cannot all slip under a budget
+            reservation = self._budgets.reserve(
+                subject.spiffe_id, request.task_id, reservation_estimate(sent, body)
+            )
+        except BudgetExceeded as exc:
+            raise _Stop(exc.code, str(exc), **common) from exc
         t0 = time.perf_counter()
         text = ""
         delivered: list[str] = []
@@ -867,7 +874,7 @@ class Mediator:
                 usage = estimate_usage(sent, text)
             if usage is not None:
                 record.model["usage"] = usage.to_dict()
-                self._budgets.record(subject.spiffe_id, request.task_id, usage.total_tokens)
+            self._budgets.settle(reservation, usage.total_tokens if usage is not None else 0)
         result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common)
         result.usage = usage
         if not request.stream:

@@ -429,3 +429,42 @@ def test_item1_a_card_number_sent_as_a_json_number_is_seen_by_policy(model_sidec
     assert getattr(denied.value, "code", "") == "policy_deny"
     assert "credit_card" in str(denied.value)
     assert tools.received == []
+
+
+def test_item4_concurrent_calls_cannot_overshoot_a_budget_by_more_than_one_estimate(
+    start_model_sidecar, models
+):
+    """20 calls at once against a 1,000-token task budget, each really using 61 tokens (the
+    provider counts words) and reserving 125 (a 75-token prompt estimate plus max_tokens 50):
+    what the task is charged exceeds the budget by less than one call's estimate. Before
+    reservations all 20 were relayed (1,220 tokens)."""
+    running = start_model_sidecar(budgets={"task_tokens": 1000})
+    models.script(reply="ok")
+    with running.client() as grpc_client:
+        task = grpc_client.start_task("summarise").task_id
+    client = sdk(running, default_headers={"x-agent-sidecar-task-id": task})
+    prompt = [{"role": "user", "content": "word " * 60}]
+
+    def call(_: int) -> str:
+        try:
+            client.chat.completions.create(model="gpt-small", messages=prompt, max_tokens=50)
+            return "ok"
+        except openai.RateLimitError as exc:
+            return exc.body["code"]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(20) as pool:
+        outcomes = list(pool.map(call, range(20)))
+    assert set(outcomes) == {"ok", "budget_exceeded"}, outcomes
+    relayed = outcomes.count("ok")
+    assert len(models.received) == relayed
+    records = [r for r in audit_lines(running.audit_path) if r["rpc"] == "ChatCompletions"]
+    charged = sum(r["model"]["usage"]["total_tokens"] for r in records if r["model"].get("usage"))
+    assert charged == 61 * relayed
+    assert charged < 1000 + 125
+    # Settled to the real usage: the task holds what the provider reported, no reservation.
+    rows = running.sidecar.mediator._budgets._db.query(
+        "SELECT tokens FROM tasks WHERE id = ?", (task,)
+    )
+    assert rows[0]["tokens"] == charged
