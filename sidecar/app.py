@@ -301,17 +301,20 @@ class Sidecar:
         await self.server.start()
         if self.frontdoor is not None:
             self.frontdoor.start(asyncio.get_running_loop())
+        if self.approvals is not None:
+            self.approvals.bind_loop(asyncio.get_running_loop())
         self._sweeper = asyncio.create_task(self._sweep())
 
     async def _sweep(self) -> None:
-        """End expired tasks (revoking their approvals and credentials) and expire approvals."""
+        """End expired tasks (revoking their approvals and credentials) and expire approvals,
+        in a thread: a locked state database must not stall the event loop."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             try:
                 if self.tasks is not None:
-                    self.tasks.sweep()
+                    await asyncio.to_thread(self.tasks.sweep)
                 if self.approvals is not None:
-                    self.approvals.sweep()
+                    await asyncio.to_thread(self.approvals.sweep)
             except Exception:
                 log.exception("sweeping tasks and approvals failed")
 

@@ -85,6 +85,12 @@ log = logging.getLogger(__name__)
 ANSWER_MARGIN_S = 0.05
 
 
+async def _off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """State work runs in a thread: a locked database (SQLite's busy wait) may stall the calls
+    that need it, never the event loop and the calls that do not."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
 def answer_margin(time_remaining: float) -> float:
     """How long before the server's view of the deadline to answer. gRPC sends the timeout
     rounded *up* to three significant digits (15 s arrives as 15.1 s, 120 s as 121 s, 1000 s
@@ -289,7 +295,9 @@ class Mediator:
             subject = self._attest(record, context)
             chain = self._verify_delegation(request.delegation_chain, subject)
         record.delegation = chain
-        task = self._use_task(record, request.task_id, subject, chain, count=rpc == "CallTool")
+        task = await self._use_task(
+            record, request.task_id, subject, chain, count=rpc == "CallTool"
+        )
 
         action = Action(
             kind="tool",
@@ -458,11 +466,11 @@ class Mediator:
         if approval is not None:
             self._check_revision(record, decided)
         if decided.decision.effect == "step_up" and acting and approval is None:
-            pending = self._request_approval(record, decided, digest(decided.revision), facts)
+            pending = await self._request_approval(record, decided, digest(decided.revision), facts)
             if no_wait:
                 raise self._step_up_stop(decided, pending.id, "the agent asked not to wait")
             await self._await_approval(record, pending.id, decided, deadline)
-            approval = self._claim(record, pending.id, digest(decided.revision))
+            approval = await self._claim(record, pending.id, digest(decided.revision))
             input_doc = policy_input(approval)
             decided = await self._decide_recorded(record, input_doc, deadline, name, trace)
             self._check_revision(record, decided)
@@ -503,7 +511,7 @@ class Mediator:
         except IdentityError as exc:
             raise _Stop("delegation_invalid", str(exc)) from exc
 
-    def _use_task(
+    async def _use_task(
         self,
         record: CallRecord,
         task_id: str,
@@ -516,7 +524,7 @@ class Mediator:
             return None
         record.task = {"id": task_id}
         try:
-            task = self._tasks.use(task_id, subject.spiffe_id, chain, count=count)
+            task = await _off_loop(self._tasks.use, task_id, subject.spiffe_id, chain, count=count)
         except TaskError as exc:
             raise _Stop(exc.code, str(exc)) from exc
         record.task = {
@@ -530,14 +538,15 @@ class Mediator:
 
     # --- step-up approvals -------------------------------------------------------------------
 
-    def _request_approval(
+    async def _request_approval(
         self, record: CallRecord, decided: _Decided, digest: str, facts: _Facts
     ) -> Approval:
         decision = decided.decision
         obligation = decision.obligations.approval
         assert record.action is not None
         try:
-            pending = self._approvals.request(
+            pending = await _off_loop(
+                self._approvals.request,
                 digest=digest,
                 subject=facts.subject.spiffe_id,
                 delegation=facts.chain,
@@ -603,11 +612,13 @@ class Mediator:
                     f"approval {approval_id} is still pending at the call's deadline",
                     approval_id=approval_id,
                 )
-        return self._claim(record, approval_id, digest)
+        return await self._claim(record, approval_id, digest)
 
-    def _claim(self, record: CallRecord, approval_id: str, digest: str) -> ApprovalInfo:
+    async def _claim(self, record: CallRecord, approval_id: str, digest: str) -> ApprovalInfo:
         try:
-            approval = self._approvals.claim(approval_id, digest, used_by=record.decision_id)
+            approval = await _off_loop(
+                self._approvals.claim, approval_id, digest, used_by=record.decision_id
+            )
         except ApprovalError as exc:
             current = self._approvals.get(approval_id)
             known = current.summary() if current is not None else {"id": approval_id}
@@ -743,9 +754,9 @@ class Mediator:
             subject = self._attest(record, context)
             chain = self._verify_delegation(request.delegation_chain, subject)
         record.delegation = chain
-        task = self._use_task(record, request.task_id, subject, chain, count=True)
+        task = await self._use_task(record, request.task_id, subject, chain, count=True)
         try:
-            self._budgets.check(subject.spiffe_id, task)
+            await _off_loop(self._budgets.check, subject.spiffe_id, task)
         except BudgetExceeded as exc:
             raise _Stop(exc.code, str(exc)) from exc
 
@@ -806,8 +817,11 @@ class Mediator:
         }
         scrubber = Scrubber([self._provider_key(model.provider)])
         try:  # counted before relay, so calls in flight cannot all slip under a budget
-            reservation = self._budgets.reserve(
-                subject.spiffe_id, request.task_id, reservation_estimate(sent, body)
+            reservation = await _off_loop(
+                self._budgets.reserve,
+                subject.spiffe_id,
+                request.task_id,
+                reservation_estimate(sent, body),
             )
         except BudgetExceeded as exc:
             raise _Stop(exc.code, str(exc), **common) from exc
@@ -874,7 +888,9 @@ class Mediator:
                 usage = estimate_usage(sent, text)
             if usage is not None:
                 record.model["usage"] = usage.to_dict()
-            self._budgets.settle(reservation, usage.total_tokens if usage is not None else 0)
+            await _off_loop(
+                self._budgets.settle, reservation, usage.total_tokens if usage is not None else 0
+            )
         result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common)
         result.usage = usage
         if not request.stream:
@@ -1093,9 +1109,9 @@ class Mediator:
             subject = self._attest(record, context)
             try:
                 if rpc == "StartTask":
-                    task = self._tasks.start(subject.spiffe_id, intent, ttl_s)
+                    task = await _off_loop(self._tasks.start, subject.spiffe_id, intent, ttl_s)
                 else:
-                    task = self._tasks.end(task_id, subject.spiffe_id)
+                    task = await _off_loop(self._tasks.end, task_id, subject.spiffe_id)
             except TaskError as exc:
                 record.task = {"id": task_id} if task_id else None
                 raise _Stop(exc.code, str(exc)) from exc

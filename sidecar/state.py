@@ -61,12 +61,15 @@ class StateError(SidecarError):
 class StateDb:
     """A connection to ``<dir>/state.db`` shared by the approvals and task stores."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = 1.0) -> None:
+        """``busy_timeout_s``: how long a write waits for a lock another process holds
+        before the call that needed it fails with ``state_unavailable`` (it runs in a
+        thread, never on the event loop)."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(
-                path, check_same_thread=False, isolation_level=None, timeout=5.0
+                path, check_same_thread=False, isolation_level=None, timeout=busy_timeout_s
             )
             self._conn.row_factory = sqlite3.Row
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -62,6 +63,8 @@ class ApprovalBroker:
         self._created: dict[str, collections.deque[float]] = collections.defaultdict(
             collections.deque
         )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._request_lock = threading.Lock()
 
     # --- the agent side (the pipeline) -----------------------------------------------------
 
@@ -80,39 +83,41 @@ class ApprovalBroker:
         policy_revision: str,
         decision_id: str,
     ) -> Approval:
-        """The pending approval for this exact request: an existing one, or a new one."""
-        now_ns = time.time_ns()
-        existing = self._store.find_pending(digest, now_ns)
-        if existing is not None:
-            return existing
-        self._check_rate(subject, now_ns)
-        ttl = min(ttl_s, self._settings.max_ttl_s)
-        approval = Approval(
-            id="ap-" + new_decision_id(now_ns),
-            state="pending",
-            digest=digest,
-            subject=subject,
-            delegation=tuple(delegation),
-            action=dict(action),
-            arguments=dict(arguments),
-            task_id=task_id,
-            reasons=tuple(reasons),
-            approvers=tuple(approvers),
-            policy_revision=policy_revision,
-            decision_id=decision_id,
-            created_at_ns=now_ns,
-            expires_at_ns=now_ns + ttl * 1_000_000_000,
-        )
-        self._store.insert(approval)
-        self._created[subject].append(time.monotonic())
-        log.info(
-            "approval pending",
-            extra={"approval_id": approval.id, "decision_id": decision_id, "subject": subject},
-        )
-        self._publish("created", approval)
-        if self._notify is not None:
-            self._notify(approval)
-        return approval
+        """The pending approval for this exact request: an existing one, or a new one.
+        Atomic (it may run in threads): identical concurrent calls share one approval."""
+        with self._request_lock:
+            now_ns = time.time_ns()
+            existing = self._store.find_pending(digest, now_ns)
+            if existing is not None:
+                return existing
+            self._check_rate(subject, now_ns)
+            ttl = min(ttl_s, self._settings.max_ttl_s)
+            approval = Approval(
+                id="ap-" + new_decision_id(now_ns),
+                state="pending",
+                digest=digest,
+                subject=subject,
+                delegation=tuple(delegation),
+                action=dict(action),
+                arguments=dict(arguments),
+                task_id=task_id,
+                reasons=tuple(reasons),
+                approvers=tuple(approvers),
+                policy_revision=policy_revision,
+                decision_id=decision_id,
+                created_at_ns=now_ns,
+                expires_at_ns=now_ns + ttl * 1_000_000_000,
+            )
+            self._store.insert(approval)
+            self._created[subject].append(time.monotonic())
+            log.info(
+                "approval pending",
+                extra={"approval_id": approval.id, "decision_id": decision_id, "subject": subject},
+            )
+            self._publish("created", approval)
+            if self._notify is not None:
+                self._notify(approval)
+            return approval
 
     def _check_rate(self, subject: str, now_ns: int) -> None:
         settings = self._settings
@@ -304,7 +309,24 @@ class ApprovalBroker:
             except Exception:  # the end already happened; it cannot be undone for the log
                 log.exception("cannot audit an approval's end", extra={"approval_id": approval.id})
 
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop waiters and watchers live on: store work may run in threads (a locked
+        database must not stall the loop), and their news is handed to this loop."""
+        self._loop = loop
+
     def _publish(self, event: str, approval: Approval) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                loop.call_soon_threadsafe(self._publish_here, event, approval)
+                return
+        self._publish_here(event, approval)
+
+    def _publish_here(self, event: str, approval: Approval) -> None:
         for waiter in self._waiters.get(approval.id, ()):
             waiter.set()
         for queue in list(self._watchers):
