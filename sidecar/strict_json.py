@@ -18,7 +18,13 @@ from typing import Any
 
 from sidecar.errors import SidecarError
 
-__all__ = ["MAX_DEPTH", "StrictJsonError", "loads_strict"]
+__all__ = [
+    "MAX_DEPTH",
+    "DuplicateKeyError",
+    "StrictJsonError",
+    "loads_strict",
+    "reject_duplicate_keys",
+]
 
 MAX_DEPTH = 64
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -28,11 +34,19 @@ class StrictJsonError(SidecarError):
     """The text is not a JSON document the sidecar accepts (the message says why)."""
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+class DuplicateKeyError(StrictJsonError):
+    """An object repeats ``key``."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"repeats the key {key!r}")
+        self.key = key
+
+
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that raises :class:`DuplicateKeyError` on a repeated key."""
     keys = [k for k, _ in pairs]
     if len(keys) != len(set(keys)):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise StrictJsonError(f"repeats the key {duplicate!r}")
+        raise DuplicateKeyError(next(k for k in keys if keys.count(k) > 1))
     return dict(pairs)
 
 
@@ -64,7 +78,7 @@ def loads_strict(text: str | bytes, what: str) -> Any:
     try:
         value = json.loads(
             text,
-            object_pairs_hook=_no_duplicates,
+            object_pairs_hook=reject_duplicate_keys,
             parse_constant=_bad_constant,
             parse_float=_finite,
         )

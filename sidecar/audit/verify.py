@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from sidecar.audit.chain import GENESIS, canonical, digest
+from sidecar.strict_json import DuplicateKeyError, reject_duplicate_keys
 
 __all__ = ["VerifyReport", "verify"]
 
@@ -70,14 +71,6 @@ def _lines(files: Iterable[Path]) -> Iterable[tuple[str, int, bytes]]:
                 yield str(path), number, line
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        repeated = next(k for k in keys if keys.count(k) > 1)
-        raise _BadLine(f"the key {repeated!r} appears twice in one object")
-    return dict(pairs)
-
-
 def _parse(line: bytes) -> dict[str, Any]:
     """The record on ``line``; raises :class:`_BadLine` saying what is wrong with it."""
     try:
@@ -85,9 +78,9 @@ def _parse(line: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise _BadLine(f"not UTF-8 (byte {exc.start})") from None
     try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicates)
-    except _BadLine:
-        raise
+        doc = json.loads(text, object_pairs_hook=reject_duplicate_keys)
+    except DuplicateKeyError as exc:
+        raise _BadLine(f"the key {exc.key!r} appears twice in one object") from None
     except ValueError:
         raise _BadLine("not a JSON record (a torn write or an edit)") from None
     if not isinstance(doc, dict):

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 
 from sidecar.policy.errors import PolicyLoadError, UnsupportedBuiltinError
 
-__all__ = ["Call", "RegoModule", "check_builtins", "find_calls", "risky_with_forms"]
+__all__ = [
+    "Call",
+    "RegoModule",
+    "check_builtins",
+    "external_calls",
+    "find_calls",
+    "risky_with_forms",
+]
 
 _KEYWORDS = frozenset(
     {"not", "some", "every", "in", "if", "else", "with", "as", "default", "import", "package"}
@@ -124,12 +131,14 @@ def _is_definition(code: str, after_paren: int) -> bool:
     return depth == 0 and _HEAD_TAIL.match(code, i) is not None
 
 
-def check_builtins(modules: Iterable[RegoModule], is_builtin: Callable[[str], bool]) -> None:
-    """Raise :class:`UnsupportedBuiltinError` for the first call that nothing can satisfy."""
+def external_calls(modules: Iterable[RegoModule]) -> list[tuple[RegoModule, Call, bool]]:
+    """``(module, call, builtin)`` for every call not to a function the policy defines;
+    ``builtin`` is False for a call into ``data`` or an import (which nothing can satisfy)."""
     modules = list(modules)
     functions: set[str] = set()  # fully qualified: data.pkg.f
     for module in modules:
         functions.update(f"data.{module.package}.{f}" for f in module.defined_functions())
+    out = []
     for module in modules:
         package = module.package
         imports = module.imports()
@@ -141,10 +150,16 @@ def check_builtins(modules: Iterable[RegoModule], is_builtin: Callable[[str], bo
                 qualified = imports[head] + ("." + rest if rest else "")
             else:
                 qualified = f"data.{package}.{call.name}"
-            if qualified in functions:
-                continue
-            if head == "data" or head in imports or not is_builtin(call.name):
-                raise UnsupportedBuiltinError(call.name, module.path, call.line)
+            if qualified not in functions:
+                out.append((module, call, head != "data" and head not in imports))
+    return out
+
+
+def check_builtins(modules: Iterable[RegoModule], is_builtin: Callable[[str], bool]) -> None:
+    """Raise :class:`UnsupportedBuiltinError` for the first call that nothing can satisfy."""
+    for module, call, builtin in external_calls(modules):
+        if not builtin or not is_builtin(call.name):
+            raise UnsupportedBuiltinError(call.name, module.path, call.line)
 
 
 _WITH = re.compile(

@@ -29,7 +29,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sidecar.policy.compat import RegoModule, find_calls
+from sidecar.policy.compat import RegoModule, external_calls
 from sidecar.policy.errors import PolicyLoadError
 
 __all__ = [
@@ -171,26 +171,20 @@ class PortabilityError(PolicyLoadError):
 def portability_issues(modules: Iterable[RegoModule]) -> list[PortabilityIssue]:
     """Every construct in ``modules`` that would decide differently on the two engines."""
     modules = list(modules)
-    defined = {f"data.{m.package}.{name}" for m in modules for name in m.defined_functions()}
-    issues: list[PortabilityIssue] = []
+    issues = _builtin_issues(modules)
     for module in modules:
-        issues += _builtin_issues(module, defined)
+        issues += _sprintf_issues(module)
         issues += _not_issues(module)
         if not module.path.endswith("_test.rego"):
             issues += _comparison_issues(module)
     return sorted(issues, key=lambda i: (i.file, i.line, i.rule))
 
 
-def _builtin_issues(module: RegoModule, defined: set[str]) -> list[PortabilityIssue]:
+def _builtin_issues(modules: list[RegoModule]) -> list[PortabilityIssue]:
     issues = []
-    local = {name for name in module.defined_functions()}
-    imports = module.imports()
-    for call in find_calls(module):
-        head = call.name.split(".")[0]
-        if call.name in local or head == "data" or head in imports:
-            continue  # a function the policy defines (compat checks that it exists)
-        if f"data.{module.package}.{call.name}" in defined:
-            continue
+    for module, call, builtin in external_calls(modules):
+        if not builtin:
+            continue  # nothing can satisfy it: compat refuses it as unsupported
         if call.name in DIVERGENT_BUILTINS:
             why = f"which {DIVERGENT_BUILTINS[call.name]} on the embedded engine"
         elif call.name not in VERIFIED_BUILTINS:
@@ -202,7 +196,6 @@ def _builtin_issues(module: RegoModule, defined: set[str]) -> list[PortabilityIs
             continue
         issue = PortabilityIssue(module.path, call.line, "divergent-builtin", why, call.name)
         issues.append(issue)
-    issues += _sprintf_issues(module)
     return issues
 
 

@@ -235,26 +235,6 @@ def test_a_slow_upstream_is_cut_at_the_agents_deadline(start_sidecar):
     assert failed.value.status == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_a_slow_upstream_is_cut_at_the_tools_timeout(start_sidecar):
-    routes = {("GET", "/tickets/"): lambda r: Reply(body={}, delay_s=3)}
-    with ToolServer(routes) as upstream:
-        running = start_sidecar(
-            upstream.url,
-            tools={
-                "tickets.get": {
-                    "target": "tickets",
-                    "operation": "read",
-                    "method": "GET",
-                    "path": "/tickets/{id}",
-                    "timeout_s": 0.3,
-                }
-            },
-        )
-        with running.client() as client, pytest.raises(Unavailable) as failed:
-            client.call_tool("tickets.get", {"id": "1"}, timeout_s=10)
-    assert failed.value.code == "upstream_timeout"
-
-
 def test_an_oversized_upstream_answer_is_refused(start_sidecar):
     routes = {("GET", "/tickets/"): lambda r: Reply(body=b"x" * 5000, content_type="text/plain")}
     with ToolServer(routes) as upstream:
