@@ -408,11 +408,19 @@ class RelaySettings:
 
     # Calls relayed at once; further calls wait for a slot (within their deadline).
     max_concurrency: int = 32
+    # Calls relayed at once to any one target (or provider): a slow target can hold at most
+    # this many slots, so it can never starve the others. 0: half of max_concurrency.
+    max_per_target: int = 0
     max_response_bytes: int = 4 * MIB
 
     def __post_init__(self) -> None:
         _check(self.max_concurrency > 0, "max_concurrency: must be > 0")
+        _check(self.max_per_target >= 0, "max_per_target: must be >= 0")
         _check(self.max_response_bytes > 0, "max_response_bytes: must be > 0")
+
+    @property
+    def per_target(self) -> int:
+        return self.max_per_target or max(1, self.max_concurrency // 2)
 
 
 @dataclass(frozen=True)

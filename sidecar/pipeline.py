@@ -10,6 +10,7 @@ is withheld (``audit_unavailable``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import math
@@ -212,6 +213,10 @@ class Mediator:
         self._relay = relay
         self._audit = audit
         self._relay_slots = asyncio.Semaphore(settings.relay.max_concurrency)
+        # Per target (and provider): a slow upstream holds at most relay.per_target slots.
+        self._target_slots: dict[str, asyncio.Semaphore] = collections.defaultdict(
+            lambda: asyncio.Semaphore(settings.relay.per_target)
+        )
         self._relay_pool = ThreadPoolExecutor(
             max_workers=settings.relay.max_concurrency, thread_name_prefix="relay"
         )
@@ -950,7 +955,7 @@ class Mediator:
         def send() -> dict[str, Any]:
             return self._models.complete(provider, body, timeout_s=timeout, headers=headers)
 
-        async with self._relay_slots:
+        async with self._target_slots[provider], self._relay_slots:
             return await asyncio.wait_for(
                 loop.run_in_executor(self._relay_pool, send), timeout=remaining
             )
@@ -1021,7 +1026,7 @@ class Mediator:
             )
 
         try:
-            async with self._relay_slots:
+            async with self._target_slots[provider], self._relay_slots:
                 await asyncio.wait_for(
                     loop.run_in_executor(self._relay_pool, send), timeout=remaining
                 )
@@ -1160,7 +1165,7 @@ class Mediator:
             headers.update(injected)
             return self._relay.send(target, request, timeout_s=timeout, headers=headers)
 
-        async with self._relay_slots:
+        async with self._target_slots[target], self._relay_slots:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._relay_pool, send)
 

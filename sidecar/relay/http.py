@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from sidecar import __version__
@@ -82,15 +84,46 @@ def _query_value(key: str, value: Any) -> str:
     raise RequestBuildError(f"argument {key!r} cannot be sent as a query parameter")
 
 
-def read_bounded(response: requests.Response, limit: int, what: str) -> bytes:
-    """The whole body, or :class:`UpstreamResponseTooLarge` as soon as it passes ``limit``."""
+def read_bounded(
+    response: requests.Response, limit: int, what: str, deadline: float | None = None
+) -> bytes:
+    """The whole body, or :class:`UpstreamResponseTooLarge` as soon as it passes ``limit``.
+
+    ``deadline`` (``time.monotonic()``) bounds the whole read, not each ``recv``: before each
+    chunk the socket's timeout is cut to what is left, so an upstream that drips a byte at a
+    time is stopped at the deadline (:class:`UpstreamTimeout`) and its connection dropped."""
+    if getattr(response, "_content_consumed", False):  # requests read it already (redirects)
+        content = response.content or b""
+        if len(content) > limit:
+            raise UpstreamResponseTooLarge(f"{what} exceeds relay.max_response_bytes ({limit})")
+        return content
     chunks, size = [], 0
-    for chunk in response.iter_content(chunk_size=65536):
+    while True:
+        _cut_read_timeout(response, deadline)
+        try:  # read1: what one read brings, so the deadline is checked between drips
+            chunk = response.raw.read1(65536, decode_content=True)
+        except (TimeoutError, urllib3.exceptions.ReadTimeoutError) as exc:
+            raise UpstreamTimeout(f"{what} did not arrive in time", reached=True) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise requests.exceptions.ConnectionError(exc) from exc
+        if not chunk:
+            return b"".join(chunks)
         size += len(chunk)
         if size > limit:
             raise UpstreamResponseTooLarge(f"{what} exceeds relay.max_response_bytes ({limit})")
         chunks.append(chunk)
-    return b"".join(chunks)
+
+
+def _cut_read_timeout(response: requests.Response, deadline: float | None) -> None:
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        response.close()
+        raise UpstreamTimeout("the upstream did not finish its answer in time", reached=True)
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(left)
 
 
 class _TlsAdapter(HTTPAdapter):
@@ -147,6 +180,7 @@ class HttpRelay:
         headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
         target = self._targets[target_name]
+        deadline = time.monotonic() + timeout_s  # the whole exchange, not each read
         all_headers = {"User-Agent": f"agent-sidecar/{__version__}", "Accept": "*/*"}
         all_headers.update(headers or {})
         body = None
@@ -167,7 +201,9 @@ class HttpRelay:
                 # (for auth mtls the adapter's SSLContext verifies against the SPIFFE bundle)
             )
             with response:
-                content = self._read_bounded(response)
+                content = read_bounded(
+                    response, self._max_response_bytes, "the upstream's answer", deadline
+                )
         except requests.Timeout as exc:
             raise UpstreamTimeout(
                 f"the upstream did not answer within {timeout_s:.1f}s",
@@ -178,6 +214,10 @@ class HttpRelay:
                 "TLS handshake with the upstream failed", reached=False
             ) from exc
         except requests.RequestException as exc:
+            if time.monotonic() >= deadline:  # a read cut at the deadline (requests says
+                raise UpstreamTimeout(  # ConnectionError for a streamed read timeout)
+                    f"the upstream did not finish within {timeout_s:.1f}s", reached=True
+                ) from exc
             raise UpstreamUnavailable(
                 f"the upstream is unreachable ({type(exc).__name__})",
                 reached=not never_connected(exc),
@@ -188,9 +228,6 @@ class HttpRelay:
                 response.status_code, content[:_ERROR_BODY_LIMIT], content_type
             )
         return UpstreamResponse(response.status_code, content_type, content)
-
-    def _read_bounded(self, response: requests.Response) -> bytes:
-        return read_bounded(response, self._max_response_bytes, "the upstream's answer")
 
     def close(self) -> None:
         for session in self._sessions.values():

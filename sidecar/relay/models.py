@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -150,17 +151,23 @@ class ModelRelay:
         timeout_s: float,
         headers: Mapping[str, str],
     ) -> dict[str, Any]:
-        """One chat completion: the provider's ``chat.completion`` object."""
+        """One chat completion: the provider's ``chat.completion`` object. ``timeout_s``
+        bounds the whole exchange (see ``read_bounded``)."""
+        deadline = time.monotonic() + timeout_s
         response = self._post(provider, body, timeout_s, headers)
         try:
             with response:
-                content = read_bounded(response, self._max, "the provider's answer")
+                content = read_bounded(response, self._max, "the provider's answer", deadline)
         except requests.Timeout as exc:
             raise UpstreamTimeout(
                 f"the provider did not answer within {timeout_s:.1f}s",
                 reached=not never_connected(exc),
             ) from exc
         except requests.RequestException as exc:
+            if time.monotonic() >= deadline:
+                raise UpstreamTimeout(
+                    f"the provider did not finish within {timeout_s:.1f}s", reached=True
+                ) from exc
             raise UpstreamUnavailable(
                 f"the provider's answer broke off ({type(exc).__name__})"
             ) from exc
