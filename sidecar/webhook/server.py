@@ -9,9 +9,11 @@ The patch is the RFC 6902 diff of the original and the mutated pod (``jsonpatch`
 hand-written index paths. TLS certificates and the webhook config are re-read when their
 files change (cert-manager rotates certificates in place); each new connection uses the
 current certificate. Bad input is answered, never crashed on: non-JSON, wrong Content-Type,
-no ``request``, an oversized body -> HTTP 400 with a message; a non-Pod kind or an invalid
-annotation -> an AdmissionReview with ``allowed: false`` and the reason. Every decision is
-logged.
+no ``request``, a missing, repeated or chunked length, a short body -> HTTP 400; a body over
+``max_request_bytes`` -> 413; a body that stops arriving -> 408 (``read_timeout_s`` bounds
+every read, the TLS handshake and headers too); a non-Pod kind, an invalid annotation or a
+Pod of a shape no API server sends -> an AdmissionReview with ``allowed: false`` and the
+reason. At most ``max_connections`` are served at once. Every decision is logged.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 import jsonpatch
 
 from sidecar.errors import SidecarError
+from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.webhook.inject import AdmissionError, mutate
 from sidecar.webhook.settings import WebhookSettings, load_webhook_settings
 
@@ -37,20 +40,26 @@ __all__ = ["WebhookServer", "review"]
 
 log = logging.getLogger(__name__)
 
-# An oversized body is read and dropped up to this many bytes before the 400 goes out.
-_DRAIN_LIMIT = 16 * 1024 * 1024
+# An oversized body is read and dropped up to this many bytes before the 413 goes out (so a
+# client still writing can read the answer); the rest is cut off with the connection.
+_DRAIN_LIMIT = 1024 * 1024
 
 
 class BadRequest(SidecarError):
-    """Answered with HTTP 400 and this message."""
+    """Answered with HTTP ``status`` (400 unless said) and this message."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def review(body: bytes, *, enrolled_namespace: bool, settings: WebhookSettings) -> dict[str, Any]:
-    """Answer one AdmissionReview. Raises :class:`BadRequest` for what is not one."""
+    """Answer one AdmissionReview. Raises :class:`BadRequest` for what is not one; a request
+    whose Pod has a shape no API server sends is refused (``allowed: false``), never a crash."""
     try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from exc
+        doc = loads_strict(body, "the body")
+    except StrictJsonError as exc:
+        raise BadRequest(f"the body is not JSON the webhook accepts: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("kind") != "AdmissionReview":
         raise BadRequest("the body is not an AdmissionReview")
     if doc.get("apiVersion") != "admission.k8s.io/v1":
@@ -59,12 +68,11 @@ def review(body: bytes, *, enrolled_namespace: bool, settings: WebhookSettings) 
     if not isinstance(request, dict) or not isinstance(request.get("uid"), str):
         raise BadRequest("the AdmissionReview has no request (or no request.uid)")
     uid = request["uid"]
-    kind = request.get("kind") or {}
+    kind = _object(request.get("kind"))
     pod = request.get("object")
-    namespace = request.get("namespace") or ((pod or {}).get("metadata") or {}).get("namespace", "")
-    name = ((pod or {}).get("metadata") or {}).get("name") or (
-        ((pod or {}).get("metadata") or {}).get("generateName", "") + "*"
-    )
+    metadata = _object(pod.get("metadata")) if isinstance(pod, dict) else {}
+    namespace = str(request.get("namespace") or metadata.get("namespace") or "")
+    name = str(metadata.get("name") or f"{metadata.get('generateName') or ''}*")
     facts = {"uid": uid, "namespace": namespace, "pod": name, "operation": request.get("operation")}
     if kind.get("kind") != "Pod" or kind.get("group", "") != "":
         log.warning("admission refused", extra=facts | {"reason": f"kind {kind} is not a Pod"})
@@ -82,11 +90,20 @@ def review(body: bytes, *, enrolled_namespace: bool, settings: WebhookSettings) 
     except AdmissionError as exc:
         log.warning("admission refused", extra=facts | {"reason": str(exc)})
         return _response(uid, allowed=False, message=str(exc))
+    except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exc:
+        # e.g. spec: null, a container that is not an object, annotations as a list
+        message = f"the Pod is malformed ({type(exc).__name__}: {exc}); nothing was injected"
+        log.warning("admission refused", extra=facts | {"reason": message})
+        return _response(uid, allowed=False, message=message)
     log.info("admission", extra=facts | {"injected": result.injected, "reason": result.reason})
     if not result.injected:
         return _response(uid, allowed=True)
     patch = jsonpatch.make_patch(pod, result.pod).patch
     return _response(uid, allowed=True, patch=patch)
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _response(
@@ -158,8 +175,13 @@ class WebhookServer:
         self.tls = _Reloading([tls_cert, tls_key], context, "TLS certificate")
         server = self
 
+        initial = self.settings.value
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Every read on the connection (TLS handshake, headers, body) must make progress
+            # within this; a request line or headers that never come close the connection.
+            timeout = initial.read_timeout_s
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -193,7 +215,12 @@ class WebhookServer:
                     )
                 except BadRequest as exc:
                     log.warning("bad admission request", extra={"error": str(exc)})
-                    self._send(400, {"error": str(exc)})
+                    self._send(exc.status, {"error": str(exc)})
+                    return
+                except Exception:  # never a dropped connection without an answer
+                    log.exception("admission review failed")
+                    self.close_connection = True
+                    self._send(500, {"error": "the webhook failed to review this request"})
                     return
                 self._send(200, answer)
 
@@ -201,25 +228,60 @@ class WebhookServer:
                 ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 if ctype != "application/json":
                     raise BadRequest(f"Content-Type must be application/json, not {ctype!r}")
-                try:
-                    length = int(self.headers.get("Content-Length", ""))
-                except ValueError as exc:
-                    raise BadRequest("Content-Length is required") from exc
+                raw_length = self.headers.get_all("Content-Length") or []
+                if len(raw_length) != 1 or not raw_length[0].strip().isdigit():
+                    self.close_connection = True
+                    raise BadRequest("exactly one Content-Length (a byte count) is required")
+                if self.headers.get("Transfer-Encoding"):
+                    self.close_connection = True
+                    raise BadRequest("Transfer-Encoding is not accepted")
+                length = int(raw_length[0])
                 if length > limit:
                     # Read (and drop) what was sent, up to a bound, so the client gets to read
                     # this answer instead of a reset while it is still writing.
                     self.close_connection = True
                     remaining = min(length, _DRAIN_LIMIT)
-                    while remaining > 0:
-                        chunk = self.rfile.read(min(remaining, 65536))
-                        if not chunk:
-                            break
-                        remaining -= len(chunk)
-                    raise BadRequest(f"the body is {length} bytes; the limit is {limit}")
-                return self.rfile.read(length)
+                    try:
+                        while remaining > 0:
+                            chunk = self.rfile.read(min(remaining, 65536))
+                            if not chunk:
+                                break
+                            remaining -= len(chunk)
+                    except (TimeoutError, OSError):
+                        pass
+                    raise BadRequest(f"the body is {length} bytes; the limit is {limit}", 413)
+                try:
+                    body = self.rfile.read(length)
+                except TimeoutError as exc:
+                    self.close_connection = True
+                    raise BadRequest("the body did not arrive in time", 408) from exc
+                if len(body) != length:
+                    self.close_connection = True
+                    raise BadRequest(f"the body ended after {len(body)} of {length} bytes")
+                return body
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True
+            slots = threading.BoundedSemaphore(initial.max_connections)
+
+            def process_request(self, request: Any, client_address: Any) -> None:
+                if not self.slots.acquire(blocking=False):  # at the connection cap
+                    log.warning(
+                        "connection refused: too many", extra={"client": str(client_address)}
+                    )
+                    self.shutdown_request(request)
+                    return
+                try:
+                    super().process_request(request, client_address)
+                except BaseException:
+                    self.slots.release()
+                    raise
+
+            def process_request_thread(self, request: Any, client_address: Any) -> None:
+                try:
+                    super().process_request_thread(request, client_address)
+                finally:
+                    self.slots.release()
 
             def get_request(self) -> tuple[socket.socket, Any]:
                 conn, addr = self.socket.accept()

@@ -82,8 +82,16 @@ class WebhookSettings:
     # Policy bundles a pod may choose (agent-sidecar.io/policy-bundle); the first is the default.
     allowed_policy_bundles: tuple[str, ...] = ("agentsidecar",)
     max_request_bytes: int = 1024 * 1024
+    # A TLS handshake, the request's headers and its body must each arrive within this.
+    read_timeout_s: float = 10.0
+    # Connections served at once; more are closed at accept (the API server retries).
+    max_connections: int = 64
 
     def __post_init__(self) -> None:
+        if self.read_timeout_s <= 0:
+            raise ValueError("read_timeout_s: must be > 0")
+        if self.max_connections < 1:
+            raise ValueError("max_connections: must be >= 1")
         if self.default_engine not in self.allowed_engines:
             raise ValueError("default_engine: not in allowed_engines")
         if self.default_identity_mode not in self.allowed_identity_modes:
