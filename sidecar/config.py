@@ -376,6 +376,11 @@ class FrontDoorSettings:
     # How long a stepped-up request waits for an approver before answering 409.
     wait_for_approval_s: float = 0.0
     max_request_bytes: int = 4 * MIB
+    # Each read (request line, headers, body, and between keep-alive requests) must make
+    # progress within this; idle and half-open connections are closed.
+    read_timeout_s: float = 30.0
+    # Connections served at once (a thread each); more are closed at accept.
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -388,6 +393,8 @@ class FrontDoorSettings:
             )
         _check(self.wait_for_approval_s >= 0, "wait_for_approval_s: must be >= 0")
         _check(self.max_request_bytes > 0, "max_request_bytes: must be > 0")
+        _check(self.read_timeout_s > 0, "read_timeout_s: must be > 0")
+        _check(self.max_connections >= 1, "max_connections: must be >= 1")
 
 
 @dataclass(frozen=True)

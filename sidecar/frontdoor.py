@@ -38,12 +38,13 @@ import logging
 import queue
 import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
 
 from sidecar.config import Settings
+from sidecar.httpserve import CappedHTTPServer, FramingError, read_body
 from sidecar.identity import CallContext
 from sidecar.model_calls import ModelCall
 from sidecar.pipeline import CallResult, Mediator
@@ -100,8 +101,11 @@ class FrontDoor:
         self._settings = settings
         self._mediator = mediator
         host, _, port = settings.frontdoor.listen.rpartition(":")
-        handler = type("Handler", (_Handler,), {"door": self})
-        self._server = _Server((host.strip("[]"), int(port)), handler)
+        door = settings.frontdoor
+        # Idle keep-alive and half-open connections, and bodies that stop arriving, time out.
+        handler = type("Handler", (_Handler,), {"door": self, "timeout": door.read_timeout_s})
+        server = type("Server", (_Server,), {"max_connections": door.max_connections})
+        self._server = server((host.strip("[]"), int(port)), handler)
         self.port = self._server.server_address[1]
         self.loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -136,8 +140,8 @@ class FrontDoor:
         return wait + longest
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(CappedHTTPServer):
+    request_queue_size = 128  # the listen backlog (the standard library's default is 5)
 
     def server_bind(self) -> None:
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -214,19 +218,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/v1/chat/completions":
             self._plain_error(404, "not_found", f"no route {self.path}")
             return
-        raw_length = self.headers.get("Content-Length") or ""
-        if not raw_length.isdigit():  # also refuses chunked bodies: the SDK always sends a length
-            self._plain_error(411, "length_required", "Content-Length (a byte count) is required")
-            self.close_connection = True
-            return
-        length = int(raw_length)
-        limit = self.door._settings.frontdoor.max_request_bytes
-        if length > limit:
-            self._plain_error(413, "request_too_large", f"the body exceeds {limit} bytes")
-            self.close_connection = True
+        try:  # exact framing (duplicate or conflicting lengths, CL+TE, short bodies: 400)
+            raw = read_body(self, self.door._settings.frontdoor.max_request_bytes)
+        except FramingError as exc:
+            self._plain_error(exc.status, exc.code, str(exc))
             return
         try:
-            body = loads_strict(self.rfile.read(length) or b"null", "the body")
+            body = loads_strict(raw or b"null", "the body")
         except StrictJsonError as exc:
             self._plain_error(400, "invalid_json", str(exc))
             return

@@ -25,13 +25,14 @@ import os
 import socket
 import ssl
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import jsonpatch
 
 from sidecar.errors import SidecarError
+from sidecar.httpserve import CappedHTTPServer, FramingError, read_body
 from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.webhook.inject import AdmissionError, mutate
 from sidecar.webhook.settings import WebhookSettings, load_webhook_settings
@@ -39,10 +40,6 @@ from sidecar.webhook.settings import WebhookSettings, load_webhook_settings
 __all__ = ["WebhookServer", "review"]
 
 log = logging.getLogger(__name__)
-
-# An oversized body is read and dropped up to this many bytes before the 413 goes out (so a
-# client still writing can read the answer); the rest is cut off with the connection.
-_DRAIN_LIMIT = 1024 * 1024
 
 
 class BadRequest(SidecarError):
@@ -228,60 +225,13 @@ class WebhookServer:
                 ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
                 if ctype != "application/json":
                     raise BadRequest(f"Content-Type must be application/json, not {ctype!r}")
-                raw_length = self.headers.get_all("Content-Length") or []
-                if len(raw_length) != 1 or not raw_length[0].strip().isdigit():
-                    self.close_connection = True
-                    raise BadRequest("exactly one Content-Length (a byte count) is required")
-                if self.headers.get("Transfer-Encoding"):
-                    self.close_connection = True
-                    raise BadRequest("Transfer-Encoding is not accepted")
-                length = int(raw_length[0])
-                if length > limit:
-                    # Read (and drop) what was sent, up to a bound, so the client gets to read
-                    # this answer instead of a reset while it is still writing.
-                    self.close_connection = True
-                    remaining = min(length, _DRAIN_LIMIT)
-                    try:
-                        while remaining > 0:
-                            chunk = self.rfile.read(min(remaining, 65536))
-                            if not chunk:
-                                break
-                            remaining -= len(chunk)
-                    except (TimeoutError, OSError):
-                        pass
-                    raise BadRequest(f"the body is {length} bytes; the limit is {limit}", 413)
                 try:
-                    body = self.rfile.read(length)
-                except TimeoutError as exc:
-                    self.close_connection = True
-                    raise BadRequest("the body did not arrive in time", 408) from exc
-                if len(body) != length:
-                    self.close_connection = True
-                    raise BadRequest(f"the body ended after {len(body)} of {length} bytes")
-                return body
+                    return read_body(self, limit)
+                except FramingError as exc:
+                    raise BadRequest(str(exc), exc.status) from exc
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            slots = threading.BoundedSemaphore(initial.max_connections)
-
-            def process_request(self, request: Any, client_address: Any) -> None:
-                if not self.slots.acquire(blocking=False):  # at the connection cap
-                    log.warning(
-                        "connection refused: too many", extra={"client": str(client_address)}
-                    )
-                    self.shutdown_request(request)
-                    return
-                try:
-                    super().process_request(request, client_address)
-                except BaseException:
-                    self.slots.release()
-                    raise
-
-            def process_request_thread(self, request: Any, client_address: Any) -> None:
-                try:
-                    super().process_request_thread(request, client_address)
-                finally:
-                    self.slots.release()
+        class Server(CappedHTTPServer):
+            max_connections = initial.max_connections
 
             def get_request(self) -> tuple[socket.socket, Any]:
                 conn, addr = self.socket.accept()

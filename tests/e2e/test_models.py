@@ -468,3 +468,73 @@ def test_item4_concurrent_calls_cannot_overshoot_a_budget_by_more_than_one_estim
         "SELECT tokens FROM tasks WHERE id = ?", (task,)
     )
     assert rows[0]["tokens"] == charged
+
+
+def _raw_front_door(running, request: bytes, *, half_close: bool = False) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", running.sidecar.frontdoor.port), timeout=10) as s:
+        s.sendall(request)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+HEAD = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+BODY = json.dumps({"model": "gpt-small", "messages": USER}).encode()
+DUPLICATE_KEYS = b'{"model": "gpt-small", "model": "gpt-huge", "messages": [1, 2]}'
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "half_close"),
+    [
+        (HEAD + b"Content-Length: %d\r\nContent-Length: 5\r\n\r\n" % len(BODY) + BODY, False),
+        (
+            HEAD
+            + b"Content-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n" % len(BODY)
+            + BODY
+            + HEAD
+            + b"Content-Length: %d\r\n\r\n" % len(BODY)
+            + BODY,
+            False,
+        ),
+        (HEAD + b"Content-Length: %d\r\n\r\n" % (len(BODY) + 50) + BODY, True),
+        (
+            HEAD
+            + b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(DUPLICATE_KEYS)
+            + DUPLICATE_KEYS,
+            False,
+        ),
+    ],
+    ids=["two_lengths", "length_and_chunked_smuggling", "short_body", "duplicate_json_keys"],
+)
+def test_item10_front_door_framing_is_exact(model_sidecar, models, request_bytes, half_close):
+    answer = _raw_front_door(model_sidecar, request_bytes, half_close=half_close)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1  # nothing hidden in the body ran as a request
+    assert models.received == []
+
+
+def test_item11_idle_connections_time_out_and_connections_are_capped(start_model_sidecar):
+    import socket
+
+    running = start_model_sidecar(
+        frontdoor={"listen": "127.0.0.1:0", "read_timeout_s": 1, "max_connections": 4}
+    )
+    port = running.sidecar.frontdoor.port
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(4)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as over:
+            assert over.recv(1) == b""  # over the cap: closed at accept
+        for conn in idle:  # idle and half-open: closed after read_timeout_s
+            assert conn.recv(1) == b""
+    finally:
+        for conn in idle:
+            conn.close()
+    client = sdk(running)
+    assert client.chat.completions.create(model="gpt-small", messages=USER).choices
