@@ -172,10 +172,9 @@ def test_a_denial_ends_the_waiting_call(sidecar, tools):
 def test_a_deadline_never_approves(sidecar, tools):
     with sidecar.client() as client:
         task = client.start_task("refunds").task_id
-        started = time.monotonic()
+        # The answer is StepUpRequired (the sidecar answered first), never a bare deadline.
         with pytest.raises(StepUpRequired) as step_up:
             client.call_tool("payments.refund", REFUND, task_id=task, timeout_s=1.0)
-        assert 0.8 < time.monotonic() - started < 5
         approval_id = step_up.value.approval_id
         # The identical call retried waits on the same approval; no second one is created.
         with pytest.raises(StepUpRequired) as again:

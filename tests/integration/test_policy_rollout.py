@@ -38,18 +38,28 @@ def test_concurrent_calls_during_repeated_swaps(start_sidecar, tools, tmp_path):
     _write(policy_dir, MARKED.format(marker="B"))
     revision_b = load_policy_dir(policy_dir).revision
     marker_of = {revision_a: "A", revision_b: "B"}
-    running = start_sidecar(tools.url, policy={"dir": str(policy_dir), "reload_interval_ms": 0})
+    # A generous policy timeout: this is about swaps, and a 2-core machine compiling a policy
+    # while four callers decide must not turn into policy_timeout (that has its own tests).
+    running = start_sidecar(
+        tools.url,
+        policy={"dir": str(policy_dir), "reload_interval_ms": 0, "timeout_ms": 10_000},
+    )
     reloader = running.sidecar.reloader
     failures: list[BaseException] = []
     stop = threading.Event()
+    done = [0]
+    progress = threading.Condition()
 
     def caller() -> None:
         with running.client() as client:
             while not stop.is_set():
                 try:
-                    client.check("tickets.get", {"id": "1"})
+                    client.check("tickets.get", {"id": "1"}, timeout_s=30)
                 except BaseException as exc:  # every failure counts
                     failures.append(exc)
+                with progress:
+                    done[0] += 1
+                    progress.notify_all()
 
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for thread in threads:
@@ -58,7 +68,9 @@ def test_concurrent_calls_during_repeated_swaps(start_sidecar, tools, tmp_path):
     for i in range(20):
         _write(policy_dir, MARKED.format(marker="A" if i % 2 == 0 else "B"))
         swaps += reloader.reload_now()
-        time.sleep(0.03)
+        with progress:  # calls decided under this revision before the next swap
+            target = done[0] + 4
+            assert progress.wait_for(lambda t=target: done[0] >= t, timeout=60)
     stop.set()
     for thread in threads:
         thread.join(30)

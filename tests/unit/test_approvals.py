@@ -198,21 +198,17 @@ def test_waiting_wakes_on_the_decision_and_times_out_pending(tmp_path):
     broker, _ = _broker(tmp_path)
     approval = _request(broker)
 
-    async def scenario() -> tuple[str, str, float]:
-        started = time.monotonic()
-        timed_out = await broker.wait(approval.id, 0.2)
-        waited = time.monotonic() - started
+    async def scenario() -> tuple[str, str]:
+        timed_out = await broker.wait(approval.id, 0.2)  # nobody decides: still pending
         loop = asyncio.get_running_loop()
         loop.call_later(
             0.1,
             lambda: broker.decide(approval.id, approve=True, approver="local:alice", reason="ok"),
         )
-        decided = await broker.wait(approval.id, 10)
-        return timed_out.state, decided.state, waited
+        decided = await broker.wait(approval.id, 10)  # woken by the decision, not the timeout
+        return timed_out.state, decided.state
 
-    timed_out, decided, waited = asyncio.run(scenario())
-    assert (timed_out, decided) == ("pending", "approved")
-    assert 0.15 < waited < 2
+    assert asyncio.run(scenario()) == ("pending", "approved")
 
 
 def test_expiry_ends_pending_and_approved_approvals(tmp_path):
