@@ -131,6 +131,17 @@ def task(sidecar) -> str:
         return client.start_task("test").task_id
 
 
+@pytest.fixture
+def workload_api(authority, tmp_path):
+    """A development Workload API serving the agent's (spiffe://demo.example/agent/support)
+    X.509- and JWT-SVIDs on a unix socket."""
+    server = DevWorkloadApiServer(
+        DevWorkloadApi(authority, "spiffe://demo.example/agent/support"), tmp_path / "wl.sock"
+    ).start()
+    yield server
+    server.stop()
+
+
 def audit_lines(path: Path, type: str = "call") -> list[dict[str, Any]]:
     """The call records of an audit log (one per call), without intents, checkpoints, task
     and approval records (or those of another ``type``)."""

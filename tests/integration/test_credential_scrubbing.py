@@ -13,19 +13,11 @@ import pytest
 from examples.demo.model_server import ModelServer
 from examples.demo.tools_server import Reply, ToolServer
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
-from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
 from tests.conftest import audit_lines
-from tests.integration.test_identity_pod import AGENT, _pod, _with_jwt_auth
+from tests.integration.test_identity_pod import _pod, _with_jwt_auth
 
 KEY = "sk-provider-0123456789abcdefghijklmnop"
 MARK = "[REDACTED:credential]"
-
-
-@pytest.fixture
-def workload_api(authority, tmp_path):
-    server = DevWorkloadApiServer(DevWorkloadApi(authority, AGENT), tmp_path / "wl.sock").start()
-    yield server
-    server.stop()
 
 
 def _echo(status: int):

@@ -24,13 +24,6 @@ AGENT = "spiffe://demo.example/agent/support"
 TICKETS_AUD = "spiffe://demo.example/tickets"
 
 
-@pytest.fixture
-def workload_api(authority, tmp_path):
-    server = DevWorkloadApiServer(DevWorkloadApi(authority, AGENT), tmp_path / "wl.sock").start()
-    yield server
-    server.stop()
-
-
 def _pod(socket_path, **extra):
     return {"mode": "pod", "socket": f"unix://{socket_path}", **extra}
 

@@ -182,20 +182,24 @@ def generate(data: dict[str, Any], *, random_cases: int = 3000, seed: int = 7) -
     def target_of(tool: Any) -> str:
         return tool.split(".")[0] if isinstance(tool, str) and "." in tool else "tickets"
 
+    # Every field of the input and the values it takes (valid, missing, wrong types, ...).
+    fields: list[tuple[tuple[str, ...], list[Any]]] = [
+        (("subject", "spiffe_id"), subjects),
+        (("action", "name"), tools),
+        (("action", "operation"), operations),
+        (("action", "kind"), kinds),
+        (("action", "target"), targets),
+        (("action", "data_classes"), classes),
+        (("delegation", "chain"), chains),
+        (("approval",), approvals),
+        (("task",), tasks),
+    ]
     # 1. Every grant, each dimension varied alone.
     for sid, op, tool in granted:
         base = _base(sid, tool, op, "tool", target_of(tool))
         yield copy.deepcopy(base)
-        variations: list[tuple[tuple[str, ...], list[Any]]] = [
-            (("subject", "spiffe_id"), subjects),
-            (("action", "name"), tools),
-            (("action", "operation"), operations),
-            (("action", "kind"), kinds),
-            (("action", "target"), targets),
-            (("action", "data_classes"), classes),
-            (("delegation", "chain"), chains),
-            (("approval",), approvals),
-            (("task",), tasks),
+        variations = [
+            *fields,
             (("version",), [2, "1", None, _MISSING]),
             (("subject",), [None, {}, "x", _MISSING]),
             (("action",), [None, {}, _MISSING]),
@@ -226,18 +230,7 @@ def generate(data: dict[str, Any], *, random_cases: int = 3000, seed: int = 7) -
     rng = random.Random(seed)
     for _ in range(random_cases):
         doc = _base(rng.choice(subjects[:4]), "tickets.get", "read", "tool", "tickets")
-        for path, values in (
-            (("subject", "spiffe_id"), subjects),
-            (("action", "name"), tools),
-            (("action", "operation"), operations),
-            (("action", "kind"), kinds),
-            (("action", "target"), targets),
-            (("action", "data_classes"), classes),
-            (("delegation", "chain"), chains),
-            (("approval",), approvals),
-            (("task",), tasks),
-            (("action", "arguments", "amount"), _amounts(100)),
-        ):
+        for path, values in [*fields, (("action", "arguments", "amount"), _amounts(100))]:
             if rng.random() < 0.5:
                 _put(doc, path, copy.deepcopy(rng.choice(values)))
         yield doc
