@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from regopy.rego_shared import rego as _lib
@@ -146,6 +147,16 @@ def _build(handle: int, value: Any) -> None:
         if float(f"{value:f}") != value:
             raise _NeedsTerm
         _float(handle, value)
+    elif isinstance(value, Mapping):  # rarer shapes last, as json.dumps reads them
+        _build(handle, dict(value))
+    elif isinstance(value, list | tuple):
+        _build(handle, list(value))
+    elif isinstance(value, str):  # a str subclass (an Enum member): its plain text
+        _build(handle, str.__str__(value))
+    elif isinstance(value, int):
+        _build(handle, int.__index__(value))
+    elif isinstance(value, float):
+        _build(handle, float.__float__(value))
     else:
         raise TypeError(f"{kind.__name__} is not a JSON value")
 

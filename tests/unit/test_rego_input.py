@@ -74,3 +74,24 @@ def test_strings_and_numbers_round_trip_on_the_node_and_the_term_path(echo, valu
     # A float six decimals cannot hold (1e-7) sends the whole document through the JSON term.
     for doc in ({'k"ey': value}, {'k"ey': value, "force_term": 1e-7}):
         assert _eval(echo["out"], doc) == json.loads(json.dumps(doc))
+
+
+def test_mapping_and_sequence_subclasses_and_enums_are_read_as_json_reads_them(echo):
+    """What json.dumps accepts, the node builder accepts too (tuples, OrderedDict, str/int
+    enums): a decision must never fail on the Python type of a well-formed input."""
+    import collections
+    import enum
+
+    class Mode(enum.StrEnum):
+        READ = "read"
+
+    class Level(enum.IntEnum):
+        TWO = 2
+
+    doc = {
+        "t": ("a", 1),
+        "o": collections.OrderedDict([("k", "v")]),
+        "e": Mode.READ,
+        "i": Level.TWO,
+    }
+    assert _eval(echo["out"], doc) == {"t": ["a", 1], "o": {"k": "v"}, "e": "read", "i": 2}
