@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import functools
 import logging
 import math
 import threading
@@ -86,10 +87,16 @@ log = logging.getLogger(__name__)
 ANSWER_MARGIN_S = 0.05
 
 
+# One thread for state work: the database serialises its writes anyway, and one worker spares
+# the hand-offs between several threads contending for its lock.
+_STATE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+
+
 async def _off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """State work runs in a thread: a locked database (SQLite's busy wait) may stall the calls
     that need it, never the event loop and the calls that do not."""
-    return await asyncio.to_thread(fn, *args, **kwargs)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_STATE_THREAD, functools.partial(fn, *args, **kwargs))
 
 
 def answer_margin(time_remaining: float) -> float:
