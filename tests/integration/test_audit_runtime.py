@@ -17,6 +17,7 @@ from examples.demo.tools_server import Reply, ToolServer
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.client import Unavailable
 from tests.conftest import all_audit_lines, audit_lines
+from tests.integration.test_identity_pod import _health
 from tests.support.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,14 +30,6 @@ def _raw_call_tool(address: str, tool: str, arguments_json: str, **fields) -> gr
         with pytest.raises(grpc.RpcError) as failed:
             call(request.SerializeToString(), timeout=10)
     return failed.value
-
-
-def _health(address: str) -> int:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        return stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
 def _poll(predicate, bound_s: float = 30.0) -> bool:
