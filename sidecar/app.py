@@ -53,7 +53,7 @@ SWEEP_INTERVAL_S = 1.0
 def build_engine(settings: Settings) -> PolicyEngine:
     policy = settings.policy
     if policy.engine == "opa":
-        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
+        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers or 4)
     return EmbeddedEngine.from_dir(policy.dir, policy.query, workers=policy.workers)
 
 
@@ -247,6 +247,7 @@ class Sidecar:
         )
         # Listeners last, plain sockets before gRPC ones: a port in use fails the build before
         # any gRPC server exists, and everything already opened is closed again.
+        frontdoor: FrontDoor | None = None
         try:
             admin_port = metrics.serve(settings.admin.listen) if settings.admin.listen else None
             frontdoor = FrontDoor(settings, mediator, engine) if settings.frontdoor.listen else None
@@ -254,10 +255,9 @@ class Sidecar:
             approvals_server = AdminServer(settings, approvals, identity, record)
         except BaseException:
             for close in (
+                *((frontdoor.close,) if frontdoor else ()),
                 metrics.close,
                 mediator.close,
-                relay.close,
-                models.close,
                 engine.close,
                 audit.close,
                 state.close,
@@ -300,7 +300,7 @@ class Sidecar:
             await self.approvals_server.start()
         await self.server.start()
         if self.frontdoor is not None:
-            self.frontdoor.start(asyncio.get_running_loop())
+            await self.frontdoor.start()
         if self.approvals is not None:
             self.approvals.bind_loop(asyncio.get_running_loop())
         self._sweeper = asyncio.create_task(self._sweep())
@@ -324,16 +324,21 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         if self.frontdoor is not None:
-            await asyncio.to_thread(self.frontdoor.stop)
+            await self.frontdoor.stop()
         if self.approvals_server is not None:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
+        await self.relay.close()  # after the server: calls in flight have ended
+        if self.models is not None:
+            await self.models.close()
         self.close()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        if self.frontdoor is not None:
+            self.frontdoor.close()
         if self.notifier is not None:
             self.notifier.close()
         if self.metrics is not None:
@@ -343,9 +348,6 @@ class Sidecar:
         if self.shadow is not None:
             self.shadow.close()
         self.mediator.close()
-        self.relay.close()
-        if self.models is not None:
-            self.models.close()
         self.engine.close()
         self.audit.close()
         if self.state is not None:

@@ -170,8 +170,9 @@ class PolicySettings:
     dir: Path = Path("rego")
     query: str = "data.agentsidecar.authz.decision"
     timeout_ms: int = 250
-    # Interpreters evaluating in parallel (embedded), or connections to OPA (opa).
-    workers: int = 4
+    # embedded: 0 evaluates on the event loop (no thread hand-off; server.workers processes
+    # use the cores); N > 0: N interpreters in threads, in parallel. opa: connections (>= 1).
+    workers: int = 0
     # embedded: how often the policy dir is checked for changes (0: only on SIGHUP).
     reload_interval_ms: int = 1000
     # opa: the OPA server (http://HOST:PORT or unix:///PATH).
@@ -187,7 +188,7 @@ class PolicySettings:
             f"query: {self.query!r} is not a data reference like data.agentsidecar.authz.decision",
         )
         _check(self.timeout_ms > 0, "timeout_ms: must be > 0")
-        _check(1 <= self.workers <= 64, "workers: must be between 1 and 64")
+        _check(0 <= self.workers <= 64, "workers: must be between 0 and 64")
         _check(self.reload_interval_ms >= 0, "reload_interval_ms: must be >= 0")
         parts = urlsplit(self.opa_url)
         _check(

@@ -35,16 +35,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import queue
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler
+from collections.abc import Awaitable
 from typing import Any
 
 import grpc
+from aiohttp import web
 
+from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, read_body
 from sidecar.config import Settings
-from sidecar.httpserve import CappedHTTPServer, FramingError, read_body
 from sidecar.identity import CallContext
 from sidecar.model_calls import ModelCall
 from sidecar.pipeline import CallResult, Mediator
@@ -95,42 +93,42 @@ def error_body(result: CallResult) -> tuple[int, dict[str, Any]]:
 
 
 class FrontDoor:
-    """Serves the front door on its own threads; calls run on the sidecar's event loop."""
+    """Serves the front door on the sidecar's event loop (see :mod:`sidecar.aiohttpserve`)."""
 
-    def __init__(self, settings: Settings, mediator: Mediator, engine: PolicyEngine) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        mediator: Mediator,
+        engine: PolicyEngine,
+        *,
+        reuse_port: bool = False,
+    ) -> None:
         self._settings = settings
         self._mediator = mediator
         host, _, port = settings.frontdoor.listen.rpartition(":")
         door = settings.frontdoor
-        # Idle keep-alive and half-open connections, and bodies that stop arriving, time out.
-        handler = type("Handler", (_Handler,), {"door": self, "timeout": door.read_timeout_s})
-        server = type("Server", (_Server,), {"max_connections": door.max_connections})
-        self._server = server((host.strip("[]"), int(port)), handler)
-        self.port = self._server.server_address[1]
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server = HttpServer(
+            bind_tcp(host.strip("[]"), int(port), reuse_port=reuse_port),
+            self._handle,
+            max_connections=door.max_connections,
+            idle_timeout_s=door.read_timeout_s,
+            error_response=_plain_error,
+        )
+        self.port = self._server.port
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="frontdoor", daemon=True
-        )
-        self._thread.start()
+    async def start(self) -> None:
+        await self._server.start()
         log.info("front door listening", extra={"address": self._settings.frontdoor.listen})
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+    async def stop(self) -> None:
+        await self._server.stop()
 
-    # --- called from handler threads -------------------------------------------------------
-
-    def run(self, coro: Any, timeout: float | None = None) -> Any:
-        assert self.loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+    def close(self) -> None:
+        self._server.close()
 
     def wait_s(self) -> float | None:
         wait = self._settings.frontdoor.wait_for_approval_s
@@ -139,71 +137,19 @@ class FrontDoor:
         longest = max((p.timeout_s for p in self._settings.providers.values()), default=60.0)
         return wait + longest
 
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path.rstrip("/")
+        if request.method == "GET" and path == "/v1/models":
+            return await self._models(request)
+        if request.method == "POST" and path == "/v1/chat/completions":
+            return await self._completions(request)
+        return _plain_error(404, "not_found", f"no route {request.method} {request.path}")
 
-class _Server(CappedHTTPServer):
-    request_queue_size = 128  # the listen backlog (the standard library's default is 5)
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    door: FrontDoor
-    protocol_version = "HTTP/1.1"
-    server_version = "agent-sidecar"
-
-    def log_message(self, *args: Any) -> None:  # the audit log and JSON logs say it all
-        pass
-
-    def _context(self) -> CallContext:
-        metadata: list[tuple[str, str]] = []
-        auth = self.headers.get("Authorization")
-        if auth:
-            metadata.append(("authorization", auth))
-        trace = self.headers.get("traceparent")
-        if trace:
-            metadata.append(("traceparent", trace))
-        return CallContext(metadata=tuple(metadata), peer=f"ipv4:{self.client_address[0]}")
-
-    def _send_json(
-        self, status: int, body: Any, *, retry: bool = True, decision_id: str = ""
-    ) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        if decision_id:
-            self.send_header("x-agent-sidecar-decision-id", decision_id)
-        self.send_header("Content-Length", str(len(data)))
-        if not retry:
-            self.send_header("x-should-retry", "false")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _send_error(self, result: CallResult) -> None:
-        status, body = error_body(result)
-        self._send_json(status, body, retry=result.code in _RETRYABLE)
-
-    def _plain_error(self, status: int, code: str, message: str) -> None:
-        body = {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "code": code,
-                "param": None,
-            }
-        }
-        self._send_json(status, body, retry=False)
-
-    def do_GET(self) -> None:
-        if self.path.rstrip("/") != "/v1/models":
-            self._plain_error(404, "not_found", f"no route {self.path}")
-            return
-        result, models = self.door.run(self.door._mediator.list_models(self._context()))
+    async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
+        result, models = await self._mediator.list_models(_context(request))
         if result.status != grpc.StatusCode.OK:
-            self._send_error(result)
-            return
-        self._send_json(
+            return _error(result)
+        return _json(
             200,
             {
                 "object": "list",
@@ -214,101 +160,141 @@ class _Handler(BaseHTTPRequestHandler):
             },
         )
 
-    def do_POST(self) -> None:
-        if self.path.rstrip("/") != "/v1/chat/completions":
-            self._plain_error(404, "not_found", f"no route {self.path}")
-            return
-        try:  # exact framing (duplicate or conflicting lengths, CL+TE, short bodies: 400)
-            raw = read_body(self, self.door._settings.frontdoor.max_request_bytes)
-        except FramingError as exc:
-            self._plain_error(exc.status, exc.code, str(exc))
-            return
+    async def _completions(self, request: web.BaseRequest) -> web.StreamResponse:
+        door = self._settings.frontdoor
+        if request.content_length is None and "chunked" not in request.headers.get(
+            "Transfer-Encoding", ""
+        ):
+            return _plain_error(411, "length_required", "a body with Content-Length is required")
+        try:
+            raw = await read_body(request, door.max_request_bytes, door.read_timeout_s)
+        except BodyError as exc:
+            return _plain_error(exc.status, exc.code, str(exc), close=True)
         try:
             body = loads_strict(raw or b"null", "the body")
         except StrictJsonError as exc:
-            self._plain_error(400, "invalid_json", str(exc))
-            return
+            return _plain_error(400, "invalid_json", str(exc))
         if not isinstance(body, dict):
-            self._plain_error(400, "invalid_json", "the body must be a JSON object")
-            return
+            return _plain_error(400, "invalid_json", "the body must be a JSON object")
         parameters = {
             k: v
             for k, v in body.items()
             if k not in ("model", "messages", "stream", "stream_options")
         }
-        delegation = self.headers.get("x-agent-sidecar-delegation", "")
+        headers = request.headers
+        delegation = headers.get("x-agent-sidecar-delegation", "")
         call = ModelCall(
             model=str(body.get("model") or ""),
             messages_json=json.dumps(body.get("messages")),
             parameters_json=json.dumps(parameters),
-            task_id=self.headers.get("x-agent-sidecar-task-id", ""),
-            intent=self.headers.get("x-agent-sidecar-intent", ""),
-            approval_id=self.headers.get("x-agent-sidecar-approval-id", ""),
-            no_wait=self.door.wait_s() is None,
+            task_id=headers.get("x-agent-sidecar-task-id", ""),
+            intent=headers.get("x-agent-sidecar-intent", ""),
+            approval_id=headers.get("x-agent-sidecar-approval-id", ""),
+            no_wait=self.wait_s() is None,
             delegation_chain=tuple(t.strip() for t in delegation.split(",") if t.strip()),
             stream=bool(body.get("stream")),
         )
         if call.stream:
-            self._stream(call)
-            return
-        result = self.door.run(
-            self.door._mediator.call_model(
-                "ChatCompletions",
-                call,
-                context=self._context(),
-                time_remaining=self.door.wait_s(),
-            )
+            return await self._stream(request, call)
+        result = await self._mediator.call_model(
+            "ChatCompletions", call, context=_context(request), time_remaining=self.wait_s()
         )
         if result.status != grpc.StatusCode.OK:
-            self._send_error(result)
-            return
-        self._send_json(200, result.completion, decision_id=result.decision_id)
+            return _error(result)
+        return _json(200, result.completion, decision_id=result.decision_id)
 
-    def _stream(self, call: ModelCall) -> None:
-        events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        assert self.door.loop is not None
-        future = asyncio.run_coroutine_threadsafe(
-            self.door._mediator.call_model(
+    async def _stream(self, request: web.BaseRequest, call: ModelCall) -> web.StreamResponse:
+        """Chunks reach the agent as the provider sends them. The call is a task of its own:
+        an agent that goes away does not cut it short (it completes and is audited)."""
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        task = asyncio.ensure_future(
+            self._mediator.call_model(
                 "ChatCompletions",
                 call,
-                context=self._context(),
-                time_remaining=self.door.wait_s(),
-                emit=lambda kind, value: events.put((kind, value)),
-            ),
-            self.door.loop,
+                context=_context(request),
+                time_remaining=self.wait_s(),
+                emit=lambda kind, value: events.put_nowait((kind, value)),
+            )
         )
-        future.add_done_callback(lambda _: events.put(("end", None)))
-        started = False
+        task.add_done_callback(lambda _: events.put_nowait(("end", None)))
+        response: web.StreamResponse | None = None
+        writable = True
         while True:
-            kind, value = events.get()
+            kind, value = await events.get()
             if kind == "start":
-                started = True
-                self.send_response(200)
-                self.send_header("Content-Type", "text/event-stream")
-                self.send_header("x-agent-sidecar-decision-id", value.decision_id)
-                self.send_header("Cache-Control", "no-cache")
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.close_connection = True
-            elif kind == "chunk" and started:
-                self._event(value)
+                response = web.StreamResponse(
+                    status=200,
+                    headers={
+                        "Content-Type": "text/event-stream",
+                        "x-agent-sidecar-decision-id": value.decision_id,
+                        "Cache-Control": "no-cache",
+                        "Server": "agent-sidecar",
+                    },
+                )
+                response.force_close()
+                writable = await _send(response.prepare(request))
+            elif kind == "chunk" and response is not None and writable:
+                writable = await _send(response.write(_event(value)))
             elif kind == "end":
                 break
-        result: CallResult = future.result()
-        if not started:
-            self._send_error(result)
-            return
-        if result.status == grpc.StatusCode.OK:
-            self.wfile.write(b"data: [DONE]\n\n")
-        else:
-            self._event(error_body(result)[1])
-        self.wfile.flush()
+        result: CallResult = task.result()
+        if response is None:
+            return _error(result)
+        if writable:
+            if result.status == grpc.StatusCode.OK:
+                await _send(response.write(b"data: [DONE]\n\n"))
+            else:
+                await _send(response.write(_event(error_body(result)[1])))
+            await _send(response.write_eof())
+        return response
 
-    def _event(self, value: Any) -> None:
-        try:
-            self.wfile.write(
-                b"data: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
-            )
-            self.wfile.flush()
-        except OSError:  # the agent went away; the call still completes and is audited
-            pass
+
+async def _send(write: Awaitable[Any]) -> bool:
+    """False once the agent has gone away (the call still completes and is audited)."""
+    try:
+        await write
+    except (ConnectionError, RuntimeError):
+        return False
+    return True
+
+
+def _event(value: Any) -> bytes:
+    return b"data: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _context(request: web.BaseRequest) -> CallContext:
+    metadata: list[tuple[str, str]] = []
+    auth = request.headers.get("Authorization")
+    if auth:
+        metadata.append(("authorization", auth))
+    trace = request.headers.get("traceparent")
+    if trace:
+        metadata.append(("traceparent", trace))
+    return CallContext(metadata=tuple(metadata), peer=f"ipv4:{request.remote}")
+
+
+def _json(
+    status: int, body: Any, *, retry: bool = True, decision_id: str = "", close: bool = False
+) -> web.Response:
+    headers = {"Content-Type": "application/json", "Server": "agent-sidecar"}
+    if decision_id:
+        headers["x-agent-sidecar-decision-id"] = decision_id
+    if not retry:
+        headers["x-should-retry"] = "false"
+    response = web.Response(
+        status=status, body=json.dumps(body, separators=(",", ":")).encode(), headers=headers
+    )
+    if close:
+        response.force_close()
+    return response
+
+
+def _error(result: CallResult) -> web.Response:
+    status, body = error_body(result)
+    return _json(status, body, retry=result.code in _RETRYABLE)
+
+
+def _plain_error(status: int, code: str, message: str, close: bool = False) -> web.Response:
+    body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
+    body["error"]["param"] = None
+    return _json(status, body, retry=False, close=close)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -85,6 +85,10 @@ log = logging.getLogger(__name__)
 # Kept back from the agent's deadline so that a timeout inside the sidecar still reaches the
 # agent as a specific answer (policy_timeout, deadline_exceeded) rather than a bare deadline.
 ANSWER_MARGIN_S = 0.05
+
+# Left out of intent records (write-ahead): the call's own record carries them, and they are
+# the large part (the policy input under log: full).
+_NOT_IN_INTENT = frozenset({"input", "shadow", "latency_ms"})
 
 
 # One thread for state work: the database serialises its writes anyway, and one worker spares
@@ -224,15 +228,12 @@ class Mediator:
         self._target_slots: dict[str, asyncio.Semaphore] = collections.defaultdict(
             lambda: asyncio.Semaphore(settings.relay.per_target)
         )
-        self._relay_pool = ThreadPoolExecutor(
-            max_workers=settings.relay.max_concurrency, thread_name_prefix="relay"
-        )
 
     async def reject(self, rpc: str, code: str, message: str) -> CallResult:
         """A request refused before it could be decoded (too large, malformed): audited too."""
         record = CallRecord(decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns())
         result = CallResult(record.decision_id, code, status_for(code), message)
-        return self._finish(record, result, time.perf_counter())
+        return await self._finish(record, result, time.perf_counter())
 
     async def call(
         self,
@@ -281,7 +282,7 @@ class Mediator:
             result = CallResult(
                 record.decision_id, "internal_error", status_for("internal_error"), "internal error"
             )
-        return self._finish(record, result, started)
+        return await self._finish(record, result, started)
 
     async def _run(
         self,
@@ -365,7 +366,7 @@ class Mediator:
             "method": upstream_request.method,
             "url": upstream_request.url,
         }
-        self._before_relay(record, common)
+        await self._before_relay(record, common)
         scrubber = Scrubber()
         t0 = time.perf_counter()
         try:
@@ -822,7 +823,7 @@ class Mediator:
             "method": "POST",
             "url": self._models.url(model.provider),
         }
-        self._before_relay(record, common)
+        await self._before_relay(record, common)
         headers = {
             "X-Request-Id": record.decision_id,
             "traceparent": trace.child_header(),
@@ -947,7 +948,7 @@ class Mediator:
             result = CallResult(
                 record.decision_id, "internal_error", status_for("internal_error"), "internal error"
             )
-        return self._finish(record, result, started), allowed
+        return await self._finish(record, result, started), allowed
 
     async def _complete_model(
         self,
@@ -957,14 +958,10 @@ class Mediator:
         timeout: float,
         remaining: float,
     ) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-
-        def send() -> dict[str, Any]:
-            return self._models.complete(provider, body, timeout_s=timeout, headers=headers)
-
         async with self._target_slots[provider], self._relay_slots:
             return await asyncio.wait_for(
-                loop.run_in_executor(self._relay_pool, send), timeout=remaining
+                self._models.complete(provider, body, timeout_s=timeout, headers=headers),
+                timeout=remaining,
             )
 
     async def _stream_model(
@@ -985,8 +982,6 @@ class Mediator:
         applied across chunk boundaries; returns the whole text and the provider's usage.
         ``delivered`` gets the text that reached the agent also when the stream breaks (the
         budget is charged for it)."""
-        loop = asyncio.get_running_loop()
-        cancelled = threading.Event()
         redactor = scrubber.stream(redact_classes)
         state: dict[str, Any] = {"text": [], "usage": None, "started": False, "raw": []}
         assert record.upstream is not None
@@ -1022,24 +1017,16 @@ class Mediator:
             if emit is not None:
                 emit("chunk", scrubber.value(chunk))  # fields other than the text, too
 
-        def send() -> None:
-            self._models.stream(
-                provider,
-                body,
-                timeout_s=read_timeout,
-                headers=headers,
-                on_chunk=lambda c: loop.call_soon_threadsafe(handle, c),
-                cancelled=cancelled,
-            )
+        async def relay() -> None:
+            chunks = self._models.stream(provider, body, timeout_s=read_timeout, headers=headers)
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    handle(chunk)
 
         try:
             async with self._target_slots[provider], self._relay_slots:
-                await asyncio.wait_for(
-                    loop.run_in_executor(self._relay_pool, send), timeout=remaining
-                )
+                await asyncio.wait_for(relay(), timeout=remaining)
         finally:
-            cancelled.set()
-            await asyncio.sleep(0)  # let chunks already scheduled reach the agent and the record
             # What the redactor still holds (redacted) goes out too, even if the stream broke.
             rest = redactor.flush()
             if rest:
@@ -1074,17 +1061,19 @@ class Mediator:
     def audit_alive(self) -> bool:
         return self._audit.alive
 
-    def _before_relay(self, record: CallRecord, common: dict[str, Any]) -> None:
+    async def _before_relay(self, record: CallRecord, common: dict[str, Any]) -> None:
         """Nothing is relayed unaudited: strict writes the intent first; best_effort needs a
         live writer."""
         if self._audit.strict:
-            self._write_intent(record, common)
+            await self._write_intent(record, common)
         elif not self._audit.alive:
             raise _Stop("audit_unavailable", "the audit writer has stopped", **common)
 
-    def _write_intent(self, record: CallRecord, common: dict[str, Any]) -> None:
+    async def _write_intent(self, record: CallRecord, common: dict[str, Any]) -> None:
         """Write-ahead: the call is on record before anything reaches the upstream."""
-        intent = record.to_dict() | {"type": "intent"}
+        # What names the call; the policy input and shadow come with the call record.
+        intent = {k: v for k, v in record.to_dict().items() if k not in _NOT_IN_INTENT}
+        intent["type"] = "intent"
         intent["outcome"] = {
             "status": "PENDING",
             "code": "relaying",
@@ -1092,7 +1081,7 @@ class Mediator:
             "relayed": False,
         }
         try:
-            self._audit.write(intent)
+            await self._audit.commit(intent)
         except AuditError as exc:
             raise _Stop(
                 "audit_unavailable", f"the audit record could not be written: {exc}", **common
@@ -1144,7 +1133,7 @@ class Mediator:
                 record.decision_id, "state_unavailable", status_for("state_unavailable"), str(exc)
             )
         call = CallResult(result.decision_id, result.code, result.status, result.message)
-        finished = self._finish(record, call, started)
+        finished = await self._finish(record, call, started)
         if finished.code != result.code:  # the audit record could not be written
             return TaskResult(
                 finished.decision_id, finished.code, finished.status, finished.message
@@ -1162,19 +1151,17 @@ class Mediator:
         task_id: str,
         scrubber: Scrubber,
     ) -> UpstreamResponse:
-        def send() -> UpstreamResponse:
-            # The credential is minted here, in the relay thread: fetching a JWT-SVID may wait
-            # on the Workload API, which must not block the event loop.
-            headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
-            injected = self._credentials.headers_for(target, credential, task_id=task_id)
-            for value in injected.values():
-                scrubber.add(value.removeprefix("Bearer "))  # never echoed back to the agent
-            headers.update(injected)
-            return self._relay.send(target, request, timeout_s=timeout, headers=headers)
-
+        headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
+        injected = self._credentials.headers_for(target, credential, task_id=task_id, fetch=False)
+        if injected is None:  # fetching a JWT-SVID may wait on the Workload API: in a thread
+            injected = await _off_loop(
+                self._credentials.headers_for, target, credential, task_id=task_id
+            )
+        for value in injected.values():
+            scrubber.add(value.removeprefix("Bearer "))  # never echoed back to the agent
+        headers.update(injected)
         async with self._target_slots[target], self._relay_slots:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._relay_pool, send)
+            return await self._relay.send(target, request, timeout_s=timeout, headers=headers)
 
     async def _decide(
         self, engine: PolicyEngine, input_doc: dict[str, Any], deadline: float, tool: str
@@ -1223,14 +1210,14 @@ class Mediator:
             return None
         return await self._decide(self._shadow, input_doc, deadline, tool="")
 
-    def _finish(self, record: CallRecord, result: CallResult, started: float) -> CallResult:
+    async def _finish(self, record: CallRecord, result: CallResult, started: float) -> CallResult:
         record.status = result.status.name
         record.code = result.code
         record.message = result.message
         record.latency_ms["total"] = (time.perf_counter() - started) * 1000
         doc = record.to_dict()
         try:
-            self._audit.write(doc)
+            await self._audit.commit(doc)
         except AuditError as exc:
             log.error("audit write failed", extra={"decision_id": record.decision_id})
             self._observe(doc | {"outcome": doc["outcome"] | {"code": "audit_unavailable"}})
@@ -1256,7 +1243,7 @@ class Mediator:
             log.exception("metrics update failed", extra={"decision_id": doc["decision_id"]})
 
     def close(self) -> None:
-        self._relay_pool.shutdown(wait=False, cancel_futures=True)
+        """Nothing of its own to release: relays and engines are closed by their owner."""
 
 
 def _action_record(action: Action, payload: dict[str, Any]) -> dict[str, Any]:

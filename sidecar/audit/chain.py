@@ -26,9 +26,32 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-__all__ = ["GENESIS", "Chain", "FileKeySigner", "Signer", "SvidSigner", "canonical", "digest"]
+__all__ = [
+    "GENESIS",
+    "Chain",
+    "FileKeySigner",
+    "Signer",
+    "SvidSigner",
+    "canonical",
+    "digest",
+    "seal_line",
+]
 
 GENESIS = "0" * 64
+
+
+def _json(doc: dict[str, Any], *, ascii_only: bool) -> str:
+    return json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=ascii_only, default=str
+    )
+
+
+def _encoded(*docs: dict[str, Any]) -> list[bytes]:
+    """Each doc's canonical bytes; all escaped to ASCII if any one is not Unicode text."""
+    try:
+        return [_json(doc, ascii_only=False).encode("utf-8") for doc in docs]
+    except UnicodeEncodeError:
+        return [_json(doc, ascii_only=True).encode("ascii") for doc in docs]
 
 
 def canonical(doc: dict[str, Any]) -> bytes:
@@ -36,15 +59,31 @@ def canonical(doc: dict[str, Any]) -> bytes:
     lone UTF-16 surrogate (from an upstream's JSON; agents' are refused) is not Unicode text:
     it is encoded with every non-ASCII character escaped instead, which is still one
     deterministic encoding of the same record, so it hashes and verifies all the same."""
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return _encoded(doc)[0]
 
 
 def digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+def seal_line(record: dict[str, Any], seq: int, prev_hash: str) -> tuple[str, bytes]:
+    """The hash and the canonical line (with ``seq``, ``prev_hash``, ``hash``) of ``record``,
+    encoding it once: the members sorting before ``hash`` and those after are encoded as two
+    objects, joined without and then with ``hash``; byte for byte what :func:`canonical`
+    gives for the same documents."""
+    doc = {k: v for k, v in record.items() if k != "hash"}
+    doc["seq"] = seq
+    doc["prev_hash"] = prev_hash
+    before, after = _encoded(
+        {k: v for k, v in doc.items() if k < "hash"},
+        {k: v for k, v in doc.items() if k > "hash"},
+    )
+    head, tail = before[:-1], after[1:]  # "{a,b" and "c,d}"
+    has_head, has_tail = len(head) > 1, len(tail) > 1
+    hash_hex = hashlib.sha256(head + (b"," if has_head and has_tail else b"") + tail).hexdigest()
+    mark = b'"hash":"' + hash_hex.encode("ascii") + b'"'
+    line = head + (b"," if has_head else b"") + mark + (b"," if has_tail else b"") + tail
+    return hash_hex, line + b"\n"
 
 
 class Signer:
@@ -158,10 +197,21 @@ class Chain:
             sealed["hash"] = digest(sealed)
             return sealed
 
+    def seal_line(self, record: dict[str, Any]) -> tuple[int, str, bytes]:
+        """Like :meth:`seal`, as (seq, hash, canonical line), encoding the record once."""
+        with self._lock:
+            seq = self._head.seq + 1
+            hash_hex, line = seal_line(record, seq, self._head.hash)
+            return seq, hash_hex, line
+
     def advance(self, sealed: dict[str, Any]) -> None:
         """``sealed`` is durably written: it is the new head."""
+        self.advance_to(sealed["seq"], sealed["hash"])
+
+    def advance_to(self, seq: int, hash_hex: str) -> None:
+        """The record ``seq`` (hash ``hash_hex``) is written: it is the new head."""
         with self._lock:
-            self._head = _Head(sealed["seq"], sealed["hash"])
+            self._head = _Head(seq, hash_hex)
             self._since_checkpoint += 1
 
     def checkpoint_due(self) -> bool:

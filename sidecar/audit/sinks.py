@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,19 @@ class FileSink:
         self._max_bytes = max_bytes
         self._keep = keep
         self._fd = -1
+        self.before_rotate: Callable[[], None] | None = None
         self._open()
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def sync(self) -> None:
+        """Flush what is written to the disk."""
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: fsync failed: {exc}") from exc
 
     def _open(self) -> None:
         try:
@@ -105,6 +118,8 @@ class FileSink:
             log.error("could not cut a torn audit line", extra={"error": str(exc)})
 
     def _rotate(self) -> None:
+        if self.before_rotate is not None:
+            self.before_rotate()
         os.close(self._fd)
         for n in range(self._keep - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{n}")

@@ -35,10 +35,16 @@ class UpstreamCredentials:
         self._identity = identity
 
     def headers_for(
-        self, target: str, obligation: CredentialObligation | None, *, task_id: str = ""
-    ) -> dict[str, str]:
-        """Headers carrying the credential for one call (blocking: may ask the Workload API).
-        JWT-SVIDs are cached per task, so that :meth:`revoke_task` can drop them."""
+        self,
+        target: str,
+        obligation: CredentialObligation | None,
+        *,
+        task_id: str = "",
+        fetch: bool = True,
+    ) -> dict[str, str] | None:
+        """Headers carrying the credential for one call. JWT-SVIDs are cached per task, so
+        that :meth:`revoke_task` can drop them. Blocking when it must ask the Workload API;
+        with ``fetch=False`` it returns None instead (call again off the event loop)."""
         auth = self._targets[target].auth
         if obligation is None and auth.type == "mtls":
             if self._identity is None:
@@ -59,7 +65,13 @@ class UpstreamCredentials:
                 code="credential_unavailable",
             )
         audience = obligation.audience if obligation is not None else auth.audience
-        token, expires_at = self._identity.jwt_svid(audience, scope=task_id)
+        if fetch:
+            token, expires_at = self._identity.jwt_svid(audience, scope=task_id)
+        else:
+            cached = self._identity.cached_jwt_svid(audience, scope=task_id)
+            if cached is None:
+                return None
+            token, expires_at = cached
         if obligation is not None and expires_at - time.time() > obligation.ttl_s:
             raise IdentityError(
                 f"the Workload API's JWT-SVID for {audience!r} is valid for "

@@ -216,10 +216,8 @@ class WorkloadIdentity:
     ) -> tuple[str, float]:
         """A JWT-SVID for exactly ``audience`` and its expiry, cached per ``scope`` (a task id,
         so that ending the task can drop it) until shortly before it expires."""
-        now = time.time()
-        with self._lock:
-            cached = self._tokens.get((scope, audience))
-        if cached is not None and cached[1] - now > self._refresh_margin_s:
+        cached = self.cached_jwt_svid(audience, scope=scope)
+        if cached is not None:
             return cached
         if self._client is None:
             raise IdentityError("the Workload API is not connected", code="identity_not_ready")
@@ -239,6 +237,14 @@ class WorkloadIdentity:
         with self._lock:
             self._tokens[(scope, audience)] = entry
         return entry
+
+    def cached_jwt_svid(self, audience: str, *, scope: str = "") -> tuple[str, float] | None:
+        """The cached JWT-SVID that :meth:`jwt_svid` would return without asking, or None."""
+        with self._lock:
+            cached = self._tokens.get((scope, audience))
+        if cached is not None and cached[1] - time.time() > self._refresh_margin_s:
+            return cached
+        return None
 
     def forget_tokens(self, scope: str | None = None) -> int:
         """Drop cached JWT-SVIDs: those of ``scope``, or all; returns how many."""

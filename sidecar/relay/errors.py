@@ -14,7 +14,6 @@ __all__ = [
     "UpstreamStreamInterrupted",
     "UpstreamTimeout",
     "UpstreamUnavailable",
-    "never_connected",
 ]
 
 
@@ -28,28 +27,6 @@ class RelayError(SidecarError):
     def __init__(self, message: str = "", *, reached: bool = True) -> None:
         super().__init__(message)
         self.reached = reached
-
-
-def never_connected(exc: BaseException) -> bool:
-    """True when a ``requests`` failure happened before any request byte could be sent."""
-    import requests
-    from urllib3.exceptions import NameResolutionError, NewConnectionError
-
-    if isinstance(exc, requests.ConnectTimeout | requests.exceptions.SSLError):
-        return True
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, NewConnectionError | NameResolutionError):
-            return True
-        reason = getattr(seen, "reason", None)
-        if isinstance(reason, NewConnectionError | NameResolutionError):
-            return True
-        seen = (
-            seen.__cause__
-            or seen.__context__
-            or (seen.args[0] if seen.args and isinstance(seen.args[0], BaseException) else None)
-        )
-    return False
 
 
 class RequestBuildError(RelayError):

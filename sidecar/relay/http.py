@@ -3,38 +3,37 @@
 The agent names a tool; configuration alone decides the URL: the target's ``base_url`` plus
 the tool's path, whose ``{placeholders}`` are filled from arguments as single, percent-encoded
 path segments. Redirects are never followed (a 3xx is returned as the upstream's answer), so
-an upstream cannot send the call elsewhere. One pooled keep-alive session per target.
+an upstream cannot send the call elsewhere. One keep-alive pool per target, on the event
+loop (aiohttp: see docs/dependencies.md for why).
 """
 
 from __future__ import annotations
 
 import json
 import ssl
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
+import aiohttp
+from yarl import URL
 
 from sidecar import __version__
 from sidecar.config import TargetSettings, ToolSettings
+from sidecar.relay._client import SessionPool, default_tls, relay_error
 from sidecar.relay.errors import (
+    RelayError,
     RequestBuildError,
     UpstreamResponseTooLarge,
     UpstreamStatusError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    never_connected,
 )
 
 __all__ = ["HttpRelay", "UpstreamRequest", "UpstreamResponse", "build_request"]
 
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _ERROR_BODY_LIMIT = 4096
+_USER_AGENT = f"agent-sidecar/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -84,62 +83,21 @@ def _query_value(key: str, value: Any) -> str:
     raise RequestBuildError(f"argument {key!r} cannot be sent as a query parameter")
 
 
-def read_bounded(
-    response: requests.Response, limit: int, what: str, deadline: float | None = None
-) -> bytes:
-    """The whole body, or :class:`UpstreamResponseTooLarge` as soon as it passes ``limit``.
-
-    ``deadline`` (``time.monotonic()``) bounds the whole read, not each ``recv``: before each
-    chunk the socket's timeout is cut to what is left, so an upstream that drips a byte at a
-    time is stopped at the deadline (:class:`UpstreamTimeout`) and its connection dropped."""
-    if getattr(response, "_content_consumed", False):  # requests read it already (redirects)
-        content = response.content or b""
-        if len(content) > limit:
-            raise UpstreamResponseTooLarge(f"{what} exceeds relay.max_response_bytes ({limit})")
-        return content
+async def read_bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> bytes:
+    """The whole (decoded) body, or :class:`UpstreamResponseTooLarge` as soon as it passes
+    ``limit``; the connection is then dropped, not drained."""
     chunks, size = [], 0
-    while True:
-        _cut_read_timeout(response, deadline)
-        try:  # read1: what one read brings, so the deadline is checked between drips
-            chunk = response.raw.read1(65536, decode_content=True)
-        except (TimeoutError, urllib3.exceptions.ReadTimeoutError) as exc:
-            raise UpstreamTimeout(f"{what} did not arrive in time", reached=True) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise requests.exceptions.ConnectionError(exc) from exc
-        if not chunk:
-            return b"".join(chunks)
+    async for chunk in response.content.iter_chunked(65536):
         size += len(chunk)
         if size > limit:
+            response.close()
             raise UpstreamResponseTooLarge(f"{what} exceeds relay.max_response_bytes ({limit})")
         chunks.append(chunk)
-
-
-def _cut_read_timeout(response: requests.Response, deadline: float | None) -> None:
-    if deadline is None:
-        return
-    left = deadline - time.monotonic()
-    if left <= 0:
-        response.close()
-        raise UpstreamTimeout("the upstream did not finish its answer in time", reached=True)
-    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
-    if sock is not None:
-        sock.settimeout(left)
-
-
-class _TlsAdapter(HTTPAdapter):
-    """An adapter whose connections use a given SSLContext (client certificate, roots)."""
-
-    def __init__(self, ssl_context: ssl.SSLContext, **kwargs: Any) -> None:
-        self._ssl_context = ssl_context
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ssl_context"] = self._ssl_context
-        super().init_poolmanager(*args, **kwargs)
+    return b"".join(chunks)
 
 
 class HttpRelay:
-    """Sends upstream requests. Blocking: call it from a worker thread."""
+    """Sends upstream requests on the event loop, one keep-alive pool per target."""
 
     def __init__(
         self,
@@ -150,28 +108,16 @@ class HttpRelay:
     ) -> None:
         self._targets = targets
         self._max_response_bytes = max_response_bytes
-        self._pool_size = pool_size
-        self._sessions: dict[str, requests.Session] = {}
-        for name in targets:
-            session = requests.Session()
-            session.trust_env = False  # no proxy or netrc credentials from the environment
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._sessions[name] = session
+        self._pool = SessionPool(
+            {name: default_tls(t.ca_file) for name, t in targets.items()}, pool_size=pool_size
+        )
 
     def use_tls(self, target: str, context: ssl.SSLContext) -> None:
-        """Send ``target``'s calls with ``context`` from now on (e.g. a rotated client SVID).
-        Connections of the previous context finish their calls and are then dropped."""
-        adapter = _TlsAdapter(
-            context, pool_connections=1, pool_maxsize=self._pool_size, max_retries=0
-        )
-        old = self._sessions[target].adapters.get("https://")
-        self._sessions[target].mount("https://", adapter)
-        if old is not None:
-            old.close()
+        """Send ``target``'s calls with ``context`` from now on (e.g. a rotated client SVID);
+        safe from any thread. Calls in flight finish on the previous context."""
+        self._pool.use_tls(target, context)
 
-    def send(
+    async def send(
         self,
         target_name: str,
         request: UpstreamRequest,
@@ -179,56 +125,40 @@ class HttpRelay:
         timeout_s: float,
         headers: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
-        target = self._targets[target_name]
-        deadline = time.monotonic() + timeout_s  # the whole exchange, not each read
-        all_headers = {"User-Agent": f"agent-sidecar/{__version__}", "Accept": "*/*"}
+        """One exchange; ``timeout_s`` bounds all of it (connect, send, every read)."""
+        all_headers = {"User-Agent": _USER_AGENT, "Accept": "*/*"}
         all_headers.update(headers or {})
         body = None
         if request.json_body is not None:
             body = json.dumps(request.json_body, separators=(",", ":")).encode()
             all_headers["Content-Type"] = "application/json"
+        url = request.url
+        if request.params:
+            url += "?" + urlencode(request.params)
         try:
-            response = self._sessions[target_name].request(
-                request.method,
-                request.url,
-                params=request.params or None,
-                data=body,
-                headers=all_headers,
-                timeout=timeout_s,
-                allow_redirects=False,
-                stream=True,
-                verify=str(target.ca_file) if target.ca_file else True,
-                # (for auth mtls the adapter's SSLContext verifies against the SPIFFE bundle)
-            )
-            with response:
-                content = read_bounded(
-                    response, self._max_response_bytes, "the upstream's answer", deadline
+            async with (
+                self._pool.session(target_name) as session,
+                session.request(
+                    request.method,
+                    URL(url, encoded=True),
+                    data=body,
+                    headers=all_headers,
+                    timeout=aiohttp.ClientTimeout(total=timeout_s),
+                    allow_redirects=False,
+                ) as response,
+            ):
+                content = await read_bounded(
+                    response, self._max_response_bytes, "the upstream's answer"
                 )
-        except requests.Timeout as exc:
-            raise UpstreamTimeout(
-                f"the upstream did not answer within {timeout_s:.1f}s",
-                reached=not never_connected(exc),
-            ) from exc
-        except requests.exceptions.SSLError as exc:
-            raise UpstreamUnavailable(
-                "TLS handshake with the upstream failed", reached=False
-            ) from exc
-        except requests.RequestException as exc:
-            if time.monotonic() >= deadline:  # a read cut at the deadline (requests says
-                raise UpstreamTimeout(  # ConnectionError for a streamed read timeout)
-                    f"the upstream did not finish within {timeout_s:.1f}s", reached=True
-                ) from exc
-            raise UpstreamUnavailable(
-                f"the upstream is unreachable ({type(exc).__name__})",
-                reached=not never_connected(exc),
-            ) from exc
-        content_type = response.headers.get("Content-Type", "")
-        if not 200 <= response.status_code < 300:
-            raise UpstreamStatusError(
-                response.status_code, content[:_ERROR_BODY_LIMIT], content_type
-            )
-        return UpstreamResponse(response.status_code, content_type, content)
+                status = response.status
+                content_type = response.headers.get("Content-Type", "")
+        except RelayError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise relay_error(exc, "the upstream", timeout_s) from exc
+        if not 200 <= status < 300:
+            raise UpstreamStatusError(status, content[:_ERROR_BODY_LIMIT], content_type)
+        return UpstreamResponse(status, content_type, content)
 
-    def close(self) -> None:
-        for session in self._sessions.values():
-            session.close()
+    async def close(self) -> None:
+        await self._pool.close()

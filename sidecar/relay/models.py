@@ -3,7 +3,7 @@
 The sidecar builds the provider request itself: ``POST {base_url}/chat/completions`` with the
 provider's model name and ``Authorization: Bearer <key>`` from the provider's key file. Nothing
 of the agent's HTTP request (its own ``Authorization`` above all) is forwarded. Streams are
-read as server-sent events on a worker thread and handed over chunk by chunk; a stream that
+read as server-sent events on the event loop and handed over chunk by chunk; a stream that
 breaks off, or ends without ``data: [DONE]``, is :class:`UpstreamStreamInterrupted`.
 """
 
@@ -12,25 +12,23 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
-from requests.adapters import HTTPAdapter
+import aiohttp
 
 from sidecar import __version__
 from sidecar.config import ProviderSettings
+from sidecar.relay._client import SessionPool, default_tls, relay_error
 from sidecar.relay.errors import (
     ProviderKeyUnavailable,
+    RelayError,
     UpstreamBadResponse,
     UpstreamResponseTooLarge,
     UpstreamStatusError,
     UpstreamStreamInterrupted,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-    never_connected,
 )
 from sidecar.relay.http import read_bounded
 
@@ -78,7 +76,7 @@ class ProviderKey:
 
 
 class ModelRelay:
-    """Sends chat completions to providers. Blocking: call it from a worker thread."""
+    """Sends chat completions to providers on the event loop, one keep-alive pool each."""
 
     def __init__(
         self,
@@ -90,22 +88,16 @@ class ModelRelay:
         self._providers = providers
         self._max = max_response_bytes
         self.keys = {name: ProviderKey(p.key_file) for name, p in providers.items()}
-        self._sessions: dict[str, requests.Session] = {}
-        for name in providers:
-            session = requests.Session()
-            session.trust_env = False
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-            self._sessions[name] = session
+        self._pool = SessionPool(
+            {name: default_tls(p.ca_file) for name, p in providers.items()}, pool_size=pool_size
+        )
 
     def url(self, provider: str) -> str:
         return self._providers[provider].base_url.rstrip("/") + "/chat/completions"
 
-    def _post(
-        self, provider: str, body: dict[str, Any], timeout_s: float, headers: Mapping[str, str]
-    ) -> requests.Response:
-        settings = self._providers[provider]
+    def _headers(
+        self, provider: str, body: dict[str, Any], headers: Mapping[str, str]
+    ) -> dict[str, str]:
         all_headers = {
             "User-Agent": f"agent-sidecar/{__version__}",
             "Content-Type": "application/json",
@@ -115,35 +107,36 @@ class ModelRelay:
         key = self.keys[provider].get()
         if key is not None:
             all_headers["Authorization"] = f"Bearer {key}"
-        try:
-            response = self._sessions[provider].post(
+        return all_headers
+
+    @asynccontextmanager
+    async def _post(
+        self,
+        provider: str,
+        body: dict[str, Any],
+        timeout: aiohttp.ClientTimeout,
+        headers: Mapping[str, str],
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The provider's 2xx response (errors raised as :class:`UpstreamStatusError`)."""
+        all_headers = self._headers(provider, body, headers)
+        async with (
+            self._pool.session(provider) as session,
+            session.post(
                 self.url(provider),
                 data=json.dumps(body, separators=(",", ":")).encode(),
                 headers=all_headers,
-                timeout=timeout_s,
+                timeout=timeout,
                 allow_redirects=False,
-                stream=True,
-                verify=str(settings.ca_file) if settings.ca_file else True,
-            )
-        except requests.Timeout as exc:
-            raise UpstreamTimeout(
-                f"the provider did not answer within {timeout_s:.1f}s",
-                reached=not never_connected(exc),
-            ) from exc
-        except requests.RequestException as exc:
-            raise UpstreamUnavailable(
-                f"the provider is unreachable ({type(exc).__name__})",
-                reached=not never_connected(exc),
-            ) from exc
-        if not 200 <= response.status_code < 300:
-            with response:
-                body_bytes = response.raw.read(_ERROR_BODY_LIMIT, decode_content=True) or b""
-            raise UpstreamStatusError(
-                response.status_code, body_bytes, response.headers.get("Content-Type", "")
-            )
-        return response
+            ) as response,
+        ):
+            if not 200 <= response.status < 300:
+                body_bytes = await response.content.read(_ERROR_BODY_LIMIT)
+                raise UpstreamStatusError(
+                    response.status, body_bytes, response.headers.get("Content-Type", "")
+                )
+            yield response
 
-    def complete(
+    async def complete(
         self,
         provider: str,
         body: dict[str, Any],
@@ -152,25 +145,16 @@ class ModelRelay:
         headers: Mapping[str, str],
     ) -> dict[str, Any]:
         """One chat completion: the provider's ``chat.completion`` object. ``timeout_s``
-        bounds the whole exchange (see ``read_bounded``)."""
-        deadline = time.monotonic() + timeout_s
-        response = self._post(provider, body, timeout_s, headers)
+        bounds the whole exchange."""
         try:
-            with response:
-                content = read_bounded(response, self._max, "the provider's answer", deadline)
-        except requests.Timeout as exc:
-            raise UpstreamTimeout(
-                f"the provider did not answer within {timeout_s:.1f}s",
-                reached=not never_connected(exc),
-            ) from exc
-        except requests.RequestException as exc:
-            if time.monotonic() >= deadline:
-                raise UpstreamTimeout(
-                    f"the provider did not finish within {timeout_s:.1f}s", reached=True
-                ) from exc
-            raise UpstreamUnavailable(
-                f"the provider's answer broke off ({type(exc).__name__})"
-            ) from exc
+            async with self._post(
+                provider, body, aiohttp.ClientTimeout(total=timeout_s), headers
+            ) as response:
+                content = await read_bounded(response, self._max, "the provider's answer")
+        except RelayError:
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise relay_error(exc, "the provider", timeout_s) from exc
         try:
             completion = json.loads(content)
         except ValueError as exc:
@@ -179,56 +163,69 @@ class ModelRelay:
             raise UpstreamBadResponse("the provider's answer is not a chat.completion object")
         return completion
 
-    def stream(
+    async def stream(
         self,
         provider: str,
         body: dict[str, Any],
         *,
         timeout_s: float,
         headers: Mapping[str, str],
-        on_chunk: Callable[[dict[str, Any]], None],
-        cancelled: threading.Event,
-    ) -> None:
-        """Read a streamed completion; ``on_chunk`` gets each ``chat.completion.chunk``."""
-        response = self._post(provider, body, timeout_s, headers)
-        done, size, data = False, 0, []
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Each ``chat.completion.chunk`` of a streamed completion. ``timeout_s`` bounds the
+        connection and every stall between reads (the caller bounds the whole stream)."""
+        timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
+        started = False
         try:
-            with response:
-                for raw in response.iter_lines(chunk_size=1024):
-                    if cancelled.is_set():
-                        return
-                    size += len(raw)
-                    if size > self._max:
-                        raise UpstreamResponseTooLarge(
-                            f"the provider's stream exceeds relay.max_response_bytes ({self._max})"
-                        )
-                    line = raw.decode("utf-8", errors="replace")
-                    if line.startswith("data:"):
-                        data.append(line[5:].strip())
-                        continue
-                    if line or not data:
-                        continue  # a comment, event name or id line; or nothing to dispatch
-                    payload, data = "\n".join(data), []
+            async with self._post(provider, body, timeout, headers) as response:
+                started = True
+                async for payload in _events(response, self._max):
                     if payload == "[DONE]":
-                        done = True
-                        break
-                    on_chunk(_chunk(payload))
-                if data and "\n".join(data) == "[DONE]":
-                    done = True
-        except requests.Timeout as exc:
+                        return
+                    yield _chunk(payload)
+        except RelayError:
+            raise
+        except TimeoutError as exc:
+            if not started:
+                raise relay_error(exc, "the provider", timeout_s) from exc
             raise UpstreamStreamInterrupted(
                 f"the provider's stream stalled for {timeout_s:.1f}s"
             ) from exc
-        except requests.RequestException as exc:
+        except aiohttp.ClientError as exc:
+            if not started:
+                raise relay_error(exc, "the provider", timeout_s) from exc
             raise UpstreamStreamInterrupted(
                 f"the provider's stream broke off ({type(exc).__name__})"
             ) from exc
-        if not done:
-            raise UpstreamStreamInterrupted("the provider's stream ended without [DONE]")
+        raise UpstreamStreamInterrupted("the provider's stream ended without [DONE]")
 
-    def close(self) -> None:
-        for session in self._sessions.values():
-            session.close()
+    async def close(self) -> None:
+        await self._pool.close()
+
+
+async def _events(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[str]:
+    """The data of each server-sent event, at most ``limit`` bytes in all."""
+    size, pending, data = 0, b"", []
+    async for block in response.content.iter_any():
+        size += len(block)
+        if size > limit:
+            response.close()
+            raise UpstreamResponseTooLarge(
+                f"the provider's stream exceeds relay.max_response_bytes ({limit})"
+            )
+        *lines, pending = (pending + block).split(b"\n")
+        for raw in lines:
+            line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
+            if line.startswith("data:"):
+                data.append(line[5:].strip())
+                continue
+            if line or not data:
+                continue  # a comment, event name or id line; or nothing to dispatch
+            payload, data = "\n".join(data), []
+            yield payload
+    if pending.startswith(b"data:"):
+        data.append(pending[5:].strip().decode("utf-8", errors="replace"))
+    if data:
+        yield "\n".join(data)
 
 
 def _chunk(payload: str) -> dict[str, Any]:

@@ -1,0 +1,210 @@
+"""An HTTP/1.1 server on the event loop for loopback listeners (aiohttp's low-level server).
+
+What it adds to aiohttp: a connection cap (a connection over ``max_connections`` is closed
+at accept), one timeout for a connection that is idle or still sending its headers
+(``idle_timeout_s``, from accept and after each answer), a body read bounded in size and
+time, and an answer to a request whose sender half-closes before its body is complete (400,
+not a silently dropped connection). Framing is llhttp's, strict: two Content-Lengths,
+Content-Length with Transfer-Encoding, and malformed lengths are 400 before any handler runs.
+The socket is bound by the caller (:func:`bind_tcp`) so a port in use fails at build time;
+``reuse_port`` lets ``server.workers`` processes share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import HttpProcessingError
+
+__all__ = ["BodyError", "HttpServer", "bind_tcp", "read_body"]
+
+BACKLOG = 128
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# (status, stable code, message) -> the answer, in the server's own error shape
+ErrorResponse = Callable[[int, str, str], web.StreamResponse]
+
+log = logging.getLogger(__name__)
+
+
+def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket for ``host:port`` (not yet listening), TCP_NODELAY set."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass(frozen=True)
+class BodyError(Exception):
+    """A request body that cannot be read: ``status`` (400, 408, 413) and a stable code."""
+
+    status: int
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+async def read_body(request: web.BaseRequest, limit: int, timeout_s: float) -> bytes:
+    """The whole body: at most ``limit`` bytes (413), within ``timeout_s`` (408), complete
+    (400 when the sender stopped short)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyError(413, "request_too_large", f"the body exceeds {limit} bytes")
+    chunks, size = [], 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_chunked(65536):
+                size += len(chunk)
+                if size > limit:
+                    raise BodyError(413, "request_too_large", f"the body exceeds {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyError(408, "request_timeout", "the body did not arrive in time") from None
+    except (HttpProcessingError, ConnectionError) as exc:
+        raise BodyError(400, "incomplete_body", f"the body is incomplete ({exc})") from None
+    return b"".join(chunks)
+
+
+class _Protocol(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering after the peer half-closes (``SHUT_WR``), and
+    answering what it cannot parse in the server's own error shape, logged without the
+    request's bytes (a malformed header line may hold a credential)."""
+
+    error_response: ErrorResponse
+    _last_payload: Any = None
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer had started; the connection is dropped")
+        if status >= 500:
+            log.error("internal error answering a request", exc_info=exc)
+            response = self.error_response(500, "internal_error", "internal error")
+        else:
+            reason = _first_line(exc) or "malformed request"
+            log.info("malformed HTTP request refused", extra={"error": reason})
+            response = self.error_response(status, "malformed_http", reason)
+        response.force_close()
+        return response
+
+    def eof_received(self) -> bool:
+        parser = self._parser
+        if parser is not None:
+            try:
+                parser.feed_eof()
+            except HttpProcessingError as exc:  # a body shorter than its framing said
+                if self._last_payload is not None:
+                    self._last_payload.set_exception(exc)
+        return True
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:  # the payload the parser fills next (the newest message's)
+            self._last_payload = self._messages[-1][
+                1
+            ]  # keep our side open: the answer can still be written
+
+
+def _first_line(exc: BaseException | None) -> str:
+    text = getattr(exc, "message", None) or (str(exc) if exc is not None else "")
+    return str(text).strip().split("\n", 1)[0].strip()[:200]
+
+
+class _Refused(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+class _CappedServer(web.Server):
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_connections: int,
+        error_response: ErrorResponse,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self._max_connections = max_connections
+        self._error_response = error_response
+
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if len(self.connections) >= self._max_connections:
+            return _Refused()
+        protocol = _Protocol(self, loop=self._loop, **self._kwargs)
+        protocol.error_response = self._error_response
+        return protocol
+
+
+class HttpServer:
+    """Serves ``handler`` on a bound socket, on the running loop."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        handler: Handler,
+        *,
+        max_connections: int,
+        idle_timeout_s: float,
+        error_response: ErrorResponse,
+    ) -> None:
+        self._sock = sock
+        self._handler = handler
+        self._error_response = error_response
+        self._max_connections = max_connections
+        self._idle_timeout_s = idle_timeout_s
+        self._web: _CappedServer | None = None
+        self._server: asyncio.Server | None = None
+
+    @property
+    def port(self) -> int:
+        return self._sock.getsockname()[1]
+
+    async def start(self) -> None:
+        self._web = _CappedServer(
+            self._handler,
+            max_connections=self._max_connections,
+            error_response=self._error_response,
+            keepalive_timeout=self._idle_timeout_s,
+            lingering_time=0.0,  # an unread body is not drained: the connection is closed
+            access_log=None,
+            max_line_size=8190,
+            max_field_size=8190,
+        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._web, sock=self._sock, backlog=BACKLOG)
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._web is not None:
+            await self._web.shutdown(grace_s)
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._sock.close()
+
+    def close(self) -> None:
+        """Release the socket of a server that was never started."""
+        if self._server is None:
+            self._sock.close()
