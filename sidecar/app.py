@@ -53,8 +53,10 @@ SWEEP_INTERVAL_S = 1.0
 def build_engine(settings: Settings) -> PolicyEngine:
     policy = settings.policy
     if policy.engine == "opa":
-        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers or 4)
-    return EmbeddedEngine.from_dir(policy.dir, policy.query, workers=policy.workers)
+        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
+    return EmbeddedEngine.from_dir(
+        policy.dir, policy.query, workers=policy.workers, inline_max_ms=policy.inline_max_ms
+    )
 
 
 def build_shadow(settings: Settings) -> PolicyEngine | None:
@@ -62,7 +64,9 @@ def build_shadow(settings: Settings) -> PolicyEngine | None:
     policy = settings.policy
     if policy.shadow is None:
         return None
-    return EmbeddedEngine.from_dir(policy.shadow, policy.query, workers=policy.workers)
+    return EmbeddedEngine.from_dir(
+        policy.shadow, policy.query, workers=policy.workers, inline_max_ms=policy.inline_max_ms
+    )
 
 
 def workload_api_socket(settings: Settings) -> str:

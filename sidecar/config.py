@@ -170,9 +170,12 @@ class PolicySettings:
     dir: Path = Path("rego")
     query: str = "data.agentsidecar.authz.decision"
     timeout_ms: int = 250
-    # embedded: 0 evaluates on the event loop (no thread hand-off; server.workers processes
-    # use the cores); N > 0: N interpreters in threads, in parallel. opa: connections (>= 1).
-    workers: int = 0
+    # embedded: interpreters evaluating in threads, in parallel; opa: connections to OPA.
+    workers: int = 2
+    # embedded: evaluate on the event loop (no thread hand-off) while every evaluation takes
+    # at most this long; the first one that takes longer moves this revision to the threads,
+    # where the wait is bounded by timeout_ms. 0: always in threads.
+    inline_max_ms: float = 5.0
     # embedded: how often the policy dir is checked for changes (0: only on SIGHUP).
     reload_interval_ms: int = 1000
     # opa: the OPA server (http://HOST:PORT or unix:///PATH).
@@ -188,7 +191,8 @@ class PolicySettings:
             f"query: {self.query!r} is not a data reference like data.agentsidecar.authz.decision",
         )
         _check(self.timeout_ms > 0, "timeout_ms: must be > 0")
-        _check(0 <= self.workers <= 64, "workers: must be between 0 and 64")
+        _check(1 <= self.workers <= 64, "workers: must be between 1 and 64")
+        _check(0 <= self.inline_max_ms <= 1000, "inline_max_ms: must be between 0 and 1000")
         _check(self.reload_interval_ms >= 0, "reload_interval_ms: must be >= 0")
         parts = urlsplit(self.opa_url)
         _check(

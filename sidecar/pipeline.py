@@ -375,7 +375,7 @@ class Mediator:
                     self._send(
                         tool.target,
                         upstream_request,
-                        min(timeout, remaining),
+                        timeout,  # the tool's; the deadline is wait_for's (its own code)
                         record,
                         obligations.credential,
                         trace.child_header(span_id),
@@ -859,7 +859,7 @@ class Mediator:
                 )
             else:
                 completion = await self._complete_model(
-                    model.provider, body, headers, min(provider.timeout_s, remaining), remaining
+                    model.provider, body, headers, provider.timeout_s, remaining
                 )
                 completion = scrubber.value(completion)
                 record.relayed = True

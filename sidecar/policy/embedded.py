@@ -1,14 +1,15 @@
 """The embedded engine: Rego evaluated in-process by regopy (rego-cpp), Rego v1.
 
 The policy is compiled once per interpreter at load (a plan each; interpreters are not
-thread-safe). With ``workers=0`` (the default) a call is evaluated on the event loop itself:
-no thread hand-off, which on the baseline policy costs about as much as a third of the
-evaluation; the cores are used by ``server.workers`` processes instead. An evaluation cannot
-be interrupted there, so one that took longer than its timeout is refused afterwards
-(``policy_timeout``): the contract (no answer after the timeout is used) holds, the wait is
-not bounded. With ``workers=N`` evaluation runs on N threads (it releases the GIL, so they
-evaluate in parallel) and the wait is bounded. Each call borrows an interpreter, sets the
-input and runs the prepared plan.
+thread-safe). Each call borrows an interpreter, sets the input and runs the prepared plan:
+
+- *inline*, on the event loop, while evaluations are fast (each at most ``inline_max_ms``):
+  no thread hand-off, which on the baseline policy costs a third as much as the evaluation
+  itself; ``server.workers`` processes use the other cores. An inline evaluation cannot be
+  interrupted, so one that took longer than its timeout is still refused (``policy_timeout``)
+  and, having blocked the loop, moves the revision to the threads for good;
+- in ``workers`` threads otherwise (evaluation releases the GIL, so they run in parallel),
+  where the wait is bounded by the timeout.
 
 Hot reload: :meth:`reload` reads the directory, and if its content hash changed compiles a
 complete new set of interpreters on the caller's thread (off the hot path), then swaps one
@@ -40,10 +41,11 @@ __all__ = ["EmbeddedEngine"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _State:
     source: PolicySource
     pool: queue.SimpleQueue[CompiledQuery]
+    inline: bool = False
 
 
 class EmbeddedEngine:
@@ -51,25 +53,33 @@ class EmbeddedEngine:
 
     name = "embedded"
 
-    def __init__(self, source: PolicySource, query: str, *, workers: int = 0) -> None:
+    def __init__(
+        self, source: PolicySource, query: str, *, workers: int = 2, inline_max_ms: float = 0.0
+    ) -> None:
         self._query = query
         self._workers = workers
+        self._inline_max_s = inline_max_ms / 1000
         self._dir = source.root
         self._state = self._compile(source)
         self._reload_lock = threading.Lock()
-        self._executor = (
-            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rego") if workers else None
-        )
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rego")
 
     def _compile(self, source: PolicySource) -> _State:
         pool: queue.SimpleQueue[CompiledQuery] = queue.SimpleQueue()
-        for _ in range(max(self._workers, 1)):
+        for _ in range(self._workers):
             pool.put(CompiledQuery(source.modules, source.data, self._query))
-        return _State(source, pool)
+        return _State(source, pool, inline=self._inline_max_s > 0)
+
+    @property
+    def inline(self) -> bool:
+        """Whether the active revision is evaluated on the event loop."""
+        return self._state.inline
 
     @classmethod
-    def from_dir(cls, policy_dir: str | Path, query: str, *, workers: int = 0) -> EmbeddedEngine:
-        return cls(load_policy_dir(policy_dir), query, workers=workers)
+    def from_dir(
+        cls, policy_dir: str | Path, query: str, *, workers: int = 2, inline_max_ms: float = 0.0
+    ) -> EmbeddedEngine:
+        return cls(load_policy_dir(policy_dir), query, workers=workers, inline_max_ms=inline_max_ms)
 
     @property
     def revision(self) -> str:
@@ -96,8 +106,8 @@ class EmbeddedEngine:
     async def evaluate(self, input_doc: dict[str, Any], *, timeout_s: float) -> EngineResult:
         state = self._state
         try:
-            if self._executor is None:
-                defined, value = _evaluate_inline(state, input_doc, timeout_s)
+            if state.inline:
+                defined, value = self._evaluate_inline(state, input_doc, timeout_s)
             else:
                 loop = asyncio.get_running_loop()
                 future = loop.run_in_executor(self._executor, _evaluate, state, input_doc)
@@ -124,22 +134,29 @@ class EmbeddedEngine:
             raise DecisionError("policy_error", f"policy evaluation failed: {exc}") from exc
         return EngineResult(defined=defined, value=value, revision=state.source.revision)
 
+    def _evaluate_inline(
+        self, state: _State, input_doc: dict[str, Any], timeout_s: float
+    ) -> tuple[bool, Any]:
+        """Evaluate on this thread; an answer later than ``timeout_s`` is not used, and one
+        later than ``inline_max_ms`` sends this revision to the threads."""
+        if timeout_s <= 0:
+            raise TimeoutError
+        started = time.monotonic()
+        try:
+            return _evaluate(state, input_doc)
+        finally:
+            took = time.monotonic() - started
+            if took > self._inline_max_s and state.inline:
+                state.inline = False
+                log.warning(
+                    "policy evaluation is slow: evaluating in threads from now on",
+                    extra={"ms": round(took * 1000, 1), "revision": state.source.revision},
+                )
+            if took > timeout_s:
+                raise TimeoutError
+
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-
-
-def _evaluate_inline(
-    state: _State, input_doc: dict[str, Any], timeout_s: float
-) -> tuple[bool, Any]:
-    """Evaluate on this thread; an answer later than ``timeout_s`` is not used."""
-    if timeout_s <= 0:
-        raise TimeoutError
-    started = time.monotonic()
-    result = _evaluate(state, input_doc)
-    if time.monotonic() - started > timeout_s:
-        raise TimeoutError
-    return result
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _evaluate(state: _State, input_doc: dict[str, Any]) -> tuple[bool, Any]:

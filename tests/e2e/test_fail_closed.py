@@ -92,12 +92,30 @@ def test_a_slow_policy_times_out_and_denies(start_sidecar, tools, tmp_path):
 
 
 def test_the_agents_deadline_bounds_policy_evaluation(start_sidecar, tools, tmp_path):
-    running = start_sidecar(
-        tools.url, policy={"dir": _policy(tmp_path, SLOW_POLICY), "timeout_ms": 60000}
-    )
+    """In threads (inline_max_ms: 0) the wait for policy is bounded by the agent's deadline."""
+    policy = {"dir": _policy(tmp_path, SLOW_POLICY), "timeout_ms": 60000, "inline_max_ms": 0}
+    running = start_sidecar(tools.url, policy=policy)
     with running.client() as client, pytest.raises(PolicyDenied) as denied:
         client.call_tool("tickets.get", {"id": "1"}, timeout_s=0.3)
     assert denied.value.code == "policy_timeout"
+
+
+def test_a_slow_inline_evaluation_is_refused_and_moves_policy_to_the_threads(
+    start_sidecar, tools, tmp_path
+):
+    """Inline evaluation cannot be interrupted: the slow one is still refused (its answer came
+    after policy.timeout_ms), and from then on this revision is evaluated in threads, where
+    the next slow evaluation is cut at the timeout."""
+    policy = {"dir": _policy(tmp_path, SLOW_POLICY), "timeout_ms": 20, "inline_max_ms": 5}
+    running = start_sidecar(tools.url, policy=policy)
+    assert running.sidecar.engine.inline
+    with running.client() as client:
+        for _ in range(2):
+            with pytest.raises(PolicyDenied) as denied:
+                client.call_tool("tickets.get", {"id": "1"}, timeout_s=60)
+            assert denied.value.code == "policy_timeout"
+            assert not running.sidecar.engine.inline
+    assert tools.received == []
 
 
 def test_an_unmet_credential_obligation_is_not_relayed(start_sidecar, tools, tmp_path):

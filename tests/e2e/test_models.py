@@ -4,8 +4,8 @@ OpenAI-compatible upstream over HTTP and SSE, and the gRPC CallModel / StreamMod
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 
 import grpc
 import openai
