@@ -199,7 +199,8 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
         if self._web is not None:
-            await self._web.shutdown(grace_s)
+            self._web.pre_shutdown()  # idle keep-alive connections close now
+            await self._web.shutdown(grace_s)  # answers in progress get grace_s
         if self._server is not None:
             await self._server.wait_closed()
         self._sock.close()

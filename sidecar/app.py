@@ -38,6 +38,7 @@ from sidecar.relay.models import ModelRelay
 from sidecar.server import SidecarServer
 from sidecar.state import StateDb
 from sidecar.tasks import TaskRegistry
+from sidecar.workers import WorkerRole, segment_path
 
 __all__ = ["Sidecar", "build_attestor", "build_engine", "build_identity"]
 
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # How long an mTLS listener waits for its first SVID before the sidecar gives up starting.
 MTLS_READY_TIMEOUT_S = 30.0
+# With several workers, how often a call waiting for an approval re-reads the state database
+# (the approver's decision may reach another worker).
+APPROVAL_POLL_S = 0.25
 # How often ended tasks and expired approvals are swept (their ends take effect at once on
 # use in any case; the sweep revokes what nobody uses).
 SWEEP_INTERVAL_S = 1.0
@@ -105,9 +109,14 @@ def build_attestor(settings: Settings, identity: WorkloadIdentity | None) -> Att
     return MtlsAttestor(identity, mode.trust_domains)
 
 
-def build_audit(settings: Settings, identity: WorkloadIdentity | None) -> AuditLog:
-    """The audit log; checkpoints are signed with the SVID, or a development key file."""
+def build_audit(
+    settings: Settings, identity: WorkloadIdentity | None, role: WorkerRole | None = None
+) -> AuditLog:
+    """The audit log (this worker's segment of it); checkpoints are signed with the SVID, or
+    a development key file."""
     audit = settings.audit
+    index = role.index if role is not None else 0
+    path = segment_path(audit.path, index)
     if identity is not None and audit.signing_key is None:
         signer = SvidSigner(identity.snapshot)
     else:
@@ -121,14 +130,15 @@ def build_audit(settings: Settings, identity: WorkloadIdentity | None) -> AuditL
             query=settings.policy.query,
         )
     return AuditLog(
-        audit.path,
+        path,
         mode=audit.mode,
         fsync=audit.fsync,
         signer=signer,
         checkpoint_every=audit.checkpoint_every,
         checkpoint_interval_s=audit.checkpoint_interval_s,
-        checkpoints_path=audit.checkpoints_path
-        or audit.path.with_name(audit.path.name + ".checkpoints"),
+        checkpoints_path=segment_path(audit.checkpoints_path, index)
+        if audit.checkpoints_path
+        else path.with_name(path.name + ".checkpoints"),
         max_bytes=audit.max_bytes,
         keep_files=audit.keep_files,
         buffer=audit.buffer,
@@ -183,12 +193,14 @@ class Sidecar:
     _closed: bool = False
 
     @classmethod
-    def build(cls, settings: Settings) -> Sidecar:
-        """Everything that can fail (policy load, audit file) fails here, before listening."""
+    def build(cls, settings: Settings, role: WorkerRole | None = None) -> Sidecar:
+        """Everything that can fail (policy load, audit file) fails here, before listening.
+        ``role``: this process's place among ``server.workers`` (default: the only one)."""
+        role = role or WorkerRole()
         engine = build_engine(settings)
         shadow = build_shadow(settings)
         identity = build_identity(settings)
-        audit = build_audit(settings, identity)
+        audit = build_audit(settings, identity, role)
         if settings.identity.mode == "mtls":
             assert identity is not None
             if not identity.wait_ready(MTLS_READY_TIMEOUT_S):
@@ -216,7 +228,11 @@ class Sidecar:
             )
         record = approval_auditor(audit)
         approvals = ApprovalBroker(
-            ApprovalStore(state), settings.approvals, notify=notifier, record=record
+            ApprovalStore(state),
+            settings.approvals,
+            notify=notifier,
+            record=record,
+            poll_s=APPROVAL_POLL_S if role.shared else None,
         )
         tasks = TaskRegistry(state, settings.tasks)
         models = ModelRelay(
@@ -253,10 +269,17 @@ class Sidecar:
         # any gRPC server exists, and everything already opened is closed again.
         frontdoor: FrontDoor | None = None
         try:
-            admin_port = metrics.serve(settings.admin.listen) if settings.admin.listen else None
-            frontdoor = FrontDoor(settings, mediator, engine) if settings.frontdoor.listen else None
-            server = SidecarServer(settings, mediator, identity, engine)
-            approvals_server = AdminServer(settings, approvals, identity, record)
+            admin_port = (
+                metrics.serve(settings.admin.listen)
+                if settings.admin.listen and role.primary
+                else None
+            )
+            if settings.frontdoor.listen:
+                frontdoor = FrontDoor(settings, mediator, engine, reuse_port=role.shared)
+            server = SidecarServer(settings, mediator, identity, engine, role=role)
+            approvals_server = (
+                AdminServer(settings, approvals, identity, record) if role.primary else None
+            )
         except BaseException:
             for close in (
                 *((frontdoor.close,) if frontdoor else ()),

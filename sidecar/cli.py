@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -254,16 +255,22 @@ def _serve(args: argparse.Namespace) -> int:
     from sidecar.config import load_settings
     from sidecar.logs import configure_logging
     from sidecar.server import serve_until_signalled
+    from sidecar.workers import WORKER_ENV, Supervisor, WorkerRole, available_cpus, signal_ready
 
     configure_logging(args.log_level)
     settings = load_settings(args.config, overrides=args.set)
+    count = settings.worker_count(available_cpus())
+    if count > 1 and WORKER_ENV not in os.environ:  # the supervisor: runs the workers
+        command = [sys.executable, "-m", "sidecar.cli", *sys.argv[1:]]
+        return Supervisor(command, count, settings.state.dir, settings.server.grace_s).run()
+    role = WorkerRole.from_env()
 
     async def serve() -> None:
         # grpc.aio binds to the running loop: build inside it.
-        sidecar = Sidecar.build(settings)
+        sidecar = Sidecar.build(settings, role)
         try:
             reload = sidecar.reloader.request if sidecar.reloader else None
-            await serve_until_signalled(sidecar, on_hup=reload)
+            await serve_until_signalled(sidecar, on_hup=reload, on_started=signal_ready)
         finally:
             sidecar.close()  # idempotent: after a clean stop, nothing is left to close
 
@@ -339,9 +346,10 @@ def _audit_files(paths: list[Path]) -> list[Path]:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from sidecar.audit import verify
+    """Verify the log: with one path, every worker's segment beside it too (each its own
+    chain, checkpoints and verdict); exit 0 only if all are intact."""
+    from sidecar.workers import segments
 
-    files = _audit_files(args.files)
     for option, path in (
         ("--bundle", args.bundle),
         ("--key", args.key),
@@ -349,6 +357,20 @@ def _audit_verify(args: argparse.Namespace) -> int:
     ):
         if path is not None and not path.is_file():
             raise SidecarError(f"{option} {path}: file not found")
+    if len(args.files) == 1 and args.checkpoints is None:
+        groups = [_audit_files([segment]) for segment in segments(args.files[0])]
+    else:
+        groups = [_audit_files(args.files)]
+    intact = True
+    for files in groups:
+        prefix = f"{files[-1].name}: " if len(groups) > 1 else ""
+        intact = _verify_segment(files, args, prefix) and intact
+    return 0 if intact else 1
+
+
+def _verify_segment(files: list[Path], args: argparse.Namespace, prefix: str) -> bool:
+    from sidecar.audit import verify
+
     checkpoints = args.checkpoints or files[-1].with_name(files[-1].name + ".checkpoints")
     report = verify(
         files,
@@ -361,15 +383,15 @@ def _audit_verify(args: argparse.Namespace) -> int:
         max_unsealed_age_s=args.max_unsealed_age,
     )
     for problem in report.problems:
-        print(f"BAD: {problem}")
+        print(f"{prefix}BAD: {problem}")
     for note in report.notes:
-        print(f"note: {note}")
+        print(f"{prefix}note: {note}")
     verdict = "intact" if report.intact else "NOT intact"
     print(
-        f"{report.records} records, {report.checkpoints} checkpoints, signed through seq "
-        f"{report.sealed_through}: {verdict}"
+        f"{prefix}{report.records} records, {report.checkpoints} checkpoints, signed through "
+        f"seq {report.sealed_through}: {verdict}"
     )
-    return 0 if report.intact else 1
+    return report.intact
 
 
 def _audit_show(args: argparse.Namespace) -> int:

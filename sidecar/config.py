@@ -73,11 +73,16 @@ class ServerSettings:
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_s: float = 5.0
     reflection: bool = True
+    # Processes serving the TCP listeners (SO_REUSEPORT); 0: one per CPU available to the
+    # container (cgroup quota honoured). Unix listeners are served by worker 0 alone, so with
+    # no TCP listener (gRPC or front door) 0 means 1 (see sidecar.workers).
+    workers: int = 0
 
     def __post_init__(self) -> None:
         _check(len(self.listen) > 0, "listen: at least one address is required")
         for address in self.listen:
             _check_address(address)
+        _check(0 <= self.workers <= 64, "workers: must be between 0 and 64 (0: one per CPU)")
         _check(self.max_request_bytes > 0, "max_request_bytes: must be > 0")
         _check(self.grace_s >= 0, "grace_s: must be >= 0")
 
@@ -527,6 +532,12 @@ class Settings:
                         f"mode {self.identity.mode} the agent API must not be reachable from "
                         "outside the pod (only mode mtls may listen on other addresses)",
                     )
+        if self.server.workers > 1 and not self.shares_tcp:
+            raise _KeyedError(
+                "server.workers",
+                f"{self.server.workers} workers need a TCP listener to share (server.listen "
+                "HOST:PORT or frontdoor.listen): a unix socket is served by one process only",
+            )
         if self.approvals.listen and self.approvals.listen in self.server.listen:
             raise _KeyedError(
                 "approvals.listen",
@@ -560,6 +571,20 @@ class Settings:
                     f"{tool.target!r} is not a configured target (targets: "
                     f"{', '.join(sorted(self.targets)) or 'none'})",
                 )
+
+    def worker_count(self, cpus: int) -> int:
+        """How many worker processes serve: ``server.workers``, or ``cpus`` when it is 0,
+        and 1 when nothing could be shared (no TCP listener)."""
+        if not self.shares_tcp:
+            return 1
+        return self.server.workers or cpus
+
+    @property
+    def shares_tcp(self) -> bool:
+        """Whether any listener is TCP (gRPC or the front door): what workers can share."""
+        return bool(self.frontdoor.listen) or any(
+            not address.startswith("unix:") for address in self.server.listen
+        )
 
     @property
     def state_db(self) -> Path:

@@ -36,6 +36,7 @@ from sidecar.model_calls import ModelCall
 from sidecar.pipeline import CallResult, Mediator, TaskResult, ToolCall
 from sidecar.policy import Decision, PolicyEngine
 from sidecar.tasks import Task
+from sidecar.workers import WorkerRole, WorkersStatus
 
 __all__ = ["SERVICE_NAME", "SidecarServer", "mtls_server_credentials"]
 
@@ -333,17 +334,20 @@ class SidecarServer:
         mediator: Mediator,
         identity: WorkloadIdentity | None = None,
         engine: PolicyEngine | None = None,
+        role: WorkerRole | None = None,
     ) -> None:
         self._settings = settings
         self._mediator = mediator
         self._identity = identity
         self._engine = engine
+        self._role = role or WorkerRole()
         self._health_task: asyncio.Task[None] | None = None
         limit = settings.server.max_request_bytes
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", limit * 4 + 4096),
-                ("grpc.so_reuseport", 0),
+                # Shared by the workers; else a port in use fails the start.
+                ("grpc.so_reuseport", 1 if self._role.shared else 0),
             ]
         )
         self._server.add_generic_rpc_handlers((SidecarService(mediator, limit).handlers(),))
@@ -360,6 +364,8 @@ class SidecarServer:
             )
         self.addresses: list[str] = []
         for address in settings.server.listen:
+            if address.startswith("unix:") and not self._role.primary:
+                continue  # a unix socket is served by worker 0 alone
             self.addresses.append(self._bind(address))
 
     def _bind(self, address: str) -> str:
@@ -396,6 +402,10 @@ class SidecarServer:
             return False
         if not self._mediator.audit_alive():
             return False
+        if self._role.shared:  # every worker runs (a dead one is being restarted)
+            status = WorkersStatus.read(self._settings.state.dir)
+            if status is not None and not status.complete:
+                return False
         if self._identity is None:
             return True
         try:
@@ -441,9 +451,10 @@ class SidecarServer:
         await self._server.wait_for_termination()
 
 
-async def serve_until_signalled(server: Any, on_hup: Any = None) -> None:
+async def serve_until_signalled(server: Any, on_hup: Any = None, on_started: Any = None) -> None:
     """Start ``server`` (anything with async ``start`` and ``stop``: the whole sidecar), then
-    stop it gracefully on SIGTERM or SIGINT; SIGHUP calls ``on_hup``."""
+    stop it gracefully on SIGTERM or SIGINT; SIGHUP calls ``on_hup``; ``on_started`` is
+    called once it serves."""
     import signal
 
     loop = asyncio.get_running_loop()
@@ -453,6 +464,8 @@ async def serve_until_signalled(server: Any, on_hup: Any = None) -> None:
     if on_hup is not None:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
     await server.start()
+    if on_started is not None:
+        on_started()
     await stop.wait()
     log.info("shutting down")
     await server.stop()

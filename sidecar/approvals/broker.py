@@ -51,8 +51,12 @@ class ApprovalBroker:
         *,
         notify: Callable[[Approval], None] | None = None,
         record: Callable[[str, Approval, Mapping[str, Any]], None] | None = None,
+        poll_s: float | None = None,
     ) -> None:
         self._store = store
+        # With several worker processes an approver's decision may be taken in another one:
+        # waiting calls then also re-read the store this often.
+        self._poll_s = poll_s
         self._settings = settings
         self._notify = notify
         # Writes an audit record for an approver's decision (before it commits: a decision
@@ -155,6 +159,8 @@ class ApprovalBroker:
             remaining = min(end - loop.time(), until_expiry)
             if remaining <= 0:
                 return approval
+            if self._poll_s is not None:
+                remaining = min(remaining, self._poll_s)
             event = asyncio.Event()
             self._waiters[approval_id].add(event)
             try:
