@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from bench.relay_overhead import demo_config, percentile, start_sidecar  # noqa: E402
 from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.run import free_port, wait_serving  # noqa: E402
+from sidecar.workers import segments  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "summarise the ticket about the printer on fire"}]
 
@@ -85,7 +86,8 @@ def main() -> int:
             sidecar.wait(10)
     records = sum(
         1
-        for line in (work / "audit.log").read_text().splitlines()
+        for path in segments(work / "audit.log")  # one per worker (server.workers)
+        for line in path.read_text().splitlines()
         if '"type":"call"' in line.replace(" ", "")
     )
     print(f"model overhead: {args.calls} chat completions per path, openai SDK, concurrency 1")

@@ -401,14 +401,21 @@ def _audit_show(args: argparse.Namespace) -> int:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
         raise SidecarError(f"--since {args.since!r}: {exc}") from exc
-    found = list(
+    from sidecar.workers import segments
+
+    if len(args.files) == 1:  # and the other workers' segments, merged in time order
+        files = [f for segment in segments(args.files[0]) for f in _audit_files([segment])]
+    else:
+        files = _audit_files(args.files)
+    found = sorted(
         rows(
-            _audit_files(args.files),
+            files,
             subject=args.subject,
             tool=args.tool,
             effect=args.effect,
             since_ns=since,
-        )
+        ),
+        key=lambda row: row[0],
     )
     print(table(found))
     print(f"{len(found)} calls")

@@ -203,11 +203,15 @@ class SidecarClient:
         tls: grpc.ChannelCredentials | None = None,
         server_name: str | None = None,
     ) -> None:
+        # A connection of its own (gRPC shares one between identical channels otherwise):
+        # with server.workers, each client's connection may land on another worker.
+        options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)]
         if tls is not None:
-            options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+            if server_name:
+                options.append(("grpc.ssl_target_name_override", server_name))
             self._channel = grpc.secure_channel(target, tls, options=options)
         else:
-            self._channel = grpc.insecure_channel(target)
+            self._channel = grpc.insecure_channel(target, options=options)
         self._timeout = timeout_s
         self._jwt_svid = jwt_svid
         self._call_tool = self._channel.unary_unary(

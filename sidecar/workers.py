@@ -198,8 +198,8 @@ class Supervisor:
         self._publish()
         try:
             if not self._start(self._workers[0]):
-                code = self._workers[0].proc.returncode if self._workers[0].proc else 1
-                raise WorkerFailedToStart(code or 1)
+                proc = self._workers[0].proc
+                raise WorkerFailedToStart((proc.wait() if proc else 1) or 1)
             for worker in self._workers[1:]:
                 self._start(worker)
             self._supervise()

@@ -32,6 +32,7 @@ from examples.demo.agent import run as run_agent  # noqa: E402
 from examples.demo.agent import run_models as run_model_agent  # noqa: E402
 from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.tools_server import ToolServer  # noqa: E402
+from sidecar.workers import segments  # noqa: E402
 
 OUT = ROOT / "demo-out"
 
@@ -198,7 +199,9 @@ def main() -> int:
         ]
         prompts = [r.body["messages"][-1]["content"] for r in models.received]
         keys_seen = {r.headers.get("authorization") for r in models.received}
-    audit = [json.loads(line) for line in (OUT / "audit.log").read_text().splitlines()]
+    # With server.workers > 1 each worker writes its own segment (audit.log, audit.worker1.log)
+    log_files = segments(OUT / "audit.log")
+    audit = [json.loads(line) for path in log_files for line in path.read_text().splitlines()]
     print(f"\ntool upstream received {len(tools.received)} requests for {len(lines)} calls")
     if notified:
         print(f"partner.notify as the partner received it: {json.dumps(notified[0])}")
@@ -227,11 +230,14 @@ def main() -> int:
         capture_output=True,
         text=True,
     )
+    names = ", ".join(path.name for path in log_files)
     print(
         f"audit log: {OUT / 'audit.log'} ({len(calls)} call records, {len(approvals)} approval "
-        "record, hash-chained, checkpoints signed with the SVID)"
+        f"record, hash-chained, checkpoints signed with the SVID; segments: {names})"
     )
-    print(f"audit verify --bundle demo-out/bundle.pem: {verified.stdout.strip().splitlines()[-1]}")
+    for line in verified.stdout.strip().splitlines():
+        if not line.startswith(("BAD", "note")):
+            print(f"audit verify --bundle demo-out/bundle.pem: {line}")
     print(f"metrics (http://127.0.0.1:{ADMIN_PORT}/metrics):")
     for metric in decisions:
         print(f"  {metric}")

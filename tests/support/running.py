@@ -57,14 +57,14 @@ def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settin
 class RunningSidecar:
     """Runs :class:`Sidecar` on an event loop in a background thread."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: Any = None) -> None:
         self.settings = settings
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
 
         async def build() -> Sidecar:
-            sidecar = Sidecar.build(settings)
+            sidecar = Sidecar.build(settings, role)
             await sidecar.start()
             return sidecar
 
