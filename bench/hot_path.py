@@ -9,7 +9,7 @@ connection per concurrent caller up to 8, so the kernel spreads them over the wo
 2-core machine the agent, the upstream and the sidecar share the same two cores: read the
 differences and ratios; absolute figures are those of a crowded machine.
 
-    python bench/hot_path.py [--quick] [--soak-calls 100000] [--workers N]
+    python bench/hot_path.py [--scale 1.0] [--soak-calls 100000] [--workers N]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -105,14 +106,44 @@ async def load(
     return latencies, time.perf_counter() - started, failures
 
 
-def row(name: str, latencies: list[float], seconds: float, failures: int) -> str:
+def row(
+    name: str, latencies: list[float], seconds: float, failures: int, cpu_us: float | None = None
+) -> str:
     if not latencies:
         return f"{name:<34} {'-':>8} {'-':>8} {'-':>9}   all {failures} failed"
     note = f"   {failures} failed" if failures else ""
+    cpu = f" {cpu_us:>10.0f}" if cpu_us is not None else ""
     return (
         f"{name:<34} {percentile(latencies, 50):>8.2f} {percentile(latencies, 99):>8.2f} "
-        f"{len(latencies) / seconds:>9.0f}{note}"
+        f"{len(latencies) / seconds:>9.0f}{cpu}{note}"
     )
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of the processes so far."""
+    ticks = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+async def timed_load(
+    pids: list[int], call: Callable[[int], Awaitable[None]], calls: int, concurrency: int
+) -> tuple[list[float], float, int, float]:
+    """``load``, and the sidecar's CPU time per call (µs) meanwhile."""
+    before = cpu_seconds(pids)
+    latencies, seconds, failures = await load(call, calls, concurrency)
+    used = cpu_seconds(pids) - before
+    return latencies, seconds, failures, used / max(1, len(latencies)) * 1e6
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages split between the processes sharing them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def proc_stats(pids: list[int]) -> tuple[list[float], list[int]]:
@@ -203,16 +234,16 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
 
             return complete
 
-        scale = 0.25 if args.quick else 1.0
+        scale = args.scale
         n = lambda calls: max(50, int(calls * scale))  # noqa: E731
         for call in (direct, call_tool, checker(agent), checker(ceiling)):
             await load(call, 200, 8)  # warm up connections, pools, the engine
 
-        header = f"{'':<34} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9}"
+        header = f"{'':<34} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'CPU us/call':>11}"
         out += ["tool calls: direct to the upstream vs through the sidecar (CallTool)", header]
         for concurrency, calls in ((1, 1500), (8, 4000), (32, 6000)):
             d = await load(direct, n(calls), concurrency)
-            s = await load(call_tool, n(calls), concurrency)
+            s = await timed_load(pids, call_tool, n(calls), concurrency)
             out.append(row(f"  direct      c={concurrency}", *d))
             out.append(row(f"  sidecar     c={concurrency}", *s))
             out.append(
@@ -226,21 +257,30 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
         for stream in (False, True):
             kind = "stream" if stream else "unary"
             d = await load(completer(provider, "bench-model", stream), n(1000), 1)
-            s = await load(completer(door, "local-small", stream), n(1000), 1)
+            s = await timed_load(pids, completer(door, "local-small", stream), n(1000), 1)
             out.append(row(f"  direct      {kind} c=1", *d))
             out.append(row(f"  front door  {kind} c=1", *s))
             out.append(
                 f"  {'added':<32} {percentile(s[0], 50) - percentile(d[0], 50):>+8.2f} "
                 f"{percentile(s[0], 99) - percentile(d[0], 99):>+8.2f}"
             )
-        saturated = await load(completer(door, "local-small", False), n(4000), 32)
+        saturated = await timed_load(pids, completer(door, "local-small", False), n(4000), 32)
         out.append(row("  front door  unary c=32", *saturated))
 
         out += ["", "decisions at saturation (Check, c=32)", header]
-        out.append(row("  baseline policy", *await load(checker(agent), n(8000), 32)))
-        out.append(row("  allow-all policy", *await load(checker(ceiling), n(8000), 32)))
+        trivial_pids = worker_pids(work, "trivial", trivial)
+        out.append(row("  baseline policy", *await timed_load(pids, checker(agent), n(8000), 32)))
+        out.append(
+            row(
+                "  allow-all policy", *await timed_load(trivial_pids, checker(ceiling), n(8000), 32)
+            )
+        )
+        out.append(
+            "  (CPU us/call: the sidecar's own CPU time per call, all its workers; the agent, "
+            "the upstream and the sidecar share this machine's cores)"
+        )
 
-        soak = int(args.soak_calls * scale)
+        soak = args.soak_calls
         soaked = await load(checker(agent), soak, 32)
         rss_after, threads_after = proc_stats(worker_pids(work, "main", main))
         await session.close()
@@ -252,6 +292,7 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
             f"  RSS idle MB              {' '.join(f'{v:6.1f}' for v in rss_idle)}",
             f"  RSS after {soak:>6} Checks {' '.join(f'{v:6.1f}' for v in rss_after)}"
             f"   ({len(soaked[0]) / soaked[1]:.0f}/s, {soaked[2]} failed)",
+            f"  PSS after (shared split) {' '.join(f'{pss_mb(p):6.1f}' for p in pids)}",
             f"  threads idle             {' '.join(f'{v:6d}' for v in threads_idle)}",
             f"  threads after            {' '.join(f'{v:6d}' for v in threads_after)}",
         ]
@@ -264,7 +305,7 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a quarter of the calls")
+    parser.add_argument("--scale", type=float, default=1.0, help="calls per cell x this")
     parser.add_argument("--soak-calls", type=int, default=100_000)
     parser.add_argument("--workers", type=int, help="server.workers (default: its default)")
     args = parser.parse_args()

@@ -21,8 +21,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import requests
-
 from sidecar.approvals.model import Approval
 
 __all__ = ["Notifier", "notification"]
@@ -45,6 +43,9 @@ class Notifier:
         self._attempts = attempts
         self._timeout = timeout_s
         self._queue: queue.Queue[Approval | None] = queue.Queue(maxsize=backlog)
+        import requests  # here, not at import: only a configured sink or webhook loads it
+
+        self._requests = requests
         self._session = requests.Session()
         self._stop = threading.Event()
         self.stats: Counter[str] = Counter()
@@ -77,7 +78,7 @@ class Notifier:
                 problem = f"HTTP {response.status_code}"
                 if response.status_code < 500 and response.status_code != 429:
                     break  # the receiver refuses it: retrying will not help
-            except requests.RequestException as exc:
+            except self._requests.RequestException as exc:
                 problem = type(exc).__name__
             log.warning(
                 "approval notification failed",

@@ -21,8 +21,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from sidecar.audit.record import AuditError
 
 __all__ = ["FileSink", "HttpSink", "StdoutSink", "rotated_files"]
@@ -168,6 +166,9 @@ class HttpSink:
         self._stop = threading.Event()
         self.delivered = 0
         self.dropped = 0
+        import requests  # here, not at import: only a configured sink or webhook loads it
+
+        self._requests = requests
         self._session = requests.Session()
         self._session.trust_env = False
         self._thread = threading.Thread(target=self._run, name="audit-http", daemon=True)
@@ -211,7 +212,7 @@ class HttpSink:
                     if 200 <= response.status_code < 300:
                         self.delivered += len(batch)
                         break
-                except requests.RequestException:
+                except self._requests.RequestException:
                     pass
                 if attempt + 1 < self._retries:
                     time.sleep(delay)
