@@ -177,8 +177,8 @@ class PolicySettings:
     timeout_ms: int = 250
     # embedded: interpreters evaluating in threads, in parallel; opa: connections to OPA.
     workers: int = 2
-    # embedded: evaluate on the event loop (no thread hand-off) while every evaluation takes
-    # at most this long; the first one that takes longer moves this revision to the threads,
+    # embedded: evaluate on the event loop (no thread hand-off) while every evaluation costs
+    # at most this much CPU; the first one that costs more moves this revision to the threads,
     # where the wait is bounded by timeout_ms. 0: always in threads.
     inline_max_ms: float = 5.0
     # embedded: how often the policy dir is checked for changes (0: only on SIGHUP).

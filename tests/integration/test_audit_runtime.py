@@ -169,3 +169,31 @@ def test_item5_a_refused_connection_is_audited_as_not_relayed(start_sidecar):
     [record] = audit_lines(running.audit_path)
     assert record["outcome"]["relayed"] is False
     assert all_audit_lines(running.audit_path)
+
+
+def test_fsync_group_commit_shares_flushes_and_keeps_every_record(start_sidecar, tools):
+    """audit.fsync: every call waits for its records to be on disk (group commit), and none
+    is lost under concurrency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    running = start_sidecar(tools.url, audit={"fsync": True})
+
+    def calls(_: int) -> int:
+        with running.client(timeout_s=30) as client:
+            for _ in range(10):
+                client.call_tool("tickets.get", {"id": "7"})
+        return 10
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(calls, range(16))) == 160
+    counts = running.sidecar.audit.counts
+    written = counts["written"]
+    assert written >= 320  # an intent and a call record per relayed call
+    # at most one flush per record; shared ones when records arrive during a flush (how many
+    # depends on the disk: measured in the issue note, not asserted)
+    assert 0 < counts["fsyncs"] <= written
+    records = audit_lines(running.audit_path)
+    assert len([r for r in records if r["rpc"] == "CallTool"]) == 160
+    assert len(tools.received) == 160
+    running.stop()
+    assert running.sidecar.audit.counts["failed"] == 0
