@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -190,6 +191,8 @@ class Sidecar:
     models: ModelRelay | None = None
     frontdoor: FrontDoor | None = None
     _sweeper: asyncio.Task[None] | None = None
+    _announcer: asyncio.Task[None] | None = None
+    role: WorkerRole = dataclasses.field(default_factory=WorkerRole)
     _closed: bool = False
 
     @classmethod
@@ -320,6 +323,7 @@ class Sidecar:
             notifier,
             models,
             frontdoor,
+            role=role,
         )
 
     async def start(self) -> None:
@@ -331,6 +335,19 @@ class Sidecar:
         if self.approvals is not None:
             self.approvals.bind_loop(asyncio.get_running_loop())
         self._sweeper = asyncio.create_task(self._sweep())
+        if self.role.shared and self.role.primary:
+            self._announcer = asyncio.create_task(self._announce())
+
+    async def _announce(self) -> None:
+        """Worker 0 of several: approvals created by the other workers reach the watchers of
+        the approvals API (served here) within APPROVAL_POLL_S."""
+        while True:
+            await asyncio.sleep(APPROVAL_POLL_S)
+            try:
+                if self.approvals is not None:
+                    await asyncio.to_thread(self.approvals.announce_others)
+            except Exception:
+                log.exception("announcing other workers' approvals failed")
 
     async def _sweep(self) -> None:
         """End expired tasks (revoking their approvals and credentials) and expire approvals,
@@ -346,10 +363,11 @@ class Sidecar:
                 log.exception("sweeping tasks and approvals failed")
 
     async def stop(self, grace_s: float | None = None) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        for task in (self._sweeper, self._announcer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.frontdoor is not None:
             await self.frontdoor.stop()
         if self.approvals_server is not None:

@@ -43,6 +43,10 @@ _ENDED_CODES = {
 }
 
 
+# How far back announce_others looks again (another process's clock read before its insert).
+ANNOUNCE_WINDOW_S = 5
+
+
 class ApprovalBroker:
     def __init__(
         self,
@@ -69,6 +73,9 @@ class ApprovalBroker:
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._request_lock = threading.Lock()
+        # Approvals already announced to watchers (id -> created_ns), for announce_others.
+        self._announced: dict[str, int] = {}
+        self._announced_after = time.time_ns()
 
     # --- the agent side (the pipeline) -----------------------------------------------------
 
@@ -113,6 +120,7 @@ class ApprovalBroker:
                 expires_at_ns=now_ns + ttl * 1_000_000_000,
             )
             self._store.insert(approval)
+            self._announced[approval.id] = approval.created_at_ns
             self._created[subject].append(time.monotonic())
             log.info(
                 "approval pending",
@@ -283,6 +291,23 @@ class ApprovalBroker:
             if entry.startswith("group:") and approver in self._settings.groups.get(group, ()):
                 return True
         return False
+
+    def announce_others(self) -> list[Approval]:
+        """Announce to this process's watchers the pending approvals other worker processes
+        created since the last look (``server.workers``: the approvals API, and its watchers,
+        are worker 0's). Blocking (reads the store): call it off the event loop."""
+        window_ns = ANNOUNCE_WINDOW_S * 1_000_000_000
+        found = self._store.pending_created_after(self._announced_after - window_ns)
+        fresh = [a for a in found if a.id not in self._announced]
+        for approval in fresh:
+            self._announced[approval.id] = approval.created_at_ns
+            self._publish("created", approval)
+        if found:  # clocks of other processes may lag: look back a window, dedupe by id
+            self._announced_after = max(self._announced_after, found[-1].created_at_ns)
+        horizon = self._announced_after - 2 * window_ns
+        for approval_id in [k for k, v in self._announced.items() if v < horizon]:
+            del self._announced[approval_id]
+        return fresh
 
     def subscribe(self) -> asyncio.Queue[tuple[str, Approval]]:
         queue: asyncio.Queue[tuple[str, Approval]] = asyncio.Queue(maxsize=1000)

@@ -62,6 +62,15 @@ class ApprovalStore:
         )
         return int(rows[0]["n"])
 
+    def pending_created_after(self, after_ns: int, limit: int = 1000) -> list[Approval]:
+        """Pending approvals created after ``after_ns``, oldest first."""
+        rows = self._db.query(
+            "SELECT doc FROM approvals WHERE state = 'pending' AND created_ns > ?"
+            " ORDER BY created_ns ASC LIMIT ?",
+            (after_ns, limit),
+        )
+        return [Approval.from_doc(json.loads(r["doc"])) for r in rows]
+
     def list(self, states: Sequence[str] = (), limit: int = 100) -> list[Approval]:
         if states:
             marks = ",".join("?" for _ in states)

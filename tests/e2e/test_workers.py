@@ -140,12 +140,27 @@ def test_a_dead_worker_is_restarted_and_calls_go_on(workers_sidecar):
 def test_an_approval_decided_by_worker_0_releases_calls_waiting_in_any_worker(
     workers_sidecar, tools
 ):
-    """The approvals API is served by worker 0; calls parked in worker 1 see the decision
-    through the shared state database."""
+    """The approvals API is served by worker 0; its watchers are told of approvals created
+    in any worker, and calls parked in worker 1 see the decision through the shared state."""
+    import threading
+
     from sidecar.approvals.client import ApprovalsClient
 
     _, address, tmp_path = workers_sidecar
     clients = [SidecarClient(address, timeout_s=30) for _ in range(8)]
+    seen: list[tuple[str, str]] = []
+    watcher = ApprovalsClient(f"unix:{tmp_path}/approvals.sock", approver="alice")
+    stream = watcher.watch()
+
+    def watch() -> None:
+        for event in stream:
+            if event.type in ("pending", "created"):  # (pending: there when the watch began)
+                seen.append((event.type, event.approval.id))
+            if len({approval_id for _, approval_id in seen}) == 8:
+                return
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
     try:
         tasks = [c.start_task(f"refund {i}").task_id for i, c in enumerate(clients)]
         with ThreadPoolExecutor(8) as pool:
@@ -158,12 +173,17 @@ def test_an_approval_decided_by_worker_0_releases_calls_waiting_in_any_worker(
                     lambda: len(found := admin.list(["pending"])) == 8 and found,
                     what="8 pending approvals",
                 )
+                reader.join(30)  # the watcher was told of all 8, wherever they were created
                 for approval in pending:
                     admin.approve(approval.id, reason="ok")
             results = [call.result(timeout=30) for call in parked]
     finally:
         for client in clients:
             client.close()
+        watcher.close()
+    assert {approval_id for _, approval_id in seen} == {a.id for a in pending}
+    created = [approval_id for kind, approval_id in seen if kind == "created"]
+    assert len(created) == len(set(created))  # each announced once
     assert all(r.status == 200 and r.decision.effect == "allow" for r in results)
     assert len([r for r in tools.received if r.path == "/refunds"]) == 8
 
