@@ -374,6 +374,10 @@ class Sidecar:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
         await self.relay.close()  # after the server: calls in flight have ended
+        for engine in (self.engine, self.shadow):
+            aclose = getattr(engine, "aclose", None)
+            if aclose is not None:
+                await aclose()
         if self.models is not None:
             await self.models.close()
         self.close()

@@ -3,9 +3,10 @@
 ``POST {url}/v1/data/{path}?provenance=true`` with ``{"input": ...}``; the decision is
 ``result`` (absent when undefined), OPA's ``decision_id`` is kept so our audit record joins
 OPA's decision log, and the bundle revision from ``provenance`` becomes the policy revision.
-One pooled keep-alive connection pool (TCP or a unix socket); each call's timeout is what is
-left of the agent's deadline (capped by ``policy.timeout_ms``), and there are no retries, so
-nothing outlives the deadline. Every failure is a deny with its own code:
+Calls ask on the event loop through a keep-alive pool (aiohttp; TCP or a unix socket); the CLI
+and the health check use a blocking pool. Each call's timeout is what is left of the agent's
+deadline (capped by ``policy.timeout_ms``), and there are no retries, so nothing outlives the
+deadline. Every failure is a deny with its own code:
 
     connection refused / reset       opa_unavailable
     no answer in time                opa_timeout
@@ -16,13 +17,12 @@ nothing outlives the deadline. Every failure is a deny with its own code:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import urllib3
 from urllib3.connection import HTTPConnection
 from urllib3.connectionpool import HTTPConnectionPool
@@ -74,7 +74,10 @@ class OpaEngine:
             self._target = f"{parts.hostname}:{parts.port or 80}"
         else:
             raise ValueError(f"OPA url {url!r} is not http://HOST:PORT or unix:///PATH")
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="opa")
+        self._unix_path = parts.path if parts.scheme in ("unix", "http+unix") else None
+        self._base = "http://localhost" if self._unix_path else f"http://{self._target}"
+        self._workers = workers
+        self._session: aiohttp.ClientSession | None = None  # on the event loop, made on first use
         self._revision = "opa"
 
     @property
@@ -83,15 +86,42 @@ class OpaEngine:
         return self._revision
 
     async def evaluate(self, input_doc: dict[str, Any], *, timeout_s: float) -> EngineResult:
+        """One decision, asked on the event loop over a keep-alive pool (no thread per call);
+        ``timeout_s`` bounds the whole exchange."""
         body = json.dumps({"input": input_doc}, separators=(",", ":"), allow_nan=False)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self._post, body.encode(), timeout_s)
+        if timeout_s <= 0:
+            raise DecisionError("opa_timeout", "no time left to ask OPA")
         try:
-            return await asyncio.wait_for(future, timeout=max(timeout_s, 0.0) + 0.05)
-        except TimeoutError:
+            async with self._client().post(
+                self._base + self._path,
+                data=body.encode(),
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                status, data = response.status, await response.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise DecisionError(
+                "opa_unavailable", f"OPA at {self._target} refused the connection"
+            ) from exc
+        except TimeoutError as exc:
             raise DecisionError(
                 "opa_timeout", f"OPA did not answer within {timeout_s * 1000:.0f} ms"
-            ) from None
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise DecisionError(
+                "opa_unavailable", f"OPA at {self._target} is unreachable ({type(exc).__name__})"
+            ) from exc
+        return self._result(status, data)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = (
+                aiohttp.UnixConnector(path=self._unix_path, limit=self._workers)
+                if self._unix_path
+                else aiohttp.TCPConnector(limit=self._workers)
+            )
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self._session
 
     def evaluate_sync(self, input_doc: dict[str, Any], timeout_s: float = 5.0) -> EngineResult:
         return self._post(json.dumps({"input": input_doc}).encode(), timeout_s)
@@ -121,10 +151,13 @@ class OpaEngine:
             raise DecisionError(
                 "opa_unavailable", f"OPA at {self._target} is unreachable ({type(exc).__name__})"
             ) from exc
-        if response.status != 200:
-            raise DecisionError("opa_bad_response", f"OPA answered HTTP {response.status}")
+        return self._result(response.status, response.data)
+
+    def _result(self, status: int, data: bytes) -> EngineResult:
+        if status != 200:
+            raise DecisionError("opa_bad_response", f"OPA answered HTTP {status}")
         try:
-            doc = json.loads(response.data)
+            doc = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecisionError("opa_bad_response", "OPA's answer is not valid JSON") from exc
         if not isinstance(doc, dict):
@@ -148,8 +181,12 @@ class OpaEngine:
             return False
         return response.status == 200
 
+    async def aclose(self) -> None:
+        """Close the event loop's pool (``close`` then releases the rest)."""
+        if self._session is not None:
+            await self._session.close()
+
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
         self._pool.close()
 
 
