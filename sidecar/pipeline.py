@@ -682,10 +682,13 @@ class Mediator:
         """Ask policy (and the shadow policy) and put the answer on record."""
         t0 = time.perf_counter()
         with self._tracer.span("decide", trace, tool=tool):
-            decided, shadow = await asyncio.gather(
-                self._decide(self._engine, input_doc, deadline, tool),
-                self._shadow_decide(input_doc, deadline),
-            )
+            if self._shadow is None:  # (no tasks to gather: the common case, on every call)
+                decided, shadow = await self._decide(self._engine, input_doc, deadline, tool), None
+            else:
+                decided, shadow = await asyncio.gather(
+                    self._decide(self._engine, input_doc, deadline, tool),
+                    self._shadow_decide(input_doc, deadline),
+                )
         decision = decided.decision
         record.latency_ms["decide"] = (
             record.latency_ms.get("decide", 0.0) + (time.perf_counter() - t0) * 1000

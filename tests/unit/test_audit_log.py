@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from sidecar.audit import AuditLog, FileKeySigner, digest
 
 
@@ -60,3 +62,24 @@ def test_a_failed_write_leaves_no_gap_in_the_chain(tmp_path):
     assert [(c["decision_id"], c["seq"]) for c in calls] == [("first", 1), ("after", 2)]
     assert calls[1]["prev_hash"] == calls[0]["hash"]
     assert log.counts["failed"] == 1
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"type": "call", "action": {"name": "t", "é": "\u00e9"}, "zeta": [1, 2.5, None]},
+        {"b": "\ud800", "z": "é"},  # a lone surrogate before "hash": the whole line escaped
+        {"a": "é", "z": "\udfff"},  # ... and after it
+        {},  # nothing but seq and prev_hash
+        {"hash": "forged", "a": 1},  # a hash in the input is replaced, never trusted
+    ],
+    ids=["nested", "surrogate_before", "surrogate_after", "empty", "given_hash"],
+)
+def test_a_record_sealed_in_one_encoding_is_byte_for_byte_canonical(record):
+    """seal_line encodes once; verify recomputes with canonical(): they must agree exactly."""
+    from sidecar.audit.chain import canonical, digest, seal_line
+
+    hash_hex, line = seal_line(record, 7, "ab" * 32)
+    expected = {k: v for k, v in record.items() if k != "hash"} | {"seq": 7, "prev_hash": "ab" * 32}
+    assert hash_hex == digest(expected)
+    assert line == canonical(expected | {"hash": hash_hex}) + b"\n"
