@@ -255,7 +255,14 @@ def _serve(args: argparse.Namespace) -> int:
     from sidecar.config import load_settings
     from sidecar.logs import configure_logging
     from sidecar.server import serve_until_signalled
-    from sidecar.workers import WORKER_ENV, Supervisor, WorkerRole, available_cpus, signal_ready
+    from sidecar.workers import (
+        WORKER_ENV,
+        Supervisor,
+        WorkerRole,
+        available_cpus,
+        die_with_supervisor,
+        signal_ready,
+    )
 
     configure_logging(args.log_level)
     settings = load_settings(args.config, overrides=args.set)
@@ -264,6 +271,7 @@ def _serve(args: argparse.Namespace) -> int:
         command = [sys.executable, "-m", "sidecar.cli", *sys.argv[1:]]
         return Supervisor(command, count, settings.state.dir, settings.server.grace_s).run()
     role = WorkerRole.from_env()
+    die_with_supervisor()
 
     async def serve() -> None:
         # grpc.aio binds to the running loop: build inside it.

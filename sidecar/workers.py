@@ -27,6 +27,7 @@ configured, so a crash shows in the health check until the replacement serves.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import math
@@ -55,10 +56,12 @@ log = logging.getLogger(__name__)
 
 WORKER_ENV = "AGENT_SIDECAR_WORKER"
 READY_FD_ENV = "AGENT_SIDECAR_READY_FD"
+SUPERVISOR_ENV = "AGENT_SIDECAR_SUPERVISOR"
 STATUS_FILE = "workers.json"
 # A worker that dies younger than this is restarted after a doubling backoff.
 YOUNG_S = 10.0
 MAX_BACKOFF_S = 30.0
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # How long a starting worker may take to serve.
 START_TIMEOUT_S = 120.0
 
@@ -218,6 +221,7 @@ class Supervisor:
         env = dict(os.environ)
         env[WORKER_ENV] = f"{worker.index}/{self._count}"
         env[READY_FD_ENV] = str(write_fd)
+        env[SUPERVISOR_ENV] = str(os.getpid())
         try:
             worker.proc = subprocess.Popen(self._command, env=env, pass_fds=(write_fd,))
         finally:
@@ -305,6 +309,19 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
                 worker.proc.wait()
+
+
+def die_with_supervisor() -> None:
+    """Have the kernel send this worker SIGTERM (a graceful stop) when its supervisor dies,
+    so that a supervisor killed with SIGKILL leaves no worker holding the listeners."""
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    if WORKER_ENV not in os.environ or not supervisor.isdigit():
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != int(supervisor):  # it died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def signal_ready() -> None:

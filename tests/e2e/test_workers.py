@@ -246,3 +246,22 @@ def test_a_config_that_cannot_start_stops_the_supervisor_with_its_code(tmp_path,
     )
     assert done.returncode != 0
     assert "no-such-policy" in done.stderr
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def test_workers_stop_when_their_supervisor_is_killed(workers_sidecar):
+    """A supervisor killed with SIGKILL (no chance to stop them) leaves no worker behind
+    holding the listener."""
+    proc, _, tmp_path = workers_sidecar
+    pids = status(tmp_path).pids
+    assert all(_running(pid) for pid in pids)
+    proc.kill()
+    proc.wait(10)
+    poll(lambda: not any(_running(pid) for pid in pids), what="the workers stopped")
