@@ -320,3 +320,18 @@ def test_a_number_the_engine_cannot_compare_exactly_is_refused_and_audited(
     record = audit_lines(sidecar.audit_path)[0]
     assert record["outcome"]["code"] == "input_unrepresentable"
     assert record["decision"]["effect"] == "deny"
+
+
+def test_a_compressed_answer_is_capped_by_its_decoded_size(start_sidecar):
+    """A gzip bomb (10 MB of zeros in ~10 KB) is refused at relay.max_response_bytes of what
+    it decodes to, not of what was sent, and never handed to the agent."""
+    import gzip
+
+    bomb = gzip.compress(b"0" * 10_000_000)
+    assert len(bomb) < 20_000
+    reply = Reply(body=bomb, content_type="text/plain", headers={"Content-Encoding": "gzip"})
+    with ToolServer({("GET", "/tickets/"): lambda r: reply}) as upstream:
+        running = start_sidecar(upstream.url, relay={"max_response_bytes": 100_000})
+        with running.client() as client, pytest.raises(UpstreamError) as failed:
+            client.call_tool("tickets.get", {"id": "1"})
+    assert failed.value.code == "upstream_response_too_large"
