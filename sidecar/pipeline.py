@@ -371,19 +371,17 @@ class Mediator:
         t0 = time.perf_counter()
         try:
             with self._tracer.span("relay", trace, target=tool.target) as span_id:
-                response = await asyncio.wait_for(
-                    self._send(
+                async with asyncio.timeout(remaining):  # the call's deadline (no extra task)
+                    response = await self._send(
                         tool.target,
                         upstream_request,
-                        timeout,  # the tool's; the deadline is wait_for's (its own code)
+                        timeout,  # the tool's own timeout: upstream_timeout
                         record,
                         obligations.credential,
                         trace.child_header(span_id),
                         request.task_id,
                         scrubber,
-                    ),
-                    timeout=remaining,
-                )
+                    )
         except TimeoutError:
             record.relayed = True
             raise _Stop(
