@@ -66,6 +66,7 @@ def sidecar_config(work: Path, name: str, upstream: int, workers: int | None) ->
     config = demo_config(work / name)
     config["identity"]["socket"] = f"unix://{work}/workload.sock"
     config["server"]["listen"] = [f"127.0.0.1:{free_port()}"]
+    config["identity"]["pod_tcp"] = True  # TCP (shared by the workers) in pod mode: opted in
     if workers is not None:
         config["server"]["workers"] = workers
     for target in config["targets"].values():

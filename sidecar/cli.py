@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sidecar import __version__
+from sidecar.config import DEFAULT_AGENT_SOCKET
 from sidecar.errors import SidecarError
 
 __all__ = ["main"]
@@ -67,7 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     health = sub.add_parser("health", help="exit 0 if the sidecar's gRPC health is SERVING")
-    health.add_argument("--addr", default="127.0.0.1:7443", help="HOST:PORT or unix:PATH")
+    health.add_argument(
+        "--addr",
+        default=DEFAULT_AGENT_SOCKET,
+        help=f"HOST:PORT or unix:PATH (default: {DEFAULT_AGENT_SOCKET})",
+    )
     health.add_argument("--timeout", type=float, default=2.0)
     health.set_defaults(func=_health)
 

@@ -2,7 +2,7 @@
 
     from sidecar.client import SidecarClient, PolicyDenied, StepUpRequired
 
-    with SidecarClient("127.0.0.1:7443") as sidecar:
+    with SidecarClient("unix:///run/agent-sidecar/agent.sock") as sidecar:
         task = sidecar.start_task("handle ticket 7", ttl_s=600)   # act calls need a task
         try:
             result = sidecar.call_tool("tickets.get", {"id": "7"}, task_id=task.task_id)

@@ -62,12 +62,22 @@ def _check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+# The agent API's default listener: a unix socket (docs/identity.md).
+DEFAULT_AGENT_SOCKET = "unix:///run/agent-sidecar/agent.sock"
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """The agent-facing gRPC listener."""
 
-    # grpc addresses: "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" or "unix:///path".
-    listen: tuple[str, ...] = ("127.0.0.1:7443",)
+    # grpc addresses: "unix:///path" (the default: who may connect is decided by the socket
+    # file's mode and group), or "127.0.0.1:PORT", "[::1]:PORT", "localhost:PORT" (in identity
+    # mode pod only with identity.pod_tcp: every process in the network namespace is trusted).
+    listen: tuple[str, ...] = (DEFAULT_AGENT_SOCKET,)
+    # The unix listeners' file mode (octal text) and group (a gid or group name; empty: the
+    # sidecar's own): connecting needs write permission on the socket file.
+    socket_mode: str = "0660"
+    socket_group: str = ""
     # Largest request the sidecar decodes; larger ones get INVALID_ARGUMENT (request_too_large).
     max_request_bytes: int = 1 * MIB
     # Seconds in-flight calls get to finish on SIGTERM.
@@ -83,6 +93,11 @@ class ServerSettings:
         for address in self.listen:
             _check_address(address)
         _check(0 <= self.workers <= 64, "workers: must be between 0 and 64 (0: one per CPU)")
+        _check(
+            re.fullmatch(r"0?[0-7]{3}", self.socket_mode) is not None
+            and int(self.socket_mode, 8) & 0o007 == 0,
+            f"socket_mode: {self.socket_mode!r} must be octal like 0660 and give others nothing",
+        )
         _check(self.max_request_bytes > 0, "max_request_bytes: must be > 0")
         _check(self.grace_s >= 0, "grace_s: must be >= 0")
 
@@ -143,6 +158,10 @@ class IdentitySettings:
     spiffe_id: str = ""
     # Cached JWT-SVIDs for upstreams are refreshed this long before they expire.
     jwt_refresh_margin_s: float = 30.0
+    # pod mode: also serve TCP loopback listeners (server.listen HOST:PORT, the front door).
+    # Every process in the network namespace is then the pod's agent: in Kubernetes every
+    # container of the pod. Off: pod mode serves unix sockets only.
+    pod_tcp: bool = False
 
     def __post_init__(self) -> None:
         if self.mode == "static":
@@ -523,6 +542,16 @@ class Settings:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
 
     def __post_init__(self) -> None:
+        if self.identity.mode == "pod" and not self.identity.pod_tcp:
+            tcp = [a for a in self.server.listen if not a.startswith("unix:")]
+            if tcp or self.frontdoor.listen:
+                raise _KeyedError(
+                    "server.listen" if tcp else "frontdoor.listen",
+                    f"{(tcp or [self.frontdoor.listen])[0]!r} is TCP: in identity mode pod every "
+                    "process that can reach it would be the pod's agent (in Kubernetes, every "
+                    "container of the pod). Use a unix socket, or opt in with identity.pod_tcp: "
+                    "true (docs/identity.md says what that trusts)",
+                )
         if self.identity.mode != "mtls":
             for address in self.server.listen:
                 if not is_local_address(address):

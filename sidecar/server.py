@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import grp
 import json
 import logging
 import os
@@ -369,21 +370,26 @@ class SidecarServer:
             self.addresses.append(self._bind(address))
 
     def _bind(self, address: str) -> str:
-        if self._settings.identity.mode == "mtls":
-            port = self._server.add_secure_port(address, self._mtls_credentials())
-            if port == 0:
-                raise OSError(f"cannot listen on {address}")
-            return (
-                address if address.startswith("unix:") else f"{address.rpartition(':')[0]}:{port}"
-            )
         if address.startswith("unix:"):
             path = Path(address.removeprefix("unix://").removeprefix("unix:"))
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 if path.is_socket():
                     path.unlink()  # a stale socket from a previous run
-            self._server.add_insecure_port(f"unix:{path}")
+            if self._settings.identity.mode == "mtls":
+                self._server.add_secure_port(f"unix:{path}", self._mtls_credentials())
+            else:
+                self._server.add_insecure_port(f"unix:{path}")
+            # Before the server listens: who may connect is the file's mode and group.
+            restrict_socket(
+                path, self._settings.server.socket_mode, self._settings.server.socket_group
+            )
             return f"unix:{path}"
+        if self._settings.identity.mode == "mtls":
+            port = self._server.add_secure_port(address, self._mtls_credentials())
+            if port == 0:
+                raise OSError(f"cannot listen on {address}")
+            return f"{address.rpartition(':')[0]}:{port}"
         port = self._server.add_insecure_port(address)
         if port == 0:
             raise OSError(f"cannot listen on {address}")
@@ -449,6 +455,18 @@ class SidecarServer:
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
+
+
+def restrict_socket(path: Path, mode: str, group: str) -> None:
+    """Give the unix socket at ``path`` its configured mode and group (connecting needs write
+    permission on it, so this decides who may call)."""
+    if group:
+        try:
+            gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise OSError(f"server.socket_group: no group {group!r}") from None
+        os.chown(path, -1, gid)
+    os.chmod(path, int(mode, 8))
 
 
 async def serve_until_signalled(server: Any, on_hup: Any = None, on_started: Any = None) -> None:

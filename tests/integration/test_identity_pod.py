@@ -3,8 +3,11 @@ socket (the development server, speaking workload.proto, SVIDs signed by a real 
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import jwt
@@ -296,3 +299,60 @@ def test_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
                 client.call_tool("tickets.get", {"id": "1"})
             assert failed.value.code == "upstream_unavailable"
             assert impostor.received == []
+
+
+AGENT_UID, OTHER_UID, AGENT_GID = 65534, 65533, 12345
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def _connect_as(path: str, uid: int, groups: list[int]) -> str:
+    """Connect to the unix socket at ``path`` from a process running as ``uid``."""
+    import subprocess
+
+    probe = (
+        "import socket, sys\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n"
+        "    s.connect(sys.argv[1]); print('connected')\n"
+        "except PermissionError:\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", probe, path],  # (the venv's python is under /root)
+        user=uid,
+        group=uid,
+        extra_groups=groups,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK),
+    reason="needs root (to run probes as other users) and /usr/bin/python3",
+)
+def test_item12_only_the_agents_group_may_connect_to_the_default_unix_listener(
+    start_sidecar, tools, workload_api
+):
+    """The agent API is a unix socket whose mode (0660) and group decide who may call: a
+    process in the agent's group connects, any other user is refused by the kernel."""
+    import tempfile
+
+    run_dir = Path(tempfile.mkdtemp(prefix="agent-sidecar-run-"))
+    run_dir.chmod(0o711)  # others may reach the socket, not list the directory
+    socket_path = run_dir / "agent.sock"
+    running = start_sidecar(
+        tools.url,
+        identity=_pod(workload_api.socket_path),
+        server={"listen": [f"unix://{socket_path}"], "socket_group": str(AGENT_GID)},
+    )
+    info = socket_path.stat()
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660
+    assert info.st_gid == AGENT_GID
+    assert _connect_as(str(socket_path), AGENT_UID, [AGENT_GID]) == "connected"
+    assert _connect_as(str(socket_path), OTHER_UID, []) == "refused"
+    with running.client() as client:  # and the sidecar serves it
+        assert client.call_tool("tickets.get", {"id": "1"}).status == 200

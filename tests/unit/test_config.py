@@ -21,14 +21,45 @@ def test_the_demo_config_loads_with_paths_resolved_against_its_file():
 
 def test_defaults_apply_to_a_minimal_config(tmp_path):
     settings = parse_settings(MINIMAL, source=tmp_path / "c.yaml")
-    assert settings.server.listen == ("127.0.0.1:7443",)
+    assert settings.server.listen == ("unix:///run/agent-sidecar/agent.sock",)
+    assert settings.server.socket_mode == "0660"
     assert settings.policy.query == "data.agentsidecar.authz.decision"
     assert settings.policy.dir == tmp_path / "rego"
+
+
+POD = {"mode": "pod", "socket": "unix:///run/spire/agent.sock"}
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"identity": POD, "server": {"listen": ["127.0.0.1:7443"]}}, "server.listen"),
+        (
+            {"identity": POD, "server": {"listen": ["unix:///a.sock", "[::1]:7443"]}},
+            "server.listen",
+        ),
+        ({"identity": POD, "frontdoor": {"listen": "127.0.0.1:7480"}}, "frontdoor.listen"),
+    ],
+    ids=["tcp_listener", "tcp_beside_unix", "front_door"],
+)
+def test_item12_tcp_in_pod_mode_is_an_explicit_opt_in(tmp_path, raw, key):
+    """Pod mode names the caller by the pod's SVID: on TCP anything in the network namespace
+    would be that caller, so TCP needs identity.pod_tcp; unix sockets do not."""
+    with pytest.raises(ConfigError) as refused:
+        parse_settings(raw, source=tmp_path / "c.yaml")
+    assert f"{key}:" in str(refused.value) and "identity.pod_tcp" in str(refused.value)
+    opted = raw | {"identity": POD | {"pod_tcp": True}}
+    assert parse_settings(opted, source=tmp_path / "c.yaml").identity.pod_tcp
+    assert parse_settings({"identity": POD}, source=tmp_path / "c.yaml").server.listen == (
+        "unix:///run/agent-sidecar/agent.sock",
+    )
 
 
 @pytest.mark.parametrize(
     ("raw", "key", "words"),
     [
+        ({"server": {"socket_mode": "0666"}}, "server.socket_mode", "give others nothing"),
+        ({"server": {"socket_mode": "rw-rw----"}}, "server.socket_mode", "octal"),
         ({"polcy": {}}, "polcy", "unknown key"),
         (
             {"models": {"m": {"provider": "nowhere"}}},
