@@ -103,7 +103,7 @@ class _Protocol(web_protocol.RequestHandler):
             response = self.error_response(500, "internal_error", "internal error")
         else:
             reason = _first_line(exc) or "malformed request"
-            log.info("malformed HTTP request refused", extra={"error": reason})
+            log.info("malformed HTTP request refused", extra={"error": type(exc).__name__})
             response = self.error_response(status, "malformed_http", reason)
         response.force_close()
         return response
