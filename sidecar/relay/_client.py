@@ -91,6 +91,7 @@ class SessionPool:
         entry = upstream.entry
         if entry is not None and entry.generation == generation:
             return entry
+        upstream.retired = [e for e in upstream.retired if not e.session.closed]
         if entry is not None:  # a rotated context: finish the old session's calls, then close
             entry.retired = True
             if entry.in_flight == 0:

@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,7 @@ import jwt
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from examples.demo.tools_server import ToolServer
+from examples.demo.tools_server import Reply, ToolServer
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.client import PolicyDenied, Unauthenticated, Unavailable
 from sidecar.identity.dev_authority import DevAuthority
@@ -256,7 +257,15 @@ def test_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
     context.load_cert_chain(cert, key)
     context.load_verify_locations(cadata=authority.x509_bundle_pem.decode())
     context.verify_mode = ssl.CERT_REQUIRED  # the upstream demands a client SVID
-    with ToolServer(tls=context) as upstream:
+    arrived, release = threading.Event(), threading.Event()
+
+    def ticket(received):  # /tickets/slow is held until the test releases it
+        if received.path.endswith("/slow"):
+            arrived.set()
+            release.wait(30)
+        return Reply(body={"id": received.path.rsplit("/", 1)[1]})
+
+    with ToolServer({("GET", "/tickets/"): ticket}, tls=context) as upstream:
         url = upstream.url.replace("127.0.0.1", "localhost")
         targets = {
             "tickets": {"base_url": url, "auth": {"type": "mtls"}},
@@ -267,12 +276,17 @@ def test_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
         running = start_sidecar(url, identity=_pod(workload_api.socket_path), targets=targets)
         # Ready means the rotation listeners (the mTLS client context) have run.
         assert _wait(lambda: running.sidecar.identity.ready)
-        with running.client() as client:
+        with running.client() as client, ThreadPoolExecutor(1) as pool:
             assert client.call_tool("tickets.get", {"id": "1"}).status == 200
+            # A call in flight on the old client certificate when the SVID rotates
+            slow = pool.submit(client.call_tool, "tickets.get", {"id": "slow"})
+            assert arrived.wait(30)
             workload_api.api.rotate()
             assert _wait(lambda: running.sidecar.identity.rotations >= 1)
-            assert client.call_tool("tickets.get", {"id": "2"}).status == 200
-        assert [r.peer_san for r in upstream.received] == [(("URI", AGENT),)] * 2
+            assert client.call_tool("tickets.get", {"id": "2"}).status == 200  # the new one
+            release.set()
+            assert slow.result(30).status == 200  # finished on its connection, not broken
+        assert [r.peer_san for r in upstream.received] == [(("URI", AGENT),)] * 3
         # An upstream whose certificate is not from the trust bundle is refused.
         other = DevAuthority("demo.example").issue_x509(
             "spiffe://demo.example/tickets-api", dns_names=("localhost",)
