@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sidecar  # noqa: E402,F401  (before grpc: the engine's load order)
-from bench.relay_overhead import demo_config, percentile  # noqa: E402
+from bench.relay_overhead import demo_config, percentile, start_sidecar  # noqa: E402
 from examples.demo.run import free_port, start_workload_api, wait_serving  # noqa: E402
 
 grpc = __import__("grpc")
@@ -45,21 +45,7 @@ CHANNELS = 8
 
 
 def serve(work: Path, name: str, config: dict[str, Any]) -> subprocess.Popen[bytes]:
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sidecar.cli",
-            "serve",
-            "--config",
-            str(path),
-            "--log-level=warning",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=(work / f"{name}.log").open("wb"),
-    )
+    return start_sidecar(work, config, name=name, stderr=(work / f"{name}.log").open("wb"))
 
 
 def sidecar_config(work: Path, name: str, upstream: int, workers: int | None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import requests
 import yaml
@@ -51,9 +52,13 @@ def demo_config(work: Path) -> dict:
     return config
 
 
-def start_sidecar(work: Path, config: dict) -> subprocess.Popen:
-    """``agent-sidecar serve`` on ``config`` as its own process, quiet."""
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
+def start_sidecar(
+    work: Path, config: dict, name: str = "config", stderr: Any = subprocess.DEVNULL
+) -> subprocess.Popen:
+    """``agent-sidecar serve`` on ``config`` (written to ``work/NAME.yaml``) as its own
+    process, logging warnings and worse only (to ``stderr``)."""
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
     return subprocess.Popen(
         [
             sys.executable,
@@ -61,12 +66,11 @@ def start_sidecar(work: Path, config: dict) -> subprocess.Popen:
             "sidecar.cli",
             "serve",
             "--config",
-            str(work / "config.yaml"),
-            "--log-level",
-            "warning",
+            str(path),
+            "--log-level=warning",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
 
 
