@@ -228,7 +228,7 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
 
         header = f"{'':<34} {'p50 ms':>8} {'p99 ms':>8} {'calls/s':>9} {'CPU us/call':>11}"
         out += ["tool calls: direct to the upstream vs through the sidecar (CallTool)", header]
-        for concurrency, calls in ((1, 1500), (8, 4000), (32, 6000)):
+        for concurrency, calls in ((1, 1000), (8, 2500), (32, 4000)):
             d = await load(direct, n(calls), concurrency)
             s = await timed_load(pids, call_tool, n(calls), concurrency)
             out.append(row(f"  direct      c={concurrency}", *d))
@@ -243,23 +243,23 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
         door = f"http://{frontdoor}/v1"
         for stream in (False, True):
             kind = "stream" if stream else "unary"
-            d = await load(completer(provider, "bench-model", stream), n(1000), 1)
-            s = await timed_load(pids, completer(door, "local-small", stream), n(1000), 1)
+            d = await load(completer(provider, "bench-model", stream), n(600), 1)
+            s = await timed_load(pids, completer(door, "local-small", stream), n(600), 1)
             out.append(row(f"  direct      {kind} c=1", *d))
             out.append(row(f"  front door  {kind} c=1", *s))
             out.append(
                 f"  {'added':<32} {percentile(s[0], 50) - percentile(d[0], 50):>+8.2f} "
                 f"{percentile(s[0], 99) - percentile(d[0], 99):>+8.2f}"
             )
-        saturated = await timed_load(pids, completer(door, "local-small", False), n(4000), 32)
+        saturated = await timed_load(pids, completer(door, "local-small", False), n(2500), 32)
         out.append(row("  front door  unary c=32", *saturated))
 
         out += ["", "decisions at saturation (Check, c=32)", header]
         trivial_pids = worker_pids(work, "trivial", trivial)
-        out.append(row("  baseline policy", *await timed_load(pids, checker(agent), n(8000), 32)))
+        out.append(row("  baseline policy", *await timed_load(pids, checker(agent), n(5000), 32)))
         out.append(
             row(
-                "  allow-all policy", *await timed_load(trivial_pids, checker(ceiling), n(8000), 32)
+                "  allow-all policy", *await timed_load(trivial_pids, checker(ceiling), n(5000), 32)
             )
         )
         out.append(
