@@ -157,12 +157,13 @@ class ApprovalBroker:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         while True:
-            approval = self._store.get(approval_id)
+            # Off the event loop: a locked state database stalls this call, not the others.
+            approval = await asyncio.to_thread(self._store.get, approval_id)
             if approval is None or approval.state != "pending":
                 return approval
             until_expiry = (approval.expires_at_ns - time.time_ns()) / 1e9
             if until_expiry <= 0:
-                self.sweep()
+                await asyncio.to_thread(self.sweep)
                 continue
             remaining = min(end - loop.time(), until_expiry)
             if remaining <= 0:

@@ -174,22 +174,30 @@ class AuditLog:
     def _sync(self) -> None:
         """The group-commit loop: one ``fsync`` for every record written before it began."""
         while True:
+            failure: OSError | None = None
             with self._lock:
                 while not self._unsynced and not self._stop.is_set():
                     self._sync_wanted.wait(0.5)
                 if not self._unsynced:
                     return
                 waiting, self._unsynced = self._unsynced, []
-                fd = os.dup(self._file.fd)  # a rotation may close the sink's fd meanwhile
-            error: AuditError | None = None
+                try:  # a rotation may close the sink's fd meanwhile: flush a copy
+                    fd = os.dup(self._file.fd)
+                except OSError as exc:
+                    fd, failure = -1, exc
             try:
-                os.fsync(fd)
-                self.counts["fsyncs"] += 1
+                if fd >= 0:
+                    os.fsync(fd)
+                    self.counts["fsyncs"] += 1
             except OSError as exc:
-                error = AuditError(f"{self.path}: fsync failed: {exc}")
-                self._fail_sync(f"fsync failed: {exc.strerror}")
+                failure = exc
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
+            error: AuditError | None = None
+            if failure is not None:  # the waiting calls fail closed, and so does the log
+                error = AuditError(f"{self.path}: fsync failed: {failure}")
+                self._fail_sync(f"fsync failed: {failure.strerror}")
             for loop, done in waiting:
                 loop.call_soon_threadsafe(_settle, done, error)
 
