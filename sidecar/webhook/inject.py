@@ -1,25 +1,45 @@
 """Pod mutation: a pure function from (pod, admission facts, settings) to the injected pod.
 
+One key, one meaning: the label ``agent-sidecar.io/inject`` says whether a pod gets the
+sidecar, on a namespace (``enabled``: every pod in it) and on a pod (``enabled`` or
+``disabled``, which wins over its namespace). The API server filters on it
+(``objectSelector`` / ``namespaceSelector``), so pods that opt out never reach the webhook.
+Annotations carry only per-pod settings.
+
 When to inject, in this order (the first that applies decides, as in Istio's injector):
 
 1. only ``CREATE`` of a Pod is injected;
 2. never in the webhook's own namespace, ``kube-system`` or ``kube-public`` (configurable);
-3. never a ``hostNetwork`` pod (its loopback is the node's, so the agent API would be too);
-4. annotation values are validated: ``agent-sidecar.io/inject`` (``true``/``false``),
+3. values are validated: the label against ``enabled``/``disabled``, the annotations
    ``agent-sidecar.io/engine``, ``agent-sidecar.io/identity-mode`` and
-   ``agent-sidecar.io/policy-bundle`` against the allow-lists; an invalid one is an admission
-   error, never a silent default;
-5. annotation ``agent-sidecar.io/inject: "false"`` opts a pod out;
-6. the pod label ``agent-sidecar.io/inject: "true"``, or an enrolled namespace, opts it in;
-   anything else is left alone.
+   ``agent-sidecar.io/policy-bundle`` against the allow-lists; a bad value, or a key from
+   before the labels (the ``agent-sidecar.io/inject`` annotation, label values
+   ``true``/``false``), is an admission error that names the fix, never a silent default;
+4. the label ``disabled`` opts a pod out; ``enabled``, or an enrolled namespace, opts it in;
+5. a ``hostNetwork`` pod that opted in is refused (its loopback is the node's, so the agent
+   API would be too), never silently left without its sidecar.
 
-What is injected: the ``agent-sidecar`` container, an ``opa`` container when the engine is
-``opa``, the SPIFFE Workload API socket (CSI driver volume, mounted into the sidecar only),
-the config volumes, and ``AGENT_SIDECAR_ADDR`` (and ``OPENAI_BASE_URL`` when the model front
-door is configured) in every agent container. The status annotation
-``agent-sidecar.io/status`` records what was injected; a pod that already carries it has
-those items removed first, so re-admission (``reinvocationPolicy: IfNeeded``) yields exactly
-one of each.
+What is injected:
+
+* ``agent-sidecar`` as a native sidecar (an init container with ``restartPolicy: Always``,
+  Kubernetes >= 1.29): it starts, and passes its startup probe, before any other init
+  container or the agent, and does not keep a finished Job's pod alive. With
+  ``sidecar.native: false`` (older clusters) it is an ordinary container instead.
+* ``opa`` the same way when the engine is ``opa`` (before the sidecar, which asks it).
+* ``agent-sidecar-egress-lock`` first of all, when ``egress_lock.enabled``: it installs
+  the pod's packet filter (sidecar/egress_lock.py), so that only the sidecar's users open
+  connections leaving the pod.
+* the agent API as a unix socket on a shared in-memory volume, mounted read-only into every
+  agent container, ``AGENT_SIDECAR_ADDR`` (and ``OPENAI_BASE_URL`` when the model front
+  door is configured) in each, and the socket's group added to the pod's
+  ``supplementalGroups``: only containers that mount it and carry the group can call.
+* the SPIFFE Workload API socket (CSI driver volume, mounted into the sidecar only), the
+  config volumes, and the label ``agent-sidecar.io/inject: enabled``, so every injected pod,
+  however it was enrolled, matches the shipped ClusterSPIFFEID and gets its SVID.
+
+The status annotation ``agent-sidecar.io/status`` records what was injected; a pod that
+already carries it has those items removed first, so re-admission
+(``reinvocationPolicy: IfNeeded``) yields exactly one of each.
 """
 
 from __future__ import annotations
@@ -37,25 +57,32 @@ __all__ = ["AdmissionError", "InjectionResult", "mutate"]
 
 PREFIX = "agent-sidecar.io/"
 INJECT = PREFIX + "inject"
+ENABLED = "enabled"
+DISABLED = "disabled"
 STATUS = PREFIX + "status"
 ENGINE = PREFIX + "engine"
 IDENTITY = PREFIX + "identity-mode"
 BUNDLE = PREFIX + "policy-bundle"
+MIGRATION = "see 'Migrating from the annotation' in docs/kubernetes.md"
 
 SIDECAR = "agent-sidecar"
 OPA = "opa"
+EGRESS_LOCK = "agent-sidecar-egress-lock"
 VOL_CONFIG = "agent-sidecar-config"
 VOL_POLICY = "agent-sidecar-policy"
 VOL_SPIFFE = "agent-sidecar-spiffe"
 VOL_STATE = "agent-sidecar-state"
 VOL_OPA = "agent-sidecar-opa-config"
+VOL_SOCKET = "agent-sidecar-socket"
 SPIFFE_DIR = "/spiffe-workload-api"
 SPIFFE_SOCKET = f"unix://{SPIFFE_DIR}/spire-agent.sock"
-STATUS_VERSION = 1
+OUR_VOLUMES = frozenset({VOL_CONFIG, VOL_POLICY, VOL_SPIFFE, VOL_STATE, VOL_OPA, VOL_SOCKET})
+OPA_UID = 1000
+STATUS_VERSION = 2
 
 
 class AdmissionError(SidecarError):
-    """The pod cannot be admitted as it is (an invalid annotation): ``allowed: false``."""
+    """The pod cannot be admitted as it is (an invalid label or annotation): ``allowed: false``."""
 
 
 @dataclass(frozen=True)
@@ -81,29 +108,55 @@ def mutate(
     engine = annotations.get(ENGINE, settings.default_engine)
     identity = annotations.get(IDENTITY, settings.default_identity_mode)
     bundle = annotations.get(BUNDLE, settings.allowed_policy_bundles[0])
-    mutated = _strip_previous(copy.deepcopy(pod))
+    previous = _previous_status(pod)
+    mutated = _strip_previous(copy.deepcopy(pod), previous)
     spec = mutated.setdefault("spec", {})
+    template = settings.sidecar
     containers = spec.setdefault("containers", [])
-    for container in containers:
-        _set_env(container, "AGENT_SIDECAR_ADDR", settings.sidecar.agent_address)
-        if settings.sidecar.model_front_door_url:
-            _set_env(container, "OPENAI_BASE_URL", settings.sidecar.model_front_door_url)
-    containers.append(_sidecar(settings, engine, identity))
-    volumes = spec.setdefault("volumes", [])
-    volumes += _volumes(settings, engine, bundle)
-    injected = [SIDECAR]
+    # The agent's containers are those it had when first injected; one another webhook adds
+    # later (a mesh proxy) is not the agent and gets neither the address nor the socket.
+    agents = previous.get("agents", [c.get("name") for c in containers])
+    for container in (c for c in containers if c.get("name") in agents):
+        _set_env(container, "AGENT_SIDECAR_ADDR", template.agent_address)
+        if template.model_front_door_url:
+            _set_env(container, "OPENAI_BASE_URL", template.model_front_door_url)
+        if template.agent_socket:
+            _set_mount(container, {"name": VOL_SOCKET, "mountPath": _socket_dir(settings)})
+    ours = [_sidecar(settings, engine, identity)]
     if engine == "opa":
-        containers.append(_opa(settings, bundle))
-        injected.append(OPA)
+        ours.insert(0, _opa(settings, bundle))
+    if template.native:
+        for container in ours:
+            container["restartPolicy"] = "Always"
+        init = ours
+    else:
+        for container in ours:
+            container.pop("startupProbe")  # the readiness probe gates traffic instead
+        spec["containers"].extend(ours)
+        init = []
+    if settings.egress_lock.enabled:
+        init.insert(0, _egress_lock(settings, engine))
+    if init:
+        spec["initContainers"] = init + spec.get("initContainers", [])
+    if template.agent_socket:
+        context = spec.setdefault("securityContext", {})
+        groups = context.setdefault("supplementalGroups", [])
+        if template.socket_group not in groups:
+            groups.append(template.socket_group)
+    volumes = _volumes(settings, engine, bundle)
+    spec.setdefault("volumes", []).extend(volumes)
     status = {
         "version": STATUS_VERSION,
-        "containers": injected,
-        "volumes": [v["name"] for v in _volumes(settings, engine, bundle)],
+        "agents": agents,
+        "containers": [] if template.native else [c["name"] for c in ours],
+        "init_containers": [c["name"] for c in init],
+        "volumes": [v["name"] for v in volumes],
         "engine": engine,
         "identity_mode": identity,
         "policy_bundle": bundle,
     }
     meta = mutated.setdefault("metadata", {})
+    meta.setdefault("labels", {})[INJECT] = ENABLED
     meta.setdefault("annotations", {})[STATUS] = json.dumps(status, sort_keys=True)
     how = "enrolled namespace" if enrolled_namespace else "pod label"
     return InjectionResult(True, f"injected ({how}; engine {engine}, identity {identity})", mutated)
@@ -120,24 +173,35 @@ def _skip_reason(
         return f"operation {operation} is not injected (only CREATE)"
     if namespace == settings.namespace or namespace in settings.skip_namespaces:
         return f"namespace {namespace} is never injected"
-    spec = pod.get("spec") or {}
-    if spec.get("hostNetwork"):
-        return "hostNetwork pods are never injected (the agent API would be on the node)"
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     labels = meta.get("labels") or {}
     _validate(annotations, labels, settings)
-    if annotations.get(INJECT) == "false":
-        return "opted out by annotation agent-sidecar.io/inject=false"
-    if labels.get(INJECT) == "true" or enrolled_namespace:
-        return None
-    return "not enrolled (no agent-sidecar.io/inject=true label, namespace not enrolled)"
+    if labels.get(INJECT) == DISABLED:
+        return "opted out by label agent-sidecar.io/inject=disabled"
+    if labels.get(INJECT) != ENABLED and not enrolled_namespace:
+        return "not enrolled (no agent-sidecar.io/inject=enabled label, namespace not enrolled)"
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        raise AdmissionError(
+            "a hostNetwork pod cannot get the sidecar (its loopback is the node's, so the "
+            "agent API would be too): run it without hostNetwork, or label it "
+            f"{INJECT}: {DISABLED} where the namespace allows opting out"
+        )
+    return None
 
 
 def _validate(annotations: dict[str, Any], labels: dict[str, Any], settings: WebhookSettings):
+    if INJECT in annotations:
+        raise AdmissionError(
+            f"annotation {INJECT} is no longer read: use the label {INJECT}: "
+            f"{ENABLED} or {DISABLED} (the API server filters on labels); {MIGRATION}"
+        )
+    label = labels.get(INJECT)
+    if label is not None and label not in (ENABLED, DISABLED):
+        hint = {"true": ENABLED, "false": DISABLED}.get(label)
+        fix = f"; it is now {hint!r}, {MIGRATION}" if hint else ""
+        raise AdmissionError(f"label {INJECT}: {label!r} is not one of {ENABLED}, {DISABLED}{fix}")
     checks = [
-        (INJECT, annotations.get(INJECT), ("true", "false")),
-        (INJECT + " (label)", labels.get(INJECT), ("true", "false")),
         (ENGINE, annotations.get(ENGINE), settings.allowed_engines),
         (IDENTITY, annotations.get(IDENTITY), settings.allowed_identity_modes),
         (BUNDLE, annotations.get(BUNDLE), settings.allowed_policy_bundles),
@@ -151,43 +215,58 @@ def _validate(annotations: dict[str, Any], labels: dict[str, Any], settings: Web
     status = annotations.get(STATUS)
     if status is not None:
         try:
-            json.loads(status)
+            parsed = json.loads(status)
         except (TypeError, ValueError) as exc:
             raise AdmissionError(
                 f"{STATUS}: not valid JSON (it is written by the webhook)"
             ) from exc
+        if not isinstance(parsed, dict):
+            raise AdmissionError(f"{STATUS}: not a JSON object (it is written by the webhook)")
 
 
-def _strip_previous(pod: dict[str, Any]) -> dict[str, Any]:
-    """Remove what an earlier injection added (by the status annotation and by our names)."""
+def _previous_status(pod: dict[str, Any]) -> dict[str, Any]:
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    status = json.loads(annotations.get(STATUS, "{}"))
-    containers = set(status.get("containers", [])) | {SIDECAR, OPA}
-    volumes = set(status.get("volumes", [])) | {
-        VOL_CONFIG,
-        VOL_POLICY,
-        VOL_SPIFFE,
-        VOL_STATE,
-        VOL_OPA,
-    }
+    return json.loads(annotations.get(STATUS, "{}"))  # validated: a JSON object
+
+
+def _strip_previous(pod: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+    """Remove what an earlier injection added (by the status annotation and by our names)."""
+    recorded = set(status.get("containers", [])) | set(status.get("init_containers", []))
+    ours = recorded | {SIDECAR, EGRESS_LOCK}
+    volumes = set(status.get("volumes", [])) | OUR_VOLUMES
     spec = pod.get("spec") or {}
-    if "containers" in spec:
-        kept = []
-        for c in spec["containers"]:
-            if c.get("name") == OPA and OPA not in status.get("containers", []):
-                kept.append(c)  # an agent's own container that happens to be named opa
-            elif c.get("name") not in containers:
-                kept.append(c)
-        spec["containers"] = kept
+    for key in ("containers", "initContainers"):
+        if key not in spec:
+            continue
+        # An agent's own container that happens to be named opa stays.
+        kept = [c for c in spec[key] if c.get("name") not in ours and not _our_opa(c, recorded)]
+        if kept or key == "containers":
+            spec[key] = kept
+        else:
+            del spec[key]
     if "volumes" in spec:
         spec["volumes"] = [v for v in spec["volumes"] if v.get("name") not in volumes]
     return pod
+
+
+def _our_opa(container: dict[str, Any], recorded: set[str]) -> bool:
+    return container.get("name") == OPA and OPA in recorded
 
 
 def _set_env(container: dict[str, Any], name: str, value: str) -> None:
     env = [e for e in container.get("env", []) if e.get("name") != name]
     env.append({"name": name, "value": value})
     container["env"] = env
+
+
+def _set_mount(container: dict[str, Any], mount: dict[str, Any]) -> None:
+    mounts = [m for m in container.get("volumeMounts", []) if m.get("name") != mount["name"]]
+    mounts.append({**mount, "readOnly": True})
+    container["volumeMounts"] = mounts
+
+
+def _socket_dir(settings: WebhookSettings) -> str:
+    return settings.sidecar.agent_socket.rsplit("/", 1)[0]
 
 
 def _resources(r: Resources) -> dict[str, Any]:
@@ -216,15 +295,22 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         "--config",
         "/etc/agent-sidecar/config.yaml",
         "--set",
+        f"server.listen=[{template.agent_address}]",
+        "--set",
         f"policy.engine={engine}",
         "--set",
         f"identity.mode={identity}",
         "--set",
         f"identity.socket={SPIFFE_SOCKET}",
     ]
+    if template.agent_socket:
+        args += ["--set", f"server.socket_group='{template.socket_group}'"]
     if template.model_front_door_url:
         front = urlsplit(template.model_front_door_url)
         args += ["--set", f"frontdoor.listen=127.0.0.1:{front.port}"]
+    if not template.agent_socket or template.model_front_door_url:
+        # TCP on the pod's loopback: every container of the pod is the agent (docs/identity.md)
+        args += ["--set", "identity.pod_tcp=true"]
     if engine == "opa":
         args += ["--set", "policy.opa_url=http://127.0.0.1:8181"]
     else:
@@ -239,10 +325,14 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         {"name": VOL_SPIFFE, "mountPath": SPIFFE_DIR, "readOnly": True},
         {"name": VOL_STATE, "mountPath": "/var/lib/agent-sidecar"},
     ]
+    if template.agent_socket:
+        mounts.append({"name": VOL_SOCKET, "mountPath": _socket_dir(settings)})
     if engine != "opa":
         mounts.append(
             {"name": VOL_POLICY, "mountPath": "/etc/agent-sidecar/policy", "readOnly": True}
         )
+    # gRPC health on the agent listener, asked from inside the container.
+    health = {"command": ["agent-sidecar", "health", "--addr", template.agent_address]}
     return {
         "name": SIDECAR,
         "image": template.image,
@@ -250,18 +340,21 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         "args": args,
         "env": [{"name": "SPIFFE_ENDPOINT_SOCKET", "value": SPIFFE_SOCKET}],
         "volumeMounts": mounts,
-        "readinessProbe": {
-            # gRPC health on the loopback listener, asked from inside the container.
-            "exec": {"command": ["agent-sidecar", "health", "--addr", template.agent_address]},
-            "periodSeconds": 5,
+        # Native sidecar: the agent starts only once this passes (SERVING needs the SVID).
+        "startupProbe": {
+            "exec": health,
+            "periodSeconds": 1,
             "timeoutSeconds": 3,
+            "failureThreshold": template.startup_seconds,
         },
+        "readinessProbe": {"exec": health, "periodSeconds": 5, "timeoutSeconds": 3},
         "resources": _resources(template.resources),
         "securityContext": _security(template.run_as_user),
     }
 
 
 def _opa(settings: WebhookSettings, bundle: str) -> dict[str, Any]:
+    probe = {"path": "/health?bundles", "port": 8282}
     return {
         "name": OPA,
         "image": settings.opa.image,
@@ -275,12 +368,40 @@ def _opa(settings: WebhookSettings, bundle: str) -> dict[str, Any]:
             f"--set=bundles.agentsidecar.resource=bundles/{bundle}.tar.gz",
         ],
         "volumeMounts": [{"name": VOL_OPA, "mountPath": "/config", "readOnly": True}],
-        "readinessProbe": {
-            "httpGet": {"path": "/health?bundles", "port": 8282},
-            "periodSeconds": 5,
+        "startupProbe": {
+            "httpGet": probe,
+            "periodSeconds": 1,
+            "failureThreshold": settings.sidecar.startup_seconds,
         },
+        "readinessProbe": {"httpGet": probe, "periodSeconds": 5},
         "resources": _resources(settings.opa.resources),
-        "securityContext": _security(1000),
+        "securityContext": _security(OPA_UID),
+    }
+
+
+def _egress_lock(settings: WebhookSettings, engine: str) -> dict[str, Any]:
+    """Root with NET_ADMIN only, for the moment it takes to load the rules; then it exits."""
+    uids = [settings.sidecar.run_as_user] + ([OPA_UID] if engine == "opa" else [])
+    args = ["egress-lock"]
+    for uid in uids:
+        args += ["--allow-uid", str(uid)]
+    if settings.egress_lock.allow_dns:
+        args.append("--allow-dns")
+    return {
+        "name": EGRESS_LOCK,
+        "image": settings.sidecar.image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": args,
+        "resources": _resources(settings.egress_lock.resources),
+        "securityContext": {
+            "runAsNonRoot": False,
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
 
 
@@ -290,6 +411,8 @@ def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[s
         {"name": VOL_SPIFFE, "csi": {"driver": settings.spiffe_csi_driver, "readOnly": True}},
         {"name": VOL_STATE, "emptyDir": {}},
     ]
+    if settings.sidecar.agent_socket:
+        volumes.append({"name": VOL_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
     if engine == "opa":
         volumes.append({"name": VOL_OPA, "configMap": {"name": settings.opa.config_map}})
     else:

@@ -16,6 +16,7 @@ import yaml
 from sidecar.config import ConfigError, _convert, _KeyedError
 
 __all__ = [
+    "EgressLockTemplate",
     "OpaTemplate",
     "Resources",
     "SidecarTemplate",
@@ -36,15 +37,38 @@ class Resources:
 class SidecarTemplate:
     image: str = "ghcr.io/agent-sidecar/agent-sidecar:0.1.0"
     config_map: str = "agent-sidecar-config"
-    # The agent API, as the agent containers reach it (loopback: shared pod network).
-    agent_address: str = "127.0.0.1:7443"
+    # The agent API as agent containers reach it: a unix socket on a volume shared with them
+    # (only containers that mount it and carry socket_group can call), or 127.0.0.1:PORT (then
+    # every container of the pod is the agent: identity.pod_tcp, docs/identity.md).
+    agent_address: str = "unix:///run/agent-sidecar/agent.sock"
+    # The socket's group, added to the pod's supplementalGroups (agents need it to connect).
+    socket_group: int = 65531
     run_as_user: int = 65532
     resources: Resources = field(default_factory=Resources)
     # When set (http://127.0.0.1:PORT/v1), the sidecar serves its model front door there and
     # agents get OPENAI_BASE_URL pointing to it.
     model_front_door_url: str = ""
+    # A native sidecar (init container, restartPolicy Always; Kubernetes >= 1.29). false: an
+    # ordinary container, for older clusters (it then neither starts first nor lets Jobs end).
+    native: bool = True
+    # How long the sidecar (and OPA) may take to become ready before the kubelet restarts it.
+    startup_seconds: int = 120
 
     def __post_init__(self) -> None:
+        address = self.agent_address
+        if address.startswith("unix:"):
+            if not address.startswith("unix:///") or address.endswith("/"):
+                raise ValueError("agent_address: a unix socket is unix:///ABSOLUTE/PATH")
+        else:
+            host, _, port = address.rpartition(":")
+            if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+                raise ValueError(
+                    "agent_address: must be unix:///PATH or 127.0.0.1:PORT (the pod's loopback)"
+                )
+        if not 0 < self.socket_group < 2**32 - 1:
+            raise ValueError("socket_group: must be a gid > 0")
+        if self.startup_seconds < 1:
+            raise ValueError("startup_seconds: must be >= 1")
         if self.model_front_door_url:
             from urllib.parse import urlsplit
 
@@ -56,6 +80,35 @@ class SidecarTemplate:
                 )
             if parts.port is None:
                 raise ValueError("model_front_door_url: needs an explicit port")
+
+    @property
+    def agent_socket(self) -> str:
+        """The socket's path when the agent API is a unix socket, else ''."""
+        return (
+            self.agent_address.removeprefix("unix://")
+            if self.agent_address.startswith("unix:")
+            else ""
+        )
+
+
+@dataclass(frozen=True)
+class LockResources(Resources):
+    """A one-shot nft call needs little."""
+
+    cpu_request: str = "10m"
+    memory_request: str = "16Mi"
+    cpu_limit: str = "100m"
+    memory_limit: str = "64Mi"
+
+
+@dataclass(frozen=True)
+class EgressLockTemplate:
+    """The init container that lets only the sidecar's users open connections out of the pod."""
+
+    enabled: bool = False
+    # Let the agent resolve names (port 53 to the pod's nameservers only).
+    allow_dns: bool = True
+    resources: LockResources = field(default_factory=LockResources)
 
 
 @dataclass(frozen=True)
@@ -74,6 +127,7 @@ class WebhookSettings:
     skip_namespaces: tuple[str, ...] = ("kube-system", "kube-public")
     sidecar: SidecarTemplate = field(default_factory=SidecarTemplate)
     opa: OpaTemplate = field(default_factory=OpaTemplate)
+    egress_lock: EgressLockTemplate = field(default_factory=EgressLockTemplate)
     spiffe_csi_driver: str = "csi.spiffe.io"
     default_engine: str = "embedded"
     default_identity_mode: str = "pod"

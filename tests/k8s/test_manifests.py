@@ -114,20 +114,6 @@ def test_the_configs_in_the_config_maps_load(tmp_path):
     (policy_dir / "authz").mkdir(parents=True)
     (policy_dir / "authz" / "authz.rego").write_text(policy_cm["data"]["authz.rego"])
     (policy_dir / "data.json").write_text(policy_cm["data"]["data.json"])
-    # The sidecar config, with the overrides the webhook adds for an embedded-engine pod.
-    loaded = load_settings(
-        tmp_path / "config.yaml",
-        overrides=[
-            "policy.engine=embedded",
-            "identity.mode=pod",
-            f"identity.socket={SPIFFE_SOCKET}",
-            f"policy.dir={tmp_path / 'policy'}",
-        ],
-    )
-    assert loaded.identity.mode == "pod"
-    from sidecar.policy import EmbeddedEngine
-
-    EmbeddedEngine.from_dir(loaded.policy.dir, loaded.policy.query, workers=1).close()
     # The example agent, injected with that webhook config, is a valid pod.
     agent = find(docs, "Deployment", "summarizer")
     pod = {"apiVersion": "v1", "kind": "Pod", **agent["spec"]["template"]}
@@ -137,6 +123,22 @@ def test_the_configs_in_the_config_maps_load(tmp_path):
     )
     assert result.injected
     kubernetes_validate.validate(result.pod, K8S_VERSION, strict=True)
+    # The sidecar config with exactly the overrides the webhook injected (policy.dir moved
+    # to where this test wrote the policy) loads, and its policy compiles.
+    [sidecar] = [c for c in result.pod["spec"]["initContainers"] if c["name"] == "agent-sidecar"]
+    args = sidecar["args"]
+    overrides = [args[i + 1] for i, arg in enumerate(args) if arg == "--set"]
+    overrides = [
+        f"policy.dir={tmp_path / 'policy'}" if o.startswith("policy.dir=") else o for o in overrides
+    ]
+    loaded = load_settings(tmp_path / "config.yaml", overrides=overrides)
+    assert loaded.identity.mode == "pod" and not loaded.identity.pod_tcp
+    assert loaded.server.listen == ("unix:///run/agent-sidecar/agent.sock",)
+    assert loaded.server.socket_group == str(settings.sidecar.socket_group)
+    assert loaded.identity.socket == SPIFFE_SOCKET
+    from sidecar.policy import EmbeddedEngine
+
+    EmbeddedEngine.from_dir(loaded.policy.dir, loaded.policy.query, workers=1).close()
 
 
 def test_the_policy_copy_in_k8s_is_current():

@@ -31,23 +31,43 @@ CASES = sorted(p.stem for p in TESTDATA.glob("*.yaml") if not p.stem.endswith(".
 K8S_VERSION = "1.32.0"
 
 
-@pytest.fixture(scope="module")
-def webhook(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("webhook")
+def _start(tmp, settings: dict[str, Any]) -> WebhookServer:
     ca = DevAuthority("webhook.example")
     issued = ca.issue_x509("spiffe://webhook.example/webhook", dns_names=("localhost",))
     (tmp / "tls.crt").write_bytes(issued.chain_pem)
     (tmp / "tls.key").write_bytes(issued.key_pem)
     (tmp / "ca.pem").write_bytes(ca.x509_bundle_pem)
-    (tmp / "webhook.yaml").write_text("namespace: agent-sidecar-system\n")
+    (tmp / "webhook.yaml").write_text(
+        yaml.safe_dump({"namespace": "agent-sidecar-system", **settings})
+    )
     server = WebhookServer(
         tmp / "webhook.yaml", tmp / "tls.crt", tmp / "tls.key", host="127.0.0.1", port=0
     ).start()
     server.tmp = tmp
     server.ca_authority = ca
     server.base = f"https://localhost:{server.port}"
-    yield server
-    server.stop()
+    return server
+
+
+@pytest.fixture(scope="module")
+def webhooks(tmp_path_factory):
+    """One webhook per distinct settings a golden case asks for (``webhook:``)."""
+    started: dict[str, WebhookServer] = {}
+
+    def get(settings: dict[str, Any] | None = None) -> WebhookServer:
+        key = json.dumps(settings or {}, sort_keys=True)
+        if key not in started:
+            started[key] = _start(tmp_path_factory.mktemp("webhook"), settings or {})
+        return started[key]
+
+    yield get
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def webhook(webhooks):
+    return webhooks()
 
 
 def _post(webhook, path: str, body: bytes, content_type: str = "application/json"):
@@ -98,9 +118,10 @@ def _admit(webhook, path: str, namespace: str, operation: str, pod: dict) -> dic
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_golden(webhook, case):
+def test_golden(webhooks, case):
     spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
-    outcome = _admit(webhook, spec["path"], spec["namespace"], spec["operation"], spec["object"])
+    server = webhooks(spec.get("webhook"))
+    outcome = _admit(server, spec["path"], spec["namespace"], spec["operation"], spec["object"])
     golden = TESTDATA / f"{case}.injected.yaml"
     if os.environ.get("UPDATE_GOLDEN"):
         golden.write_text(yaml.safe_dump(outcome, sort_keys=False))
@@ -110,14 +131,19 @@ def test_golden(webhook, case):
 
 
 def _containers(pod: dict) -> list[str]:
-    return [c["name"] for c in pod["spec"]["containers"]]
+    spec = pod["spec"]
+    return [c["name"] for c in spec.get("initContainers", []) + spec["containers"]]
 
 
-@pytest.mark.parametrize("case", ["plain-pod", "opa-engine", "enrolled-namespace"])
-def test_readmission_of_an_injected_pod_changes_nothing(webhook, case):
+@pytest.mark.parametrize(
+    "case", ["plain-pod", "opa-engine", "enrolled-namespace", "egress-lock-opa", "native-off"]
+)
+def test_readmission_of_an_injected_pod_changes_nothing(webhooks, case):
     spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
-    first = _admit(webhook, spec["path"], spec["namespace"], "CREATE", spec["object"])["pod"]
-    second = _admit(webhook, spec["path"], spec["namespace"], "CREATE", first)["pod"]
+    server = webhooks(spec.get("webhook"))
+    first = _admit(server, spec["path"], spec["namespace"], "CREATE", spec["object"])["pod"]
+    # Once injected, the pod carries the label: the API server sends it to /mutate/pod.
+    second = _admit(server, "/mutate/pod", spec["namespace"], "CREATE", first)["pod"]
     assert second == first
     names = _containers(second)
     assert names.count("agent-sidecar") == 1 and names.count("agent") == 1
@@ -132,24 +158,51 @@ def test_reinvocation_after_another_webhook_keeps_one_of_each(webhook):
     other["spec"]["containers"].append({"name": "istio-proxy", "image": "istio/proxyv2:1.27.0"})
     again = _admit(webhook, "/mutate/pod", "support", "CREATE", other)["pod"]
     assert sorted(_containers(again)) == ["agent", "agent-sidecar", "istio-proxy", "opa"]
+    # The other webhook's container is not ours: it gets neither the socket nor the address.
+    proxy = again["spec"]["containers"][-1]
+    assert "volumeMounts" not in proxy and "env" not in proxy
     kubernetes_validate.validate(again, K8S_VERSION, strict=True)
 
 
-def test_agent_containers_get_the_sidecar_address_and_only_the_sidecar_gets_the_socket(webhook):
+def test_the_sidecar_is_a_native_sidecar_that_starts_first(webhooks):
+    spec = yaml.safe_load((TESTDATA / "job-with-init.yaml").read_text())
+    pod = _admit(webhooks(spec["webhook"]), spec["path"], "batch", "CREATE", spec["object"])["pod"]
+    init = pod["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["agent-sidecar-egress-lock", "agent-sidecar", "fetch-data"]
+    lock, sidecar, _ = init
+    assert "restartPolicy" not in lock  # runs to completion before anything else starts
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"]["exec"]["command"][:2] == ["agent-sidecar", "health"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["agent"]
+
+
+def test_agent_containers_get_the_socket_and_only_the_sidecar_gets_the_svid(webhook):
     spec = yaml.safe_load((TESTDATA / "plain-pod.yaml").read_text())
     pod = _admit(webhook, "/mutate/pod", "support", "CREATE", spec["object"])["pod"]
-    agent, sidecar = pod["spec"]["containers"]
-    assert {"name": "AGENT_SIDECAR_ADDR", "value": "127.0.0.1:7443"} in agent["env"]
+    [agent] = pod["spec"]["containers"]
+    [sidecar] = pod["spec"]["initContainers"]
+    address = "unix:///run/agent-sidecar/agent.sock"
+    assert {"name": "AGENT_SIDECAR_ADDR", "value": address} in agent["env"]
     assert {"name": "LOG_LEVEL", "value": "info"} in agent["env"]
-    assert not any(m["name"] == "agent-sidecar-spiffe" for m in agent.get("volumeMounts", []))
+    socket_mount = {"name": "agent-sidecar-socket", "mountPath": "/run/agent-sidecar"}
+    assert [socket_mount | {"readOnly": True}] == agent["volumeMounts"]
+    assert socket_mount in sidecar["volumeMounts"]
     assert any(m["name"] == "agent-sidecar-spiffe" for m in sidecar["volumeMounts"])
+    # The socket's group is every container's (supplementalGroups) and the socket's own.
+    assert pod["spec"]["securityContext"]["supplementalGroups"] == [65531]
+    assert "server.socket_group='65531'" in sidecar["args"]
+    assert f"server.listen=[{address}]" in sidecar["args"]
+    assert "identity.pod_tcp=true" not in sidecar["args"]
     security = sidecar["securityContext"]
     assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert sidecar["readinessProbe"]["exec"]["command"][:2] == ["agent-sidecar", "health"]
+    assert sidecar["readinessProbe"]["exec"]["command"] == [
+        "agent-sidecar", "health", "--addr", address,
+    ]  # fmt: skip
     [csi] = [v for v in pod["spec"]["volumes"] if v["name"] == "agent-sidecar-spiffe"]
     assert csi["csi"]["driver"] == "csi.spiffe.io"
+    assert pod["metadata"]["labels"]["agent-sidecar.io/inject"] == "enabled"
 
 
 def test_update_operations_are_not_mutated(webhook):
@@ -228,17 +281,16 @@ def test_a_model_front_door_url_makes_the_sidecar_serve_it(tmp_path):
     config = tmp_path / "webhook.yaml"
     config.write_text("sidecar: {model_front_door_url: 'http://127.0.0.1:7480/v1'}\n")
     settings = load_webhook_settings(config)
-    pod = yaml.safe_load((TESTDATA / "embedded-engine.yaml").read_text())
+    pod = yaml.safe_load((TESTDATA / "embedded-engine.yaml").read_text())["object"]
     result = mutate(
         pod, namespace="agents", operation="CREATE", enrolled_namespace=True, settings=settings
     )
-    containers = {c["name"]: c for c in result.pod["spec"]["containers"]}
-    sidecar = next(c for name, c in containers.items() if name == "agent-sidecar")
+    [sidecar] = result.pod["spec"]["initContainers"]
     assert "frontdoor.listen=127.0.0.1:7480" in sidecar["args"]
-    agents = [c for name, c in containers.items() if name != "agent-sidecar"]
-    assert all(
-        {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:7480/v1"} in c["env"] for c in agents
-    )
+    # TCP on the pod's loopback: pod mode must be told it trusts the whole pod.
+    assert "identity.pod_tcp=true" in sidecar["args"]
+    [agent] = result.pod["spec"]["containers"]
+    assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:7480/v1"} in agent["env"]
     config.write_text("sidecar: {model_front_door_url: 'http://0.0.0.0:7480/v1'}\n")
     with pytest.raises(ConfigError, match="loopback only"):
         load_webhook_settings(config)

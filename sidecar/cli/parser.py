@@ -1,0 +1,307 @@
+"""The command line: every command, option and default, in one place (``--help`` shows them)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sidecar import __version__
+from sidecar.cli import approvals, audit, policy, run
+from sidecar.config import DEFAULT_AGENT_SOCKET
+
+__all__ = ["build_parser"]
+
+QUERY = "data.agentsidecar.authz.decision"
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Appends ``(default: X)`` to an option's help when it has a real default to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "%(default)" in text
+            or "default:" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or isinstance(action, argparse._HelpAction | argparse._VersionAction)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _sub(
+    parent: argparse._SubParsersAction, name: str, **kwargs: object
+) -> argparse.ArgumentParser:
+    return parent.add_parser(name, formatter_class=_Help, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agent-sidecar",
+        description="OPA-backed authorization sidecar for AI agents: attest, decide, relay, audit.",
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"agent-sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serving(sub)
+    _policy(sub)
+    _audit(sub)
+    _approvals(sub)
+    _dev(sub)
+    return parser
+
+
+def _serving(sub: argparse._SubParsersAction) -> None:
+    serve = _sub(sub, "serve", help="serve the agent API until SIGTERM")
+    serve.add_argument("--config", required=True, type=Path, help="YAML config file")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="log lines at this level and above (JSON on stderr)",
+    )
+    serve.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (e.g. policy.engine=opa); repeatable",
+    )
+    serve.set_defaults(func=run.serve)
+
+    health = _sub(sub, "health", help="exit 0 if the sidecar's gRPC health is SERVING")
+    health.add_argument(
+        "--addr", default=DEFAULT_AGENT_SOCKET, help="the agent API: unix:///PATH or HOST:PORT"
+    )
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for an answer")
+    health.set_defaults(func=run.health)
+
+    check = _sub(sub, "check", help="evaluate one policy input and print the decision")
+    check.add_argument("--config", required=True, type=Path, help="YAML config file")
+    check.add_argument("--input", required=True, type=Path, help="policy input v1 (JSON)")
+    check.set_defaults(func=run.check)
+
+    webhook = _sub(sub, "webhook", help="the Kubernetes mutating admission webhook")
+    webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True, metavar="COMMAND")
+    ws = _sub(webhook_sub, "serve", help="serve POST /mutate/pod and /mutate/namespace (HTTPS)")
+    ws.add_argument("--config", required=True, type=Path, help="webhook config (YAML)")
+    ws.add_argument("--tls-cert", required=True, type=Path, help="serving certificate chain (PEM)")
+    ws.add_argument("--tls-key", required=True, type=Path, help="its private key (PEM)")
+    ws.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT to serve on")
+    ws.set_defaults(func=run.webhook_serve)
+
+    lock = _sub(
+        sub,
+        "egress-lock",
+        help="install the pod's egress rules: only the given uids may leave (needs NET_ADMIN)",
+        description="Installs nftables rules in the current network namespace: connections "
+        "leaving it may be opened only by the --allow-uid users; loopback, replies and (with "
+        "--allow-dns) DNS to the resolv.conf nameservers stay open. Replaces its own table, "
+        "so running it twice changes nothing. The webhook runs it as an init container.",
+    )
+    lock.add_argument(
+        "--allow-uid",
+        type=int,
+        action="append",
+        required=True,
+        metavar="UID",
+        help="a uid that may open connections leaving the pod (the sidecar's); repeatable",
+    )
+    lock.add_argument(
+        "--allow-dns", action="store_true", help="let every user reach the nameservers on port 53"
+    )
+    lock.add_argument(
+        "--resolv-conf",
+        type=Path,
+        default=Path("/etc/resolv.conf"),
+        help="where --allow-dns reads the nameservers",
+    )
+    lock.add_argument(
+        "--print",
+        dest="print_only",
+        action="store_true",
+        help="print the nft rules instead of installing them",
+    )
+    lock.set_defaults(func=run.egress_lock)
+
+
+def _policy(sub: argparse._SubParsersAction) -> None:
+    pol = _sub(sub, "policy", help="work with Rego policy")
+    policy_sub = pol.add_subparsers(dest="policy_command", required=True, metavar="COMMAND")
+    test = _sub(policy_sub, "test", help="run the Rego unit tests (*_test.rego)")
+    test.add_argument(
+        "dir", nargs="?", default=Path("rego"), type=Path, help="policy directory to test"
+    )
+    test.add_argument("--verbose", "-v", action="store_true", help="print passing tests too")
+    test.add_argument("--run", "-r", metavar="REGEX", help="only tests whose ref matches")
+    test.add_argument("--coverage", action="store_true", help="(not available: says why)")
+    test.add_argument(
+        "--watch", "-w", action="store_true", help="run again on every change (Ctrl-C stops)"
+    )
+    test.set_defaults(func=policy.policy_test)
+
+    ev = _sub(policy_sub, "eval", help="evaluate one input; print the decision")
+    ev.add_argument("--input", required=True, type=Path, help="policy input (JSON)")
+    ev.add_argument("--policy", default=Path("rego"), type=Path, help="policy directory")
+    ev.add_argument("--query", default=QUERY, help="the decision's query")
+    ev.set_defaults(func=policy.policy_eval)
+
+    chk = _sub(policy_sub, "check", help="compile, built-ins, data schema, style lint")
+    chk.add_argument(
+        "dir", nargs="?", default=Path("rego"), type=Path, help="policy directory to check"
+    )
+    chk.add_argument("--query", default=QUERY, help="the decision's query (must be defined)")
+    chk.set_defaults(func=policy.policy_check)
+
+    rp = _sub(policy_sub, "replay", help="re-decide an audit log's calls with a candidate")
+    rp.add_argument("--audit", required=True, type=Path, help="audit log (JSON lines)")
+    rp.add_argument("--policy", required=True, type=Path, help="candidate policy directory")
+    rp.add_argument("--query", default=QUERY, help="the decision's query")
+    rp.add_argument(
+        "--fail-on-change",
+        action="store_true",
+        help="exit 1 if an allowed call would be refused, or a refused one allowed",
+    )
+    rp.add_argument(
+        "--to-tests",
+        type=Path,
+        metavar="FILE",
+        help="write the changed cases as a *_test.rego file",
+    )
+    rp.set_defaults(func=policy.policy_replay)
+
+
+def _audit(sub: argparse._SubParsersAction) -> None:
+    aud = _sub(sub, "audit", help="verify and query audit logs")
+    audit_sub = aud.add_subparsers(dest="audit_command", required=True, metavar="COMMAND")
+    av = _sub(audit_sub, "verify", help="check hashes, sequence and signed checkpoints")
+    av.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        help="audit log(s), oldest first (rotations of one path are found)",
+    )
+    av.add_argument(
+        "--checkpoints", type=Path, help="the checkpoint file (default: FILE.checkpoints)"
+    )
+    av.add_argument("--bundle", type=Path, help="trust bundle (PEM) for SVID-signed checkpoints")
+    av.add_argument("--key", type=Path, help="public key (PEM) for key-file-signed checkpoints")
+    av.add_argument(
+        "--require-sealed",
+        action="store_true",
+        help="fail if records after the last checkpoint are not signed yet",
+    )
+    av.add_argument(
+        "--signer",
+        action="append",
+        default=[],
+        metavar="SPIFFE_ID",
+        help="with --bundle: accept checkpoints signed only by this SPIFFE ID (repeatable; "
+        "default: any SVID of the bundle's trust domain, named in the checkpoint)",
+    )
+    av.add_argument(
+        "--max-unsealed-records",
+        type=int,
+        default=100,
+        metavar="N",
+        help="fail if more than N records follow the last checkpoint",
+    )
+    av.add_argument(
+        "--max-unsealed-age",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="fail if records were written more than SECONDS after the last checkpoint",
+    )
+    av.set_defaults(func=audit.audit_verify)
+    sh = _sub(audit_sub, "show", help="who called what, with what outcome")
+    sh.add_argument("files", nargs="+", type=Path, help="audit log(s); one path finds the rest")
+    sh.add_argument("--subject", help="only calls by this SPIFFE ID")
+    sh.add_argument("--tool", help="only calls to this tool (or model)")
+    sh.add_argument("--effect", choices=["allow", "deny", "step_up"], help="only this outcome")
+    sh.add_argument("--since", help="only calls since: 30m, 2h, 1d, or an ISO 8601 time")
+    sh.set_defaults(func=audit.audit_show)
+
+
+def _approvals(sub: argparse._SubParsersAction) -> None:
+    ap = _sub(
+        sub,
+        "approvals",
+        help="list, approve and deny step-up approvals (the admin API)",
+        description="Talks to the sidecar's approvals admin API: a unix socket (name yourself "
+        "with --as) or HOST:PORT with mTLS (your X.509-SVID from --workload-api, or --cert, "
+        "--key and --bundle files). The address: --admin, or approvals.listen in --config.",
+    )
+    ap.add_argument("--admin", help="unix:///PATH or HOST:PORT of the approvals API")
+    ap.add_argument("--config", type=Path, help="the sidecar's config (for approvals.listen)")
+    ap.add_argument(
+        "--as", dest="approver", help="your name on a unix socket (default: your login name)"
+    )
+    ap.add_argument("--workload-api", default="", help="Workload API socket for your SVID")
+    ap.add_argument("--cert", type=Path, help="your X.509-SVID chain (PEM)")
+    ap.add_argument("--key", type=Path, help="its private key (PEM)")
+    ap.add_argument("--bundle", type=Path, help="trust bundle to verify the sidecar (PEM)")
+    ap.add_argument("--server-name", help="a DNS SAN of the sidecar's SVID")
+    ap.add_argument("--json", action="store_true", help="print JSON")
+    ap_sub = ap.add_subparsers(dest="approvals_command", required=True, metavar="COMMAND")
+    al = _sub(ap_sub, "list", help="approvals, newest first")
+    al.add_argument(
+        "--state", action="append", default=[], help="only this state (repeatable; default: all)"
+    )
+    al.add_argument("--limit", type=int, default=100, help="at most this many")
+    al.set_defaults(func=approvals.approvals)
+    ash = _sub(ap_sub, "show", help="one approval, whole")
+    ash.add_argument("id", help="the approval's id")
+    ash.set_defaults(func=approvals.approvals)
+    for name, verb in (("approve", "grant"), ("deny", "refuse")):
+        ad = _sub(ap_sub, name, help=f"{verb} a pending approval")
+        ad.add_argument("id", help="the approval's id")
+        ad.add_argument(
+            "--reason", required=True, help="recorded in the audit log and policy input"
+        )
+        ad.set_defaults(func=approvals.approvals)
+    aw = _sub(ap_sub, "watch", help="print approvals as they are created and change")
+    aw.set_defaults(func=approvals.approvals)
+
+
+def _dev(sub: argparse._SubParsersAction) -> None:
+    dev = _sub(sub, "dev", help="DEVELOPMENT ONLY helpers")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True, metavar="COMMAND")
+    wl = _sub(
+        dev_sub,
+        "workload-api",
+        help="DEVELOPMENT ONLY: a SPIFFE Workload API that issues SVIDs from an in-memory CA",
+        description="DEVELOPMENT ONLY. Serves the SPIFFE Workload API on unix sockets, one "
+        "identity per socket, signed by an in-memory CA. It attests nothing: never use it "
+        "outside development and tests. SIGHUP rotates every SVID and the JWT key.",
+    )
+    wl.add_argument("--trust-domain", required=True, help="the CA's trust domain")
+    wl.add_argument(
+        "--socket",
+        action="append",
+        default=[],
+        type=Path,
+        required=True,
+        help="unix socket path (repeat, paired in order with --spiffe-id)",
+    )
+    wl.add_argument(
+        "--spiffe-id",
+        action="append",
+        default=[],
+        required=True,
+        help="SPIFFE ID served on the matching --socket",
+    )
+    wl.add_argument(
+        "--dns-name",
+        action="append",
+        default=[],
+        help="DNS SAN added to every X.509-SVID (for mTLS server names)",
+    )
+    wl.add_argument("--x509-ttl", type=float, default=3600, help="X.509-SVID TTL, seconds")
+    wl.add_argument("--jwt-ttl", type=float, default=300, help="JWT-SVID TTL, seconds")
+    wl.add_argument(
+        "--rotate-every", type=float, help="rotate everything every N seconds (default: never)"
+    )
+    wl.add_argument("--bundle-out", type=Path, help="write the X.509 trust bundle (PEM) here")
+    wl.set_defaults(func=run.dev_workload_api)

@@ -1,0 +1,189 @@
+"""The ValidatingAdmissionPolicies: every golden injected pod is admitted; each way around
+them is refused with its message. Evaluated with a real CEL engine (tests/support)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sidecar.webhook.settings import load_webhook_settings
+from tests.support.admission_policy import admit
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTDATA = ROOT / "tests/webhook/testdata"
+REQUIRED, _, INJECTED, _ = list(
+    yaml.safe_load_all((ROOT / "k8s/base/webhook/validatingadmissionpolicy.yaml").read_text())
+)
+BASE_PARAMS = yaml.safe_load((ROOT / "k8s/base/webhook/admission-params.yaml").read_text())
+CASES = sorted(p.stem for p in TESTDATA.glob("*.yaml") if not p.stem.endswith(".injected"))
+
+
+def _injected(case: str) -> bool:
+    outcome = yaml.safe_load((TESTDATA / f"{case}.injected.yaml").read_text())
+    annotations = outcome["pod"]["metadata"].get("annotations") or {}
+    return outcome["allowed"] and "agent-sidecar.io/status" in annotations
+
+
+INJECTED_CASES = [case for case in CASES if _injected(case)]
+
+
+def params(lock: bool) -> dict:
+    doc = copy.deepcopy(BASE_PARAMS)
+    doc["data"]["egress_lock_required"] = "true" if lock else "false"
+    return doc
+
+
+def namespace(name: str = "support", *, enrolled: bool = True, opt_out: bool = False) -> dict:
+    labels = {"kubernetes.io/metadata.name": name}
+    if enrolled:
+        labels["agent-sidecar.io/inject"] = "enabled"
+    if opt_out:
+        labels["agent-sidecar.io/allow-opt-out"] = "true"
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
+
+
+def golden(case: str) -> dict:
+    return yaml.safe_load((TESTDATA / f"{case}.injected.yaml").read_text())["pod"]
+
+
+def test_the_golden_cases_include_injected_pods():
+    assert len(INJECTED_CASES) >= 7
+
+
+@pytest.mark.parametrize("case", INJECTED_CASES)
+def test_every_golden_injected_pod_is_admitted(case):
+    spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
+    outcome = yaml.safe_load((TESTDATA / f"{case}.injected.yaml").read_text())
+    lock = (spec.get("webhook") or {}).get("egress_lock", {}).get("enabled", False)
+    verdict = admit(INJECTED, outcome["pod"], namespace(spec["namespace"]), params(lock))
+    assert verdict.in_scope and verdict.allowed, verdict.failures
+    verdict = admit(REQUIRED, outcome["pod"], namespace(spec["namespace"]))
+    assert verdict.in_scope and verdict.allowed, verdict.failures
+
+
+def _refused(pod: dict, lock: bool, words: str, **kwargs: str) -> None:
+    verdict = admit(INJECTED, pod, namespace(), params(lock), **kwargs)
+    assert verdict.in_scope
+    assert any(words in failure for failure in verdict.failures), verdict.failures
+
+
+def test_an_agent_that_mounts_the_spiffe_socket_or_the_state_is_refused():
+    for volume in ("agent-sidecar-spiffe", "agent-sidecar-state"):
+        pod = golden("plain-pod")
+        pod["spec"]["containers"][0]["volumeMounts"].append({"name": volume, "mountPath": "/x"})
+        _refused(pod, False, "only the agent-sidecar container may mount")
+
+
+def test_an_agent_with_its_own_spiffe_csi_volume_is_refused():
+    pod = golden("plain-pod")
+    pod["spec"]["volumes"].append({"name": "mine", "csi": {"driver": "csi.spiffe.io"}})
+    pod["spec"]["containers"][0]["volumeMounts"].append({"name": "mine", "mountPath": "/s"})
+    _refused(pod, False, "only the agent-sidecar container may mount")
+
+
+def test_kubectl_debug_cannot_reach_the_credentials():
+    pod = golden("plain-pod")
+    pod["spec"]["ephemeralContainers"] = [
+        {"name": "debugger", "image": "busybox", "volumeMounts": [
+            {"name": "agent-sidecar-state", "mountPath": "/state"}
+        ]}
+    ]  # fmt: skip
+    _refused(
+        pod,
+        False,
+        "only the agent-sidecar container may mount",
+        operation="UPDATE",
+        subresource="ephemeralcontainers",
+    )
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.evil.example/agent-sidecar:0.1.0",
+        "ghcr.io/agent-sidecar/agent-sidecar-fork:0.1.0",
+        "ghcr.io/agent-sidecar/agent-sidecar",
+    ],
+)
+def test_a_sidecar_image_from_elsewhere_is_refused(image):
+    pod = golden("plain-pod")
+    pod["spec"]["initContainers"][0]["image"] = image
+    _refused(pod, False, "image from the configured repository")
+    digest = golden("plain-pod")
+    digest["spec"]["initContainers"][0]["image"] = "ghcr.io/agent-sidecar/agent-sidecar@sha256:" + (
+        "ab" * 32
+    )
+    assert admit(INJECTED, digest, namespace(), params(False)).allowed
+
+
+def test_the_egress_lock_is_required_first_where_required():
+    pod = golden("egress-lock-opa")
+    assert admit(INJECTED, pod, namespace(), params(True)).allowed
+    without = copy.deepcopy(pod)
+    without["spec"]["initContainers"].pop(0)
+    _refused(without, True, "egress lock is required")
+    assert admit(INJECTED, without, namespace(), params(False)).allowed
+    moved = copy.deepcopy(pod)
+    moved["spec"]["initContainers"].insert(0, {"name": "first", "image": "busybox"})
+    _refused(moved, True, "egress lock is required")
+
+
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"runAsUser": 65532},
+        {"privileged": True},
+        {"capabilities": {"add": ["NET_ADMIN"]}},
+        {"capabilities": {"add": ["NET_RAW"]}},
+    ],
+    ids=["sidecar-uid", "privileged", "net-admin", "net-raw"],
+)
+def test_an_agent_that_could_undo_the_lock_is_refused(context):
+    pod = golden("egress-lock-opa")
+    pod["spec"]["containers"][0]["securityContext"] = context
+    _refused(pod, True, "no agent container may run as the sidecar's user")
+
+
+def test_a_pod_level_sidecar_uid_is_refused_unless_the_agent_sets_its_own():
+    pod = golden("egress-lock-opa")
+    pod["spec"]["securityContext"]["runAsUser"] = 65532
+    del pod["spec"]["containers"][0]["securityContext"]
+    _refused(pod, True, "no agent container may run as the sidecar's user")
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1001}
+    assert admit(INJECTED, pod, namespace(), params(True)).allowed
+
+
+def test_an_enrolled_namespace_needs_the_sidecar_and_allows_opt_out_only_when_it_says_so():
+    pod = yaml.safe_load((TESTDATA / "enrolled-namespace.yaml").read_text())["object"]
+    verdict = admit(REQUIRED, pod, namespace())
+    assert verdict.failures == (
+        "pods in namespaces enrolled in agent-sidecar must run the agent-sidecar container",
+    )
+    opted_out = copy.deepcopy(pod)
+    opted_out["metadata"]["labels"]["agent-sidecar.io/inject"] = "disabled"
+    assert not admit(REQUIRED, opted_out, namespace()).allowed
+    assert admit(REQUIRED, opted_out, namespace(opt_out=True)).allowed
+    # The old opt-out annotation means nothing to the policy either.
+    annotated = copy.deepcopy(pod)
+    annotated["metadata"]["annotations"] = {"agent-sidecar.io/inject": "false"}
+    assert not admit(REQUIRED, annotated, namespace(opt_out=True)).allowed
+    assert not admit(REQUIRED, pod, namespace(enrolled=False)).in_scope
+
+
+def test_the_params_match_the_webhook_configs(tmp_path):
+    base = load_webhook_settings(ROOT / "k8s/base/webhook/webhook.yaml")
+    prod = load_webhook_settings(ROOT / "k8s/overlays/prod/webhook.yaml")
+    data = BASE_PARAMS["data"]
+    for settings in (base, prod):
+        assert settings.sidecar.image.rsplit(":", 1)[0] == data["image_repository"]
+        assert str(settings.sidecar.run_as_user) == data["sidecar_uid"]
+        assert settings.spiffe_csi_driver == data["spiffe_csi_driver"]
+    assert data["egress_lock_required"] == "false" and not base.egress_lock.enabled
+    # The prod copy is the base one with the lock on, and nothing else.
+    assert prod.egress_lock.enabled
+    assert prod.__class__(**{**vars(prod), "egress_lock": base.egress_lock}) == base
+    overlay = (ROOT / "k8s/overlays/prod/kustomization.yaml").read_text()
+    assert 'path: /data/egress_lock_required\n        value: "true"' in overlay
