@@ -1,6 +1,8 @@
 # agent-sidecar: `make demo` runs the whole path end to end; `make test` is what CI runs.
+# `make test PYTHON=python3.13`: another interpreter gets its own venv (.venv-python3.13).
 PYTHON ?= python3
-VENV   ?= .venv
+PYTHON_BIN := $(shell tools/find-python $(PYTHON))
+VENV   ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # OPA's own Go engine, the test-only reference for the embedded one (tests/oracle/). It declares
@@ -8,10 +10,10 @@ STAMP  := $(VENV)/.installed
 ORACLE := opa-golib-python-bindings==0.4.4
 ORACLE_STAMP := $(VENV)/.oracle
 
-.PHONY: demo test lint unit rego bench proto install-check k8s-policy clean
+.PHONY: demo run test lint unit rego bench proto install-check image-check k8s-policy clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON_BIN) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
@@ -24,6 +26,10 @@ $(ORACLE_STAMP): $(STAMP) Makefile
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo/run.py
+
+# The quickstart: the sidecar and the example upstreams, left running until Ctrl-C.
+run: $(STAMP)
+	$(BIN)/python examples/demo/serve.py
 
 test: lint unit rego
 
@@ -53,11 +59,16 @@ k8s-policy:
 
 # What the Dockerfile does: a plain, non-editable `pip install .` into a fresh venv.
 install-check:
-	rm -rf build/install-check && $(PYTHON) -m venv build/install-check
+	rm -rf build/install-check && $(PYTHON_BIN) -m venv build/install-check
 	build/install-check/bin/python -m pip install -q --disable-pip-version-check .
 	cd /tmp && $(CURDIR)/build/install-check/bin/agent-sidecar --help >/dev/null
 	cd /tmp && $(CURDIR)/build/install-check/bin/agent-sidecar policy test $(CURDIR)/rego
 	rm -rf build/install-check
 
+# Build the image daemonless (buildah), then run the sidecar in it and make a call (root;
+# Debian's buildah and debootstrap). docs/kubernetes.md#the-image.
+image-check: $(STAMP)
+	$(BIN)/python tools/image_check.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf .venv .venv-* build *.egg-info .pytest_cache .ruff_cache

@@ -145,6 +145,11 @@ def _policy(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--input", required=True, type=Path, help="policy input (JSON)")
     ev.add_argument("--policy", default=Path("rego"), type=Path, help="policy directory")
     ev.add_argument("--query", default=QUERY, help="the decision's query")
+    ev.add_argument(
+        "--expect",
+        choices=["allow", "deny", "step_up"],
+        help="exit 1 unless the decision's effect is this (a smoke test, e.g. in an image build)",
+    )
     ev.set_defaults(func=policy.policy_eval)
 
     chk = _sub(policy_sub, "check", help="compile, built-ins, data schema, style lint")

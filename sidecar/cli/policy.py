@@ -41,6 +41,10 @@ def policy_eval(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     print(json.dumps(out, indent=2, sort_keys=True))
+    if args.expect and out["decision"]["effect"] != args.expect:
+        effect = out["decision"]["effect"]
+        print(f"agent-sidecar: expected {args.expect}, decided {effect}", file=sys.stderr)
+        return 1
     return 0
 
 

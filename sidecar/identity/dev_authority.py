@@ -96,6 +96,11 @@ class DevAuthority:
                 ),
                 critical=False,
             )
+            # Real CAs carry key identifiers; Python 3.13's verification requires them.
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self._ca_key.public_key()),
+                critical=False,
+            )
             .sign(self._ca_key, hashes.SHA256())
         )
         self._jwt_keys: list[tuple[str, ec.EllipticCurvePrivateKey]] = []
@@ -148,6 +153,13 @@ class DevAuthority:
                         *(x509.DNSName(name) for name in dns_names),
                     ]
                 ),
+                critical=False,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._ca_key.public_key()),
                 critical=False,
             )
             .sign(self._ca_key, hashes.SHA256())

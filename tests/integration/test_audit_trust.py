@@ -120,6 +120,11 @@ def _intermediate(authority: DevAuthority, *, ca: bool) -> tuple[x509.Certificat
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(hours=1))
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.ca_cert.public_key()),
+            critical=False,
+        )
         .sign(authority._ca_key, hashes.SHA256())
     )
     return cert, key
@@ -139,6 +144,11 @@ def _leaf_from(issuer: x509.Certificate, issuer_key, spiffe_id: str, *, hours: f
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),
             critical=False,
         )
         .sign(issuer_key, hashes.SHA256())
