@@ -88,7 +88,7 @@ def base_image() -> str:
             finally:
                 subprocess.run(["buildah", "rm", name], capture_output=True)
     say(
-        f"base: stand-in {STANDIN_BASE} (Debian bookworm, Debian's Python 3.11; not the official image)"
+    say(f"base: stand-in {STANDIN_BASE} (Debian bookworm, its Python 3.11; not the official)")
     )
     return STANDIN_BASE
 
