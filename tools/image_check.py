@@ -87,9 +87,7 @@ def base_image() -> str:
                 run("buildah", "commit", "-q", name, STANDIN_BASE, stdout=subprocess.DEVNULL)
             finally:
                 subprocess.run(["buildah", "rm", name], capture_output=True)
-    say(
     say(f"base: stand-in {STANDIN_BASE} (Debian bookworm, its Python 3.11; not the official)")
-    )
     return STANDIN_BASE
 
 
