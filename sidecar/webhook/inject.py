@@ -220,8 +220,15 @@ def _validate(annotations: dict[str, Any], labels: dict[str, Any], settings: Web
             raise AdmissionError(
                 f"{STATUS}: not valid JSON (it is written by the webhook)"
             ) from exc
-        if not isinstance(parsed, dict):
-            raise AdmissionError(f"{STATUS}: not a JSON object (it is written by the webhook)")
+        lists = ("agents", "containers", "init_containers", "volumes")
+        if not isinstance(parsed, dict) or not all(
+            isinstance(parsed.get(key, []), list)
+            and all(isinstance(item, str) for item in parsed.get(key, []))
+            for key in lists
+        ):
+            raise AdmissionError(
+                f"{STATUS}: not the object the webhook writes (remove the annotation)"
+            )
 
 
 def _previous_status(pod: dict[str, Any]) -> dict[str, Any]:

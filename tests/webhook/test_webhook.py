@@ -401,3 +401,17 @@ def test_item8_connections_are_capped_and_idle_ones_time_out(strict_webhook):
         strict_webhook.base + "/healthz", verify=str(strict_webhook.tmp / "ca.pem"), timeout=10
     )
     assert health.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "status",
+    ['{"agents": "agent"}', '{"containers": [1]}', "[1, 2]", '{"volumes": {"a": 1}}', "{"],
+)
+def test_a_forged_status_annotation_is_refused_with_a_message(webhook, status):
+    pod = {
+        "metadata": {"name": "p", "annotations": {"agent-sidecar.io/status": status}},
+        "spec": {"containers": [{"name": "agent", "image": "registry.example.com/a:1"}]},
+    }
+    outcome = _admit(webhook, "/mutate/namespace", "support", "CREATE", pod)
+    assert outcome["allowed"] is False
+    assert "agent-sidecar.io/status" in outcome["message"]
