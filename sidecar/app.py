@@ -39,6 +39,7 @@ from sidecar.relay.models import ModelRelay
 from sidecar.server import SidecarServer
 from sidecar.state import StateDb
 from sidecar.tasks import TaskRegistry
+from sidecar.users import TokenExchanger, UserVerifier
 from sidecar.workers import WorkerRole, segment_path
 
 __all__ = ["Sidecar", "build_attestor", "build_engine", "build_identity"]
@@ -245,6 +246,9 @@ class Sidecar:
         )
         tasks.add_end_hook(lambda task: approvals.revoke_task(task.id))
         tasks.add_end_hook(lambda task: credentials.revoke_task(task.id))
+        exchanger = TokenExchanger(settings.targets, identity)
+        tasks.add_end_hook(lambda task: exchanger.revoke_task(task.id))
+        users = UserVerifier(settings.users)
         mediator = Mediator(
             settings=settings,
             engine=engine,
@@ -258,6 +262,8 @@ class Sidecar:
             credentials=credentials,
             shadow=shadow,
             identity=identity,
+            users=users,
+            exchanger=exchanger,
         )
         metrics = Metrics(list(settings.targets))
         mediator.metrics = metrics
@@ -374,6 +380,7 @@ class Sidecar:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
         await self.relay.close()  # after the server: calls in flight have ended
+        await self.mediator.aclose()
         for engine in (self.engine, self.shadow):
             aclose = getattr(engine, "aclose", None)
             if aclose is not None:

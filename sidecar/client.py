@@ -202,6 +202,7 @@ class SidecarClient:
         jwt_svid: Callable[[], str] | None = None,
         tls: grpc.ChannelCredentials | None = None,
         server_name: str | None = None,
+        user_header: str = "x-user-token",
     ) -> None:
         # A connection of its own (gRPC shares one between identical channels otherwise):
         # with server.workers, each client's connection may land on another worker.
@@ -214,6 +215,7 @@ class SidecarClient:
             self._channel = grpc.insecure_channel(target, options=options)
         self._timeout = timeout_s
         self._jwt_svid = jwt_svid
+        self._user_header = user_header
         self._call_tool = self._channel.unary_unary(
             _SERVICE + "CallTool",
             request_serializer=sidecar_pb2.CallToolRequest.SerializeToString,
@@ -256,12 +258,14 @@ class SidecarClient:
         approval_id: str = "",
         wait: bool = True,
         delegation_chain: Sequence[str] = (),
+        user_token: str = "",
     ) -> ToolResult:
         """Call a tool; returns its result or raises a :class:`SidecarCallError` subclass.
 
         ``wait``: on step-up, wait (up to ``timeout_s``) for the approver; ``approval_id``:
         retry a stepped-up call with its granted approval; ``delegation_chain``: JWT-SVIDs of
-        the agents that delegated this call, outermost first."""
+        the agents that delegated this call, outermost first; ``user_token``: the token of
+        the person the agent acts for (OIDC), verified by the sidecar (``input.user``)."""
         request = sidecar_pb2.CallToolRequest(
             tool=tool,
             arguments_json=_encode(arguments),
@@ -271,7 +275,7 @@ class SidecarClient:
             no_wait=not wait,
             delegation_chain=list(delegation_chain),
         )
-        response = self._invoke(self._call_tool, request, timeout_s)
+        response = self._invoke(self._call_tool, request, timeout_s, user_token)
         return ToolResult(
             decision=Decision.from_message(response.decision),
             status=response.upstream_status,
@@ -288,6 +292,7 @@ class SidecarClient:
         intent: str = "",
         timeout_s: float | None = None,
         delegation_chain: Sequence[str] = (),
+        user_token: str = "",
     ) -> Decision:
         """Ask what policy would decide; nothing is relayed. Returns allow, deny or step_up."""
         request = sidecar_pb2.CheckRequest(
@@ -297,14 +302,19 @@ class SidecarClient:
             intent=intent,
             delegation_chain=list(delegation_chain),
         )
-        return Decision.from_message(self._invoke(self._check, request, timeout_s).decision)
+        answer = self._invoke(self._check, request, timeout_s, user_token)
+        return Decision.from_message(answer.decision)
 
-    def _invoke(self, method: Any, request: Any, timeout_s: float | None) -> Any:
-        metadata = None
+    def _invoke(
+        self, method: Any, request: Any, timeout_s: float | None, user_token: str = ""
+    ) -> Any:
+        metadata: list[tuple[str, str]] = []
         if self._jwt_svid is not None:
-            metadata = (("authorization", f"Bearer {self._jwt_svid()}"),)
+            metadata.append(("authorization", f"Bearer {self._jwt_svid()}"))
+        if user_token:
+            metadata.append((self._user_header, user_token))
         try:
-            return method(request, timeout=timeout_s or self._timeout, metadata=metadata)
+            return method(request, timeout=timeout_s or self._timeout, metadata=metadata or None)
         except grpc.RpcError as exc:
             raise _translate(exc) from None
 

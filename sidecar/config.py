@@ -187,6 +187,82 @@ class IdentitySettings:
 
 
 @dataclass(frozen=True)
+class IssuerSettings:
+    """An OpenID Connect issuer whose tokens name the user an agent acts for."""
+
+    # Must equal the tokens' ``iss`` and the discovery document's ``issuer``.
+    issuer: str
+    # Accepted audiences (the token's ``aud`` must contain one).
+    audiences: tuple[str, ...]
+    # Default: from ``{issuer}/.well-known/openid-configuration``.
+    jwks_uri: str = ""
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
+    # Claims that hold the user's groups and roles (a list of strings, or one string).
+    groups_claim: str = "groups"
+    roles_claim: str = "roles"
+    # Clock skew allowed on exp / nbf / iat.
+    leeway_s: float = 30.0
+    # PEM bundle for the issuer's TLS (default: the system's CAs).
+    ca_file: Path | None = None
+    # Keys are fetched again after this long (and at once for an unknown kid, at most once
+    # per refetch_min_s).
+    jwks_max_age_s: float = 300.0
+    refetch_min_s: float = 10.0
+    fetch_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.issuer)
+        _check(
+            parts.scheme == "https"
+            or (
+                parts.scheme == "http" and is_local_address(f"{parts.hostname}:{parts.port or 80}")
+            ),
+            f"issuer: {self.issuer!r} must be https (http only on loopback, for tests)",
+        )
+        _check(bool(self.audiences), "audiences: at least one audience is required")
+        for alg in self.algorithms:
+            _check(
+                alg
+                in (
+                    "RS256",
+                    "RS384",
+                    "RS512",
+                    "ES256",
+                    "ES384",
+                    "ES512",
+                    "PS256",
+                    "PS384",
+                    "PS512",
+                ),
+                f"algorithms: {alg!r} is not allowed (asymmetric RS/ES/PS only; never none or "
+                "HMAC)",
+            )
+        _check(bool(self.algorithms), "algorithms: at least one")
+        _check(self.leeway_s >= 0 and self.leeway_s <= 300, "leeway_s: 0..300")
+        _check(self.jwks_max_age_s > 0 and self.refetch_min_s >= 0, "jwks_max_age_s: > 0")
+        _check(self.fetch_timeout_s > 0, "fetch_timeout_s: must be > 0")
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    """The end user an agent acts for: a token it passes along, verified against ``issuers``."""
+
+    # The gRPC metadata key and front-door header that carry the user's token.
+    header: str = "x-user-token"
+    issuers: Mapping[str, IssuerSettings] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check(
+            re.fullmatch(r"[a-z0-9-]+", self.header) is not None
+            and self.header not in ("authorization", "traceparent"),
+            f"header: {self.header!r} must be a lowercase header name other than "
+            "authorization and traceparent",
+        )
+        seen = [i.issuer for i in self.issuers.values()]
+        _check(len(seen) == len(set(seen)), "issuers: two entries for one issuer URL")
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     """Where decisions come from."""
 
@@ -463,20 +539,46 @@ class RelaySettings:
 class TargetAuthSettings:
     """Just-in-time upstream credential: ``jwt-svid`` (Bearer, for ``audience``), ``mtls``
     (the sidecar's X.509-SVID as client certificate, the upstream verified against the
-    SPIFFE trust bundle and its DNS name), or ``none``."""
+    SPIFFE trust bundle and its DNS name), ``token-exchange`` (the user's token exchanged at
+    ``token_endpoint`` for one for this upstream, RFC 8693), or ``none``."""
 
-    type: Literal["none", "jwt-svid", "mtls"] = "none"
+    type: Literal["none", "jwt-svid", "mtls", "token-exchange"] = "none"
+    # jwt-svid: the JWT-SVID's audience; token-exchange: the audience asked for (optional).
     audience: str = ""
+    # token-exchange: the authorization server, what to ask it for, how the sidecar proves
+    # itself (its JWT-SVID as client assertion, for assertion_audience, default the
+    # endpoint), and what the agent's user token is.
+    token_endpoint: str = ""
+    resource: str = ""
+    scopes: tuple[str, ...] = ()
+    assertion_audience: str = ""
+    assertion_type: Literal["jwt-spiffe", "jwt-bearer"] = "jwt-spiffe"
+    subject_token_type: Literal["access_token", "id_token", "jwt"] = "access_token"  # noqa: S105 (a token type name)
+    ca_file: Path | None = None
+    timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
+        exchange = (self.token_endpoint, self.resource, self.scopes, self.assertion_audience)
         if self.type == "jwt-svid":
             _check(bool(self.audience), "audience: required when type is jwt-svid")
             _check(
                 not self.audience.startswith("agent-sidecar-delegate:"),
                 "audience: agent-sidecar-delegate: is reserved for delegation links",
             )
+        elif self.type != "token-exchange":
+            _check(not self.audience, "audience: only for type jwt-svid or token-exchange")
+        if self.type == "token-exchange":
+            _check(bool(self.token_endpoint), "token_endpoint: required for token-exchange")
+            _check_base_url(self.token_endpoint)
+            for scope in self.scopes:
+                _check(bool(scope) and " " not in scope, f"scopes: {scope!r} is not a scope")
+            _check(self.timeout_s > 0, "timeout_s: must be > 0")
         else:
-            _check(not self.audience, "audience: only for type jwt-svid")
+            _check(
+                not any(exchange) and self.ca_file is None,
+                "token_endpoint, resource, scopes, assertion_audience, ca_file: only for type "
+                "token-exchange",
+            )
 
 
 @dataclass(frozen=True)
@@ -540,6 +642,7 @@ class Settings:
     models: Mapping[str, ModelSettings] = field(default_factory=dict)
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    users: UserSettings = field(default_factory=UserSettings)
 
     def __post_init__(self) -> None:
         if self.identity.mode == "pod" and not self.identity.pod_tcp:

@@ -105,6 +105,7 @@ class FrontDoor:
     ) -> None:
         self._settings = settings
         self._mediator = mediator
+        self._user_header = settings.users.header
         host, _, port = settings.frontdoor.listen.rpartition(":")
         door = settings.frontdoor
         self._server = HttpServer(
@@ -146,7 +147,7 @@ class FrontDoor:
         return _plain_error(404, "not_found", f"no route {request.method} {request.path}")
 
     async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
-        result, models = await self._mediator.list_models(_context(request))
+        result, models = await self._mediator.list_models(_context(request, self._user_header))
         if result.status != grpc.StatusCode.OK:
             return _error(result)
         return _json(
@@ -197,7 +198,10 @@ class FrontDoor:
         if call.stream:
             return await self._stream(request, call)
         result = await self._mediator.call_model(
-            "ChatCompletions", call, context=_context(request), time_remaining=self.wait_s()
+            "ChatCompletions",
+            call,
+            context=_context(request, self._user_header),
+            time_remaining=self.wait_s(),
         )
         if result.status != grpc.StatusCode.OK:
             return _error(result)
@@ -211,7 +215,7 @@ class FrontDoor:
             self._mediator.call_model(
                 "ChatCompletions",
                 call,
-                context=_context(request),
+                context=_context(request, self._user_header),
                 time_remaining=self.wait_s(),
                 emit=lambda kind, value: events.put_nowait((kind, value)),
             )
@@ -262,7 +266,9 @@ def _event(value: Any) -> bytes:
     return b"data: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
 
 
-def _context(request: web.BaseRequest) -> CallContext:
+def _context(request: web.BaseRequest, user_header: str = "x-user-token") -> CallContext:
+    """What the pipeline needs from the HTTP request: the agent's credential, trace context,
+    and the user token (each value of it: more than one is refused there)."""
     metadata: list[tuple[str, str]] = []
     auth = request.headers.get("Authorization")
     if auth:
@@ -270,6 +276,7 @@ def _context(request: web.BaseRequest) -> CallContext:
     trace = request.headers.get("traceparent")
     if trace:
         metadata.append(("traceparent", trace))
+    metadata += [(user_header, value) for value in request.headers.getall(user_header, [])]
     return CallContext(metadata=tuple(metadata), peer=f"ipv4:{request.remote}")
 
 

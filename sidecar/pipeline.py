@@ -77,6 +77,7 @@ from sidecar.state import StateError
 from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.tasks import Task, TaskError, TaskRegistry
 from sidecar.tracing import Tracer, trace_context
+from sidecar.users import TokenExchanger, User, UserTokenError, UserVerifier
 
 __all__ = ["CallResult", "Mediator", "TaskResult", "ToolCall"]
 
@@ -168,6 +169,8 @@ class _Facts:
     action: Action
     # What an approval is bound to (the full arguments, or messages and parameters).
     arguments: dict[str, Any]
+    # The verified end user the agent acts for, if it passed a user token.
+    user: User | None = None
 
 
 @dataclass(frozen=True)
@@ -204,8 +207,12 @@ class Mediator:
         credentials: UpstreamCredentials | None = None,
         shadow: PolicyEngine | None = None,
         identity: WorkloadIdentity | None = None,
+        users: UserVerifier | None = None,
+        exchanger: TokenExchanger | None = None,
     ) -> None:
         self._settings = settings
+        self._users = users or UserVerifier(settings.users)
+        self._exchanger = exchanger or TokenExchanger(settings.targets, identity)
         self._tasks = tasks
         self._approvals = approvals
         self._budgets = budgets
@@ -307,6 +314,7 @@ class Mediator:
         with self._tracer.span("attest", trace):
             subject = self._attest(record, context)
             chain = self._verify_delegation(request.delegation_chain, subject)
+            user = await self._verify_user(record, context)
         record.delegation = chain
         task = await self._use_task(
             record, request.task_id, subject, chain, count=rpc == "CallTool"
@@ -322,7 +330,7 @@ class Mediator:
         )
         record.action = _action_record(action, arguments)
 
-        facts = _Facts(subject, chain, task, request.task_id, action, arguments)
+        facts = _Facts(subject, chain, task, request.task_id, action, arguments, user)
         decided, input_doc = await self._decide_call(
             record,
             facts,
@@ -381,6 +389,7 @@ class Mediator:
                         trace.child_header(span_id),
                         request.task_id,
                         scrubber,
+                        user,
                     )
         except TimeoutError:
             record.relayed = True
@@ -448,6 +457,7 @@ class Mediator:
                 arguments=facts.arguments,
                 task_id=facts.task_id,
                 policy_revision=revision,
+                user=facts.user.to_record() if facts.user is not None else None,
             )
 
         def policy_input(approval: ApprovalInfo | None) -> dict[str, Any]:
@@ -460,6 +470,7 @@ class Mediator:
                 task=task.info(record.time_ns) if task is not None else None,
                 delegation_chain=facts.chain,
                 approval=approval,
+                user=facts.user,
             )
 
         approval: ApprovalInfo | None = None
@@ -498,6 +509,27 @@ class Mediator:
         if subject.expires_at is not None:
             record.subject["expires_at"] = subject.expires_at
         return subject
+
+    async def _verify_user(self, record: CallRecord, context: CallContext) -> User | None:
+        """The user the agent acts for, from its user token (``users.header``); None without
+        one. A token that does not verify stops the call with its ``user_token_*`` code."""
+        header = self._settings.users.header
+        values = [v for k, v in context.metadata if k.lower() == header]
+        if not values:
+            return None
+        if len(values) > 1 or not isinstance(values[0], str):
+            raise _Stop("user_token_malformed", f"one {header} value, as text, is allowed")
+        if not self._users.enabled:
+            raise _Stop(
+                "user_token_unexpected",
+                f"a {header} was sent, but no user token issuer is configured (users.issuers)",
+            )
+        try:
+            user = await self._users.verify(values[0])
+        except UserTokenError as exc:
+            raise _Stop(exc.code, str(exc)) from exc
+        record.user = user.to_record()
+        return user
 
     def _verify_delegation(self, tokens: tuple[str, ...], subject: Subject) -> list[str]:
         if not tokens:
@@ -767,6 +799,7 @@ class Mediator:
         with self._tracer.span("attest", trace):
             subject = self._attest(record, context)
             chain = self._verify_delegation(request.delegation_chain, subject)
+            user = await self._verify_user(record, context)
         record.delegation = chain
         task = await self._use_task(record, request.task_id, subject, chain, count=True)
         try:
@@ -784,7 +817,7 @@ class Mediator:
             data_classes=classify(messages),
         )
         record.action = _action_record(action, prompt)
-        facts = _Facts(subject, chain, task, request.task_id, action, prompt)
+        facts = _Facts(subject, chain, task, request.task_id, action, prompt, user)
         decided, input_doc = await self._decide_call(
             record,
             facts,
@@ -1151,9 +1184,17 @@ class Mediator:
         traceparent: str,
         task_id: str,
         scrubber: Scrubber,
+        user: User | None,
     ) -> UpstreamResponse:
         headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
-        injected = self._credentials.headers_for(target, credential, task_id=task_id, fetch=False)
+        if user is not None:
+            scrubber.add(user.token)  # never echoed back, should an upstream ever hold it
+        if self._settings.targets[target].auth.type == "token-exchange":
+            injected = await self._exchanger.headers(target, credential, user, task_id)
+        else:
+            injected = self._credentials.headers_for(
+                target, credential, task_id=task_id, fetch=False
+            )
         if injected is None:  # fetching a JWT-SVID may wait on the Workload API: in a thread
             injected = await _off_loop(
                 self._credentials.headers_for, target, credential, task_id=task_id
@@ -1242,6 +1283,11 @@ class Mediator:
             self.metrics.observe(doc)
         except Exception:
             log.exception("metrics update failed", extra={"decision_id": doc["decision_id"]})
+
+    async def aclose(self) -> None:
+        """Close the sessions to user token issuers and authorization servers."""
+        await self._users.aclose()
+        await self._exchanger.aclose()
 
     def close(self) -> None:
         """Nothing of its own to release: relays and engines are closed by their owner."""

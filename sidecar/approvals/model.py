@@ -25,12 +25,14 @@ def request_digest(
     arguments: Mapping[str, Any],
     task_id: str,
     policy_revision: str,
+    user: Mapping[str, Any] | None = None,
 ) -> str:
     """sha256 over the canonical JSON of everything an approval is bound to.
 
     Canonical: sorted keys, no whitespace, UTF-8, numbers as parsed (``100`` and ``100.0``
     are different requests). Any change of subject, delegation chain, tool, operation,
-    target, argument, task or policy revision gives another digest.
+    target, argument, task, user (an approval for one person's call never serves another's)
+    or policy revision gives another digest.
     """
     doc = {
         "subject": subject,
@@ -40,6 +42,8 @@ def request_digest(
         "task_id": task_id,
         "policy_revision": policy_revision,
     }
+    if user is not None:
+        doc["user"] = {"sub": user["sub"], "iss": user["iss"]}
     canonical = json.dumps(
         doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

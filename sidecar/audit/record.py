@@ -57,6 +57,8 @@ class CallRecord:
     # "call" (CallTool, Check) or "task" (StartTask, EndTask).
     type: str = "call"
     subject: dict[str, Any] | None = None
+    # The verified user the agent acts for: sub and iss only, never the token.
+    user: dict[str, Any] | None = None
     action: dict[str, Any] | None = None
     task: dict[str, Any] | None = None
     delegation: list[str] = field(default_factory=list)
@@ -108,6 +110,8 @@ class CallRecord:
             "trace_id": self.trace_id,
             "latency_ms": {k: round(v, 3) for k, v in self.latency_ms.items()},
         }
+        if self.user is not None:
+            out["user"] = self.user
         return out
 
 

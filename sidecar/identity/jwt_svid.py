@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sidecar.identity.errors import IdentityError
 from sidecar.identity.subject import parse_spiffe_id
 
-__all__ = ["ALGORITHMS", "JwtBundles", "VerifiedJwtSvid", "validate_jwt_svid"]
+__all__ = ["ALGORITHMS", "JwtBundles", "VerifiedJwtSvid", "key_fits", "validate_jwt_svid"]
 
 ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
 _TYPES = ("JWT", "JOSE")
@@ -73,7 +73,7 @@ def validate_jwt_svid(token: str, *, audience: str, bundles: JwtBundles) -> Veri
     key = keys.get(kid)
     if key is None:
         raise _fail("jwt_unknown_kid", f"kid {kid!r} is not in the {trust_domain} JWT bundle")
-    if not _key_fits(alg, key):
+    if not key_fits(alg, key):
         raise _fail("jwt_bad_signature", f"the bundle key {kid!r} cannot verify alg {alg}")
     try:
         claims = jwt.decode(
@@ -109,7 +109,7 @@ def validate_jwt_svid(token: str, *, audience: str, bundles: JwtBundles) -> Veri
     )
 
 
-def _key_fits(alg: str, key: Any) -> bool:
+def key_fits(alg: str, key: Any) -> bool:
     """The bundle key's type (and curve) matches the token's algorithm family."""
     if alg.startswith(("RS", "PS")):
         return isinstance(key, rsa.RSAPublicKey)

@@ -60,9 +60,18 @@ _EFFECT_CODES = {"allow": "ok", "deny": "policy_deny", "step_up": "approval_requ
 class CredentialObligation:
     audience: str
     ttl_s: int
+    # Token exchange targets: the scopes to ask for, and whether to present the sidecar's
+    # JWT-SVID as actor_token (so the issued token's act claim names the agent).
+    scopes: tuple[str, ...] = ()
+    actor_token: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"audience": self.audience, "ttl_s": self.ttl_s}
+        out: dict[str, Any] = {"audience": self.audience, "ttl_s": self.ttl_s}
+        if self.scopes:
+            out["scopes"] = list(self.scopes)
+        if self.actor_token:
+            out["actor_token"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -200,13 +209,29 @@ def _parse_obligations(raw: Any) -> Obligations:
         cred = raw["credential"]
         _require(
             isinstance(cred, Mapping)
-            and set(cred) == {"audience", "ttl_s"}
+            and {"audience", "ttl_s"} <= set(cred) <= {"audience", "ttl_s", "scopes", "actor_token"}
             and isinstance(cred["audience"], str)
             and bool(cred["audience"])
             and _positive_int(cred["ttl_s"]),
-            "credential must be {audience: non-empty string, ttl_s: positive integer}",
+            "credential must be {audience: non-empty string, ttl_s: positive integer, "
+            "scopes?: [string], actor_token?: boolean}",
         )
-        values["credential"] = CredentialObligation(cred["audience"], cred["ttl_s"])
+        scopes = cred.get("scopes", [])
+        _require(
+            isinstance(scopes, list)
+            and all(isinstance(x, str) and x and " " not in x for x in scopes),
+            "credential.scopes must be a list of scope names (no spaces)",
+        )
+        _require(
+            isinstance(cred.get("actor_token", False), bool),
+            "credential.actor_token must be a boolean",
+        )
+        values["credential"] = CredentialObligation(
+            cred["audience"],
+            cred["ttl_s"],
+            tuple(sorted(set(scopes))),
+            cred.get("actor_token", False),
+        )
     if "max_tokens" in raw:
         _require(_positive_int(raw["max_tokens"]), "max_tokens must be a positive integer")
         values["max_tokens"] = raw["max_tokens"]

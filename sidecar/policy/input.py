@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # the policy tools (check, test) load without the identity stack
     from sidecar.identity.subject import Subject
+    from sidecar.users.user import User
 
 __all__ = ["INPUT_VERSION", "Action", "ApprovalInfo", "TaskInfo", "build_input"]
 
@@ -60,6 +61,7 @@ def build_input(
     task: TaskInfo | None = None,
     delegation_chain: Sequence[str] = (),
     approval: ApprovalInfo | None = None,
+    user: User | None = None,
 ) -> dict[str, Any]:
     """Return the input v1 document for one request."""
     doc: dict[str, Any] = {
@@ -84,6 +86,8 @@ def build_input(
             if value is not None:
                 task_doc[key] = value
         doc["task"] = task_doc
+    if user is not None:
+        doc["user"] = user.to_input()
     if approval is not None:
         doc["approval"] = {
             "id": approval.id,
