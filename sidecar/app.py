@@ -15,6 +15,7 @@ from sidecar.approvals import Approval, ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
 from sidecar.approvals.model import audit_record
 from sidecar.audit import AuditLog, FileKeySigner, HttpSink, SvidSigner
+from sidecar.authzen import AuthZenServer
 from sidecar.budgets import Budgets
 from sidecar.config import ConfigError, Settings
 from sidecar.frontdoor import FrontDoor
@@ -191,6 +192,7 @@ class Sidecar:
     notifier: Notifier | None = None
     models: ModelRelay | None = None
     frontdoor: FrontDoor | None = None
+    authzen: AuthZenServer | None = None
     _sweeper: asyncio.Task[None] | None = None
     _announcer: asyncio.Task[None] | None = None
     role: WorkerRole = dataclasses.field(default_factory=WorkerRole)
@@ -338,6 +340,9 @@ class Sidecar:
         await self.server.start()
         if self.frontdoor is not None:
             await self.frontdoor.start()
+        if self.settings.authzen.listen and self.role.primary:
+            self.authzen = AuthZenServer(self.settings, self.mediator, self.identity)
+            await self.authzen.start()
         if self.approvals is not None:
             self.approvals.bind_loop(asyncio.get_running_loop())
         self._sweeper = asyncio.create_task(self._sweep())
@@ -376,6 +381,8 @@ class Sidecar:
                     await task
         if self.frontdoor is not None:
             await self.frontdoor.stop()
+        if self.authzen is not None:
+            await self.authzen.stop()
         if self.approvals_server is not None:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)

@@ -263,6 +263,46 @@ class UserSettings:
 
 
 @dataclass(frozen=True)
+class AuthZenSettings:
+    """The AuthZEN Authorization API 1.0: other enforcement points ask the same Rego."""
+
+    # unix:///PATH (who may connect: socket_mode), or HOST:PORT with mTLS: the sidecar's
+    # X.509-SVID, and callers present theirs, one of ``callers``. Empty: off.
+    listen: str = ""
+    callers: tuple[str, ...] = ()
+    socket_mode: str = "0600"
+    # The PDP identifier published in /.well-known/authzen-configuration (an https URL);
+    # default: https://HOST:PORT of the listener, or https://localhost for a unix socket.
+    pdp_url: str = ""
+    # Evaluations in one boxcar request, at most.
+    max_evaluations: int = 64
+
+    def __post_init__(self) -> None:
+        if self.listen and not self.listen.startswith("unix:"):
+            _check_address(self.listen)
+            _check(
+                bool(self.callers),
+                "callers: required with a TCP listener (the SPIFFE IDs allowed to ask)",
+            )
+        for caller in self.callers:
+            _check(
+                SPIFFE_ID_RE.match(caller) is not None, f"callers: {caller!r} is not a SPIFFE ID"
+            )
+        _check(
+            re.fullmatch(r"0?[0-7]{3}", self.socket_mode) is not None
+            and int(self.socket_mode, 8) & 0o007 == 0,
+            f"socket_mode: {self.socket_mode!r} must be octal like 0600 and give others nothing",
+        )
+        if self.pdp_url:
+            parts = urlsplit(self.pdp_url)
+            _check(
+                parts.scheme == "https" and not parts.query and not parts.fragment,
+                "pdp_url: an https URL without query or fragment",
+            )
+        _check(1 <= self.max_evaluations <= 1000, "max_evaluations: 1..1000")
+
+
+@dataclass(frozen=True)
 class PolicySettings:
     """Where decisions come from."""
 
@@ -643,6 +683,7 @@ class Settings:
     frontdoor: FrontDoorSettings = field(default_factory=FrontDoorSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     users: UserSettings = field(default_factory=UserSettings)
+    authzen: AuthZenSettings = field(default_factory=AuthZenSettings)
 
     def __post_init__(self) -> None:
         if self.identity.mode == "pod" and not self.identity.pod_tcp:

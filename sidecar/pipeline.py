@@ -257,6 +257,50 @@ class Mediator:
             lambda record, deadline: self._run(record, rpc, request, context, deadline),
         )
 
+    async def evaluate(
+        self,
+        rpc: str,
+        subject: Subject,
+        action: Action,
+        *,
+        user: User | None,
+        caller: str,
+        time_remaining: float | None,
+    ) -> CallResult:
+        """Decide only, for a subject another enforcement point asserts (AuthZEN): the same
+        policy, deadline and failure codes as ``Check``, one audit record naming ``caller``."""
+
+        async def run(record: CallRecord, deadline: float) -> CallResult:
+            record.subject = {
+                "spiffe_id": subject.spiffe_id,
+                "attestation": subject.attestation,
+                "asserted_by": caller,
+            }
+            if user is not None:
+                record.user = user.to_record()
+            arguments = dict(action.arguments)
+            record.action = _action_record(action, arguments)
+            input_doc = build_input(
+                request_id=record.decision_id,
+                time_ns=record.time_ns,
+                subject=subject,
+                action=action,
+                user=user,
+            )
+            trace = trace_context(())
+            decided = await self._decide_recorded(record, input_doc, deadline, action.name, trace)
+            decision = decided.decision
+            record.action["arguments"] = payload_view(arguments, decision.obligations.log)
+            return CallResult(
+                record.decision_id,
+                decision.code,
+                grpc.StatusCode.OK,
+                decision=decision,
+                policy_revision=decided.revision,
+            )
+
+        return await self._guarded(rpc, time_remaining, run)
+
     async def _guarded(
         self,
         rpc: str,

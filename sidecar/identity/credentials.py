@@ -24,7 +24,7 @@ from sidecar.identity.workload import Snapshot, WorkloadIdentity
 from sidecar.policy.decision import CredentialObligation
 from sidecar.relay.http import HttpRelay
 
-__all__ = ["UpstreamCredentials", "mtls_context", "wire_mtls"]
+__all__ = ["UpstreamCredentials", "load_svid", "mtls_context", "server_context", "wire_mtls"]
 
 
 class UpstreamCredentials:
@@ -98,13 +98,29 @@ def mtls_context(snapshot: Snapshot) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_verify_locations(cadata=snapshot.bundle_pem().decode("ascii"))
+    load_svid(context, snapshot)
+    return context
+
+
+def server_context(snapshot: Snapshot) -> ssl.SSLContext:
+    """A server SSLContext: our SVID, and client certificates required, verified against the
+    trust bundle (the caller's SPIFFE ID is then read from its URI SAN)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=snapshot.bundle_pem().decode("ascii"))
+    load_svid(context, snapshot)
+    return context
+
+
+def load_svid(context: ssl.SSLContext, snapshot: Snapshot) -> None:
+    """Load the SVID into ``context`` (again, after a rotation: later handshakes use it)."""
     fd = os.memfd_create("svid", os.MFD_CLOEXEC)
     try:
         os.write(fd, snapshot.chain_pem() + snapshot.key_pem())
         context.load_cert_chain(f"/proc/self/fd/{fd}")
     finally:
         os.close(fd)
-    return context
 
 
 def wire_mtls(relay: HttpRelay, targets: Mapping[str, TargetSettings], identity: WorkloadIdentity):

@@ -10,8 +10,9 @@ from sidecar.identity.errors import InvalidSpiffeIdError
 
 __all__ = ["ATTESTATIONS", "Subject", "parse_spiffe_id"]
 
-# How the subject was established; "static" is configured, not attested, and is insecure.
-ATTESTATIONS = ("pod-svid", "jwt-svid", "x509-svid", "static")
+# How the subject was established; "static" is configured, not attested, and is insecure;
+# "authzen" was asserted by an AuthZEN caller (a policy enforcement point), not attested here.
+ATTESTATIONS = ("pod-svid", "jwt-svid", "x509-svid", "static", "authzen")
 _SPIFFE_ID = re.compile(r"^spiffe://([a-z0-9._-]+)((/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*)$")
 
 

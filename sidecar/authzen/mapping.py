@@ -1,0 +1,200 @@
+"""AuthZEN 1.0 requests to policy input, and decisions back: pure functions, no I/O.
+
+Request (``subject``, ``action``, ``resource``, ``context``):
+
+* ``subject`` ``{type: "agent", id: SPIFFE ID, properties: {user?: {...}}}``, or
+  ``{type: "user", id: SUB, properties: {agent: SPIFFE ID, iss?, groups?, roles?}}``. The
+  agent becomes ``input.subject`` with ``attestation: "authzen"`` (asserted by the caller,
+  not attested by the sidecar); the user, when given, ``input.user``.
+* ``resource`` ``{type: "tool" | "model", id: NAME, properties: {arguments?: {...}}}``: a
+  configured tool or model. Its target and operation come from the sidecar's configuration,
+  never from the request.
+* ``action`` ``{name: "call" | "read" | "act" | "delegate"}``: an operation name must match the
+  resource's configured one.
+
+Response: ``{decision: true}`` only for ``allow``; ``context`` carries the decision id,
+effect, code, reasons and obligations (which the enforcement point must apply), and for
+``step_up`` ``context.step_up`` with the approvers. Evaluation problems of one item (an
+unknown tool, a malformed subject) are ``decision: false`` with ``context.error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.classify import classify
+from sidecar.config import Settings
+from sidecar.errors import SidecarError
+from sidecar.identity.errors import InvalidSpiffeIdError
+from sidecar.identity.subject import Subject
+from sidecar.policy import Action
+from sidecar.users.user import User
+
+__all__ = [
+    "ENTITIES",
+    "AuthZenRequestError",
+    "Evaluation",
+    "EvaluationError",
+    "evaluations_of",
+    "parse_evaluation",
+    "to_decision",
+]
+
+ENTITIES = ("subject", "action", "resource")
+SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
+_ASSERTED_ISSUER = "urn:agent-sidecar:authzen"
+
+
+class AuthZenRequestError(SidecarError):
+    """The whole request is malformed: HTTP 400 with this message."""
+
+
+class EvaluationError(SidecarError):
+    """One evaluation cannot be decided: ``decision: false`` with ``context.error``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    subject: Subject
+    user: User | None
+    action: Action
+
+
+def evaluations_of(body: Mapping[str, Any], limit: int) -> tuple[list[dict[str, Any]], str]:
+    """The evaluations of a boxcar request, top-level defaults merged in, and the semantic."""
+    items = body.get("evaluations")
+    if items is None or items == []:
+        items = [{}]
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        raise AuthZenRequestError("evaluations must be an array of objects")
+    if len(items) > limit:
+        raise AuthZenRequestError(f"at most {limit} evaluations per request")
+    options = body.get("options", {})
+    if not isinstance(options, dict):
+        raise AuthZenRequestError("options must be an object")
+    semantic = options.get("evaluations_semantic", "execute_all")
+    if semantic not in SEMANTICS:
+        raise AuthZenRequestError(f"evaluations_semantic must be one of {', '.join(SEMANTICS)}")
+    merged = []
+    for item in items:
+        evaluation = {key: item.get(key, body.get(key)) for key in (*ENTITIES, "context")}
+        missing = [key for key in ENTITIES if evaluation[key] is None]
+        if missing:
+            raise AuthZenRequestError(f"{missing[0]} is required (in the evaluation or as default)")
+        merged.append(evaluation)
+    return merged, semantic
+
+
+def parse_evaluation(request: Mapping[str, Any], settings: Settings) -> Evaluation:
+    for key in ENTITIES:
+        if not isinstance(request.get(key), dict):
+            raise AuthZenRequestError(f"{key} is required and must be an object")
+    subject_doc, resource, action_doc = (request[k] for k in ("subject", "resource", "action"))
+    subject, user = _subject(subject_doc)
+    kind, name = resource.get("type"), resource.get("id")
+    if not isinstance(name, str) or not name:
+        raise EvaluationError(400, "resource.id must be a non-empty string")
+    if kind == "tool" and name in settings.tools:
+        tool = settings.tools[name]
+        target, operation = tool.target, tool.operation
+    elif kind == "model" and name in settings.models:
+        model = settings.models[name]
+        target, operation = model.provider, model.operation
+    elif kind in ("tool", "model"):
+        raise EvaluationError(404, f"{kind} {name!r} is not configured")
+    else:
+        raise EvaluationError(400, "resource.type must be tool or model")
+    verb = action_doc.get("name")
+    if verb not in ("call", "read", "act", "delegate"):
+        raise EvaluationError(400, "action.name must be call, read, act or delegate")
+    if verb != "call" and verb != operation:
+        raise EvaluationError(400, f"{kind} {name!r} is a {operation} operation, not {verb}")
+    properties = resource.get("properties") or {}
+    arguments = properties.get("arguments", {}) if isinstance(properties, dict) else None
+    if not isinstance(arguments, dict):
+        raise EvaluationError(400, "resource.properties.arguments must be an object")
+    action = Action(
+        kind=kind,
+        name=name,
+        operation=operation,
+        target=target,
+        arguments=arguments,
+        data_classes=classify(arguments),
+    )
+    return Evaluation(subject, user, action)
+
+
+def _subject(doc: Mapping[str, Any]) -> tuple[Subject, User | None]:
+    kind, ident = doc.get("type"), doc.get("id")
+    properties = doc.get("properties") or {}
+    if not isinstance(ident, str) or not ident or not isinstance(properties, dict):
+        raise EvaluationError(400, "subject.id must be a non-empty string")
+    if kind == "agent":
+        agent, user_doc = ident, properties.get("user")
+        if user_doc is not None and not isinstance(user_doc, dict):
+            raise EvaluationError(400, "subject.properties.user must be an object")
+    elif kind == "user":
+        agent, user_doc = properties.get("agent"), {**properties, "sub": ident}
+        if not isinstance(agent, str):
+            raise EvaluationError(400, "a user subject needs properties.agent (a SPIFFE ID)")
+    else:
+        raise EvaluationError(400, "subject.type must be agent or user")
+    try:
+        subject = Subject(spiffe_id=agent, attestation="authzen")
+    except InvalidSpiffeIdError as exc:
+        raise EvaluationError(400, f"the agent is not a SPIFFE ID: {exc}") from exc
+    return subject, _user(user_doc) if user_doc is not None else None
+
+
+def _user(doc: Mapping[str, Any]) -> User:
+    def strings(key: str) -> tuple[str, ...]:
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise EvaluationError(400, f"user {key} must be an array of strings")
+        return tuple(value)
+
+    sub, iss = doc.get("sub"), doc.get("iss", _ASSERTED_ISSUER)
+    if not isinstance(sub, str) or not sub or not isinstance(iss, str) or not iss:
+        raise EvaluationError(400, "the user needs a sub (and iss, if given, a string)")
+    return User(
+        sub=sub,
+        iss=iss,
+        issuer="authzen",
+        expires_at=0,
+        groups=strings("groups"),
+        roles=strings("roles"),
+    )
+
+
+def to_decision(result: Any) -> dict[str, Any]:
+    """A pipeline ``CallResult`` as an AuthZEN Decision."""
+    decision = result.decision
+    context: dict[str, Any] = {"id": result.decision_id, "code": result.code}
+    if decision is None:  # stopped before policy answered (an engine or state failure)
+        context["reason"] = result.message
+        return {"decision": False, "context": context}
+    context |= {"effect": decision.effect, "reasons": list(decision.reasons)}
+    obligations = decision.obligations.to_dict()
+    if obligations != {"log": "metadata"}:
+        context["obligations"] = obligations
+    if decision.effect == "step_up":
+        approval = decision.obligations.approval
+        context["step_up"] = {
+            "approval_required": True,
+            "approvers": list(approval.approvers) if approval is not None else [],
+        }
+    allowed = decision.effect == "allow" and result.code in ("ok", "fail_open")
+    return {"decision": allowed, "context": context}
+
+
+def error_decision(error: EvaluationError) -> dict[str, Any]:
+    return {
+        "decision": False,
+        "context": {"error": {"status": error.status, "message": str(error)}},
+    }
