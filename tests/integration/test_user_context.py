@@ -265,3 +265,38 @@ def test_denied_calls_are_still_denied_for_any_user(acting, idp):
     running = acting()
     with running.client() as client, pytest.raises(PolicyDenied):
         client.call_tool("tickets.get", {"id": "7"}, user_token=idp.user_token("mallory"))
+
+
+def test_the_front_door_takes_the_user_token_from_its_header(start_sidecar, tools, idp, tmp_path):
+    import openai
+
+    from examples.demo.model_server import ModelServer
+
+    with ModelServer() as models:
+        (tmp_path / "key").write_text("sk-test-provider-key-0123456789abcdef\n")
+        corp = {"issuer": idp.issuer, "audiences": ["agent-app"], "ca_file": str(idp.ca_file)}
+        running = start_sidecar(
+            tools.url,
+            users={"issuers": {"corp": corp}},
+            providers={"openai": {"base_url": models.url, "key_file": str(tmp_path / "key")}},
+            models={"gpt-small": {"provider": "openai"}},
+            frontdoor={"listen": "127.0.0.1:0"},
+        )
+        llm = openai.OpenAI(base_url=running.sidecar.frontdoor.url, api_key="unused",
+                            max_retries=0)  # fmt: skip
+        messages = [{"role": "user", "content": "hello"}]
+        token = idp.user_token("alice")
+        answer = llm.chat.completions.create(
+            model="gpt-small", messages=messages, extra_headers={"X-User-Token": token}
+        )
+        assert answer.choices[0].message.content
+        with pytest.raises(openai.AuthenticationError) as refused:
+            llm.chat.completions.create(
+                model="gpt-small", messages=messages, extra_headers={"X-User-Token": "a.b.c"}
+            )
+        assert refused.value.body["code"] == "user_token_malformed"
+        assert len(models.received) == 1
+        assert all(token not in json.dumps(r.headers) for r in models.received)
+    records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    users = [r.get("user") for r in records if r.get("rpc") == "ChatCompletions"]
+    assert users[0] == {"sub": "alice", "iss": idp.issuer}
