@@ -300,3 +300,16 @@ def test_the_front_door_takes_the_user_token_from_its_header(start_sidecar, tool
     records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
     users = [r.get("user") for r in records if r.get("rpc") == "ChatCompletions"]
     assert users[0] == {"sub": "alice", "iss": idp.issuer}
+
+
+def test_policy_can_require_an_actor_token(acting, idp, tools, policy_dir):
+    (policy_dir / "agentsidecar" / "authz" / "authz.rego").write_text(
+        POLICY.replace(
+            '"scopes": ["tickets.read"],', '"scopes": ["tickets.read"], "actor_token": true,'
+        )
+    )
+    running = acting()
+    with running.client() as client:
+        client.call_tool("tickets.get", {"id": "7"}, user_token=idp.user_token(groups=["support"]))
+    [exchange] = idp.exchanges
+    assert exchange["actor"] is True  # the server verified the actor_token as the client's SVID

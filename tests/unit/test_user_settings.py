@@ -90,3 +90,21 @@ def test_the_credential_obligation_carries_scopes_and_actor_token():
 def test_a_malformed_credential_obligation_fails_closed(credential):
     with pytest.raises(DecisionError):
         parse_decision({"effect": "allow", "obligations": {"credential": credential}}, defined=True)
+
+
+def test_an_approval_is_bound_to_the_user_it_was_asked_for():
+    from sidecar.approvals import request_digest
+
+    common = {
+        "subject": "spiffe://demo.example/agent/support",
+        "delegation": [],
+        "action": {"kind": "tool", "name": "payments.refund", "operation": "act", "target": "p"},
+        "arguments": {"amount": 500},
+        "task_id": "t-1",
+        "policy_revision": "r1",
+    }
+    alice = request_digest(**common, user={"sub": "alice", "iss": "https://login"})
+    bob = request_digest(**common, user={"sub": "bob", "iss": "https://login"})
+    nobody = request_digest(**common)
+    assert len({alice, bob, nobody}) == 3
+    assert nobody == request_digest(**common, user=None)  # digests without a user unchanged
