@@ -1,0 +1,153 @@
+"""Step-up: a decision of ``step_up`` becomes a pending approval bound to this exact call;
+the call waits for it within its deadline (or answers with its id), and a retry carrying a
+granted approval is decided again with ``input.approval``, once.
+
+A part of :class:`sidecar.pipeline.Mediator`: it uses the guarded path's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sidecar.approvals import Approval, ApprovalError
+from sidecar.audit import CallRecord, payload_view
+from sidecar.calls.common import (
+    Decided,
+    Facts,
+    Stop,
+    off_loop,
+)
+from sidecar.policy import (
+    ApprovalInfo,
+)
+
+__all__ = ["StepUp"]
+
+log = logging.getLogger("sidecar.pipeline")
+
+
+class StepUp:
+    """Approvals for step_up decisions."""
+
+    async def _request_approval(
+        self, record: CallRecord, decided: Decided, digest: str, facts: Facts
+    ) -> Approval:
+        decision = decided.decision
+        obligation = decision.obligations.approval
+        assert record.action is not None
+        try:
+            pending = await off_loop(
+                self._approvals.request,
+                digest=digest,
+                subject=facts.subject.spiffe_id,
+                delegation=facts.chain,
+                action={k: record.action[k] for k in ("kind", "name", "operation", "target")},
+                arguments=payload_view(facts.arguments, decision.obligations.log),
+                task_id=facts.task_id,
+                reasons=decision.reasons,
+                approvers=obligation.approvers if obligation else (),
+                ttl_s=obligation.ttl_s if obligation else self._settings.approvals.max_ttl_s,
+                policy_revision=decided.revision,
+                decision_id=record.decision_id,
+            )
+        except ApprovalError as exc:
+            raise Stop(exc.code, str(exc), **self._common(decided)) from exc
+        record.approval = {"id": pending.id, "state": "pending", "digest": pending.digest}
+        return pending
+
+    async def _await_approval(
+        self, record: CallRecord, approval_id: str, decided: Decided, deadline: float
+    ) -> Approval:
+        """Park the call until the approval is decided, it expires or the deadline comes."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        try:
+            approval = await self._approvals.wait(approval_id, deadline - loop.time())
+        finally:
+            record.latency_ms["approval_wait"] = (time.perf_counter() - t0) * 1000
+        assert approval is not None
+        record.approval = approval.summary()
+        if approval.state == "pending":
+            raise self._step_up_stop(
+                decided, approval_id, "the call's deadline came before an approver decided"
+            )
+        return approval
+
+    async def _use_approval(
+        self,
+        record: CallRecord,
+        approval_id: str,
+        digest: str,
+        *,
+        no_wait: bool,
+        deadline: float,
+    ) -> ApprovalInfo:
+        """A retry with an approval id: wait for it if still pending, then use it."""
+        current = self._approvals.get(approval_id)
+        if current is not None and current.state == "pending" and current.digest == digest:
+            record.approval = current.summary()
+            if no_wait:
+                raise Stop(
+                    "approval_required",
+                    f"approval {approval_id} is still pending",
+                    approval_id=approval_id,
+                )
+            loop = asyncio.get_running_loop()
+            t0 = time.perf_counter()
+            current = await self._approvals.wait(approval_id, deadline - loop.time())
+            record.latency_ms["approval_wait"] = (time.perf_counter() - t0) * 1000
+            if current is not None and current.state == "pending":
+                record.approval = current.summary()
+                raise Stop(
+                    "approval_required",
+                    f"approval {approval_id} is still pending at the call's deadline",
+                    approval_id=approval_id,
+                )
+        return await self._claim(record, approval_id, digest)
+
+    async def _claim(self, record: CallRecord, approval_id: str, digest: str) -> ApprovalInfo:
+        try:
+            approval = await off_loop(
+                self._approvals.claim, approval_id, digest, used_by=record.decision_id
+            )
+        except ApprovalError as exc:
+            current = self._approvals.get(approval_id)
+            known = current.summary() if current is not None else {"id": approval_id}
+            record.approval = known | {"refused": exc.code}
+            code = "approval_required" if exc.code == "approval_pending" else exc.code
+            raise Stop(code, str(exc), approval_id=approval_id) from exc
+        record.approval = approval.summary()
+        return ApprovalInfo(
+            id=approval.id,
+            approved_by=approval.decided_by,
+            approved_at_ns=approval.decided_at_ns,
+            reason=approval.decision_reason,
+        )
+
+    def _check_revision(self, record: CallRecord, decided: Decided) -> None:
+        """An approval is for the policy revision that asked for it; the re-decision must be
+        by the same one (a reload in between makes the approval useless, never broader)."""
+        used = self._approvals.get(record.approval["id"]) if record.approval else None
+        if used is not None and used.policy_revision != decided.revision:
+            raise Stop(
+                "approval_mismatch",
+                f"approval {used.id} was granted under policy revision {used.policy_revision}; "
+                f"the policy is now {decided.revision}",
+                **self._common(decided),
+            )
+
+    def _step_up_stop(self, decided: Decided, approval_id: str, why: str) -> Stop:
+        reasons = "; ".join(decided.decision.reasons) or "approval required"
+        return Stop(
+            "approval_required",
+            f"{reasons} ({why}; approval {approval_id})",
+            approval_id=approval_id,
+            **self._common(decided),
+        )
+
+    @staticmethod
+    def _common(decided: Decided) -> dict[str, Any]:
+        return {"decision": decided.decision, "policy_revision": decided.revision}
