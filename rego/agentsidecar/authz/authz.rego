@@ -98,6 +98,38 @@ _deny contains msg if {
 	msg := sprintf("delegation depth %v exceeds the limit", [count(_chain)])
 }
 
+# --- acting for a person: tools that need the user to be in a group ----------------------
+# data.agentsidecar.user_groups: tool -> groups. A listed tool needs input.user (the person
+# the agent acts for, from a verified user token) in one of those groups; without a user the
+# call is denied. Tools not listed never look at input.user.
+
+default _user_sub := "<no user>"
+
+_user_sub := input.user.sub
+
+_user_required if data.agentsidecar.user_groups[input.action.name]
+
+_has_user if input.user.sub
+
+_user_in_group if {
+	some group in data.agentsidecar.user_groups[input.action.name]
+	some member in input.user.groups
+	member == group
+}
+
+_deny contains msg if {
+	_user_required
+	not _has_user
+	msg := sprintf("%v is done for a person: the call needs the user's token", [_tool])
+}
+
+_deny contains msg if {
+	_user_required
+	_has_user
+	not _user_in_group
+	msg := sprintf("user %v is in none of the groups allowed %v", [_user_sub, _tool])
+}
+
 # A target is internal only when data says so; unknown targets are external.
 _internal_target if data.agentsidecar.targets[input.action.target].external == false
 
