@@ -250,6 +250,10 @@ class UserSettings:
     # The gRPC metadata key and front-door header that carry the user's token.
     header: str = "x-user-token"
     issuers: Mapping[str, IssuerSettings] = field(default_factory=dict)
+    # A verified token is trusted again without re-verifying for this long (never past its
+    # exp); agents send the same token on every call. 0: verify every call.
+    cache_s: float = 60.0
+    cache_entries: int = 1024
 
     def __post_init__(self) -> None:
         _check(
@@ -260,6 +264,8 @@ class UserSettings:
         )
         seen = [i.issuer for i in self.issuers.values()]
         _check(len(seen) == len(set(seen)), "issuers: two entries for one issuer URL")
+        _check(0 <= self.cache_s <= 300, "cache_s: 0..300")
+        _check(self.cache_entries >= 1, "cache_entries: must be >= 1")
 
 
 @dataclass(frozen=True)
