@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sidecar.calls.asserted import AssertedCalls
 from sidecar.calls.common import CallResult, TaskResult, ToolCall
+from sidecar.calls.decide import Deciding
 from sidecar.calls.guarded import GuardedPath
 from sidecar.calls.models import ModelCalls
 from sidecar.calls.step_up import StepUp
@@ -21,5 +22,5 @@ from sidecar.calls.tools import ToolCalls
 __all__ = ["CallResult", "Mediator", "TaskResult", "ToolCall"]
 
 
-class Mediator(ToolCalls, ModelCalls, TaskCalls, AssertedCalls, StepUp, GuardedPath):
+class Mediator(ToolCalls, ModelCalls, TaskCalls, AssertedCalls, StepUp, Deciding, GuardedPath):
     """Runs the path of one call for every RPC of the agent API (and AuthZEN evaluations)."""

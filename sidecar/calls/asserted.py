@@ -15,9 +15,7 @@ from sidecar.calls.common import (
     CallResult,
     action_record,
 )
-from sidecar.identity import (
-    Subject,
-)
+from sidecar.identity import Subject
 from sidecar.policy import (
     Action,
     build_input,

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sidecar.approvals import ApprovalBroker, request_digest
-from sidecar.audit import AuditError, AuditSink, CallRecord
+from sidecar.audit import AuditError, AuditSink, CallRecord, payload_view
 from sidecar.budgets import Budgets
 from sidecar.calls.common import (
     NOT_IN_INTENT,
@@ -47,20 +47,14 @@ from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for
 from sidecar.policy import (
     ApprovalInfo,
-    Decision,
-    DecisionError,
     PolicyEngine,
     build_input,
-    parse_decision,
 )
-from sidecar.policy.decision import ENGINE_FAILURES
-from sidecar.relay import (
-    HttpRelay,
-)
+from sidecar.relay import HttpRelay
 from sidecar.relay.models import ModelRelay
 from sidecar.state import StateError
 from sidecar.tasks import Task, TaskError, TaskRegistry
-from sidecar.tracing import Tracer
+from sidecar.tracing import TraceContext, Tracer, trace_context
 from sidecar.users import TokenExchanger, User, UserTokenError, UserVerifier
 
 __all__ = ["GuardedPath"]
@@ -154,6 +148,75 @@ class GuardedPath:
                 record.decision_id, "internal_error", status_for("internal_error"), "internal error"
             )
         return await self._finish(record, result, started)
+
+    # --- the steps every kind of call takes, in this order ---------------------------------
+
+    def _begin(self, record: CallRecord, context: CallContext, intent: str) -> TraceContext:
+        """Join the caller's trace (or start one) and note what the call says it is for."""
+        trace = trace_context(context.metadata)
+        record.trace_id = trace.trace_id
+        record.intent = intent
+        return trace
+
+    async def _establish(
+        self,
+        record: CallRecord,
+        context: CallContext,
+        trace: TraceContext,
+        *,
+        delegation_chain: tuple[str, ...],
+        task_id: str,
+        count: bool,
+    ) -> tuple[Subject, list[str], User | None, Task | None]:
+        """Who is calling (the workload, its verified delegators, the user it acts for) and
+        under which task; ``count`` counts the call against the task."""
+        with self._tracer.span("attest", trace):
+            subject = self._attest(record, context)
+            chain = self._verify_delegation(delegation_chain, subject)
+            user = await self._verify_user(record, context)
+        record.delegation = chain
+        task = await self._use_task(record, task_id, subject, chain, count=count)
+        return subject, chain, user, task
+
+    async def _authorize(
+        self,
+        record: CallRecord,
+        facts: Facts,
+        *,
+        acting: bool,
+        approval_id: str,
+        no_wait: bool,
+        deadline: float,
+        trace: TraceContext,
+        view_arguments: bool,
+    ) -> tuple[Decided, dict[str, Any]]:
+        """Ask policy (waiting for an approval on step_up) and keep the input on record as the
+        log obligation allows; ``view_arguments``: the input's arguments as the log shows
+        them. Returns the decision and what every result of this call carries."""
+        decided, input_doc = await self._decide_call(
+            record,
+            facts,
+            acting=acting,
+            approval_id=approval_id,
+            no_wait=no_wait,
+            deadline=deadline,
+            trace=trace,
+        )
+        log_level = decided.decision.obligations.log
+        if log_level in ("full", "redacted"):
+            record.input = input_doc
+            if view_arguments:
+                shown = payload_view(facts.arguments, log_level)["value"]
+                record.input = input_doc | {"action": input_doc["action"] | {"arguments": shown}}
+        return decided, {"decision": decided.decision, "policy_revision": decided.revision}
+
+    @staticmethod
+    def _time_to_relay(deadline: float, common: dict[str, Any]) -> float:
+        """What is left of the call's deadline for the relay; none left ends the call."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise Stop("deadline_exceeded", "the call's deadline passed before relay", **common)
+        return remaining
 
     async def _decide_call(
         self,
@@ -298,52 +361,6 @@ class GuardedPath:
         }
         return task
 
-    async def _decide_recorded(
-        self,
-        record: CallRecord,
-        input_doc: dict[str, Any],
-        deadline: float,
-        tool: str,
-        trace: Any,
-    ) -> Decided:
-        """Ask policy (and the shadow policy) and put the answer on record."""
-        t0 = time.perf_counter()
-        with self._tracer.span("decide", trace, tool=tool):
-            if self._shadow is None:  # (no tasks to gather: the common case, on every call)
-                decided, shadow = await self._decide(self._engine, input_doc, deadline, tool), None
-            else:
-                decided, shadow = await asyncio.gather(
-                    self._decide(self._engine, input_doc, deadline, tool),
-                    self._shadow_decide(input_doc, deadline),
-                )
-        decision = decided.decision
-        record.latency_ms["decide"] = (
-            record.latency_ms.get("decide", 0.0) + (time.perf_counter() - t0) * 1000
-        )
-        record.policy = {
-            "engine": self._engine.name,
-            "revision": decided.revision,
-            "query": self._settings.policy.query,
-        }
-        if decided.engine_decision_id:
-            record.policy["engine_decision_id"] = decided.engine_decision_id
-        record.decision = decision.to_dict()
-        if shadow is not None:
-            record.shadow = shadow.decision.to_dict() | {"revision": shadow.revision}
-            self.stats["shadow_evaluations"] += 1
-            if shadow.decision.effect != decision.effect:
-                self.stats["shadow_disagreements"] += 1
-        log.info(
-            "decision",
-            extra={
-                "decision_id": record.decision_id,
-                "tool": tool,
-                "effect": decision.effect,
-                "code": decision.code,
-            },
-        )
-        return decided
-
     def audit_alive(self) -> bool:
         return self._audit.alive
 
@@ -372,53 +389,6 @@ class GuardedPath:
             raise Stop(
                 "audit_unavailable", f"the audit record could not be written: {exc}", **common
             ) from exc
-
-    async def _decide(
-        self, engine: PolicyEngine, input_doc: dict[str, Any], deadline: float, tool: str
-    ) -> Decided:
-        """Ask policy; any failure is a deny with its code, never an exception. A read tool in
-        ``policy.fail_open_on_engine_error`` is allowed when the *engine* fails (counted,
-        audited as ``fail_open``); never when policy answered."""
-        loop = asyncio.get_running_loop()
-        timeout = min(self._settings.policy.timeout_ms / 1000, deadline - loop.time())
-        revision = engine.revision
-        engine_decision_id: str | None = None
-        try:
-            if timeout <= 0:
-                raise DecisionError("policy_timeout", "no time left in the call's deadline")
-            result = await engine.evaluate(input_doc, timeout_s=timeout)
-            revision = result.revision
-            # Kept also when the result is refused below (undefined, malformed): OPA made that
-            # decision, and its decision log must join this record.
-            engine_decision_id = result.engine_decision_id
-            decision = parse_decision(result.value, defined=result.defined)
-            return Decided(decision, revision, engine_decision_id)
-        except DecisionError as exc:
-            log.warning(
-                "policy failed closed",
-                extra={"decision_id": input_doc["request_id"], "code": exc.code, "error": str(exc)},
-            )
-            if engine is self._engine and exc.code in ENGINE_FAILURES and tool in self._fail_open:
-                self.stats["fail_open"] += 1
-                log.warning(
-                    "FAIL OPEN: engine failure on a read tool configured to fail open",
-                    extra={"decision_id": input_doc["request_id"], "tool": tool, "code": exc.code},
-                )
-                return Decided(
-                    Decision(
-                        effect="allow",
-                        reasons=(f"fail-open ({exc.code}): {exc}",),
-                        code="fail_open",
-                    ),
-                    revision,
-                    None,
-                )
-            return Decided(Decision.fail_closed(exc), revision, engine_decision_id)
-
-    async def _shadow_decide(self, input_doc: dict[str, Any], deadline: float) -> Decided | None:
-        if self._shadow is None:
-            return None
-        return await self._decide(self._shadow, input_doc, deadline, tool="")
 
     async def _finish(self, record: CallRecord, result: CallResult, started: float) -> CallResult:
         record.status = result.status.name

@@ -26,9 +26,7 @@ from sidecar.calls.common import (
     off_loop,
 )
 from sidecar.classify import classify, redact
-from sidecar.identity import (
-    CallContext,
-)
+from sidecar.identity import CallContext
 from sidecar.ids import new_decision_id
 from sidecar.model_calls import (
     ModelCall,
@@ -53,7 +51,6 @@ from sidecar.relay import (
     UpstreamStatusError,
 )
 from sidecar.relay.scrub import Scrubber
-from sidecar.tracing import trace_context
 
 __all__ = ["ModelCalls"]
 
@@ -91,9 +88,7 @@ class ModelCalls:
         emit: Callable[[str, Any], None] | None,
     ) -> CallResult:
         settings = self._settings
-        trace = trace_context(context.metadata)
-        record.trace_id = trace.trace_id
-        record.intent = request.intent
+        trace = self._begin(record, context, request.intent)
         record.action = {"kind": "model", "name": request.model}
         model = settings.models.get(request.model)
         if not request.model:
@@ -110,12 +105,14 @@ class ModelCalls:
             "model": model.model or request.model,
             "stream": request.stream,
         }
-        with self._tracer.span("attest", trace):
-            subject = self._attest(record, context)
-            chain = self._verify_delegation(request.delegation_chain, subject)
-            user = await self._verify_user(record, context)
-        record.delegation = chain
-        task = await self._use_task(record, request.task_id, subject, chain, count=True)
+        subject, chain, user, task = await self._establish(
+            record,
+            context,
+            trace,
+            delegation_chain=request.delegation_chain,
+            task_id=request.task_id,
+            count=True,
+        )
         try:
             await off_loop(self._budgets.check, subject.spiffe_id, task)
         except BudgetExceeded as exc:
@@ -132,7 +129,7 @@ class ModelCalls:
         )
         record.action = action_record(action, prompt)
         facts = Facts(subject, chain, task, request.task_id, action, prompt, user)
-        decided, input_doc = await self._decide_call(
+        decided, common = await self._authorize(
             record,
             facts,
             acting=True,
@@ -140,12 +137,10 @@ class ModelCalls:
             no_wait=request.no_wait,
             deadline=deadline,
             trace=trace,
+            view_arguments=False,  # (the input holds a summary of the prompt, not the prompt)
         )
         decision = decided.decision
         log_level = decision.obligations.log
-        if log_level in ("full", "redacted"):
-            record.input = input_doc
-        common = self._common(decided)
         if not decision.allowed:
             raise Stop(decision.code, "; ".join(decision.reasons) or decision.code, **common)
 
@@ -162,9 +157,7 @@ class ModelCalls:
             max_tokens=obligations.max_tokens,
             stream=request.stream,
         )
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise Stop("deadline_exceeded", "the call's deadline passed before relay", **common)
+        remaining = self._time_to_relay(deadline, common)
         provider = settings.providers[model.provider]
         record.upstream = {
             "target": model.provider,

@@ -20,9 +20,7 @@ from sidecar.calls.common import (
     Stop,
     off_loop,
 )
-from sidecar.policy import (
-    ApprovalInfo,
-)
+from sidecar.policy import ApprovalInfo
 
 __all__ = ["StepUp"]
 

@@ -17,9 +17,7 @@ from sidecar.calls.common import (
     TaskResult,
     off_loop,
 )
-from sidecar.identity import (
-    CallContext,
-)
+from sidecar.identity import CallContext
 from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for
 from sidecar.state import StateError

@@ -31,9 +31,7 @@ from sidecar.identity import (
     IdentityError,
 )
 from sidecar.outcomes import status_for_http
-from sidecar.policy import (
-    Action,
-)
+from sidecar.policy import Action
 from sidecar.policy.decision import CredentialObligation
 from sidecar.relay import (
     RelayError,
@@ -42,7 +40,6 @@ from sidecar.relay import (
     build_request,
 )
 from sidecar.relay.scrub import Scrubber
-from sidecar.tracing import trace_context
 from sidecar.users import User
 
 __all__ = ["ToolCalls"]
@@ -77,9 +74,7 @@ class ToolCalls:
         deadline: float,
     ) -> CallResult:
         settings = self._settings
-        trace = trace_context(context.metadata)
-        record.trace_id = trace.trace_id
-        record.intent = request.intent
+        trace = self._begin(record, context, request.intent)
         record.action = {"kind": "tool", "name": request.tool}
         if not request.tool:
             raise Stop("malformed_request", "tool is required")
@@ -87,16 +82,14 @@ class ToolCalls:
         if tool is None:
             raise Stop("unknown_tool", f"tool {request.tool!r} is not configured")
         arguments = parse_arguments(request.arguments_json)
-
-        with self._tracer.span("attest", trace):
-            subject = self._attest(record, context)
-            chain = self._verify_delegation(request.delegation_chain, subject)
-            user = await self._verify_user(record, context)
-        record.delegation = chain
-        task = await self._use_task(
-            record, request.task_id, subject, chain, count=rpc == "CallTool"
+        subject, chain, user, task = await self._establish(
+            record,
+            context,
+            trace,
+            delegation_chain=request.delegation_chain,
+            task_id=request.task_id,
+            count=rpc == "CallTool",
         )
-
         action = Action(
             kind="tool",
             name=request.tool,
@@ -106,9 +99,8 @@ class ToolCalls:
             data_classes=classify(arguments),
         )
         record.action = action_record(action, arguments)
-
         facts = Facts(subject, chain, task, request.task_id, action, arguments, user)
-        decided, input_doc = await self._decide_call(
+        decided, common = await self._authorize(
             record,
             facts,
             acting=rpc == "CallTool",
@@ -116,16 +108,10 @@ class ToolCalls:
             no_wait=request.no_wait,
             deadline=deadline,
             trace=trace,
+            view_arguments=True,
         )
-
         decision = decided.decision
         log_level = decision.obligations.log
-        if log_level in ("full", "redacted"):
-            record.input = input_doc | {
-                "action": input_doc["action"]
-                | {"arguments": payload_view(arguments, log_level)["value"]}
-            }
-        common = {"decision": decision, "policy_revision": decided.revision}
 
         if rpc == "Check" or not decision.allowed:
             record.action["arguments"] = payload_view(arguments, log_level)
@@ -142,10 +128,7 @@ class ToolCalls:
             raise Stop(exc.code, str(exc), **common) from exc
 
         timeout = tool.timeout_s or settings.targets[tool.target].timeout_s
-        loop = asyncio.get_running_loop()
-        remaining = deadline - loop.time()
-        if remaining <= 0:
-            raise Stop("deadline_exceeded", "the call's deadline passed before relay", **common)
+        remaining = self._time_to_relay(deadline, common)
         record.upstream = {
             "target": tool.target,
             "method": upstream_request.method,

@@ -1,0 +1,124 @@
+"""Asking policy: the engine within the call's deadline (and the shadow policy beside it),
+every failure a deny with its stable code (fail-open only for configured read tools when the
+engine, not policy, failed), and the answer on record.
+
+A part of :class:`sidecar.pipeline.Mediator`: the guarded path calls it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from sidecar.audit import CallRecord
+from sidecar.calls.common import Decided
+from sidecar.policy import (
+    Decision,
+    DecisionError,
+    PolicyEngine,
+    parse_decision,
+)
+from sidecar.policy.decision import ENGINE_FAILURES
+
+__all__ = ["Deciding"]
+
+log = logging.getLogger("sidecar.pipeline")
+
+
+class Deciding:
+    """Policy decisions for the guarded path."""
+
+    async def _decide_recorded(
+        self,
+        record: CallRecord,
+        input_doc: dict[str, Any],
+        deadline: float,
+        tool: str,
+        trace: Any,
+    ) -> Decided:
+        """Ask policy (and the shadow policy) and put the answer on record."""
+        t0 = time.perf_counter()
+        with self._tracer.span("decide", trace, tool=tool):
+            if self._shadow is None:  # (no tasks to gather: the common case, on every call)
+                decided, shadow = await self._decide(self._engine, input_doc, deadline, tool), None
+            else:
+                decided, shadow = await asyncio.gather(
+                    self._decide(self._engine, input_doc, deadline, tool),
+                    self._shadow_decide(input_doc, deadline),
+                )
+        decision = decided.decision
+        record.latency_ms["decide"] = (
+            record.latency_ms.get("decide", 0.0) + (time.perf_counter() - t0) * 1000
+        )
+        record.policy = {
+            "engine": self._engine.name,
+            "revision": decided.revision,
+            "query": self._settings.policy.query,
+        }
+        if decided.engine_decision_id:
+            record.policy["engine_decision_id"] = decided.engine_decision_id
+        record.decision = decision.to_dict()
+        if shadow is not None:
+            record.shadow = shadow.decision.to_dict() | {"revision": shadow.revision}
+            self.stats["shadow_evaluations"] += 1
+            if shadow.decision.effect != decision.effect:
+                self.stats["shadow_disagreements"] += 1
+        log.info(
+            "decision",
+            extra={
+                "decision_id": record.decision_id,
+                "tool": tool,
+                "effect": decision.effect,
+                "code": decision.code,
+            },
+        )
+        return decided
+
+    async def _decide(
+        self, engine: PolicyEngine, input_doc: dict[str, Any], deadline: float, tool: str
+    ) -> Decided:
+        """Ask policy; any failure is a deny with its code, never an exception. A read tool in
+        ``policy.fail_open_on_engine_error`` is allowed when the *engine* fails (counted,
+        audited as ``fail_open``); never when policy answered."""
+        loop = asyncio.get_running_loop()
+        timeout = min(self._settings.policy.timeout_ms / 1000, deadline - loop.time())
+        revision = engine.revision
+        engine_decision_id: str | None = None
+        try:
+            if timeout <= 0:
+                raise DecisionError("policy_timeout", "no time left in the call's deadline")
+            result = await engine.evaluate(input_doc, timeout_s=timeout)
+            revision = result.revision
+            # Kept also when the result is refused below (undefined, malformed): OPA made that
+            # decision, and its decision log must join this record.
+            engine_decision_id = result.engine_decision_id
+            decision = parse_decision(result.value, defined=result.defined)
+            return Decided(decision, revision, engine_decision_id)
+        except DecisionError as exc:
+            log.warning(
+                "policy failed closed",
+                extra={"decision_id": input_doc["request_id"], "code": exc.code, "error": str(exc)},
+            )
+            if engine is self._engine and exc.code in ENGINE_FAILURES and tool in self._fail_open:
+                self.stats["fail_open"] += 1
+                log.warning(
+                    "FAIL OPEN: engine failure on a read tool configured to fail open",
+                    extra={"decision_id": input_doc["request_id"], "tool": tool, "code": exc.code},
+                )
+                return Decided(
+                    Decision(
+                        effect="allow",
+                        reasons=(f"fail-open ({exc.code}): {exc}",),
+                        code="fail_open",
+                    ),
+                    revision,
+                    None,
+                )
+            return Decided(Decision.fail_closed(exc), revision, engine_decision_id)
+
+    async def _shadow_decide(self, input_doc: dict[str, Any], deadline: float) -> Decided | None:
+        if self._shadow is None:
+            return None
+        return await self._decide(self._shadow, input_doc, deadline, tool="")
