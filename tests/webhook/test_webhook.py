@@ -415,3 +415,29 @@ def test_a_forged_status_annotation_is_refused_with_a_message(webhook, status):
     outcome = _admit(webhook, "/mutate/namespace", "support", "CREATE", pod)
     assert outcome["allowed"] is False
     assert "agent-sidecar.io/status" in outcome["message"]
+
+
+def test_a_tcp_agent_address_trusts_the_pod_and_shares_no_socket(tmp_path):
+    from sidecar.webhook.inject import mutate
+    from sidecar.webhook.settings import load_webhook_settings
+
+    config = tmp_path / "webhook.yaml"
+    config.write_text("sidecar: {agent_address: '127.0.0.1:7443'}\n")
+    settings = load_webhook_settings(config)
+    pod = yaml.safe_load((TESTDATA / "plain-pod.yaml").read_text())["object"]
+    result = mutate(
+        pod, namespace="support", operation="CREATE", enrolled_namespace=False, settings=settings
+    )
+    [sidecar] = result.pod["spec"]["initContainers"]
+    [agent] = result.pod["spec"]["containers"]
+    assert {"name": "AGENT_SIDECAR_ADDR", "value": "127.0.0.1:7443"} in agent["env"]
+    assert "volumeMounts" not in agent
+    assert "identity.pod_tcp=true" in sidecar["args"]
+    assert "server.listen=[127.0.0.1:7443]" in sidecar["args"]
+    assert "securityContext" not in result.pod["spec"]  # no socket group to add
+    assert all(v["name"] != "agent-sidecar-socket" for v in result.pod["spec"]["volumes"])
+    kubernetes_validate.validate(result.pod, K8S_VERSION, strict=True)
+    for bad in ("0.0.0.0:7443", "unix://relative.sock", "10.0.0.1:7443"):
+        config.write_text(f"sidecar: {{agent_address: '{bad}'}}\n")
+        with pytest.raises(Exception, match="agent_address"):
+            load_webhook_settings(config)
