@@ -11,15 +11,9 @@ import logging
 import grpc
 
 from sidecar.audit import CallRecord, payload_view
-from sidecar.calls.common import (
-    CallResult,
-    action_record,
-)
+from sidecar.calls.common import CallResult, action_record
 from sidecar.identity import Subject
-from sidecar.policy import (
-    Action,
-    build_input,
-)
+from sidecar.policy import Action, build_input
 from sidecar.tracing import trace_context
 from sidecar.users import User
 

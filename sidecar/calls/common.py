@@ -17,10 +17,7 @@ import grpc
 from sidecar.audit import payload_view
 from sidecar.identity import Subject
 from sidecar.model_calls import Usage
-from sidecar.policy import (
-    Action,
-    Decision,
-)
+from sidecar.policy import Action, Decision
 from sidecar.relay import UpstreamResponse
 from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.tasks import Task

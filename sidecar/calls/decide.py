@@ -14,12 +14,7 @@ from typing import Any
 
 from sidecar.audit import CallRecord
 from sidecar.calls.common import Decided
-from sidecar.policy import (
-    Decision,
-    DecisionError,
-    PolicyEngine,
-    parse_decision,
-)
+from sidecar.policy import Decision, DecisionError, PolicyEngine, parse_decision
 from sidecar.policy.decision import ENGINE_FAILURES
 
 __all__ = ["Deciding"]

@@ -45,11 +45,7 @@ from sidecar.identity import (
 from sidecar.identity.delegation import verify_chain
 from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for
-from sidecar.policy import (
-    ApprovalInfo,
-    PolicyEngine,
-    build_input,
-)
+from sidecar.policy import ApprovalInfo, PolicyEngine, build_input
 from sidecar.relay import HttpRelay
 from sidecar.relay.models import ModelRelay
 from sidecar.state import StateError
@@ -178,6 +174,14 @@ class GuardedPath:
         task = await self._use_task(record, task_id, subject, chain, count=count)
         return subject, chain, user, task
 
+    @staticmethod
+    def _time_to_relay(deadline: float, common: dict[str, Any]) -> float:
+        """What is left of the call's deadline for the relay; none left ends the call."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise Stop("deadline_exceeded", "the call's deadline passed before relay", **common)
+        return remaining
+
     async def _authorize(
         self,
         record: CallRecord,
@@ -190,47 +194,11 @@ class GuardedPath:
         trace: TraceContext,
         view_arguments: bool,
     ) -> tuple[Decided, dict[str, Any]]:
-        """Ask policy (waiting for an approval on step_up) and keep the input on record as the
-        log obligation allows; ``view_arguments``: the input's arguments as the log shows
-        them. Returns the decision and what every result of this call carries."""
-        decided, input_doc = await self._decide_call(
-            record,
-            facts,
-            acting=acting,
-            approval_id=approval_id,
-            no_wait=no_wait,
-            deadline=deadline,
-            trace=trace,
-        )
-        log_level = decided.decision.obligations.log
-        if log_level in ("full", "redacted"):
-            record.input = input_doc
-            if view_arguments:
-                shown = payload_view(facts.arguments, log_level)["value"]
-                record.input = input_doc | {"action": input_doc["action"] | {"arguments": shown}}
-        return decided, {"decision": decided.decision, "policy_revision": decided.revision}
-
-    @staticmethod
-    def _time_to_relay(deadline: float, common: dict[str, Any]) -> float:
-        """What is left of the call's deadline for the relay; none left ends the call."""
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise Stop("deadline_exceeded", "the call's deadline passed before relay", **common)
-        return remaining
-
-    async def _decide_call(
-        self,
-        record: CallRecord,
-        facts: Facts,
-        *,
-        acting: bool,
-        approval_id: str,
-        no_wait: bool,
-        deadline: float,
-        trace: Any,
-    ) -> tuple[Decided, dict[str, Any]]:
         """Ask policy; on step_up (for a call that would act, not a Check) record a pending
-        approval, wait for it (or answer with its id), and decide again with the approval."""
+        approval, wait for it (or answer with its id), and decide again with the approval.
+        Keeps the input on record as the log obligation allows (``view_arguments``: with the
+        arguments as the log shows them). Returns the decision and what every result of
+        this call carries."""
 
         def digest(revision: str) -> str:
             assert record.action is not None
@@ -280,7 +248,13 @@ class GuardedPath:
             input_doc = policy_input(approval)
             decided = await self._decide_recorded(record, input_doc, deadline, name, trace)
             self._check_revision(record, decided)
-        return decided, input_doc
+        log_level = decided.decision.obligations.log
+        if log_level in ("full", "redacted"):  # the input on record, as the log obligation allows
+            record.input = input_doc
+            if view_arguments:  # its arguments as the log shows them
+                shown = payload_view(facts.arguments, log_level)["value"]
+                record.input = input_doc | {"action": input_doc["action"] | {"arguments": shown}}
+        return decided, {"decision": decided.decision, "policy_revision": decided.revision}
 
     def _attest(self, record: CallRecord, context: CallContext) -> Subject:
         try:

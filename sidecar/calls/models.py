@@ -18,13 +18,7 @@ import grpc
 
 from sidecar.audit import CallRecord, payload_view
 from sidecar.budgets import BudgetExceeded
-from sidecar.calls.common import (
-    CallResult,
-    Facts,
-    Stop,
-    action_record,
-    off_loop,
-)
+from sidecar.calls.common import CallResult, Facts, Stop, action_record, off_loop
 from sidecar.classify import classify, redact
 from sidecar.identity import CallContext
 from sidecar.ids import new_decision_id
@@ -42,14 +36,8 @@ from sidecar.model_calls import (
     usage_from,
 )
 from sidecar.outcomes import status_for, status_for_http
-from sidecar.policy import (
-    Action,
-    build_input,
-)
-from sidecar.relay import (
-    RelayError,
-    UpstreamStatusError,
-)
+from sidecar.policy import Action, build_input
+from sidecar.relay import RelayError, UpstreamStatusError
 from sidecar.relay.scrub import Scrubber
 
 __all__ = ["ModelCalls"]

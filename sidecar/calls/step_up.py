@@ -14,12 +14,7 @@ from typing import Any
 
 from sidecar.approvals import Approval, ApprovalError
 from sidecar.audit import CallRecord, payload_view
-from sidecar.calls.common import (
-    Decided,
-    Facts,
-    Stop,
-    off_loop,
-)
+from sidecar.calls.common import Decided, Facts, Stop, off_loop
 from sidecar.policy import ApprovalInfo
 
 __all__ = ["StepUp"]

@@ -11,12 +11,7 @@ import time
 import grpc
 
 from sidecar.audit import CallRecord
-from sidecar.calls.common import (
-    CallResult,
-    Stop,
-    TaskResult,
-    off_loop,
-)
+from sidecar.calls.common import CallResult, Stop, TaskResult, off_loop
 from sidecar.identity import CallContext
 from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for

@@ -26,19 +26,11 @@ from sidecar.calls.common import (
     parse_arguments,
 )
 from sidecar.classify import classify, redact
-from sidecar.identity import (
-    CallContext,
-    IdentityError,
-)
+from sidecar.identity import CallContext, IdentityError
 from sidecar.outcomes import status_for_http
 from sidecar.policy import Action
 from sidecar.policy.decision import CredentialObligation
-from sidecar.relay import (
-    RelayError,
-    UpstreamResponse,
-    UpstreamStatusError,
-    build_request,
-)
+from sidecar.relay import RelayError, UpstreamResponse, UpstreamStatusError, build_request
 from sidecar.relay.scrub import Scrubber
 from sidecar.users import User
 
