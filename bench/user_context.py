@@ -14,9 +14,7 @@ read the differences between rows, not absolute values.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -45,22 +43,13 @@ decision := {"effect": "allow", "obligations": {"credential": {
 """
 
 
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self._path)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     from tests.support.oauth_server import AuthorizationServer
+    from tests.support.unix_http import UnixConnection
 
     work = Path(tempfile.mkdtemp(prefix="bench-user-"))
     (work / "policy/agentsidecar/authz").mkdir(parents=True)
@@ -140,7 +129,7 @@ def main() -> int:
                 ).encode()
 
                 def authzen() -> None:
-                    connection = _Unix(str(work / "authzen.sock"))
+                    connection = UnixConnection(str(work / "authzen.sock"))
                     connection.request(
                         "POST", "/access/v1/evaluation", body, {"Content-Type": "application/json"}
                     )

@@ -153,7 +153,8 @@ class TokenExchanger:
         if actor:
             form["actor_token"] = assertion
             form["actor_token_type"] = _TOKEN_TYPES["jwt"]
-        answer = await self._post(auth, form)
+        secrets = [form["subject_token"], assertion]
+        answer = await self._post(auth, form, secrets)
         self.exchanges += 1
         token = answer.get("access_token")
         token_type = str(answer.get("token_type", "")).lower()
@@ -161,7 +162,9 @@ class TokenExchanger:
             raise _unavailable("the authorization server's answer has no bearer access_token")
         return token, _expires_at(answer, token)
 
-    async def _post(self, auth: TargetAuthSettings, form: dict[str, str]) -> dict[str, Any]:
+    async def _post(
+        self, auth: TargetAuthSettings, form: dict[str, str], secrets: list[str]
+    ) -> dict[str, Any]:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession()
         context: ssl.SSLContext | bool = True
@@ -191,7 +194,11 @@ class TokenExchanger:
         if status != 200:
             error = answer.get("error") if isinstance(answer.get("error"), str) else "unknown"
             described = answer.get("error_description")
-            detail = f": {described[:200]}" if isinstance(described, str) else ""
+            detail = ""
+            if isinstance(described, str):
+                for secret in secrets:  # a server that quotes a token back must not leak it
+                    described = described.replace(secret, "[REDACTED:credential]")
+                detail = f": {described[:200]}"
             raise _unavailable(
                 f"the authorization server refused the exchange (HTTP {status}, {error}{detail})"
             )

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 
 import pytest
+
+from tests.support.unix_http import UnixConnection
 
 AGENT = "spiffe://demo.example/agent/support"
 GATEWAY = "spiffe://demo.example/ns/edge/sa/api-gateway"
@@ -43,16 +44,6 @@ decision := {"effect": "allow", "reasons": [sprintf("for %v", [input.user.sub])]
 	"finance" in input.user.groups
 }
 """
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost", timeout=30)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self._path)
 
 
 def ask(connection, method: str, path: str, body=None, headers=None):

@@ -313,3 +313,13 @@ def test_policy_can_require_an_actor_token(acting, idp, tools, policy_dir):
         client.call_tool("tickets.get", {"id": "7"}, user_token=idp.user_token(groups=["support"]))
     [exchange] = idp.exchanges
     assert exchange["actor"] is True  # the server verified the actor_token as the client's SVID
+
+
+def test_a_server_quoting_the_token_back_does_not_leak_it(acting, idp, tools):
+    running = acting()
+    token = idp.user_token(groups=["support"])
+    idp.refuse = f"subject_token {token} is not acceptable"
+    with running.client() as client, pytest.raises(Unavailable) as refused:
+        client.call_tool("tickets.get", {"id": "7"}, user_token=token)
+    assert token not in str(refused.value)
+    assert "[REDACTED:credential]" in str(refused.value)
