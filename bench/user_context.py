@@ -49,11 +49,11 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     from tests.support.oauth_server import AuthorizationServer
+    from tests.support.policies import write_policy
     from tests.support.unix_http import UnixConnection
 
     work = Path(tempfile.mkdtemp(prefix="bench-user-"))
-    (work / "policy/agentsidecar/authz").mkdir(parents=True)
-    (work / "policy/agentsidecar/authz/authz.rego").write_text(POLICY)
+    write_policy(work / "policy", POLICY)
     log = (work / "workload.log").open("w")
     # The Workload API process has its own CA: the authorization server must trust its JWT
     # key, so it reads the bundle the process writes.

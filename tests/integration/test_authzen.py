@@ -11,6 +11,7 @@ import ssl
 
 import pytest
 
+from tests.support.policies import write_policy
 from tests.support.unix_http import UnixConnection
 
 AGENT = "spiffe://demo.example/agent/support"
@@ -58,10 +59,7 @@ def ask(connection, method: str, path: str, body=None, headers=None):
 
 @pytest.fixture
 def policy_dir(tmp_path):
-    root = tmp_path / "policy" / "agentsidecar" / "authz"
-    root.mkdir(parents=True)
-    (root / "authz.rego").write_text(POLICY)
-    return tmp_path / "policy"
+    return write_policy(tmp_path / "policy", POLICY)
 
 
 @pytest.fixture

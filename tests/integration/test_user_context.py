@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from sidecar.client import PolicyDenied, Unauthenticated, Unavailable
 from tests.support.oauth_server import AuthorizationServer
+from tests.support.policies import write_policy
 
 AGENT = "spiffe://demo.example/agent/support"
 TICKETS = "https://tickets.example"
@@ -53,10 +54,7 @@ def idp(tmp_path, authority):
 
 @pytest.fixture
 def policy_dir(tmp_path):
-    root = tmp_path / "policy" / "agentsidecar" / "authz"
-    root.mkdir(parents=True)
-    (root / "authz.rego").write_text(POLICY)
-    return tmp_path / "policy"
+    return write_policy(tmp_path / "policy", POLICY)
 
 
 @pytest.fixture
@@ -245,7 +243,7 @@ def test_a_token_exchange_target_without_a_user_relays_nothing(acting, idp, tool
         'package agentsidecar.authz\n\ndecision := {"effect": "allow", "obligations": '
         f'{{"credential": {{"audience": "{TICKETS}", "ttl_s": 600}}}}}}\n'
     )
-    (policy_dir / "agentsidecar" / "authz" / "authz.rego").write_text(allow_all)
+    write_policy(policy_dir, allow_all)
     running = acting()
     with running.client() as client, pytest.raises(Unavailable) as refused:
         client.call_tool("tickets.get", {"id": "7"})
@@ -303,10 +301,11 @@ def test_the_front_door_takes_the_user_token_from_its_header(start_sidecar, tool
 
 
 def test_policy_can_require_an_actor_token(acting, idp, tools, policy_dir):
-    (policy_dir / "agentsidecar" / "authz" / "authz.rego").write_text(
+    write_policy(
+        policy_dir,
         POLICY.replace(
             '"scopes": ["tickets.read"],', '"scopes": ["tickets.read"], "actor_token": true,'
-        )
+        ),
     )
     running = acting()
     with running.client() as client:

@@ -273,23 +273,32 @@ def test_rotated_certificates_are_used_for_new_connections(webhook):
     assert after == rotated.leaf.serial_number != before
 
 
-def test_a_model_front_door_url_makes_the_sidecar_serve_it(tmp_path):
-    from sidecar.config import ConfigError
+def _inject_with(config: Path, settings_yaml: str, case: str) -> dict[str, Any]:
+    """The golden ``case``'s pod injected in-process with these webhook settings."""
     from sidecar.webhook.inject import mutate
     from sidecar.webhook.settings import load_webhook_settings
 
-    config = tmp_path / "webhook.yaml"
-    config.write_text("sidecar: {model_front_door_url: 'http://127.0.0.1:7480/v1'}\n")
+    config.write_text(settings_yaml)
     settings = load_webhook_settings(config)
-    pod = yaml.safe_load((TESTDATA / "embedded-engine.yaml").read_text())["object"]
-    result = mutate(
-        pod, namespace="agents", operation="CREATE", enrolled_namespace=True, settings=settings
+    pod = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())["object"]
+    return mutate(
+        pod, namespace="support", operation="CREATE", enrolled_namespace=True, settings=settings
+    ).pod
+
+
+def test_a_model_front_door_url_makes_the_sidecar_serve_it(tmp_path):
+    from sidecar.config import ConfigError
+    from sidecar.webhook.settings import load_webhook_settings
+
+    config = tmp_path / "webhook.yaml"
+    pod = _inject_with(
+        config, "sidecar: {model_front_door_url: 'http://127.0.0.1:7480/v1'}\n", "embedded-engine"
     )
-    [sidecar] = result.pod["spec"]["initContainers"]
+    [sidecar] = pod["spec"]["initContainers"]
     assert "frontdoor.listen=127.0.0.1:7480" in sidecar["args"]
     # TCP on the pod's loopback: pod mode must be told it trusts the whole pod.
     assert "identity.pod_tcp=true" in sidecar["args"]
-    [agent] = result.pod["spec"]["containers"]
+    [agent] = pod["spec"]["containers"]
     assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:7480/v1"} in agent["env"]
     config.write_text("sidecar: {model_front_door_url: 'http://0.0.0.0:7480/v1'}\n")
     with pytest.raises(ConfigError, match="loopback only"):
@@ -418,25 +427,19 @@ def test_a_forged_status_annotation_is_refused_with_a_message(webhook, status):
 
 
 def test_a_tcp_agent_address_trusts_the_pod_and_shares_no_socket(tmp_path):
-    from sidecar.webhook.inject import mutate
     from sidecar.webhook.settings import load_webhook_settings
 
     config = tmp_path / "webhook.yaml"
-    config.write_text("sidecar: {agent_address: '127.0.0.1:7443'}\n")
-    settings = load_webhook_settings(config)
-    pod = yaml.safe_load((TESTDATA / "plain-pod.yaml").read_text())["object"]
-    result = mutate(
-        pod, namespace="support", operation="CREATE", enrolled_namespace=False, settings=settings
-    )
-    [sidecar] = result.pod["spec"]["initContainers"]
-    [agent] = result.pod["spec"]["containers"]
+    pod = _inject_with(config, "sidecar: {agent_address: '127.0.0.1:7443'}\n", "plain-pod")
+    [sidecar] = pod["spec"]["initContainers"]
+    [agent] = pod["spec"]["containers"]
     assert {"name": "AGENT_SIDECAR_ADDR", "value": "127.0.0.1:7443"} in agent["env"]
     assert "volumeMounts" not in agent
     assert "identity.pod_tcp=true" in sidecar["args"]
     assert "server.listen=[127.0.0.1:7443]" in sidecar["args"]
-    assert "securityContext" not in result.pod["spec"]  # no socket group to add
-    assert all(v["name"] != "agent-sidecar-socket" for v in result.pod["spec"]["volumes"])
-    kubernetes_validate.validate(result.pod, K8S_VERSION, strict=True)
+    assert "securityContext" not in pod["spec"]  # no socket group to add
+    assert all(v["name"] != "agent-sidecar-socket" for v in pod["spec"]["volumes"])
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
     for bad in ("0.0.0.0:7443", "unix://relative.sock", "10.0.0.1:7443"):
         config.write_text(f"sidecar: {{agent_address: '{bad}'}}\n")
         with pytest.raises(Exception, match="agent_address"):
