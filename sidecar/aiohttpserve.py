@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web, web_protocol
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["BodyError", "HttpServer", "bind_tcp", "read_body"]
+from sidecar.identity.attest import CallContext
+
+__all__ = ["BodyError", "HttpServer", "bind_tcp", "bind_unix", "call_context", "read_body"]
 
 BACKLOG = 128
 
@@ -47,6 +51,40 @@ def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket
         sock.close()
         raise
     return sock
+
+
+def bind_unix(path: Path, mode: int) -> socket.socket:
+    """A bound unix socket at ``path`` (a stale socket file is replaced), created under a
+    umask that gives nobody else access, then set to ``mode``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_socket():
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, mode)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(previous)
+    return sock
+
+
+def call_context(request: web.BaseRequest, user_header: str = "x-user-token") -> CallContext:
+    """What the pipeline needs from an HTTP request: the agent's credential, trace context,
+    and the user token (each value of it: more than one is refused there)."""
+    metadata: list[tuple[str, str]] = []
+    auth = request.headers.get("Authorization")
+    if auth:
+        metadata.append(("authorization", auth))
+    trace = request.headers.get("traceparent")
+    if trace:
+        metadata.append(("traceparent", trace))
+    metadata += [(user_header, value) for value in request.headers.getall(user_header, [])]
+    peer = f"ipv4:{request.remote}" if request.remote else "unix:"
+    return CallContext(metadata=tuple(metadata), peer=peer)
 
 
 @dataclass(frozen=True)

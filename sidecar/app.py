@@ -30,6 +30,8 @@ from sidecar.identity import (
     WorkloadIdentity,
 )
 from sidecar.identity.credentials import wire_mtls
+from sidecar.mcp.admin import register as register_mcp_admin
+from sidecar.mcp.gateway import McpGateway
 from sidecar.metrics import Metrics
 from sidecar.pipeline import Mediator
 from sidecar.policy import EmbeddedEngine, PolicyEngine
@@ -193,6 +195,7 @@ class Sidecar:
     models: ModelRelay | None = None
     frontdoor: FrontDoor | None = None
     authzen: AuthZenServer | None = None
+    mcp: McpGateway | None = None
     _sweeper: asyncio.Task[None] | None = None
     _announcer: asyncio.Task[None] | None = None
     role: WorkerRole = dataclasses.field(default_factory=WorkerRole)
@@ -279,6 +282,7 @@ class Sidecar:
         # Listeners last, plain sockets before gRPC ones: a port in use fails the build before
         # any gRPC server exists, and everything already opened is closed again.
         frontdoor: FrontDoor | None = None
+        mcp: McpGateway | None = None
         try:
             admin_port = (
                 metrics.serve(settings.admin.listen)
@@ -291,9 +295,14 @@ class Sidecar:
             approvals_server = (
                 AdminServer(settings, approvals, identity, record) if role.primary else None
             )
+            if (settings.mcp.listen or settings.mcp_servers) and role.primary:
+                mcp = McpGateway(settings, mediator, relay, credentials, state)
+                if approvals_server is not None:
+                    approvals_server.add_service(register_mcp_admin(mcp, audit))
         except BaseException:
             for close in (
                 *((frontdoor.close,) if frontdoor else ()),
+                *((mcp.close,) if mcp else ()),
                 metrics.close,
                 mediator.close,
                 engine.close,
@@ -331,6 +340,7 @@ class Sidecar:
             notifier,
             models,
             frontdoor,
+            mcp=mcp,
             role=role,
         )
 
@@ -343,6 +353,8 @@ class Sidecar:
         if self.settings.authzen.listen and self.role.primary:
             self.authzen = AuthZenServer(self.settings, self.mediator, self.identity)
             await self.authzen.start()
+        if self.mcp is not None:
+            await self.mcp.start()
         if self.approvals is not None:
             self.approvals.bind_loop(asyncio.get_running_loop())
         self._sweeper = asyncio.create_task(self._sweep())
@@ -383,6 +395,8 @@ class Sidecar:
             await self.frontdoor.stop()
         if self.authzen is not None:
             await self.authzen.stop()
+        if self.mcp is not None:
+            await self.mcp.stop()
         if self.approvals_server is not None:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
@@ -402,6 +416,8 @@ class Sidecar:
         self._closed = True
         if self.frontdoor is not None:
             self.frontdoor.close()
+        if self.mcp is not None:
+            self.mcp.close()
         if self.notifier is not None:
             self.notifier.close()
         if self.metrics is not None:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from sidecar.errors import SidecarError
+from sidecar.mcp.settings import SERVER_NAME_RE, McpServerSettings, McpSettings
 
 __all__ = [
     "AdminSettings",
@@ -583,12 +584,15 @@ class RelaySettings:
 
 @dataclass(frozen=True)
 class TargetAuthSettings:
-    """Just-in-time upstream credential: ``jwt-svid`` (Bearer, for ``audience``), ``mtls``
+    """Upstream credential: ``jwt-svid`` (Bearer, for ``audience``), ``mtls``
     (the sidecar's X.509-SVID as client certificate, the upstream verified against the
     SPIFFE trust bundle and its DNS name), ``token-exchange`` (the user's token exchanged at
-    ``token_endpoint`` for one for this upstream, RFC 8693), or ``none``."""
+    ``token_endpoint`` for one for this upstream, RFC 8693), ``bearer`` (a static token from
+    ``token_file``, for upstreams that know nothing better), or ``none``."""
 
-    type: Literal["none", "jwt-svid", "mtls", "token-exchange"] = "none"
+    type: Literal["none", "jwt-svid", "mtls", "token-exchange", "bearer"] = "none"
+    # bearer: the token is this file's content (a mounted Secret), read again when it changes.
+    token_file: Path | None = None
     # jwt-svid: the JWT-SVID's audience; token-exchange: the audience asked for (optional).
     audience: str = ""
     # token-exchange: the authorization server, what to ask it for, how the sidecar proves
@@ -605,6 +609,10 @@ class TargetAuthSettings:
 
     def __post_init__(self) -> None:
         exchange = (self.token_endpoint, self.resource, self.scopes, self.assertion_audience)
+        _check(
+            (self.token_file is not None) == (self.type == "bearer"),
+            "token_file: required for type bearer, and only for it",
+        )
         if self.type == "jwt-svid":
             _check(bool(self.audience), "audience: required when type is jwt-svid")
             _check(
@@ -690,14 +698,21 @@ class Settings:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     users: UserSettings = field(default_factory=UserSettings)
     authzen: AuthZenSettings = field(default_factory=AuthZenSettings)
+    mcp: McpSettings = field(default_factory=McpSettings)
+    mcp_servers: Mapping[str, McpServerSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        mcp_tcp = self.mcp.listen and not self.mcp.listen.startswith("unix:")
         if self.identity.mode == "pod" and not self.identity.pod_tcp:
             tcp = [a for a in self.server.listen if not a.startswith("unix:")]
-            if tcp or self.frontdoor.listen:
+            if tcp or self.frontdoor.listen or mcp_tcp:
+                key = "server.listen" if tcp else "frontdoor.listen"
+                if not tcp and not self.frontdoor.listen:
+                    key = "mcp.listen"
+                address = (tcp or [self.frontdoor.listen or self.mcp.listen])[0]
                 raise _KeyedError(
-                    "server.listen" if tcp else "frontdoor.listen",
-                    f"{(tcp or [self.frontdoor.listen])[0]!r} is TCP: in identity mode pod every "
+                    key,
+                    f"{address!r} is TCP: in identity mode pod every "
                     "process that can reach it would be the pod's agent (in Kubernetes, every "
                     "container of the pod). Use a unix socket, or opt in with identity.pod_tcp: "
                     "true (docs/identity.md says what that trusts)",
@@ -743,12 +758,47 @@ class Settings:
                 "the front door is plain HTTP on loopback and cannot attest an mTLS caller; "
                 "use identity mode pod or jwt (the SDK's api key carries the JWT-SVID)",
             )
+        self._check_mcp()
         for name, tool in self.tools.items():
             if tool.target not in self.targets:
                 raise _KeyedError(
                     f"tools.{name}.target",
                     f"{tool.target!r} is not a configured target (targets: "
                     f"{', '.join(sorted(self.targets)) or 'none'})",
+                )
+
+    def _check_mcp(self) -> None:
+        if self.mcp.listen:
+            if not is_local_address(self.mcp.listen):
+                raise _KeyedError(
+                    "mcp.listen",
+                    f"{self.mcp.listen!r} is not a loopback HOST:PORT or unix socket (the MCP "
+                    "endpoint is unencrypted HTTP for the agent in the same pod)",
+                )
+            if self.identity.mode == "mtls":
+                raise _KeyedError(
+                    "mcp.listen",
+                    "the MCP endpoint is plain HTTP and cannot attest an mTLS caller; use "
+                    "identity mode pod or jwt (the client's Authorization carries the JWT-SVID)",
+                )
+        for name, server in self.mcp_servers.items():
+            if SERVER_NAME_RE.match(name) is None:
+                raise _KeyedError(
+                    f"mcp_servers.{name}",
+                    "a server name is lowercase letters, digits and '-', starting with a letter "
+                    "(it prefixes the server's tools, NAME.tool, and resource URIs)",
+                )
+            if server.target and server.target not in self.targets:
+                raise _KeyedError(
+                    f"mcp_servers.{name}.target",
+                    f"{server.target!r} is not a configured target (targets: "
+                    f"{', '.join(sorted(self.targets)) or 'none'})",
+                )
+            if server.target and self.targets[server.target].auth.type == "token-exchange":
+                raise _KeyedError(
+                    f"mcp_servers.{name}.target",
+                    "an MCP server's session is shared by every caller: its target cannot use "
+                    "token-exchange (a per-user credential)",
                 )
 
     def worker_count(self, cpus: int) -> int:

@@ -41,9 +41,8 @@ from typing import Any
 import grpc
 from aiohttp import web
 
-from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, read_body
+from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, call_context, read_body
 from sidecar.config import Settings
-from sidecar.identity import CallContext
 from sidecar.model_calls import ModelCall
 from sidecar.pipeline import CallResult, Mediator
 from sidecar.policy import PolicyEngine
@@ -147,7 +146,7 @@ class FrontDoor:
         return _plain_error(404, "not_found", f"no route {request.method} {request.path}")
 
     async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
-        result, models = await self._mediator.list_models(_context(request, self._user_header))
+        result, models = await self._mediator.list_models(call_context(request, self._user_header))
         if result.status != grpc.StatusCode.OK:
             return _error(result)
         return _json(
@@ -200,7 +199,7 @@ class FrontDoor:
         result = await self._mediator.call_model(
             "ChatCompletions",
             call,
-            context=_context(request, self._user_header),
+            context=call_context(request, self._user_header),
             time_remaining=self.wait_s(),
         )
         if result.status != grpc.StatusCode.OK:
@@ -215,7 +214,7 @@ class FrontDoor:
             self._mediator.call_model(
                 "ChatCompletions",
                 call,
-                context=_context(request, self._user_header),
+                context=call_context(request, self._user_header),
                 time_remaining=self.wait_s(),
                 emit=lambda kind, value: events.put_nowait((kind, value)),
             )
@@ -264,20 +263,6 @@ async def _send(write: Awaitable[Any]) -> bool:
 
 def _event(value: Any) -> bytes:
     return b"data: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _context(request: web.BaseRequest, user_header: str = "x-user-token") -> CallContext:
-    """What the pipeline needs from the HTTP request: the agent's credential, trace context,
-    and the user token (each value of it: more than one is refused there)."""
-    metadata: list[tuple[str, str]] = []
-    auth = request.headers.get("Authorization")
-    if auth:
-        metadata.append(("authorization", auth))
-    trace = request.headers.get("traceparent")
-    if trace:
-        metadata.append(("traceparent", trace))
-    metadata += [(user_header, value) for value in request.headers.getall(user_header, [])]
-    return CallContext(metadata=tuple(metadata), peer=f"ipv4:{request.remote}")
 
 
 def _json(

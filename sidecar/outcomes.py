@@ -25,6 +25,8 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "input_unrepresentable": _S.INVALID_ARGUMENT,
     "unknown_tool": _S.NOT_FOUND,
     "unknown_model": _S.NOT_FOUND,
+    # an MCP method the sidecar does not serve (sidecar/mcp/methods.py)
+    "method_not_allowed": _S.UNIMPLEMENTED,
     # model token budgets (sidecar/budgets.py), enforced whatever policy says
     "budget_exceeded": _S.RESOURCE_EXHAUSTED,
     # identity: the caller could not be attested (sidecar/identity/)

@@ -51,6 +51,12 @@ CREATE TABLE IF NOT EXISTS usage (
     tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (subject, day)
 );
+CREATE TABLE IF NOT EXISTS mcp_pins (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL,
+    pinned_ns INTEGER NOT NULL,
+    pinned_by TEXT NOT NULL
+);
 """
 
 

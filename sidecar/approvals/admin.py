@@ -209,6 +209,7 @@ class AdminServer:
                     )
                 return subject.spiffe_id
 
+        self.authenticate = authenticate
         approvals_pb2_grpc.add_ApprovalsServicer_to_server(
             ApprovalsService(broker, authenticate, record), self._server
         )
@@ -232,6 +233,13 @@ class AdminServer:
             if port == 0:
                 raise OSError(f"cannot listen on {address} (approvals.listen)")
             self.address = f"{address.rpartition(':')[0]}:{port}"
+
+    def add_service(
+        self, register: Callable[[grpc.aio.Server, Callable[[grpc.aio.ServicerContext], str]], None]
+    ) -> None:
+        """Serve another operator service here, behind the same authentication (before
+        :meth:`start`)."""
+        register(self._server, self.authenticate)
 
     async def start(self) -> None:
         await self._server.start()

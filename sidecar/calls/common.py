@@ -116,6 +116,9 @@ class CallResult:
     # Model calls: the completion (unary) and the token usage.
     completion: dict[str, Any] | None = None
     usage: Usage | None = None
+    # MCP calls: the upstream's result, or its JSON-RPC error (code, message, data) intact.
+    answer: dict[str, Any] | None = None
+    rpc_error: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

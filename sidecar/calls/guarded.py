@@ -46,8 +46,10 @@ from sidecar.identity.delegation import verify_chain
 from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for
 from sidecar.policy import ApprovalInfo, PolicyEngine, build_input
+from sidecar.policy.decision import CredentialObligation
 from sidecar.relay import HttpRelay
 from sidecar.relay.models import ModelRelay
+from sidecar.relay.scrub import Scrubber
 from sidecar.state import StateError
 from sidecar.tasks import Task, TaskError, TaskRegistry
 from sidecar.tracing import TraceContext, Tracer, trace_context
@@ -100,6 +102,8 @@ class GuardedPath:
         self._relay = relay
         self._audit = audit
         self._relay_slots = asyncio.Semaphore(settings.relay.max_concurrency)
+        # List-phase decisions (MCP lists), keyed by policy revision, caller and entry.
+        self._list_decisions: dict[Any, str] = {}
         # Per target (and provider): a slow upstream holds at most relay.per_target slots.
         self._target_slots: dict[str, asyncio.Semaphore] = collections.defaultdict(
             lambda: asyncio.Semaphore(settings.relay.per_target)
@@ -334,6 +338,32 @@ class GuardedPath:
             "tokens": task.tokens,
         }
         return task
+
+    async def _credential_headers(
+        self,
+        target: str,
+        credential: CredentialObligation | None,
+        task_id: str,
+        scrubber: Scrubber,
+        user: User | None,
+    ) -> dict[str, str]:
+        """The headers carrying the sidecar's credential for ``target`` on this call (the
+        policy's credential obligation applied); each value is scrubbed from the answer."""
+        if user is not None:
+            scrubber.add(user.token)  # never echoed back, should an upstream ever hold it
+        if self._settings.targets[target].auth.type == "token-exchange":
+            injected = await self._exchanger.headers(target, credential, user, task_id)
+        else:
+            injected = self._credentials.headers_for(
+                target, credential, task_id=task_id, fetch=False
+            )
+        if injected is None:  # fetching a JWT-SVID may wait on the Workload API: in a thread
+            injected = await off_loop(
+                self._credentials.headers_for, target, credential, task_id=task_id
+            )
+        for value in injected.values():
+            scrubber.add(value.removeprefix("Bearer "))  # never echoed back to the agent
+        return injected
 
     def audit_alive(self) -> bool:
         return self._audit.alive

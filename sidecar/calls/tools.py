@@ -22,7 +22,6 @@ from sidecar.calls.common import (
     Stop,
     ToolCall,
     action_record,
-    off_loop,
     parse_arguments,
 )
 from sidecar.classify import classify, redact
@@ -199,20 +198,6 @@ class ToolCalls:
         user: User | None,
     ) -> UpstreamResponse:
         headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
-        if user is not None:
-            scrubber.add(user.token)  # never echoed back, should an upstream ever hold it
-        if self._settings.targets[target].auth.type == "token-exchange":
-            injected = await self._exchanger.headers(target, credential, user, task_id)
-        else:
-            injected = self._credentials.headers_for(
-                target, credential, task_id=task_id, fetch=False
-            )
-        if injected is None:  # fetching a JWT-SVID may wait on the Workload API: in a thread
-            injected = await off_loop(
-                self._credentials.headers_for, target, credential, task_id=task_id
-            )
-        for value in injected.values():
-            scrubber.add(value.removeprefix("Bearer "))  # never echoed back to the agent
-        headers.update(injected)
+        headers.update(await self._credential_headers(target, credential, task_id, scrubber, user))
         async with self._target_slots[target], self._relay_slots:
             return await self._relay.send(target, request, timeout_s=timeout, headers=headers)

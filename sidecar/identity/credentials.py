@@ -3,7 +3,8 @@
 Per target (``targets.NAME.auth``): ``jwt-svid`` sends ``Authorization: Bearer <JWT-SVID>``
 fetched from the Workload API for the target's audience; ``mtls`` presents the sidecar's
 X.509-SVID as the TLS client certificate and verifies the upstream against the SPIFFE trust
-bundle (chain and DNS name), re-reading both after every rotation; ``none`` adds nothing.
+bundle (chain and DNS name), re-reading both after every rotation; ``bearer`` sends the
+token read from ``token_file`` (re-read when the file changes); ``none`` adds nothing.
 
 A decision's ``credential`` obligation ``{audience, ttl_s}`` narrows this: the JWT-SVID is
 requested for the obligation's audience, and a token that would outlive ``ttl_s`` is not
@@ -22,7 +23,9 @@ from sidecar.config import TargetSettings
 from sidecar.identity.errors import IdentityError
 from sidecar.identity.workload import Snapshot, WorkloadIdentity
 from sidecar.policy.decision import CredentialObligation
+from sidecar.relay.errors import ProviderKeyUnavailable
 from sidecar.relay.http import HttpRelay
+from sidecar.relay.models import ProviderKey
 
 __all__ = ["UpstreamCredentials", "load_svid", "mtls_context", "server_context", "wire_mtls"]
 
@@ -33,6 +36,11 @@ class UpstreamCredentials:
     ) -> None:
         self._targets = targets
         self._identity = identity
+        self._tokens = {
+            name: ProviderKey(t.auth.token_file)
+            for name, t in targets.items()
+            if t.auth.type == "bearer"
+        }
 
     def headers_for(
         self,
@@ -53,6 +61,11 @@ class UpstreamCredentials:
             return {}
         if obligation is None and auth.type == "none":
             return {}
+        if obligation is None and auth.type == "bearer":
+            try:
+                return {"Authorization": f"Bearer {self._tokens[target].get()}"}
+            except ProviderKeyUnavailable as exc:
+                raise IdentityError(str(exc), code="credential_unavailable") from None
         if auth.type != "jwt-svid":
             raise IdentityError(
                 f"policy requires a credential for audience {obligation.audience!r}, but "  # type: ignore[union-attr]

@@ -23,12 +23,18 @@ INPUT_VERSION = 1
 class Action:
     """What the caller wants to do."""
 
-    kind: Literal["tool", "model"]
+    kind: Literal["tool", "model", "mcp"]
     name: str
     operation: Literal["read", "act", "delegate"]
     target: str
     arguments: Mapping[str, Any]
     data_classes: Sequence[str] = ()
+    # MCP only: "list" (may the agent see it) or "call"; the MCP method; the upstream's
+    # annotations (untrusted hints); the tool definition's hash against its pin.
+    phase: str = ""
+    method: str = ""
+    annotations: Mapping[str, Any] | None = None
+    definition: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,12 @@ def build_input(
         },
         "delegation": {"chain": list(delegation_chain), "depth": len(delegation_chain)},
     }
+    if action.kind == "mcp":
+        doc["action"]["phase"] = action.phase
+        doc["action"]["method"] = action.method
+        doc["action"]["annotations"] = dict(action.annotations or {})
+        if action.definition is not None:
+            doc["action"]["definition"] = dict(action.definition)
     if task is not None:
         task_doc: dict[str, Any] = {"id": task.id, "intent": task.intent}
         for key in ("calls", "tokens", "age_s"):

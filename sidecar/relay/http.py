@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import ssl
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -116,6 +117,11 @@ class HttpRelay:
         """Send ``target``'s calls with ``context`` from now on (e.g. a rotated client SVID);
         safe from any thread. Calls in flight finish on the previous context."""
         self._pool.use_tls(target, context)
+
+    def session(self, target: str) -> AbstractAsyncContextManager[aiohttp.ClientSession]:
+        """``target``'s keep-alive session for one exchange of a protocol of its own (MCP's
+        Streamable HTTP); TLS and rotation as for :meth:`send`."""
+        return self._pool.session(target)
 
     async def send(
         self,

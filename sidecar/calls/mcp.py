@@ -1,0 +1,256 @@
+"""MCP calls: ``tools/call``, ``prompts/get`` and ``resources/read`` through the guarded
+path, and the list phase that decides what ``tools/list`` (prompts, resources) shows.
+
+The action: ``kind: "mcp"``, ``name: "SERVER.tool"`` (prompt, or ``SERVER.`` + resource
+URI), ``phase``, ``method``, the operation configured for the tool (default ``act``; prompts
+and resources ``read``), the upstream's annotations as untrusted hints, and for tools the
+definition's hash against its pin. The relay is one request on the upstream's shared session.
+
+A part of :class:`sidecar.pipeline.Mediator`: the guarded path does the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from sidecar.audit import CallRecord, payload_view, result_view
+from sidecar.calls.common import CallResult, Facts, Stop, action_record
+from sidecar.classify import classify, redact
+from sidecar.identity import CallContext, IdentityError
+from sidecar.ids import new_decision_id
+from sidecar.mcp.catalog import Catalog, Entry, split_name
+from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
+from sidecar.mcp.upstream import HttpUpstream
+from sidecar.outcomes import status_for
+from sidecar.policy import Action, build_input
+from sidecar.policy.decision import ENGINE_FAILURES
+from sidecar.relay.scrub import Scrubber
+
+__all__ = ["METHOD_KINDS", "McpCall", "McpCalls"]
+
+log = logging.getLogger("sidecar.pipeline")
+
+# The methods that act, and the kind of catalog entry each names.
+METHOD_KINDS = {"tools/call": "tool", "prompts/get": "prompt", "resources/read": "resource"}
+# Decisions of the list phase kept (per policy revision, subject, user, task and definition).
+_LIST_CACHE_MAX = 10_000
+
+
+@dataclass(frozen=True)
+class McpCall:
+    """One acting MCP request from the agent, decoded."""
+
+    method: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+    task_id: str = ""
+    intent: str = ""
+    approval_id: str = ""
+    no_wait: bool = False
+
+
+class McpCalls:
+    """MCP methods that act, and the list phase."""
+
+    async def call_mcp(
+        self,
+        call: McpCall,
+        catalog: Catalog,
+        *,
+        context: CallContext,
+        time_remaining: float | None,
+    ) -> CallResult:
+        return await self._guarded(
+            f"MCP {call.method}",
+            time_remaining,
+            lambda record, deadline: self._run_mcp(record, call, catalog, context, deadline),
+        )
+
+    async def _run_mcp(
+        self,
+        record: CallRecord,
+        call: McpCall,
+        catalog: Catalog,
+        context: CallContext,
+        deadline: float,
+    ) -> CallResult:
+        trace = self._begin(record, context, call.intent)
+        record.action = {"kind": "mcp", "name": call.name, "method": call.method}
+        server, name = split_name(call.name)
+        if server not in catalog.upstreams:
+            raise Stop("unknown_tool", f"no MCP server {server or call.name!r}")
+        kind = METHOD_KINDS[call.method]
+        entry = await self._mcp_entry(catalog, kind, call.name, server, name)
+        subject, chain, user, task = await self._establish(
+            record, context, trace, delegation_chain=(), task_id=call.task_id, count=True
+        )
+        arguments = call.arguments
+        action = mcp_action(entry, "call", call.method, arguments)
+        record.action = action_record(action, arguments) | {"method": call.method}
+        facts = Facts(subject, chain, task, call.task_id, action, arguments, user)
+        decided, common = await self._authorize(
+            record,
+            facts,
+            acting=True,
+            approval_id=call.approval_id,
+            no_wait=call.no_wait,
+            deadline=deadline,
+            trace=trace,
+            view_arguments=True,
+        )
+        decision = decided.decision
+        log_level = decision.obligations.log
+        if not decision.allowed:
+            record.action["arguments"] = payload_view(arguments, log_level)
+            raise Stop(decision.code, "; ".join(decision.reasons) or decision.code, **common)
+        obligations = decision.obligations
+        sent = redact(arguments, obligations.redact) if obligations.redact else arguments
+        record.action["arguments"] = payload_view(sent, log_level)
+        remaining = self._time_to_relay(deadline, common)
+        params: dict[str, Any] = (
+            {"uri": entry.name} if kind == "resource" else {"name": entry.name, "arguments": sent}
+        )
+        record.upstream = {"server": server, "method": call.method}
+        upstream = catalog.upstreams[server]
+        timeout = min(self._settings.mcp_servers[server].timeout_s, remaining)
+        scrubber = Scrubber()
+        await self._before_relay(record, common)
+        t0 = time.perf_counter()
+        try:
+            headers = None
+            if isinstance(upstream, HttpUpstream):
+                target = self._settings.mcp_servers[server].target
+                headers = {"X-Request-Id": record.decision_id}
+                headers |= await self._credential_headers(
+                    target, obligations.credential, call.task_id, scrubber, user
+                )
+            async with self._target_slots[f"mcp:{server}"], self._relay_slots:
+                answer = await upstream.request(
+                    call.method, params, timeout_s=timeout, headers=headers
+                )
+        except IdentityError as exc:
+            record.relayed = False
+            raise Stop("credential_unavailable", str(exc), **common) from exc
+        except UpstreamRpcError as exc:
+            record.relayed = True
+            record.upstream["error"] = {"code": exc.code}
+            error = {"code": exc.code, "message": scrubber.value(str(exc))}
+            if exc.data is not None:
+                error["data"] = scrubber.value(exc.data)
+            return CallResult(
+                record.decision_id,
+                "upstream_error",
+                status_for("upstream_error"),
+                "the MCP server answered with an error",
+                rpc_error=error,
+                **common,
+            )
+        except UpstreamMcpUnavailable as exc:
+            record.relayed = exc.reached
+            raise Stop(exc.code, str(exc), **common) from exc
+        finally:
+            record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
+        record.relayed = True
+        answer = scrubber.value(answer)
+        if obligations.redact_response:
+            answer = redact(answer, obligations.redact_response)
+        body = json.dumps(answer, separators=(",", ":"), ensure_ascii=False).encode()
+        record.upstream["result"] = result_view(body, "application/json", log_level)
+        record.upstream["credentials_scrubbed"] = scrubber.count
+        return CallResult(record.decision_id, "ok", grpc.StatusCode.OK, answer=answer, **common)
+
+    @staticmethod
+    async def _mcp_entry(catalog: Catalog, kind: str, full: str, server: str, name: str) -> Entry:
+        """The catalog's entry for the call. A resource need not be listed (templates):
+        its URI names it. An upstream that cannot list is unavailable, not unknown."""
+        try:
+            entry = await catalog.find(kind, full)
+        except UpstreamMcpUnavailable as exc:
+            raise Stop(exc.code, str(exc)) from exc
+        except UpstreamRpcError as exc:
+            raise Stop("upstream_error", f"the MCP server could not list: {exc}") from exc
+        if entry is not None:
+            return entry
+        if kind == "resource" and name:
+            return Entry(kind=kind, server=server, name=name, full=full, body={})
+        raise Stop("unknown_tool", f"MCP server {server!r} lists no {kind} {name!r}")
+
+    async def mcp_visible(
+        self, context: CallContext, entries: list[Entry], method: str, *, task_id: str = ""
+    ) -> tuple[CallResult, list[Entry]]:
+        """The entries whose list-phase decision is not deny (one evaluation each, cached
+        per policy revision and caller). One audit record names what was hidden."""
+        started = time.perf_counter()
+        record = CallRecord(
+            decision_id=new_decision_id(), rpc=f"MCP {method}", time_ns=time.time_ns()
+        )
+        record.action = {"kind": "mcp", "name": method, "phase": "list"}
+        shown: list[Entry] = []
+        try:
+            trace = self._begin(record, context, "")
+            subject, _chain, user, task = await self._establish(
+                record, context, trace, delegation_chain=(), task_id=task_id, count=False
+            )
+            cache = self._list_decisions
+            if len(cache) > _LIST_CACHE_MAX:
+                cache.clear()
+            caller = (subject.spiffe_id, user.to_record()["sub"] if user else "", task_id)
+            for entry in entries:
+                acting = {"tool": "tools/call", "prompt": "prompts/get"}.get(
+                    entry.kind, "resources/read"
+                )
+                key = (self._engine.revision, caller, entry.full, entry.hash)
+                effect = cache.get(key)
+                if effect is None:
+                    input_doc = build_input(
+                        request_id=record.decision_id,
+                        time_ns=record.time_ns,
+                        subject=subject,
+                        action=mcp_action(entry, "list", acting, {}),
+                        task=task.info(record.time_ns) if task is not None else None,
+                        user=user,
+                    )
+                    decided = await self._decide(self._engine, input_doc, math.inf, entry.full)
+                    effect = decided.decision.effect
+                    if decided.decision.code not in ENGINE_FAILURES:
+                        cache[key] = effect  # an engine failure is not remembered
+                if effect != "deny":
+                    shown.append(entry)
+            record.upstream = {
+                "method": method,
+                "shown": len(shown),
+                "hidden": sorted(e.full for e in entries if e not in shown)[:200],
+            }
+            result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK)
+        except Stop as stop:
+            shown = []
+            result = CallResult(record.decision_id, stop.code, status_for(stop.code), str(stop))
+        except Exception:
+            log.exception("internal error", extra={"decision_id": record.decision_id})
+            shown = []
+            result = CallResult(
+                record.decision_id, "internal_error", status_for("internal_error"), "internal error"
+            )
+        return await self._finish(record, result, started), shown
+
+
+def mcp_action(entry: Entry, phase: str, method: str, arguments: dict[str, Any]) -> Action:
+    return Action(
+        kind="mcp",
+        name=entry.full,
+        operation=entry.operation,  # type: ignore[arg-type]
+        target=entry.server,
+        arguments=arguments,
+        data_classes=classify(arguments) if arguments else (),
+        phase=phase,
+        method=method,
+        annotations=dict(entry.annotations),
+        definition=entry.definition(),
+    )
