@@ -18,6 +18,7 @@ Rules (who may approve is checked here; whether the call may then happen is poli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import collections
 import logging
 import threading
@@ -157,25 +158,26 @@ class ApprovalBroker:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
         while True:
-            # Off the event loop: a locked state database stalls this call, not the others.
-            approval = await asyncio.to_thread(self._store.get, approval_id)
-            if approval is None or approval.state != "pending":
-                return approval
-            until_expiry = (approval.expires_at_ns - time.time_ns()) / 1e9
-            if until_expiry <= 0:
-                await asyncio.to_thread(self.sweep)
-                continue
-            remaining = min(end - loop.time(), until_expiry)
-            if remaining <= 0:
-                return approval
-            if self._poll_s is not None:
-                remaining = min(remaining, self._poll_s)
+            # Listening before reading: a decision made while the state is read still wakes
+            # this wait (read first, and it could land in between and be missed).
             event = asyncio.Event()
             self._waiters[approval_id].add(event)
             try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                pass
+                # Off the event loop: a locked state database stalls this call, not the others.
+                approval = await asyncio.to_thread(self._store.get, approval_id)
+                if approval is None or approval.state != "pending":
+                    return approval
+                until_expiry = (approval.expires_at_ns - time.time_ns()) / 1e9
+                if until_expiry <= 0:
+                    await asyncio.to_thread(self.sweep)
+                    continue
+                remaining = min(end - loop.time(), until_expiry)
+                if remaining <= 0:
+                    return approval
+                if self._poll_s is not None:
+                    remaining = min(remaining, self._poll_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), remaining)
             finally:
                 self._waiters[approval_id].discard(event)
                 if not self._waiters[approval_id]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from sidecar._proto.agentsidecar.v1 import approvals_pb2, approvals_pb2_grpc
+from sidecar._proto.agentsidecar.v1 import approvals_pb2, approvals_pb2_grpc, mcp_pb2, mcp_pb2_grpc
 from sidecar.errors import SidecarError
 
 __all__ = ["AdminCallError", "ApprovalsClient", "svid_credentials"]
@@ -78,6 +78,7 @@ class ApprovalsClient:
         else:
             self._channel = grpc.insecure_channel(target)
         self._stub = approvals_pb2_grpc.ApprovalsStub(self._channel)
+        self._mcp = mcp_pb2_grpc.McpDefinitionsStub(self._channel)
         self._metadata = (("x-approver", approver),) if approver else ()
         self._timeout = timeout_s
 
@@ -101,6 +102,16 @@ class ApprovalsClient:
     def deny(self, approval_id: str, *, reason: str) -> Any:
         request = approvals_pb2.DecideApprovalRequest(id=approval_id, reason=reason)
         return self._call(self._stub.Deny, request)
+
+    def mcp_definitions(self, *, changed_only: bool = False) -> list[Any]:
+        """MCP tool definitions against their pins (the same admin listener)."""
+        request = mcp_pb2.ListDefinitionsRequest(changed_only=changed_only)
+        return list(self._call(self._mcp.List, request).definitions)
+
+    def mcp_accept(self, name: str, *, hash: str, reason: str) -> Any:
+        """Pin ``name`` to the definition with ``hash`` (the one reviewed)."""
+        request = mcp_pb2.AcceptDefinitionRequest(name=name, hash=hash, reason=reason)
+        return self._call(self._mcp.Accept, request)
 
     def watch(self) -> Iterator[Any]:
         """Events as they happen (the pending approvals first); blocks until closed."""

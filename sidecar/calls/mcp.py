@@ -206,7 +206,7 @@ class McpCalls:
                 acting = {"tool": "tools/call", "prompt": "prompts/get"}.get(
                     entry.kind, "resources/read"
                 )
-                key = (self._engine.revision, caller, entry.full, entry.hash)
+                key = (self._engine.revision, caller, entry.full, entry.hash, entry.pinned_hash)
                 effect = cache.get(key)
                 if effect is None:
                     input_doc = build_input(

@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from sidecar.errors import SidecarError
 
-__all__ = ["approvals"]
+__all__ = ["admin_client", "approvals"]
 
 
-def approvals(args: argparse.Namespace) -> int:
+def admin_client(args: argparse.Namespace) -> Any:
+    """A client of the admin listener from the command line's address and identity."""
     import getpass
-
-    from google.protobuf import json_format
 
     from sidecar.approvals.client import ApprovalsClient, svid_credentials
 
@@ -31,13 +31,16 @@ def approvals(args: argparse.Namespace) -> int:
             cert=args.cert, key=args.key, bundle=args.bundle, workload_api=args.workload_api
         )
     approver = args.approver or (getpass.getuser() if tls is None else "")
+    return ApprovalsClient(address, approver=approver, tls=tls, server_name=args.server_name)
+
+
+def approvals(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
 
     def show(approval: object) -> str:
         return json_format.MessageToJson(approval, preserving_proto_field_name=True, indent=2)
 
-    with ApprovalsClient(
-        address, approver=approver, tls=tls, server_name=args.server_name
-    ) as client:
+    with admin_client(args) as client:
         command = args.approvals_command
         try:
             if command == "list":

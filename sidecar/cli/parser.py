@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.cli import approvals, audit, policy, run
+from sidecar.cli import approvals, audit, mcp, policy, run
 from sidecar.config import DEFAULT_AGENT_SOCKET
 
 __all__ = ["build_parser"]
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _policy(sub)
     _audit(sub)
     _approvals(sub)
+    _mcp(sub)
     _dev(sub)
     return parser
 
@@ -238,17 +239,7 @@ def _approvals(sub: argparse._SubParsersAction) -> None:
         "with --as) or HOST:PORT with mTLS (your X.509-SVID from --workload-api, or --cert, "
         "--key and --bundle files). The address: --admin, or approvals.listen in --config.",
     )
-    ap.add_argument("--admin", help="unix:///PATH or HOST:PORT of the approvals API")
-    ap.add_argument("--config", type=Path, help="the sidecar's config (for approvals.listen)")
-    ap.add_argument(
-        "--as", dest="approver", help="your name on a unix socket (default: your login name)"
-    )
-    ap.add_argument("--workload-api", default="", help="Workload API socket for your SVID")
-    ap.add_argument("--cert", type=Path, help="your X.509-SVID chain (PEM)")
-    ap.add_argument("--key", type=Path, help="its private key (PEM)")
-    ap.add_argument("--bundle", type=Path, help="trust bundle to verify the sidecar (PEM)")
-    ap.add_argument("--server-name", help="a DNS SAN of the sidecar's SVID")
-    ap.add_argument("--json", action="store_true", help="print JSON")
+    _admin_args(ap)
     ap_sub = ap.add_subparsers(dest="approvals_command", required=True, metavar="COMMAND")
     al = _sub(ap_sub, "list", help="approvals, newest first")
     al.add_argument(
@@ -268,6 +259,49 @@ def _approvals(sub: argparse._SubParsersAction) -> None:
         ad.set_defaults(func=approvals.approvals)
     aw = _sub(ap_sub, "watch", help="print approvals as they are created and change")
     aw.set_defaults(func=approvals.approvals)
+
+
+def _admin_args(parser: argparse.ArgumentParser) -> None:
+    """How to reach the admin listener (approvals.listen) and who you are there."""
+    parser.add_argument("--admin", help="unix:///PATH or HOST:PORT of the approvals API")
+    parser.add_argument("--config", type=Path, help="the sidecar's config (for approvals.listen)")
+    parser.add_argument(
+        "--as", dest="approver", help="your name on a unix socket (default: your login name)"
+    )
+    parser.add_argument("--workload-api", default="", help="Workload API socket for your SVID")
+    parser.add_argument("--cert", type=Path, help="your X.509-SVID chain (PEM)")
+    parser.add_argument("--key", type=Path, help="its private key (PEM)")
+    parser.add_argument("--bundle", type=Path, help="trust bundle to verify the sidecar (PEM)")
+    parser.add_argument("--server-name", help="a DNS SAN of the sidecar's SVID")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _mcp(sub: argparse._SubParsersAction) -> None:
+    mp = _sub(
+        sub,
+        "mcp",
+        help="review and accept MCP tool definitions (the admin API)",
+        description="A tool whose definition an upstream MCP server changed after it was "
+        "pinned is hidden and denied by the baseline policy until an operator accepts it. "
+        "Talks to the admin API like `approvals` (same address and identity options).",
+    )
+    _admin_args(mp)
+    mp_sub = mp.add_subparsers(dest="mcp_command", required=True, metavar="COMMAND")
+    ml = _sub(mp_sub, "list", help="the tools MCP servers list now, with their pins")
+    ml.add_argument("--changed", action="store_true", help="only changed definitions")
+    ml.set_defaults(func=mcp.mcp)
+    ms = _sub(mp_sub, "show", help="one tool's current definition, whole")
+    ms.add_argument("name", help="SERVER.tool")
+    ms.set_defaults(func=mcp.mcp)
+    ma = _sub(mp_sub, "accept", help="pin a tool to its current definition (audited)")
+    ma.add_argument("name", help="SERVER.tool")
+    ma.add_argument(
+        "--hash",
+        required=True,
+        help="the definition's hash as `mcp show` printed it: what you reviewed",
+    )
+    ma.add_argument("--reason", required=True, help="recorded in the audit log")
+    ma.set_defaults(func=mcp.mcp)
 
 
 def _dev(sub: argparse._SubParsersAction) -> None:

@@ -94,8 +94,9 @@ class McpDefinitionsService(mcp_pb2_grpc.McpDefinitionsServicer):
             "time_ns": now,
             "event": "accepted",
             "name": entry.full,
-            "hash": entry.hash,
-            "previous_hash": entry.pinned_hash,
+            # (not "hash": that names the record's own place in the hash chain)
+            "definition_hash": entry.hash,
+            "previous_definition_hash": entry.pinned_hash,
             "actor": operator,
             "reason": request.reason.strip()[:1000],
         }

@@ -124,8 +124,9 @@ class McpEndpoint:
 
     async def stop(self) -> None:
         self._unsubscribe()
-        for queue in [*self._listens, *(q for s in self._sessions.values() for q in s.streams)]:
-            queue.put_nowait(None)
+        _end(self._listens)
+        for session in self._sessions.values():
+            _end(session.streams)
         await self._server.stop()
 
     def close(self) -> None:
@@ -141,9 +142,10 @@ class McpEndpoint:
         if request.method == "GET":
             return await self._get(request)
         if request.method == "DELETE":
-            session_id = request.headers.get("Mcp-Session-Id", "")
-            if self._sessions.pop(session_id, None) is None:
+            session = self._sessions.pop(request.headers.get("Mcp-Session-Id", ""), None)
+            if session is None:
                 return _http_error(404, "session_unknown", "no such session")
+            _end(session.streams)  # the client is done: its stream ends too
             return web.Response(status=200)
         response = _http_error(405, "method_not_allowed", "POST, GET or DELETE")
         response.headers["Allow"] = "GET, POST, DELETE"
@@ -213,10 +215,11 @@ class McpEndpoint:
     def _initialize(self, message: jsonrpc.Message) -> web.StreamResponse:
         version, answer = Methods.initialize(message.params)
         while len(self._sessions) >= self._config.max_sessions:
-            self._sessions.popitem(last=False)  # the least recently used goes
+            _end(self._sessions.popitem(last=False)[1].streams)  # the least recently used goes
         now = time.monotonic()
-        for sid, session in list(self._sessions.items()):
-            if now - session.used > self._config.session_idle_s and not session.streams:
+        for sid, old in list(self._sessions.items()):
+            if now - old.used > self._config.session_idle_s:
+                _end(old.streams)
                 del self._sessions[sid]
         session_id = secrets.token_hex(16)
         self._sessions[session_id] = _Session(version)
@@ -370,6 +373,17 @@ def _header_value(value: str | None) -> str | None:
 
 def _mismatch(message: jsonrpc.Message, why: str) -> web.StreamResponse:
     return _rpc(400, jsonrpc.error(message.id, HEADER_MISMATCH, why, {"code": "header_mismatch"}))
+
+
+def _end(queues: Any) -> None:
+    """End these streams (their handlers finish the response)."""
+    for queue in list(queues):
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(None)
+        if queue.full():  # a stream nobody reads: make room for the end
+            with contextlib.suppress(asyncio.QueueEmpty):
+                queue.get_nowait()
+            queue.put_nowait(None)
 
 
 def _offer(queue: asyncio.Queue[dict[str, Any] | None], item: dict[str, Any]) -> None:
