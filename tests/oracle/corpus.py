@@ -226,7 +226,53 @@ def generate(data: dict[str, Any], *, random_cases: int = 3000, seed: int = 7) -
         _put(doc, ("task", "tokens"), count)
         _put(doc, ("action", "data_classes"), copy.deepcopy(cls))
         yield doc
-    # 4. Seeded random combinations of everything.
+    # 4. MCP: every MCP grant in every phase, definition state, annotation and task.
+    mcp = data.get("mcp", {})
+    mcp_granted = [
+        (sid, op, name)
+        for sid, grant in sorted(mcp.get("grants", {}).items())
+        for op, names in sorted(grant.items())
+        for name in names
+    ]
+    pinned = {"hash": "sha256:a", "pinned_hash": "sha256:a", "changed": False}
+    definitions = [
+        pinned,
+        {"hash": "sha256:b", "pinned_hash": "sha256:a", "changed": True},
+        {"hash": "sha256:a", "pinned_hash": "sha256:a", "changed": "false"},
+        {},
+        None,
+        _MISSING,
+    ]
+    annotations = [
+        {},
+        {"destructiveHint": True},
+        {"destructiveHint": "true"},
+        {"readOnlyHint": True},
+        None,
+        _MISSING,
+    ]
+    for (sid, op, name), phase, method, definition, annotation, task in itertools.product(
+        [*mcp_granted, (subjects[0], "read", "notes.unknown"), (subjects[0], "act", "tickets.get")],
+        ["list", "call", "", None, _MISSING],
+        ["tools/call", "prompts/get", _MISSING],
+        definitions,
+        annotations[:4],
+        tasks[:1] + tasks[3:4],
+    ):
+        doc = _base(
+            sid,
+            name.replace("*", "any") if isinstance(name, str) else name,
+            op,
+            "mcp",
+            target_of(name),
+        )
+        _put(doc, ("action", "phase"), phase)
+        _put(doc, ("action", "method"), method)
+        _put(doc, ("action", "definition"), copy.deepcopy(definition))
+        _put(doc, ("action", "annotations"), copy.deepcopy(annotation))
+        _put(doc, ("task",), copy.deepcopy(task))
+        yield doc
+    # 5. Seeded random combinations of everything.
     rng = random.Random(seed)
     for _ in range(random_cases):
         doc = _base(rng.choice(subjects[:4]), "tickets.get", "read", "tool", "tickets")
