@@ -92,7 +92,7 @@ def build_identity(settings: Settings) -> WorkloadIdentity | None:
     """The Workload API connection, when identity or any upstream credential needs it."""
     needed = (
         settings.identity.mode != "static"
-        or any(t.auth.type != "none" for t in settings.targets.values())
+        or any(t.auth.type not in ("none", "bearer") for t in settings.targets.values())
         or not settings.approvals_listen.startswith("unix:")
     )
     if not needed:

@@ -4,7 +4,7 @@ thread) or over stdio (``python -m tests.support.mcp_upstream NAME``).
 
 Tools: ``search`` (read-only hint), ``add``, ``purge`` (destructive hint), ``slow``,
 ``fail`` (a JSON-RPC error with data), ``secret`` (answers with an API key), ``crash`` (the
-process exits), ``pid``; ``mutate`` rewrites ``search``'s description (a rug pull) and tells
+process exits), ``pid``, ``env``; ``mutate`` rewrites ``search``'s description (a rug pull) and tells
 every session the list changed. A resource ``notes://welcome`` and a prompt ``greet``.
 """
 
@@ -75,6 +75,11 @@ def build(name: str = "notes") -> MCPServer:
         os._exit(3)
 
     @app.tool()
+    def env(name: str) -> str:
+        """One variable of this process's environment ("" when unset)."""
+        return os.environ.get(name, "")
+
+    @app.tool()
     def pid() -> int:
         """This process's id."""
         return os.getpid()
@@ -119,12 +124,14 @@ class HttpMcpServer:
         import uvicorn
 
         self.app = build(name)
+        # Every Authorization header the server received (what the gateway sent it).
+        self.authorizations: list[str] = []
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
         sock.close()
         config = uvicorn.Config(
-            self.app.streamable_http_app(json_response=json_response),
+            self._recording(self.app.streamable_http_app(json_response=json_response)),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -133,6 +140,16 @@ class HttpMcpServer:
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def _recording(self, app: Any) -> Any:
+        async def asgi(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                for key, value in scope["headers"]:
+                    if key == b"authorization":
+                        self.authorizations.append(value.decode())
+            await app(scope, receive, send)
+
+        return asgi
 
     @property
     def base_url(self) -> str:

@@ -1,0 +1,174 @@
+"""Upstream MCP servers as the gateway meets them: credentials that are the sidecar's and
+never the agent's (JWT-SVID, bearer from a file), stdio secrets from files, an upstream that
+forgets its session, one that is down, and a stdio command that never starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from mcp.shared.exceptions import MCPError
+
+from tests.conftest import SIDECAR_AUDIENCE, SIDECAR_ID
+from tests.support.mcp_gateway import (
+    SUPPORT,
+    TASK,
+    endpoint_url,
+    gateway_overrides,
+    with_client,
+)
+from tests.support.mcp_upstream import HttpMcpServer
+
+
+@pytest.fixture
+def notes():
+    with HttpMcpServer() as server:
+        yield server
+
+
+def rpc(url: str, method: str, params: dict[str, Any], session: str = "", **headers: str) -> Any:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    sent = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if session:
+        sent["Mcp-Session-Id"] = session
+    return requests.post(url, json=body, headers=sent | headers, timeout=15)
+
+
+def open_session(url: str, **headers: str) -> str:
+    init = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {}}
+    return rpc(url, "initialize", init, **headers).headers["Mcp-Session-Id"]
+
+
+def test_jwt_mode_attests_the_caller_and_the_upstream_gets_the_sidecars_svid(
+    start_jwt_sidecar, authority, notes, tmp_path
+):
+    overrides = gateway_overrides(tmp_path, notes, stdio=False)
+    overrides["targets"]["notes-mcp"]["auth"] = {"type": "jwt-svid", "audience": "notes"}
+    running = start_jwt_sidecar(**overrides)
+    url = endpoint_url(running)
+    agent_token = authority.issue_jwt(SUPPORT, [SIDECAR_AUDIENCE])
+    bearer = {"Authorization": f"Bearer {agent_token}"}
+    session = open_session(url)
+    refused = rpc(url, "tools/list", {}, session).json()["error"]
+    assert refused["code"] == -32012 and refused["data"]["code"] == "missing_credentials"
+    forged = rpc(url, "tools/list", {}, session, Authorization="Bearer x.y.z").json()["error"]
+    assert forged["code"] == -32012 and forged["data"]["code"] == "jwt_malformed"
+    listed = rpc(url, "tools/list", {}, session, **bearer).json()["result"]["tools"]
+    assert "notes.search" in [t["name"] for t in listed]
+    found = rpc(
+        url, "tools/call", {"name": "notes.search", "arguments": {"query": "q"}}, session, **bearer
+    ).json()
+    assert found["result"]["content"][0]["text"] == "found: q"
+    assert notes.authorizations and agent_token not in " ".join(notes.authorizations)
+    for header in notes.authorizations:
+        claims = jwt.decode(header.removeprefix("Bearer "), options={"verify_signature": False})
+        assert claims["sub"] == SIDECAR_ID and claims["aud"] == ["notes"]
+
+
+def test_a_bearer_token_is_read_from_its_file_and_never_the_agents(
+    start_sidecar, tools, notes, tmp_path
+):
+    token = tmp_path / "notes-token"
+    token.write_text("first-token\n")
+    overrides = gateway_overrides(tmp_path, notes, stdio=False)
+    overrides["targets"]["notes-mcp"]["auth"] = {"type": "bearer", "token_file": str(token)}
+    running = start_sidecar(tools.url, **overrides)
+    url = endpoint_url(running)
+    session = open_session(url)
+    agent = {"Authorization": "Bearer agent-own-key"}
+    rpc(url, "tools/call", {"name": "notes.search", "arguments": {"query": "a"}}, session, **agent)
+    assert set(notes.authorizations) == {"Bearer first-token"}
+    token.write_text("rotated-token")  # a rotated Secret: the next call sends the new one
+    os.utime(token, ns=(1, 1))
+    rpc(url, "tools/call", {"name": "notes.search", "arguments": {"query": "b"}}, session)
+    assert notes.authorizations[-1] == "Bearer rotated-token"
+    assert "agent-own-key" not in " ".join(notes.authorizations)
+
+
+def test_stdio_secrets_come_from_files_and_the_agents_environment_stays_out(
+    start_sidecar, tools, notes, tmp_path, monkeypatch
+):
+    secret = tmp_path / "tracker-token"
+    secret.write_text("tracker-token-value\n")
+    monkeypatch.setenv("AGENT_ONLY_SECRET", "leaked")  # the sidecar's (agent-side) environment
+    overrides = gateway_overrides(tmp_path, notes)
+    overrides["mcp_servers"]["tracker"]["env_files"] = {"TRACKER_TOKEN": str(secret)}
+    running = start_sidecar(tools.url, **overrides)
+    task = running.client().start_task("env")
+
+    async def run(client: Any) -> tuple[str, str]:
+        meta = {TASK: task.task_id}
+        token = await client.call_tool("tracker.env", {"name": "TRACKER_TOKEN"}, meta=meta)
+        other = await client.call_tool("tracker.env", {"name": "AGENT_ONLY_SECRET"}, meta=meta)
+        return token.content[0].text, other.content[0].text if other.content else ""
+
+    token, other = with_client(endpoint_url(running), run)
+    assert token == "tracker-token-value" and other == ""
+
+
+def test_a_stdio_command_that_never_starts_is_given_up(start_sidecar, tools, notes, tmp_path):
+    overrides = gateway_overrides(tmp_path, notes)
+    overrides["mcp_servers"]["tracker"]["command"] = [sys.executable, "-c", "raise SystemExit(2)"]
+    running = start_sidecar(tools.url, **overrides)
+    upstream = running.sidecar.mcp.upstreams["tracker"]
+    task = running.client().start_task("down")
+    codes = set()
+
+    async def attempt(client: Any) -> str:
+        try:
+            await client.call_tool("tracker.pid", {}, meta={TASK: task.task_id})
+        except MCPError as exc:
+            codes.add(exc.error.data["code"])
+            return exc.error.message
+        return "served"
+
+    for _ in range(100):  # bounded: until the supervisor gives up (3 restarts)
+        if "is down" in with_client(endpoint_url(running), attempt):
+            break
+    else:
+        pytest.fail("the stdio server was never given up")
+    assert upstream.starts == 4  # the first start and 3 restarts
+    assert codes <= {"upstream_unavailable", "upstream_timeout", "unknown_tool"}
+    # The HTTP server is unaffected.
+    names = [t.name for t in with_client(endpoint_url(running), lambda c: c.list_tools()).tools]
+    assert "notes.search" in names and not any(n.startswith("tracker.") for n in names)
+
+
+def test_an_upstream_that_forgets_the_session_is_joined_again(
+    start_sidecar, tools, notes, tmp_path
+):
+    running = start_sidecar(tools.url, **gateway_overrides(tmp_path, notes, stdio=False))
+    url = endpoint_url(running)
+    call = lambda c: c.call_tool("notes.search", {"query": "q"})  # noqa: E731
+    assert with_client(url, call).content[0].text == "found: q"
+    upstream = running.sidecar.mcp.upstreams["notes"]
+    old = upstream._session_id
+    # The upstream ends the gateway's session (as a restarted server would have lost it).
+    assert requests.delete(notes.url, headers={"Mcp-Session-Id": old}, timeout=10).ok
+    assert with_client(url, call).content[0].text == "found: q"
+    assert upstream._session_id not in (None, old)
+
+
+def test_an_upstream_that_is_down_is_unavailable_and_left_out_of_lists(
+    start_sidecar, tools, notes, tmp_path
+):
+    overrides = gateway_overrides(tmp_path, notes, stdio=False)
+    overrides["targets"]["notes-mcp"]["base_url"] = "http://127.0.0.1:9"  # nothing listens
+    running = start_sidecar(tools.url, **overrides)
+    url = endpoint_url(running)
+    assert with_client(url, lambda c: c.list_tools()).tools == []
+
+    async def run(client: Any) -> Any:
+        with pytest.raises(MCPError) as caught:
+            await client.call_tool("notes.search", {"query": "q"})
+        return caught.value.error
+
+    error = with_client(url, run)
+    assert error.code == -32013 and error.data["code"] == "upstream_unavailable"
+    record = json.loads(running.audit_path.read_text().splitlines()[-1])
+    assert record["rpc"] == "MCP tools/call" and record["outcome"]["relayed"] is False
