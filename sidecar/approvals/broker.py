@@ -18,8 +18,8 @@ Rules (who may approve is checked here; whether the call may then happen is poli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import collections
+import contextlib
 import logging
 import threading
 import time

@@ -16,7 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import mcp_types
 from mcp_types.jsonrpc import METHOD_NOT_FOUND
+from pydantic import ValidationError
 
 from sidecar.calls.common import off_loop
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
@@ -29,6 +31,14 @@ __all__ = ["KINDS", "Catalog", "Entry", "Kind", "split_name"]
 log = logging.getLogger(__name__)
 
 Kind = Literal["tool", "prompt", "resource", "template"]
+# The official schema of each kind (mcp-types): an upstream's entry that does not validate
+# is never shown to an agent.
+_MODELS: dict[str, Any] = {
+    "tool": mcp_types.Tool,
+    "prompt": mcp_types.Prompt,
+    "resource": mcp_types.Resource,
+    "template": mcp_types.ResourceTemplate,
+}
 # kind -> (list method, the result's list key, the item's name key)
 KINDS: dict[str, tuple[str, str, str]] = {
     "tool": ("tools/list", "tools", "name"),
@@ -213,6 +223,14 @@ class Catalog:
             name = item.get(name_key) if isinstance(item, dict) else None
             if not isinstance(name, str) or not _NAME_RE.match(name) or name in seen:
                 log.warning("MCP server listed a malformed entry", extra={"server": server})
+                continue
+            try:
+                _MODELS[kind].model_validate(item)
+            except ValidationError as exc:
+                log.warning(
+                    "MCP server listed an entry that is not valid MCP",
+                    extra={"server": server, "entry": name[:100], "errors": exc.error_count()},
+                )
                 continue
             seen.add(name)
             entries.append(self._entry(server, kind, name, name_key, item, settings))

@@ -37,7 +37,7 @@ class McpGateway:
         self._settings = settings
         self.pins = PinStore(state)
         upstreams: dict[str, Upstream] = {}
-        limit = settings.mcp.max_message_bytes + settings.relay.max_response_bytes
+        limit = settings.relay.max_response_bytes  # any one message from an upstream
         for name, server in settings.mcp_servers.items():
             if server.target:
                 target = settings.targets[server.target]

@@ -209,10 +209,14 @@ class StdioUpstream(Upstream):
                 log.warning(
                     "MCP stdio server sent an oversized message", extra={"server": self.name}
                 )
-                self._fail_pending("the MCP server sent a message over the size limit")
+                self._fail_pending(
+                    "the MCP server sent a message over the size limit",
+                    code="upstream_response_too_large",
+                )
                 await self._kill()
                 return
-            if not line:
+            if not line:  # its stdout closed: nothing in flight will be answered
+                self._fail_pending("the MCP server's process exited")
                 return
             try:
                 message = loads_strict(line, "the MCP server's message")
@@ -251,11 +255,13 @@ class StdioUpstream(Upstream):
             text = str(secrets.value(line.decode("utf-8", "replace").rstrip()))[:2000]
             log.info("MCP stdio server stderr", extra={"server": self.name, "line": text})
 
-    def _fail_pending(self, why: str) -> None:
+    def _fail_pending(self, why: str, code: str = "upstream_unavailable") -> None:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(
-                    UpstreamMcpUnavailable(f"MCP server {self.name!r}: {why}", reached=True)
+                    UpstreamMcpUnavailable(
+                        f"MCP server {self.name!r}: {why}", code=code, reached=True
+                    )
                 )
 
     async def _kill(self) -> None:

@@ -218,7 +218,7 @@ def test_step_up_waits_for_the_approver_within_the_deadline(gateway):
 
 
 def test_arguments_and_results_are_redacted_as_policy_obliges(
-    start_sidecar, tools, notes, tmp_path
+    notes, start_sidecar, tools, tmp_path
 ):
     from tests.support.mcp_gateway import TEST_GRANTS, baseline_policy
 

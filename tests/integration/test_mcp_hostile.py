@@ -28,7 +28,7 @@ def notes():
 
 
 @pytest.fixture
-def running(start_sidecar, tools, notes, tmp_path):
+def running(notes, start_sidecar, tools, tmp_path):
     sidecar = start_sidecar(
         tools.url, **gateway_overrides(tmp_path, notes, stdio=False, max_message_bytes=4096)
     )

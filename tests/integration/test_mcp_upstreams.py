@@ -45,7 +45,7 @@ def open_session(url: str, **headers: str) -> str:
 
 
 def test_jwt_mode_attests_the_caller_and_the_upstream_gets_the_sidecars_svid(
-    start_jwt_sidecar, authority, notes, tmp_path
+    notes, start_jwt_sidecar, authority, tmp_path
 ):
     overrides = gateway_overrides(tmp_path, notes, stdio=False)
     overrides["targets"]["notes-mcp"]["auth"] = {"type": "jwt-svid", "audience": "notes"}
@@ -71,7 +71,7 @@ def test_jwt_mode_attests_the_caller_and_the_upstream_gets_the_sidecars_svid(
 
 
 def test_a_bearer_token_is_read_from_its_file_and_never_the_agents(
-    start_sidecar, tools, notes, tmp_path
+    notes, start_sidecar, tools, tmp_path
 ):
     token = tmp_path / "notes-token"
     token.write_text("first-token\n")
@@ -91,7 +91,7 @@ def test_a_bearer_token_is_read_from_its_file_and_never_the_agents(
 
 
 def test_stdio_secrets_come_from_files_and_the_agents_environment_stays_out(
-    start_sidecar, tools, notes, tmp_path, monkeypatch
+    notes, start_sidecar, tools, tmp_path, monkeypatch
 ):
     secret = tmp_path / "tracker-token"
     secret.write_text("tracker-token-value\n")
@@ -111,7 +111,7 @@ def test_stdio_secrets_come_from_files_and_the_agents_environment_stays_out(
     assert token == "tracker-token-value" and other == ""
 
 
-def test_a_stdio_command_that_never_starts_is_given_up(start_sidecar, tools, notes, tmp_path):
+def test_a_stdio_command_that_never_starts_is_given_up(notes, start_sidecar, tools, tmp_path):
     overrides = gateway_overrides(tmp_path, notes)
     overrides["mcp_servers"]["tracker"]["command"] = [sys.executable, "-c", "raise SystemExit(2)"]
     running = start_sidecar(tools.url, **overrides)
@@ -140,7 +140,7 @@ def test_a_stdio_command_that_never_starts_is_given_up(start_sidecar, tools, not
 
 
 def test_an_upstream_that_forgets_the_session_is_joined_again(
-    start_sidecar, tools, notes, tmp_path
+    notes, start_sidecar, tools, tmp_path
 ):
     running = start_sidecar(tools.url, **gateway_overrides(tmp_path, notes, stdio=False))
     url = endpoint_url(running)
@@ -155,7 +155,7 @@ def test_an_upstream_that_forgets_the_session_is_joined_again(
 
 
 def test_an_upstream_that_is_down_is_unavailable_and_left_out_of_lists(
-    start_sidecar, tools, notes, tmp_path
+    notes, start_sidecar, tools, tmp_path
 ):
     overrides = gateway_overrides(tmp_path, notes, stdio=False)
     overrides["targets"]["notes-mcp"]["base_url"] = "http://127.0.0.1:9"  # nothing listens
@@ -172,3 +172,36 @@ def test_an_upstream_that_is_down_is_unavailable_and_left_out_of_lists(
     assert error.code == -32013 and error.data["code"] == "upstream_unavailable"
     record = json.loads(running.audit_path.read_text().splitlines()[-1])
     assert record["rpc"] == "MCP tools/call" and record["outcome"]["relayed"] is False
+
+
+def test_nothing_a_lying_upstream_lists_or_answers_is_trusted(
+    notes, start_sidecar, tools, tmp_path
+):
+    from tests.support.mcp_gateway import ROOT, baseline_policy
+
+    overrides = gateway_overrides(tmp_path, notes, stdio=False)
+    overrides["mcp_servers"]["hostile"] = {
+        "command": [sys.executable, "-m", "tests.support.hostile_mcp"],
+        "env": {"PYTHONPATH": str(ROOT)},
+        "max_tools": 20,
+        "tools": {"ok": {"operation": "read"}, "extra0": {"operation": "read"}},
+        "restart": {"backoff_s": 0.05},
+    }
+    overrides["relay"] = {"max_response_bytes": 1024 * 1024}
+    grants = {"grants": {SUPPORT: {"read": ["hostile.*"], "act": ["hostile.*"]}}}
+    overrides["policy"] = {"dir": str(baseline_policy(tmp_path, mcp=grants))}
+    running = start_sidecar(tools.url, **overrides)
+    url = endpoint_url(running)
+
+    async def run(client: Any) -> tuple[list[str], str, Any]:
+        names = [t.name for t in (await client.list_tools()).tools]
+        ok = await client.call_tool("hostile.ok", {})
+        with pytest.raises(MCPError) as big:
+            await client.call_tool("hostile.extra0", {})
+        return names, ok.content[0].text, big.value.error
+
+    names, ok, big = with_client(url, run)
+    # Valid, unique, well-named entries only, and no more than max_tools were considered.
+    assert names == ["hostile.ok", *(f"hostile.extra{i}" for i in range(13))]
+    assert ok == "fine"  # a non-JSON line and an unasked-for answer were skipped
+    assert big.code == -32015 and big.data["code"] == "upstream_response_too_large"
