@@ -30,7 +30,8 @@ What is injected:
   the pod's packet filter (sidecar/egress_lock.py), so that only the sidecar's users open
   connections leaving the pod.
 * the agent API as a unix socket on a shared in-memory volume, mounted read-only into every
-  agent container, ``AGENT_SIDECAR_ADDR`` (and ``OPENAI_BASE_URL`` when the model front
+  agent container, ``AGENT_SIDECAR_ADDR`` (``AGENT_SIDECAR_MCP_URL`` when the MCP endpoint
+  is on, and ``OPENAI_BASE_URL`` when the model front
   door is configured) in each, and the socket's group added to the pod's
   ``supplementalGroups``: only containers that mount it and carry the group can call.
 * the SPIFFE Workload API socket (CSI driver volume, mounted into the sidecar only), the
@@ -120,6 +121,8 @@ def mutate(
         _set_env(container, "AGENT_SIDECAR_ADDR", template.agent_address)
         if template.model_front_door_url:
             _set_env(container, "OPENAI_BASE_URL", template.model_front_door_url)
+        if template.mcp_url:
+            _set_env(container, "AGENT_SIDECAR_MCP_URL", template.mcp_url)
         if template.agent_socket:
             _set_mount(container, {"name": VOL_SOCKET, "mountPath": _socket_dir(settings)})
     ours = [_sidecar(settings, engine, identity)]
@@ -315,7 +318,10 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
     if template.model_front_door_url:
         front = urlsplit(template.model_front_door_url)
         args += ["--set", f"frontdoor.listen=127.0.0.1:{front.port}"]
-    if not template.agent_socket or template.model_front_door_url:
+    if template.mcp_url:
+        mcp = urlsplit(template.mcp_url)
+        args += ["--set", f"mcp.listen=127.0.0.1:{mcp.port}", "--set", f"mcp.path={mcp.path}"]
+    if not template.agent_socket or template.model_front_door_url or template.mcp_url:
         # TCP on the pod's loopback: every container of the pod is the agent (docs/identity.md)
         args += ["--set", "identity.pod_tcp=true"]
     if engine == "opa":

@@ -48,6 +48,9 @@ class SidecarTemplate:
     # When set (http://127.0.0.1:PORT/v1), the sidecar serves its model front door there and
     # agents get OPENAI_BASE_URL pointing to it.
     model_front_door_url: str = ""
+    # When set (http://127.0.0.1:PORT/mcp), the sidecar serves its MCP endpoint there and
+    # agents get AGENT_SIDECAR_MCP_URL pointing to it (MCP clients speak HTTP, not sockets).
+    mcp_url: str = ""
     # A native sidecar (init container, restartPolicy Always; Kubernetes >= 1.29). false: an
     # ordinary container, for older clusters (it then neither starts first nor lets Jobs end).
     native: bool = True
@@ -80,6 +83,20 @@ class SidecarTemplate:
                 )
             if parts.port is None:
                 raise ValueError("model_front_door_url: needs an explicit port")
+        if self.mcp_url:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.mcp_url)
+            if (
+                parts.scheme != "http"
+                or parts.hostname not in ("127.0.0.1", "localhost")
+                or parts.port is None
+                or not parts.path.startswith("/")
+            ):
+                raise ValueError(
+                    "mcp_url: must be http://127.0.0.1:PORT/PATH (the MCP endpoint listens on "
+                    "the pod's loopback only)"
+                )
 
     @property
     def agent_socket(self) -> str:

@@ -305,6 +305,25 @@ def test_a_model_front_door_url_makes_the_sidecar_serve_it(tmp_path):
         load_webhook_settings(config)
 
 
+def test_an_mcp_url_makes_the_sidecar_serve_mcp_there(tmp_path):
+    from sidecar.config import ConfigError
+    from sidecar.webhook.settings import load_webhook_settings
+
+    config = tmp_path / "webhook.yaml"
+    pod = _inject_with(
+        config, "sidecar: {mcp_url: 'http://127.0.0.1:7481/mcp'}\n", "embedded-engine"
+    )
+    [sidecar] = pod["spec"]["initContainers"]
+    assert "mcp.listen=127.0.0.1:7481" in sidecar["args"] and "mcp.path=/mcp" in sidecar["args"]
+    assert "identity.pod_tcp=true" in sidecar["args"]
+    [agent] = pod["spec"]["containers"]
+    assert {"name": "AGENT_SIDECAR_MCP_URL", "value": "http://127.0.0.1:7481/mcp"} in agent["env"]
+    for bad in ("http://10.0.0.1:7481/mcp", "https://127.0.0.1:7481/mcp", "http://127.0.0.1/mcp"):
+        config.write_text(f"sidecar: {{mcp_url: '{bad}'}}\n")
+        with pytest.raises(ConfigError, match="loopback only"):
+            load_webhook_settings(config)
+
+
 @pytest.mark.parametrize(
     "pod",
     [
