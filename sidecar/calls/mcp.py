@@ -27,7 +27,7 @@ from sidecar.identity import CallContext, IdentityError
 from sidecar.ids import new_decision_id
 from sidecar.mcp.catalog import Catalog, Entry, split_name
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
-from sidecar.mcp.upstream import HttpUpstream
+from sidecar.mcp.http_upstream import HttpUpstream
 from sidecar.outcomes import status_for
 from sidecar.policy import Action, build_input
 from sidecar.policy.decision import ENGINE_FAILURES

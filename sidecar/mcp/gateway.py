@@ -13,9 +13,10 @@ from sidecar.config import Settings
 from sidecar.identity import UpstreamCredentials
 from sidecar.mcp.catalog import Catalog
 from sidecar.mcp.endpoint import McpEndpoint
+from sidecar.mcp.http_upstream import HttpUpstream
 from sidecar.mcp.pins import Pin, PinStore
 from sidecar.mcp.stdio import StdioUpstream
-from sidecar.mcp.upstream import HttpUpstream, Upstream
+from sidecar.mcp.upstream import Upstream
 from sidecar.pipeline import Mediator
 from sidecar.relay import HttpRelay
 from sidecar.state import StateDb
@@ -57,6 +58,7 @@ class McpGateway:
                     base_headers=headers,
                     max_message_bytes=limit,
                     timeout_s=server.timeout_s,
+                    revision=server.revision,
                 )
             else:
                 upstreams[name] = StdioUpstream(

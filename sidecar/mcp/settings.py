@@ -101,6 +101,9 @@ class McpServerSettings:
     restart: McpRestartSettings = field(default_factory=McpRestartSettings)
     # Upper bounds on what the server may list (it is not trusted).
     max_tools: int = 1000
+    # HTTP: the protocol revision spoken to it. auto: the stateless one (2026-07-28) when
+    # its server/discover offers it, else the handshake (2025-11-25). stdio: handshake.
+    revision: Literal["auto", "handshake", "stateless"] = "auto"
 
     def __post_init__(self) -> None:
         _check(
@@ -110,6 +113,8 @@ class McpServerSettings:
         _check(self.path.startswith("/"), f"path: {self.path!r} must start with '/'")
         if self.target:
             _check(not self.env and not self.env_files, "env, env_files: only for a command")
+        else:
+            _check(self.revision != "stateless", "revision: stdio servers use the handshake")
         for name in [*self.env, *self.env_files]:
             _check(_ENV_NAME_RE.match(name) is not None, f"env: {name!r} is not a variable name")
         both = set(self.env) & set(self.env_files)

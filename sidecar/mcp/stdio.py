@@ -22,9 +22,14 @@ from typing import Any
 
 from sidecar.mcp.errors import UpstreamMcpUnavailable
 from sidecar.mcp.settings import McpServerSettings
-from sidecar.mcp.upstream import Notify, Upstream, initialize_params, read_answer
+from sidecar.mcp.upstream import (
+    Notify,
+    Upstream,
+    initialize_params,
+    loads_upstream,
+    read_answer,
+)
 from sidecar.relay.scrub import Scrubber
-from sidecar.strict_json import StrictJsonError, loads_strict
 
 __all__ = ["StdioUpstream"]
 
@@ -219,8 +224,8 @@ class StdioUpstream(Upstream):
                 self._fail_pending("the MCP server's process exited")
                 return
             try:
-                message = loads_strict(line, "the MCP server's message")
-            except StrictJsonError:
+                message = loads_upstream(line)
+            except UpstreamMcpUnavailable:
                 log.warning("MCP stdio server sent malformed JSON", extra={"server": self.name})
                 continue
             if not isinstance(message, dict):

@@ -1,17 +1,15 @@
-"""The sidecar as an MCP client of one upstream server: one long-lived session per upstream,
-shared by every call (never a new session per call), re-established when the upstream
-forgets it. :class:`HttpUpstream` speaks Streamable HTTP; ``sidecar.mcp.stdio`` runs a
-command. Both speak the handshake revision (:data:`UPSTREAM_VERSION`) the official SDK's
-servers all serve; the agent's own revision is the endpoint's business, not the upstream's.
+"""The sidecar as an MCP client of one upstream server: one long-lived connection per
+upstream, shared by every call (never a new session per call). ``sidecar.mcp.http_upstream``
+speaks Streamable HTTP (the newest revision the upstream offers); ``sidecar.mcp.stdio`` runs a
+command (the handshake revision, :data:`UPSTREAM_VERSION`). The agent's own revision is the
+endpoint's business, not the upstream's. This module holds what both share.
 
-Everything an upstream sends is untrusted: messages are bounded in size, read strictly, and a
-JSON-RPC error is kept whole (code, message, data) for the agent.
+Everything an upstream sends is untrusted: messages are bounded in size, NaN and Infinity
+refused, and a JSON-RPC error is kept whole (code, message, data) for the agent.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import itertools
 import json
 import logging
@@ -24,11 +22,20 @@ from mcp_types.version import LATEST_HANDSHAKE_VERSION
 
 from sidecar import __version__
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
-from sidecar.relay import HttpRelay, RelayError
-from sidecar.relay._client import relay_error
-from sidecar.strict_json import StrictJsonError, loads_strict
 
-__all__ = ["UPSTREAM_VERSION", "HttpUpstream", "Notify", "Upstream", "read_answer"]
+__all__ = [
+    "CLIENT_INFO",
+    "UPSTREAM_VERSION",
+    "Headers",
+    "Notify",
+    "Upstream",
+    "events",
+    "initialize_params",
+    "loads_upstream",
+    "read_answer",
+    "read_limited",
+    "sse_events",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,247 +107,7 @@ class Upstream(ABC):
     async def close(self) -> None: ...
 
 
-class HttpUpstream(Upstream):
-    """Streamable HTTP, through the target's keep-alive pool and credential."""
-
-    def __init__(
-        self,
-        name: str,
-        notify: Notify,
-        *,
-        relay: HttpRelay,
-        target: str,
-        url: str,
-        base_headers: Headers,
-        max_message_bytes: int,
-        timeout_s: float,
-    ) -> None:
-        super().__init__(name, notify)
-        self._relay = relay
-        self._target = target
-        self._url = url
-        self._base_headers = base_headers
-        self._limit = max_message_bytes
-        self._timeout_s = timeout_s
-        self._session_id: str | None = None
-        self._connected = False
-        self._lock = asyncio.Lock()
-        self._listener: asyncio.Task[None] | None = None
-        self._closed = False
-
-    async def start(self) -> None:
-        with contextlib.suppress(UpstreamMcpUnavailable, UpstreamRpcError):
-            await self._connect()
-
-    async def _connect(self) -> None:
-        """initialize + notifications/initialized, once for every caller that needs it."""
-        async with self._lock:
-            if self._connected:
-                return
-            self._session_id = None
-            headers = await self._base_headers()
-            rid = next(self._ids)
-            message, session_id = await self._post(
-                {
-                    "jsonrpc": "2.0",
-                    "id": rid,
-                    "method": "initialize",
-                    "params": initialize_params(),
-                },
-                headers,
-                self._timeout_s,
-                rid,
-            )
-            answer = read_answer(message, rid)
-            self.server_info = answer
-            self._session_id = session_id
-            await self._post(
-                {"jsonrpc": "2.0", "method": "notifications/initialized"},
-                headers,
-                self._timeout_s,
-                None,
-            )
-            self._connected = True
-            if self._listener is None or self._listener.done():
-                self._listener = asyncio.create_task(self._listen())
-
-    async def request(
-        self,
-        method: str,
-        params: dict[str, Any] | None,
-        *,
-        timeout_s: float,
-        headers: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        for attempt in (1, 2):
-            await self._connect()
-            session = self._session_id
-            rid = next(self._ids)
-            body: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-            if params is not None:
-                body["params"] = params
-            sent = headers if headers is not None else await self._base_headers()
-            try:
-                message, _ = await self._post(body, sent, timeout_s, rid)
-            except _SessionGone:
-                # The upstream forgot the session (restarted, expired): nothing was done;
-                # connect again and send once more.
-                if self._session_id == session:
-                    self._connected = False
-                if attempt == 2:
-                    raise UpstreamMcpUnavailable(
-                        "the upstream keeps refusing the session", reached=False
-                    ) from None
-                continue
-            return read_answer(message, rid)
-        raise AssertionError("unreachable")
-
-    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
-        headers = {
-            "Accept": "application/json, text/event-stream",
-            "Content-Type": "application/json",
-            "User-Agent": f"agent-sidecar/{__version__}",
-        }
-        if self._session_id:
-            headers["Mcp-Session-Id"] = self._session_id
-        if self._connected:
-            headers["MCP-Protocol-Version"] = UPSTREAM_VERSION
-        headers.update(extra)
-        return headers
-
-    async def _post(
-        self,
-        body: dict[str, Any],
-        headers: dict[str, str],
-        timeout_s: float,
-        request_id: int | None,
-    ) -> tuple[Any, str | None]:
-        """POST one message; a request's response (JSON, or the matching event of an SSE
-        stream) and the session id the upstream gave."""
-        data = json.dumps(body, separators=(",", ":")).encode()
-        try:
-            async with (
-                self._relay.session(self._target) as session,
-                session.post(
-                    self._url,
-                    data=data,
-                    headers=self._headers(headers),
-                    timeout=aiohttp.ClientTimeout(total=timeout_s),
-                    allow_redirects=False,
-                ) as response,
-            ):
-                if response.status == 404 and self._session_id:
-                    raise _SessionGone
-                if request_id is None:
-                    if response.status >= 400:
-                        raise UpstreamMcpUnavailable(
-                            f"the upstream refused a notification (HTTP {response.status})",
-                            reached=True,
-                        )
-                    return None, None
-                if response.status != 200:
-                    raise UpstreamMcpUnavailable(
-                        f"the upstream answered HTTP {response.status}",
-                        code="upstream_error",
-                        reached=True,
-                    )
-                session_id = response.headers.get("Mcp-Session-Id")
-                kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
-                if kind == "text/event-stream":
-                    return await self._from_stream(response, request_id), session_id
-                raw = await _read_limited(response, self._limit)
-                return _loads(raw), session_id
-        except (UpstreamMcpUnavailable, _SessionGone):
-            raise
-        except RelayError as exc:
-            raise UpstreamMcpUnavailable(str(exc), code=exc.code, reached=exc.reached) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            err = relay_error(exc, f"MCP server {self.name!r}", timeout_s)
-            raise UpstreamMcpUnavailable(str(err), code=err.code, reached=err.reached) from None
-
-    async def _from_stream(self, response: aiohttp.ClientResponse, request_id: int) -> Any:
-        """The response to ``request_id`` from an SSE stream; notifications on the way are
-        passed on, anything else dropped (the sidecar asks nothing of the agent for an
-        upstream: sampling and elicitation are not relayed)."""
-        async for message in _events(response, self._limit):
-            if (
-                isinstance(message, dict)
-                and message.get("id") == request_id
-                and ("result" in message or "error" in message)
-            ):
-                return message
-            self._dispatch(message)
-        raise UpstreamMcpUnavailable("the upstream's stream ended without a response", reached=True)
-
-    def _dispatch(self, message: Any) -> None:
-        if isinstance(message, dict) and "id" not in message:
-            method, params = message.get("method"), message.get("params") or {}
-            if isinstance(method, str) and isinstance(params, dict):
-                self._notify(self.name, method, params)
-
-    async def _listen(self) -> None:
-        """The upstream's own stream (GET): where list_changed arrives between requests.
-        An upstream without one (405) is fine; a dropped stream is opened again."""
-        delay = 0.2
-        while not self._closed:
-            try:
-                async with (
-                    self._relay.session(self._target) as session,
-                    session.get(
-                        self._url,
-                        headers=self._headers(await self._base_headers())
-                        | {"Accept": "text/event-stream"},
-                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout_s),
-                        allow_redirects=False,
-                    ) as response,
-                ):
-                    if response.status == 405:
-                        return
-                    if response.status == 404:
-                        self._connected = False
-                        return
-                    if response.status != 200:
-                        raise UpstreamMcpUnavailable(f"HTTP {response.status}", reached=True)
-                    delay = 0.2
-                    async for message in _events(response, self._limit):
-                        self._dispatch(message)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.info(
-                    "MCP upstream notification stream dropped",
-                    extra={"server": self.name, "error": type(exc).__name__},
-                )
-            if self._closed:
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-        session = self._session_id
-        if session and self._connected:  # end the session politely; it may already be gone
-            with contextlib.suppress(Exception):
-                async with (
-                    self._relay.session(self._target) as http,
-                    http.delete(
-                        self._url,
-                        headers=self._headers(await self._base_headers()),
-                        timeout=aiohttp.ClientTimeout(total=2),
-                    ),
-                ):
-                    pass
-
-
-class _SessionGone(Exception):
-    """404 on a session: the upstream no longer knows it."""
-
-
-async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     chunks, size = [], 0
     async for chunk in response.content.iter_chunked(65536):
         size += len(chunk)
@@ -354,17 +121,24 @@ async def _read_limited(response: aiohttp.ClientResponse, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _loads(raw: bytes) -> Any:
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def loads_upstream(raw: bytes) -> Any:
+    """An upstream's message as JSON (NaN and Infinity refused: they could not be relayed
+    as JSON). Not the agents' strict reader: what is relayed is what was parsed here."""
     try:
-        return loads_strict(raw, "the upstream's message")
-    except StrictJsonError as exc:
-        raise UpstreamMcpUnavailable(str(exc), code="upstream_bad_response", reached=True) from None
+        return json.loads(raw, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:
+        message = f"the upstream's message is not JSON ({type(exc).__name__})"
+        raise UpstreamMcpUnavailable(message, code="upstream_bad_response", reached=True) from None
 
 
-async def _events(response: aiohttp.ClientResponse, limit: int):  # type: ignore[no-untyped-def]
+async def events(response: aiohttp.ClientResponse, limit: int):  # type: ignore[no-untyped-def]
     """The JSON messages of a server-sent event stream, each bounded by ``limit``."""
     async for event in sse_events(response.content.iter_any(), limit):
-        yield _loads(event)
+        yield loads_upstream(event)
 
 
 async def sse_events(chunks: Any, limit: int):  # type: ignore[no-untyped-def]

@@ -327,3 +327,18 @@ def test_pins_persist_across_a_restart(gateway, start_sidecar, tools, notes, tmp
     again = gateway()
     names = [t.name for t in with_client(again.url, lambda c: c.list_tools()).tools]
     assert "notes.search" not in names and "notes.add" in names
+
+
+def test_a_stateless_client_hears_of_list_changes_on_its_listen_stream(gateway, notes):
+    running = gateway()
+    assert running.sidecar.mcp.upstreams["notes"].modern is True  # the SDK server offers it
+
+    async def run(client: Client) -> Any:
+        async with client.listen(tools_list_changed=True) as subscription:
+            async with Client(notes.url, mode="2026-07-28") as direct:
+                await direct.call_tool("mutate", {})
+            async with asyncio.timeout(10):
+                async for event in subscription:
+                    return type(event).__name__
+
+    assert with_client(running.url, run, mode="2026-07-28") == "ToolsListChanged"

@@ -142,7 +142,9 @@ def test_a_stdio_command_that_never_starts_is_given_up(notes, start_sidecar, too
 def test_an_upstream_that_forgets_the_session_is_joined_again(
     notes, start_sidecar, tools, tmp_path
 ):
-    running = start_sidecar(tools.url, **gateway_overrides(tmp_path, notes, stdio=False))
+    overrides = gateway_overrides(tmp_path, notes, stdio=False)
+    overrides["mcp_servers"]["notes"]["revision"] = "handshake"
+    running = start_sidecar(tools.url, **overrides)
     url = endpoint_url(running)
     call = lambda c: c.call_tool("notes.search", {"query": "q"})  # noqa: E731
     assert with_client(url, call).content[0].text == "found: q"

@@ -144,5 +144,5 @@ def test_an_sse_event_over_the_bound_ends_the_stream():
 def test_the_sidecar_speaks_the_revisions_of_the_official_sdk():
     from sidecar.mcp import endpoint  # noqa: F401 (the endpoint's imports resolve)
 
-    assert UPSTREAM_VERSION == HANDSHAKE_PROTOCOL_VERSIONS[-1]
+    assert HANDSHAKE_PROTOCOL_VERSIONS[-1] == UPSTREAM_VERSION
     assert MODERN_PROTOCOL_VERSIONS == ("2026-07-28",)
