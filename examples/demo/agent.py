@@ -132,6 +132,54 @@ def run_models(base_url: str) -> list[Line]:
     return lines
 
 
+def run_mcp(address: str, url: str) -> list[Line]:
+    """MCP calls with the official ``mcp`` client through the sidecar's MCP endpoint: the
+    list shows only the granted tools, an act call runs under a task, a tool the list hides
+    is refused when called by name."""
+    import asyncio
+
+    from mcp import Client
+    from mcp.shared.exceptions import MCPError
+
+    def decision_id(result: Any) -> str:
+        return (result.meta or {}).get("agent-sidecar.io/decision_id", "")
+
+    async def script(task_id: str) -> list[Line]:
+        lines = []
+        async with Client(url) as client:
+            listed = await client.list_tools()
+            shown = ", ".join(sorted(t.name for t in listed.tools))
+            lines.append(
+                Line("mcp tools/list", "allow", "allow", (), decision_id(listed), f"shows {shown}")
+            )
+            for tool, arguments, meta, expected in (
+                ("notes.search", {"query": "printer"}, None, "allow"),
+                (
+                    "notes.add",
+                    {"text": "called jane back"},
+                    {"agent-sidecar.io/task_id": task_id},
+                    "allow",
+                ),
+                ("notes.export_all", {"destination": "pastebin"}, None, "deny"),
+            ):
+                try:
+                    result = await client.call_tool(tool, arguments, meta=meta)
+                    text = " ".join(c.text for c in result.content if getattr(c, "text", None))
+                    lines.append(Line(tool, "allow", expected, (), decision_id(result), text))
+                except MCPError as exc:
+                    data = exc.error.data or {}
+                    reasons = tuple(data.get("reasons") or [data.get("code", str(exc))])
+                    lines.append(Line(tool, "deny", expected, reasons, data.get("decision_id", "")))
+        return lines
+
+    with SidecarClient(address, timeout_s=10) as sidecar:
+        task = sidecar.start_task("note the call back", ttl_s=600)
+        try:
+            return asyncio.run(script(task.task_id))
+        finally:
+            sidecar.end_task(task.task_id)
+
+
 if __name__ == "__main__":
     for line in run(sys.argv[1]):
         print(line)

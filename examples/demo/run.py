@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from examples.demo.agent import run as run_agent  # noqa: E402
+from examples.demo.agent import run_mcp as run_mcp_agent  # noqa: E402
 from examples.demo.agent import run_models as run_model_agent  # noqa: E402
 from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.tools_server import ToolServer  # noqa: E402
@@ -56,6 +57,7 @@ ADMIN_PORT = free_port()
 
 
 FRONTDOOR_PORT = free_port()
+MCP_PORT = free_port()
 # Stands in for the provider's key Secret; the agent never sees it.
 PROVIDER_KEY = "sk-demo-provider-key-0123456789abcdef"
 
@@ -77,6 +79,10 @@ def write_config(tools_url: str, models_url: str) -> tuple[Path, str]:
     config["providers"]["openai"]["base_url"] = models_url
     config["providers"]["openai"]["key_file"] = str(OUT / "provider.key")
     config["frontdoor"]["listen"] = f"127.0.0.1:{FRONTDOOR_PORT}"
+    config["mcp"]["listen"] = f"127.0.0.1:{MCP_PORT}"
+    notes = config["mcp_servers"]["notes"]
+    notes["command"][0] = sys.executable  # this interpreter has the mcp SDK the server uses
+    notes["cwd"] = str(ROOT)
     path = OUT / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, f"unix:{socket}"
@@ -177,6 +183,7 @@ def main() -> int:
             print(f"{'TOOL':<16} {'EFFECT':<8} {'DECISION ID':<26}  REASONS")
             lines = run_agent(address, approve=approve_as_oncall)
             lines += run_model_agent(f"http://127.0.0.1:{FRONTDOOR_PORT}/v1")
+            lines += run_mcp_agent(address, f"http://127.0.0.1:{MCP_PORT}/mcp")
             for line in lines:
                 print(line)
             metrics = requests.get(f"http://127.0.0.1:{ADMIN_PORT}/metrics", timeout=5).text

@@ -54,6 +54,7 @@ _PROTOCOL_KEY = "io.modelcontextprotocol/protocolVersion"
 _CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
 _SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
 _SUBSCRIPTION_KEY = "io.modelcontextprotocol/subscriptionId"
+_DECISION_KEY = "agent-sidecar.io/decision_id"
 # Methods whose Mcp-Name header repeats a body parameter (2026-07-28).
 _NAMED = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _STATUS = {
@@ -204,6 +205,10 @@ class McpEndpoint:
         else:
             reply = await self._methods.serve(message.method, message.params, context)
         body = reply.message(message.id)
+        if reply.decision_id and "result" in body:  # the id that joins the audit record
+            meta = body["result"].get("_meta")
+            meta = dict(meta) if isinstance(meta, dict) else {}
+            body["result"] = body["result"] | {"_meta": meta | {_DECISION_KEY: reply.decision_id}}
         if modern and "result" in body:
             body["result"] = body["result"] | {"resultType": "complete"}
             if message.method in _CACHEABLE:  # per caller and policy: never shared or kept
