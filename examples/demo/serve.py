@@ -8,6 +8,7 @@ then stops it all. The README's snippets run verbatim against it.
 
   agent API      unix:///tmp/agent-sidecar/agent.sock  (gRPC; SidecarClient)
   model door     http://127.0.0.1:7480/v1               (the unmodified openai SDK)
+  MCP endpoint   http://127.0.0.1:7481/mcp              (any MCP client; the notes server)
   approvals      unix:///tmp/agent-sidecar/approvals.sock
   audit, state   demo-out/ (shared with `make demo`: run one at a time)
 """
@@ -72,8 +73,16 @@ def main() -> int:
     workload_api = start_workload_api(paths["workload"], workload_log)
     try:
         with ToolServer(port=8081) as tools, ModelServer(port=8082) as models:
+            # The MCP server runs on this interpreter (it has the mcp SDK), whatever
+            # `python3` on PATH is.
+            notes = (
+                f'mcp_servers.notes.command=["{sys.executable}", "-m", "examples.demo.notes_mcp"]'
+            )
             sidecar = subprocess.Popen(
-                [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(CONFIG)],
+                [
+                    *(sys.executable, "-m", "sidecar.cli", "serve", "--config", str(CONFIG)),
+                    *("--set", notes),
+                ],
                 cwd=ROOT,
             )
             try:
@@ -82,6 +91,7 @@ def main() -> int:
                     f"\nagent-sidecar is serving (Ctrl-C stops everything):\n"
                     f"  agent API      unix://{paths['agent']}\n"
                     f"  model door     http://127.0.0.1:7480/v1  (models: gpt-small)\n"
+                    f"  MCP endpoint   http://127.0.0.1:7481/mcp  (tools of the notes MCP server)\n"
                     f"  tool upstream  {tools.url}  model provider  {models.url}\n"
                     f"  approve        agent-sidecar approvals --admin "
                     f"unix://{paths['approvals']} --as demo-oncall list | approve ID --reason R\n"

@@ -1,6 +1,7 @@
 """`make run` (examples/demo/serve.py) serves until stopped, and the README's snippets run
 verbatim against it: a task, a read, a decide-only check, a step-up that a human approves
-with the CLI command the snippet names, and a model call through the front door."""
+with the CLI command the snippet names, a model call through the front door, and MCP tools
+through the MCP endpoint with the official client."""
 
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ def test_make_run_serves_the_readme_snippets_verbatim():
     threading.Thread(target=read, daemon=True).start()
     try:
         assert ready.wait(120), "".join(lines)
-        tool_snippet, model_snippet = (
-            s for s in readme_snippets() if "sidecar.client" in s or "OpenAI(" in s
+        tool_snippet, model_snippet, mcp_snippet = (
+            s
+            for s in readme_snippets()
+            if "sidecar.client" in s or "OpenAI(" in s or "from mcp import" in s
         )
         done, approved = threading.Event(), []
         approver = threading.Thread(target=approve_pending_until, args=(done, approved))
@@ -81,6 +84,13 @@ def test_make_run_serves_the_readme_snippets_verbatim():
         )  # fmt: skip
         assert model.returncode == 0, model.stdout + model.stderr
         assert model.stdout.strip()
+        mcp = subprocess.run(
+            [sys.executable, "-c", mcp_snippet],
+            cwd="/tmp", capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert mcp.returncode == 0, mcp.stdout + mcp.stderr
+        assert "tools: ['notes.search', 'notes.add']" in mcp.stdout, mcp.stdout
+        assert "found: " in mcp.stdout and "printer" in mcp.stdout
     finally:
         serve.send_signal(signal.SIGINT)
         code = serve.wait(timeout=60)
