@@ -55,6 +55,7 @@ proto: $(STAMP)
 # kustomize loads nothing outside k8s/: refresh the policy copy the ConfigMap is built from.
 k8s-policy:
 	cp rego/agentsidecar/authz/authz.rego k8s/base/agents/policy/authz.rego
+	cp rego/agentsidecar/authz/mcp.rego k8s/base/agents/policy/mcp.rego
 	cp rego/agentsidecar/data.json k8s/base/agents/policy/data.json
 
 # What the Dockerfile does: a plain, non-editable `pip install .` into a fresh venv.

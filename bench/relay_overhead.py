@@ -49,6 +49,7 @@ def demo_config(work: Path) -> dict:
     config["state"] = {"dir": str(work / "state")}
     config["approvals"]["listen"] = f"unix://{work}/approvals.sock"
     config["frontdoor"] = {}
+    config["mcp"], config["mcp_servers"] = {}, {}  # bench/mcp_overhead.py sets its own
     return config
 
 

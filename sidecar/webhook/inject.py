@@ -436,6 +436,7 @@ def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[s
                     "name": f"agent-sidecar-policy-{bundle}",
                     "items": [
                         {"key": "authz.rego", "path": "agentsidecar/authz/authz.rego"},
+                        {"key": "mcp.rego", "path": "agentsidecar/authz/mcp.rego"},
                         {"key": "data.json", "path": "agentsidecar/data.json"},
                     ],
                 },

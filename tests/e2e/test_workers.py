@@ -50,6 +50,7 @@ def workers_sidecar(tmp_path, tools):
     raw["admin"] = {"listen": ""}
     raw["state"] = {"dir": str(tmp_path / "state")}
     raw["frontdoor"] = {}
+    raw["mcp"], raw["mcp_servers"] = {}, {}
     raw["approvals"] = {
         "listen": f"unix://{tmp_path}/approvals.sock",
         "groups": {"payments-oncall": ["local:alice"]},
@@ -236,6 +237,7 @@ def test_a_config_that_cannot_start_stops_the_supervisor_with_its_code(tmp_path,
     raw["state"] = {"dir": str(tmp_path / "state")}
     raw["audit"] = {"path": str(tmp_path / "audit.log")}
     raw["frontdoor"] = {}
+    raw["mcp"], raw["mcp_servers"] = {}, {}
     raw["admin"] = {"listen": ""}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
     done = subprocess.run(

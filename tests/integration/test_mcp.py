@@ -342,3 +342,29 @@ def test_a_stateless_client_hears_of_list_changes_on_its_listen_stream(gateway, 
                     return type(event).__name__
 
     assert with_client(running.url, run, mode="2026-07-28") == "ToolsListChanged"
+
+
+def test_the_operator_reviews_and_accepts_a_definition_with_the_cli(gateway, notes):
+    from tests.support.cli import cli
+
+    running = gateway()
+    with_client(running.url, lambda c: c.list_tools())  # pinned as first seen
+    with_client(notes.url, lambda c: c.call_tool("mutate", {}))
+    running.sidecar.mcp.catalog.invalidate("notes", "tool")  # as a list_changed would
+    admin = ["mcp", "--admin", running.approvals_address, "--as", "carol"]
+    listed = cli(*admin, "list", "--changed")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("notes.search  CHANGED")
+    shown = cli(*admin, "show", "notes.search")
+    assert shown.returncode == 0 and POISON in shown.stdout
+    digest = shown.stdout.split("hash:", 1)[1].split()[0]
+    missing = cli(*admin, "accept", "notes.search", "--hash", digest)
+    assert missing.returncode == 2 and "--reason" in missing.stderr
+    stale = cli(*admin, "accept", "notes.search", "--hash", "sha256:0", "--reason", "x")
+    assert stale.returncode == 1 and "review it again" in stale.stderr
+    accepted = cli(*admin, "accept", "notes.search", "--hash", digest, "--reason", "reviewed")
+    assert accepted.returncode == 0, accepted.stderr
+    assert accepted.stdout.strip() == f"notes.search pinned to {digest} by local:carol"
+    assert cli(*admin, "list", "--changed").stdout == ""
+    unknown = cli(*admin, "show", "notes.nope")
+    assert unknown.returncode == 1 and "no MCP tool" in unknown.stderr

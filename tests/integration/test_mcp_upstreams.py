@@ -207,3 +207,55 @@ def test_nothing_a_lying_upstream_lists_or_answers_is_trusted(
     assert names == ["hostile.ok", *(f"hostile.extra{i}" for i in range(13))]
     assert ok == "fine"  # a non-JSON line and an unasked-for answer were skipped
     assert big.code == -32015 and big.data["code"] == "upstream_response_too_large"
+
+
+def test_an_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
+    start_sidecar, tools, workload_api, authority, tmp_path
+):
+    import ssl
+
+    from sidecar.identity.dev_authority import DevAuthority
+
+    def serve(issuer: DevAuthority, name: str) -> HttpMcpServer:
+        svid = issuer.issue_x509("spiffe://demo.example/notes-mcp", dns_names=("localhost",))
+        cert, key, roots = (tmp_path / f"{name}.{x}" for x in ("crt", "key", "ca"))
+        cert.write_bytes(svid.chain_pem)
+        key.write_bytes(svid.key_pem)
+        roots.write_bytes(authority.x509_bundle_pem)
+        return HttpMcpServer(
+            tls={
+                "ssl_certfile": str(cert),
+                "ssl_keyfile": str(key),
+                "ssl_ca_certs": str(roots),
+                "ssl_cert_reqs": ssl.CERT_REQUIRED,  # no client SVID, no connection
+            }
+        )
+
+    with serve(authority, "good") as good, serve(DevAuthority("demo.example"), "bad") as impostor:
+        overrides = gateway_overrides(tmp_path, good, stdio=False)
+        overrides["targets"] = {
+            "notes-mcp": {"base_url": good.base_url, "auth": {"type": "mtls"}},
+            "impostor-mcp": {"base_url": impostor.base_url, "auth": {"type": "mtls"}},
+        }
+        overrides["mcp_servers"]["impostor"] = {"target": "impostor-mcp", "timeout_s": 5}
+        overrides["identity"] = {
+            "mode": "pod",
+            "socket": f"unix://{workload_api.socket_path}",
+            "pod_tcp": True,
+        }
+        running = start_sidecar(tools.url, **overrides)
+        assert running.sidecar.identity.wait_ready(10)
+        url = endpoint_url(running)
+
+        async def run(client: Any) -> tuple[list[str], str, Any]:
+            names = [t.name for t in (await client.list_tools()).tools]
+            found = await client.call_tool("notes.search", {"query": "q"})
+            with pytest.raises(MCPError) as refused:
+                await client.call_tool("impostor.search", {"query": "q"})
+            return names, found.content[0].text, refused.value.error
+
+        names, found, refused = with_client(url, run)
+        running.stop()  # before the upstreams: its streams to them end first
+    assert "notes.search" in names and not any(n.startswith("impostor.") for n in names)
+    assert found == "found: q"
+    assert refused.code == -32013 and refused.data["code"] == "upstream_unavailable"

@@ -143,9 +143,10 @@ def test_the_configs_in_the_config_maps_load(tmp_path):
 
 def test_the_policy_copy_in_k8s_is_current():
     copies = ROOT / "k8s/base/agents/policy"
-    assert (copies / "authz.rego").read_text() == (
-        ROOT / "rego/agentsidecar/authz/authz.rego"
-    ).read_text(), "run `make k8s-policy`"
+    for name in ("authz.rego", "mcp.rego"):
+        assert (copies / name).read_text() == (
+            ROOT / "rego/agentsidecar/authz" / name
+        ).read_text(), "run `make k8s-policy`"
     assert (copies / "data.json").read_text() == (
         ROOT / "rego/agentsidecar/data.json"
     ).read_text(), "run `make k8s-policy`"

@@ -121,9 +121,13 @@ def build(name: str = "notes") -> MCPServer:
 class HttpMcpServer:
     """``build()`` over Streamable HTTP on loopback (uvicorn in a thread of its own)."""
 
-    def __init__(self, *, json_response: bool = False, name: str = "notes") -> None:
+    def __init__(
+        self, *, json_response: bool = False, name: str = "notes", tls: dict[str, Any] | None = None
+    ) -> None:
+        """``tls``: uvicorn's ssl_* options (certificate, key, client CAs, client cert required)."""
         import uvicorn
 
+        self.scheme = "https" if tls else "http"
         self.app = build(name)
         # Every Authorization header the server received (what the gateway sent it).
         self.authorizations: list[str] = []
@@ -138,6 +142,7 @@ class HttpMcpServer:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=2,
+            **(tls or {}),
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -154,7 +159,8 @@ class HttpMcpServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        host = "localhost" if self.scheme == "https" else "127.0.0.1"  # the certificate's name
+        return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def url(self) -> str:

@@ -35,6 +35,7 @@ def sidecar_settings(tmp_path: Path, tools_url: str, **overrides: Any) -> Settin
     raw["admin"] = {"listen": "127.0.0.1:0"}  # a free port per test sidecar
     raw["state"] = {"dir": str(tmp_path / "state")}
     raw["frontdoor"] = {}  # off unless a test asks (the demo's fixed port would collide)
+    raw["mcp"], raw["mcp_servers"] = {}, {}  # likewise the MCP endpoint and its servers
     raw["approvals"] = {
         "listen": f"unix://{tmp_path}/approvals.sock",
         "groups": {"payments-oncall": ["local:alice", APPROVER]},

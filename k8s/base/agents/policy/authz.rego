@@ -41,6 +41,15 @@ _granted if {
 # Models: a per-SPIFFE-ID allow-list of aliases.
 _is_model if input.action.kind == "model"
 
+# MCP: tools, prompts and resources of upstream MCP servers (mcp.rego).
+_is_mcp if input.action.kind == "mcp"
+
+# The list phase of MCP: may the agent see the entry (no task, no arguments yet).
+_listing if {
+	_is_mcp
+	input.action.phase == "list"
+}
+
 _granted if {
 	input.version == 1
 	_is_model
@@ -55,6 +64,7 @@ _has_task if input.task.id
 _deny contains msg if {
 	input.action.operation in {"act", "delegate"}
 	not _has_task
+	not _listing
 	msg := sprintf("%v on %v needs a task (StartTask)", [_operation, _tool])
 }
 
@@ -214,7 +224,16 @@ _base_obligations := {"log": "redacted"} if count(_redact) == 0
 
 _base_obligations := {"log": "redacted", "redact": [c | some c in _redact]} if count(_redact) > 0
 
-_allow_obligations := _base_obligations if not _is_model
+_allow_obligations := _base_obligations if {
+	not _is_model
+	not _is_mcp
+}
+
+# What an MCP server answers is untrusted: secrets and keys in it never reach the agent.
+_allow_obligations := {k: v |
+	some obligations in [_base_obligations, {"redact_response": ["private_key", "secret"]}]
+	some k, v in obligations
+} if _is_mcp
 
 # Model calls: max_tokens capped, and secrets or keys in the answer never reach the agent.
 _model_obligations := {
