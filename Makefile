@@ -44,10 +44,12 @@ rego: $(STAMP)
 	$(BIN)/agent-sidecar policy check rego/
 	$(BIN)/agent-sidecar policy test rego/
 
-# One table measured side by side in one run (under 3 minutes on 2 cores); the older, narrower
+# Tables measured side by side in one run (under 5 minutes on 2 cores): the hot path, then MCP
+# tools/call direct vs through the sidecar; the older, narrower
 # benchmarks stay runnable on their own (bench/policy_engine.py, relay_overhead.py, ...).
 bench: $(STAMP)
 	$(BIN)/python bench/hot_path.py
+	$(BIN)/python bench/mcp_overhead.py
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
