@@ -214,3 +214,34 @@ def test_notifications_and_responses_are_accepted_without_an_answer(running):
     ):
         answer = post(running, body, {"Mcp-Session-Id": session})
         assert answer.status_code == 202 and answer.content == b""
+
+
+def test_the_endpoint_on_a_unix_socket_is_closed_to_others(notes, start_sidecar, tools, tmp_path):
+    import stat
+
+    from tests.support.unix_http import UnixConnection
+
+    path = tmp_path / "mcp.sock"
+    overrides = gateway_overrides(tmp_path, notes, stdio=False, listen=f"unix://{path}")
+    running = start_sidecar(tools.url, **overrides)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o660
+    connection = UnixConnection(str(path))
+    body = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {}},
+    }
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    connection.request("POST", "/mcp", json.dumps(body), headers)
+    answer = connection.getresponse()
+    assert answer.status == 200
+    assert json.loads(answer.read())["result"]["protocolVersion"] == "2025-06-18"
+    session = answer.getheader("Mcp-Session-Id")
+    listed = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+    connection.request("POST", "/mcp", json.dumps(listed), headers | {"Mcp-Session-Id": session})
+    tools_listed = json.loads(connection.getresponse().read())["result"]["tools"]
+    assert "notes.search" in [t["name"] for t in tools_listed]
+    record = json.loads(running.audit_path.read_text().splitlines()[-1])
+    assert record["rpc"] == "MCP tools/list" and record["subject"]["attestation"] == "static"
+    running.stop()
