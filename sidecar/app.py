@@ -9,7 +9,7 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.approvals import Approval, ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
@@ -30,8 +30,6 @@ from sidecar.identity import (
     WorkloadIdentity,
 )
 from sidecar.identity.credentials import wire_mtls
-from sidecar.mcp.admin import register as register_mcp_admin
-from sidecar.mcp.gateway import McpGateway
 from sidecar.metrics import Metrics
 from sidecar.pipeline import Mediator
 from sidecar.policy import EmbeddedEngine, PolicyEngine
@@ -46,6 +44,9 @@ from sidecar.users import TokenExchanger, UserVerifier
 from sidecar.workers import WorkerRole, segment_path
 
 __all__ = ["Sidecar", "build_attestor", "build_engine", "build_identity"]
+
+if TYPE_CHECKING:  # imported when configured (see build)
+    from sidecar.mcp.gateway import McpGateway
 
 log = logging.getLogger(__name__)
 
@@ -296,6 +297,10 @@ class Sidecar:
                 AdminServer(settings, approvals, identity, record) if role.primary else None
             )
             if (settings.mcp.listen or settings.mcp_servers) and role.primary:
+                # Imported only when configured: the MCP types (pydantic) cost ~10 MB of RSS.
+                from sidecar.mcp.admin import register as register_mcp_admin
+                from sidecar.mcp.gateway import McpGateway
+
                 mcp = McpGateway(settings, mediator, relay, credentials, state)
                 if approvals_server is not None:
                     approvals_server.add_service(register_mcp_admin(mcp, audit))

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -25,13 +25,15 @@ from sidecar.calls.common import CallResult, Facts, Stop, action_record
 from sidecar.classify import classify, redact
 from sidecar.identity import CallContext, IdentityError
 from sidecar.ids import new_decision_id
-from sidecar.mcp.catalog import Catalog, Entry, split_name
+from sidecar.mcp.entry import Entry, split_name
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
-from sidecar.mcp.http_upstream import HttpUpstream
 from sidecar.outcomes import status_for
 from sidecar.policy import Action, build_input
 from sidecar.policy.decision import ENGINE_FAILURES
 from sidecar.relay.scrub import Scrubber
+
+if TYPE_CHECKING:  # the catalog imports the MCP types (pydantic): only when MCP is on
+    from sidecar.mcp.catalog import Catalog
 
 __all__ = ["METHOD_KINDS", "McpCall", "McpCalls"]
 
@@ -125,8 +127,8 @@ class McpCalls:
         t0 = time.perf_counter()
         try:
             headers = None
-            if isinstance(upstream, HttpUpstream):
-                target = self._settings.mcp_servers[server].target
+            target = self._settings.mcp_servers[server].target
+            if target:  # over HTTP: the target's credential on this call
                 headers = {"X-Request-Id": record.decision_id}
                 headers |= await self._credential_headers(
                     target, obligations.credential, call.task_id, scrubber, user

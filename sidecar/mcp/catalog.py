@@ -21,6 +21,7 @@ from mcp_types.jsonrpc import METHOD_NOT_FOUND
 from pydantic import ValidationError
 
 from sidecar.calls.common import off_loop
+from sidecar.mcp.entry import Entry, split_name
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
 from sidecar.mcp.pins import PinStore, definition_hash
 from sidecar.mcp.settings import McpServerSettings
@@ -57,36 +58,6 @@ CHANGES: dict[str, tuple[tuple[str, ...], str]] = {
 }
 _MAX_PAGES = 50
 _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
-
-
-def split_name(full: str) -> tuple[str, str]:
-    """``SERVER.rest`` -> (SERVER, rest); server names hold no dot, so the first one splits."""
-    server, sep, rest = full.partition(".")
-    return (server, rest) if sep and rest else ("", "")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One tool, prompt, resource or template as the agent sees it (``body``)."""
-
-    kind: str
-    server: str
-    name: str  # the upstream's own name (or URI)
-    full: str  # SERVER.name
-    body: dict[str, Any]
-    operation: str = "read"
-    annotations: Mapping[str, Any] = field(default_factory=dict)
-    hash: str = ""
-    pinned_hash: str = ""
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.pinned_hash) and self.hash != self.pinned_hash
-
-    def definition(self) -> dict[str, Any] | None:
-        if self.kind != "tool":
-            return None
-        return {"hash": self.hash, "pinned_hash": self.pinned_hash, "changed": self.changed}
 
 
 @dataclass
