@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from typing import Any
 
@@ -50,6 +51,13 @@ def gateway(start_sidecar, tools, notes, tmp_path):
     yield start
     for running in started:
         running.stop()
+
+
+def _state(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
 
 
 def audit_records(running: Any, rpc_prefix: str = "MCP") -> list[dict[str, Any]]:
@@ -257,6 +265,13 @@ def test_a_stdio_upstream_that_crashes_is_restarted(gateway):
             assert exc.error.data["code"] in ("upstream_unavailable", "upstream_timeout")
     assert second is not None and second != first
     assert running.sidecar.mcp.upstreams["tracker"].starts == 2
+    running.stop()  # the server stops with the sidecar (its whole process group)
+    for _ in range(200):  # bounded: until the kernel has reaped it
+        if not os.path.exists(f"/proc/{second}") or "Z" in _state(int(second)):
+            break
+        threading.Event().wait(0.05)
+    else:
+        pytest.fail(f"the stdio server {second} outlived the sidecar")
 
 
 def test_a_slow_upstream_within_and_past_its_timeout(gateway):
