@@ -92,13 +92,7 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
         self._record = record
 
     async def _approver(self, context: grpc.aio.ServicerContext) -> str:
-        try:
-            return self._authenticate(context)
-        except PermissionError as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except IdentityError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{exc.code}: {exc}")
-        raise AssertionError("unreachable")
+        return await authenticated(self._authenticate, context)
 
     async def List(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._approver(context)
@@ -170,6 +164,20 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
                 yield approvals_pb2.ApprovalEvent(type=event, approval=approval_message(approval))
         finally:
             self._broker.unsubscribe(queue)
+
+
+async def authenticated(
+    authenticate: Callable[[grpc.aio.ServicerContext], str], context: grpc.aio.ServicerContext
+) -> str:
+    """Who is calling the admin listener, or the call ends: PERMISSION_DENIED for someone
+    who may not, UNAUTHENTICATED for someone who could not be attested."""
+    try:
+        return authenticate(context)
+    except PermissionError as exc:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+    except IdentityError as exc:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{exc.code}: {exc}")
+    raise AssertionError("unreachable")
 
 
 class AdminServer:

@@ -14,9 +14,9 @@ from typing import Any
 import grpc
 
 from sidecar._proto.agentsidecar.v1 import mcp_pb2, mcp_pb2_grpc
+from sidecar.approvals.admin import authenticated
 from sidecar.audit import AuditError, AuditSink
 from sidecar.calls.common import off_loop
-from sidecar.identity import IdentityError
 from sidecar.mcp.catalog import Entry
 from sidecar.mcp.gateway import McpGateway
 from sidecar.state import StateError
@@ -48,13 +48,7 @@ class McpDefinitionsService(mcp_pb2_grpc.McpDefinitionsServicer):
         self._audit = audit
 
     async def _operator(self, context: grpc.aio.ServicerContext) -> str:
-        try:
-            return self._authenticate(context)
-        except PermissionError as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-        except IdentityError as exc:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{exc.code}: {exc}")
-        raise AssertionError("unreachable")
+        return await authenticated(self._authenticate, context)
 
     async def List(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._operator(context)
