@@ -39,6 +39,7 @@ from sidecar.mcp.upstream import (
 )
 from sidecar.relay import HttpRelay, RelayError
 from sidecar.relay._client import relay_error
+from sidecar.relay.scrub import Scrubber
 
 __all__ = ["HttpUpstream"]
 
@@ -152,7 +153,8 @@ class HttpUpstream(Upstream):
             session = self._session_id
             rid = next(self._ids)
             body: dict[str, Any] = {"jsonrpc": "2.0", "id": rid, "method": method}
-            sent = dict(headers) if headers is not None else await self._base_headers()
+            own = await self._base_headers() if headers is None else {}
+            sent = dict(headers) if headers is not None else dict(own)
             if self.modern:
                 body["params"] = (params or {}) | {"_meta": _ENVELOPE}
                 sent |= _routing(method, params or {})
@@ -172,7 +174,10 @@ class HttpUpstream(Upstream):
                         "the upstream keeps refusing the session", reached=False
                     ) from None
                 continue
-            return _plain(read_answer(message, rid))
+            answer = _plain(read_answer(message, rid))
+            # A request of the sidecar's own (a list): the credential it sent never reaches
+            # an agent through what the upstream answers. (Calls scrub their own.)
+            return _scrubbed(answer, own) if own else answer
         raise AssertionError("unreachable")
 
     def _session_headers(self) -> dict[str, str]:
@@ -356,6 +361,13 @@ def _routing(method: str, params: dict[str, Any]) -> dict[str, str]:
         else:
             headers["Mcp-Name"] = "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
     return headers
+
+
+def _scrubbed(answer: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    scrubber = Scrubber()
+    for value in headers.values():
+        scrubber.add(value.removeprefix("Bearer "))
+    return scrubber.value(answer)
 
 
 def _plain(result: dict[str, Any]) -> dict[str, Any]:

@@ -90,6 +90,22 @@ def test_a_bearer_token_is_read_from_its_file_and_never_the_agents(
     assert "agent-own-key" not in " ".join(notes.authorizations)
 
 
+def test_an_upstream_quoting_the_sidecars_credential_in_a_list_does_not_leak_it(
+    start_sidecar, tools, tmp_path
+):
+    token = tmp_path / "notes-token"
+    token.write_text("list-token-7f3a")
+    with HttpMcpServer(search_description="Search. (Auth was: Bearer list-token-7f3a)") as notes:
+        overrides = gateway_overrides(tmp_path, notes, stdio=False)
+        overrides["targets"]["notes-mcp"]["auth"] = {"type": "bearer", "token_file": str(token)}
+        running = start_sidecar(tools.url, **overrides)
+        listed = with_client(endpoint_url(running), lambda c: c.list_tools())
+        running.stop()
+    (search,) = [t for t in listed.tools if t.name == "notes.search"]
+    assert "list-token-7f3a" not in search.description
+    assert search.description == "Search. (Auth was: Bearer [REDACTED:credential])"
+
+
 def test_stdio_secrets_come_from_files_and_the_agents_environment_stays_out(
     notes, start_sidecar, tools, tmp_path, monkeypatch
 ):
