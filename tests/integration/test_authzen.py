@@ -237,6 +237,7 @@ def mtls_pdp(start_sidecar, tools, tmp_path, policy_dir, workload_api, authority
         policy={"dir": str(policy_dir)},
         authzen={"listen": "127.0.0.1:0", "callers": [GATEWAY]},
     )
+    assert running.sidecar.identity.wait_ready(10)  # its TLS server needs the SVID
     port = int(running.sidecar.authzen.address.rsplit(":", 1)[1])
     (tmp_path / "bundle.pem").write_bytes(authority.x509_bundle_pem)
 

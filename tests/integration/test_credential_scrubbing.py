@@ -38,6 +38,7 @@ def test_item5_a_tool_upstream_echoing_its_request_never_returns_the_jwt_svid(
             identity=_pod(workload_api.socket_path),
             targets=_with_jwt_auth(upstream.url),
         )
+        assert running.sidecar.identity.wait_ready(10)  # else the call never reaches upstream
         payload = sidecar_pb2.CallToolRequest(tool="tickets.get", arguments_json='{"id": "1"}')
         with grpc.insecure_channel(running.address) as channel:
             stub = sidecar_pb2_grpc.SidecarStub(channel)

@@ -62,7 +62,7 @@ def acting(start_sidecar, tools, workload_api, idp, policy_dir):
     def start(**issuer):
         corp = {"issuer": idp.issuer, "audiences": ["agent-app"], "ca_file": str(idp.ca_file),
                 "refetch_min_s": 0} | issuer  # fmt: skip
-        return start_sidecar(
+        running = start_sidecar(
             tools.url,
             identity={"mode": "pod", "socket": f"unix://{workload_api.socket_path}"},
             users={"issuers": {"corp": corp}},
@@ -79,6 +79,9 @@ def acting(start_sidecar, tools, workload_api, idp, policy_dir):
                 }
             },
         )
+        # Pod mode: until the first SVID arrives every call is refused identity_not_ready.
+        assert running.sidecar.identity.wait_ready(10)
+        return running
 
     return start
 
