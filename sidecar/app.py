@@ -38,7 +38,7 @@ from sidecar.policy.reload import PolicyReloader
 from sidecar.relay import HttpRelay
 from sidecar.relay.models import ModelRelay
 from sidecar.server import SidecarServer
-from sidecar.state import StateDb
+from sidecar.state import StateDb, open_state
 from sidecar.tasks import TaskRegistry
 from sidecar.users import TokenExchanger, UserVerifier
 from sidecar.workers import WorkerRole, segment_path
@@ -228,7 +228,7 @@ class Sidecar:
         if identity is not None:
             wire_mtls(relay, settings.targets, identity)
         credentials = UpstreamCredentials(settings.targets, identity)
-        state = StateDb(settings.state_db)
+        state = open_state(settings.state)
         notifier = None
         if settings.approvals.notify_url:
             notifier = Notifier(
@@ -242,7 +242,8 @@ class Sidecar:
             settings.approvals,
             notify=notifier,
             record=record,
-            poll_s=APPROVAL_POLL_S if role.shared else None,
+            # A shared store's change feed wakes waiters; workers sharing SQLite poll it.
+            poll_s=APPROVAL_POLL_S if role.shared and not state.has_feed else None,
         )
         tasks = TaskRegistry(state, settings.tasks)
         models = ModelRelay(
@@ -254,6 +255,11 @@ class Sidecar:
         tasks.add_end_hook(lambda task: credentials.revoke_task(task.id))
         exchanger = TokenExchanger(settings.targets, identity)
         tasks.add_end_hook(lambda task: exchanger.revoke_task(task.id))
+        if state.has_feed:  # what other replicas change reaches this one's waiters and caches
+            state.subscribe("approval", approvals.heard)
+            state.subscribe("task_ended", tasks.ended_elsewhere)
+            state.on_resync(approvals.wake_all)
+            state.on_resync(tasks.catch_up)
         users = UserVerifier(settings.users)
         mediator = Mediator(
             settings=settings,
@@ -362,8 +368,10 @@ class Sidecar:
             await self.mcp.start()
         if self.approvals is not None:
             self.approvals.bind_loop(asyncio.get_running_loop())
+        if self.state is not None:
+            self.state.start()
         self._sweeper = asyncio.create_task(self._sweep())
-        if self.role.shared and self.role.primary:
+        if self.role.shared and self.role.primary and not (self.state and self.state.has_feed):
             self._announcer = asyncio.create_task(self._announce())
 
     async def _announce(self) -> None:

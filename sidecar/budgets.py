@@ -10,18 +10,19 @@ Concurrent calls cannot all slip under a limit: before relay each call *reserves
 estimate (the prompt's estimate plus its completion cap) in one transaction that checks the
 limits and adds the estimate to both counters; when the call ends the reservation is settled
 to the provider's usage (or released). So the calls in flight are counted before they finish,
-and a budget is exceeded by at most one call's estimate.
+and a budget is exceeded by at most one call's estimate. The reservation locks the task's and
+the subject's counter rows (in that order, as settling does) so that on a shared store the
+replicas' reservations queue on them rather than read the same total.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from sidecar.config import BudgetSettings
 from sidecar.errors import SidecarError
-from sidecar.state import StateDb
+from sidecar.state import Conn, StateDb
 from sidecar.tasks import Task, TaskRegistry
 
 __all__ = ["BudgetExceeded", "Budgets", "Reservation"]
@@ -81,7 +82,10 @@ class Budgets:
         estimate = max(0, estimate)
         with self._db.transaction(durable=False) as conn:
             if task_id and settings.task_tokens:
-                row = conn.execute("SELECT tokens FROM tasks WHERE id = ?", (task_id,)).fetchone()
+                row = conn.execute(
+                    "SELECT tokens FROM tasks WHERE id = ?" + self._db.for_update,  # noqa: S608
+                    (task_id,),
+                ).fetchone()
                 used = int(row["tokens"]) if row else 0
                 if used >= settings.task_tokens:
                     raise BudgetExceeded(
@@ -89,8 +93,15 @@ class Budgets:
                         f"{settings.task_tokens} (budgets.task_tokens)"
                     )
             if settings.subject_tokens_per_day:
+                conn.execute(  # the row to lock
+                    "INSERT INTO usage (subject, day, tokens) VALUES (?, ?, 0) "
+                    "ON CONFLICT (subject, day) DO NOTHING",
+                    (subject, day),
+                )
                 row = conn.execute(
-                    "SELECT tokens FROM usage WHERE subject = ? AND day = ?", (subject, day)
+                    "SELECT tokens FROM usage WHERE subject = ? AND day = ?"  # noqa: S608
+                    + self._db.for_update,
+                    (subject, day),
                 ).fetchone()
                 used = int(row["tokens"]) if row else 0
                 if used >= settings.subject_tokens_per_day:
@@ -112,15 +123,19 @@ class Budgets:
                 self._add(conn, reservation.subject, reservation.task_id, reservation.day, delta)
 
     @staticmethod
-    def _add(conn: sqlite3.Connection, subject: str, task_id: str, day: str, tokens: int) -> None:
+    def _add(conn: Conn, subject: str, task_id: str, day: str, tokens: int) -> None:
+        # Never below zero (a release larger than what is left); CASE: portable SQL.
         if not tokens:
             return
         if task_id:
             conn.execute(
-                "UPDATE tasks SET tokens = MAX(0, tokens + ?) WHERE id = ?", (tokens, task_id)
+                "UPDATE tasks SET tokens = CASE WHEN tokens + ? > 0 THEN tokens + ? ELSE 0 END "
+                "WHERE id = ?",
+                (tokens, tokens, task_id),
             )
         conn.execute(
-            "INSERT INTO usage (subject, day, tokens) VALUES (?, ?, MAX(0, ?)) "
-            "ON CONFLICT (subject, day) DO UPDATE SET tokens = MAX(0, tokens + ?)",
-            (subject, day, tokens, tokens),
+            "INSERT INTO usage (subject, day, tokens) VALUES (?, ?, ?) "
+            "ON CONFLICT (subject, day) DO UPDATE SET tokens = CASE "
+            "WHEN usage.tokens + ? > 0 THEN usage.tokens + ? ELSE 0 END",
+            (subject, day, max(0, tokens), tokens, tokens),
         )

@@ -21,8 +21,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from sidecar.console.settings import ConsoleSettings
 from sidecar.errors import SidecarError
 from sidecar.mcp.settings import SERVER_NAME_RE, McpServerSettings, McpSettings
+from sidecar.state.settings import StateSettings
 
 __all__ = [
     "AdminSettings",
@@ -404,14 +406,6 @@ class AdminSettings:
 
 
 @dataclass(frozen=True)
-class StateSettings:
-    """Where the sidecar keeps what must survive a restart (approvals, tasks): one SQLite
-    database in WAL mode, ``<dir>/state.db``."""
-
-    dir: Path = Path("state")
-
-
-@dataclass(frozen=True)
 class ApprovalSettings:
     """Step-up approvals: the approver-facing admin API and the limits on pending requests."""
 
@@ -700,6 +694,7 @@ class Settings:
     authzen: AuthZenSettings = field(default_factory=AuthZenSettings)
     mcp: McpSettings = field(default_factory=McpSettings)
     mcp_servers: Mapping[str, McpServerSettings] = field(default_factory=dict)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
 
     def __post_init__(self) -> None:
         mcp_tcp = self.mcp.listen and not self.mcp.listen.startswith("unix:")

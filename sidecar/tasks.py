@@ -4,7 +4,8 @@
 id are counted (``input.task.calls``, ``tokens``, ``age_s`` for policy). Ending it, or its TTL
 passing, revokes its pending approvals and every upstream credential the sidecar cached for
 it (the ``on_end`` hooks), and every later call under it is denied with ``task_ended``. Tasks
-are stored in the state database: an ended task stays ended across restarts.
+are stored in the state store: an ended task stays ended across restarts, and on a shared store
+(PostgreSQL) on every replica, whose own hooks run when the change feed announces the end.
 
 A task is usable by its owner, and by agents whose verified delegation chain contains the
 owner (work delegated within the task); to anyone else it does not exist (``task_unknown``).
@@ -26,6 +27,9 @@ from sidecar.state import StateDb
 __all__ = ["Task", "TaskError", "TaskRegistry"]
 
 log = logging.getLogger(__name__)
+
+# A catch-up looks this much further back than the last one (other hosts' clocks).
+CATCH_UP_MARGIN_NS = 60 * 1_000_000_000
 
 
 class TaskError(SidecarError):
@@ -76,6 +80,7 @@ class TaskRegistry:
         self._db = db
         self._settings = settings
         self._on_end = list(on_end)
+        self._caught_up_ns = time.time_ns()
 
     def add_end_hook(self, hook: Callable[[Task], None]) -> None:
         self._on_end.append(hook)
@@ -144,6 +149,30 @@ class TaskRegistry:
             return task
         return self._end(task, "ended")
 
+    def ended_elsewhere(self, task_id: str) -> None:
+        """Another replica ended ``task_id`` (heard on the change feed): revoke here too what
+        this replica holds for it (cached credentials, approvals waited on)."""
+        task = self.get(task_id)
+        if task is None or not task.ended_ns:
+            return
+        log.info(
+            "task ended on another replica; revoked here",
+            extra={"task_id": task_id, "reason": task.end_reason},
+        )
+        self._run_hooks(task)
+
+    def catch_up(self) -> None:
+        """After the change feed reconnected: run the end hooks of every task that ended since
+        the last catch-up (announcements may have been lost meanwhile; the hooks are
+        idempotent)."""
+        since, self._caught_up_ns = self._caught_up_ns, time.time_ns()
+        rows = self._db.query(
+            "SELECT * FROM tasks WHERE ended_ns >= ? ORDER BY ended_ns LIMIT 10000",
+            (since - CATCH_UP_MARGIN_NS,),
+        )
+        for row in rows:
+            self._run_hooks(Task(**dict(row)))
+
     def sweep(self) -> list[Task]:
         """End every task whose TTL has passed."""
         rows = self._db.query(
@@ -158,13 +187,18 @@ class TaskRegistry:
                 "UPDATE tasks SET ended_ns = ?, end_reason = ? WHERE id = ? AND ended_ns = 0",
                 (now, reason, task.id),
             ).rowcount
+            if changed:
+                self._db.notify(conn, "task_ended", task.id)
         ended = self.get(task.id)
         assert ended is not None
         if changed:
             log.info("task ended", extra={"task_id": task.id, "reason": reason})
-            for hook in self._on_end:
-                try:
-                    hook(ended)
-                except Exception:
-                    log.exception("task end hook failed", extra={"task_id": task.id})
+            self._run_hooks(ended)
         return ended
+
+    def _run_hooks(self, task: Task) -> None:
+        for hook in self._on_end:
+            try:
+                hook(task)
+            except Exception:
+                log.exception("task end hook failed", extra={"task_id": task.id})

@@ -153,3 +153,33 @@ def all_audit_lines(path: Path) -> list[dict[str, Any]]:
 
 
 __all__ = ["REGO", "Reply", "all_audit_lines", "audit_lines"]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (each test gets its own database)."""
+    import os
+
+    from tests.support.postgres import PostgresServer, missing_reason
+
+    why = missing_reason()
+    if why:
+        if os.environ.get("AGENT_SIDECAR_REQUIRE_POSTGRES"):  # CI: never skip silently
+            raise RuntimeError(f"AGENT_SIDECAR_REQUIRE_POSTGRES is set, but {why}")
+        pytest.skip(why)
+    server = PostgresServer().start()
+    # Its password must never reach a log line or an audit record.
+    SECRET_PATTERNS["PostgreSQL password"] = re.compile(re.escape(server.password))
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_state(pg_server, tmp_path, request) -> dict[str, Any]:
+    """``state`` settings for a fresh database on ``pg_server`` (the DSN in a 0600 file)."""
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40]
+    name += "_" + format(abs(hash(str(tmp_path))) % 10**8, "d")
+    dsn_file = tmp_path / "pg.dsn"
+    dsn_file.write_text(pg_server.create_database(name) + "\n")
+    dsn_file.chmod(0o600)
+    return {"backend": "postgres", "postgres": {"dsn_file": str(dsn_file)}}

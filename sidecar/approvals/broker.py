@@ -44,6 +44,9 @@ _ENDED_CODES = {
 }
 
 
+# The event a watcher sees for an approval heard from another replica, by its state.
+_EVENTS = {"pending": "created"}
+
 # How far back announce_others looks again (another process's clock read before its insert).
 ANNOUNCE_WINDOW_S = 5
 
@@ -241,8 +244,19 @@ class ApprovalBroker:
         self.sweep()
         return self._store.list(states, limit)
 
-    def decide(self, approval_id: str, *, approve: bool, approver: str, reason: str) -> Approval:
-        """Approve or deny a pending approval as ``approver``, with a reason."""
+    def decide(
+        self,
+        approval_id: str,
+        *,
+        approve: bool,
+        approver: str,
+        reason: str,
+        groups: Sequence[str] = (),
+        via: str = "",
+    ) -> Approval:
+        """Approve or deny a pending approval as ``approver``, with a reason. ``groups``:
+        the approver's groups as an authenticating proxy vouched for them (the console);
+        ``via``: where the decision was taken, for the audit record."""
         if not reason.strip():
             raise ApproverRefused("a reason is required", code="reason_required")
         self.sweep()
@@ -254,7 +268,7 @@ class ApprovalBroker:
                     f"{approver} made or delegated this request and cannot decide it",
                     code="self_approval",
                 )
-            if approval.approvers and not self._may_approve(approver, approval.approvers):
+            if approval.approvers and not self._may_approve(approver, approval.approvers, groups):
                 raise ApproverRefused(
                     f"{approver} is not among this approval's approvers "
                     f"({', '.join(approval.approvers)})",
@@ -273,7 +287,8 @@ class ApprovalBroker:
 
         def audit(approval: Approval) -> None:
             if self._record is not None:
-                self._record(approval.state, approval, {"actor": approver})
+                detail = {"actor": approver} | ({"via": via} if via else {})
+                self._record(approval.state, approval, detail)
 
         try:
             approval = self._store.transition(approval_id, check, change, audit)
@@ -286,12 +301,16 @@ class ApprovalBroker:
         self._publish(approval.state, approval)
         return approval
 
-    def _may_approve(self, approver: str, required: Sequence[str]) -> bool:
+    def _may_approve(
+        self, approver: str, required: Sequence[str], groups: Sequence[str] = ()
+    ) -> bool:
         for entry in required:
             if entry == approver:
                 return True
             group = entry.removeprefix("group:")
-            if entry.startswith("group:") and approver in self._settings.groups.get(group, ()):
+            if entry.startswith("group:") and (
+                approver in self._settings.groups.get(group, ()) or group in groups
+            ):
                 return True
         return False
 
@@ -342,6 +361,30 @@ class ApprovalBroker:
                 self._record(event, approval, detail)
             except Exception:  # the end already happened; it cannot be undone for the log
                 log.exception("cannot audit an approval's end", extra={"approval_id": approval.id})
+
+    # --- another replica's changes (the shared store's change feed) ---------------------------
+
+    def heard(self, approval_id: str) -> None:
+        """Another replica changed ``approval_id``: wake this replica's waiters and watchers
+        with it as it now is. Blocking (reads the store): called from the feed thread."""
+        approval = self._store.get(approval_id)
+        if approval is not None:
+            self.publish_change(approval)
+
+    def publish_change(self, approval: Approval) -> None:
+        """Tell waiters and watchers that ``approval`` changed elsewhere (it is as read)."""
+        self._publish(_EVENTS.get(approval.state, approval.state), approval)
+
+    def wake_all(self) -> None:
+        """Announcements may have been lost: every waiter re-reads its approval."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_here)
+
+    def _wake_here(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.set()
 
     def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop waiters and watchers live on: store work may run in threads (a locked

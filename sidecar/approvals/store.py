@@ -1,6 +1,7 @@
-"""Approvals in the state database. Every state change is one transaction that checks the
-state it starts from, so an approval is used at most once even under concurrent calls, and a
-restart neither loses a pending approval nor revives a used one."""
+"""Approvals in the state store. Every state change is one transaction that locks the row and
+checks the state it starts from, so an approval is used at most once even when calls race on
+several replicas, and a restart neither loses a pending approval nor revives a used one. Each
+change is announced (``approval ID``) so that a call waiting on another replica wakes."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class ApprovalStore:
                     json.dumps(approval.to_doc()),
                 ),
             )
+            self._db.notify(conn, "approval", approval.id)
 
     def get(self, approval_id: str) -> Approval | None:
         rows = self._db.query("SELECT doc FROM approvals WHERE id = ?", (approval_id,))
@@ -95,7 +97,10 @@ class ApprovalStore:
         """Atomically: read, ``check`` (raises to refuse), ``change`` in place, write back;
         ``before_commit`` (e.g. the audit record) failing rolls the change back."""
         with self._db.transaction() as conn:
-            row = conn.execute("SELECT doc FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            row = conn.execute(
+                "SELECT doc FROM approvals WHERE id = ?" + self._db.for_update,  # noqa: S608
+                (approval_id,),
+            ).fetchone()
             if row is None:
                 raise ApprovalError(
                     f"no approval {approval_id!r}", code="approval_unknown", approval_id=approval_id
@@ -107,6 +112,7 @@ class ApprovalStore:
                 "UPDATE approvals SET state = ?, doc = ? WHERE id = ?",
                 (approval.state, json.dumps(approval.to_doc()), approval.id),
             )
+            self._db.notify(conn, "approval", approval.id)
             if before_commit is not None:
                 before_commit(approval)
         return approval
@@ -117,7 +123,9 @@ class ApprovalStore:
         with self._db.transaction() as conn:
             rows = conn.execute(
                 # `where` is one of this module's constants, never input.
-                f"SELECT doc FROM approvals WHERE state IN ('pending', 'approved') AND {where}",  # noqa: S608
+                "SELECT doc FROM approvals WHERE state IN ('pending', 'approved') AND "  # noqa: S608
+                + where
+                + self._db.for_update,
                 params,
             ).fetchall()
             for row in rows:
@@ -127,6 +135,7 @@ class ApprovalStore:
                     "UPDATE approvals SET state = ?, doc = ? WHERE id = ?",
                     (state, json.dumps(approval.to_doc()), approval.id),
                 )
+                self._db.notify(conn, "approval", approval.id)
                 ended.append(approval)
         return ended
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.cli import approvals, audit, mcp, policy, run
+from sidecar.cli import approvals, audit, console, mcp, policy, run
 from sidecar.config import DEFAULT_AGENT_SOCKET
 
 __all__ = ["build_parser"]
@@ -70,6 +70,21 @@ def _serving(sub: argparse._SubParsersAction) -> None:
         help="override a config key (e.g. policy.engine=opa); repeatable",
     )
     serve.set_defaults(func=run.serve)
+
+    con = _sub(sub, "console", help="serve the approvals web console over the state store")
+    con.add_argument("--config", required=True, type=Path, help="YAML config file (console:)")
+    con.add_argument("--listen", default="", help="HOST:PORT to serve on (default: console.listen)")
+    con.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="log lines at this level and above (JSON on stderr)",
+    )
+    con.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key (e.g. console.auth=mtls); repeatable",
+    )  # fmt: skip
+    con.set_defaults(func=console.console)
 
     health = _sub(sub, "health", help="exit 0 if the sidecar's gRPC health is SERVING")
     health.add_argument(

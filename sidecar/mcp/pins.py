@@ -51,8 +51,8 @@ class PinStore:
         now = time.time_ns()
         with self._db.transaction() as conn:
             conn.executemany(
-                "INSERT OR IGNORE INTO mcp_pins (name, hash, pinned_ns, pinned_by) "
-                "VALUES (?, ?, ?, 'first-seen')",
+                "INSERT INTO mcp_pins (name, hash, pinned_ns, pinned_by) "
+                "VALUES (?, ?, ?, 'first-seen') ON CONFLICT (name) DO NOTHING",
                 [(name, digest, now) for name, digest in hashes.items()],
             )
         return {name: pin for name, pin in self.all().items() if name in hashes}

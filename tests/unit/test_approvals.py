@@ -13,7 +13,7 @@ import pytest
 from sidecar.approvals import ApprovalBroker, ApprovalError, ApprovalStore, ApproverRefused
 from sidecar.approvals.model import request_digest
 from sidecar.config import ApprovalSettings
-from sidecar.state import StateDb
+from sidecar.state import SqliteStateDb, StateDb
 
 BASE = {
     "subject": "spiffe://demo.example/agent/support",
@@ -50,7 +50,7 @@ def test_the_digest_ignores_key_order():
 
 
 def _broker(tmp_path: Path, **settings) -> tuple[ApprovalBroker, StateDb]:
-    db = StateDb(tmp_path / "state.db")
+    db = SqliteStateDb(tmp_path / "state.db")
     groups = {"oncall": ("local:alice",)}
     return ApprovalBroker(ApprovalStore(db), ApprovalSettings(groups=groups, **settings)), db
 
@@ -111,7 +111,7 @@ def test_state_survives_reopening_the_database(tmp_path):
 
 
 def test_the_database_is_in_wal_mode(tmp_path):
-    db = StateDb(tmp_path / "state.db")
+    db = SqliteStateDb(tmp_path / "state.db")
     assert db.query("PRAGMA journal_mode")[0][0] == "wal"
 
 
@@ -178,7 +178,7 @@ def test_a_decision_needs_a_reason_and_a_pending_approval(tmp_path):
 
 
 def test_an_approval_whose_audit_record_fails_is_not_decided(tmp_path):
-    db = StateDb(tmp_path / "state.db")
+    db = SqliteStateDb(tmp_path / "state.db")
 
     def failing_audit(*_):
         raise OSError("disk full")

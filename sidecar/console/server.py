@@ -1,0 +1,324 @@
+"""The console's HTTP server (aiohttp): pages, the decision form, live updates (SSE).
+
+Every request but ``/healthz`` names its approver first (:mod:`sidecar.console.auth`) or is
+refused. A decision is a POST carrying the approver's anti-CSRF token, from the console's own
+origin, with a reason; the broker then checks the approver is one of the approval's
+``approvers`` and not its requester, and writes the audit record before the change commits.
+Refused attempts are audited too. Responses forbid framing, caching and inline script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from sidecar.approvals import ApprovalBroker, ApprovalStore
+from sidecar.approvals.errors import ApproverRefused
+from sidecar.approvals.model import Approval
+from sidecar.audit import AuditError
+from sidecar.config import Settings
+from sidecar.console import pages
+from sidecar.console.auth import (
+    Approver,
+    Csrf,
+    NotAuthenticated,
+    approver_from_cert,
+    approver_from_proxy,
+)
+from sidecar.state import StateDb, StateError, open_state
+from sidecar.tasks import TaskRegistry
+
+__all__ = ["ConsoleServer"]
+
+log = logging.getLogger(__name__)
+
+# Without a change feed (SQLite), how often the console re-reads for live updates.
+POLL_S = 1.0
+MAX_STREAMS = 200
+HEARTBEAT_S = 15.0
+_APPROVER = web.AppKey("approver", Approver)
+_STATUS = {
+    "self_approval": 403,
+    "not_an_approver": 403,
+    "not_pending": 409,
+    "approval_unknown": 404,
+    "reason_required": 400,
+}
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class ConsoleServer:
+    def __init__(self, settings: Settings, *, state: StateDb | None = None) -> None:
+        from sidecar.app import approval_auditor, build_audit
+
+        self._settings = settings
+        self._console = settings.console
+        self._state = state or open_state(settings.state)
+        self._audit = build_audit(settings, None)
+        self._record = approval_auditor(self._audit)
+        self._broker = ApprovalBroker(
+            ApprovalStore(self._state), settings.approvals, record=self._record
+        )
+        self._tasks = TaskRegistry(self._state, settings.tasks)
+        self._csrf = Csrf(self._console.csrf_key_file)
+        self._streams = 0
+        self._runner: web.AppRunner | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.address = ""
+        if self._state.has_feed:
+            self._state.subscribe("approval", self._broker.heard)
+            self._state.on_resync(self._broker.wake_all)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/", self._list)
+        app.router.add_get("/approvals/{id}", self._detail)
+        app.router.add_post("/approvals/{id}/decide", self._decide)
+        app.router.add_get("/events", self._events)
+        app.router.add_get("/static/console.css", self._static(pages.STYLE, "text/css"))
+        app.router.add_get("/static/console.js", self._static(pages.SCRIPT, "text/javascript"))
+        return app
+
+    async def start(self) -> None:
+        self._broker.bind_loop(asyncio.get_running_loop())
+        self._state.start()
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        host, _, port = self._console.listen.rpartition(":")
+        site = web.TCPSite(
+            self._runner, host.strip("[]"), int(port), ssl_context=self._ssl_context()
+        )
+        await site.start()
+        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[attr-defined]
+        bound = sockets[0].getsockname() if sockets else (host, int(port))
+        self.address = f"{host}:{bound[1]}"
+        if not self._state.has_feed:
+            self._poller = asyncio.create_task(self._poll())
+        log.info("approvals console listening", extra={"address": self.address})
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        console = self._console
+        if console.auth != "mtls":
+            return None
+        assert console.tls_cert_file and console.tls_key_file and console.client_ca_file
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(console.tls_cert_file, console.tls_key_file)
+        context.load_verify_locations(console.client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._state.close()
+        self._audit.close()
+
+    async def _poll(self) -> None:
+        """SQLite: changes made by other processes (the sidecar, its CLI) reach the page."""
+        seen: dict[str, str] = {}
+        while True:
+            try:
+                current = await asyncio.to_thread(self._broker.list, (), 500)
+                for approval in current:
+                    if seen.get(approval.id, approval.state) != approval.state or (
+                        approval.id not in seen and seen
+                    ):
+                        self._broker.publish_change(approval)
+                seen = {a.id: a.state for a in current} or {"": ""}
+            except StateError:
+                log.warning("the console cannot read the state store")
+            await asyncio.sleep(POLL_S)
+
+    # --- the guard: who is asking --------------------------------------------------------
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path != "/healthz" and not request.path.startswith("/static/"):
+            try:
+                request[_APPROVER] = self._approver(request)
+            except NotAuthenticated as exc:
+                log.warning(
+                    "console request refused", extra={"path": request.path, "error": str(exc)}
+                )
+                return self._html(pages.error_page(exc.status, str(exc)), exc.status)
+        response = await handler(request)
+        response.headers.update(_HEADERS)
+        return response
+
+    def _approver(self, request: web.Request) -> Approver:
+        if self._console.auth == "mtls":
+            transport = request.transport
+            peercert = None
+            if transport is not None:
+                ssl_object = transport.get_extra_info("ssl_object")
+                peercert = ssl_object.getpeercert() if ssl_object is not None else None
+            return approver_from_cert(peercert)
+        return approver_from_proxy(self._console, request.remote, request.headers)
+
+    @staticmethod
+    def _html(text: str, status: int = 200) -> web.Response:
+        response = web.Response(text=text, status=status, content_type="text/html")
+        response.headers.update(_HEADERS)
+        return response
+
+    @staticmethod
+    def _static(body: str, content_type: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def serve(_: web.Request) -> web.Response:
+            return web.Response(text=body, content_type=content_type)
+
+        return serve
+
+    # --- pages ---------------------------------------------------------------------------
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    def _intents(self, approvals: list[Approval]) -> dict[str, str]:
+        intents = {}
+        for task_id in {a.task_id for a in approvals if a.task_id}:
+            task = self._tasks.get(task_id)
+            if task is not None:
+                intents[task_id] = task.intent
+        return intents
+
+    def _read_list(self, filters: pages.Filters) -> tuple[list[Approval], dict[str, str]]:
+        found = self._broker.list(filters.states, 1000)
+        shown = [a for a in found if filters.match(a)][: self._console.page_size]
+        return shown, self._intents(shown)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        filters = pages.Filters(request.query.get("state", "pending"), request.query.get("q", ""))
+        try:
+            approvals, intents = await asyncio.to_thread(self._read_list, filters)
+        except StateError:
+            return self._html(pages.error_page(503, "the state store is unreachable"), 503)
+        if request.query.get("fragment"):
+            return self._html(pages.rows(approvals, intents, time.time_ns()))
+        return self._html(pages.list_page(request[_APPROVER], filters, approvals, intents))
+
+    def _read_one(self, approval_id: str) -> tuple[Approval | None, str]:
+        approval = self._broker.get(approval_id)
+        if approval is None or not approval.task_id:
+            return approval, ""
+        task = self._tasks.get(approval.task_id)
+        return approval, task.intent if task else ""
+
+    async def _detail(self, request: web.Request, message: str = "", status: int = 200) -> Any:
+        approver = request[_APPROVER]
+        try:
+            approval, intent = await asyncio.to_thread(self._read_one, request.match_info["id"])
+        except StateError:
+            return self._html(pages.error_page(503, "the state store is unreachable"), 503)
+        if approval is None:
+            return self._html(pages.error_page(404, "no such approval"), 404)
+        done = request.query.get("done", "")
+        if not message and done in ("approved", "denied"):
+            message = f"You {done} this request."
+        page = pages.detail_page(approver, approval, intent, self._csrf.token(approver), message)
+        return self._html(page, status)
+
+    async def _decide(self, request: web.Request) -> web.StreamResponse:
+        approver: Approver = request[_APPROVER]
+        approval_id = request.match_info["id"]
+        if not self._same_origin(request):
+            return self._html(pages.error_page(403, "cross-site request refused"), 403)
+        form = await request.post()
+        if not self._csrf.valid(approver, str(form.get("csrf", ""))):
+            log.warning(
+                "console decision without a valid CSRF token", extra={"approver": approver.id}
+            )
+            return self._html(pages.error_page(403, "the form is stale; reload the page"), 403)
+        choice = str(form.get("decision", ""))
+        if choice not in ("approve", "deny"):
+            return self._html(pages.error_page(400, "decision must be approve or deny"), 400)
+        reason = str(form.get("reason", ""))[:2000]
+        try:
+            await asyncio.to_thread(
+                self._broker.decide,
+                approval_id,
+                approve=choice == "approve",
+                approver=approver.id,
+                reason=reason,
+                groups=approver.groups,
+                via="console",
+            )
+        except ApproverRefused as exc:
+            log.warning(
+                "approval refused",
+                extra={"approval_id": approval_id, "approver": approver.id, "code": exc.code},
+            )
+            detail = {"actor": approver.id, "code": exc.code, "wanted": choice, "via": "console"}
+            with contextlib.suppress(AuditError, StateError):
+                current = await asyncio.to_thread(self._broker.get, approval_id)
+                await asyncio.to_thread(self._record, "refused", current, detail, approval_id)
+            return await self._detail(request, f"{exc.code}: {exc}", _STATUS.get(exc.code, 400))
+        except (AuditError, StateError) as exc:
+            code = "audit_unavailable" if isinstance(exc, AuditError) else "state_unavailable"
+            log.error("console decision not recorded", extra={"approval_id": approval_id})
+            return self._html(pages.error_page(503, f"{code}: nothing was changed"), 503)
+        done = "approved" if choice == "approve" else "denied"
+        raise web.HTTPSeeOther(f"/approvals/{approval_id}?done={done}", headers=_HEADERS)
+
+    @staticmethod
+    def _same_origin(request: web.Request) -> bool:
+        """A browser names where a form came from; refuse another site's."""
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
+        origin = request.headers.get("Origin")
+        if origin is None or origin == "null":
+            return origin is None
+        return urlsplit(origin).netloc == request.host
+
+    # --- live updates ----------------------------------------------------------------------
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        if self._streams >= MAX_STREAMS:
+            return self._html(pages.error_page(503, "too many live pages open"), 503)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", **_HEADERS})
+        await response.prepare(request)
+        queue = self._broker.subscribe()
+        self._streams += 1
+        try:
+            while True:
+                try:
+                    event, approval = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                data = {"event": event, "id": approval.id, "state": approval.state}
+                await response.write(f"data: {json.dumps(data)}\n\n".encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._streams -= 1
+            self._broker.unsubscribe(queue)
+        return response

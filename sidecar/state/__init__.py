@@ -1,0 +1,50 @@
+"""The sidecar's durable, shareable state: approvals, tasks, budgets, MCP definition pins.
+
+``state.backend: sqlite`` (default) keeps it in ``<state.dir>/state.db`` for one host;
+``postgres`` shares it across every replica of a fleet. Both apply the versioned migrations
+shipped in ``migrations/`` when they open, and give the same guarantees (docs/state.md).
+"""
+
+from __future__ import annotations
+
+from sidecar.state.base import Conn, Row, StateDb
+from sidecar.state.errors import MigrationError, StateError
+from sidecar.state.settings import PostgresSettings, StateSettings
+from sidecar.state.sqlite import SqliteStateDb
+
+__all__ = [
+    "Conn",
+    "MigrationError",
+    "PostgresSettings",
+    "Row",
+    "SqliteStateDb",
+    "StateDb",
+    "StateError",
+    "StateSettings",
+    "open_state",
+    "read_dsn",
+]
+
+
+def read_dsn(settings: PostgresSettings) -> str:
+    """The DSN from ``postgres.dsn_file`` (surrounding whitespace dropped)."""
+    path = settings.dsn_file
+    if path is None:
+        raise StateError("state.postgres.dsn_file is not set")
+    try:
+        dsn = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise StateError(f"state.postgres.dsn_file {path}: cannot read: {exc.strerror}") from exc
+    if not dsn:
+        raise StateError(f"state.postgres.dsn_file {path} is empty")
+    return dsn
+
+
+def open_state(settings: StateSettings) -> StateDb:
+    """Open (and migrate) the configured store; raises :class:`StateError` when it cannot."""
+    if settings.backend == "postgres":
+        # Imported only when configured: the embedded default does not load psycopg.
+        from sidecar.state.postgres import PostgresStateDb
+
+        return PostgresStateDb(settings.postgres, read_dsn(settings.postgres))
+    return SqliteStateDb(settings.dir / "state.db")
