@@ -162,7 +162,6 @@ def test_ending_a_task_on_one_replica_is_heard_on_the_others(stores):
     b.start()
     poll(b.feed.listening.is_set, what="the feed listening")
     task = tasks_a.start("spiffe://demo.example/agent/a", "t")
-    ended_at = time.monotonic()
     tasks_a.end(task.id, "spiffe://demo.example/agent/a")
     poll(lambda: heard, what="the end heard on replica b")
     assert heard[0][0] == task.id
