@@ -50,6 +50,7 @@ rego: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/hot_path.py
 	$(BIN)/python bench/mcp_overhead.py
+	$(BIN)/python bench/fleet_state.py
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py
@@ -66,6 +67,8 @@ install-check:
 	build/install-check/bin/python -m pip install -q --disable-pip-version-check .
 	cd /tmp && $(CURDIR)/build/install-check/bin/agent-sidecar --help >/dev/null
 	cd /tmp && $(CURDIR)/build/install-check/bin/agent-sidecar policy test $(CURDIR)/rego
+	cd /tmp && $(CURDIR)/build/install-check/bin/python -c "from sidecar.state.migrations import \
+		migrations as m; assert len(m('sqlite')) == len(m('postgres')) == 2, 'migrations not shipped'"
 	rm -rf build/install-check
 
 # Build the image daemonless (buildah), then run the sidecar in it and make a call (root;

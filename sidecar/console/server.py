@@ -60,7 +60,7 @@ _HEADERS = {
     ),
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -103,7 +103,8 @@ class ConsoleServer:
     async def start(self) -> None:
         self._broker.bind_loop(asyncio.get_running_loop())
         self._state.start()
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        # Live pages hold streams open: a stop does not wait for them to end by themselves.
+        self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         host, _, port = self._console.listen.rpartition(":")
         site = web.TCPSite(
@@ -249,6 +250,14 @@ class ConsoleServer:
         approver: Approver = request[_APPROVER]
         approval_id = request.match_info["id"]
         if not self._same_origin(request):
+            log.warning(
+                "console cross-site post refused",
+                extra={
+                    "origin": request.headers.get("Origin", ""),
+                    "host": request.host,
+                    "fetch_site": request.headers.get("Sec-Fetch-Site", ""),
+                },
+            )
             return self._html(pages.error_page(403, "cross-site request refused"), 403)
         form = await request.post()
         if not self._csrf.valid(approver, str(form.get("csrf", ""))):
@@ -290,13 +299,13 @@ class ConsoleServer:
     @staticmethod
     def _same_origin(request: web.Request) -> bool:
         """A browser names where a form came from; refuse another site's."""
-        site = request.headers.get("Sec-Fetch-Site")
-        if site is not None and site not in ("same-origin", "none"):
-            return False
+        site = request.headers.get("Sec-Fetch-Site")  # set by the browser, not by pages
+        if site is not None:
+            return site in ("same-origin", "none")
         origin = request.headers.get("Origin")
-        if origin is None or origin == "null":
-            return origin is None
-        return urlsplit(origin).netloc == request.host
+        if origin is None:  # not a browser: the CSRF token alone decides
+            return True
+        return origin != "null" and urlsplit(origin).netloc == request.host
 
     # --- live updates ----------------------------------------------------------------------
 

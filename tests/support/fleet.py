@@ -114,7 +114,7 @@ def start_replicas(
     replicas = []
     for i in range(count):
         home = tmp_path / f"r{i}"
-        home.mkdir()
+        home.mkdir(parents=True)
         config = make_config(home)
         (home / "c.yaml").write_text(yaml.safe_dump(config))
         proc = subprocess.Popen(

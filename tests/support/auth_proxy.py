@@ -1,0 +1,118 @@
+"""An authenticating reverse proxy for tests, following oauth2-proxy's conventions.
+
+A sign-in page (``/oauth2/sign_in``) stands in for the identity provider: it takes a user
+and their groups and sets a session cookie. Every other request needs the cookie and is passed
+to the upstream with ``X-Forwarded-Email``, ``X-Forwarded-User`` and ``X-Forwarded-Groups``
+set from the session; whatever ``X-Forwarded-*`` the browser sent is dropped. Responses are
+streamed (server-sent events pass through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import threading
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+__all__ = ["AuthProxy"]
+
+_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host", "content-length"}
+
+
+class AuthProxy:
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.sessions: dict[str, tuple[str, str]] = {}
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._client: aiohttp.ClientSession | None = None
+
+    def start(self) -> AuthProxy:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+        return self
+
+    async def _start(self) -> None:
+        self._client = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application()
+        app.router.add_get("/oauth2/sign_in", self._form)
+        app.router.add_post("/oauth2/sign_in", self._sign_in)
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            if self._client is not None:
+                await self._client.close()
+            if self._runner is not None:
+                await self._runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _form(self, _: web.Request) -> web.Response:
+        return web.Response(
+            content_type="text/html",
+            text=(
+                "<!doctype html><title>Sign in</title><form method=post>"
+                "<label for=user>Email</label><input id=user name=user>"
+                "<label for=groups>Groups</label><input id=groups name=groups>"
+                "<button type=submit>Sign in</button></form>"
+            ),
+        )
+
+    async def _sign_in(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        session = secrets.token_urlsafe(16)
+        self.sessions[session] = (str(form["user"]), str(form.get("groups", "")))
+        response = web.HTTPSeeOther("/")
+        response.set_cookie("_oauth2_proxy", session, httponly=True, samesite="Lax")
+        raise response
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        session = self.sessions.get(request.cookies.get("_oauth2_proxy", ""))
+        if session is None:
+            raise web.HTTPFound("/oauth2/sign_in")
+        user, groups = session
+        headers: dict[str, Any] = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in _HOP and not k.lower().startswith("x-forwarded-")
+        }
+        headers |= {
+            "X-Forwarded-Email": user,
+            "X-Forwarded-User": user.split("@")[0],
+            "X-Forwarded-Groups": groups,
+            "Host": request.host,  # oauth2-proxy passes the host header on
+        }
+        assert self._client is not None
+        body = await request.read()
+        async with self._client.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body or None,
+            allow_redirects=False,
+        ) as upstream:
+            response = web.StreamResponse(status=upstream.status)
+            for k, v in upstream.headers.items():
+                if k.lower() not in _HOP:
+                    response.headers[k] = v
+            await response.prepare(request)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+            except (ConnectionResetError, aiohttp.ClientError):
+                pass  # the browser left (a live page closed)
+            return response
