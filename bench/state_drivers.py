@@ -96,7 +96,7 @@ async def bench_asyncpg(dsn: str, n: int, concurrency: int) -> None:
     for name, fn in (("reserve", reserve), ("read", read)):
         sem = asyncio.Semaphore(concurrency)
 
-        async def one(i: int, fn=fn) -> float:
+        async def one(i: int, fn=fn, sem=sem) -> float:
             async with sem:
                 return await fn(i)
 
