@@ -77,7 +77,11 @@ VOL_OPA = "agent-sidecar-opa-config"
 VOL_SOCKET = "agent-sidecar-socket"
 SPIFFE_DIR = "/spiffe-workload-api"
 SPIFFE_SOCKET = f"unix://{SPIFFE_DIR}/spire-agent.sock"
-OUR_VOLUMES = frozenset({VOL_CONFIG, VOL_POLICY, VOL_SPIFFE, VOL_STATE, VOL_OPA, VOL_SOCKET})
+VOL_STATE_DSN = "agent-sidecar-state-dsn"
+STATE_DSN_DIR = "/etc/agent-sidecar/state-dsn"
+OUR_VOLUMES = frozenset(
+    {VOL_CONFIG, VOL_POLICY, VOL_SPIFFE, VOL_STATE, VOL_OPA, VOL_SOCKET, VOL_STATE_DSN}
+)
 OPA_UID = 1000
 STATUS_VERSION = 2
 
@@ -328,6 +332,9 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         args += ["--set", "policy.opa_url=http://127.0.0.1:8181"]
     else:
         args += ["--set", "policy.dir=/etc/agent-sidecar/policy"]
+    if template.state_secret:  # the fleet's shared state store
+        args += ["--set", "state.backend=postgres"]
+        args += ["--set", f"state.postgres.dsn_file={STATE_DSN_DIR}/dsn"]
     mounts = [
         {
             "name": VOL_CONFIG,
@@ -340,6 +347,8 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
     ]
     if template.agent_socket:
         mounts.append({"name": VOL_SOCKET, "mountPath": _socket_dir(settings)})
+    if template.state_secret:
+        mounts.append({"name": VOL_STATE_DSN, "mountPath": STATE_DSN_DIR, "readOnly": True})
     if engine != "opa":
         mounts.append(
             {"name": VOL_POLICY, "mountPath": "/etc/agent-sidecar/policy", "readOnly": True}
@@ -426,6 +435,11 @@ def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[s
     ]
     if settings.sidecar.agent_socket:
         volumes.append({"name": VOL_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})
+    if settings.sidecar.state_secret:
+        # 0444: the sidecar runs as its own uid; no other container mounts this volume.
+        secret = {"secretName": settings.sidecar.state_secret, "defaultMode": 0o444}
+        secret["items"] = [{"key": "dsn", "path": "dsn"}]
+        volumes.append({"name": VOL_STATE_DSN, "secret": secret})
     if engine == "opa":
         volumes.append({"name": VOL_OPA, "configMap": {"name": settings.opa.config_map}})
     else:

@@ -6,6 +6,7 @@ errors naming the file and key), and swapped atomically when the file changes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,10 @@ class SidecarTemplate:
     native: bool = True
     # How long the sidecar (and OPA) may take to become ready before the kubelet restarts it.
     startup_seconds: int = 120
+    # A Secret in the pod's namespace whose key `dsn` holds the PostgreSQL DSN: the injected
+    # sidecars then share one state store (state.backend postgres; docs/kubernetes.md). Only
+    # the sidecar container mounts it.
+    state_secret: str = ""
 
     def __post_init__(self) -> None:
         address = self.agent_address
@@ -70,6 +75,10 @@ class SidecarTemplate:
                 )
         if not 0 < self.socket_group < 2**32 - 1:
             raise ValueError("socket_group: must be a gid > 0")
+        if self.state_secret and not re.fullmatch(
+            r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", self.state_secret
+        ):
+            raise ValueError("state_secret: not a Kubernetes object name")
         if self.startup_seconds < 1:
             raise ValueError("startup_seconds: must be >= 1")
         if self.model_front_door_url:

@@ -4,6 +4,7 @@ them is refused with its message. Evaluated with a real CEL engine (tests/suppor
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -71,8 +72,12 @@ def _refused(pod: dict, lock: bool, words: str, **kwargs: str) -> None:
 
 
 def test_an_agent_that_mounts_the_spiffe_socket_or_the_state_is_refused():
-    for volume in ("agent-sidecar-spiffe", "agent-sidecar-state"):
-        pod = golden("plain-pod")
+    for volume, case in (
+        ("agent-sidecar-spiffe", "plain-pod"),
+        ("agent-sidecar-state", "plain-pod"),
+        ("agent-sidecar-state-dsn", "shared-state"),  # the fleet store's DSN
+    ):
+        pod = golden(case)
         pod["spec"]["containers"][0]["volumeMounts"].append({"name": volume, "mountPath": "/x"})
         _refused(pod, False, "only the agent-sidecar container may mount")
 
@@ -182,8 +187,10 @@ def test_the_params_match_the_webhook_configs(tmp_path):
         assert str(settings.sidecar.run_as_user) == data["sidecar_uid"]
         assert settings.spiffe_csi_driver == data["spiffe_csi_driver"]
     assert data["egress_lock_required"] == "false" and not base.egress_lock.enabled
-    # The prod copy is the base one with the lock on, and nothing else.
+    # The prod copy is the base one with the lock on and the shared state store, nothing else.
     assert prod.egress_lock.enabled
-    assert prod.__class__(**{**vars(prod), "egress_lock": base.egress_lock}) == base
+    assert prod.sidecar.state_secret == "agent-sidecar-state" and not base.sidecar.state_secret
+    unshared = dataclasses.replace(prod.sidecar, state_secret="")
+    assert dataclasses.replace(prod, egress_lock=base.egress_lock, sidecar=unshared) == base
     overlay = (ROOT / "k8s/overlays/prod/kustomization.yaml").read_text()
     assert 'path: /data/egress_lock_required\n        value: "true"' in overlay
