@@ -5,6 +5,7 @@ read, update, commit) and a task read, one at a time and from 8 concurrent calle
 psycopg 3 (sync, its pool, the callers in threads: how the stores call it) and asyncpg
 (its pool, the callers as coroutines). Side by side in one run.
 
+    pip install asyncpg==0.32.0   # not a dependency: only this comparison uses it
     python bench/state_drivers.py [--n 3000]
 """
 
