@@ -64,10 +64,32 @@ class FileSink:
     def _open(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             self._size = os.fstat(self._fd).st_size
+            self._cut_torn_tail()
         except OSError as exc:
             raise AuditError(f"{self.path}: cannot open audit log: {exc.strerror}") from exc
+
+    def _cut_torn_tail(self) -> None:
+        """A process killed mid-write (SIGKILL stops a large write between pages) leaves part
+        of a line at the end: cut it, or the next record would continue that line."""
+        end = self._size
+        position = end
+        while position > 0:
+            start = max(0, position - 65536)
+            chunk = os.pread(self._fd, position - start, start)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                position = start + newline + 1
+                break
+            position = start
+        if position < end:
+            os.ftruncate(self._fd, position)
+            self._size = position
+            log.warning(
+                "cut the incomplete last line a killed process left in the audit log",
+                extra={"path": str(self.path), "bytes": end - position},
+            )
 
     def head(self) -> tuple[int, str] | None:
         """The last record's (seq, hash), so a restarted sidecar continues the chain."""

@@ -64,11 +64,16 @@ class _BadLine(ValueError):
     """A line that is not exactly one canonically encoded JSON object."""
 
 
-def _lines(files: Iterable[Path]) -> Iterable[tuple[str, int, bytes]]:
-    for path in files:
-        for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
+def _lines(files: Iterable[Path]) -> Iterable[tuple[str, int, bytes, bool]]:
+    """Each non-empty line, and whether it is a file's unterminated last line (what a process
+    killed mid-write leaves; the sink cuts it when it reopens the file)."""
+    paths = list(files)
+    for index, path in enumerate(paths):
+        parts = path.read_bytes().split(b"\n")
+        live = index == len(paths) - 1  # older files were closed whole when they rotated
+        for number, line in enumerate(parts, 1):
             if line.strip():
-                yield str(path), number, line
+                yield str(path), number, line, live and number == len(parts)
 
 
 def _parse(line: bytes) -> dict[str, Any]:
@@ -227,11 +232,17 @@ def verify(
     def problem(text: str) -> None:
         report.problems.append(text)
 
-    for where, number, line in _lines(files):
+    for where, number, line, unterminated in _lines(files):
         try:
             doc = _parse(line)
         except _BadLine as exc:
-            problem(f"{where}:{number}: {exc}")
+            if unterminated:  # a write cut short by a kill: not a record, nothing was lost
+                report.notes.append(
+                    f"{where}:{number}: an incomplete last line (a write cut short when the "
+                    "process was killed) is not a record; ignored"
+                )
+            else:
+                problem(f"{where}:{number}: {exc}")
             continue
         if doc.get("type") == "checkpoint":
             checkpoints.append((f"{where}:{number}", doc))
@@ -261,7 +272,7 @@ def verify(
         expected = max(expected, seq) + 1
         report.last_seq = max(report.last_seq, seq)
     if checkpoints_file is not None and checkpoints_file.exists():
-        for where, number, line in _lines([checkpoints_file]):
+        for where, number, line, _ in _lines([checkpoints_file]):
             try:
                 checkpoints.append((f"{where} (checkpoint file)", _parse(line)))
             except _BadLine as exc:

@@ -239,3 +239,28 @@ def test_a_bad_dsn_file_is_refused_without_echoing_it(tmp_path, pg_server):
         open_with(wrong)
     assert "wrong-password-123" not in str(refused.value)
     assert describe_dsn(pg_server.dsn()) == f"postgresql://127.0.0.1:{pg_server.port}/postgres"
+
+
+def test_mcp_definition_pins_are_first_seen_fleet_wide_and_accepted_everywhere(stores):
+    from sidecar.mcp.pins import PinStore
+
+    a, b = PinStore(stores()), PinStore(stores())
+    first = a.pin_new({"notes.search": "sha256:aaa", "notes.read": "sha256:bbb"})
+    assert first["notes.search"].hash == "sha256:aaa"
+    # Another replica seeing a different definition later does not re-pin it: first seen wins.
+    second = b.pin_new({"notes.search": "sha256:evil", "notes.write": "sha256:ccc"})
+    assert second["notes.search"].hash == "sha256:aaa"
+    assert second["notes.write"].pinned_by == "first-seen"
+    b.accept("notes.search", "sha256:new", "local:alice")
+    assert a.all()["notes.search"].hash == "sha256:new"
+    assert a.all()["notes.search"].pinned_by == "local:alice"
+
+
+def test_the_password_never_appears_in_what_a_store_says(stores, pg_server, pg_state, caplog):
+    db = stores()
+    assert pg_server.password not in db.description
+    assert db.description.startswith("postgresql://127.0.0.1:")
+    with pytest.raises(StateError) as bad:
+        db.query("SELECT * FROM no_such_table")
+    assert "no_such_table" in str(bad.value) and pg_server.password not in str(bad.value)
+    assert db.available  # a bad statement is not an outage

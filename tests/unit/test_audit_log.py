@@ -83,3 +83,43 @@ def test_a_record_sealed_in_one_encoding_is_byte_for_byte_canonical(record):
     expected = {k: v for k, v in record.items() if k != "hash"} | {"seq": 7, "prev_hash": "ab" * 32}
     assert hash_hex == digest(expected)
     assert line == canonical(expected | {"hash": hash_hex}) + b"\n"
+
+
+def test_a_line_torn_by_a_kill_is_cut_on_restart_and_verify_says_so(tmp_path):
+    """SIGKILL can stop a large write between pages: part of a line is left at the end. It is
+    a note for verify (not a record, nothing lost), and the restarted log cuts it so the next
+    record starts on its own line and the whole log verifies."""
+    from sidecar.audit.verify import verify
+
+    signer = FileKeySigner(tmp_path / "k.pem")
+    first = AuditLog(tmp_path / "a.log", signer=signer)
+    for i in range(3):
+        first.write({"type": "call", "decision_id": str(i)})
+    first.close()
+    whole = (tmp_path / "a.log").read_bytes()
+    (tmp_path / "a.log").write_bytes(whole + b'{"action":{"argu')  # what the kill left
+    torn = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub")
+    assert torn.intact, torn.problems
+    assert any("incomplete last line" in note for note in torn.notes)
+    second = AuditLog(tmp_path / "a.log", signer=signer)
+    second.write({"type": "call", "decision_id": "after"})
+    second.close()
+    text = (tmp_path / "a.log").read_text()
+    assert '{"action":{"argu' not in text and text.endswith("\n")
+    healed = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub")
+    assert healed.intact and not any("incomplete" in n for n in healed.notes), healed.problems
+
+
+def test_an_edited_line_inside_the_log_is_still_a_problem(tmp_path):
+    from sidecar.audit.verify import verify
+
+    signer = FileKeySigner(tmp_path / "k.pem")
+    log = AuditLog(tmp_path / "a.log", signer=signer)
+    for i in range(3):
+        log.write({"type": "call", "decision_id": str(i)})
+    log.close()
+    lines = (tmp_path / "a.log").read_bytes().split(b"\n")
+    lines[1] = lines[1][:20]  # a cut line that is not the last one
+    (tmp_path / "a.log").write_bytes(b"\n".join(lines))
+    report = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub")
+    assert not report.intact and any("not a JSON record" in p for p in report.problems)

@@ -1,0 +1,134 @@
+"""The approvals console with ``console.auth: mtls`` over the embedded SQLite store: the
+approver is the SPIFFE ID of a client certificate from the configured CA; no certificate, or
+one from another CA, gets no TLS session. Live updates on SQLite come from re-reading the
+store (no change feed there)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ssl
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+
+from sidecar.client import StepUpRequired
+from sidecar.config import Settings
+from sidecar.console.server import ConsoleServer
+from sidecar.identity.dev_authority import DevAuthority
+from tests.support.running import APPROVER
+
+REFUND = {"order": "A-1", "amount": 500}
+
+
+class _Console:
+    """A ConsoleServer on its own loop in a thread."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True).start()
+        self.server = self._run(self._build(settings))
+
+    async def _build(self, settings: Settings) -> ConsoleServer:
+        server = ConsoleServer(settings)
+        await server.start()
+        return server
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
+
+    def stop(self) -> None:
+        self._run(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def _pem(tmp_path: Path, name: str, issued) -> tuple[str, str]:
+    (tmp_path / f"{name}.crt").write_bytes(issued.chain_pem)
+    (tmp_path / f"{name}.key").write_bytes(issued.key_pem)
+    return str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key")
+
+
+@pytest.fixture
+def mtls_console(start_sidecar, tools, tmp_path, authority):
+    running = start_sidecar(tools.url)
+    cert, key = _pem(tmp_path, "console", authority.issue_x509(
+        "spiffe://demo.example/agent-sidecar/console", dns_names=("localhost",)))  # fmt: skip
+    (tmp_path / "ca.pem").write_bytes(authority.x509_bundle_pem)
+    console = dataclasses.replace(
+        running.settings.console, listen="127.0.0.1:0", auth="mtls", tls_cert_file=Path(cert),
+        tls_key_file=Path(key), client_ca_file=tmp_path / "ca.pem",
+    )  # fmt: skip
+    settings = dataclasses.replace(
+        running.settings,
+        console=console,
+        audit=dataclasses.replace(running.settings.audit, path=tmp_path / "console-audit.log"),
+    )
+    served = _Console(settings)
+    yield running, served.server.address, tmp_path
+    served.stop()
+
+
+def _session(tmp_path: Path, cert: tuple[str, str] | None) -> requests.Session:
+    session = requests.Session()
+    session.verify = str(tmp_path / "ca.pem")
+    session.cert = cert
+    return session
+
+
+def _url(address: str, path: str) -> str:
+    return f"https://localhost:{address.rsplit(':', 1)[1]}{path}"
+
+
+def test_a_client_certificate_names_the_approver_who_then_decides(mtls_console, authority):
+    running, address, tmp_path = mtls_console
+    with running.client() as client:
+        task = client.start_task("refund").task_id
+        with pytest.raises(StepUpRequired) as step_up:
+            client.call_tool("payments.refund", REFUND, task_id=task, wait=False)
+    approval_id = step_up.value.approval_id
+    alice = _session(tmp_path, _pem(tmp_path, "alice", authority.issue_x509(APPROVER)))
+    page = alice.get(_url(address, "/"), timeout=10)
+    assert page.status_code == 200 and f'Signed in as <b id="who">{APPROVER}</b>' in page.text
+    assert approval_id in page.text
+    detail = alice.get(_url(address, f"/approvals/{approval_id}"), timeout=10).text
+    token = detail.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    decided = alice.post(
+        _url(address, f"/approvals/{approval_id}/decide"),
+        data={"decision": "approve", "reason": "verified", "csrf": token},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert decided.status_code == 303
+    with running.client() as client:
+        reply = client.call_tool("payments.refund", REFUND, task_id=task, approval_id=approval_id)
+    assert reply.status == 200
+    with running.approvals() as approvals:
+        assert approvals.get(approval_id).decided_by == APPROVER
+
+
+def test_no_certificate_or_another_cas_gets_no_session(mtls_console):
+    _, address, tmp_path = mtls_console
+    with pytest.raises(requests.exceptions.SSLError):
+        _session(tmp_path, None).get(_url(address, "/"), timeout=10)
+    stranger = DevAuthority("demo.example")
+    cert = _pem(tmp_path, "stranger", stranger.issue_x509(APPROVER))
+    with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
+        _session(tmp_path, cert).get(_url(address, "/"), timeout=10)
+
+
+def test_on_sqlite_a_new_approval_reaches_an_open_page_live(mtls_console, authority):
+    running, address, tmp_path = mtls_console
+    alice = _session(tmp_path, _pem(tmp_path, "alice", authority.issue_x509(APPROVER)))
+    with alice.get(_url(address, "/events"), stream=True, timeout=30) as events:
+        assert events.headers["Content-Type"].startswith("text/event-stream")
+        with running.client() as client:
+            task = client.start_task("refund").task_id
+            with pytest.raises(StepUpRequired) as step_up:
+                client.call_tool("payments.refund", REFUND, task_id=task, wait=False)
+        for line in events.iter_lines(decode_unicode=True):
+            if line.startswith("data: ") and step_up.value.approval_id in line:
+                assert '"event": "created"' in line
+                break
+    _ = ssl
