@@ -31,7 +31,7 @@ import sidecar  # noqa: E402,F401  (before grpc: the engine's load order)
 from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.tools_server import ToolServer  # noqa: E402
 from sidecar.client import SidecarClient  # noqa: E402
-from tests.support.fleet import fleet_config, poll, start_replicas  # noqa: E402
+from tests.support.fleet import chat_at_once, fleet_config, poll, start_replicas  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 
 REFUND = {"order": "A-1", "amount": 500}
@@ -116,28 +116,9 @@ def overshoot(tmp: Path, tools: ToolServer, pg_state: dict) -> tuple[int, int]:
         models.script(reply="ok")
         fleet = start_replicas(tmp, 3, lambda h: fleet_config(h, tools.url, pg_state, models.url))
         try:
-            import openai
-
             with fleet[0].client() as client:
                 task = client.start_task("bench").task_id
-            sdks = [
-                openai.OpenAI(base_url=r.frontdoor_url, api_key="unused", max_retries=0,
-                              default_headers={"x-agent-sidecar-task-id": task})
-                for r in fleet
-            ]  # fmt: skip
-            prompt = [{"role": "user", "content": "word " * 60}]
-
-            def call(i: int) -> int:
-                try:
-                    sdks[i % 3].chat.completions.create(
-                        model="gpt-small", messages=prompt, max_tokens=50
-                    )
-                    return 1
-                except openai.RateLimitError:
-                    return 0
-
-            with ThreadPoolExecutor(50) as pool:
-                relayed = sum(pool.map(call, range(50)))
+            relayed = chat_at_once(fleet, task, 50).count("ok")
             return relayed, relayed * 61
         finally:
             for replica in fleet:

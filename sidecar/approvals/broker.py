@@ -21,7 +21,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -72,11 +71,7 @@ class ApprovalBroker:
         self._record = record
         self._waiters: dict[str, set[asyncio.Event]] = collections.defaultdict(set)
         self._watchers: set[asyncio.Queue[tuple[str, Approval]]] = set()
-        self._created: dict[str, collections.deque[float]] = collections.defaultdict(
-            collections.deque
-        )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._request_lock = threading.Lock()
         # Approvals already announced to watchers (id -> created_ns), for announce_others.
         self._announced: dict[str, int] = {}
         self._announced_after = time.time_ns()
@@ -99,15 +94,11 @@ class ApprovalBroker:
         decision_id: str,
     ) -> Approval:
         """The pending approval for this exact request: an existing one, or a new one.
-        Atomic (it may run in threads): identical concurrent calls share one approval."""
-        with self._request_lock:
-            now_ns = time.time_ns()
-            existing = self._store.find_pending(digest, now_ns)
-            if existing is not None:
-                return existing
-            self._check_rate(subject, now_ns)
-            ttl = min(ttl_s, self._settings.max_ttl_s)
-            approval = Approval(
+        Atomic across threads and replicas: identical concurrent calls share one approval."""
+        now_ns = time.time_ns()
+        ttl = min(ttl_s, self._settings.max_ttl_s)
+        approval, created = self._store.open_once(
+            Approval(
                 id="ap-" + new_decision_id(now_ns),
                 state="pending",
                 digest=digest,
@@ -122,32 +113,30 @@ class ApprovalBroker:
                 decision_id=decision_id,
                 created_at_ns=now_ns,
                 expires_at_ns=now_ns + ttl * 1_000_000_000,
-            )
-            self._store.insert(approval)
-            self._announced[approval.id] = approval.created_at_ns
-            self._created[subject].append(time.monotonic())
-            log.info(
-                "approval pending",
-                extra={"approval_id": approval.id, "decision_id": decision_id, "subject": subject},
-            )
-            self._publish("created", approval)
-            if self._notify is not None:
-                self._notify(approval)
+            ),
+            lambda recent, pending: self._check_rate(subject, recent, pending),
+        )
+        if not created:
             return approval
+        self._announced[approval.id] = approval.created_at_ns
+        log.info(
+            "approval pending",
+            extra={"approval_id": approval.id, "decision_id": decision_id, "subject": subject},
+        )
+        self._publish("created", approval)
+        if self._notify is not None:
+            self._notify(approval)
+        return approval
 
-    def _check_rate(self, subject: str, now_ns: int) -> None:
+    def _check_rate(self, subject: str, recent: int, pending: int) -> None:
+        """The step-up flood limits, on counts read from the store (every replica's)."""
         settings = self._settings
-        recent = self._created[subject]
-        cutoff = time.monotonic() - 60
-        while recent and recent[0] < cutoff:
-            recent.popleft()
-        if len(recent) >= settings.max_new_per_minute:
+        if recent >= settings.max_new_per_minute:
             raise ApprovalError(
-                f"{subject} asked for {len(recent)} approvals in the last minute; the limit is "
+                f"{subject} asked for {recent} approvals in the last minute; the limit is "
                 f"{settings.max_new_per_minute} (approvals.max_new_per_minute)",
                 code="approval_rate_limited",
             )
-        pending = self._store.count_pending(subject, now_ns)
         if pending >= settings.max_pending_per_subject:
             raise ApprovalError(
                 f"{subject} already has {pending} pending approvals; the limit is "

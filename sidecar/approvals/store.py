@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 from sidecar.approvals.errors import ApprovalError
 from sidecar.approvals.model import Approval
-from sidecar.state import StateDb
+from sidecar.state import Conn, StateDb
 
 __all__ = ["ApprovalStore"]
 
@@ -19,43 +19,57 @@ class ApprovalStore:
     def __init__(self, db: StateDb) -> None:
         self._db = db
 
-    def insert(self, approval: Approval) -> None:
+    def _insert(self, conn: Conn, approval: Approval) -> None:
+        conn.execute(
+            "INSERT INTO approvals (id, state, digest, subject, task_id, created_ns,"
+            " expires_ns, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                approval.id,
+                approval.state,
+                approval.digest,
+                approval.subject,
+                approval.task_id,
+                approval.created_at_ns,
+                approval.expires_at_ns,
+                json.dumps(approval.to_doc()),
+            ),
+        )
+        self._db.notify(conn, "approval", approval.id)
+
+    def open_once(
+        self, approval: Approval, limit: Callable[[int, int], None]
+    ) -> tuple[Approval, bool]:
+        """The pending approval for ``approval.digest`` if there is one (``False``), else
+        ``approval`` inserted (``True``) once ``limit(created_last_minute, pending)`` for its
+        subject has not refused it. One transaction, serialised per subject on every replica:
+        identical requests racing anywhere share one approval, and the flood limit counts
+        every replica's."""
+        now_ns = approval.created_at_ns
         with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO approvals (id, state, digest, subject, task_id, created_ns,"
-                " expires_ns, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    approval.id,
-                    approval.state,
-                    approval.digest,
-                    approval.subject,
-                    approval.task_id,
-                    approval.created_at_ns,
-                    approval.expires_at_ns,
-                    json.dumps(approval.to_doc()),
-                ),
-            )
-            self._db.notify(conn, "approval", approval.id)
+            self._db.lock(conn, "approvals:" + approval.subject)
+            row = conn.execute(
+                "SELECT doc FROM approvals WHERE digest = ? AND state = 'pending' "
+                "AND expires_ns > ? ORDER BY created_ns DESC LIMIT 1",
+                (approval.digest, now_ns),
+            ).fetchone()
+            if row is not None:
+                return Approval.from_doc(json.loads(row["doc"])), False
+            recent = conn.execute(
+                "SELECT COUNT(*) AS n FROM approvals WHERE subject = ? AND created_ns > ?",
+                (approval.subject, now_ns - 60 * 1_000_000_000),
+            ).fetchone()
+            pending = conn.execute(
+                "SELECT COUNT(*) AS n FROM approvals WHERE subject = ? AND state = 'pending' "
+                "AND expires_ns > ?",
+                (approval.subject, now_ns),
+            ).fetchone()
+            limit(int(recent["n"]), int(pending["n"]))
+            self._insert(conn, approval)
+        return approval, True
 
     def get(self, approval_id: str) -> Approval | None:
         rows = self._db.query("SELECT doc FROM approvals WHERE id = ?", (approval_id,))
         return Approval.from_doc(json.loads(rows[0]["doc"])) if rows else None
-
-    def find_pending(self, digest: str, now_ns: int) -> Approval | None:
-        rows = self._db.query(
-            "SELECT doc FROM approvals WHERE digest = ? AND state = 'pending' AND expires_ns > ?"
-            " ORDER BY created_ns DESC LIMIT 1",
-            (digest, now_ns),
-        )
-        return Approval.from_doc(json.loads(rows[0]["doc"])) if rows else None
-
-    def count_pending(self, subject: str, now_ns: int) -> int:
-        rows = self._db.query(
-            "SELECT COUNT(*) AS n FROM approvals WHERE subject = ? AND state = 'pending'"
-            " AND expires_ns > ?",
-            (subject, now_ns),
-        )
-        return int(rows[0]["n"])
 
     def count_all_pending(self, now_ns: int) -> int:
         rows = self._db.query(

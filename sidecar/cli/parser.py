@@ -53,37 +53,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serving(sub: argparse._SubParsersAction) -> None:
-    serve = _sub(sub, "serve", help="serve the agent API until SIGTERM")
-    serve.add_argument("--config", required=True, type=Path, help="YAML config file")
-    serve.add_argument(
+def _server_options(parser: argparse.ArgumentParser, example: str) -> None:
+    """What every long-running command takes: the log level and config overrides."""
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["debug", "info", "warning"],
         help="log lines at this level and above (JSON on stderr)",
     )
-    serve.add_argument(
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key (e.g. policy.engine=opa); repeatable",
+        help=f"override a config key (e.g. {example}); repeatable",
     )
+
+
+def _serving(sub: argparse._SubParsersAction) -> None:
+    serve = _sub(sub, "serve", help="serve the agent API until SIGTERM")
+    serve.add_argument("--config", required=True, type=Path, help="YAML config file")
+    _server_options(serve, "policy.engine=opa")
     serve.set_defaults(func=run.serve)
 
     con = _sub(sub, "console", help="serve the approvals web console over the state store")
     con.add_argument("--config", required=True, type=Path, help="YAML config file (console:)")
     con.add_argument("--listen", default="", help="HOST:PORT to serve on (default: console.listen)")
-    con.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning"],
-        help="log lines at this level and above (JSON on stderr)",
-    )
-    con.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config key (e.g. console.auth=mtls); repeatable",
-    )  # fmt: skip
+    _server_options(con, "console.auth=mtls")
     con.set_defaults(func=console.console)
 
     health = _sub(sub, "health", help="exit 0 if the sidecar's gRPC health is SERVING")

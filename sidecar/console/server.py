@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 POLL_S = 1.0
 MAX_STREAMS = 200
 HEARTBEAT_S = 15.0
-_APPROVER = web.AppKey("approver", Approver)
+_APPROVER = web.RequestKey("approver", Approver)
 _STATUS = {
     "self_approval": 403,
     "not_an_approver": 403,
@@ -142,16 +142,15 @@ class ConsoleServer:
 
     async def _poll(self) -> None:
         """SQLite: changes made by other processes (the sidecar, its CLI) reach the page."""
-        seen: dict[str, str] = {}
+        seen: dict[str, str] | None = None  # id -> state at the last look
         while True:
             try:
                 current = await asyncio.to_thread(self._broker.list, (), 500)
-                for approval in current:
-                    if seen.get(approval.id, approval.state) != approval.state or (
-                        approval.id not in seen and seen
-                    ):
-                        self._broker.publish_change(approval)
-                seen = {a.id: a.state for a in current} or {"": ""}
+                if seen is not None:
+                    for approval in current:
+                        if seen.get(approval.id) != approval.state:  # new, or changed
+                            self._broker.publish_change(approval)
+                seen = {a.id: a.state for a in current}
             except StateError:
                 log.warning("the console cannot read the state store")
             await asyncio.sleep(POLL_S)

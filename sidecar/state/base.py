@@ -53,6 +53,10 @@ class StateDb(abc.ABC):
         """Tell the other replicas ``kind`` changed for ``key``, on commit of ``conn``'s
         transaction."""
 
+    def lock(self, conn: Conn, key: str) -> None:  # noqa: B027 (optional)
+        """Hold a lock named ``key`` until ``conn``'s transaction ends, on every replica (a
+        SQLite write transaction already excludes every other writer)."""
+
     def subscribe(self, kind: str, listener: Callable[[str], None]) -> None:  # noqa: B027 (optional)
         """Call ``listener(key)`` (in a feed thread) when another replica announces ``kind``.
         A backend without a change feed never calls it."""

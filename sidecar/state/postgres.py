@@ -206,6 +206,9 @@ class PostgresStateDb(StateDb):
         with self._checkout() as conn:
             return conn.execute(_pg(sql), tuple(params)).fetchall()
 
+    def lock(self, conn: Any, key: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
+
     def notify(self, conn: Any, kind: str, key: str) -> None:
         conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, self.feed.payload(kind, key)))
 

@@ -12,12 +12,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 
 from examples.demo.model_server import ModelServer
 from sidecar.client import SidecarCallError, StepUpRequired
-from tests.support.fleet import fleet_config, poll, start_replicas
+from tests.support.fleet import chat_at_once, fleet_config, poll, start_replicas
 
 REFUND = {"order": "A-1", "amount": 500}
 
@@ -122,26 +121,7 @@ def test_a_task_budget_holds_across_replicas(tmp_path, tools, pg_state):
         try:
             with fleet[0].client() as client:
                 task = client.start_task("summarise").task_id
-            sdks = [
-                openai.OpenAI(
-                    base_url=r.frontdoor_url, api_key="unused", max_retries=0,
-                    default_headers={"x-agent-sidecar-task-id": task},
-                )
-                for r in fleet
-            ]  # fmt: skip
-            prompt = [{"role": "user", "content": "word " * 60}]
-
-            def call(i: int) -> str:
-                try:
-                    sdks[i % 3].chat.completions.create(
-                        model="gpt-small", messages=prompt, max_tokens=50
-                    )
-                    return "ok"
-                except openai.RateLimitError as exc:
-                    return exc.body["code"]
-
-            with ThreadPoolExecutor(51) as pool:
-                outcomes = list(pool.map(call, range(51)))
+            outcomes = chat_at_once(fleet, task, 51)
             relayed = outcomes.count("ok")
             assert set(outcomes) == {"ok", "budget_exceeded"}, outcomes
             assert len(models.received) == relayed

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,20 +20,11 @@ from examples.demo.run import free_port, wait_serving
 from sidecar.client import SidecarClient
 from sidecar.config import ConfigError
 from sidecar.workers import WorkerRole, WorkersStatus, available_cpus, segment_path, segments
+from tests.support.fleet import poll
 from tests.support.running import DEMO_CONFIG, RunningSidecar, sidecar_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 REFUND = {"order": "A-1", "amount": 500}
-
-
-def poll(predicate, timeout_s: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout_s}s")
 
 
 @pytest.fixture

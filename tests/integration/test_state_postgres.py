@@ -19,6 +19,7 @@ from sidecar.config import ApprovalSettings, BudgetSettings, TaskSettings
 from sidecar.state import MigrationError, StateError, StateSettings, open_state
 from sidecar.state.postgres import describe_dsn
 from sidecar.tasks import TaskRegistry
+from tests.support.fleet import poll
 
 
 def _settings(pg_state: dict, **postgres) -> StateSettings:
@@ -30,16 +31,6 @@ def _settings(pg_state: dict, **postgres) -> StateSettings:
 
 def _dsn(pg_state: dict) -> str:
     return Path(pg_state["postgres"]["dsn_file"]).read_text().strip()
-
-
-def poll(predicate, timeout_s: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"{what} did not happen within {timeout_s}s")
 
 
 @pytest.fixture
@@ -66,9 +57,9 @@ def test_migrations_apply_once_even_when_replicas_start_together(pg_state, store
     with ThreadPoolExecutor(6) as pool:
         dbs = list(pool.map(lambda _: stores(), range(6)))
     assert {db.schema_version for db in dbs} == {2}
-    assert _versions(pg_state) == [(1, "base"), (2, "approvals_by_created")]
+    assert _versions(pg_state) == [(1, "base"), (2, "approval_indexes")]
     stores()  # opening again changes nothing
-    assert _versions(pg_state) == [(1, "base"), (2, "approvals_by_created")]
+    assert _versions(pg_state) == [(1, "base"), (2, "approval_indexes")]
 
 
 def test_a_database_newer_than_this_build_is_refused(pg_state, stores):
@@ -264,3 +255,30 @@ def test_the_password_never_appears_in_what_a_store_says(stores, pg_server, pg_s
         db.query("SELECT * FROM no_such_table")
     assert "no_such_table" in str(bad.value) and pg_server.password not in str(bad.value)
     assert db.available  # a bad statement is not an outage
+
+
+def test_identical_step_ups_racing_on_replicas_share_one_approval_and_one_flood_limit(stores):
+    settings = ApprovalSettings(max_pending_per_subject=3, max_new_per_minute=100)
+    replicas = [ApprovalBroker(ApprovalStore(stores()), settings) for _ in range(6)]
+    start = threading.Barrier(12)
+
+    def ask(i: int) -> str:
+        start.wait()
+        return _pending(replicas[i % 6], digest="sha256:same").id
+
+    with ThreadPoolExecutor(12) as pool:
+        ids = set(pool.map(ask, range(12)))
+    assert len(ids) == 1  # twelve identical calls on six replicas: one approval
+
+    def ask_other(i: int) -> str:
+        start.wait()
+        try:
+            return _pending(replicas[i % 6], digest=f"sha256:{i}").id
+        except ApprovalError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(ask_other, range(12)))
+    # The subject holds at most 3 pending, whichever replicas opened them (1 already).
+    assert sum(1 for o in outcomes if o.startswith("ap-")) == 2
+    assert outcomes.count("approval_rate_limited") == 10

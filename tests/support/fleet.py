@@ -20,7 +20,7 @@ from examples.demo.run import free_port, wait_serving
 from sidecar.client import SidecarClient
 from tests.support.running import AUDIT_PATHS, DEMO_CONFIG, ROOT
 
-__all__ = ["ONCALL", "Replica", "fleet_config", "poll", "start_replicas"]
+__all__ = ["ONCALL", "Replica", "chat_at_once", "fleet_config", "poll", "start_replicas"]
 
 ONCALL = "oncall@example.com"  # a console user in group payments-oncall (proxy headers)
 
@@ -133,3 +133,33 @@ def start_replicas(
             replica.stop()
         raise
     return replicas
+
+
+def chat_at_once(fleet: list[Replica], task: str, calls: int) -> list[str]:
+    """``calls`` chat completions at once with the unmodified openai SDK, spread over the
+    replicas' front doors, under ``task``; each prompt is about 75 tokens with max_tokens 50
+    (a 125-token reservation). Each outcome: ``ok`` or the refusal's code."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    sdks = [
+        openai.OpenAI(
+            base_url=r.frontdoor_url, api_key="unused", max_retries=0,
+            default_headers={"x-agent-sidecar-task-id": task},
+        )
+        for r in fleet
+    ]  # fmt: skip
+    prompt = [{"role": "user", "content": "word " * 60}]
+
+    def call(i: int) -> str:
+        try:
+            sdks[i % len(sdks)].chat.completions.create(
+                model="gpt-small", messages=prompt, max_tokens=50
+            )
+            return "ok"
+        except openai.RateLimitError as exc:
+            return str(exc.body["code"])
+
+    with ThreadPoolExecutor(calls) as pool:
+        return list(pool.map(call, range(calls)))
