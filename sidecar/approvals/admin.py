@@ -32,6 +32,7 @@ from sidecar.approvals.broker import ApprovalBroker
 from sidecar.approvals.errors import ApproverRefused
 from sidecar.approvals.model import STATES, Approval
 from sidecar.audit import AuditError
+from sidecar.calls.common import off_loop
 from sidecar.config import Settings
 from sidecar.identity import CallContext, IdentityError, MtlsAttestor, WorkloadIdentity
 from sidecar.state import StateError
@@ -103,14 +104,14 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
                 f"unknown state {unknown[0]!r} (states: {', '.join(STATES)})",
             )
         limit = min(request.limit or 100, 1000)
-        approvals = self._broker.list(list(request.states), limit)
+        approvals = await off_loop(self._broker.list, list(request.states), limit)
         return approvals_pb2.ListApprovalsResponse(
             approvals=[approval_message(a) for a in approvals]
         )
 
     async def Get(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._approver(context)
-        approval = self._broker.get(request.id)
+        approval = await off_loop(self._broker.get, request.id)
         if approval is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no approval {request.id!r}")
         assert approval is not None
@@ -127,17 +128,22 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
     ) -> Any:
         approver = await self._approver(context)
         try:
-            approval = self._broker.decide(
-                request.id, approve=approve, approver=approver, reason=request.reason
+            approval = await off_loop(
+                self._broker.decide,
+                request.id,
+                approve=approve,
+                approver=approver,
+                reason=request.reason,
             )
         except ApproverRefused as exc:
             log.warning(
                 "approval refused",
                 extra={"approval_id": request.id, "approver": approver, "code": exc.code},
             )
-            self._record(
+            await off_loop(
+                self._record,
                 "refused",
-                self._broker.get(request.id),
+                await off_loop(self._broker.get, request.id),
                 {"actor": approver, "code": exc.code, "wanted": "approve" if approve else "deny"},
                 request.id,
             )
@@ -155,7 +161,7 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
         await self._approver(context)
         queue = self._broker.subscribe()
         try:
-            for approval in self._broker.list(["pending"]):
+            for approval in await off_loop(self._broker.list, ["pending"]):
                 yield approvals_pb2.ApprovalEvent(
                     type="pending", approval=approval_message(approval)
                 )

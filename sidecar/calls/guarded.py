@@ -242,7 +242,7 @@ class GuardedPath:
         name = facts.action.name
         decided = await self._decide_recorded(record, input_doc, deadline, name, trace)
         if approval is not None:
-            self._check_revision(record, decided)
+            await self._check_revision(record, decided)
         if decided.decision.effect == "step_up" and acting and approval is None:
             pending = await self._request_approval(record, decided, digest(decided.revision), facts)
             if no_wait:
@@ -251,7 +251,7 @@ class GuardedPath:
             approval = await self._claim(record, pending.id, digest(decided.revision))
             input_doc = policy_input(approval)
             decided = await self._decide_recorded(record, input_doc, deadline, name, trace)
-            self._check_revision(record, decided)
+            await self._check_revision(record, decided)
         log_level = decided.decision.obligations.log
         if log_level in ("full", "redacted"):  # the input on record, as the log obligation allows
             record.input = input_doc

@@ -79,7 +79,7 @@ class StepUp:
         deadline: float,
     ) -> ApprovalInfo:
         """A retry with an approval id: wait for it if still pending, then use it."""
-        current = self._approvals.get(approval_id)
+        current = await off_loop(self._approvals.get, approval_id)
         if current is not None and current.state == "pending" and current.digest == digest:
             record.approval = current.summary()
             if no_wait:
@@ -107,7 +107,7 @@ class StepUp:
                 self._approvals.claim, approval_id, digest, used_by=record.decision_id
             )
         except ApprovalError as exc:
-            current = self._approvals.get(approval_id)
+            current = await off_loop(self._approvals.get, approval_id)
             known = current.summary() if current is not None else {"id": approval_id}
             record.approval = known | {"refused": exc.code}
             code = "approval_required" if exc.code == "approval_pending" else exc.code
@@ -120,10 +120,12 @@ class StepUp:
             reason=approval.decision_reason,
         )
 
-    def _check_revision(self, record: CallRecord, decided: Decided) -> None:
+    async def _check_revision(self, record: CallRecord, decided: Decided) -> None:
         """An approval is for the policy revision that asked for it; the re-decision must be
         by the same one (a reload in between makes the approval useless, never broader)."""
-        used = self._approvals.get(record.approval["id"]) if record.approval else None
+        used = (
+            await off_loop(self._approvals.get, record.approval["id"]) if record.approval else None
+        )
         if used is not None and used.policy_revision != decided.revision:
             raise Stop(
                 "approval_mismatch",
