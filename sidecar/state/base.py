@@ -49,6 +49,12 @@ class StateDb(abc.ABC):
     @abc.abstractmethod
     def query(self, sql: str, params: Sequence[object] = ()) -> list[Row]: ...
 
+    def write(self, sql: str, params: Sequence[object] = (), *, durable: bool = True) -> list[Row]:
+        """One statement that writes, committed on its own; its ``RETURNING`` rows. A backend
+        may send it in one round trip (no BEGIN/COMMIT around it)."""
+        with self.transaction(durable=durable) as conn:
+            return list(conn.execute(sql, tuple(params)).fetchall())
+
     def notify(self, conn: Conn, kind: str, key: str) -> None:  # noqa: B027 (optional)
         """Tell the other replicas ``kind`` changed for ``key``, on commit of ``conn``'s
         transaction."""

@@ -206,6 +206,14 @@ class PostgresStateDb(StateDb):
         with self._checkout() as conn:
             return conn.execute(_pg(sql), tuple(params)).fetchall()
 
+    def write(self, sql: str, params: Sequence[object] = (), *, durable: bool = True) -> list[Row]:
+        if durable:
+            return super().write(sql, params, durable=True)
+        # Autocommit, and the connection's synchronous_commit=off: one round trip.
+        with self._checkout() as conn:
+            cursor = conn.execute(_pg(sql), tuple(params))
+            return cursor.fetchall() if cursor.description else []
+
     def lock(self, conn: Any, key: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (key,))
 

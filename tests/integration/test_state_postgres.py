@@ -282,3 +282,25 @@ def test_identical_step_ups_racing_on_replicas_share_one_approval_and_one_flood_
     # The subject holds at most 3 pending, whichever replicas opened them (1 already).
     assert sum(1 for o in outcomes if o.startswith("ap-")) == 2
     assert outcomes.count("approval_rate_limited") == 10
+
+
+def test_calls_under_a_task_are_counted_exactly_across_replicas_and_only_for_its_owner(stores):
+    from sidecar.tasks import TaskError
+
+    owner = "spiffe://demo.example/agent/a"
+    replicas = [TaskRegistry(stores(), TaskSettings()) for _ in range(3)]
+    task = replicas[0].start(owner, "count")
+    with ThreadPoolExecutor(12) as pool:
+        seen = list(pool.map(lambda i: replicas[i % 3].use(task.id, owner).calls, range(60)))
+    assert replicas[1].get(task.id).calls == 60
+    assert sorted(seen) == list(range(60))  # each call saw the count before it, exactly once
+    with pytest.raises(TaskError) as stranger:
+        replicas[2].use(task.id, "spiffe://demo.example/agent/other")
+    assert stranger.value.code == "task_unknown"
+    delegated = replicas[2].use(task.id, "spiffe://demo.example/agent/b", (owner,))
+    assert delegated.calls == 60
+    replicas[0].end(task.id, owner)
+    with pytest.raises(TaskError) as ended:
+        replicas[1].use(task.id, owner)
+    assert ended.value.code == "task_ended"
+    assert replicas[1].get(task.id).calls == 61  # refused calls count nothing
