@@ -285,6 +285,7 @@ class Sidecar:
             policy=lambda: (engine.name, engine.revision),
             svid_expires_at=lambda: _svid_expiry(identity),
             pending_approvals=approvals.pending_count,
+            state_available=lambda: state.available,
         )
         # Listeners last, plain sockets before gRPC ones: a port in use fails the build before
         # any gRPC server exists, and everything already opened is closed again.

@@ -7,6 +7,7 @@ at a time). No argument, subject or decision id is ever a label.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,8 @@ from prometheus_client.registry import Collector
 from sidecar.outcomes import STATUS_BY_CODE
 
 __all__ = ["Metrics"]
+
+log = logging.getLogger(__name__)
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -52,11 +55,22 @@ class _Live(Collector):
                 "Seconds until the sidecar's X.509-SVID expires",
                 value=expiry - time.time(),
             )
+        available = self._sources.get("state_available", lambda: True)()
         yield GaugeMetricFamily(
-            "agent_sidecar_pending_approvals",
-            "Step-up approvals waiting for a human",
-            value=self._sources.get("pending_approvals", lambda: 0)(),
+            "agent_sidecar_state_available",
+            "1 while the state store answers; 0 while calls needing state fail",
+            value=1 if available else 0,
         )
+        try:  # read from the state store: left out while it cannot answer, the rest still served
+            pending = self._sources.get("pending_approvals", lambda: 0)()
+        except Exception:
+            log.warning("cannot count pending approvals for /metrics")
+        else:
+            yield GaugeMetricFamily(
+                "agent_sidecar_pending_approvals",
+                "Step-up approvals waiting for a human",
+                value=pending,
+            )
         info = InfoMetricFamily("agent_sidecar_policy", "The active policy")
         engine, revision = self._sources.get("policy", lambda: ("", ""))()
         info.add_metric([], {"engine": engine, "revision": revision})

@@ -72,6 +72,11 @@ class StateDb(abc.ABC):
         re-read what is waited on."""
 
     @property
+    def available(self) -> bool:
+        """False while the store is known to be unreachable (calls needing it fail)."""
+        return True
+
+    @property
     def has_feed(self) -> bool:
         """Whether other replicas' changes are announced (else: poll)."""
         return False

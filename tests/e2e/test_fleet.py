@@ -159,6 +159,9 @@ def test_a_database_outage_fails_only_calls_that_need_state_and_heals(fleet, too
             with pytest.raises(SidecarCallError) as again:
                 client.call_tool("tickets.get", {"id": "7"}, task_id=task)
             assert again.value.code == "state_unavailable"
+        scraped = b.metrics()  # served, and saying so, while the store is down
+        assert "agent_sidecar_state_available 0.0" in scraped
+        assert "agent_sidecar_pending_approvals" not in scraped
     finally:
         pg_server.start()
 
@@ -172,6 +175,7 @@ def test_a_database_outage_fails_only_calls_that_need_state_and_heals(fleet, too
                 return False
 
     poll(works, what="replica b recovering by itself")
+    assert "agent_sidecar_state_available 1.0" in b.metrics()
     for replica in fleet:
         text = (replica.home / "serve.log").read_text()
         assert pg_server.password not in text

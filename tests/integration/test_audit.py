@@ -332,6 +332,7 @@ def test_metrics_after_a_mixed_workload(start_sidecar, tmp_path):
         'agent_sidecar_audit_records_total{result="written"}',
         'agent_sidecar_audit_records_total{result="dropped"} 0.0',
         "agent_sidecar_pending_approvals 1.0",
+        "agent_sidecar_state_available 1.0",
         'agent_sidecar_calls_total{code="ok",rpc="StartTask"} 1.0',
         "agent_sidecar_fail_open_total 0.0",
         'agent_sidecar_policy_info{engine="embedded",revision="',

@@ -43,7 +43,7 @@ def fleet_config(
     raw["identity"] = {"mode": "static", "spiffe_id": "spiffe://demo.example/agent/support"}
     raw["policy"]["dir"] = str(ROOT / "rego")
     raw["audit"] = {"path": str(home / "audit.log"), "signing_key": str(home / "audit.key")}
-    raw["admin"] = {"listen": ""}
+    raw["admin"] = {"listen": f"127.0.0.1:{free_port()}"}  # /metrics
     raw["state"] = {"dir": str(home / "state"), **pg_state}
     raw["mcp"], raw["mcp_servers"] = {}, {}
     raw["approvals"] = {
@@ -89,6 +89,13 @@ class Replica:
         from sidecar.approvals.client import ApprovalsClient
 
         return ApprovalsClient(f"unix://{self.home}/approvals.sock", approver=approver)
+
+    def metrics(self) -> str:
+        import urllib.request
+
+        url = f"http://{self.config['admin']['listen']}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
 
     def log_lines(self) -> list[dict[str, Any]]:
         lines = []
