@@ -132,3 +132,38 @@ def test_on_sqlite_a_new_approval_reaches_an_open_page_live(mtls_console, author
             if line.startswith("data: ") and step_up.value.approval_id in line:
                 assert '"event": "created"' in line
                 break
+
+
+def test_bad_decisions_get_clear_answers_and_change_nothing(mtls_console, authority):
+    running, address, tmp_path = mtls_console
+    with running.client() as client:
+        task = client.start_task("refund").task_id
+        with pytest.raises(StepUpRequired) as step_up:
+            client.call_tool("payments.refund", REFUND, task_id=task, wait=False)
+    approval_id = step_up.value.approval_id
+    alice = _session(tmp_path, _pem(tmp_path, "alice", authority.issue_x509(APPROVER)))
+    detail = alice.get(_url(address, f"/approvals/{approval_id}"), timeout=10).text
+    token = detail.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+
+    def post(approval: str, **form) -> requests.Response:
+        return alice.post(
+            _url(address, f"/approvals/{approval}/decide"),
+            data={"csrf": token} | form,
+            allow_redirects=False,
+            timeout=10,
+        )
+
+    assert post(approval_id, decision="maybe", reason="x").status_code == 400
+    blank = post(approval_id, decision="approve", reason="   ")
+    assert blank.status_code == 400 and "reason_required" in blank.text
+    unknown = post("ap-does-not-exist", decision="approve", reason="x")
+    assert unknown.status_code == 404 and "no such approval" in unknown.text
+    huge = post(approval_id, decision="approve", reason="x" * 100_000)
+    assert huge.status_code == 413  # the form is bounded before it is read
+    assert alice.get(_url(address, "/approvals/nope"), timeout=10).status_code == 404
+    with running.approvals() as approvals:
+        assert approvals.get(approval_id).state == "pending"
+    approved = post(approval_id, decision="approve", reason="ok")
+    assert approved.status_code == 303
+    again = post(approval_id, decision="deny", reason="changed my mind")
+    assert again.status_code == 409 and "not_pending" in again.text
