@@ -81,14 +81,23 @@ def _url(address: str, path: str) -> str:
     return f"https://localhost:{address.rsplit(':', 1)[1]}{path}"
 
 
-def test_a_client_certificate_names_the_approver_who_then_decides(mtls_console, authority):
-    running, address, tmp_path = mtls_console
+def _step_up(running) -> tuple[str, str]:
+    """A task and a pending approval for a refund under it."""
     with running.client() as client:
         task = client.start_task("refund").task_id
         with pytest.raises(StepUpRequired) as step_up:
             client.call_tool("payments.refund", REFUND, task_id=task, wait=False)
-    approval_id = step_up.value.approval_id
-    alice = _session(tmp_path, _pem(tmp_path, "alice", authority.issue_x509(APPROVER)))
+    return task, step_up.value.approval_id
+
+
+def _alice(tmp_path: Path, authority) -> requests.Session:
+    return _session(tmp_path, _pem(tmp_path, "alice", authority.issue_x509(APPROVER)))
+
+
+def test_a_client_certificate_names_the_approver_who_then_decides(mtls_console, authority):
+    running, address, tmp_path = mtls_console
+    task, approval_id = _step_up(running)
+    alice = _alice(tmp_path, authority)
     page = alice.get(_url(address, "/"), timeout=10)
     assert page.status_code == 200 and f'Signed in as <b id="who">{APPROVER}</b>' in page.text
     assert approval_id in page.text
@@ -136,12 +145,8 @@ def test_on_sqlite_a_new_approval_reaches_an_open_page_live(mtls_console, author
 
 def test_bad_decisions_get_clear_answers_and_change_nothing(mtls_console, authority):
     running, address, tmp_path = mtls_console
-    with running.client() as client:
-        task = client.start_task("refund").task_id
-        with pytest.raises(StepUpRequired) as step_up:
-            client.call_tool("payments.refund", REFUND, task_id=task, wait=False)
-    approval_id = step_up.value.approval_id
-    alice = _session(tmp_path, _pem(tmp_path, "alice", authority.issue_x509(APPROVER)))
+    _, approval_id = _step_up(running)
+    alice = _alice(tmp_path, authority)
     detail = alice.get(_url(address, f"/approvals/{approval_id}"), timeout=10).text
     token = detail.split('name="csrf" value="', 1)[1].split('"', 1)[0]
 
