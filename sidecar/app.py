@@ -244,6 +244,7 @@ class Sidecar:
             record=record,
             # A shared store's change feed wakes waiters; workers sharing SQLite poll it.
             poll_s=APPROVAL_POLL_S if role.shared and not state.has_feed else None,
+            announces=role.shared and role.primary and not state.has_feed,
         )
         tasks = TaskRegistry(state, settings.tasks)
         models = ModelRelay(

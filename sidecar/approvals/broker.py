@@ -59,6 +59,7 @@ class ApprovalBroker:
         notify: Callable[[Approval], None] | None = None,
         record: Callable[[str, Approval, Mapping[str, Any]], None] | None = None,
         poll_s: float | None = None,
+        announces: bool = False,
     ) -> None:
         self._store = store
         # With several worker processes an approver's decision may be taken in another one:
@@ -73,6 +74,8 @@ class ApprovalBroker:
         self._watchers: set[asyncio.Queue[tuple[str, Approval]]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         # Approvals already announced to watchers (id -> created_ns), for announce_others.
+        # Worker 0 of several on SQLite: it announces the others' approvals (announce_others).
+        self._announces = announces
         self._announced: dict[str, int] = {}
         self._announced_after = time.time_ns()
 
@@ -118,7 +121,7 @@ class ApprovalBroker:
         )
         if not created:
             return approval
-        self._announced[approval.id] = approval.created_at_ns
+        self._remember(approval)
         log.info(
             "approval pending",
             extra={"approval_id": approval.id, "decision_id": decision_id, "subject": subject},
@@ -315,10 +318,18 @@ class ApprovalBroker:
             self._publish("created", approval)
         if found:  # clocks of other processes may lag: look back a window, dedupe by id
             self._announced_after = max(self._announced_after, found[-1].created_at_ns)
-        horizon = self._announced_after - 2 * window_ns
-        for approval_id in [k for k, v in self._announced.items() if v < horizon]:
-            del self._announced[approval_id]
+        self._forget_before(self._announced_after - 2 * window_ns)
         return fresh
+
+    def _remember(self, approval: Approval) -> None:
+        """This process announced ``approval`` itself: kept only where ``announce_others``
+        runs (and forgets them), or the record would grow with every approval."""
+        if self._announces:
+            self._announced[approval.id] = approval.created_at_ns
+
+    def _forget_before(self, horizon_ns: int) -> None:
+        for approval_id in [k for k, v in self._announced.items() if v < horizon_ns]:
+            del self._announced[approval_id]
 
     def subscribe(self) -> asyncio.Queue[tuple[str, Approval]]:
         queue: asyncio.Queue[tuple[str, Approval]] = asyncio.Queue(maxsize=1000)
