@@ -72,7 +72,11 @@ class ConsoleServer:
         self._settings = settings
         self._console = settings.console
         self._state = state or open_state(settings.state)
-        self._audit = build_audit(settings, None)
+        try:
+            self._audit = build_audit(settings, None)
+        except BaseException:
+            self._state.close()  # a console that cannot audit does not start
+            raise
         self._record = approval_auditor(self._audit)
         self._broker = ApprovalBroker(
             ApprovalStore(self._state), settings.approvals, record=self._record
