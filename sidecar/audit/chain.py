@@ -3,7 +3,8 @@
 Every record carries ``seq`` (1, 2, ...), ``prev_hash`` (the previous record's ``hash``; 64
 zeros for the first) and ``hash``: SHA-256 over the record's canonical encoding without
 ``hash`` (JSON, keys sorted, no whitespace, UTF-8). Every N records or T seconds, and at
-shutdown, a checkpoint ``{seq, head_hash, time}`` is signed: with the sidecar's X.509-SVID
+shutdown, a checkpoint ``{seq, head_hash, time}`` is signed (the one at a clean shutdown
+also ``closing: true``, so "the writer stopped here" is signed too): with the sidecar's X.509-SVID
 key (ECDSA P-256, SHA-256; the certificate chain travels with it, to verify against the trust
 bundle), or in development with a key file (Ed25519 or EC). Editing, deleting, reordering or
 truncating records, or re-sealing them without the signing key, is then detectable
@@ -33,6 +34,7 @@ __all__ = [
     "Signer",
     "SvidSigner",
     "canonical",
+    "checkpoint_payload",
     "digest",
     "seal_line",
 ]
@@ -64,6 +66,16 @@ def canonical(doc: dict[str, Any]) -> bytes:
 
 def digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(canonical({k: v for k, v in record.items() if k != "hash"})).hexdigest()
+
+
+def checkpoint_payload(checkpoint: dict[str, Any]) -> bytes:
+    """The bytes a checkpoint's signature covers: its ``seq``, ``head_hash`` and ``time_ns``,
+    and ``closing`` when present (so marking a checkpoint closing, or unmarking it, breaks
+    its signature)."""
+    body = {k: checkpoint.get(k) for k in ("seq", "head_hash", "time_ns")}
+    if "closing" in checkpoint:
+        body["closing"] = checkpoint["closing"]
+    return canonical(body)
 
 
 def seal_line(record: dict[str, Any], seq: int, prev_hash: str) -> tuple[str, bytes]:
@@ -223,13 +235,26 @@ class Chain:
                 or time.monotonic() - self._last_checkpoint_at >= self._interval_s
             )
 
-    def checkpoint(self) -> dict[str, Any] | None:
+    def checkpoint(self, *, closing: bool = False) -> dict[str, Any] | None:
         """A signed checkpoint of the current head (None without a signer or nothing new).
-        It counts as taken only once the caller :meth:`checkpointed` it after writing it."""
+        It counts as taken only once the caller :meth:`checkpointed` it after writing it.
+
+        ``closing``: the writer is stopping cleanly. The checkpoint then says so under the
+        signature (``closing: true``), and is taken even if the head is already covered, so
+        a verifier can tell a log that ends where its writer stopped from one whose tail
+        was cut off (``audit verify --require-sealed``)."""
         with self._lock:
-            if self._signer is None or self._head.seq == self._checkpointed_seq:
+            if self._signer is None:
                 return None
-            body = {"seq": self._head.seq, "head_hash": self._head.hash, "time_ns": time.time_ns()}
+            if not closing and self._head.seq == self._checkpointed_seq:
+                return None
+            body: dict[str, Any] = {
+                "seq": self._head.seq,
+                "head_hash": self._head.hash,
+                "time_ns": time.time_ns(),
+            }
+            if closing:
+                body["closing"] = True
             signature = self._signer.sign(canonical(body))
             return {
                 "type": "checkpoint",

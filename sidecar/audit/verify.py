@@ -21,8 +21,14 @@ Checks, naming the first bad record by its sequence number:
 A log no signature covers at all fails. Records after the last checkpoint are not yet covered
 by a signature: more than ``max_unsealed_records`` of them, or a tail written more than
 ``max_unsealed_age_s`` after the last checkpoint, fails (a killed sidecar leaves fewer than its
-``checkpoint_every`` records within its ``checkpoint_interval_s``); a shorter tail is a note,
-and with ``--require-sealed`` any tail fails. A clean shutdown seals the whole log.
+``checkpoint_every`` records within its ``checkpoint_interval_s``); a shorter tail is a note.
+
+A clean shutdown seals the whole log with a *closing* checkpoint (``closing: true``, under
+the signature). ``--require-sealed`` is for a log whose writer has stopped: the log must end
+with that closing checkpoint, covering its last record. Then a record appended after it (an
+unsigned tail) fails, and so does a log whose tail was cut off together with the closing
+checkpoint (it ends at an ordinary checkpoint, or at none). Without it both are notes that
+say what no signature covers.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from sidecar.audit.chain import GENESIS, canonical, digest
+from sidecar.audit.chain import GENESIS, canonical, checkpoint_payload, digest
 from sidecar.strict_json import DuplicateKeyError, reject_duplicate_keys
 
 __all__ = ["VerifyReport", "verify"]
@@ -52,12 +58,36 @@ class VerifyReport:
     checkpoints: int = 0
     last_seq: int = 0
     sealed_through: int = 0
+    closed_at: int | None = None  # the seq of the last valid closing checkpoint
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def intact(self) -> bool:
         return not self.problems
+
+    @property
+    def closed(self) -> bool:
+        """The log ends where its writer stopped cleanly: a signed closing checkpoint covers
+        its last record (or, for a log of no records, exists)."""
+        return self.closed_at is not None and self.closed_at == self.last_seq
+
+    @property
+    def uncovered(self) -> str:
+        """What no signed checkpoint vouches for, in words; empty when everything is."""
+        if self.records and self.sealed_through < self.last_seq:
+            span = _span(self.sealed_through + 1, self.last_seq)
+            return f"{span} not covered by any signed checkpoint"
+        if not self.closed:
+            return (
+                f"anything the writer wrote after seq {self.last_seq}: the log does not end with "
+                "its writer's closing checkpoint, so a deleted tail cannot be ruled out"
+            )
+        return ""
+
+
+def _span(first: int, last: int) -> str:
+    return f"record {first} is" if first == last else f"records {first}-{last} are"
 
 
 class _BadLine(ValueError):
@@ -153,9 +183,7 @@ def _check_signature(
     bundle: list[x509.Certificate],
     signers: frozenset[str],
 ) -> str | None:
-    body = canonical(
-        {"seq": cp.get("seq"), "head_hash": cp.get("head_hash"), "time_ns": cp.get("time_ns")}
-    )
+    body = checkpoint_payload(cp)
     try:
         signature = base64.b64decode(cp.get("signature", ""), validate=True)
     except (ValueError, TypeError):
@@ -188,6 +216,11 @@ def _check_signature(
             return f"its signer {signer} is not one of --signer"
         public = leaf.public_key()
     if public is None:
+        if bundle:  # name the trust the log claims: a key file, which no bundle vouches for
+            return (
+                f"it is signed with a key file (key_id {cp.get('key_id', '?')}), not an SVID: "
+                "the trust bundle cannot vouch for it; pass that key with --key"
+            )
         return "no key to verify it with (pass --key or --bundle)"
     try:
         if isinstance(public, ed25519.Ed25519PublicKey):
@@ -300,9 +333,12 @@ def verify(
         else:
             report.sealed_through = max(report.sealed_through, seq)
             sealed_at[seq] = cp.get("time_ns") if isinstance(cp.get("time_ns"), int) else 0
+            if cp.get("closing") is True:
+                report.closed_at = max(report.closed_at or 0, seq)
     _judge_tail(
         report, sealed_at, times_by_seq, require_sealed, max_unsealed_records, max_unsealed_age_s
     )
+    _judge_closing(report, require_sealed)
     report.problems.sort(key=_seq_of)
     return report
 
@@ -316,7 +352,8 @@ def _judge_tail(
     max_age_s: float,
 ) -> None:
     """Records no signature covers: none covered at all fails; a tail fails when it is longer
-    or later than a running sidecar leaves, or with ``require_sealed``; otherwise a note."""
+    or later than a running sidecar leaves, or with ``require_sealed`` (the writer stopped,
+    so nothing may follow its closing checkpoint); otherwise a note."""
     if not report.records or report.sealed_through >= report.last_seq:
         return
     first, last = report.sealed_through + 1, report.last_seq
@@ -326,12 +363,17 @@ def _judge_tail(
             "(anyone could have written it)"
         )
         return
-    text = f"seq {first}..{last} are not yet covered by a signed checkpoint"
+    text = (
+        f"seq {first}..{last}: {_span(first, last)} not covered by any signed checkpoint "
+        f"(the last one is at seq {report.sealed_through})"
+    )
     tail = last - first + 1
     last_seal_ns = sealed_at.get(report.sealed_through, 0)
     age_s = (times_by_seq.get(last, 0) - last_seal_ns) / 1e9 if last_seal_ns else 0.0
     if require_sealed:
-        report.problems.append(text)
+        report.problems.append(
+            f"{text}; the writer has stopped (--require-sealed), so they may be forged"
+        )
     elif tail > max_records:
         report.problems.append(f"{text}: {tail} records, more than {max_records}")
     elif age_s > max_age_s:
@@ -339,7 +381,39 @@ def _judge_tail(
             f"{text}: written {age_s:.0f} s after the last checkpoint, more than {max_age_s:.0f} s"
         )
     else:
-        report.notes.append(text)
+        report.notes.append(
+            f"{text}; a running or killed writer leaves such a tail, a forger too: if the "
+            "writer has stopped, verify with --require-sealed"
+        )
+
+
+def _judge_closing(report: VerifyReport, require_sealed: bool) -> None:
+    """Does the log end where its writer stopped? Only a signed closing checkpoint on the last
+    record says so: without one, a tail deleted along with it cannot be told from a writer
+    that was killed or is still running. An unsigned tail was judged already."""
+    if report.closed or (report.records and report.sealed_through < report.last_seq):
+        return
+    if report.records and report.sealed_through == 0:
+        return  # nothing signed at all: already a problem
+    last = report.last_seq
+    if report.records:
+        text = (
+            f"seq {last}: the log ends at seq {last} without its writer's closing checkpoint "
+            f"(signed when it stops cleanly): records written after seq {last} may have been "
+            "deleted"
+        )
+    else:
+        text = (
+            "no closing checkpoint (signed when the writer stops cleanly): the log has no "
+            "records, and any it had may have been deleted"
+        )
+    if require_sealed:
+        report.problems.append(f"{text}; the writer has stopped (--require-sealed)")
+    else:
+        report.notes.append(
+            f"{text}, or the writer is running or was killed; if it has stopped, verify with "
+            "--require-sealed"
+        )
 
 
 def _seq_of(text: str) -> int:

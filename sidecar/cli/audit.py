@@ -63,6 +63,8 @@ def _verify_segment(files: list[Path], args: argparse.Namespace, prefix: str) ->
         print(f"{prefix}BAD: {problem}")
     for note in report.notes:
         print(f"{prefix}note: {note}")
+    if report.uncovered:  # said plainly, whether it fails (--require-sealed) or not
+        print(f"{prefix}not covered: {report.uncovered}")
     verdict = "intact" if report.intact else "NOT intact"
     print(
         f"{prefix}{report.records} records, {report.checkpoints} checkpoints, signed through "

@@ -251,11 +251,15 @@ def test_item6_a_record_appended_after_the_last_checkpoint_fails_past_the_limits
         f.write(canonical(sealed).decode() + "\n")
     done = _verify(log, "--bundle", str(bundle))
     assert done.returncode == 1
-    assert "BAD: seq 7..7 are not yet covered by a signed checkpoint: written 3600 s" in done.stdout
+    assert (
+        "BAD: seq 7..7: record 7 is not covered by any signed checkpoint (the last one is at "
+        "seq 6): written 3600 s" in done.stdout
+    )
     # Within the limits it is reported, not failed; --require-sealed is the strict form.
     relaxed = _verify(log, "--bundle", str(bundle), "--max-unsealed-age", "7200")
     assert relaxed.returncode == 0
-    assert "note: seq 7..7 are not yet covered by a signed checkpoint" in relaxed.stdout
+    assert "note: seq 7..7: record 7 is not covered by any signed checkpoint" in relaxed.stdout
+    assert "not covered: record 7 is not covered by any signed checkpoint" in relaxed.stdout
     strict = _verify(log, "--bundle", str(bundle), "--max-unsealed-age", "7200", "--require-sealed")
     assert strict.returncode == 1
     count = _verify(log, "--bundle", str(bundle), "--max-unsealed-age", "7200",

@@ -123,3 +123,60 @@ def test_an_edited_line_inside_the_log_is_still_a_problem(tmp_path):
     (tmp_path / "a.log").write_bytes(b"\n".join(lines))
     report = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub")
     assert not report.intact and any("not a JSON record" in p for p in report.problems)
+
+
+def _lines(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_item9_close_signs_a_closing_checkpoint_even_when_the_head_is_checkpointed(tmp_path):
+    from sidecar.audit import verify
+
+    log = AuditLog(tmp_path / "a.log", signer=FileKeySigner(tmp_path / "k.pem"))
+    log.write({"type": "call", "decision_id": "d1"})
+    log.checkpoint()  # a periodic checkpoint already covers seq 1
+    log.close()
+    docs = _lines(tmp_path / "a.log")
+    assert [(d["type"], d["seq"], d.get("closing")) for d in docs] == [
+        ("call", 1, None),
+        ("checkpoint", 1, None),
+        ("checkpoint", 1, True),
+    ]
+    report = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub", require_sealed=True)
+    assert report.intact and report.closed and report.uncovered == ""
+
+
+def test_item9_a_log_of_no_records_is_closed_too_and_emptying_it_shows(tmp_path):
+    from sidecar.audit import verify
+
+    AuditLog(tmp_path / "a.log", signer=FileKeySigner(tmp_path / "k.pem")).close()
+    [closing] = _lines(tmp_path / "a.log")
+    assert (closing["seq"], closing["closing"]) == (0, True)
+    report = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub", require_sealed=True)
+    assert report.intact and report.closed, report.problems
+    (tmp_path / "a.log").write_text("")
+    emptied = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub", require_sealed=True)
+    assert emptied.problems == [
+        "no closing checkpoint (signed when the writer stops cleanly): the log has no records, "
+        "and any it had may have been deleted; the writer has stopped (--require-sealed)"
+    ]
+    relaxed = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub")
+    assert relaxed.intact and relaxed.uncovered.startswith("anything the writer wrote after seq 0")
+
+
+def test_item9_a_restarted_writer_continues_the_chain_after_its_closing_checkpoint(tmp_path):
+    from sidecar.audit import verify
+
+    signer = FileKeySigner(tmp_path / "k.pem")
+    first = AuditLog(tmp_path / "a.log", signer=signer)
+    first.write({"type": "call", "decision_id": "before"})
+    first.close()
+    second = AuditLog(tmp_path / "a.log", signer=signer)
+    second.write({"type": "call", "decision_id": "after"})
+    running = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub")
+    assert running.intact and running.uncovered == (
+        "record 2 is not covered by any signed checkpoint"
+    )
+    second.close()
+    closed = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub", require_sealed=True)
+    assert closed.intact and closed.closed_at == 2

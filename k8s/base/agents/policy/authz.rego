@@ -246,6 +246,14 @@ _allow_obligations := {k: v |
 	some k, v in obligations
 } if _is_model
 
+# An approved call keeps every obligation its allow carries (the approver saw the request,
+# not the answer: max_tokens, redact and redact_response still apply) and is logged in full.
+# Approval adds to the obligations; it never removes one.
+_approved_obligations := {k: v |
+	some obligations in [{k2: v2 | some k2, v2 in _allow_obligations; k2 != "log"}, {"log": "full"}]
+	some k, v in obligations
+}
+
 # --- the decision: exactly one of these holds --------------------------------------------
 
 default decision := {"effect": "deny", "reasons": ["no rule allowed this call"]}
@@ -272,7 +280,7 @@ decision := {"effect": "allow", "reasons": [], "obligations": _allow_obligations
 	count(_high_risk) == 0
 }
 
-decision := {"effect": "allow", "reasons": [], "obligations": {"log": "full"}} if {
+decision := {"effect": "allow", "reasons": [], "obligations": _approved_obligations} if {
 	count(_deny) == 0
 	_granted
 	count(_high_risk) > 0
