@@ -9,14 +9,14 @@ Never served on the agent API's listener. Who may call it:
 - ``HOST:PORT``: mTLS. The client presents an X.509-SVID from a trusted trust domain, and its
   SPIFFE ID must be listed in ``approvals.approvers``; anything else is PERMISSION_DENIED.
 
-Either way an approver can never decide a request they made or delegated (``self_approval``),
-and every decision, and every refused attempt, is an audit record.
+Either way an approver can never decide a request they are a party to (``self_approval``: they
+made or delegated it, or it acts for them as the end user; the broker's rule), and every
+decision, and every refused attempt, is an audit record.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -197,9 +197,11 @@ class AdminServer:
         identity: WorkloadIdentity | None,
         record: Callable[[str, Approval | None, Mapping[str, Any], str], None],
     ) -> None:
+        from sidecar.listeners import UnixSocketClaim, claim_unix_socket
         from sidecar.server import mtls_server_credentials
 
         self._settings = settings
+        self.claim: UnixSocketClaim | None = None
         address = settings.approvals_listen
         self._server = grpc.aio.server()
         if address.startswith("unix:"):
@@ -228,10 +230,8 @@ class AdminServer:
             ApprovalsService(broker, authenticate, record), self._server
         )
         if self._socket is not None:
-            self._socket.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                if self._socket.is_socket():
-                    self._socket.unlink()
+            # Never take over the socket of a live sidecar (sidecar.listeners; held until exit).
+            self.claim = claim_unix_socket(self._socket, "approvals.listen")
             # No moment where others could connect: created under umask 077, then set to
             # approvals.socket_mode once serving.
             previous = os.umask(0o077)
@@ -263,6 +263,8 @@ class AdminServer:
 
     async def stop(self, grace_s: float = 0) -> None:
         await self._server.stop(grace_s)
+        if self.claim is not None:
+            self.claim.release()
         await asyncio.sleep(0)
 
 

@@ -9,7 +9,8 @@ Rules (who may approve is checked here; whether the call may then happen is poli
 - one pending approval per exact request (digest): an identical retry waits on the same one;
 - a subject holds at most ``max_pending_per_subject`` pending approvals and creates at most
   ``max_new_per_minute``: beyond that, ``approval_rate_limited``;
-- nobody approves a request they made or delegated; when the obligation names approvers,
+- nobody approves a request they made, delegated, or that acts for them as the end user
+  (``self_approval``, :mod:`sidecar.approvals.selfapproval`); when the obligation names approvers,
   the approver must be one of them (directly or through ``approvals.groups``);
 - an approval is used once, by a call with the same digest, before it expires; denial,
   expiry or the end of its task ends it; a timeout never approves.
@@ -27,6 +28,7 @@ from typing import Any
 
 from sidecar.approvals.errors import ApprovalError, ApproverRefused
 from sidecar.approvals.model import Approval
+from sidecar.approvals.selfapproval import self_approval
 from sidecar.approvals.store import ApprovalStore
 from sidecar.config import ApprovalSettings
 from sidecar.ids import new_decision_id
@@ -95,9 +97,12 @@ class ApprovalBroker:
         ttl_s: int,
         policy_revision: str,
         decision_id: str,
+        user: Mapping[str, Any] | None = None,
     ) -> Approval:
         """The pending approval for this exact request: an existing one, or a new one.
-        Atomic across threads and replicas: identical concurrent calls share one approval."""
+        Atomic across threads and replicas: identical concurrent calls share one approval.
+        ``user``: the verified end user the call acts for (``sub``, ``iss``), who may then
+        not decide it."""
         now_ns = time.time_ns()
         ttl = min(ttl_s, self._settings.max_ttl_s)
         approval, created = self._store.open_once(
@@ -116,6 +121,7 @@ class ApprovalBroker:
                 decision_id=decision_id,
                 created_at_ns=now_ns,
                 expires_at_ns=now_ns + ttl * 1_000_000_000,
+                user={k: str(user[k]) for k in ("sub", "iss") if k in user} if user else {},
             ),
             lambda recent, pending: self._check_rate(subject, recent, pending),
         )
@@ -255,10 +261,10 @@ class ApprovalBroker:
         now_ns = time.time_ns()
 
         def check(approval: Approval) -> None:
-            if approver == approval.subject or approver in approval.delegation:
+            party = self_approval(approver, approval)
+            if party is not None:
                 raise ApproverRefused(
-                    f"{approver} made or delegated this request and cannot decide it",
-                    code="self_approval",
+                    f"{approver} {party} and cannot decide it", code="self_approval"
                 )
             if approval.approvers and not self._may_approve(approver, approval.approvers, groups):
                 raise ApproverRefused(

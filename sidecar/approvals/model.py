@@ -77,6 +77,9 @@ class Approval:
     decision_reason: str = ""
     used_at_ns: int = 0
     used_by: str = ""
+    # The verified end user the agent acted for (``{"sub", "iss"}``), empty without one:
+    # that person may not decide the approval (self-approval through the user).
+    user: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -96,6 +99,12 @@ class Approval:
         values = {k: v for k, v in doc.items() if k in known}
         for key in ("reasons", "approvers", "delegation"):
             values[key] = tuple(values.get(key, ()))
+        user = values.get("user")
+        values["user"] = (
+            {str(k): str(v) for k, v in user.items() if k in ("sub", "iss")}
+            if isinstance(user, Mapping)
+            else {}
+        )
         return cls(**values)
 
     def summary(self) -> dict[str, Any]:
@@ -137,5 +146,7 @@ def audit_record(
             "task_id": approval.task_id,
             "expires_at_ns": approval.expires_at_ns,
         }
+        if approval.user:
+            doc["approval"]["user"] = dict(approval.user)
     doc.update(detail)
     return doc

@@ -1,17 +1,17 @@
 """Who is at the console: the approver, from an authenticating proxy's headers or an mTLS
 client certificate; and the anti-CSRF token bound to them.
 
-Proxy headers are believed only when the connection comes from a ``trusted_proxies``
-address: anyone else could type them. The approver then is ``user:NAME`` and their groups
-count for ``group:NAME`` entries of an approval's ``approvers``. With mTLS the approver is the
-certificate's SPIFFE ID (as on the approvals API).
+Proxy headers are believed only when the proxy proves itself (:mod:`.proxy`: the unix socket
+only it can reach, or its address and shared secret): anyone else could type them. The
+approver then is ``user:NAME`` and their groups count for ``group:NAME`` entries of an
+approval's ``approvers``. With mTLS the approver is the certificate's SPIFFE ID (as on the
+approvals API).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import re
 import secrets
 from collections.abc import Mapping
@@ -19,22 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.console.proxy import NotAuthenticated, Peer, ProxyGate
 from sidecar.console.settings import ConsoleSettings
 from sidecar.errors import SidecarError
 
-__all__ = ["Approver", "Csrf", "NotAuthenticated", "approver_from_cert", "approver_from_proxy"]
+__all__ = [
+    "Approver",
+    "Csrf",
+    "NotAuthenticated",
+    "Peer",
+    "ProxyGate",
+    "approver_from_cert",
+    "approver_from_proxy",
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9._@+-]{1,200}$")
 _GROUP_RE = re.compile(r"^[A-Za-z0-9._:/@+-]{1,200}$")
 MAX_GROUPS = 200
-
-
-class NotAuthenticated(SidecarError):
-    """The request does not name an approver the console can believe (HTTP 401/403)."""
-
-    def __init__(self, message: str, *, status: int = 403) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -48,27 +49,20 @@ class Approver:
 
 
 def approver_from_proxy(
-    settings: ConsoleSettings, peer: str | None, headers: Mapping[str, str]
+    settings: ConsoleSettings, gate: ProxyGate, peer: Peer, headers: Mapping[str, str]
 ) -> Approver:
-    try:
-        address = ipaddress.ip_address((peer or "").split("%", 1)[0])
-    except ValueError:
-        raise NotAuthenticated("the connection's address is unknown") from None
-    if not any(address in network for network in settings.networks):
-        raise NotAuthenticated(
-            f"{address} is not a trusted proxy (console.trusted_proxies): sign in through "
-            "the authenticating proxy"
-        )
+    """The approver the proxy names, once ``gate`` has found the request is the proxy's."""
+    gate.check(peer, headers)
     user = headers.get(settings.user_header, "").strip()
     if not user:
         raise NotAuthenticated(
             f"the proxy sent no {settings.user_header} header: not signed in", status=401
         )
-    if _NAME_RE.match(user) is None:
+    if _NAME_RE.fullmatch(user) is None:
         raise NotAuthenticated(f"{settings.user_header} is not a user name")
     raw = headers.get(settings.groups_header, "")
     groups = tuple(g.strip() for g in raw.split(",") if g.strip())
-    if len(groups) > MAX_GROUPS or any(_GROUP_RE.match(g) is None for g in groups):
+    if len(groups) > MAX_GROUPS or any(_GROUP_RE.fullmatch(g) is None for g in groups):
         raise NotAuthenticated(f"{settings.groups_header} is not a list of group names")
     return Approver("user:" + user, groups)
 

@@ -1,7 +1,8 @@
 """The console's HTML: server-rendered, no external assets, a few lines of script for live
-updates. Everything shown is escaped; arguments appear only as the call's ``log``
-obligation let the audit log show them (values under ``full``/``redacted``, names only under
-``metadata``)."""
+updates. Everything shown is escaped, and characters that reorder or hide text (bidi
+overrides, zero-width, other spaces) are shown as marked escapes (:mod:`.visible`);
+arguments appear only as the call's ``log`` obligation let the audit log show them (values
+under ``full``/``redacted``, names only under ``metadata``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from urllib.parse import urlencode
 
 from sidecar.approvals.model import Approval
 from sidecar.console.auth import Approver
+from sidecar.console.visible import escape_invisible, show
 
 __all__ = ["SCRIPT", "STYLE", "Filters", "detail_page", "error_page", "list_page", "rows"]
 
@@ -30,6 +32,7 @@ form.filters{display:flex;gap:.75rem;flex-wrap:wrap;align-items:end;margin-botto
 label{display:block;font-weight:600}textarea{width:100%;max-width:40rem}
 button{padding:.4rem 1rem;margin-right:.5rem}dt{font-weight:600;margin-top:.5rem}
 .who{margin-left:auto}
+mark.esc{background:#ffe08a;color:#000;border:1px solid #b08800;font:12px ui-monospace,monospace}
 .notice{border-left:4px solid #20334d;background:#fff;padding:.5rem;margin:.5rem 0}
 """
 
@@ -109,8 +112,8 @@ def _expiry(approval: Approval, now_ns: int) -> str:
 def _action(approval: Approval) -> str:
     a = approval.action
     return (
-        f"<code>{escape(a.get('name', ''))}</code> "
-        f"<small>{escape(a.get('kind', ''))} · {escape(a.get('operation', ''))}</small>"
+        f"<code>{show(a.get('name', ''))}</code> "
+        f"<small>{show(a.get('kind', ''))} · {show(a.get('operation', ''))}</small>"
     )
 
 
@@ -118,15 +121,15 @@ def _page(title: str, approver: Approver, body: str, *, page: str, approval_id: 
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
-        f"<title>{escape(title)} · agent-sidecar approvals</title>"
+        f"<title>{escape(escape_invisible(title))} · agent-sidecar approvals</title>"
         '<link rel="stylesheet" href="/static/console.css">'
         '<script src="/static/console.js" defer></script></head>'
         f'<body data-page="{page}" data-id="{escape(approval_id)}">'
         '<header><strong>agent-sidecar approvals</strong><nav><a href="/">Pending</a> · '
         '<a href="/?state=history">History</a></nav>'
-        f'<span class="who">Signed in as <b id="who">{escape(approver.id)}</b>'
+        f'<span class="who">Signed in as <b id="who">{show(approver.id)}</b>'
         "</span></header>"
-        f'<main><h1>{escape(title)}</h1><p id="live" class="notice" aria-live="polite" '
+        f'<main><h1>{show(title)}</h1><p id="live" class="notice" aria-live="polite" '
         f'role="status"></p>{body}</main></body></html>'
     )
 
@@ -137,13 +140,13 @@ def rows(approvals: Sequence[Approval], intents: dict[str, str], now_ns: int) ->
     out = []
     for a in approvals:
         intent = intents.get(a.task_id, "")
-        task = escape(a.task_id) + (f"<br><small>{escape(intent)}</small>" if intent else "")
+        task = show(a.task_id) + (f"<br><small>{show(intent)}</small>" if intent else "")
         out.append(
             f'<tr data-id="{escape(a.id)}">'
-            f'<td><a href="/approvals/{escape(a.id)}">{escape(a.id)}</a></td>'
-            f"<td>{escape(a.subject)}</td><td>{_action(a)}</td><td>{task}</td>"
-            f"<td>{escape('; '.join(a.reasons))}</td>"
-            f'<td class="state {escape(a.state)}">{escape(a.state)}</td>'
+            f'<td><a href="/approvals/{escape(a.id)}">{show(a.id)}</a></td>'
+            f"<td>{show(a.subject)}</td><td>{_action(a)}</td><td>{task}</td>"
+            f"<td>{show('; '.join(a.reasons))}</td>"
+            f'<td class="state {escape(a.state)}">{show(a.state)}</td>'
             f"<td>{_ago(a.created_at_ns, now_ns)}<br><small>expires "
             f"{_expiry(a, now_ns)}</small></td></tr>"
         )
@@ -181,25 +184,37 @@ def _arguments(approval: Approval) -> str:
     if "value" in view:
         shown = json.dumps(view["value"], indent=2, sort_keys=True, ensure_ascii=False)
         note = "redacted where secrets were detected" if view.get("log") == "redacted" else ""
-        return f"<pre>{escape(shown)}</pre>" + (f"<small>{note}</small>" if note else "")
+        pre = f"<pre>{show(shown, keep_layout=True)}</pre>"
+        return pre + (f"<small>{note}</small>" if note else "")
     keys = view.get("keys")
     if keys:
-        names = ", ".join(f"<code>{escape(k)}</code>" for k in keys)
+        names = ", ".join(f"<code>{show(k)}</code>" for k in keys)
         return f"<p>Names only (the policy logs metadata for this call): {names}</p>"
     return "<p>Not shown (the policy logs metadata for this call).</p>"
+
+
+def _user(approval: Approval) -> str:
+    """The end user the call acts for: they may not decide it themselves."""
+    user = approval.user
+    if not user.get("sub"):
+        return ""
+    return (
+        f'<dt>On behalf of</dt><dd id="user">{show(user["sub"])} '
+        f"<small>({show(user.get('iss', ''))}; may not decide this request)</small></dd>"
+    )
 
 
 def detail_page(
     approver: Approver, approval: Approval, intent: str, csrf: str, message: str = ""
 ) -> str:
     now = time.time_ns()
-    chain = "".join(f"<li>{escape(d)}</li>" for d in approval.delegation) or "<li>none</li>"
-    approvers = ", ".join(escape(a) for a in approval.approvers) or "any approver"
+    chain = "".join(f"<li>{show(d)}</li>" for d in approval.delegation) or "<li>none</li>"
+    approvers = ", ".join(show(a) for a in approval.approvers) or "any approver"
     decided = ""
     if approval.decided_by:
         decided = (
-            f"<dt>Decided</dt><dd>{escape(approval.decided_by)}, "
-            f"{_ago(approval.decided_at_ns, now)}: {escape(approval.decision_reason)}</dd>"
+            f"<dt>Decided</dt><dd>{show(approval.decided_by)}, "
+            f"{_ago(approval.decided_at_ns, now)}: {show(approval.decision_reason)}</dd>"
         )
     if approval.used_at_ns:
         decided += f"<dt>Used</dt><dd>{_ago(approval.used_at_ns, now)}</dd>"
@@ -213,23 +228,24 @@ def detail_page(
             '<p><button type="submit" name="decision" value="approve">Approve</button>'
             '<button type="submit" name="decision" value="deny">Deny</button></p></form>'
         )
-    shown = f'<p class="notice" role="alert">{escape(message)}</p>' if message else ""
+    shown = f'<p class="notice" role="alert">{show(message)}</p>' if message else ""
     body = (
         f"{shown}<dl>"
         f'<dt>State</dt><dd id="state" class="state {escape(approval.state)}">'
-        f"{escape(approval.state)}</dd>"
-        f"<dt>Subject</dt><dd>{escape(approval.subject)}</dd>"
+        f"{show(approval.state)}</dd>"
+        f"<dt>Subject</dt><dd>{show(approval.subject)}</dd>"
+        f"{_user(approval)}"
         f"<dt>Delegation chain</dt><dd><ol>{chain}</ol></dd>"
         f"<dt>Action</dt><dd>{_action(approval)} on target "
-        f"<code>{escape(approval.action.get('target', ''))}</code></dd>"
+        f"<code>{show(approval.action.get('target', ''))}</code></dd>"
         f"<dt>Arguments</dt><dd>{_arguments(approval)}</dd>"
-        f"<dt>Reasons</dt><dd>{escape('; '.join(approval.reasons))}</dd>"
-        f"<dt>Task</dt><dd>{escape(approval.task_id or 'none')}"
-        f"{(' — ' + escape(intent)) if intent else ''}</dd>"
+        f"<dt>Reasons</dt><dd>{show('; '.join(approval.reasons))}</dd>"
+        f"<dt>Task</dt><dd>{show(approval.task_id or 'none')}"
+        f"{(' — ' + show(intent)) if intent else ''}</dd>"
         f"<dt>Asked</dt><dd>{_ago(approval.created_at_ns, now)}; expires "
         f"{_expiry(approval, now)}</dd>"
         f"<dt>Who may decide</dt><dd>{approvers}</dd>"
-        f"<dt>Decision id</dt><dd><code>{escape(approval.decision_id)}</code></dd>"
+        f"<dt>Decision id</dt><dd><code>{show(approval.decision_id)}</code></dd>"
         f"{decided}</dl>{form}"
     )
     return _page(f"Approval {approval.id}", approver, body, page="detail", approval_id=approval.id)
@@ -240,5 +256,5 @@ def error_page(status: int, message: str) -> str:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         f'<title>{status}</title><link rel="stylesheet" href="/static/console.css"></head>'
         "<body><main>"
-        f'<h1>{status}</h1><p role="alert">{escape(message)}</p></main></body></html>'
+        f'<h1>{status}</h1><p role="alert">{show(message)}</p></main></body></html>'
     )

@@ -3,8 +3,9 @@
 Every request but ``/healthz`` names its approver first (:mod:`sidecar.console.auth`) or is
 refused. A decision is a POST carrying the approver's anti-CSRF token, from the console's own
 origin, with a reason; the broker then checks the approver is one of the approval's
-``approvers`` and not its requester, and writes the audit record before the change commits.
-Refused attempts are audited too. Responses forbid framing, caching and inline script.
+``approvers`` and no party to the request (not its workload, a delegator, or the user it acts
+for), and writes the audit record before the change commits. Refused attempts are audited
+too. Every response, error pages included, forbids framing, caching and inline script.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,9 +34,14 @@ from sidecar.console.auth import (
     Approver,
     Csrf,
     NotAuthenticated,
+    Peer,
+    ProxyGate,
     approver_from_cert,
     approver_from_proxy,
 )
+from sidecar.console.proxy import peer_uid
+from sidecar.console.signing import console_identity, wait_for_svid
+from sidecar.errors import SidecarError
 from sidecar.state import StateDb, StateError, open_state
 from sidecar.tasks import TaskRegistry
 
@@ -71,11 +79,24 @@ class ConsoleServer:
 
         self._settings = settings
         self._console = settings.console
-        self._state = state or open_state(settings.state)
+        problem = self._console.proxy_proof_problem()
+        if problem is not None:  # fail closed: no console that believes any local process
+            raise SidecarError(problem)
+        self._gate = ProxyGate(self._console)
+        self._identity = console_identity(settings)
         try:
-            self._audit = build_audit(settings, None)
+            self._state = state or open_state(settings.state)
+        except BaseException:
+            if self._identity is not None:
+                self._identity.close()
+            raise
+        try:
+            # Checkpoints signed as serve signs them: the SVID when there is a Workload API.
+            self._audit = build_audit(settings, self._identity)
         except BaseException:
             self._state.close()  # a console that cannot audit does not start
+            if self._identity is not None:
+                self._identity.close()
             raise
         self._record = approval_auditor(self._audit)
         self._broker = ApprovalBroker(
@@ -105,22 +126,50 @@ class ConsoleServer:
         return app
 
     async def start(self) -> None:
+        if self._identity is not None:
+            try:
+                await asyncio.to_thread(wait_for_svid, self._identity)
+            except SidecarError:
+                self._state.close()
+                with contextlib.suppress(Exception):  # nothing was written to seal
+                    self._audit.close()
+                self._identity.close()
+                raise
         self._broker.bind_loop(asyncio.get_running_loop())
         self._state.start()
         # Live pages hold streams open: a stop does not wait for them to end by themselves.
         self._runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        host, _, port = self._console.listen.rpartition(":")
-        site = web.TCPSite(
-            self._runner, host.strip("[]"), int(port), ssl_context=self._ssl_context()
-        )
-        await site.start()
-        sockets = site._server.sockets if site._server is not None else ()  # type: ignore[attr-defined]
-        bound = sockets[0].getsockname() if sockets else (host, int(port))
-        self.address = f"{host}:{bound[1]}"
+        path = self._console.unix_path
+        if path is not None:
+            await self._start_unix(self._runner, path)
+        else:
+            host, _, port = self._console.listen.rpartition(":")
+            site = web.TCPSite(
+                self._runner, host.strip("[]"), int(port), ssl_context=self._ssl_context()
+            )
+            await site.start()
+            sockets = site._server.sockets if site._server is not None else ()  # type: ignore[attr-defined]
+            bound = sockets[0].getsockname() if sockets else (host, int(port))
+            self.address = f"{host}:{bound[1]}"
         if not self._state.has_feed:
             self._poller = asyncio.create_task(self._poll())
         log.info("approvals console listening", extra={"address": self.address})
+
+    async def _start_unix(self, runner: web.AppRunner, path: Path) -> None:
+        """The proxy's socket: created under umask 077 (no moment others could connect),
+        then given ``console.socket_mode``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            if path.is_socket():
+                path.unlink()
+        previous = os.umask(0o077)
+        try:
+            await web.UnixSite(runner, str(path)).start()
+        finally:
+            os.umask(previous)
+        os.chmod(path, int(self._console.socket_mode, 8))
+        self.address = f"unix:{path}"
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         console = self._console
@@ -143,6 +192,8 @@ class ConsoleServer:
             await self._runner.cleanup()
         self._state.close()
         self._audit.close()
+        if self._identity is not None:
+            self._identity.close()
 
     async def _poll(self) -> None:
         """SQLite: changes made by other processes (the sidecar, its CLI) reach the page."""
@@ -173,7 +224,16 @@ class ConsoleServer:
                     "console request refused", extra={"path": request.path, "error": str(exc)}
                 )
                 return self._html(pages.error_page(exc.status, str(exc)), exc.status)
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:  # 404, 405, 413 ...: the same headers as every page
+            if exc.status < 400:
+                exc.headers.update(_HEADERS)
+                raise
+            return self._html(pages.error_page(exc.status, exc.reason), exc.status)
+        except Exception:
+            log.exception("console request failed", extra={"path": request.path})
+            return self._html(pages.error_page(500, "internal error"), 500)
         response.headers.update(_HEADERS)
         return response
 
@@ -185,7 +245,13 @@ class ConsoleServer:
                 ssl_object = transport.get_extra_info("ssl_object")
                 peercert = ssl_object.getpeercert() if ssl_object is not None else None
             return approver_from_cert(peercert)
-        return approver_from_proxy(self._console, request.remote, request.headers)
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if self._console.unix_path is not None:
+            peer = Peer(unix=True, uid=peer_uid(sock))
+        else:
+            peer = Peer(address=request.remote)
+        return approver_from_proxy(self._console, self._gate, peer, request.headers)
 
     @staticmethod
     def _html(text: str, status: int = 200) -> web.Response:

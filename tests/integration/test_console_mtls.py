@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 from pathlib import Path
 
@@ -172,3 +173,103 @@ def test_bad_decisions_get_clear_answers_and_change_nothing(mtls_console, author
     assert approved.status_code == 303
     again = post(approval_id, decision="deny", reason="changed my mind")
     assert again.status_code == 409 and "not_pending" in again.text
+
+
+# --- issue 32, item 5: the console's audit log is signed with its SVID ---------------------
+
+CONSOLE_ID = "spiffe://demo.example/agent-sidecar/console"
+
+
+def _console_settings(running, tmp_path: Path, authority, **identity) -> Settings:
+    cert, key = _pem(
+        tmp_path, "console", authority.issue_x509(CONSOLE_ID, dns_names=("localhost",))
+    )
+    (tmp_path / "ca.pem").write_bytes(authority.x509_bundle_pem)
+    console = dataclasses.replace(
+        running.settings.console, listen="127.0.0.1:0", auth="mtls", tls_cert_file=Path(cert),
+        tls_key_file=Path(key), client_ca_file=tmp_path / "ca.pem",
+    )  # fmt: skip
+    (tmp_path / "console").mkdir(exist_ok=True)  # its own directory: the sidecar's key is not
+    audit = dataclasses.replace(
+        running.settings.audit, path=tmp_path / "console" / "console-audit.log", signing_key=None
+    )
+    return dataclasses.replace(
+        running.settings,
+        console=console,
+        audit=audit,
+        identity=dataclasses.replace(running.settings.identity, **identity),
+    )
+
+
+def _approve_in(served: _Console, running, tmp_path: Path, authority) -> None:
+    """An approver decides one approval in the console: an audit record it must sign."""
+    _, approval_id = _step_up(running)
+    alice = _alice(tmp_path, authority)
+    address = served.server.address
+    detail = alice.get(_url(address, f"/approvals/{approval_id}"), timeout=10).text
+    token = detail.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    decided = alice.post(
+        _url(address, f"/approvals/{approval_id}/decide"),
+        data={"decision": "approve", "reason": "verified", "csrf": token},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert decided.status_code == 303
+
+
+def test_item5_the_console_signs_its_audit_with_its_svid_so_verify_bundle_covers_it(
+    start_sidecar, tools, tmp_path, authority
+):
+    from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
+    from tests.support.cli import cli
+
+    running = start_sidecar(tools.url)
+    with DevWorkloadApiServer(DevWorkloadApi(authority, CONSOLE_ID), tmp_path / "wl.sock") as api:
+        settings = _console_settings(running, tmp_path, authority, socket=api.address)
+        served = _Console(settings)
+        _approve_in(served, running, tmp_path, authority)
+        served.stop()  # a clean stop seals the log
+    log = tmp_path / "console" / "console-audit.log"
+    assert not (
+        tmp_path / "console" / "audit-signing.key"
+    ).exists()  # no key of its own beside the log
+    checkpoints = [json.loads(line) for line in log.read_text().splitlines()]
+    checkpoints = [c for c in checkpoints if c.get("type") == "checkpoint"]
+    assert checkpoints and {c["signer"] for c in checkpoints} == {CONSOLE_ID}
+    done = cli("audit", "verify", str(log), "--bundle", str(tmp_path / "ca.pem"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().endswith(": intact")
+    # A bundle of another trust domain does not vouch for it.
+    (tmp_path / "other.pem").write_bytes(DevAuthority("other.example").x509_bundle_pem)
+    other = cli("audit", "verify", str(log), "--bundle", str(tmp_path / "other.pem"))
+    assert other.returncode == 1 and "NOT intact" in other.stdout
+
+
+def test_item5_without_a_workload_api_verify_says_which_trust_the_log_claims(
+    start_sidecar, tools, tmp_path, authority
+):
+    from tests.support.cli import cli
+
+    running = start_sidecar(tools.url)  # identity static, no socket: a key file signs
+    served = _Console(_console_settings(running, tmp_path, authority))
+    _approve_in(served, running, tmp_path, authority)
+    served.stop()
+    log = tmp_path / "console" / "console-audit.log"
+    done = cli("audit", "verify", str(log), "--bundle", str(tmp_path / "ca.pem"))
+    assert done.returncode == 1
+    assert "signed with a key file" in done.stdout and "pass that key with --key" in done.stdout
+
+
+def test_item5_a_console_without_its_svid_does_not_start(
+    start_sidecar, tools, tmp_path, authority, monkeypatch
+):
+    from sidecar.console import signing
+    from sidecar.errors import SidecarError
+
+    monkeypatch.setattr(signing, "SVID_READY_TIMEOUT_S", 0.5)
+    running = start_sidecar(tools.url)
+    settings = _console_settings(
+        running, tmp_path, authority, socket=f"unix://{tmp_path}/no-such-workload-api.sock"
+    )
+    with pytest.raises(SidecarError, match=r"no X\.509-SVID from the Workload API"):
+        _Console(settings)

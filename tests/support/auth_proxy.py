@@ -5,6 +5,10 @@ and their groups and sets a session cookie. Every other request needs the cookie
 to the upstream with ``X-Forwarded-Email``, ``X-Forwarded-User`` and ``X-Forwarded-Groups``
 set from the session; whatever ``X-Forwarded-*`` the browser sent is dropped. Responses are
 streamed (server-sent events pass through).
+
+The upstream is ``http://HOST:PORT`` or ``unix:/PATH`` (oauth2-proxy's ``--upstream=unix://``);
+with ``secret`` the proxy proves itself by sending it in ``secret_header`` (what a proxy that
+can set a request header does), and drops any the browser sent.
 """
 
 from __future__ import annotations
@@ -23,8 +27,17 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host"
 
 
 class AuthProxy:
-    def __init__(self, upstream: str) -> None:
+    def __init__(
+        self, upstream: str, *, secret: str = "", secret_header: str = "X-Console-Proxy-Secret"
+    ) -> None:
+        self._unix = upstream.removeprefix("unix://").removeprefix("unix:")
+        if upstream.startswith("unix:"):
+            upstream = "http://console.local"
+        else:
+            self._unix = ""
         self.upstream = upstream.rstrip("/")
+        self._secret = secret
+        self._secret_header = secret_header
         self.sessions: dict[str, tuple[str, str]] = {}
         self.url = ""
         self._loop = asyncio.new_event_loop()
@@ -38,7 +51,8 @@ class AuthProxy:
         return self
 
     async def _start(self) -> None:
-        self._client = aiohttp.ClientSession(auto_decompress=False)
+        connector = aiohttp.UnixConnector(path=self._unix) if self._unix else None
+        self._client = aiohttp.ClientSession(auto_decompress=False, connector=connector)
         app = web.Application()
         app.router.add_get("/oauth2/sign_in", self._form)
         app.router.add_post("/oauth2/sign_in", self._sign_in)
@@ -88,7 +102,9 @@ class AuthProxy:
         headers: dict[str, Any] = {
             k: v
             for k, v in request.headers.items()
-            if k.lower() not in _HOP and not k.lower().startswith("x-forwarded-")
+            if k.lower() not in _HOP
+            and not k.lower().startswith("x-forwarded-")
+            and k.lower() != self._secret_header.lower()
         }
         headers |= {
             "X-Forwarded-Email": user,
@@ -96,6 +112,8 @@ class AuthProxy:
             "X-Forwarded-Groups": groups,
             "Host": request.host,  # oauth2-proxy passes the host header on
         }
+        if self._secret:
+            headers[self._secret_header] = self._secret
         assert self._client is not None
         body = await request.read()
         async with self._client.request(

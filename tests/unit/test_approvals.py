@@ -220,3 +220,77 @@ def test_expiry_ends_pending_and_approved_approvals(tmp_path):
         broker.claim(approval.id, approval.digest, used_by="call")
     assert expired.value.code == "approval_expired"
     assert broker.get(approval.id).state == "expired"
+
+
+def _for_user(broker: ApprovalBroker, user: dict | None, **kw):
+    """A pending approval for a call the agent makes on behalf of ``user``."""
+    fields = BASE | {"arguments": {"order": "A-1", "amount": 500}}
+    return broker.request(
+        digest=request_digest(**fields, user=user),
+        subject=BASE["subject"],
+        delegation=kw.get("delegation", ()),
+        action=BASE["action"],
+        arguments={"log": "full", "value": fields["arguments"]},
+        task_id="t-1",
+        reasons=["needs approval"],
+        approvers=kw.get("approvers", ()),
+        ttl_s=60,
+        policy_revision="r1",
+        decision_id="01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        user=user,
+    )
+
+
+BOSS = {"sub": "boss@example.com", "iss": "https://login.example.com"}
+
+
+@pytest.mark.parametrize(
+    "approver",
+    [
+        "user:boss@example.com",  # the console, through the proxy
+        "user:BOSS@Example.COM",  # e-mail addresses are not case-sensitive here
+        "local:boss@example.com",  # the approvals socket, --as boss@example.com
+        "local:boss@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com",  # fullwidth: NFKC folds it
+        "boss@example.com",  # however the approver is named, bare
+        BASE["subject"],  # the requesting workload itself
+    ],
+)
+def test_item4_the_user_a_call_acts_for_cannot_decide_it(tmp_path, approver):
+    broker, db = _broker(tmp_path)
+    approval = _for_user(broker, BOSS)
+    assert approval.user == BOSS
+    for approve in (True, False):  # neither approve nor deny
+        with pytest.raises(ApproverRefused) as refused:
+            broker.decide(approval.id, approve=approve, approver=approver, reason="mine")
+        assert refused.value.code == "self_approval"
+    assert broker.get(approval.id).state == "pending"
+    db.close()
+    reopened, _ = _broker(tmp_path)  # the user is kept in the store, not in memory
+    assert reopened.get(approval.id).user == BOSS
+    with pytest.raises(ApproverRefused):
+        reopened.decide(approval.id, approve=True, approver="user:boss@example.com", reason="x")
+
+
+def test_item4_others_may_decide_and_calls_without_a_user_are_unchanged(tmp_path):
+    broker, _ = _broker(tmp_path)
+    # Names that merely resemble the user's are other people.
+    for other in ("user:boss@example.co", "user:oss@example.com", "local:boss"):
+        approval = _for_user(broker, BOSS | {"iss": other})  # another request each time
+        decided = broker.decide(approval.id, approve=True, approver=other, reason="ok")
+        assert decided.state == "approved" and decided.decided_by == other
+    plain = _for_user(broker, None)
+    assert plain.user == {}
+    broker.decide(plain.id, approve=False, approver="user:boss@example.com", reason="no")
+    assert broker.get(plain.id).state == "denied"
+
+
+def test_item4_a_stored_user_of_the_wrong_type_is_read_as_none():
+    from sidecar.approvals.model import Approval
+
+    doc = {"id": "ap-1", "state": "pending", "digest": "d", "subject": "s", "action": {},
+           "arguments": {}, "task_id": "", "reasons": [], "approvers": [], "expires_at_ns": 1,
+           "policy_revision": "r", "decision_id": "x", "created_at_ns": 0}  # fmt: skip
+    for user in (None, "boss", ["boss"], 7):
+        assert Approval.from_doc(doc | {"user": user}).user == {}
+    kept = Approval.from_doc(doc | {"user": {"sub": "b", "iss": "i", "token": "never"}})
+    assert kept.user == {"sub": "b", "iss": "i"}
