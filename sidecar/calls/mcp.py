@@ -55,7 +55,8 @@ class McpCall:
     task_id: str = ""
     intent: str = ""
     approval_id: str = ""
-    no_wait: bool = False
+    # True: the agent asked not to wait; a text: why the sidecar does not wait (its setting).
+    no_wait: bool | str = False
 
 
 class McpCalls:
@@ -122,7 +123,9 @@ class McpCalls:
         record.upstream = {"server": server, "method": call.method}
         upstream = catalog.upstreams[server]
         timeout = min(self._settings.mcp_servers[server].timeout_s, remaining)
-        scrubber = Scrubber()
+        # What the sidecar gave the server for good (stdio env_files), and below the call's
+        # own credential: none of it comes back, in any common encoding.
+        scrubber = Scrubber(upstream.secrets)
         await self._before_relay(record, common)
         t0 = time.perf_counter()
         try:

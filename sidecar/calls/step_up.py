@@ -45,6 +45,7 @@ class StepUp:
                 ttl_s=obligation.ttl_s if obligation else self._settings.approvals.max_ttl_s,
                 policy_revision=decided.revision,
                 decision_id=record.decision_id,
+                user=facts.user.to_record() if facts.user is not None else None,
             )
         except ApprovalError as exc:
             raise Stop(exc.code, str(exc), **self._common(decided)) from exc
@@ -75,7 +76,7 @@ class StepUp:
         approval_id: str,
         digest: str,
         *,
-        no_wait: bool,
+        no_wait: bool | str,
         deadline: float,
     ) -> ApprovalInfo:
         """A retry with an approval id: wait for it if still pending, then use it."""
@@ -133,6 +134,12 @@ class StepUp:
                 f"the policy is now {decided.revision}",
                 **self._common(decided),
             )
+
+    @staticmethod
+    def _no_wait_why(no_wait: bool | str) -> str:
+        """Why a stepped-up call answered at once: the agent's own no_wait (True), or the
+        sidecar's reason (a text: its setting decided it)."""
+        return no_wait if isinstance(no_wait, str) else "the agent asked not to wait"
 
     def _step_up_stop(self, decided: Decided, approval_id: str, why: str) -> Stop:
         reasons = "; ".join(decided.decision.reasons) or "approval required"

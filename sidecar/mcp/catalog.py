@@ -1,17 +1,25 @@
 """What the upstream MCP servers offer, aggregated under ``SERVER.`` (tools and prompts by
-name, resources by URI: ``SERVER.`` + the upstream's URI), cached per upstream until it
-signals a change, and each tool's definition checked against its pin.
+name, resources by URI: ``SERVER.`` + the upstream's URI), and each tool's definition checked
+against its pin.
+
+A list is cached per upstream until it signals a change or ``refresh_s`` has passed, whichever
+comes first: an upstream that changes a definition without saying so is caught by the next
+read (a list older than ``refresh_s`` is read again before it is used, and a refresher reads
+every server's tools that often, telling agents when a definition changed).
 
 Everything here comes from upstreams and is untrusted: entries that are not well-formed are
-dropped (and logged), lists are bounded, and annotations are carried only as hints for policy.
+dropped (and logged), lists are bounded, annotations are carried only as hints for policy, and
+the secrets the sidecar handed the upstream are scrubbed from what it lists.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,6 +34,7 @@ from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
 from sidecar.mcp.pins import PinStore, definition_hash
 from sidecar.mcp.settings import McpServerSettings
 from sidecar.mcp.upstream import Upstream
+from sidecar.relay.scrub import Scrubber
 
 __all__ = ["KINDS", "Catalog", "Entry", "Kind", "split_name"]
 
@@ -56,6 +65,12 @@ CHANGES: dict[str, tuple[tuple[str, ...], str]] = {
         "notifications/resources/list_changed",
     ),
 }
+_ANNOUNCED = {
+    "tool": "notifications/tools/list_changed",
+    "prompt": "notifications/prompts/list_changed",
+    "resource": "notifications/resources/list_changed",
+    "template": "notifications/resources/list_changed",
+}
 _MAX_PAGES = 50
 _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
 
@@ -64,6 +79,7 @@ _NAME_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
 class _Cached:
     generation: int = 0
     entries: list[Entry] | None = None
+    fetched: float = 0.0  # time.monotonic() when the read that gave ``entries`` began
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -83,6 +99,52 @@ class Catalog:
             (server, kind): _Cached() for server in upstreams for kind in KINDS
         }
         self._listeners: set[Callable[[str], None]] = set()
+        self._refreshers: list[asyncio.Task[None]] = []
+
+    # --- refreshing -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Read each server's tools every ``refresh_s`` (a change is announced)."""
+        for server in self.upstreams:
+            self._refreshers.append(asyncio.create_task(self._refresh_loop(server)))
+
+    async def close(self) -> None:
+        for task in self._refreshers:
+            task.cancel()
+        for task in self._refreshers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._refreshers.clear()
+
+    async def _refresh_loop(self, server: str) -> None:
+        interval = self._servers[server].refresh_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh(server, "tool")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # it cannot list now: its calls fail on their own
+                log.info(
+                    "MCP server could not be re-read",
+                    extra={"server": server, "error": type(exc).__name__},
+                )
+
+    async def refresh(self, server: str, kind: str) -> bool:
+        """Read ``server``'s ``kind`` again now; True (and agents are told) when what it
+        lists differs from what was cached."""
+        cached = self._cache[(server, kind)]
+        async with cached.lock:
+            before = cached.entries
+            entries = await self._store(server, kind, cached)
+        changed = before is not None and _shape(before) != _shape(entries)
+        if changed:
+            log.warning(
+                "MCP server changed its list without notifying",
+                extra={"server": server, "kind": kind},
+            )
+            self._announce(_ANNOUNCED[kind])
+        return changed
 
     # --- changes --------------------------------------------------------------------------
 
@@ -151,17 +213,34 @@ class Catalog:
         return None
 
     async def server_entries(self, server: str, kind: str) -> list[Entry]:
+        """The cached list while it is fresh (younger than ``refresh_s``, no change signalled
+        since), else read again first."""
         cached = self._cache[(server, kind)]
-        if cached.entries is not None:
+        if self._fresh(server, cached):
+            assert cached.entries is not None
             return cached.entries
         async with cached.lock:
-            if cached.entries is not None:
+            if self._fresh(server, cached):
+                assert cached.entries is not None
                 return cached.entries
-            generation = cached.generation
-            entries = await self._fetch(server, kind)
-            if cached.generation == generation:  # not made stale while it was fetched
-                cached.entries = entries
-            return entries
+            before = cached.entries
+            entries = await self._store(server, kind, cached)
+        if before is not None and _shape(before) != _shape(entries):
+            self._announce(_ANNOUNCED[kind])  # it changed without notifying
+        return entries
+
+    def _fresh(self, server: str, cached: _Cached) -> bool:
+        age = time.monotonic() - cached.fetched
+        return cached.entries is not None and age < self._servers[server].refresh_s
+
+    async def _store(self, server: str, kind: str, cached: _Cached) -> list[Entry]:
+        """Read and cache (under ``cached.lock``), unless made stale while it was read."""
+        generation = cached.generation
+        started = time.monotonic()
+        entries = await self._fetch(server, kind)
+        if cached.generation == generation:
+            cached.entries, cached.fetched = entries, started
+        return entries
 
     async def _fetch(self, server: str, kind: str) -> list[Entry]:
         method, key, name_key = KINDS[kind]
@@ -169,6 +248,7 @@ class Catalog:
         upstream = self.upstreams[server]
         items: list[Any] = []
         cursor: str | None = None
+        scrubber = Scrubber(upstream.secrets)
         for _ in range(_MAX_PAGES):
             params = {"cursor": cursor} if cursor else None
             try:
@@ -176,7 +256,10 @@ class Catalog:
             except UpstreamRpcError as exc:
                 if exc.code == METHOD_NOT_FOUND:  # it offers none of these
                     return []
-                raise
+                raise UpstreamRpcError(
+                    exc.code, scrubber.text(str(exc)), scrubber.value(exc.data)
+                ) from None
+            page = scrubber.value(page)
             got = page.get(key)
             if not isinstance(got, list):
                 raise UpstreamMcpUnavailable(
@@ -241,3 +324,8 @@ class Catalog:
             dataclasses.replace(e, pinned_hash=pins[e.full].hash) if e.full in pins else e
             for e in entries
         ]
+
+
+def _shape(entries: list[Entry]) -> dict[str, tuple[str, str]]:
+    """What a list says, to tell a change: each entry's definition hash (tools) or body."""
+    return {e.full: (e.hash or repr(sorted(e.body.items())), e.pinned_hash) for e in entries}

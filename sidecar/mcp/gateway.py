@@ -75,12 +75,14 @@ class McpGateway:
 
     async def start(self) -> None:
         await asyncio.gather(*(u.start() for u in self.upstreams.values()))
+        self.catalog.start()
         if self.endpoint is not None:
             await self.endpoint.start()
 
     async def stop(self) -> None:
         if self.endpoint is not None:
             await self.endpoint.stop()
+        await self.catalog.close()
         for upstream in self.upstreams.values():
             with contextlib.suppress(Exception):
                 await upstream.close()

@@ -40,6 +40,8 @@ _LISTS = {
     "resources/list": "resource",
     "resources/templates/list": "template",
 }
+# Why a stepped-up call did not wait when the agent did not ask that.
+NOT_WAITING = "mcp.wait_for_approval_s is 0: the sidecar does not wait for an approver"
 # Answered by the sidecar with nothing to do (handshake-era housekeeping).
 _NOOP = frozenset({"ping", "logging/setLevel"})
 
@@ -156,7 +158,7 @@ class Methods:
             method=method,
             name=name,
             arguments=arguments,
-            no_wait=no_wait or wait == 0,
+            no_wait=no_wait or (wait == 0 and NOT_WAITING),
             **facts,
         )
         result = await self._mediator.call_mcp(

@@ -13,6 +13,10 @@ from typing import Literal
 __all__ = ["McpRestartSettings", "McpServerSettings", "McpSettings", "McpToolSettings"]
 
 MIB = 1024 * 1024
+# mcp_servers.NAME.refresh_s: often enough to bound a silent change, rarely enough to spare
+# the upstream (a list per interval per server).
+MIN_REFRESH_S = 0.1
+MAX_REFRESH_S = 3600.0
 # A server's name prefixes its tools (``NAME.tool``) and its resources' URIs (``NAME.uri``,
 # still a URI: a scheme may hold letters, digits, "+", "-" and "."), so it is kept to those.
 SERVER_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -104,6 +108,9 @@ class McpServerSettings:
     # HTTP: the protocol revision spoken to it. auto: the stateless one (2026-07-28) when
     # its server/discover offers it, else the handshake (2025-11-25). stdio: handshake.
     revision: Literal["auto", "handshake", "stateless"] = "auto"
+    # Its lists are read again at least this often (and a tool whose definition changed
+    # without a list_changed is then hidden and denied): how long a silent change can last.
+    refresh_s: float = 60.0
 
     def __post_init__(self) -> None:
         _check(
@@ -121,6 +128,11 @@ class McpServerSettings:
         _check(not both, f"env_files: {sorted(both)[0] if both else ''!r} is also in env")
         _check(self.timeout_s > 0, "timeout_s: must be > 0")
         _check(self.max_tools >= 1, "max_tools: must be >= 1")
+        _check(
+            MIN_REFRESH_S <= self.refresh_s <= MAX_REFRESH_S,
+            f"refresh_s: must be between {MIN_REFRESH_S} and {MAX_REFRESH_S:.0f} seconds "
+            "(how long a definition changed without notice can go unseen)",
+        )
         for tool in self.tools:
             _check(bool(tool) and "/" not in tool, f"tools: {tool!r} is not a tool name")
 

@@ -3,10 +3,13 @@
 Its environment is built here, never inherited from the agent: ``PATH``, ``HOME``, ``LANG``,
 the configured ``env``, and ``env_files`` (each variable the content of its file, a mounted
 Secret). Messages are newline-delimited JSON-RPC on stdin/stdout, each bounded in size. When
-the process exits, calls in flight fail with upstream_unavailable and it is started again
-after a doubling backoff; after ``restart.max`` failed starts in a row it stays down (calls
-get upstream_unavailable) until the sidecar restarts. Its stderr is logged line by line, with
-the values of ``env_files`` scrubbed.
+the process exits (or breaks the protocol: an oversized message), calls in flight fail with
+upstream_unavailable and it is started again after a doubling backoff; after ``restart.max``
+failed starts in a row it stays down (calls get upstream_unavailable) until the sidecar
+restarts. A process being stopped is retired at once: a new call waits for its replacement
+(within the call's time) and is never written to the dying one. The ``env_files`` values are
+:attr:`StdioUpstream.secrets`: scrubbed from its stderr here, and from whatever it answers by
+the catalog and the calls.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ __all__ = ["StdioUpstream"]
 log = logging.getLogger(__name__)
 
 _STOP_GRACE_S = 2.0
+# env_files values remembered for scrubbing (the current process's and a few before it: an
+# answer may quote a value a previous process was given).
+_MAX_SECRETS = 32
 
 
 class StdioUpstream(Upstream):
@@ -46,6 +52,9 @@ class StdioUpstream(Upstream):
         self._settings = settings
         self._limit = max_message_bytes
         self._process: asyncio.subprocess.Process | None = None
+        # The process calls are sent to: handshaken and not being stopped (else None).
+        self._live: asyncio.subprocess.Process | None = None
+        self._secrets: dict[str, None] = {}  # insertion-ordered, bounded
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._ready = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -58,10 +67,13 @@ class StdioUpstream(Upstream):
     async def start(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise())
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(self._secrets)
+
     def _environment(self) -> tuple[dict[str, str], Scrubber]:
         env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TZ") if k in os.environ}
         env.update(self._settings.env)
-        secrets = Scrubber()
         for key, path in self._settings.env_files.items():
             try:
                 value = Path(path).read_text(encoding="utf-8").strip()
@@ -72,8 +84,11 @@ class StdioUpstream(Upstream):
                 ) from None
             env[key] = value
             if value:
-                secrets.add(value)
-        return env, secrets
+                self._secrets.pop(value, None)
+                self._secrets[value] = None
+        while len(self._secrets) > _MAX_SECRETS:
+            del self._secrets[next(iter(self._secrets))]
+        return env, Scrubber(self._secrets)
 
     async def _supervise(self) -> None:
         """Start, handshake, wait for the exit; again, with backoff, while it makes sense."""
@@ -104,7 +119,7 @@ class StdioUpstream(Upstream):
                     log.info("MCP stdio server started", extra={"server": self.name})
                     await self._process.wait()
                 finally:
-                    self._ready.clear()
+                    self._retire(self._process)
                     reader.cancel()
                     errors.cancel()
                     await self._kill()
@@ -133,10 +148,46 @@ class StdioUpstream(Upstream):
             delay = min(delay * 2, restart.max_backoff_s)
 
     async def _handshake(self) -> None:
-        answer = await self._call("initialize", initialize_params(), self._settings.timeout_s)
+        process = self._process
+        assert process is not None
+        timeout = self._settings.timeout_s
+        answer = await self._call("initialize", initialize_params(), timeout, process)
         self.server_info = answer
-        await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        self._ready.set()
+        await self._send({"jsonrpc": "2.0", "method": "notifications/initialized"}, process)
+        if process.returncode is None and process is self._process:
+            self._live = process
+            self._ready.set()
+
+    def _retire(self, process: asyncio.subprocess.Process | None) -> None:
+        """``process`` takes no more calls (it exited, or is being stopped): new calls wait
+        for the next one."""
+        if process is not None and self._live is process:
+            self._live = None
+        if self._live is None and not (self._down or self._closed):
+            self._ready.clear()
+
+    async def _live_process(self, timeout_s: float) -> asyncio.subprocess.Process:
+        """The process to send a call to, waiting (within ``timeout_s``) while it starts or
+        restarts; a clear, retryable error if none comes in time."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    await self._ready.wait()
+                    if self._down or self._closed:
+                        why = self._down or "the sidecar is stopping"
+                        raise UpstreamMcpUnavailable(
+                            f"MCP server {self.name!r} is down: {why}", reached=False
+                        )
+                    if self._live is not None:
+                        return self._live
+                    self._ready.clear()  # (set without a live process: wait for one)
+        except TimeoutError:
+            raise UpstreamMcpUnavailable(
+                f"MCP server {self.name!r} is not running (starting or restarting); "
+                "nothing was sent: retry",
+                code="upstream_timeout",
+                reached=False,
+            ) from None
 
     async def request(
         self,
@@ -146,23 +197,18 @@ class StdioUpstream(Upstream):
         timeout_s: float,
         headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        try:
-            async with asyncio.timeout(timeout_s):
-                await self._ready.wait()
-        except TimeoutError:
-            raise UpstreamMcpUnavailable(
-                f"MCP server {self.name!r} is not running (starting or restarting)",
-                code="upstream_timeout",
-                reached=False,
-            ) from None
-        if self._down or self._closed:
-            raise UpstreamMcpUnavailable(
-                f"MCP server {self.name!r} is down: {self._down or 'the sidecar is stopping'}",
-                reached=False,
-            )
-        return await self._call(method, params, timeout_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        process = await self._live_process(timeout_s)
+        return await self._call(method, params, max(deadline - loop.time(), 0.001), process)
 
-    async def _call(self, method: str, params: dict[str, Any] | None, timeout_s: float) -> Any:
+    async def _call(
+        self,
+        method: str,
+        params: dict[str, Any] | None,
+        timeout_s: float,
+        process: asyncio.subprocess.Process,
+    ) -> Any:
         rid = next(self._ids)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
@@ -170,7 +216,7 @@ class StdioUpstream(Upstream):
         if params is not None:
             message["params"] = params
         try:
-            await self._send(message)
+            await self._send(message, process)
             async with asyncio.timeout(timeout_s):
                 answer = await future
         except TimeoutError:
@@ -180,7 +226,8 @@ class StdioUpstream(Upstream):
                         "jsonrpc": "2.0",
                         "method": "notifications/cancelled",
                         "params": {"requestId": rid, "reason": "timeout"},
-                    }
+                    },
+                    process,
                 )
             raise UpstreamMcpUnavailable(
                 f"MCP server {self.name!r} did not answer within {timeout_s:.1f}s",
@@ -191,19 +238,31 @@ class StdioUpstream(Upstream):
             self._pending.pop(rid, None)
         return read_answer(answer, rid)
 
-    async def _send(self, message: dict[str, Any]) -> None:
-        process = self._process
-        if process is None or process.stdin is None or process.returncode is not None:
-            raise UpstreamMcpUnavailable(f"MCP server {self.name!r} is not running", reached=False)
+    async def _send(self, message: dict[str, Any], process: asyncio.subprocess.Process) -> None:
+        """Write to ``process`` only while it is the one running and not being stopped (the
+        handshake's process before it is live)."""
         line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         try:
             async with self._write_lock:
+                if not self._accepts(process):
+                    raise UpstreamMcpUnavailable(
+                        f"MCP server {self.name!r} is restarting; nothing was sent: retry",
+                        reached=False,
+                    )
+                assert process.stdin is not None
                 process.stdin.write(line)
                 await process.stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise UpstreamMcpUnavailable(
                 f"MCP server {self.name!r} stopped reading ({type(exc).__name__})", reached=False
             ) from None
+
+    def _accepts(self, process: asyncio.subprocess.Process) -> bool:
+        if process.stdin is None or process.returncode is not None or process.stdin.is_closing():
+            return False
+        if self._live is not None:
+            return process is self._live
+        return process is self._process and not self._ready.is_set()  # its handshake
 
     async def _read(self, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
@@ -214,6 +273,7 @@ class StdioUpstream(Upstream):
                 log.warning(
                     "MCP stdio server sent an oversized message", extra={"server": self.name}
                 )
+                self._retire(process)  # before anything else can be sent to it
                 self._fail_pending(
                     "the MCP server sent a message over the size limit",
                     code="upstream_response_too_large",
@@ -221,6 +281,7 @@ class StdioUpstream(Upstream):
                 await self._kill()
                 return
             if not line:  # its stdout closed: nothing in flight will be answered
+                self._retire(process)
                 self._fail_pending("the MCP server's process exited")
                 return
             try:
@@ -237,7 +298,8 @@ class StdioUpstream(Upstream):
                             "jsonrpc": "2.0",
                             "id": message["id"],
                             "error": {"code": -32601, "message": "not supported by the gateway"},
-                        }
+                        },
+                        process,
                     )
             elif "method" in message:
                 params = message.get("params") or {}
@@ -257,7 +319,7 @@ class StdioUpstream(Upstream):
                 continue
             if not line:
                 return
-            text = str(secrets.value(line.decode("utf-8", "replace").rstrip()))[:2000]
+            text = secrets.text(line.decode("utf-8", "replace").rstrip())[:2000]
             log.info("MCP stdio server stderr", extra={"server": self.name, "line": text})
 
     def _fail_pending(self, why: str, code: str = "upstream_unavailable") -> None:
@@ -291,6 +353,7 @@ class StdioUpstream(Upstream):
 
     async def close(self) -> None:
         self._closed = True
+        self._live = None
         self._ready.set()
         if self._supervisor is not None:
             self._supervisor.cancel()

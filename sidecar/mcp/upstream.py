@@ -87,6 +87,12 @@ class Upstream(ABC):
         # What the upstream said it is (initialize's result), once connected.
         self.server_info: dict[str, Any] = {}
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Secrets the sidecar handed this upstream for good (a stdio server's ``env_files``):
+        scrubbed from everything it answers. Per-call credentials are the call's to scrub."""
+        return ()
+
     @abstractmethod
     async def start(self) -> None:
         """Connect (or start the process); failures are retried on first use."""

@@ -1,34 +1,82 @@
 """Credentials the sidecar injected never travel back to the agent.
 
 An upstream that echoes its request (a debugging endpoint, an error page quoting headers, a
-provider error that repeats the key) would hand the agent the JWT-SVID or the provider key the
-sidecar sent for it. Everything returned to the agent is scrubbed of each credential injected
-for that call: bodies, error bodies, completions and streamed chunks (streams through
-``classify.StreamRedactor``, so a credential split across chunks is caught too). Each match
-becomes ``[REDACTED:credential]``, and the audit record counts them (``credentials_scrubbed``).
+provider error that repeats the key, an MCP server printing its own token) would hand the agent
+the JWT-SVID, the provider key or the ``env_files`` secret the sidecar gave it. Everything
+returned to the agent is scrubbed of each secret handed over for that call: bodies, error
+bodies, completions and streamed chunks (streams through ``classify.StreamRedactor``, so a
+secret split across chunks is caught too). Each match becomes ``[REDACTED:credential]``, and
+the audit record counts them (``credentials_scrubbed``).
+
+Not only the secret itself: its common encodings too (:func:`encoded_forms`): JSON-escaped,
+standard and URL-safe base64 in each of the three alignments it can have inside a longer
+base64 text, percent-encoded, hex. The forms are computed once per secret and the pattern once
+per set of secrets (both cached), never per response: the hot path pays a lookup.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import json
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from sidecar.classify import Detector, StreamRedactor, redact
 
-__all__ = ["CREDENTIAL", "Scrubber"]
+__all__ = ["CREDENTIAL", "MIN_ENCODED_CHARS", "Scrubber", "encoded_forms"]
 
 CREDENTIAL = "credential"
 _MARKER = f"[REDACTED:{CREDENTIAL}]"
+# An encoded form shorter than this would match ordinary text: it is not looked for (a secret
+# of 7 bytes or more has every form at least this long; shorter ones are scrubbed verbatim).
+MIN_ENCODED_CHARS = 8
+_CACHE = 512
+_PERCENT = re.compile(r"%[0-9A-F]{2}")
+
+
+def _base64_cores(raw: bytes) -> set[str]:
+    """The characters of base64 that encode only ``raw``'s bits, whatever precedes it in the
+    encoded text (0, 1 or 2 bytes modulo 3) and whatever follows: standard and URL-safe."""
+    cores = set()
+    for shift in range(3):
+        encoded = base64.b64encode(b"\0" * shift + raw).decode().rstrip("=")
+        start = (0, 2, 3)[shift]  # characters that carry bits of what came before
+        end = (shift + len(raw)) * 8 // 6  # the last whole character of raw's own bits
+        core = encoded[start:end]
+        cores |= {core, core.replace("+", "-").replace("/", "_")}
+    return cores
+
+
+def _percent_forms(secret: str) -> set[str]:
+    forms = {quote(secret, safe=""), quote(secret), quote_plus(secret, safe="")}
+    return forms | {_PERCENT.sub(lambda m: m.group(0).lower(), f) for f in forms}
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def encoded_forms(secret: str) -> frozenset[str]:
+    """The secret and each encoding of it an upstream could plausibly send back."""
+    raw = secret.encode()
+    encoded = {json.dumps(secret)[1:-1], *_base64_cores(raw), *_percent_forms(secret)}
+    encoded |= {binascii.hexlify(raw).decode(), binascii.hexlify(raw).decode().upper()}
+    return frozenset({secret} | {f for f in encoded if len(f) >= MIN_ENCODED_CHARS})
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _compiled(forms: tuple[str, ...]) -> tuple[Detector, ...]:
+    pattern = re.compile("|".join(re.escape(f) for f in forms))  # longest first
+    return (Detector(CREDENTIAL, pattern),)
 
 
 class Scrubber:
-    """Removes the given secret values (and their JSON-escaped forms) from what is returned."""
+    """Removes the given secret values (and their encoded forms) from what is returned."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._forms: list[str] = []
-        self._detectors: tuple[Detector, ...] = ()
+        self._secrets: set[str] = set()
+        self._forms: tuple[str, ...] = ()
         self.count = 0
         for secret in secrets:
             self.add(secret)
@@ -37,13 +85,16 @@ class Scrubber:
         return bool(self._forms)
 
     def add(self, secret: str) -> None:
-        """One more credential injected for this call (e.g. minted in the relay thread)."""
-        if not secret:
+        """One more secret handed over for this call (e.g. minted in the relay thread)."""
+        if not secret or secret in self._secrets:
             return
-        forms = set(self._forms) | {secret, json.dumps(secret)[1:-1]}
-        self._forms = sorted(forms, key=len, reverse=True)  # longest first
-        pattern = re.compile("|".join(re.escape(f) for f in self._forms))
-        self._detectors = (Detector(CREDENTIAL, pattern),)
+        self._secrets.add(secret)
+        forms = set(self._forms) | encoded_forms(secret)
+        self._forms = tuple(sorted(forms, key=lambda f: (-len(f), f)))  # longest first
+
+    @property
+    def _detectors(self) -> tuple[Detector, ...]:
+        return _compiled(self._forms) if self._forms else ()
 
     def bytes(self, body: bytes) -> bytes:
         for form in self._forms:
@@ -56,17 +107,23 @@ class Scrubber:
 
     def value(self, value: Any) -> Any:
         """A JSON value with every string scrubbed."""
-        if not self._detectors:
+        if not self._forms:
             return value
         scrubbed = redact(value, [CREDENTIAL], self._detectors)
         if scrubbed != value:
             self.count += json.dumps(scrubbed).count(_MARKER) - json.dumps(value).count(_MARKER)
         return scrubbed
 
+    def text(self, text: str) -> str:
+        """A text with every secret scrubbed (what is logged or put in a message)."""
+        return str(self.value(text))
+
     def count_stream(self, raw: str, delivered: str) -> None:
         """Count what a :meth:`stream` redactor removed from ``raw`` to give ``delivered``."""
         self.count += max(0, delivered.count(_MARKER) - raw.count(_MARKER))
 
     def stream(self, classes: Iterable[str]) -> StreamRedactor:
-        """A stream redactor for ``classes`` that also removes the credentials."""
-        return StreamRedactor([*classes, CREDENTIAL], extra=self._detectors)
+        """A stream redactor for ``classes`` that also removes the secrets: it holds back
+        at least the longest form, so none slips out half-received."""
+        longest = max((len(f) for f in self._forms), default=0)
+        return StreamRedactor([*classes, CREDENTIAL], hold=max(256, longest), extra=self._detectors)

@@ -4,7 +4,9 @@ bodies and streams (provider key), unary and streamed; the audit counts what was
 
 from __future__ import annotations
 
+import base64
 import json
+from urllib.parse import quote
 
 import grpc
 import openai
@@ -15,6 +17,7 @@ from examples.demo.tools_server import Reply, ToolServer
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 from tests.conftest import audit_lines
 from tests.integration.test_identity_pod import _pod, _with_jwt_auth
+from tests.support.secret_forms import reveals
 
 KEY = "sk-provider-0123456789abcdefghijklmnop"
 MARK = "[REDACTED:credential]"
@@ -131,3 +134,64 @@ def test_item5_a_provider_error_quoting_the_key_is_scrubbed_over_grpc_and_the_fr
     assert KEY not in grpc_text
     assert KEY not in http_failed.value.response.text
     assert KEY not in running.audit_path.read_text()
+
+
+def _echo_encoded(r):
+    """An upstream that sends the credential back encoded (a debug dump, a cursor)."""
+    token = r.headers["authorization"].removeprefix("Bearer ")
+    return Reply(
+        body={
+            "dump": base64.b64encode(f"auth={token};".encode()).decode(),
+            "cursor": base64.urlsafe_b64encode(f"t:{token}".encode()).decode(),
+            "hex": token.encode().hex(),
+            "link": "https://x.example/?t=" + quote(token, safe=""),
+        }
+    )
+
+
+def test_item3_a_tool_upstream_echoing_the_jwt_svid_encoded_never_returns_it(
+    start_sidecar, workload_api
+):
+    """issue 32 item 3: the encodings apply to the shared scrubber, HTTP tool relays too."""
+    with ToolServer({("GET", "/tickets/"): _echo_encoded}) as upstream:
+        running = start_sidecar(
+            upstream.url,
+            identity=_pod(workload_api.socket_path),
+            targets=_with_jwt_auth(upstream.url),
+        )
+        assert running.sidecar.identity.wait_ready(10)
+        payload = sidecar_pb2.CallToolRequest(tool="tickets.get", arguments_json='{"id": "1"}')
+        with grpc.insecure_channel(running.address) as channel:
+            reply = sidecar_pb2_grpc.SidecarStub(channel).CallTool(payload, timeout=10)
+        token = upstream.received[0].headers["authorization"].removeprefix("Bearer ")
+    body = json.loads(reply.body)
+    assert set(body) == {"dump", "cursor", "hex", "link"}
+    assert not reveals(reply.body.decode(), token)
+    assert all(MARK in value for value in body.values())
+    record = audit_lines(running.audit_path)[0]
+    assert record["upstream"]["credentials_scrubbed"] == 4
+    assert not reveals(running.audit_path.read_text(), token)
+
+
+def test_item3_a_provider_streaming_its_key_hex_encoded_is_scrubbed(start_sidecar, tools, key_file):
+    hexed = KEY.encode().hex()  # ~80 characters: split over several streamed chunks
+    with ModelServer() as models:
+        models.script(reply=f"debug {hexed} and {base64.b64encode(KEY.encode()).decode()}")
+        running = start_sidecar(
+            tools.url,
+            providers={"openai": {"base_url": models.url, "key_file": str(key_file)}},
+            models={"gpt-small": {"provider": "openai"}},
+            frontdoor={"listen": "127.0.0.1:0"},
+        )
+        client = openai.OpenAI(
+            base_url=running.sidecar.frontdoor.url, api_key="agent", max_retries=0
+        )
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="gpt-small", messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+            if c.choices
+        )
+    assert not reveals(streamed, KEY) and streamed.count(MARK) == 2
+    assert not reveals(running.audit_path.read_text(), KEY)

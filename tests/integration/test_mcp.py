@@ -101,6 +101,7 @@ def test_the_list_shows_each_identity_only_its_granted_tools(gateway, start_side
     assert {"tracker.search", "tracker.add", "tracker.crash"} <= set(support)  # tracker.*
     # Not granted: never shown (crash, pid and mutate of notes).
     assert not {"notes.crash", "notes.pid", "notes.mutate"} & set(support)
+    running.stop()  # the next sidecar serves on the same agent socket
     intern = gateway(identity={"mode": "static", "spiffe_id": INTERN})
     assert with_client(intern.url, names, mode=mode) == ["notes.search"]
     listed = [r for r in audit_records(intern) if r["rpc"] == "MCP tools/list"]

@@ -4,6 +4,7 @@ forgets its session, one that is down, and a stdio command that never starts."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -117,14 +118,20 @@ def test_stdio_secrets_come_from_files_and_the_agents_environment_stays_out(
     running = start_sidecar(tools.url, **overrides)
     task = running.client().start_task("env")
 
-    async def run(client: Any) -> tuple[str, str]:
+    async def run(client: Any) -> tuple[str, str, str]:
         meta = {TASK: task.task_id}
-        token = await client.call_tool("tracker.env", {"name": "TRACKER_TOKEN"}, meta=meta)
+        name = {"name": "TRACKER_TOKEN"}
+        digest = await client.call_tool("tracker.env_digest", name, meta=meta)
+        token = await client.call_tool("tracker.env", name, meta=meta)
         other = await client.call_tool("tracker.env", {"name": "AGENT_ONLY_SECRET"}, meta=meta)
-        return token.content[0].text, other.content[0].text if other.content else ""
+        text = other.content[0].text if other.content else ""
+        return digest.content[0].text, token.content[0].text, text
 
-    token, other = with_client(endpoint_url(running), run)
-    assert token == "tracker-token-value" and other == ""
+    digest, token, other = with_client(endpoint_url(running), run)
+    # The child has the file's content (its digest proves it) ...
+    assert digest == hashlib.sha256(b"tracker-token-value").hexdigest() and other == ""
+    # ... and echoing it back gives the agent nothing (issue 32 item 3).
+    assert token == "[REDACTED:credential]"
 
 
 def test_a_stdio_command_that_never_starts_is_given_up(notes, start_sidecar, tools, tmp_path):

@@ -1,10 +1,14 @@
 """A stdio MCP server that lies: malformed and duplicate tool entries, more tools than
 allowed, non-JSON lines on stdout, an answer larger than any bound, and one tool whose
-definition differs on every listing. Run as ``python -m tests.support.hostile_mcp``."""
+definition differs on every listing. Run as ``python -m tests.support.hostile_mcp``; with
+``HOSTILE_IGNORE_TERM=1`` it ignores SIGTERM (a process slow to stop: the sidecar must not send
+it anything while it is being stopped)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 TOOL = {"name": "ok", "description": "fine", "inputSchema": {"type": "object"}}
@@ -26,6 +30,8 @@ def send(message: dict) -> None:
 
 
 def main() -> None:
+    if os.environ.get("HOSTILE_IGNORE_TERM") == "1":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for line in sys.stdin:
         message = json.loads(line)
         if "id" not in message:

@@ -146,3 +146,29 @@ def test_the_sidecar_speaks_the_revisions_of_the_official_sdk():
 
     assert HANDSHAKE_PROTOCOL_VERSIONS[-1] == UPSTREAM_VERSION
     assert MODERN_PROTOCOL_VERSIONS == ("2026-07-28",)
+
+
+@pytest.mark.parametrize(
+    ("refresh_s", "words"),
+    [
+        (0, "refresh_s: must be between"),
+        (-1, "refresh_s: must be between"),
+        (0.05, "refresh_s: must be between"),
+        (3601, "refresh_s: must be between"),
+        (float("inf"), "refresh_s: must be between"),
+        (float("nan"), "refresh_s: must be between"),
+        ("soon", "refresh_s"),
+        (True, "refresh_s"),
+    ],
+)
+def test_item10_a_bad_refresh_interval_is_refused_at_load(tmp_path, refresh_s, words):
+    servers = {"notes": {"command": ["server"], "refresh_s": refresh_s}}
+    with pytest.raises(ConfigError, match=words):
+        _settings(tmp_path, mcp_servers=servers)
+
+
+def test_item10_definitions_are_re_read_every_minute_by_default(tmp_path):
+    settings = _settings(tmp_path, mcp_servers={"notes": {"command": ["server"]}})
+    assert settings.mcp_servers["notes"].refresh_s == 60.0
+    fast = {"notes": {"command": ["server"], "refresh_s": 0.1}}
+    assert _settings(tmp_path, mcp_servers=fast).mcp_servers["notes"].refresh_s == 0.1
