@@ -1,11 +1,13 @@
 """An HTTP/1.1 server on the event loop for loopback listeners (aiohttp's low-level server).
 
-What it adds to aiohttp: a connection cap (a connection over ``max_connections`` is closed
-at accept), one timeout for a connection that is idle or still sending its headers
-(``idle_timeout_s``, from accept and after each answer), a body read bounded in size and
-time, and an answer to a request whose sender half-closes before its body is complete (400,
-not a silently dropped connection). Framing is llhttp's, strict: two Content-Lengths,
-Content-Length with Transfer-Encoding, and malformed lengths are 400 before any handler runs.
+What it adds to aiohttp: a cap on live connections (``max_connections``: a connection the
+peer closed frees its slot at once; at the cap the oldest idle connection is shed for the new
+one, and only when every connection is busy with a request is the new one closed at accept),
+one timeout for a connection that is idle or still sending its headers (``idle_timeout_s``,
+from accept and after each answer), a body read bounded in size and time, and an answer to a
+request whose sender half-closes before its body is complete (400, not a silently dropped
+connection). Framing is llhttp's, strict: two Content-Lengths, Content-Length with
+Transfer-Encoding, and malformed lengths are 400 before any handler runs.
 The socket is bound by the caller (:func:`bind_tcp`) so a port in use fails at build time;
 ``reuse_port`` lets ``server.workers`` processes share it.
 """
@@ -120,12 +122,22 @@ async def read_body(request: web.BaseRequest, limit: int, timeout_s: float) -> b
 
 
 class _Protocol(web_protocol.RequestHandler):
-    """aiohttp's connection handler, answering after the peer half-closes (``SHUT_WR``), and
-    answering what it cannot parse in the server's own error shape, logged without the
-    request's bytes (a malformed header line may hold a credential)."""
+    """aiohttp's connection handler, answering after the peer half-closes (``SHUT_WR``) and
+    closing at once a connection the peer closed between requests, and answering what it
+    cannot parse in the server's own error shape, logged without the request's bytes (a
+    malformed header line may hold a credential)."""
 
     error_response: ErrorResponse
     _last_payload: Any = None
+    # loop time since which no request is in progress (accept, or the last answer)
+    idle_since: float = 0.0
+    _peer_done = False  # the peer sent EOF: no request follows the ones already read
+
+    def is_idle(self) -> bool:
+        """Waiting for a request, or for the rest of one's headers: no handler is running
+        and none is queued (aiohttp's own test for its keep-alive timeout)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
 
     def handle_error(
         self,
@@ -154,14 +166,34 @@ class _Protocol(web_protocol.RequestHandler):
             except HttpProcessingError as exc:  # a body shorter than its framing said
                 if self._last_payload is not None:
                     self._last_payload.set_exception(exc)
-        return True
+        self._peer_done = True
+        if self.is_idle():  # nothing to answer: the slot is free now, not at the timeout
+            self.force_close()
+        elif not self._messages:  # answering the last request: close after its answer
+            self.close()
+        # (else: requests are queued; the last one's answer closes, in _handle_request)
+        return True  # keep our side open: the answer can still be written
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self._messages:  # the payload the parser fills next (the newest message's)
-            self._last_payload = self._messages[-1][
-                1
-            ]  # keep our side open: the answer can still be written
+            self._last_payload = self._messages[-1][1]
+
+    async def start(self) -> None:
+        if self._peer_done and not self._messages:  # EOF came before this task first ran
+            self.force_close()
+            return
+        await super().start()
+
+    async def _handle_request(
+        self, request: web.BaseRequest, start_time: float | None, request_handler: Any
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self.idle_since = self._loop.time()
+            if self._peer_done and not self._messages:
+                self.close()
 
 
 def _first_line(exc: BaseException | None) -> str:
@@ -175,6 +207,10 @@ class _Refused(asyncio.Protocol):
 
 
 class _CappedServer(web.Server):
+    """Counts live connections (added at accept, removed when the transport closes, not when
+    a handler that outlived its connection ends) and makes room at the cap by shedding the
+    connection idle the longest: a slow or idle peer cannot starve a new one."""
+
     def __init__(
         self,
         handler: Handler,
@@ -186,13 +222,41 @@ class _CappedServer(web.Server):
         super().__init__(handler, **kwargs)
         self._max_connections = max_connections
         self._error_response = error_response
+        self._live: dict[_Protocol, None] = {}  # in accept order
 
     def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
-        if len(self.connections) >= self._max_connections:
+        if len(self._live) >= self._max_connections and not self._shed_oldest_idle():
+            log.warning("connection refused: every connection is busy with a request")
             return _Refused()
         protocol = _Protocol(self, loop=self._loop, **self._kwargs)
         protocol.error_response = self._error_response
+        # counted now, not at connection_made: a burst of accepts builds every protocol in
+        # one loop pass, before any of them is connected
+        self._live[protocol] = None
         return protocol
+
+    def _shed_oldest_idle(self) -> bool:
+        idle = [p for p in self._live if p.is_idle()]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda p: p.idle_since)
+        self._live.pop(oldest, None)
+        oldest.force_close()
+        log.debug("idle connection shed for a new one", extra={"max": self._max_connections})
+        return True
+
+    def connection_made(
+        self, handler: web_protocol.RequestHandler, transport: asyncio.Transport
+    ) -> None:
+        if isinstance(handler, _Protocol):
+            handler.idle_since = self._loop.time()
+        super().connection_made(handler, transport)
+
+    def connection_lost(
+        self, handler: web_protocol.RequestHandler, exc: BaseException | None = None
+    ) -> None:
+        self._live.pop(handler, None)  # type: ignore[arg-type]
+        super().connection_lost(handler, exc)
 
 
 class HttpServer:

@@ -20,6 +20,9 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "approval_required": _S.FAILED_PRECONDITION,
     # request
     "request_too_large": _S.INVALID_ARGUMENT,
+    # an HTTP body the sender cut short, or stopped sending (sidecar/aiohttpserve.py)
+    "incomplete_body": _S.INVALID_ARGUMENT,
+    "request_timeout": _S.INVALID_ARGUMENT,
     "malformed_request": _S.INVALID_ARGUMENT,
     "invalid_arguments": _S.INVALID_ARGUMENT,
     "input_unrepresentable": _S.INVALID_ARGUMENT,

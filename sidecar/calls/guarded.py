@@ -137,10 +137,16 @@ class GuardedPath:
             result = CallResult(
                 record.decision_id, stop.code, status_for(stop.code), str(stop), **stop.kwargs
             )
-        except StateError as exc:
-            log.error("state database failed", extra={"decision_id": record.decision_id})
+        except StateError as exc:  # the details for operators; the agent gets the code
+            log.error(
+                "state database failed",
+                extra={"decision_id": record.decision_id, "error": str(exc)},
+            )
             result = CallResult(
-                record.decision_id, "state_unavailable", status_for("state_unavailable"), str(exc)
+                record.decision_id,
+                "state_unavailable",
+                status_for("state_unavailable"),
+                exc.agent_message,
             )
         except Exception:
             log.exception("internal error", extra={"decision_id": record.decision_id})
@@ -193,7 +199,7 @@ class GuardedPath:
         *,
         acting: bool,
         approval_id: str,
-        no_wait: bool,
+        no_wait: bool | str,
         deadline: float,
         trace: TraceContext,
         view_arguments: bool,
@@ -246,7 +252,7 @@ class GuardedPath:
         if decided.decision.effect == "step_up" and acting and approval is None:
             pending = await self._request_approval(record, decided, digest(decided.revision), facts)
             if no_wait:
-                raise self._step_up_stop(decided, pending.id, "the agent asked not to wait")
+                raise self._step_up_stop(decided, pending.id, self._no_wait_why(no_wait))
             await self._await_approval(record, pending.id, decided, deadline)
             approval = await self._claim(record, pending.id, digest(decided.revision))
             input_doc = policy_input(approval)

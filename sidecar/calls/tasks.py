@@ -64,10 +64,16 @@ class TaskCalls:
             result = TaskResult(record.decision_id, "ok", grpc.StatusCode.OK, task=task)
         except Stop as stop:
             result = TaskResult(record.decision_id, stop.code, status_for(stop.code), str(stop))
-        except StateError as exc:
-            log.error("state database failed", extra={"error": str(exc)})
+        except StateError as exc:  # the details for operators; the agent gets the code
+            log.error(
+                "state database failed",
+                extra={"decision_id": record.decision_id, "error": str(exc)},
+            )
             result = TaskResult(
-                record.decision_id, "state_unavailable", status_for("state_unavailable"), str(exc)
+                record.decision_id,
+                "state_unavailable",
+                status_for("state_unavailable"),
+                exc.agent_message,
             )
         call = CallResult(result.decision_id, result.code, result.status, result.message)
         finished = await self._finish(record, call, started)

@@ -16,7 +16,14 @@ __all__ = ["MigrationError", "StateError"]
 
 
 class StateError(SidecarError):
-    """The state store cannot be opened, read or written; calls that need it fail closed."""
+    """The state store cannot be opened, read or written; calls that need it fail closed.
+
+    ``str()`` names the store (host, port, database) and the server's words: for operators,
+    in logs and the CLI. An agent whose call fails on it is told only ``agent_message``
+    with the stable code ``state_unavailable``: where the fleet's database lives is not its
+    business."""
+
+    agent_message = "the sidecar's state store is unavailable; retry later"
 
 
 class MigrationError(StateError):

@@ -1,6 +1,7 @@
 """Verify the user token an agent passes along: OIDC discovery, JWKS cached with rotation.
 
-Checked, in order, each failure with its own code: three base64url parts
+Checked, in order, each failure with its own code: three base64url parts, and ``exp``,
+``nbf`` and ``iat`` (where present) JSON numbers, finite, as RFC 7519's NumericDate is
 (``user_token_malformed``); ``alg`` in the issuer's allow-list, which holds only RS/ES/PS
 algorithms, so ``none`` and HMAC are always refused (``user_token_bad_algorithm``); ``iss``
 a configured issuer (``user_token_untrusted_issuer``); the ``kid`` in the issuer's JWKS,
@@ -26,6 +27,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import ssl
 import time
 from collections.abc import Mapping
@@ -97,6 +99,7 @@ class UserVerifier:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
             raise _fail("user_token_malformed", "the user token cannot be decoded") from exc
+        _check_numeric_dates(unverified)
         iss = unverified.get("iss")
         found = self._issuers.get(iss) if isinstance(iss, str) else None
         if found is None:
@@ -228,6 +231,23 @@ class UserVerifier:
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+_TIME_CLAIMS = ("exp", "nbf", "iat")
+
+
+def _check_numeric_dates(claims: Mapping[str, Any]) -> None:
+    """RFC 7519 NumericDate is a JSON number: PyJWT would take ``"9999999999"`` (a string)
+    or ``true`` through ``int()``, and fail on ``Infinity`` with an uncaught error."""
+    for name in _TIME_CLAIMS:
+        if name not in claims:
+            continue
+        value = claims[name]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            raise _fail(
+                "user_token_malformed", f"the user token's {name} is not a NumericDate (a number)"
+            )
 
 
 def _strings(value: Any) -> tuple[str, ...]:

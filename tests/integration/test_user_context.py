@@ -178,6 +178,51 @@ def test_an_invalid_user_token_is_refused_with_its_own_code(acting, idp, tools, 
     assert tools.received == []
 
 
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": "9999999999"},  # the finding: a numeric string was taken for a date
+        {"exp": " 9999999999"},
+        {"nbf": "0"},
+        {"iat": "1700000000"},
+        {"exp": True},
+        {"exp": None},
+        {"exp": [9999999999]},
+        {"nbf": {"at": 0}},
+        {"exp": float("inf")},  # "Infinity": JSON to Python, never a date
+        {"iat": float("nan")},
+    ],
+    ids=[
+        "exp-string",
+        "exp-padded-string",
+        "nbf-string",
+        "iat-string",
+        "exp-bool",
+        "exp-null",
+        "exp-array",
+        "nbf-object",
+        "exp-infinity",
+        "iat-nan",
+    ],
+)
+def test_item8_a_time_claim_that_is_not_a_json_number_is_malformed(acting, idp, tools, claims):
+    running = acting()
+    token = idp.user_token(groups=["support"], **claims)
+    with running.client() as client, pytest.raises(Unauthenticated) as refused:
+        client.call_tool("tickets.get", {"id": "7"}, user_token=token)
+    assert _code(refused) == "user_token_malformed"
+    assert "NumericDate" in str(refused.value)
+    assert tools.received == []
+
+
+def test_item8_a_numeric_date_with_a_fraction_is_a_number_and_accepted(acting, idp):
+    running = acting()
+    now = time.time()
+    token = idp.user_token(groups=["support"], exp=now + 300.5, nbf=now - 0.5, iat=now)
+    with running.client() as client:
+        assert client.check("tickets.get", {"id": "7"}, user_token=token).effect == "allow"
+
+
 def test_a_rotated_signing_key_is_fetched_when_first_seen(acting, idp):
     running = acting()
     with running.client() as client:
