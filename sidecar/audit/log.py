@@ -208,17 +208,19 @@ class AuditLog:
             )
         self._sync_failed = why
 
-    def _checkpoint_locked(self) -> None:
+    def _checkpoint_locked(self, closing: bool = False) -> None:
         """Sign and write a checkpoint. A failure here never fails the call whose record is
         already written: the checkpoint is retried with the next record."""
         try:
-            checkpoint = self.chain.checkpoint()
+            checkpoint = self.chain.checkpoint(closing=closing)
             if checkpoint is None:
                 return
             line = canonical(checkpoint) + b"\n"
             self._file.write_line(line)
             if self._checkpoints is not None:
                 self._checkpoints.write_line(line)
+            if self._http is not None:  # so the collector's copy verifies off the pod too
+                self._http.write_record(checkpoint)
         except Exception as exc:  # no SVID yet, a full disk: try again later
             self.counts["failed"] += 1
             log.warning("audit checkpoint not written yet", extra={"error": str(exc)})
@@ -226,9 +228,9 @@ class AuditLog:
         self.chain.checkpointed(checkpoint)
         self.counts["checkpoints"] += 1
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, closing: bool = False) -> None:
         with self._lock:
-            self._checkpoint_locked()
+            self._checkpoint_locked(closing)
 
     def _tick(self) -> None:
         while not self._stop.is_set():
@@ -272,7 +274,7 @@ class AuditLog:
             self._sync_wanted.notify_all()
         for thread in self._threads:
             thread.join(10)
-        self.checkpoint()  # a clean shutdown leaves the whole log sealed
+        self.checkpoint(closing=True)  # a clean shutdown seals the log, and says it stopped
         if self._http is not None:
             self._http.close()
         self._file.close()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sidecar.audit.chain import canonical
 from sidecar.audit.record import AuditError
 
 __all__ = ["FileSink", "HttpSink", "StdoutSink", "rotated_files"]
@@ -197,6 +198,9 @@ class HttpSink:
         self._thread.start()
 
     def write_record(self, record: dict[str, Any]) -> None:
+        # Frozen now, as hashed: the caller goes on to fill the same dicts (the intent's
+        # ``upstream`` becomes the call's), and the batch is encoded later, on another thread.
+        record = json.loads(canonical(record))
         event = {
             "decision_id": record.get("decision_id"),
             "path": self._path,

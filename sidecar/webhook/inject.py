@@ -17,18 +17,27 @@ When to inject, in this order (the first that applies decides, as in Istio's inj
    ``true``/``false``), is an admission error that names the fix, never a silent default;
 4. the label ``disabled`` opts a pod out; ``enabled``, or an enrolled namespace, opts it in;
 5. a ``hostNetwork`` pod that opted in is refused (its loopback is the node's, so the agent
-   API would be too), never silently left without its sidecar.
+   API would be too), never silently left without its sidecar;
+6. a container or volume of the pod's own that bears one of our names (``agent-sidecar``,
+   ``agent-sidecar-egress-lock``, ``opa`` with the OPA engine, ``agent-sidecar-*`` volumes)
+   is refused with a message, never silently replaced;
+7. with the egress lock on, every container of the pod's own is checked and hardened
+   (sidecar/webhook/lock.py): one the lock could not hold is refused with the reason.
 
 What is injected:
 
 * ``agent-sidecar`` as a native sidecar (an init container with ``restartPolicy: Always``,
   Kubernetes >= 1.29): it starts, and passes its startup probe, before any other init
   container or the agent, and does not keep a finished Job's pod alive. With
-  ``sidecar.native: false`` (older clusters) it is an ordinary container instead.
+  ``sidecar.native: false`` (older clusters) it is an ordinary container instead. Its
+  startup, readiness and liveness probes are native ``grpc:`` probes on
+  ``sidecar.health_port`` (sidecar/health_listener.py), answered by the running process
+  instead of a CLI started every period; its state ``emptyDir`` has a ``sizeLimit``.
 * ``opa`` the same way when the engine is ``opa`` (before the sidecar, which asks it).
-* ``agent-sidecar-egress-lock`` first of all, when ``egress_lock.enabled``: it installs
-  the pod's packet filter (sidecar/egress_lock.py), so that only the sidecar's users open
-  connections leaving the pod.
+* ``agent-sidecar-egress-lock`` first of all, when ``egress_lock.enabled``: it waits,
+  unprivileged, until the node agent has installed the pod's packet filter (mode ``node``),
+  or installs it itself as root with ``NET_ADMIN`` (mode ``init``; sidecar/egress_lock/), so
+  that only the sidecar's processes open connections leaving the pod.
 * the agent API as a unix socket on a shared in-memory volume, mounted read-only into every
   agent container, ``AGENT_SIDECAR_ADDR`` (``AGENT_SIDECAR_MCP_URL`` when the MCP endpoint
   is on, and ``OPENAI_BASE_URL`` when the model front
@@ -39,7 +48,7 @@ What is injected:
   however it was enrolled, matches the shipped ClusterSPIFFEID and gets its SVID.
 
 The status annotation ``agent-sidecar.io/status`` records what was injected; a pod that
-already carries it has those items removed first, so re-admission
+already carries it has those items (and only those) removed first, so re-admission
 (``reinvocationPolicy: IfNeeded``) yields exactly one of each.
 """
 
@@ -52,7 +61,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar.errors import SidecarError
-from sidecar.webhook.settings import Resources, WebhookSettings
+from sidecar.health_listener import LIVENESS
+from sidecar.webhook.lock import LockRefusal, harden_for_lock, lock_container
+from sidecar.webhook.settings import Resources, SidecarTemplate, WebhookSettings
 
 __all__ = ["AdmissionError", "InjectionResult", "mutate"]
 
@@ -82,7 +93,6 @@ STATE_DSN_DIR = "/etc/agent-sidecar/state-dsn"
 OUR_VOLUMES = frozenset(
     {VOL_CONFIG, VOL_POLICY, VOL_SPIFFE, VOL_STATE, VOL_OPA, VOL_SOCKET, VOL_STATE_DSN}
 )
-OPA_UID = 1000
 STATUS_VERSION = 2
 
 
@@ -116,6 +126,12 @@ def mutate(
     previous = _previous_status(pod)
     mutated = _strip_previous(copy.deepcopy(pod), previous)
     spec = mutated.setdefault("spec", {})
+    _refuse_collisions(spec, engine)
+    if settings.egress_lock.enabled:
+        try:
+            harden_for_lock(spec, settings)
+        except LockRefusal as exc:
+            raise AdmissionError(str(exc)) from None
     template = settings.sidecar
     containers = spec.setdefault("containers", [])
     # The agent's containers are those it had when first injected; one another webhook adds
@@ -142,7 +158,13 @@ def mutate(
         spec["containers"].extend(ours)
         init = []
     if settings.egress_lock.enabled:
-        init.insert(0, _egress_lock(settings, engine))
+        lock = lock_container(
+            settings,
+            engine,
+            _security(settings.sidecar.run_as_user),
+            _resources(settings.egress_lock.resources),
+        )
+        init.insert(0, lock)
     if init:
         spec["initContainers"] = init + spec.get("initContainers", [])
     if template.agent_socket:
@@ -244,16 +266,14 @@ def _previous_status(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 def _strip_previous(pod: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
-    """Remove what an earlier injection added (by the status annotation and by our names)."""
-    recorded = set(status.get("containers", [])) | set(status.get("init_containers", []))
-    ours = recorded | {SIDECAR, EGRESS_LOCK}
-    volumes = set(status.get("volumes", [])) | OUR_VOLUMES
+    """Remove what an earlier injection added: what its status annotation records, only."""
+    ours = set(status.get("containers", [])) | set(status.get("init_containers", []))
+    volumes = set(status.get("volumes", []))
     spec = pod.get("spec") or {}
     for key in ("containers", "initContainers"):
         if key not in spec:
             continue
-        # An agent's own container that happens to be named opa stays.
-        kept = [c for c in spec[key] if c.get("name") not in ours and not _our_opa(c, recorded)]
+        kept = [c for c in spec[key] if c.get("name") not in ours]
         if kept or key == "containers":
             spec[key] = kept
         else:
@@ -263,8 +283,22 @@ def _strip_previous(pod: dict[str, Any], status: dict[str, Any]) -> dict[str, An
     return pod
 
 
-def _our_opa(container: dict[str, Any], recorded: set[str]) -> bool:
-    return container.get("name") == OPA and OPA in recorded
+def _refuse_collisions(spec: dict[str, Any], engine: str) -> None:
+    """A container or volume of the pod's own named as one of ours: refused, never replaced."""
+    names = {SIDECAR, EGRESS_LOCK} | ({OPA} if engine == "opa" else set())
+    for key in ("containers", "initContainers"):
+        for container in spec.get(key) or []:
+            if container.get("name") in names:
+                raise AdmissionError(
+                    f"{key}: the pod's own container {container.get('name')!r} has a name "
+                    "agent-sidecar injects; rename it (it is never replaced silently)"
+                )
+    for volume in spec.get("volumes") or []:
+        if volume.get("name") in OUR_VOLUMES:
+            raise AdmissionError(
+                f"volumes: the pod's own volume {volume.get('name')!r} has a name agent-sidecar "
+                "injects; rename it (it is never replaced silently)"
+            )
 
 
 def _set_env(container: dict[str, Any], name: str, value: str) -> None:
@@ -353,8 +387,8 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         mounts.append(
             {"name": VOL_POLICY, "mountPath": "/etc/agent-sidecar/policy", "readOnly": True}
         )
-    # gRPC health on the agent listener, asked from inside the container.
-    health = {"command": ["agent-sidecar", "health", "--addr", template.agent_address]}
+    if template.health_port:  # the kubelet's probes, answered by the running sidecar
+        args += ["--set", f"server.health_listen=0.0.0.0:{template.health_port}"]
     return {
         "name": SIDECAR,
         "image": template.image,
@@ -362,16 +396,35 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         "args": args,
         "env": [{"name": "SPIFFE_ENDPOINT_SOCKET", "value": SPIFFE_SOCKET}],
         "volumeMounts": mounts,
-        # Native sidecar: the agent starts only once this passes (SERVING needs the SVID).
+        **_probes(template),
+        "resources": _resources(template.resources),
+        "securityContext": _security(template.run_as_user),
+    }
+
+
+def _probes(template: SidecarTemplate) -> dict[str, Any]:
+    """Startup (the agent starts only once it passes: SERVING needs the SVID), readiness,
+    and liveness (the process answers; restarting would not bring an SVID back)."""
+    if template.health_port:
+        ready: dict[str, Any] = {"grpc": {"port": template.health_port}}
+        live: dict[str, Any] = {"grpc": {"port": template.health_port, "service": LIVENESS}}
+    else:  # gRPC health on the agent listener, asked from inside the container
+        ready = {"exec": {"command": ["agent-sidecar", "health", "--addr", template.agent_address]}}
+        live = ready
+    return {
         "startupProbe": {
-            "exec": health,
+            **ready,
             "periodSeconds": 1,
             "timeoutSeconds": 3,
             "failureThreshold": template.startup_seconds,
         },
-        "readinessProbe": {"exec": health, "periodSeconds": 5, "timeoutSeconds": 3},
-        "resources": _resources(template.resources),
-        "securityContext": _security(template.run_as_user),
+        "readinessProbe": {**ready, "periodSeconds": 5, "timeoutSeconds": 3},
+        "livenessProbe": {
+            **live,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
     }
 
 
@@ -396,34 +449,13 @@ def _opa(settings: WebhookSettings, bundle: str) -> dict[str, Any]:
             "failureThreshold": settings.sidecar.startup_seconds,
         },
         "readinessProbe": {"httpGet": probe, "periodSeconds": 5},
-        "resources": _resources(settings.opa.resources),
-        "securityContext": _security(OPA_UID),
-    }
-
-
-def _egress_lock(settings: WebhookSettings, engine: str) -> dict[str, Any]:
-    """Root with NET_ADMIN only, for the moment it takes to load the rules; then it exits."""
-    uids = [settings.sidecar.run_as_user] + ([OPA_UID] if engine == "opa" else [])
-    args = ["egress-lock"]
-    for uid in uids:
-        args += ["--allow-uid", str(uid)]
-    if settings.egress_lock.allow_dns:
-        args.append("--allow-dns")
-    return {
-        "name": EGRESS_LOCK,
-        "image": settings.sidecar.image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": args,
-        "resources": _resources(settings.egress_lock.resources),
-        "securityContext": {
-            "runAsNonRoot": False,
-            "runAsUser": 0,
-            "runAsGroup": 0,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": 8282},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
         },
+        "resources": _resources(settings.opa.resources),
+        "securityContext": _security(settings.opa.run_as_user),
     }
 
 
@@ -431,7 +463,7 @@ def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[s
     volumes: list[dict[str, Any]] = [
         {"name": VOL_CONFIG, "configMap": {"name": settings.sidecar.config_map}},
         {"name": VOL_SPIFFE, "csi": {"driver": settings.spiffe_csi_driver, "readOnly": True}},
-        {"name": VOL_STATE, "emptyDir": {}},
+        {"name": VOL_STATE, "emptyDir": {"sizeLimit": settings.sidecar.state_size_limit}},
     ]
     if settings.sidecar.agent_socket:
         volumes.append({"name": VOL_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}})

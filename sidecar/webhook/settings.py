@@ -10,13 +10,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from sidecar.config import ConfigError, _convert, _KeyedError
+from sidecar.egress_lock import Allow, EgressLockError
 
 __all__ = [
+    "EgressAllow",
     "EgressLockTemplate",
     "OpaTemplate",
     "Resources",
@@ -57,6 +59,13 @@ class SidecarTemplate:
     native: bool = True
     # How long the sidecar (and OPA) may take to become ready before the kubelet restarts it.
     startup_seconds: int = 120
+    # The sidecar's probe port (server.health_listen: gRPC Health/Check only, on the pod's
+    # IP): the kubelet's native grpc probes ask the running sidecar, for nothing per period.
+    # 0: exec probes (`agent-sidecar health` inside the container, ~60 MB each time).
+    health_port: int = 7445
+    # The size limit of the sidecar's state volume (emptyDir: audit log, SQLite state): past
+    # it the kubelet evicts the pod rather than let it fill the node's disk.
+    state_size_limit: str = "256Mi"
     # A Secret in the pod's namespace whose key `dsn` holds the PostgreSQL DSN: the injected
     # sidecars then share one state store (state.backend postgres; docs/kubernetes.md). Only
     # the sidecar container mounts it.
@@ -79,8 +88,14 @@ class SidecarTemplate:
             r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", self.state_secret
         ):
             raise ValueError("state_secret: not a Kubernetes object name")
+        if not 0 <= self.health_port < 65536:
+            raise ValueError("health_port: a port, or 0 for exec probes")
         if self.startup_seconds < 1:
             raise ValueError("startup_seconds: must be >= 1")
+        if not re.fullmatch(r"[1-9][0-9]{0,8}(Ki|Mi|Gi|Ti|k|M|G|T)?", self.state_size_limit):
+            raise ValueError(
+                "state_size_limit: a Kubernetes quantity such as 256Mi or 1Gi (never unlimited)"
+            )
         if self.model_front_door_url:
             from urllib.parse import urlsplit
 
@@ -128,19 +143,66 @@ class LockResources(Resources):
 
 
 @dataclass(frozen=True)
+class EgressAllow:
+    """One explicit way out besides the sidecar's (a mesh proxy, a non-HTTP dependency)."""
+
+    # Where to: at least one CIDR (address/prefix).
+    cidrs: tuple[str, ...]
+    # TCP and UDP ports; none: every port.
+    ports: tuple[int, ...] = ()
+    # Whose connections: these uids (a mesh proxy's: Istio 1337, Linkerd 2102); none: every
+    # process in the pod, the agent's included.
+    uids: tuple[int, ...] = ()
+    # The container allowed to run as those uids (the mesh's proxy, which another webhook
+    # adds); any other container running as one of them is refused.
+    container: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            self.rule()
+        except EgressLockError as exc:
+            raise ValueError(f"cidrs: {exc}") from None
+        if self.container and not self.uids:
+            raise ValueError("container: names the container that runs as `uids`: give them")
+        if self.uids and not self.container:
+            raise ValueError(
+                "container: name the one container (the mesh's proxy) that runs as these uids"
+            )
+
+    def rule(self) -> Allow:
+        return Allow(self.cidrs, self.ports, self.uids)
+
+
+@dataclass(frozen=True)
 class EgressLockTemplate:
-    """The init container that lets only the sidecar's users open connections out of the pod."""
+    """Only the sidecar's processes may open connections leaving the pod (docs/kubernetes.md)."""
 
     enabled: bool = False
-    # Let the agent resolve names (port 53 to the pod's nameservers only).
-    allow_dns: bool = True
+    # node: the node agent (DaemonSet, privileged namespace) installs the rules; each pod gets
+    # an unprivileged init container that holds it until they are in force (Pod Security
+    # restricted). init: a root init container with NET_ADMIN installs them (privileged only).
+    mode: Literal["node", "init"] = "node"
+    # none: the agent resolves no names (it needs none: the sidecar is on its loopback).
+    # resolvers: every process may reach the pod's nameservers on port 53 (an exfiltration
+    # channel, chosen knowingly).
+    dns: Literal["none", "resolvers"] = "none"
+    # Explicit ways out besides the sidecar's.
+    allow: tuple[EgressAllow, ...] = ()
+    # How long the pod's verify container waits for the node agent (mode node).
+    verify_timeout_seconds: int = 120
     resources: LockResources = field(default_factory=LockResources)
+
+    def __post_init__(self) -> None:
+        if self.verify_timeout_seconds < 1:
+            raise ValueError("verify_timeout_seconds: must be >= 1")
 
 
 @dataclass(frozen=True)
 class OpaTemplate:
     image: str = "openpolicyagent/opa:1.4.2-static"
     config_map: str = "agent-sidecar-opa-config"
+    # OPA's own uid: the egress lock lets it out (it fetches bundles), so no agent may use it.
+    run_as_user: int = 65533
     resources: Resources = field(default_factory=Resources)
 
 
@@ -178,6 +240,18 @@ class WebhookSettings:
             raise ValueError("default_identity_mode: not in allowed_identity_modes")
         if not self.allowed_policy_bundles:
             raise ValueError("allowed_policy_bundles: at least one bundle is required")
+        ours = {self.sidecar.run_as_user, self.opa.run_as_user}
+        if len(ours) != 2:
+            raise ValueError("opa: run_as_user must differ from sidecar.run_as_user")
+        owners: dict[int, str] = {}
+        for allow in self.egress_lock.allow:
+            for uid in allow.uids:
+                if uid in ours or owners.get(uid, allow.container) != allow.container:
+                    raise ValueError(
+                        f"egress_lock: uid {uid} in allow is the sidecar's, OPA's or another "
+                        "container's: one container per uid"
+                    )
+                owners[uid] = allow.container
 
 
 def load_webhook_settings(path: str | Path) -> WebhookSettings:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sidecar.webhook.settings import load_webhook_settings
+from sidecar.config import _convert
+from sidecar.webhook.lock import admission_params
+from sidecar.webhook.settings import WebhookSettings, load_webhook_settings
 from tests.support.admission_policy import admit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,9 +33,19 @@ def _injected(case: str) -> bool:
 INJECTED_CASES = [case for case in CASES if _injected(case)]
 
 
-def params(lock: bool) -> dict:
+def params(lock: bool, settings: dict | None = None) -> dict:
+    """The base params, the lock required or not, the lock's uids from these webhook settings."""
     doc = copy.deepcopy(BASE_PARAMS)
     doc["data"]["egress_lock_required"] = "true" if lock else "false"
+    if settings is not None:
+        parsed = _convert(WebhookSettings, settings, "", ROOT)
+        lock_keys = admission_params(WebhookSettings())
+        doc["data"] = {
+            k: v
+            for k, v in doc["data"].items()
+            if k not in lock_keys and not k.startswith(("lock_uid_", "lock_allow_"))
+        }
+        doc["data"].update(admission_params(parsed))
     return doc
 
 
@@ -59,7 +71,8 @@ def test_every_golden_injected_pod_is_admitted(case):
     spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
     outcome = yaml.safe_load((TESTDATA / f"{case}.injected.yaml").read_text())
     lock = (spec.get("webhook") or {}).get("egress_lock", {}).get("enabled", False)
-    verdict = admit(INJECTED, outcome["pod"], namespace(spec["namespace"]), params(lock))
+    case_params = params(lock, spec.get("webhook") or {})
+    verdict = admit(INJECTED, outcome["pod"], namespace(spec["namespace"]), case_params)
     assert verdict.in_scope and verdict.allowed, verdict.failures
     verdict = admit(REQUIRED, outcome["pod"], namespace(spec["namespace"]))
     assert verdict.in_scope and verdict.allowed, verdict.failures
@@ -136,29 +149,159 @@ def test_the_egress_lock_is_required_first_where_required():
     _refused(moved, True, "egress lock is required")
 
 
+AS_INJECTED = "the egress lock container must run as the webhook injects it"
+
+
 @pytest.mark.parametrize(
-    "context",
+    ("case", "change"),
     [
-        {"runAsUser": 65532},
-        {"privileged": True},
-        {"capabilities": {"add": ["NET_ADMIN"]}},
-        {"capabilities": {"add": ["NET_RAW"]}},
+        ("egress-lock-opa", {"args": ["egress-lock", "--help"]}),  # exits before the lock
+        ("egress-lock-opa", {"command": ["/bin/sh", "-c", "true"]}),
+        ("egress-lock-opa", {"env": [{"name": "PYTHONPATH", "value": "/x"}]}),
+        ("egress-lock-opa", {"volumeMounts": [{"name": "x", "mountPath": "/x"}]}),
+        ("egress-lock-init", {"args": ["egress-lock", "--allow-uid", "65532", "--allow",
+                                       "cidrs=0.0.0.0/0", "--force"]}),
+        ("egress-lock-init", {"args": ["egress-lock", "--allow-uid", "1001"]}),
     ],
-    ids=["sidecar-uid", "privileged", "net-admin", "net-raw"],
+    ids=["verify-args", "command", "env", "mounts", "init-extra-allow", "init-agent-uid"],
+)  # fmt: skip
+def test_lock_walkaround_a_tampered_lock_container_is_refused(case, change):
+    """Defense in depth (the webhook bypassed): a lock container that exits before the node
+    agent locks the pod, runs other code, or installs wider rules."""
+    spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
+    case_params = params(True, spec["webhook"])
+    pod = golden(case)
+    assert admit(INJECTED, pod, namespace(), case_params).allowed
+    pod["spec"]["initContainers"][0].update(change)
+    verdict = admit(INJECTED, pod, namespace(), case_params)
+    assert any(AS_INJECTED in failure for failure in verdict.failures), verdict.failures
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"command": ["python3", "-c", "import urllib.request"]},
+        {"env": [{"name": "PYTHONSTARTUP", "value": "/x.py"}]},
+        {"envFrom": [{"configMapRef": {"name": "mine"}}]},
+    ],
+    ids=["command", "env", "env-from"],
 )
-def test_an_agent_that_could_undo_the_lock_is_refused(context):
+def test_lock_walkaround_the_sidecar_container_runs_no_code_of_the_pods_own(change):
+    """It runs as the uid the lock lets out: other code in it would get out."""
+    pod = golden("egress-lock-opa")
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "agent-sidecar")
+    sidecar.update(change)
+    _refused(pod, True, "the agent-sidecar container must run as the webhook injects it")
+
+
+UID = "must set runAsUser (on itself or the pod) to a uid the lock does not let out"
+CAPS = "no container may be privileged"
+
+
+@pytest.mark.parametrize(
+    ("context", "words"),
+    [
+        ({"runAsUser": 65532}, UID),  # the sidecar's uid, declared
+        ({"runAsUser": 65533}, UID),  # OPA's
+        ({}, UID),  # none: the image's USER decides (distroless :nonroot is 65532)
+        ({"runAsUser": 1001, "privileged": True}, CAPS),
+        ({"runAsUser": 1001, "capabilities": {"add": ["NET_ADMIN"]}}, CAPS),
+        ({"runAsUser": 1001, "capabilities": {"add": ["NET_RAW"]}}, CAPS),
+        ({"runAsUser": 1001, "capabilities": {"add": ["cap_net_raw"]}}, CAPS),
+        ({"runAsUser": 0, "capabilities": {"add": ["SETUID"]}}, CAPS),
+        ({"runAsUser": 0, "allowPrivilegeEscalation": True}, CAPS),
+        ({"runAsUser": 0}, CAPS),  # root keeps NET_RAW and SETUID unless dropped
+        ({"runAsUser": 0, "capabilities": {"drop": ["NET_RAW"]}}, CAPS),  # setuid(65532)
+    ],
+    ids=[
+        "sidecar-uid", "opa-uid", "image-chosen-uid", "privileged", "net-admin", "net-raw",
+        "net-raw-lowercase", "setuid", "privilege-escalation", "root-undropped",
+        "root-keeps-setuid",
+    ],
+)  # fmt: skip
+def test_lock_walkaround_an_agent_the_lock_cannot_hold_is_refused(context, words):
+    """Finding: the policy only checked a declared runAsUser 65532 and NET_ADMIN/NET_RAW."""
     pod = golden("egress-lock-opa")
     pod["spec"]["containers"][0]["securityContext"] = context
-    _refused(pod, True, "no agent container may run as the sidecar's user")
+    _refused(pod, True, words)
+    assert admit(INJECTED, golden("egress-lock-opa"), namespace(), params(True)).allowed
 
 
-def test_a_pod_level_sidecar_uid_is_refused_unless_the_agent_sets_its_own():
+def test_lock_walkaround_a_pod_level_sidecar_uid_is_refused_unless_the_agent_sets_its_own():
     pod = golden("egress-lock-opa")
     pod["spec"]["securityContext"]["runAsUser"] = 65532
-    del pod["spec"]["containers"][0]["securityContext"]
-    _refused(pod, True, "no agent container may run as the sidecar's user")
-    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1001}
+    del pod["spec"]["containers"][0]["securityContext"]["runAsUser"]
+    _refused(pod, True, UID)
+    pod["spec"]["containers"][0]["securityContext"]["runAsUser"] = 1001
     assert admit(INJECTED, pod, namespace(), params(True)).allowed
+
+
+@pytest.mark.parametrize(
+    "opa",
+    [
+        {"name": "opa", "image": "registry.example.com/agent:1", "securityContext": {}},
+        {"name": "opa", "image": "openpolicyagent/opa:1.4.2-static",
+         "args": ["run", "--server", "--set=services.x.url=https://evil.example"],
+         "securityContext": {"runAsUser": 65533}},
+        {"name": "opa", "image": "openpolicyagent/opa:1.4.2-static", "command": ["/bin/sh"],
+         "args": ["run"], "securityContext": {"runAsUser": 65533}},
+    ],
+    ids=["any-image", "own-args", "own-command"],
+)  # fmt: skip
+def test_lock_walkaround_a_container_named_opa_gets_no_exemption(opa):
+    """Finding: a container named opa skipped the uid check."""
+    pod = golden("egress-lock-opa")
+    pod["spec"]["containers"].append(opa)
+    _refused(pod, True, UID)
+
+
+def test_lock_walkaround_a_debug_container_must_be_hardened_too():
+    pod = golden("egress-lock-opa")
+    pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": "busybox"}]
+    verdict = admit(
+        INJECTED, pod, namespace(), params(True), operation="UPDATE",
+        subresource="ephemeralcontainers",
+    )  # fmt: skip
+    assert not verdict.allowed and len(verdict.failures) == 2, verdict.failures
+    pod["spec"]["ephemeralContainers"][0]["securityContext"] = {
+        "runAsUser": 1001,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert admit(
+        INJECTED, pod, namespace(), params(True), operation="UPDATE",
+        subresource="ephemeralcontainers",
+    ).allowed  # fmt: skip
+
+
+def test_mesh_only_the_named_proxy_may_run_as_the_mesh_uid():
+    """Finding: with a mesh the pod was cut off; now its proxy's uid is allowed, by name."""
+    settings = {
+        "egress_lock": {
+            "enabled": True,
+            "allow": [
+                {"cidrs": ["10.0.0.0/8"], "uids": [1337], "container": "istio-proxy"},
+            ],
+        }
+    }
+    proxy = {
+        "name": "istio-proxy",
+        "image": "istio/proxyv2:1.27.0",
+        "securityContext": {
+            "runAsUser": 1337,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod = golden("egress-lock-opa")
+    pod["spec"]["containers"].append(proxy)
+    assert admit(INJECTED, pod, namespace(), params(True, settings)).allowed
+    # Without the allow, 1337 is an ordinary uid: the proxy is admitted, and stays locked in.
+    assert admit(INJECTED, pod, namespace(), params(True)).allowed
+    impostor = copy.deepcopy(pod)
+    impostor["spec"]["containers"][0]["securityContext"]["runAsUser"] = 1337
+    verdict = admit(INJECTED, impostor, namespace(), params(True, settings))
+    assert any(UID in failure for failure in verdict.failures), verdict.failures
 
 
 def test_an_enrolled_namespace_needs_the_sidecar_and_allows_opt_out_only_when_it_says_so():
@@ -187,6 +330,15 @@ def test_the_params_match_the_webhook_configs(tmp_path):
         assert str(settings.sidecar.run_as_user) == data["sidecar_uid"]
         assert settings.spiffe_csi_driver == data["spiffe_csi_driver"]
     assert data["egress_lock_required"] == "false" and not base.egress_lock.enabled
+    for settings in (base, prod):
+        assert settings.opa.image == data["opa_image"]
+        expected = admission_params(settings)
+        lock_keys = {
+            k: v
+            for k, v in data.items()
+            if k in expected or k.startswith(("lock_uid_", "lock_allow_"))
+        }
+        assert lock_keys == expected
     # The prod copy is the base one with the lock on and the shared state store, nothing else.
     assert prod.egress_lock.enabled
     assert prod.sidecar.state_secret == "agent-sidecar-state" and not base.sidecar.state_secret

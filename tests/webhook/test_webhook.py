@@ -172,7 +172,7 @@ def test_the_sidecar_is_a_native_sidecar_that_starts_first(webhooks):
     lock, sidecar, _ = init
     assert "restartPolicy" not in lock  # runs to completion before anything else starts
     assert sidecar["restartPolicy"] == "Always"
-    assert sidecar["startupProbe"]["exec"]["command"][:2] == ["agent-sidecar", "health"]
+    assert sidecar["startupProbe"]["grpc"] == {"port": 7445}  # the running sidecar answers
     assert [c["name"] for c in pod["spec"]["containers"]] == ["agent"]
 
 
@@ -197,9 +197,8 @@ def test_agent_containers_get_the_socket_and_only_the_sidecar_gets_the_svid(webh
     assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
-    assert sidecar["readinessProbe"]["exec"]["command"] == [
-        "agent-sidecar", "health", "--addr", address,
-    ]  # fmt: skip
+    assert sidecar["readinessProbe"]["grpc"] == {"port": 7445}
+    assert "server.health_listen=0.0.0.0:7445" in sidecar["args"]
     [csi] = [v for v in pod["spec"]["volumes"] if v["name"] == "agent-sidecar-spiffe"]
     assert csi["csi"]["driver"] == "csi.spiffe.io"
     assert pod["metadata"]["labels"]["agent-sidecar.io/inject"] == "enabled"
