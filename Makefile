@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 ORACLE := opa-golib-python-bindings==0.4.4
 ORACLE_STAMP := $(VENV)/.oracle
 
-.PHONY: demo run test lint unit rego bench proto install-check image-check k8s-policy clean
+.PHONY: venv demo run test lint unit rego bench proto install-check image-check k8s-policy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -23,6 +23,9 @@ $(ORACLE_STAMP): $(STAMP) Makefile
 	$(BIN)/python -m pip install -q --disable-pip-version-check --ignore-requires-python $(ORACLE) \
 		|| echo "warning: $(ORACLE) could not be installed; tests/oracle will skip"
 	touch $@
+
+# Only the venv: `. .venv/bin/activate` then puts `agent-sidecar` on PATH (docs/walkthrough.md).
+venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo/run.py

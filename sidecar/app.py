@@ -30,6 +30,7 @@ from sidecar.identity import (
     WorkloadIdentity,
 )
 from sidecar.identity.credentials import wire_mtls
+from sidecar.listeners import listening
 from sidecar.metrics import Metrics
 from sidecar.pipeline import Mediator
 from sidecar.policy import EmbeddedEngine, PolicyEngine
@@ -292,30 +293,39 @@ class Sidecar:
         # any gRPC server exists, and everything already opened is closed again.
         frontdoor: FrontDoor | None = None
         mcp: McpGateway | None = None
+        server: SidecarServer | None = None
+        approvals_server: AdminServer | None = None
         try:
-            admin_port = (
-                metrics.serve(settings.admin.listen)
-                if settings.admin.listen and role.primary
-                else None
-            )
+            admin_port = None
+            if settings.admin.listen and role.primary:
+                with listening("admin.listen", settings.admin.listen):
+                    admin_port = metrics.serve(settings.admin.listen)
             if settings.frontdoor.listen:
-                frontdoor = FrontDoor(settings, mediator, engine, reuse_port=role.shared)
+                with listening("frontdoor.listen", settings.frontdoor.listen):
+                    frontdoor = FrontDoor(settings, mediator, engine, reuse_port=role.shared)
             server = SidecarServer(settings, mediator, identity, engine, role=role)
-            approvals_server = (
-                AdminServer(settings, approvals, identity, record) if role.primary else None
-            )
+            if role.primary:
+                with listening("approvals.listen", settings.approvals_listen):
+                    approvals_server = AdminServer(settings, approvals, identity, record)
             if (settings.mcp.listen or settings.mcp_servers) and role.primary:
                 # Imported only when configured: the MCP types (pydantic) cost ~10 MB of RSS.
                 from sidecar.mcp.admin import register as register_mcp_admin
                 from sidecar.mcp.gateway import McpGateway
 
-                mcp = McpGateway(settings, mediator, relay, credentials, state)
+                with listening("mcp.listen", settings.mcp.listen):
+                    mcp = McpGateway(settings, mediator, relay, credentials, state)
                 if approvals_server is not None:
                     approvals_server.add_service(register_mcp_admin(mcp, audit))
         except BaseException:
             for close in (
                 *((frontdoor.close,) if frontdoor else ()),
                 *((mcp.close,) if mcp else ()),
+                *((server.release,) if server else ()),
+                *(
+                    (approvals_server.claim.release,)
+                    if approvals_server and approvals_server.claim
+                    else ()
+                ),
                 metrics.close,
                 mediator.close,
                 engine.close,
@@ -358,14 +368,28 @@ class Sidecar:
         )
 
     async def start(self) -> None:
+        """Start every server; if one cannot (a listener taken), stop those already serving
+        before the error propagates (the CLI exits 2 with it, nothing left half-running)."""
+        try:
+            await self._start()
+        except BaseException:
+            try:
+                await self.stop(0)
+            except Exception:
+                log.exception("stopping after a failed start")
+            raise
+
+    async def _start(self) -> None:
         if self.approvals_server is not None:
             await self.approvals_server.start()
         await self.server.start()
         if self.frontdoor is not None:
             await self.frontdoor.start()
         if self.settings.authzen.listen and self.role.primary:
-            self.authzen = AuthZenServer(self.settings, self.mediator, self.identity)
-            await self.authzen.start()
+            pins = self.mcp.pins if self.mcp is not None else None
+            self.authzen = AuthZenServer(self.settings, self.mediator, self.identity, pins)
+            with listening("authzen.listen", self.settings.authzen.listen):
+                await self.authzen.start()
         if self.mcp is not None:
             await self.mcp.start()
         if self.approvals is not None:
@@ -441,6 +465,9 @@ class Sidecar:
             self.reloader.stop()
         if self.shadow is not None:
             self.shadow.close()
+        self.server.release()
+        if self.approvals_server is not None and self.approvals_server.claim is not None:
+            self.approvals_server.claim.release()
         self.mediator.close()
         self.engine.close()
         self.audit.close()

@@ -16,7 +16,9 @@ A step-up call waits (within ``timeout_s``) for a human to approve it; with ``wa
 raises :class:`StepUpRequired` at once, and the same call retried with
 ``approval_id=exc.approval_id`` goes through once the approval is granted.
 
-Exceptions (all carry ``code``, ``decision_id`` and ``reasons`` when the sidecar sent them)::
+Exceptions (all carry ``code``, ``decision_id`` and ``reasons``; ``reasons`` is never empty:
+a refusal without a policy decision, such as ``task_ended``, ``approval_used`` or
+``approval_mismatch``, gives the sidecar's message as its reason)::
 
     SidecarCallError
     ├── PolicyDenied         PERMISSION_DENIED: policy said no (or could not say yes)
@@ -151,7 +153,10 @@ class SidecarCallError(SidecarError):
 
     @property
     def reasons(self) -> tuple[str, ...]:
-        return self.decision.reasons if self.decision else ()
+        """Why: the policy's reasons, else the refusal's message (never empty)."""
+        if self.decision is not None and self.decision.reasons:
+            return self.decision.reasons
+        return (str(self),) if str(self) else ()
 
 
 class PolicyDenied(SidecarCallError):

@@ -24,6 +24,7 @@ import yaml
 from sidecar.console.settings import ConsoleSettings
 from sidecar.errors import SidecarError
 from sidecar.mcp.settings import SERVER_NAME_RE, McpServerSettings, McpSettings
+from sidecar.overrides import OverrideError, apply_overrides
 from sidecar.state.settings import StateSettings
 
 __all__ = [
@@ -86,6 +87,9 @@ class ServerSettings:
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_s: float = 5.0
     reflection: bool = True
+    # HOST:PORT of the kubelet's probe port: gRPC Health/Check only, nothing else (empty:
+    # none). Kubernetes' native grpc probes reach the pod's IP (sidecar/health_listener.py).
+    health_listen: str = ""
     # Processes serving the TCP listeners (SO_REUSEPORT); 0: one per CPU available to the
     # container (cgroup quota honoured). Unix listeners are served by worker 0 alone, so with
     # no TCP listener (gRPC or front door) 0 means 1 (see sidecar.workers).
@@ -103,6 +107,12 @@ class ServerSettings:
         )
         _check(self.max_request_bytes > 0, "max_request_bytes: must be > 0")
         _check(self.grace_s >= 0, "grace_s: must be >= 0")
+        if self.health_listen:
+            _, sep, port = self.health_listen.rpartition(":")
+            _check(
+                bool(sep) and port.isdigit(),
+                f"health_listen: {self.health_listen!r} is not HOST:PORT",
+            )
 
 
 def _check_address(address: str) -> None:
@@ -525,7 +535,7 @@ class FrontDoorSettings:
     # Each read (request line, headers, body, and between keep-alive requests) must make
     # progress within this; idle and half-open connections are closed.
     read_timeout_s: float = 30.0
-    # Connections served at once (a thread each); more are closed at accept.
+    # Live connections; at the cap the one idle the longest is shed (docs/models.md).
     max_connections: int = 256
 
     def __post_init__(self) -> None:
@@ -830,7 +840,8 @@ class _KeyedError(ValueError):
 
 def load_settings(path: str | Path, overrides: list[str] | None = None) -> Settings:
     """Read and validate the YAML config at ``path``; ``overrides`` are ``dotted.key=value``
-    (the value parsed as YAML), applied before validation, so they are checked the same way."""
+    (the value parsed as YAML; sidecar.overrides has the quoting for names with dots), applied
+    before validation, so they are checked the same way."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -843,22 +854,13 @@ def load_settings(path: str | Path, overrides: list[str] | None = None) -> Setti
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     raw = raw if raw is not None else {}
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. policy.engine=opa)")
-        _set_dotted(raw, key.split("."), yaml.safe_load(value) if value else "", item)
+    if overrides and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: --set cannot set inside a config that is not a mapping")
+    try:  # a quoted segment addresses a name with dots: tools."tickets.get".path=...
+        apply_overrides(raw, list(overrides or []))
+    except OverrideError as exc:
+        raise ConfigError(str(exc)) from None
     return parse_settings(raw, source=path)
-
-
-def _set_dotted(raw: Any, keys: list[str], value: Any, item: str) -> None:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--set {item!r}: cannot set inside a non-mapping")
-    for key in keys[:-1]:
-        raw = raw.setdefault(key, {})
-        if not isinstance(raw, dict):
-            raise ConfigError(f"--set {item!r}: {key} is not a mapping")
-    raw[keys[-1]] = value
 
 
 def parse_settings(raw: Any, *, source: Path) -> Settings:

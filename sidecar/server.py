@@ -13,7 +13,6 @@ decision with reasons and decision id, upstream status) in ``grpc-status-details
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import grp
 import json
@@ -32,7 +31,9 @@ from grpc_reflection.v1alpha import reflection
 
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 from sidecar.config import Settings
+from sidecar.health_listener import HealthListener
 from sidecar.identity import CallContext, WorkloadIdentity
+from sidecar.listeners import UnixSocketClaim, claim_unix_socket, listening
 from sidecar.model_calls import ModelCall
 from sidecar.pipeline import CallResult, Mediator, TaskResult, ToolCall
 from sidecar.policy import Decision, PolicyEngine
@@ -49,8 +50,13 @@ SERVICE_NAME = sidecar_pb2.DESCRIPTOR.services_by_name["Sidecar"].full_name
 def decision_message(result: CallResult) -> sidecar_pb2.Decision:
     decision: Decision | None = result.decision
     if decision is None:
+        # Refused before or without a policy decision (task_ended, approval_used, ...): the
+        # refusal's message is the reason, so `PolicyDenied.reasons` is never empty.
         return sidecar_pb2.Decision(
-            decision_id=result.decision_id, code=result.code, approval_id=result.approval_id
+            decision_id=result.decision_id,
+            code=result.code,
+            approval_id=result.approval_id,
+            reasons=[result.message] if result.message else [],
         )
     return sidecar_pb2.Decision(
         decision_id=result.decision_id,
@@ -364,37 +370,49 @@ class SidecarServer:
                 self._server,
             )
         self.addresses: list[str] = []
-        for address in settings.server.listen:
-            if address.startswith("unix:") and not self._role.primary:
-                continue  # a unix socket is served by worker 0 alone
-            self.addresses.append(self._bind(address))
+        self._claims: list[UnixSocketClaim] = []
+        self.probe_listener: HealthListener | None = None
+        try:
+            for address in settings.server.listen:
+                if address.startswith("unix:") and not self._role.primary:
+                    continue  # a unix socket is served by worker 0 alone
+                self.addresses.append(self._bind(address))
+            if settings.server.health_listen and self._role.primary:  # the kubelet's probes
+                with listening("server.health_listen", settings.server.health_listen):
+                    self.probe_listener = HealthListener(self.health, settings.server.health_listen)
+        except BaseException:
+            self.release()
+            raise
 
     def _bind(self, address: str) -> str:
-        if address.startswith("unix:"):
-            path = Path(address.removeprefix("unix://").removeprefix("unix:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_socket():
-                    path.unlink()  # a stale socket from a previous run
+        with listening("server.listen", address):
+            if address.startswith("unix:"):
+                return self._bind_unix(Path(address.removeprefix("unix://").removeprefix("unix:")))
             if self._settings.identity.mode == "mtls":
-                self._server.add_secure_port(f"unix:{path}", self._mtls_credentials())
+                port = self._server.add_secure_port(address, self._mtls_credentials())
             else:
-                self._server.add_insecure_port(f"unix:{path}")
-            # Before the server listens: who may connect is the file's mode and group.
-            restrict_socket(
-                path, self._settings.server.socket_mode, self._settings.server.socket_group
-            )
-            return f"unix:{path}"
-        if self._settings.identity.mode == "mtls":
-            port = self._server.add_secure_port(address, self._mtls_credentials())
+                port = self._server.add_insecure_port(address)
             if port == 0:
                 raise OSError(f"cannot listen on {address}")
             return f"{address.rpartition(':')[0]}:{port}"
-        port = self._server.add_insecure_port(address)
-        if port == 0:
-            raise OSError(f"cannot listen on {address}")
-        host = address.rpartition(":")[0]
-        return f"{host}:{port}"
+
+    def _bind_unix(self, path: Path) -> str:
+        # Never take over a socket a live sidecar serves: held until this process stops.
+        claim = claim_unix_socket(path, "server.listen")
+        self._claims.append(claim)
+        if self._settings.identity.mode == "mtls":
+            self._server.add_secure_port(f"unix:{path}", self._mtls_credentials())
+        else:
+            self._server.add_insecure_port(f"unix:{path}")
+        # Before the server listens: who may connect is the file's mode and group.
+        restrict_socket(path, self._settings.server.socket_mode, self._settings.server.socket_group)
+        return f"unix:{path}"
+
+    def release(self) -> None:
+        """Give up the claims on the unix sockets (after stopping, or a failed start)."""
+        for claim in self._claims:
+            claim.release()
+        self._claims.clear()
 
     def _mtls_credentials(self) -> grpc.ServerCredentials:
         assert self._identity is not None
@@ -442,6 +460,8 @@ class SidecarServer:
 
     async def start(self) -> None:
         await self._server.start()
+        if self.probe_listener is not None:
+            await self.probe_listener.start()
         self._health_task = asyncio.create_task(self._track_health())
         await asyncio.sleep(0)
         log.info("listening", extra={"addresses": self.addresses, "pid": os.getpid()})
@@ -451,7 +471,10 @@ class SidecarServer:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()
         grace = self._settings.server.grace_s if grace_s is None else grace_s
+        if self.probe_listener is not None:
+            await self.probe_listener.stop(0)
         await self._server.stop(grace)
+        self.release()
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()

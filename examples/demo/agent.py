@@ -53,7 +53,8 @@ def _call(
             raise
         decision, error = exc.decision, exc
     effect = decision.effect or "deny"  # refused before policy (e.g. task_ended)
-    reasons = decision.reasons or ((error.code,) if error else ())
+    # Refused before policy, the code names it (the reasons carry the sidecar's message).
+    reasons = (error.code,) if error and not decision.effect else decision.reasons
     if decision.approval_id and error is not None:
         reasons = (*reasons, f"approval {decision.approval_id}")
     return Line(tool, effect, expected, tuple(reasons), decision.decision_id), error

@@ -11,10 +11,15 @@ then stops it all. The README's snippets run verbatim against it.
   MCP endpoint   http://127.0.0.1:7481/mcp              (any MCP client; the notes server)
   approvals      unix:///tmp/agent-sidecar/approvals.sock
   audit, state   demo-out/ (shared with `make demo`: run one at a time)
+
+The banner's commands run as printed in any shell: bare `agent-sidecar` only when that is on
+PATH (after `. .venv/bin/activate`), else the venv's own path to it.
 """
 
 from __future__ import annotations
 
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +62,18 @@ def _refuse_if_running(paths: dict[str, Path]) -> None:
     raise SystemExit(f"a sidecar already serves {paths['agent']}: stop it first (Ctrl-C there)")
 
 
+def _cli() -> str:
+    """The command as the banner prints it: runnable as written in any shell of this user.
+    Bare only when `agent-sidecar` on PATH is this venv's (it is after `. .venv/bin/activate`)."""
+    script = Path(sys.executable).parent / "agent-sidecar"
+    found = shutil.which("agent-sidecar")
+    if found and script.exists() and Path(found).resolve() == script.resolve():
+        return "agent-sidecar"
+    if script.exists():
+        return shlex.quote(str(script))
+    return f"{shlex.quote(sys.executable)} -m sidecar.cli"
+
+
 def main() -> int:
     paths = _paths()
     _refuse_if_running(paths)
@@ -87,14 +104,16 @@ def main() -> int:
             )
             try:
                 wait_serving(f"unix:{paths['agent']}", sidecar)
+                cli = _cli()
                 print(
                     f"\nagent-sidecar is serving (Ctrl-C stops everything):\n"
                     f"  agent API      unix://{paths['agent']}\n"
                     f"  model door     http://127.0.0.1:7480/v1  (models: gpt-small)\n"
                     f"  MCP endpoint   http://127.0.0.1:7481/mcp  (tools of the notes MCP server)\n"
                     f"  tool upstream  {tools.url}  model provider  {models.url}\n"
-                    f"  approve        agent-sidecar approvals --admin "
-                    f"unix://{paths['approvals']} --as demo-oncall list | approve ID --reason R\n"
+                    f"  approvals      {cli} approvals --admin unix://{paths['approvals']} "
+                    "--as demo-oncall list\n"
+                    f"                 (then the same with: approve ID --reason R)\n"
                     f"  audit log      {log_dir / 'audit.log'}\n"
                     "Try the README's snippets, or examples/demo/agent.py.",
                     flush=True,

@@ -6,9 +6,10 @@ Request (``subject``, ``action``, ``resource``, ``context``):
   ``{type: "user", id: SUB, properties: {agent: SPIFFE ID, iss?, groups?, roles?}}``. The
   agent becomes ``input.subject`` with ``attestation: "authzen"`` (asserted by the caller,
   not attested by the sidecar); the user, when given, ``input.user``.
-* ``resource`` ``{type: "tool" | "model", id: NAME, properties: {arguments?: {...}}}``: a
-  configured tool or model. Its target and operation come from the sidecar's configuration,
-  never from the request.
+* ``resource`` ``{type: "tool" | "model" | "mcp_tool", id: NAME, properties: {arguments?:
+  {...}}}``: a configured tool or model, or a pinned MCP tool (``SERVER.tool``), found in the
+  :class:`~sidecar.authzen.catalog.Catalog`. Its target and operation come from the sidecar's
+  configuration, never from the request.
 * ``action`` ``{name: "call" | "read" | "act" | "delegate"}``: an operation name must match the
   resource's configured one.
 
@@ -24,8 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.authzen.catalog import RESOURCE_TYPES, Catalog, CatalogEntry
 from sidecar.classify import classify
-from sidecar.config import Settings
 from sidecar.errors import SidecarError
 from sidecar.identity.errors import InvalidSpiffeIdError
 from sidecar.identity.subject import Subject
@@ -38,11 +39,15 @@ __all__ = [
     "Evaluation",
     "EvaluationError",
     "evaluations_of",
+    "find_resource",
     "parse_evaluation",
+    "parse_subject",
+    "to_action",
     "to_decision",
 ]
 
 ENTITIES = ("subject", "action", "resource")
+VERBS = ("call", "read", "act", "delegate")
 SEMANTICS = ("execute_all", "deny_on_first_deny", "permit_on_first_permit")
 _ASSERTED_ISSUER = "urn:agent-sidecar:authzen"
 
@@ -91,46 +96,65 @@ def evaluations_of(body: Mapping[str, Any], limit: int) -> tuple[list[dict[str, 
     return merged, semantic
 
 
-def parse_evaluation(request: Mapping[str, Any], settings: Settings) -> Evaluation:
+def parse_evaluation(request: Mapping[str, Any], catalog: Catalog) -> Evaluation:
     for key in ENTITIES:
         if not isinstance(request.get(key), dict):
             raise AuthZenRequestError(f"{key} is required and must be an object")
     subject_doc, resource, action_doc = (request[k] for k in ("subject", "resource", "action"))
-    subject, user = _subject(subject_doc)
-    kind, name = resource.get("type"), resource.get("id")
-    if not isinstance(name, str) or not name:
-        raise EvaluationError(400, "resource.id must be a non-empty string")
-    if kind == "tool" and name in settings.tools:
-        tool = settings.tools[name]
-        target, operation = tool.target, tool.operation
-    elif kind == "model" and name in settings.models:
-        model = settings.models[name]
-        target, operation = model.provider, model.operation
-    elif kind in ("tool", "model"):
-        raise EvaluationError(404, f"{kind} {name!r} is not configured")
-    else:
-        raise EvaluationError(400, "resource.type must be tool or model")
+    subject, user = parse_subject(subject_doc)
+    entry = find_resource(resource, catalog)
     verb = action_doc.get("name")
-    if verb not in ("call", "read", "act", "delegate"):
+    if verb not in VERBS:
         raise EvaluationError(400, "action.name must be call, read, act or delegate")
-    if verb != "call" and verb != operation:
-        raise EvaluationError(400, f"{kind} {name!r} is a {operation} operation, not {verb}")
+    if verb != "call" and verb != entry.operation:
+        raise EvaluationError(
+            400, f"{entry.type} {entry.id!r} is a {entry.operation} operation, not {verb}"
+        )
     properties = resource.get("properties") or {}
     arguments = properties.get("arguments", {}) if isinstance(properties, dict) else None
     if not isinstance(arguments, dict):
         raise EvaluationError(400, "resource.properties.arguments must be an object")
-    action = Action(
-        kind=kind,
-        name=name,
-        operation=operation,
-        target=target,
-        arguments=arguments,
-        data_classes=classify(arguments),
-    )
-    return Evaluation(subject, user, action)
+    return Evaluation(subject, user, to_action(entry, arguments))
 
 
-def _subject(doc: Mapping[str, Any]) -> tuple[Subject, User | None]:
+def find_resource(resource: Mapping[str, Any], catalog: Catalog) -> CatalogEntry:
+    """The configured resource ``resource`` names (404 when there is none)."""
+    kind, name = resource.get("type"), resource.get("id")
+    if kind not in RESOURCE_TYPES:
+        raise EvaluationError(400, f"resource.type must be one of {', '.join(RESOURCE_TYPES)}")
+    if not isinstance(name, str) or not name:
+        raise EvaluationError(400, "resource.id must be a non-empty string")
+    entry = catalog.find(kind, name)
+    if entry is None:
+        what = "pinned MCP tool" if kind == "mcp_tool" else kind
+        raise EvaluationError(404, f"{what} {name!r} is not configured")
+    return entry
+
+
+def to_action(entry: CatalogEntry, arguments: Mapping[str, Any]) -> Action:
+    """The policy action for ``entry``: target and operation from configuration. An MCP tool
+    is a ``tools/call`` of its pinned definition (annotations unknown: none are given)."""
+    common = {
+        "name": entry.id,
+        "operation": entry.operation,
+        "target": entry.target,
+        "arguments": dict(arguments),
+        "data_classes": classify(arguments),
+    }
+    if entry.type == "mcp_tool":
+        pinned = {"hash": entry.pinned_hash, "pinned_hash": entry.pinned_hash, "changed": False}
+        return Action(
+            kind="mcp",
+            phase="call",
+            method="tools/call",
+            annotations={},
+            definition=pinned,
+            **common,  # type: ignore[arg-type]
+        )
+    return Action(kind=entry.type, **common)  # type: ignore[arg-type]
+
+
+def parse_subject(doc: Mapping[str, Any]) -> tuple[Subject, User | None]:
     kind, ident = doc.get("type"), doc.get("id")
     properties = doc.get("properties") or {}
     if not isinstance(ident, str) or not ident or not isinstance(properties, dict):

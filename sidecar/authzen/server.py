@@ -2,8 +2,10 @@
 
 ``GET /.well-known/authzen-configuration`` (PDP metadata), ``POST /access/v1/evaluation`` and
 ``POST /access/v1/evaluations`` (boxcarring, with ``execute_all``, ``deny_on_first_deny``,
-``permit_on_first_permit``). Each evaluation runs the sidecar's decide-only path: the same
-policy, the same failure codes, one audit record each, naming the caller.
+``permit_on_first_permit``), and the search APIs ``POST /access/v1/search/{subject,resource,
+action}`` (search.py: each candidate is a single evaluation). Each evaluation runs the
+sidecar's decide-only path: the same policy, the same failure codes, one audit record each,
+naming the caller.
 
 Who may ask: a unix socket (its mode decides; the caller is named by its uid, from
 SO_PEERCRED), or TCP with mTLS: the sidecar's X.509-SVID as server certificate, the caller's
@@ -24,6 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidecar.authzen.catalog import Catalog, subjects_in
 from sidecar.authzen.mapping import (
     AuthZenRequestError,
     EvaluationError,
@@ -32,9 +35,14 @@ from sidecar.authzen.mapping import (
     parse_evaluation,
     to_decision,
 )
+from sidecar.authzen.search import KINDS, PageTokens, SearchError, search
+from sidecar.calls.common import off_loop
 from sidecar.config import Settings
 from sidecar.identity.credentials import load_svid, server_context
 from sidecar.identity.workload import WorkloadIdentity
+from sidecar.mcp.pins import PinStore
+from sidecar.policy.source import load_policy_dir
+from sidecar.state import StateError
 from sidecar.strict_json import StrictJsonError, loads_strict
 
 __all__ = ["AuthZenServer"]
@@ -45,14 +53,21 @@ log = logging.getLogger(__name__)
 MAX_BODY = 1024 * 1024
 EVALUATION = "/access/v1/evaluation"
 EVALUATIONS = "/access/v1/evaluations"
+SEARCH = "/access/v1/search/"
 _DECIDE_S = 5.0  # each evaluation's deadline (policy.timeout_ms bounds the engine within it)
 
 
 class AuthZenServer:
     def __init__(
-        self, settings: Settings, mediator: Any, identity: WorkloadIdentity | None
+        self,
+        settings: Settings,
+        mediator: Any,
+        identity: WorkloadIdentity | None,
+        pins: PinStore | None = None,
     ) -> None:
         self._settings = settings
+        self._pins = pins  # the MCP servers' pinned tools (None: no MCP servers)
+        self._tokens = PageTokens()  # a key of this process: a restart ends every paging
         self._config = settings.authzen
         self._mediator = mediator
         self._identity = identity
@@ -63,6 +78,8 @@ class AuthZenServer:
         app.router.add_get("/.well-known/authzen-configuration", self._metadata)
         app.router.add_post(EVALUATION, self._evaluation)
         app.router.add_post(EVALUATIONS, self._evaluations)
+        for kind in KINDS:
+            app.router.add_post(SEARCH + kind, self._searcher(kind))
         self._app = app
 
     async def start(self) -> None:
@@ -119,6 +136,8 @@ class AuthZenServer:
                 response = await handler(request)
         except web.HTTPException as exc:
             response = _error(exc.status, exc.reason or "request refused")
+        except SearchError as exc:
+            response = _error(exc.status, str(exc))
         except AuthZenRequestError as exc:
             response = _error(400, str(exc))
         except Exception:
@@ -157,6 +176,7 @@ class AuthZenServer:
                 "policy_decision_point": base,
                 "access_evaluation_endpoint": base + EVALUATION,
                 "access_evaluations_endpoint": base + EVALUATIONS,
+                **{f"search_{kind}_endpoint": base + SEARCH + kind for kind in KINDS},
             }
         )
 
@@ -174,16 +194,66 @@ class AuthZenServer:
 
     async def _evaluation(self, request: web.Request) -> web.Response:
         body = await self._body(request)
-        return web.json_response(await self._decide(body, request[CALLER]))
+        catalog = await self._catalog(body)
+        return web.json_response(await self._decide(body, request[CALLER], catalog))
+
+    def _searcher(self, kind: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            body = await self._body(request)
+            catalog = await self._catalog(body)
+            caller = request[CALLER]
+            agents = await off_loop(self._subjects) if kind == "subject" else []
+
+            async def decide(item: dict[str, Any]) -> dict[str, Any]:
+                return await self._decide(item, caller, catalog, rpc="AuthZENSearch")
+
+            answer = await search(
+                kind,
+                body,
+                catalog=catalog,
+                subjects=lambda: agents,
+                caller=caller,
+                tokens=self._tokens,
+                max_evaluations=self._config.max_evaluations,
+                decide=decide,
+            )
+            return web.json_response(answer)
+
+        return handle
+
+    async def _catalog(self, body: dict[str, Any]) -> Catalog:
+        """The catalog now: configuration, and the pins read from the state store when the
+        request names an MCP tool (so a state outage never touches tool and model answers)."""
+        pins: dict[str, str] = {}
+        if self._pins is not None and _names_mcp_tools(body):
+            try:
+                got = await off_loop(self._pins.all)
+            except StateError as exc:
+                log.warning("MCP pins unreadable", extra={"error": type(exc).__name__})
+                raise SearchError(503, "the state store (MCP tool pins) is unavailable") from exc
+            pins = {name: pin.hash for name, pin in got.items()}
+        return Catalog(self._settings, pins)
+
+    def _subjects(self) -> list[str]:
+        """The agents a subject search considers: those the policy's data names."""
+        policy = self._settings.policy
+        if policy.engine != "embedded":
+            raise SearchError(
+                501,
+                "subject search needs the policy's data (policy.engine: embedded); OPA's data "
+                "is not read from here",
+            )
+        return subjects_in(load_policy_dir(policy.dir).data)
 
     async def _evaluations(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         items, semantic = evaluations_of(body, self._config.max_evaluations)
+        catalog = await self._catalog(body)
         if not isinstance(body.get("evaluations"), list) or not body["evaluations"]:
-            return web.json_response(await self._decide(items[0], request[CALLER]))
+            return web.json_response(await self._decide(items[0], request[CALLER], catalog))
         answers = []
         for item in items:
-            answer = await self._decide(item, request[CALLER])
+            answer = await self._decide(item, request[CALLER], catalog)
             answers.append(answer)
             if semantic == "deny_on_first_deny" and not answer["decision"]:
                 break
@@ -191,13 +261,15 @@ class AuthZenServer:
                 break
         return web.json_response({"evaluations": answers})
 
-    async def _decide(self, item: dict[str, Any], caller: str) -> dict[str, Any]:
+    async def _decide(
+        self, item: dict[str, Any], caller: str, catalog: Catalog, rpc: str = "AuthZEN"
+    ) -> dict[str, Any]:
         try:
-            evaluation = parse_evaluation(item, self._settings)
+            evaluation = parse_evaluation(item, catalog)
         except EvaluationError as exc:
             return error_decision(exc)
         result = await self._mediator.evaluate(
-            "AuthZEN",
+            rpc,
             evaluation.subject,
             evaluation.action,
             user=evaluation.user,
@@ -205,6 +277,16 @@ class AuthZenServer:
             time_remaining=_DECIDE_S,
         )
         return to_decision(result)
+
+
+def _names_mcp_tools(body: dict[str, Any]) -> bool:
+    items = body.get("evaluations")
+    requests = [body, *items] if isinstance(items, list) else [body]
+    return any(
+        isinstance(r, dict) and isinstance(r.get("resource"), dict)
+        and r["resource"].get("type") == "mcp_tool"
+        for r in requests
+    )  # fmt: skip
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.cli import approvals, audit, console, mcp, policy, run
+from sidecar.cli import approvals, audit, console, explain, mcp, policy, run
 from sidecar.config import DEFAULT_AGENT_SOCKET
 
 __all__ = ["build_parser"]
@@ -23,7 +23,7 @@ class _Help(argparse.RawDescriptionHelpFormatter):
         if (
             "%(default)" in text
             or "default:" in text
-            or default in (None, False, [], argparse.SUPPRESS)
+            or default in (None, False, [], "", argparse.SUPPRESS)
             or isinstance(action, argparse._HelpAction | argparse._VersionAction)
         ):
             return text
@@ -66,7 +66,9 @@ def _server_options(parser: argparse.ArgumentParser, example: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config key (e.g. {example}); repeatable",
+        help=f"override a config key (e.g. {example}), the value as YAML; a name with dots "
+        'is quoted: tools."tickets.get".path=/v2/{id} (or escaped: tools.tickets\\.get.path=...); '
+        "repeatable",
     )
 
 
@@ -94,6 +96,35 @@ def _serving(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--input", required=True, type=Path, help="policy input v1 (JSON)")
     check.set_defaults(func=run.check)
 
+    ex = _sub(
+        sub,
+        "explain",
+        help="what may this agent use: every tool, model and MCP tool decided, as a table",
+        description="Decides every configured tool and model and every pinned MCP tool for "
+        "one agent with the policy of --config, locally (no running sidecar): allow, deny or "
+        "step_up and the reasons, each as a first call (no arguments, no task).",
+    )
+    ex.add_argument("--config", required=True, type=Path, help="YAML config file")
+    ex.add_argument("--as", dest="as_id", required=True, metavar="SPIFFE_ID", help="the agent")
+    ex.add_argument(
+        "--user",
+        metavar="TOKEN",
+        help="a user token the agent acts for, verified as serve does (- reads it from stdin)",
+    )
+    ex.add_argument(
+        "--attestation",
+        choices=["pod-svid", "jwt-svid", "x509-svid", "static", "authzen"],
+        help="input.subject.attestation (default: what identity.mode gives a call; authzen: "
+        "as the AuthZEN search APIs ask)",
+    )
+    ex.add_argument(
+        "--task",
+        metavar="INTENT",
+        help="decide each as under a fresh task with this intent (default: no task)",
+    )
+    ex.add_argument("--json", action="store_true", help="print JSON")
+    ex.set_defaults(func=explain.explain)
+
     webhook = _sub(sub, "webhook", help="the Kubernetes mutating admission webhook")
     webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True, metavar="COMMAND")
     ws = _sub(webhook_sub, "serve", help="serve POST /mutate/pod and /mutate/namespace (HTTPS)")
@@ -103,39 +134,9 @@ def _serving(sub: argparse._SubParsersAction) -> None:
     ws.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT to serve on")
     ws.set_defaults(func=run.webhook_serve)
 
-    lock = _sub(
-        sub,
-        "egress-lock",
-        help="install the pod's egress rules: only the given uids may leave (needs NET_ADMIN)",
-        description="Installs nftables rules in the current network namespace: connections "
-        "leaving it may be opened only by the --allow-uid users; loopback, replies and (with "
-        "--allow-dns) DNS to the resolv.conf nameservers stay open. Replaces its own table, "
-        "so running it twice changes nothing. The webhook runs it as an init container.",
-    )
-    lock.add_argument(
-        "--allow-uid",
-        type=int,
-        action="append",
-        required=True,
-        metavar="UID",
-        help="a uid that may open connections leaving the pod (the sidecar's); repeatable",
-    )
-    lock.add_argument(
-        "--allow-dns", action="store_true", help="let every user reach the nameservers on port 53"
-    )
-    lock.add_argument(
-        "--resolv-conf",
-        type=Path,
-        default=Path("/etc/resolv.conf"),
-        help="where --allow-dns reads the nameservers",
-    )
-    lock.add_argument(
-        "--print",
-        dest="print_only",
-        action="store_true",
-        help="print the nft rules instead of installing them",
-    )
-    lock.set_defaults(func=run.egress_lock)
+    from sidecar.egress_lock.cli import add_parser as egress_lock_parser
+
+    egress_lock_parser(sub, _sub)  # install, verify, node-agent (sidecar/egress_lock/cli.py)
 
 
 def _policy(sub: argparse._SubParsersAction) -> None:
@@ -147,7 +148,9 @@ def _policy(sub: argparse._SubParsersAction) -> None:
     )
     test.add_argument("--verbose", "-v", action="store_true", help="print passing tests too")
     test.add_argument("--run", "-r", metavar="REGEX", help="only tests whose ref matches")
-    test.add_argument("--coverage", action="store_true", help="(not available: says why)")
+    # Not offered (rego-cpp exposes no coverage data), so not in --help; typed anyway, it
+    # says why and where to get coverage (`opa test --coverage`).
+    test.add_argument("--coverage", action="store_true", help=argparse.SUPPRESS)
     test.add_argument(
         "--watch", "-w", action="store_true", help="run again on every change (Ctrl-C stops)"
     )
@@ -207,7 +210,8 @@ def _audit(sub: argparse._SubParsersAction) -> None:
     av.add_argument(
         "--require-sealed",
         action="store_true",
-        help="fail if records after the last checkpoint are not signed yet",
+        help="the log's writer has stopped: fail unless the log ends with its signed closing "
+        "checkpoint (no unsigned records after it, no tail cut off with it)",
     )
     av.add_argument(
         "--signer",
@@ -279,7 +283,9 @@ def _admin_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--as", dest="approver", help="your name on a unix socket (default: your login name)"
     )
-    parser.add_argument("--workload-api", default="", help="Workload API socket for your SVID")
+    parser.add_argument(
+        "--workload-api", default="", help="Workload API socket for your SVID (default: none)"
+    )
     parser.add_argument("--cert", type=Path, help="your X.509-SVID chain (PEM)")
     parser.add_argument("--key", type=Path, help="its private key (PEM)")
     parser.add_argument("--bundle", type=Path, help="trust bundle to verify the sidecar (PEM)")

@@ -100,15 +100,22 @@ def _run_policy_tests(args: argparse.Namespace) -> int:
     from sidecar.policy.errors import PolicyLoadError
     from sidecar.policy.testing import TestOutcome, TestResult, run_tests, warnings
 
+    broken: list[BrokenPipeError] = []  # the reader went away (`| head`): in a worker thread
+
     def show(result: TestResult) -> None:
         ms = f"{result.duration_s * 1000:.1f}ms"
+        if broken:
+            return
         if result.outcome == TestOutcome.PASS and not args.verbose:
             return
         if result.outcome == TestOutcome.SKIP and not args.verbose:
             return
-        print(f"{result.outcome}: {result.case.ref} ({ms})")
-        if result.outcome in (TestOutcome.FAIL, TestOutcome.ERROR):
-            print(f"  {result.case.file}:{result.case.line}: {result.message}")
+        try:
+            print(f"{result.outcome}: {result.case.ref} ({ms})", flush=True)
+            if result.outcome in (TestOutcome.FAIL, TestOutcome.ERROR):
+                print(f"  {result.case.file}:{result.case.line}: {result.message}", flush=True)
+        except BrokenPipeError as exc:
+            broken.append(exc)
 
     try:
         for warning in warnings(args.dir):
@@ -117,6 +124,8 @@ def _run_policy_tests(args: argparse.Namespace) -> int:
     except PolicyLoadError as exc:
         print(f"agent-sidecar: {exc}", file=sys.stderr, flush=True)
         return 2
+    if broken:
+        raise broken[0]  # the CLI ends quietly (sidecar.cli.main)
     passed = sum(r.outcome == TestOutcome.PASS for r in results)
     failed = sum(r.outcome in (TestOutcome.FAIL, TestOutcome.ERROR) for r in results)
     skipped = sum(r.outcome == TestOutcome.SKIP for r in results)

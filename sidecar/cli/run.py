@@ -17,6 +17,7 @@ __all__ = ["check", "dev_workload_api", "egress_lock", "health", "serve", "webho
 def serve(args: argparse.Namespace) -> int:
     from sidecar.app import Sidecar
     from sidecar.config import load_settings
+    from sidecar.listeners import ListenError
     from sidecar.logs import configure_logging
     from sidecar.server import serve_until_signalled
     from sidecar.workers import (
@@ -46,7 +47,10 @@ def serve(args: argparse.Namespace) -> int:
         finally:
             sidecar.close()  # idempotent: after a clean stop, nothing is left to close
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except ListenError as exc:  # a socket or port taken: name the file too (exit 2)
+        raise ListenError(f"{args.config}: {exc}") from None
     return 0
 
 
@@ -136,15 +140,7 @@ def dev_workload_api(args: argparse.Namespace) -> int:
 
 
 def egress_lock(args: argparse.Namespace) -> int:
-    from sidecar.egress_lock import EgressRules, apply, resolvers
+    """The egress-lock commands live with the lock (sidecar/egress_lock/cli.py)."""
+    from sidecar.egress_lock.cli import install
 
-    dns = resolvers(args.resolv_conf) if args.allow_dns else ()
-    rules = EgressRules(tuple(args.allow_uid), dns)
-    if args.print_only:
-        print(rules.render(), end="")
-        return 0
-    apply(rules)
-    allowed = ", ".join(str(u) for u in sorted(set(args.allow_uid)))
-    dns_note = f"; DNS to {', '.join(dns)}" if dns else ""
-    print(f"egress locked: only uid {allowed} may leave the pod (and loopback){dns_note}")
-    return 0
+    return install(args)

@@ -37,13 +37,8 @@ from regopy.rego_shared import (
 from sidecar._loadorder import LOAD_ORDER_HELP, engine_loaded_first
 from sidecar.policy._rego_input import UnrepresentableInput, set_input
 from sidecar.policy.compat import RegoModule, check_builtins
-from sidecar.policy.errors import (
-    CompileError,
-    LoadOrderError,
-    PolicyLoadError,
-    UnsupportedBuiltinError,
-)
-from sidecar.policy.portability import PortabilityError, portability_issues
+from sidecar.policy.errors import CompileError, LoadOrderError, PolicyLoadError
+from sidecar.policy.vet import enforce
 
 __all__ = [
     "ENGINE_VERSION",
@@ -69,10 +64,11 @@ class EvalError(Exception):
         self.messages = messages
 
 
-def new_interpreter(modules: Iterable[RegoModule], data: Any) -> Interpreter:
+def new_interpreter(modules: Iterable[RegoModule], data: Any, *, vet: bool = True) -> Interpreter:
     """An interpreter with strict built-in errors, the modules and the data loaded.
 
-    Refuses (``UnsupportedBuiltinError``) a module that calls a built-in rego-cpp lacks.
+    Refuses what OPA's compiler refuses, constructs that decide differently on the two engines
+    (``vet.enforce``), and a call to a built-in rego-cpp lacks (``UnsupportedBuiltinError``).
     """
     if not engine_loaded_first():
         raise LoadOrderError(LOAD_ORDER_HELP)
@@ -80,13 +76,9 @@ def new_interpreter(modules: Iterable[RegoModule], data: Any) -> Interpreter:
     interp = Interpreter()
     interp.log_level = LogLevel.NONE  # errors come back to us; the engine must not print them
     interp.strict_built_in_errors = True
+    if vet:  # False only where the caller vetted a superset (the test runner's workers)
+        enforce(modules, data)  # OPA's compiler and AST where available (sidecar/policy/vet.py)
     check_builtins(modules, interp.is_builtin)
-    issues = portability_issues(modules)
-    if issues and issues[0].builtin:
-        first = issues[0]
-        raise UnsupportedBuiltinError(first.builtin, first.file, first.line, first.message)
-    if issues:
-        raise PortabilityError(issues[0])
     for module in modules:
         try:
             interp.add_module(module.path, module.source)
@@ -130,9 +122,11 @@ class CompiledQuery:
 Program = tuple[Interpreter, Any]
 
 
-def compile_entrypoints(modules: Iterable[RegoModule], data: Any, refs: list[str]) -> Program:
+def compile_entrypoints(
+    modules: Iterable[RegoModule], data: Any, refs: list[str], *, vet: bool = True
+) -> Program:
     """Compile ``modules`` once with every ``data.a.b`` in ``refs`` as an entrypoint."""
-    interp = new_interpreter(modules, data)
+    interp = new_interpreter(modules, data, vet=vet)
     entrypoints = [ref.removeprefix("data.").replace(".", "/") for ref in refs]
     try:
         bundle = interp.build(None, entrypoints)

@@ -1,8 +1,13 @@
 """``agent-sidecar policy check``: everything about a policy directory that can be known
 before it runs.
 
-1. It loads and compiles (the embedded engine), including the test files.
-2. No built-in the embedded engine lacks is called.
+1. OPA's compiler compiles the modules, test files included, where it is available
+   (``vet``): what OPA refuses is a ``compile`` finding with OPA's message and line, and the
+   portability rules run on OPA's AST. Without it the lexical checks run, with a warning
+   naming what is then not checked (a ``opa-compiler`` problem under
+   ``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1``).
+2. It loads and compiles on the embedded engine; no built-in the embedded engine lacks is
+   called.
 3. ``data.json`` documents match ``schemas/data.v1.json`` when the directory has one.
 4. Style (lexical lint, the rules of docs/policy-authoring.md):
    ``v1-syntax``       rule bodies need ``if`` (OPA 1.0), partial sets ``contains``
@@ -15,6 +20,7 @@ before it runs.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +28,11 @@ from pathlib import Path
 from sidecar.policy._rego import CompiledQuery, new_interpreter
 from sidecar.policy.compat import RegoModule
 from sidecar.policy.errors import CompileError, PolicyLoadError, UnsupportedBuiltinError
-from sidecar.policy.portability import PortabilityError, portability_issues
+from sidecar.policy.portability import PortabilityError
 from sidecar.policy.source import load_policy_dir
-from sidecar.policy.static_check import static_issues
+from sidecar.policy.vet import REQUIRE_ENV, OpaCompilerRequired, vet, warn_once
+
+_PORTABILITY = {"divergent-builtin", "sprintf-format", "not-undefined", "untyped-comparison"}
 
 __all__ = ["Finding", "check_policy"]
 
@@ -55,30 +63,44 @@ def check_policy(policy_dir: str | Path, query: str) -> list[Finding]:
     except PolicyLoadError as exc:
         return [Finding(str(root), 0, "load", str(exc))]
     findings: list[Finding] = []
-    try:
-        new_interpreter(source.modules, source.data)
-        policy = [m for m in source.modules if not m.path.endswith("_test.rego")]
-        CompiledQuery(policy, source.data, query)
-    except UnsupportedBuiltinError as exc:
-        findings.append(Finding(exc.file, exc.line, "unsupported-builtin", str(exc)))
-    except CompileError as exc:
-        findings += [Finding(e.file, e.line, "compile", e.message, e.col) for e in exc.errors]
-    except PortabilityError:
-        pass  # every portability issue is reported below, not only the first
-    except PolicyLoadError as exc:
-        findings.append(Finding(str(root), 0, "compile", str(exc)))
+    vetting = vet(source.modules, source.data)
+    if vetting.warning:
+        warn_once(vetting.warning)
+        if os.environ.get(REQUIRE_ENV) == "1":
+            findings.append(Finding(str(root), 0, "opa-compiler", vetting.warning))
+    findings += [
+        Finding(e.file, e.line, "compile", e.message, e.col) for e in vetting.compile_errors
+    ]
+    if not vetting.compile_errors:
+        findings += _embedded_compile(root, source.modules, source.data, query)
     findings += [
         Finding(i.file, i.line, i.rule, f"{i.message} (or run it with `policy.engine: opa`)")
-        for i in portability_issues(source.modules)
+        if i.rule in _PORTABILITY
+        else Finding(i.file, i.line, i.rule, i.message)
+        for i in vetting.issues
     ]
     findings += _check_data(root, source.data)
     findings += _lint(root, source.modules, query)
-    functions = {f for m in source.modules for f in m.defined_functions()}
-    for module in source.modules:
-        findings += [
-            Finding(i.file, i.line, i.rule, i.message) for i in static_issues(module, functions)
-        ]
     return _unique(findings)
+
+
+def _embedded_compile(
+    root: Path, modules: tuple[RegoModule, ...], data: object, query: str
+) -> list[Finding]:
+    """What the embedded engine itself refuses (after the vetting, which is not repeated)."""
+    try:
+        new_interpreter(modules, data, vet=False)
+        policy = [m for m in modules if not m.path.endswith("_test.rego")]
+        CompiledQuery(policy, data, query)
+    except UnsupportedBuiltinError as exc:
+        return [Finding(exc.file, exc.line, "unsupported-builtin", str(exc))]
+    except CompileError as exc:
+        return [Finding(e.file, e.line, "compile", e.message, e.col) for e in exc.errors]
+    except (PortabilityError, OpaCompilerRequired):
+        return []  # reported from the vetting (every portability issue, not only the first)
+    except PolicyLoadError as exc:
+        return [Finding(str(root), 0, "compile", str(exc))]
+    return []
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:

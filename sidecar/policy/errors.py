@@ -35,7 +35,8 @@ class CompileError(PolicyLoadError):
         message: str
 
         def __str__(self) -> str:
-            return f"{self.file}:{self.line}:{self.col}: {self.message}"
+            col = f":{self.col}" if self.col else ""  # OPA's compiler names the line only
+            return f"{self.file}:{self.line}{col}: {self.message}"
 
     def __init__(self, errors: list[Location]) -> None:
         super().__init__("; ".join(str(e) for e in errors))

@@ -285,6 +285,8 @@ def test_https_upstream_verified_against_the_configured_ca(start_sidecar, tmp_pa
             targets=targets,
             server={"listen": [f"unix://{tmp_path}/b/agent.sock"]},
             audit={"path": str(tmp_path / "b" / "audit.log")},
+            # Its own approvals socket: a live sidecar's is never taken over (item 13).
+            approvals={"listen": f"unix://{tmp_path}/b/approvals.sock"},
         )
         with bad.client() as client, pytest.raises(Unavailable) as failed:
             client.call_tool("tickets.get", {"id": "5"})

@@ -12,7 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
+
+from tests.support.shell import new_user_env
 
 ROOT = Path(__file__).resolve().parents[2]
 APPROVALS = "unix:///tmp/agent-sidecar/approvals.sock"
@@ -39,7 +44,9 @@ def approve_pending_until(done: threading.Event, approved: list[str]) -> None:
         done.wait(0.2)
 
 
-def test_make_run_serves_the_readme_snippets_verbatim():
+@pytest.fixture(scope="module")
+def make_run() -> Iterator[list[str]]:
+    """`make run` (examples/demo/serve.py) serving; its output lines so far."""
     serve = subprocess.Popen(
         [sys.executable, "examples/demo/serve.py"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -50,47 +57,13 @@ def test_make_run_serves_the_readme_snippets_verbatim():
     def read() -> None:
         for line in serve.stdout:
             lines.append(line)
-            if "agent-sidecar is serving" in line:
+            if "Try the README's snippets" in line:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
     try:
         assert ready.wait(120), "".join(lines)
-        tool_snippet, model_snippet, mcp_snippet = (
-            s
-            for s in readme_snippets()
-            if "sidecar.client" in s or "OpenAI(" in s or "from mcp import" in s
-        )
-        done, approved = threading.Event(), []
-        approver = threading.Thread(target=approve_pending_until, args=(done, approved))
-        approver.start()
-        try:
-            run = subprocess.run(
-                [sys.executable, "-c", tool_snippet],
-                cwd="/tmp", capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
-        finally:
-            done.set()
-            approver.join(60)
-        assert run.returncode == 0, run.stdout + run.stderr
-        assert "ticket: {" in run.stdout
-        assert "a refund of 500 would be: step_up" in run.stdout
-        assert "refunded: {" in run.stdout, run.stdout
-        assert "denied:" not in run.stdout and "needs a human" not in run.stdout
-        assert approved
-        model = subprocess.run(
-            [sys.executable, "-c", model_snippet],
-            cwd="/tmp", capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert model.returncode == 0, model.stdout + model.stderr
-        assert model.stdout.strip()
-        mcp = subprocess.run(
-            [sys.executable, "-c", mcp_snippet],
-            cwd="/tmp", capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert mcp.returncode == 0, mcp.stdout + mcp.stderr
-        assert "tools: ['notes.search', 'notes.add']" in mcp.stdout, mcp.stdout
-        assert "found: " in mcp.stdout and "printer" in mcp.stdout
+        yield lines
     finally:
         serve.send_signal(signal.SIGINT)
         code = serve.wait(timeout=60)
@@ -100,3 +73,54 @@ def test_make_run_serves_the_readme_snippets_verbatim():
                          capture_output=True).returncode == 0:  # fmt: skip
         assert time.monotonic() < deadline
         time.sleep(0.1)
+
+
+def test_item13_make_run_banner_commands_run_as_written_in_a_new_shell(make_run, tmp_path):
+    """The banner's approvals command works pasted into a shell without the venv on PATH."""
+    [line] = [line for line in make_run if line.strip().startswith("approvals ")]
+    command = line.strip().removeprefix("approvals").strip()
+    assert command.endswith(" list") and " approvals --admin unix://" in command, command
+    done = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=new_user_env(tmp_path),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "command not found" not in done.stderr
+
+
+def test_make_run_serves_the_readme_snippets_verbatim(make_run):
+    tool_snippet, model_snippet, mcp_snippet = (
+        s
+        for s in readme_snippets()
+        if "sidecar.client" in s or "OpenAI(" in s or "from mcp import" in s
+    )
+    done, approved = threading.Event(), []
+    approver = threading.Thread(target=approve_pending_until, args=(done, approved))
+    approver.start()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", tool_snippet],
+            cwd="/tmp", capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        done.set()
+        approver.join(60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "ticket: {" in run.stdout
+    assert "a refund of 500 would be: step_up" in run.stdout
+    assert "refunded: {" in run.stdout, run.stdout
+    assert "denied:" not in run.stdout and "needs a human" not in run.stdout
+    assert approved
+    model = subprocess.run(
+        [sys.executable, "-c", model_snippet],
+        cwd="/tmp", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert model.returncode == 0, model.stdout + model.stderr
+    assert model.stdout.strip()
+    mcp = subprocess.run(
+        [sys.executable, "-c", mcp_snippet],
+        cwd="/tmp", capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert mcp.returncode == 0, mcp.stdout + mcp.stderr
+    assert "tools: ['notes.search', 'notes.add']" in mcp.stdout, mcp.stdout
+    assert "found: " in mcp.stdout and "printer" in mcp.stdout

@@ -307,6 +307,8 @@ def test_mtls_upstream_gets_the_sidecars_svid_and_is_verified(
                 },
                 server={"listen": [f"unix://{tmp_path}/b/agent.sock"]},
                 audit={"path": str(tmp_path / "b" / "audit.log")},
+                # Its own approvals socket: a live sidecar's is never taken over (item 13).
+                approvals={"listen": f"unix://{tmp_path}/b/approvals.sock"},
             )
             assert _wait(lambda: bad.sidecar.identity.ready)
             with bad.client() as client, pytest.raises(Unavailable) as failed:

@@ -1,10 +1,15 @@
 """``policy check`` refuses what OPA's compiler refuses: each program below is refused by OPA
-(asserted, so the corpus stays honest) and gets a finding of the named rule from the check."""
+(asserted, so the corpus stays honest). With OPA's compiler in the process the check reports
+OPA's own error (code, message, line); without it, the lexical fallback still gets a finding of
+the named rule."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from sidecar.policy import opa_compiler
 from sidecar.policy.check import check_policy
 from tests.conftest import REGO
 from tests.oracle.conftest import Opa, OpaError
@@ -48,10 +53,30 @@ def _policy(tmp_path, body: str):
 @pytest.mark.parametrize(("body", "rule"), REFUSED_BY_OPA.values(), ids=list(REFUSED_BY_OPA))
 def test_check_refuses_what_opa_refuses(opa_available, tmp_path, body, rule):
     root, source = _policy(tmp_path, body)
-    with pytest.raises(OpaError):
+    with pytest.raises(OpaError) as refused:
         Opa([("p.rego", source)], {}).query("data.p")
+    opa_code, opa_line = _opa_error(refused.value.message)
+    findings = check_policy(root, "data.p.p")
+    compiled = [f for f in findings if f.rule == "compile" and "(OPA's compiler)" in f.message]
+    assert any(
+        f.message.startswith(opa_code) and f.line == opa_line and f.file.endswith("p.rego")
+        for f in compiled
+    ), [str(f) for f in findings]
+
+
+@pytest.mark.parametrize(("body", "rule"), REFUSED_BY_OPA.values(), ids=list(REFUSED_BY_OPA))
+def test_lexical_fallback_still_refuses(monkeypatch, tmp_path, body, rule):
+    monkeypatch.setattr(opa_compiler, "unavailable_reason", lambda: "disabled by the test")
+    root, _ = _policy(tmp_path, body)
     findings = check_policy(root, "data.p.p")
     assert rule in {f.rule for f in findings}, [str(f) for f in findings]
+
+
+def _opa_error(message: str) -> tuple[str, int]:
+    """OPA's first ``file:line: code`` in an error text."""
+    match = re.search(r":(\d+): (rego_\w+):", message)
+    assert match, message
+    return match.group(2), int(match.group(1))
 
 
 def test_the_shipped_policy_passes_both(opa_available):

@@ -51,3 +51,18 @@ def test_health_help_names_the_socket_and_the_timeout():
     text = " ".join(health.format_help().split())
     assert "(default: unix:///run/agent-sidecar/agent.sock)" in text
     assert "(default: 2.0)" in text
+
+
+@pytest.mark.parametrize(
+    ("path", "parser"), COMMANDS, ids=[" ".join(p) or "-" for p, _ in COMMANDS]
+)
+def test_item13_help_shows_no_unavailable_option_and_no_empty_default(path, parser):
+    text = " ".join(parser.format_help().split())
+    assert "(default: )" not in text, path
+    assert "not available" not in text and "--coverage" not in text, path
+
+
+def test_item13_set_help_says_how_to_quote_a_name_with_dots():
+    [(_, serve)] = [(p, c) for p, c in COMMANDS if p == ("serve",)]
+    text = " ".join(serve.format_help().split())
+    assert 'tools."tickets.get".path=' in text

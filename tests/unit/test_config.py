@@ -162,3 +162,66 @@ def test_the_approvals_listener_is_never_an_agent_listener(tmp_path):
     }
     with pytest.raises(ConfigError, match=r"approvals\.listen: must not be an agent API address"):
         parse_settings(raw, source=tmp_path / "c.yaml")
+
+
+# --- item 13: --set addresses names with dots (tools."tickets.get".path=...) ----------------
+
+DEMO = ROOT / "examples/demo/config.yaml"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        'tools."tickets.get".path=/v2/tickets/{id}',
+        r"tools.tickets\.get.path=/v2/tickets/{id}",
+        'tools.tick"ets.g"et.path=/v2/tickets/{id}',  # a quoted part inside a segment
+    ],
+)
+def test_item13_set_addresses_a_tool_whose_name_has_dots(override):
+    settings = load_settings(DEMO, overrides=[override])
+    assert settings.tools["tickets.get"].path == "/v2/tickets/{id}"
+    assert "tickets" not in settings.tools  # no new tool conjured from the first segment
+    assert settings.tools["tickets.create"].path == "/tickets"  # the others untouched
+
+
+def test_item13_set_keeps_plain_keys_and_yaml_values():
+    settings = load_settings(
+        DEMO,
+        overrides=[
+            "policy.timeout_ms=99",
+            'server.listen=["unix:///tmp/x.sock"]',
+            "audit.fsync=true",
+        ],
+    )
+    assert settings.policy.timeout_ms == 99
+    assert settings.server.listen == ("unix:///tmp/x.sock",)
+    assert settings.audit.fsync is True
+
+
+def test_item13_set_an_equals_sign_inside_quotes_is_part_of_the_name():
+    from sidecar.overrides import parse_override
+
+    assert parse_override('a."b=c".d=1=2') == (["a", "b=c", "d"], "1=2")
+    assert parse_override(r'a."q\"uote".b=x') == (["a", 'q"uote', "b"], "x")
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ('tools."tickets.get.path=/x', "a quote is not closed"),
+        ("tools..path=/x", "a key segment is empty"),
+        ('tools."".path=/x', "a key segment is empty"),
+        ("=1", "a key segment is empty"),
+        ("tools.x\\", "a backslash at the end escapes nothing"),
+        ("policy.engine", "expected KEY=VALUE"),
+        ("", "expected KEY=VALUE"),
+        ("policy.timeout_ms=[1", "not valid YAML"),
+        ("server.listen.x=1", "server.listen is not a mapping"),
+        ('tools."tickets.get".path.x=1', 'tools."tickets.get".path is not a mapping'),
+        pytest.param("a" * 100_000 + "=1", "unknown key", id="oversized-key"),
+    ],
+)
+def test_item13_a_malformed_set_is_a_config_error_naming_it(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_settings(DEMO, overrides=[override])
+    assert words in str(err.value), str(err.value)[:300]

@@ -1,0 +1,117 @@
+"""Every policy load, ``policy check`` and ``policy test`` decide what the modules mean here.
+
+With OPA's compiler in the process (``opa_compiler``): OPA compiles the modules (and data), and
+whatever it refuses (v0 bodies, type errors, unsafe variables, a call at column 0 that OPA
+reads as a rule conflicting with a built-in, recursion ...) is refused with OPA's message and
+line; then the portability rules run on OPA's AST (``ast_portability``).
+
+Without it, the lexical checks (``portability``, ``static_check``) run instead, and a warning
+says what is then not checked. ``serve`` falls back rather than refuse by default, because the
+binding cannot be a declared dependency (it declares Python >= 3.14); with
+``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1`` a load without it is refused (fail closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.policy import opa_compiler
+from sidecar.policy.ast_portability import ast_portability_issues
+from sidecar.policy.compat import RegoModule
+from sidecar.policy.errors import CompileError, PolicyLoadError, UnsupportedBuiltinError
+from sidecar.policy.portability import PortabilityError, PortabilityIssue, portability_issues
+from sidecar.policy.static_check import static_issues
+
+__all__ = [
+    "NOT_CHECKED",
+    "REQUIRE_ENV",
+    "OpaCompilerRequired",
+    "Vetting",
+    "enforce",
+    "vet",
+    "warn_once",
+]
+
+log = logging.getLogger(__name__)
+
+REQUIRE_ENV = "AGENT_SIDECAR_REQUIRE_OPA_COMPILER"
+NOT_CHECKED = (
+    "OPA's compiler is not available ({reason}): the policy is checked by a lexical scan "
+    "only, so type errors that need inference, unsafe variables, and calls, `not` and "
+    "comparisons written in forms the scan does not recognise are NOT checked; install "
+    "opa-golib-python-bindings (docs/policy-engines.md)"
+)
+
+
+class OpaCompilerRequired(PolicyLoadError):
+    """``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1`` and OPA's compiler is not available."""
+
+
+@dataclass(frozen=True)
+class Vetting:
+    """What the checker found. ``checker`` is ``"opa"`` or ``"lexical"`` (then ``warning``
+    says what was not checked)."""
+
+    checker: str
+    compile_errors: tuple[CompileError.Location, ...]
+    issues: tuple[PortabilityIssue, ...]
+    warning: str = ""
+
+
+def vet(modules: Iterable[RegoModule], data: Mapping[str, Any] | None = None) -> Vetting:
+    """Check ``modules`` by OPA's compiler where it is available, lexically otherwise."""
+    modules = list(modules)
+    reason = opa_compiler.unavailable_reason()
+    if reason:
+        return _lexical(modules, NOT_CHECKED.format(reason=reason))
+    findings = opa_compiler.compile_modules(modules, data)
+    if findings:
+        errors = tuple(
+            CompileError.Location(f.file, f.line, 0, f"{f.code}: {f.message} (OPA's compiler)")
+            for f in findings
+        )
+        return Vetting("opa", errors, ())
+    asts = [(m, opa_compiler.parse_module(m)) for m in modules]
+    return Vetting("opa", (), tuple(ast_portability_issues(asts)))
+
+
+def _lexical(modules: list[RegoModule], warning: str) -> Vetting:
+    issues = list(portability_issues(modules))
+    functions = {f for m in modules for f in m.defined_functions()}
+    for module in modules:
+        for s in static_issues(module, functions):
+            issues.append(PortabilityIssue(s.file, s.line, s.rule, s.message))
+    return Vetting("lexical", (), tuple(issues), warning)
+
+
+_warned: set[str] = set()
+
+
+def warn_once(warning: str) -> None:
+    """Log ``warning`` the first time this process sees it (each load would repeat it)."""
+    if warning and warning not in _warned:
+        _warned.add(warning)
+        log.warning(warning)
+
+
+def enforce(modules: Iterable[RegoModule], data: Mapping[str, Any] | None = None) -> Vetting:
+    """Raise for the first problem (``CompileError`` with OPA's messages,
+    ``UnsupportedBuiltinError``, ``PortabilityError``); warn (once per reason) when only the
+    lexical checks ran, or refuse then if ``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1``."""
+    result = vet(modules, data)
+    if result.warning:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            raise OpaCompilerRequired(f"{REQUIRE_ENV}=1: " + result.warning)
+        warn_once(result.warning)
+    if result.compile_errors:
+        raise CompileError(list(result.compile_errors))
+    if result.issues:
+        first = result.issues[0]
+        if first.builtin:
+            raise UnsupportedBuiltinError(first.builtin, first.file, first.line, first.message)
+        raise PortabilityError(first)
+    return result
