@@ -32,7 +32,7 @@ from sidecar.identity import (
 from sidecar.identity.credentials import wire_mtls
 from sidecar.listeners import listening
 from sidecar.metrics import Metrics
-from sidecar.pipeline import Mediator
+from sidecar.pipeline import Calls, build_calls
 from sidecar.policy import EmbeddedEngine, PolicyEngine
 from sidecar.policy.opa import OpaEngine
 from sidecar.policy.reload import PolicyReloader
@@ -183,7 +183,7 @@ class Sidecar:
     identity: WorkloadIdentity | None
     relay: HttpRelay
     audit: AuditLog
-    mediator: Mediator
+    calls: Calls
     server: SidecarServer
     shadow: PolicyEngine | None = None
     reloader: PolicyReloader | None = None
@@ -263,7 +263,7 @@ class Sidecar:
             state.on_resync(approvals.wake_all)
             state.on_resync(tasks.catch_up)
         users = UserVerifier(settings.users)
-        mediator = Mediator(
+        calls = build_calls(
             settings=settings,
             engine=engine,
             attestor=build_attestor(settings, identity),
@@ -280,10 +280,10 @@ class Sidecar:
             exchanger=exchanger,
         )
         metrics = Metrics(list(settings.targets))
-        mediator.metrics = metrics
+        calls.path.metrics = metrics
         metrics.watch(
             audit_counts=lambda: dict(audit.counts),
-            stats=lambda: dict(mediator.stats),
+            stats=lambda: dict(calls.path.stats),
             policy=lambda: (engine.name, engine.revision),
             svid_expires_at=lambda: _svid_expiry(identity),
             pending_approvals=approvals.pending_count,
@@ -302,8 +302,17 @@ class Sidecar:
                     admin_port = metrics.serve(settings.admin.listen)
             if settings.frontdoor.listen:
                 with listening("frontdoor.listen", settings.frontdoor.listen):
-                    frontdoor = FrontDoor(settings, mediator, engine, reuse_port=role.shared)
-            server = SidecarServer(settings, mediator, identity, engine, role=role)
+                    frontdoor = FrontDoor(settings, calls.models, engine, reuse_port=role.shared)
+            server = SidecarServer(
+                settings,
+                path=calls.path,
+                tools=calls.tools,
+                models=calls.models,
+                tasks=calls.tasks,
+                identity=identity,
+                engine=engine,
+                role=role,
+            )
             if role.primary:
                 with listening("approvals.listen", settings.approvals_listen):
                     approvals_server = AdminServer(settings, approvals, identity, record)
@@ -313,7 +322,9 @@ class Sidecar:
                 from sidecar.mcp.gateway import McpGateway
 
                 with listening("mcp.listen", settings.mcp.listen):
-                    mcp = McpGateway(settings, mediator, relay, credentials, state)
+                    mcp = McpGateway(
+                        settings, calls.path, calls.gate, calls.decider, relay, credentials, state
+                    )
                 if approvals_server is not None:
                     approvals_server.add_service(register_mcp_admin(mcp, audit))
         except BaseException:
@@ -327,7 +338,6 @@ class Sidecar:
                     else ()
                 ),
                 metrics.close,
-                mediator.close,
                 engine.close,
                 audit.close,
                 state.close,
@@ -350,7 +360,7 @@ class Sidecar:
             identity,
             relay,
             audit,
-            mediator,
+            calls,
             server,
             shadow,
             reloader,
@@ -387,7 +397,7 @@ class Sidecar:
             await self.frontdoor.start()
         if self.settings.authzen.listen and self.role.primary:
             pins = self.mcp.pins if self.mcp is not None else None
-            self.authzen = AuthZenServer(self.settings, self.mediator, self.identity, pins)
+            self.authzen = AuthZenServer(self.settings, self.calls.asserted, self.identity, pins)
             with listening("authzen.listen", self.settings.authzen.listen):
                 await self.authzen.start()
         if self.mcp is not None:
@@ -440,7 +450,7 @@ class Sidecar:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
         await self.relay.close()  # after the server: calls in flight have ended
-        await self.mediator.aclose()
+        await self.calls.aclose()
         for engine in (self.engine, self.shadow):
             aclose = getattr(engine, "aclose", None)
             if aclose is not None:
@@ -468,7 +478,6 @@ class Sidecar:
         self.server.release()
         if self.approvals_server is not None and self.approvals_server.claim is not None:
             self.approvals_server.claim.release()
-        self.mediator.close()
         self.engine.close()
         self.audit.close()
         if self.state is not None:

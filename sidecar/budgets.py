@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sidecar.config import BudgetSettings
+from sidecar.budgets_settings import BudgetSettings
 from sidecar.errors import SidecarError
 from sidecar.state import Conn, StateDb
 from sidecar.tasks import Task, TaskRegistry

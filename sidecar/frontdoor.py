@@ -42,9 +42,10 @@ import grpc
 from aiohttp import web
 
 from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, call_context, read_body
+from sidecar.calls.common import CallResult
+from sidecar.calls.models import ModelCalls
 from sidecar.config import Settings
 from sidecar.model_calls import ModelCall
-from sidecar.pipeline import CallResult, Mediator
 from sidecar.policy import PolicyEngine
 from sidecar.strict_json import StrictJsonError, loads_strict
 
@@ -97,13 +98,13 @@ class FrontDoor:
     def __init__(
         self,
         settings: Settings,
-        mediator: Mediator,
+        models: ModelCalls,
         engine: PolicyEngine,
         *,
         reuse_port: bool = False,
     ) -> None:
         self._settings = settings
-        self._mediator = mediator
+        self._calls = models  # the adapter this door serves
         self._user_header = settings.users.header
         host, _, port = settings.frontdoor.listen.rpartition(":")
         door = settings.frontdoor
@@ -146,7 +147,7 @@ class FrontDoor:
         return _plain_error(404, "not_found", f"no route {request.method} {request.path}")
 
     async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
-        result, models = await self._mediator.list_models(call_context(request, self._user_header))
+        result, models = await self._calls.list_models(call_context(request, self._user_header))
         if result.status != grpc.StatusCode.OK:
             return _error(result)
         return _json(
@@ -196,7 +197,7 @@ class FrontDoor:
         )
         if call.stream:
             return await self._stream(request, call)
-        result = await self._mediator.call_model(
+        result = await self._calls.call_model(
             "ChatCompletions",
             call,
             context=call_context(request, self._user_header),
@@ -211,7 +212,7 @@ class FrontDoor:
         an agent that goes away does not cut it short (it completes and is audited)."""
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         task = asyncio.ensure_future(
-            self._mediator.call_model(
+            self._calls.call_model(
                 "ChatCompletions",
                 call,
                 context=call_context(request, self._user_header),

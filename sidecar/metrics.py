@@ -39,6 +39,13 @@ class _Live(Collector):
         for result in ("written", "dropped", "failed", "checkpoints"):
             family.add_metric([result], audit.get(result, 0))
         yield family
+        sink = CounterMetricFamily(
+            "agent_sidecar_audit_sink_dropped_records",
+            "Audit records a sink dropped undelivered (retries exhausted or its buffer full)",
+            labels=["sink"],
+        )
+        sink.add_metric(["http"], audit.get("http_dropped", 0))
+        yield sink
         stats = self._sources.get("stats", dict)()
         yield CounterMetricFamily(
             "agent_sidecar_fail_open", "Calls allowed by fail-open", value=stats.get("fail_open", 0)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.classify import classify, redact
-from sidecar.config import ModelSettings
 from sidecar.errors import SidecarError
+from sidecar.relay.settings import ModelSettings
 from sidecar.strict_json import StrictJsonError, loads_strict
 
 __all__ = [

@@ -19,11 +19,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sidecar.config import TaskSettings
 from sidecar.errors import SidecarError
 from sidecar.ids import new_decision_id
 from sidecar.policy.input import TaskInfo
 from sidecar.state import StateDb
+from sidecar.tasks_settings import TaskSettings
 
 __all__ = ["Task", "TaskError", "TaskRegistry"]
 

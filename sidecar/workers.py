@@ -235,7 +235,10 @@ class Supervisor:
             daemon=True,
         ).start()
         with os.fdopen(read_fd, "rb") as ready:  # EOF without a byte: the worker exited
-            readable, _, _ = select.select([ready], [], [], START_TIMEOUT_S)
+            # poll, not select(): select() refuses fd numbers beyond FD_SETSIZE (1024)
+            poller = select.poll()
+            poller.register(ready, select.POLLIN)
+            readable = poller.poll(START_TIMEOUT_S * 1000)
             serving = bool(readable) and ready.read(1) == b"1"
         if not serving and proc.poll() is None:  # hung while starting
             log.error("worker did not serve in time", extra={"worker": worker.index})

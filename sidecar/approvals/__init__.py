@@ -9,19 +9,33 @@ Errors::
 
 from __future__ import annotations
 
-from sidecar.approvals.broker import ApprovalBroker
-from sidecar.approvals.errors import ApprovalError, ApproverRefused
-from sidecar.approvals.model import STATES, Approval, request_digest
-from sidecar.approvals.notify import Notifier
-from sidecar.approvals.store import ApprovalStore
+from sidecar._lazy import lazy_exports
 
 __all__ = [
     "STATES",
     "Approval",
     "ApprovalBroker",
     "ApprovalError",
+    "ApprovalSettings",
     "ApprovalStore",
     "ApproverRefused",
     "Notifier",
     "request_digest",
 ]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.approvals.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "ApprovalBroker": "broker",
+        "ApprovalError": "errors",
+        "ApproverRefused": "errors",
+        "STATES": "model",
+        "Approval": "model",
+        "request_digest": "model",
+        "Notifier": "notify",
+        "ApprovalStore": "store",
+        "ApprovalSettings": "settings",
+    },
+)

@@ -32,10 +32,10 @@ from sidecar.approvals.broker import ApprovalBroker
 from sidecar.approvals.errors import ApproverRefused
 from sidecar.approvals.model import STATES, Approval
 from sidecar.audit import AuditError
-from sidecar.calls.common import off_loop
 from sidecar.config import Settings
 from sidecar.identity import CallContext, IdentityError, MtlsAttestor, WorkloadIdentity
 from sidecar.state import StateError
+from sidecar.state.offloop import off_loop
 
 __all__ = ["APPROVALS_SERVICE", "AdminServer", "approval_message"]
 
@@ -197,8 +197,8 @@ class AdminServer:
         identity: WorkloadIdentity | None,
         record: Callable[[str, Approval | None, Mapping[str, Any], str], None],
     ) -> None:
+        from sidecar.identity.server_tls import mtls_server_credentials
         from sidecar.listeners import UnixSocketClaim, claim_unix_socket
-        from sidecar.server import mtls_server_credentials
 
         self._settings = settings
         self.claim: UnixSocketClaim | None = None

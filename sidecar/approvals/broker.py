@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sidecar.approvals.errors import ApprovalError, ApproverRefused
-from sidecar.approvals.model import Approval
+from sidecar.approvals.model import USER_CLAIMS, Approval
 from sidecar.approvals.selfapproval import self_approval
+from sidecar.approvals.settings import ApprovalSettings
 from sidecar.approvals.store import ApprovalStore
-from sidecar.config import ApprovalSettings
 from sidecar.ids import new_decision_id
 
 __all__ = ["ApprovalBroker"]
@@ -101,8 +101,8 @@ class ApprovalBroker:
     ) -> Approval:
         """The pending approval for this exact request: an existing one, or a new one.
         Atomic across threads and replicas: identical concurrent calls share one approval.
-        ``user``: the verified end user the call acts for (``sub``, ``iss``), who may then
-        not decide it."""
+        ``user``: the verified end user the call acts for (``USER_CLAIMS`` of it: ``sub``,
+        ``iss``, ``email``, ``preferred_username``), who may then not decide it."""
         now_ns = time.time_ns()
         ttl = min(ttl_s, self._settings.max_ttl_s)
         approval, created = self._store.open_once(
@@ -121,7 +121,7 @@ class ApprovalBroker:
                 decision_id=decision_id,
                 created_at_ns=now_ns,
                 expires_at_ns=now_ns + ttl * 1_000_000_000,
-                user={k: str(user[k]) for k in ("sub", "iss") if k in user} if user else {},
+                user={k: str(user[k]) for k in USER_CLAIMS if user.get(k)} if user else {},
             ),
             lambda recent, pending: self._check_rate(subject, recent, pending),
         )

@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["STATES", "Approval", "audit_record", "request_digest"]
+__all__ = ["STATES", "USER_CLAIMS", "Approval", "audit_record", "request_digest"]
+
+# What an approval keeps of the end user a call acts for: who (each name their token gives:
+# the console names approvers by e-mail, most IdPs issue an opaque ``sub``) and from where.
+USER_CLAIMS = ("sub", "iss", "email", "preferred_username")
 
 # pending -> approved -> used; pending -> denied | expired | revoked; approved -> expired | revoked
 STATES = ("pending", "approved", "denied", "used", "expired", "revoked")
@@ -77,8 +81,9 @@ class Approval:
     decision_reason: str = ""
     used_at_ns: int = 0
     used_by: str = ""
-    # The verified end user the agent acted for (``{"sub", "iss"}``), empty without one:
-    # that person may not decide the approval (self-approval through the user).
+    # The verified end user the agent acted for (``USER_CLAIMS``: ``sub``, ``iss`` and, when
+    # the token has them, ``email`` and ``preferred_username``), empty without one: that
+    # person, by any of those names, may not decide the approval (self-approval).
     user: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,7 +106,7 @@ class Approval:
             values[key] = tuple(values.get(key, ()))
         user = values.get("user")
         values["user"] = (
-            {str(k): str(v) for k, v in user.items() if k in ("sub", "iss")}
+            {str(k): str(v) for k, v in user.items() if k in USER_CLAIMS}
             if isinstance(user, Mapping)
             else {}
         )

@@ -15,6 +15,12 @@ never waits on the disk. A failed ``fsync`` fails the calls waiting on it and st
 is full the oldest is dropped and counted; calls never wait on or fail for the log. The writer
 survives any one record that cannot be written (counted as dropped); should it stop anyway,
 ``alive`` turns false: the sidecar reports NOT_SERVING and refuses to relay.
+
+Bounded on disk: the log rotates at ``max_bytes`` (``keep_files`` rotations kept), and the
+checkpoint file rotates with it, segment for segment (``audit.log.checkpoints.N`` holds the
+checkpoints of ``audit.log.N``): a checkpoint is written to the segment of the record it
+signs, never starting a new one, so when retention drops a segment it drops exactly the
+checkpoints whose records went with it.
 """
 
 from __future__ import annotations
@@ -61,10 +67,16 @@ class AuditLog:
         if fsync:
             self._file.before_rotate = self._file.sync  # records of a rotated file stay durable
         self._checkpoints = (
-            FileSink(checkpoints_path, fsync=fsync) if checkpoints_path is not None else None
+            FileSink(checkpoints_path, fsync=fsync, keep=keep_files)
+            if checkpoints_path is not None
+            else None
         )
+        if self._checkpoints is not None and max_bytes:
+            self._file.after_rotate = self._rotate_checkpoints
         self._stdout = StdoutSink() if stdout else None
         self._http = http
+        if http is not None:
+            http.on_dropped = self._count_http_dropped
         self.chain = Chain(
             self._file.head() or (0, "0" * 64),
             every=checkpoint_every,
@@ -208,6 +220,20 @@ class AuditLog:
             )
         self._sync_failed = why
 
+    def _rotate_checkpoints(self) -> None:
+        """The log started a new segment: so does the checkpoint file. Should that fail, the
+        checkpoints go on into its current file (still verified; pruned one segment late)."""
+        if self._checkpoints is None:
+            return
+        try:
+            self._checkpoints.rotate()
+        except (OSError, AuditError) as exc:
+            log.warning("audit checkpoint file not rotated", extra={"error": str(exc)})
+
+    def _count_http_dropped(self, records: int) -> None:
+        """The HTTP sink dropped ``records`` (``agent_sidecar_audit_sink_dropped_records``)."""
+        self.counts["http_dropped"] += records
+
     def _checkpoint_locked(self, closing: bool = False) -> None:
         """Sign and write a checkpoint. A failure here never fails the call whose record is
         already written: the checkpoint is retried with the next record."""
@@ -216,7 +242,7 @@ class AuditLog:
             if checkpoint is None:
                 return
             line = canonical(checkpoint) + b"\n"
-            self._file.write_line(line)
+            self._file.write_line(line, may_rotate=False)  # in the segment of its record
             if self._checkpoints is not None:
                 self._checkpoints.write_line(line)
             if self._http is not None:  # so the collector's copy verifies off the pod too

@@ -3,9 +3,11 @@
 ``FileSink``: JSON lines appended with one unbuffered ``write`` (``O_APPEND``, mode 0600),
 optionally fsynced; a write that fails part-way is cut back, so no torn line is left;
 rotated by size (``audit.log`` -> ``audit.log.1`` ...), the chain
-continuing across files. ``StdoutSink``. ``HttpSink``: batched POSTs to a collector in OPA's
-decision-log event format, retried with backoff, off the call path; what cannot be delivered
-is counted as dropped.
+continuing across files; a companion file (the checkpoint copy) rotates with it, so the
+retention that drops a segment drops the companion's segment too. ``StdoutSink``.
+``HttpSink``: batched POSTs to a collector in OPA's decision-log event format, retried with
+backoff, off the call path; what cannot be delivered is counted as dropped (and reported
+through ``on_dropped``, for ``/metrics``).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ log = logging.getLogger(__name__)
 
 
 def rotated_files(path: Path) -> list[Path]:
-    """``path`` and its rotations, oldest first."""
+    """``path`` and its rotations (``path.N``), oldest first. Only ``path`` + ``.`` + digits
+    is a rotation: ``audit.log.checkpoints.1`` is the checkpoint file's, not the log's."""
     if not path.parent.is_dir():
         return []
+    start = len(path.name) + 1
     rotations = sorted(
-        (p for p in path.parent.glob(path.name + ".*") if p.suffix.lstrip(".").isdigit()),
-        key=lambda p: int(p.suffix.lstrip(".")),
+        (p for p in path.parent.glob(path.name + ".*") if p.name[start:].isdigit()),
+        key=lambda p: int(p.name[start:]),
         reverse=True,
     )
     return [*rotations, path] if path.exists() else rotations
@@ -49,6 +53,8 @@ class FileSink:
         self._keep = keep
         self._fd = -1
         self.before_rotate: Callable[[], None] | None = None
+        # Called once the file has rotated: its companion (the checkpoint copy) rotates too.
+        self.after_rotate: Callable[[], None] | None = None
         self._open()
 
     @property
@@ -115,9 +121,19 @@ class FileSink:
                     return int(doc["seq"]), str(doc["hash"])
         return None
 
-    def write_line(self, line: bytes) -> None:
-        if self._max_bytes and self._size and self._size + len(line) > self._max_bytes:
-            self._rotate()
+    def write_line(self, line: bytes, *, may_rotate: bool = True) -> None:
+        """Append ``line``. ``may_rotate=False`` keeps it in the current file even past
+        ``max_bytes`` (a checkpoint stays in the segment of the record it signs)."""
+        if (
+            may_rotate
+            and self._max_bytes
+            and self._size
+            and self._size + len(line) > self._max_bytes
+        ):
+            try:
+                self._rotate()
+            except OSError as exc:  # the record is not written: the call fails closed
+                raise AuditError(f"{self.path}: cannot rotate the audit log: {exc}") from exc
         try:
             written = os.write(self._fd, line)
             if written != len(line):
@@ -138,16 +154,25 @@ class FileSink:
         except OSError as exc:  # nothing more can be done; verify names the torn line
             log.error("could not cut a torn audit line", extra={"error": str(exc)})
 
+    def rotate(self) -> None:
+        """Start a new file now (``path`` -> ``path.1`` ..., ``keep`` rotations kept)."""
+        self._rotate()
+
     def _rotate(self) -> None:
         if self.before_rotate is not None:
             self.before_rotate()
         os.close(self._fd)
-        for n in range(self._keep - 1, 0, -1):
-            older = self.path.with_name(f"{self.path.name}.{n}")
-            if older.exists():
-                older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
-        self.path.replace(self.path.with_name(self.path.name + ".1"))
-        self._open()
+        self._fd = -1
+        try:
+            for n in range(self._keep - 1, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                if older.exists():
+                    older.replace(self.path.with_name(f"{self.path.name}.{n + 1}"))
+            self.path.replace(self.path.with_name(self.path.name + ".1"))
+        finally:  # renamed or not, the sink writes to ``path`` again, never to a closed fd
+            self._open()
+        if self.after_rotate is not None:
+            self.after_rotate()
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -189,6 +214,9 @@ class HttpSink:
         self._stop = threading.Event()
         self.delivered = 0
         self.dropped = 0
+        # Told how many records were just dropped (under the sink's lock, so never
+        # concurrently): the audit log counts them for ``/metrics``.
+        self.on_dropped: Callable[[int], None] | None = None
         import requests  # here, not at import: only a configured sink or webhook loads it
 
         self._requests = requests
@@ -214,7 +242,7 @@ class HttpSink:
         with self._lock:
             if len(self._queue) >= self._buffer:
                 self._queue.popleft()
-                self.dropped += 1
+                self._count_dropped(1)
             self._queue.append(event)
             if len(self._queue) >= self._batch:
                 self._wake.set()
@@ -244,10 +272,17 @@ class HttpSink:
                     time.sleep(delay)
                     delay *= 2
             else:
-                self.dropped += len(batch)
+                with self._lock:
+                    self._count_dropped(len(batch))
                 log.error(
                     "audit collector unreachable; batch dropped", extra={"records": len(batch)}
                 )
+
+    def _count_dropped(self, records: int) -> None:
+        """Count ``records`` dropped (the caller holds ``_lock``)."""
+        self.dropped += records
+        if self.on_dropped is not None:
+            self.on_dropped(records)
 
     def close(self) -> None:
         self._stop.set()

@@ -15,8 +15,9 @@ Checks, naming the first bad record by its sequence number:
   intermediates that are CAs and themselves chain to it (never to a CA the log supplies),
   every certificate on the path valid at the checkpoint's time; the leaf's SPIFFE ID is the
   checkpoint's signer, in the bundle's trust domain, and one of ``--signer`` when given;
-- no checkpoint, in the log or in the separate checkpoint file, covers records the log no
-  longer has (truncated after a checkpoint).
+- no checkpoint, in the log or in the separate checkpoint file (and its rotations, which
+  rotate with the log's segments), covers records the log no longer has (truncated after a
+  checkpoint).
 
 A log no signature covers at all fails. Records after the last checkpoint are not yet covered
 by a signature: more than ``max_unsealed_records`` of them, or a tail written more than
@@ -47,6 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from sidecar.audit.chain import GENESIS, canonical, checkpoint_payload, digest
+from sidecar.audit.sinks import rotated_files
 from sidecar.strict_json import DuplicateKeyError, reject_duplicate_keys
 
 __all__ = ["VerifyReport", "verify"]
@@ -304,8 +306,8 @@ def verify(
         prev = doc.get("hash", "")
         expected = max(expected, seq) + 1
         report.last_seq = max(report.last_seq, seq)
-    if checkpoints_file is not None and checkpoints_file.exists():
-        for where, number, line, _ in _lines([checkpoints_file]):
+    if checkpoints_file is not None:  # the file and its rotations (audit.log.checkpoints.N)
+        for where, number, line, _ in _lines(rotated_files(checkpoints_file)):
             try:
                 checkpoints.append((f"{where} (checkpoint file)", _parse(line)))
             except _BadLine as exc:

@@ -7,7 +7,23 @@ application) ask the sidecar's Rego through the standard evaluation endpoints.
 
 from __future__ import annotations
 
-from sidecar.authzen.mapping import AuthZenRequestError, EvaluationError
-from sidecar.authzen.server import AuthZenServer
+from sidecar._lazy import lazy_exports
 
-__all__ = ["AuthZenRequestError", "AuthZenServer", "EvaluationError"]
+__all__ = [
+    "AuthZenRequestError",
+    "AuthZenServer",
+    "AuthZenSettings",
+    "EvaluationError",
+]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.authzen.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "AuthZenRequestError": "mapping",
+        "EvaluationError": "mapping",
+        "AuthZenServer": "server",
+        "AuthZenSettings": "settings",
+    },
+)

@@ -36,13 +36,14 @@ from sidecar.authzen.mapping import (
     to_decision,
 )
 from sidecar.authzen.search import KINDS, PageTokens, SearchError, search
-from sidecar.calls.common import off_loop
+from sidecar.calls.asserted import AssertedCalls
 from sidecar.config import Settings
 from sidecar.identity.credentials import load_svid, server_context
 from sidecar.identity.workload import WorkloadIdentity
 from sidecar.mcp.pins import PinStore
 from sidecar.policy.source import load_policy_dir
 from sidecar.state import StateError
+from sidecar.state.offloop import off_loop
 from sidecar.strict_json import StrictJsonError, loads_strict
 
 __all__ = ["AuthZenServer"]
@@ -61,7 +62,7 @@ class AuthZenServer:
     def __init__(
         self,
         settings: Settings,
-        mediator: Any,
+        asserted: AssertedCalls,
         identity: WorkloadIdentity | None,
         pins: PinStore | None = None,
     ) -> None:
@@ -69,7 +70,7 @@ class AuthZenServer:
         self._pins = pins  # the MCP servers' pinned tools (None: no MCP servers)
         self._tokens = PageTokens()  # a key of this process: a restart ends every paging
         self._config = settings.authzen
-        self._mediator = mediator
+        self._asserted = asserted  # the adapter: decide-only, for an asserted subject
         self._identity = identity
         self._runner: web.AppRunner | None = None
         self._tls: ssl.SSLContext | None = None
@@ -268,7 +269,7 @@ class AuthZenServer:
             evaluation = parse_evaluation(item, catalog)
         except EvaluationError as exc:
             return error_decision(exc)
-        result = await self._mediator.evaluate(
+        result = await self._asserted.evaluate(
             rpc,
             evaluation.subject,
             evaluation.action,

@@ -1,7 +1,8 @@
 """Decide-only for a subject another enforcement point asserts (AuthZEN evaluations): the
 same policy, deadline and failure codes as ``Check``, one audit record naming the caller.
 
-A part of :class:`sidecar.pipeline.Mediator`: it uses the guarded path.
+An adapter on the guarded path (``run`` and ``finish``): the subject is asserted, not
+established, and nothing is relayed, so it asks the decider itself.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import grpc
 
 from sidecar.audit import CallRecord, payload_view
 from sidecar.calls.common import CallResult, action_record
+from sidecar.calls.decide import Decider
+from sidecar.calls.guarded import GuardedPath
 from sidecar.identity import Subject
 from sidecar.policy import Action, build_input
 from sidecar.tracing import trace_context
@@ -24,6 +27,10 @@ log = logging.getLogger("sidecar.pipeline")
 
 class AssertedCalls:
     """Evaluations for AuthZEN callers (sidecar/authzen/)."""
+
+    def __init__(self, path: GuardedPath, decider: Decider) -> None:
+        self._path = path
+        self._decider = decider
 
     async def evaluate(
         self,
@@ -56,7 +63,9 @@ class AssertedCalls:
                 user=user,
             )
             trace = trace_context(())
-            decided = await self._decide_recorded(record, input_doc, deadline, action.name, trace)
+            decided = await self._decider.decide_recorded(
+                record, input_doc, deadline, action.name, trace
+            )
             decision = decided.decision
             record.action["arguments"] = payload_view(arguments, decision.obligations.log)
             return CallResult(
@@ -67,4 +76,4 @@ class AssertedCalls:
                 policy_revision=decided.revision,
             )
 
-        return await self._guarded(rpc, time_remaining, run)
+        return await self._path.run(rpc, time_remaining, run)

@@ -3,12 +3,8 @@ stop that ends it with a stable code, and the helpers around them."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import math
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +15,7 @@ from sidecar.identity import Subject
 from sidecar.model_calls import Usage
 from sidecar.policy import Action, Decision
 from sidecar.relay import UpstreamResponse
+from sidecar.state.offloop import STATE_THREAD, off_loop
 from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.tasks import Task
 from sidecar.users import User
@@ -50,18 +47,6 @@ ANSWER_MARGIN_S = 0.05
 # Left out of intent records (write-ahead): the call's own record carries them, and they are
 # the large part (the policy input under log: full).
 NOT_IN_INTENT = frozenset({"input", "shadow", "latency_ms"})
-
-
-# One thread for state work: the database serialises its writes anyway, and one worker spares
-# the hand-offs between several threads contending for its lock.
-STATE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
-
-
-async def off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """State work runs in a thread: a locked database (SQLite's busy wait) may stall the calls
-    that need it, never the event loop and the calls that do not."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(STATE_THREAD, functools.partial(fn, *args, **kwargs))
 
 
 def answer_margin(time_remaining: float) -> float:

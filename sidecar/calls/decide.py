@@ -2,7 +2,8 @@
 every failure a deny with its stable code (fail-open only for configured read tools when the
 engine, not policy, failed), and the answer on record.
 
-A part of :class:`sidecar.pipeline.Mediator`: the guarded path calls it.
+One :class:`Decider` per sidecar: the guarded path asks it for every call; the adapters that
+only list (models, the MCP list phase) and AuthZEN evaluations ask it directly.
 """
 
 from __future__ import annotations
@@ -10,28 +11,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from typing import Any
 
 from sidecar.audit import CallRecord
 from sidecar.calls.common import Decided
 from sidecar.policy import Decision, DecisionError, PolicyEngine, parse_decision
 from sidecar.policy.decision import ENGINE_FAILURES
+from sidecar.tracing import TraceContext, Tracer
 
-__all__ = ["Deciding"]
+__all__ = ["Decider"]
 
 log = logging.getLogger("sidecar.pipeline")
 
 
-class Deciding:
-    """Policy decisions for the guarded path."""
+class Decider:
+    """The policy engine (and the shadow beside it) behind every decision of this sidecar.
+    ``stats`` counts fail-open and shadow outcomes for operators (sidecar.metrics)."""
 
-    async def _decide_recorded(
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        *,
+        query: str,
+        timeout_s: float,
+        fail_open: frozenset[str],
+        stats: Counter[str],
+        tracer: Tracer,
+        shadow: PolicyEngine | None = None,
+    ) -> None:
+        self._engine = engine
+        self._shadow = shadow
+        self._query = query
+        self._timeout_s = timeout_s
+        self._fail_open = fail_open
+        self._stats = stats
+        self._tracer = tracer
+
+    @property
+    def revision(self) -> str:
+        """The policy revision in force now (keys what may be cached per revision)."""
+        return self._engine.revision
+
+    async def decide(self, input_doc: dict[str, Any], deadline: float, tool: str) -> Decided:
+        """Ask policy alone, nothing on record: for lists that decide per entry."""
+        return await self._decide(self._engine, input_doc, deadline, tool)
+
+    async def decide_recorded(
         self,
         record: CallRecord,
         input_doc: dict[str, Any],
         deadline: float,
         tool: str,
-        trace: Any,
+        trace: TraceContext,
     ) -> Decided:
         """Ask policy (and the shadow policy) and put the answer on record."""
         t0 = time.perf_counter()
@@ -50,16 +82,16 @@ class Deciding:
         record.policy = {
             "engine": self._engine.name,
             "revision": decided.revision,
-            "query": self._settings.policy.query,
+            "query": self._query,
         }
         if decided.engine_decision_id:
             record.policy["engine_decision_id"] = decided.engine_decision_id
         record.decision = decision.to_dict()
         if shadow is not None:
             record.shadow = shadow.decision.to_dict() | {"revision": shadow.revision}
-            self.stats["shadow_evaluations"] += 1
+            self._stats["shadow_evaluations"] += 1
             if shadow.decision.effect != decision.effect:
-                self.stats["shadow_disagreements"] += 1
+                self._stats["shadow_disagreements"] += 1
         log.info(
             "decision",
             extra={
@@ -78,7 +110,7 @@ class Deciding:
         ``policy.fail_open_on_engine_error`` is allowed when the *engine* fails (counted,
         audited as ``fail_open``); never when policy answered."""
         loop = asyncio.get_running_loop()
-        timeout = min(self._settings.policy.timeout_ms / 1000, deadline - loop.time())
+        timeout = min(self._timeout_s, deadline - loop.time())
         revision = engine.revision
         engine_decision_id: str | None = None
         try:
@@ -97,7 +129,7 @@ class Deciding:
                 extra={"decision_id": input_doc["request_id"], "code": exc.code, "error": str(exc)},
             )
             if engine is self._engine and exc.code in ENGINE_FAILURES and tool in self._fail_open:
-                self.stats["fail_open"] += 1
+                self._stats["fail_open"] += 1
                 log.warning(
                     "FAIL OPEN: engine failure on a read tool configured to fail open",
                     extra={"decision_id": input_doc["request_id"], "tool": tool, "code": exc.code},

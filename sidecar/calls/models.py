@@ -1,8 +1,8 @@
 """Model calls (``CallModel``, ``StreamModel``, the front door): the prompt summarised for
 policy, budgets reserved before relay and settled after, completions and streams redacted.
 
-A part of :class:`sidecar.pipeline.Mediator`: the guarded path (sidecar/calls/guarded.py)
-does the rest.
+An adapter: it receives the guarded path (sidecar/calls/guarded.py), which does the rest;
+listing the models asks the decider per alias.
 """
 
 from __future__ import annotations
@@ -17,9 +17,13 @@ from typing import Any
 import grpc
 
 from sidecar.audit import CallRecord, payload_view
-from sidecar.budgets import BudgetExceeded
+from sidecar.budgets import BudgetExceeded, Budgets
 from sidecar.calls.common import CallResult, Facts, Stop, action_record, off_loop
+from sidecar.calls.decide import Decider
+from sidecar.calls.guarded import GuardedPath
+from sidecar.calls.relaying import RelayGate
 from sidecar.classify import classify, redact
+from sidecar.config import Settings
 from sidecar.identity import CallContext
 from sidecar.ids import new_decision_id
 from sidecar.model_calls import (
@@ -38,6 +42,7 @@ from sidecar.model_calls import (
 from sidecar.outcomes import status_for, status_for_http
 from sidecar.policy import Action, build_input
 from sidecar.relay import RelayError, UpstreamStatusError
+from sidecar.relay.models import ModelRelay
 from sidecar.relay.scrub import Scrubber
 
 __all__ = ["ModelCalls"]
@@ -46,7 +51,23 @@ log = logging.getLogger("sidecar.pipeline")
 
 
 class ModelCalls:
-    """Model calls over gRPC and the front door."""
+    """Model calls over gRPC and the front door, on the configured providers."""
+
+    def __init__(
+        self,
+        path: GuardedPath,
+        gate: RelayGate,
+        decider: Decider,
+        models: ModelRelay,
+        budgets: Budgets,
+        settings: Settings,
+    ) -> None:
+        self._path = path
+        self._gate = gate
+        self._decider = decider
+        self._models = models
+        self._budgets = budgets
+        self._settings = settings
 
     async def call_model(
         self,
@@ -60,7 +81,7 @@ class ModelCalls:
         """Decide and relay one chat completion (``CallModel``, ``StreamModel``, the front
         door). A stream hands ``emit("start", result)`` once relaying begins, then
         ``emit("chunk", chunk)`` per chunk; the returned result carries the usage."""
-        return await self._guarded(
+        return await self._path.run(
             rpc,
             time_remaining,
             lambda record, deadline: self._run_model(record, rpc, request, context, deadline, emit),
@@ -76,7 +97,7 @@ class ModelCalls:
         emit: Callable[[str, Any], None] | None,
     ) -> CallResult:
         settings = self._settings
-        trace = self._begin(record, context, request.intent)
+        trace = self._path.begin(record, context, request.intent)
         record.action = {"kind": "model", "name": request.model}
         model = settings.models.get(request.model)
         if not request.model:
@@ -93,7 +114,7 @@ class ModelCalls:
             "model": model.model or request.model,
             "stream": request.stream,
         }
-        subject, chain, user, task = await self._establish(
+        subject, chain, user, task = await self._path.establish(
             record,
             context,
             trace,
@@ -117,7 +138,7 @@ class ModelCalls:
         )
         record.action = action_record(action, prompt)
         facts = Facts(subject, chain, task, request.task_id, action, prompt, user)
-        decided, common = await self._authorize(
+        decided, common = await self._path.authorize(
             record,
             facts,
             acting=True,
@@ -145,14 +166,14 @@ class ModelCalls:
             max_tokens=obligations.max_tokens,
             stream=request.stream,
         )
-        remaining = self._time_to_relay(deadline, common)
+        remaining = self._path.time_to_relay(deadline, common)
         provider = settings.providers[model.provider]
         record.upstream = {
             "target": model.provider,
             "method": "POST",
             "url": self._models.url(model.provider),
         }
-        await self._before_relay(record, common)
+        await self._path.before_relay(record, common)
         headers = {
             "X-Request-Id": record.decision_id,
             "traceparent": trace.child_header(),
@@ -247,7 +268,7 @@ class ModelCalls:
         record.action = {"kind": "model", "name": "*"}
         allowed: list[str] = []
         try:
-            subject = self._attest(record, context)
+            subject = self._path.attest(record, context)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._settings.policy.timeout_ms / 1000 * 4
             for alias, model in sorted(self._settings.models.items()):
@@ -264,7 +285,7 @@ class ModelCalls:
                     subject=subject,
                     action=action,
                 )
-                decided = await self._decide(self._engine, input_doc, deadline, alias)
+                decided = await self._decider.decide(input_doc, deadline, alias)
                 if decided.decision.effect in ("allow", "step_up"):
                     allowed.append(alias)
             record.model = {"listed": allowed}
@@ -277,7 +298,7 @@ class ModelCalls:
             result = CallResult(
                 record.decision_id, "internal_error", status_for("internal_error"), "internal error"
             )
-        return await self._finish(record, result, started), allowed
+        return await self._path.finish(record, result, started), allowed
 
     async def _complete_model(
         self,
@@ -287,7 +308,7 @@ class ModelCalls:
         timeout: float,
         remaining: float,
     ) -> dict[str, Any]:
-        async with self._target_slots[provider], self._relay_slots:
+        async with self._gate.slots(provider):
             return await asyncio.wait_for(
                 self._models.complete(provider, body, timeout_s=timeout, headers=headers),
                 timeout=remaining,
@@ -353,7 +374,7 @@ class ModelCalls:
                     handle(chunk)
 
         try:
-            async with self._target_slots[provider], self._relay_slots:
+            async with self._gate.slots(provider):
                 await asyncio.wait_for(relay(), timeout=remaining)
         finally:
             # What the redactor still holds (redacted) goes out too, even if the stream broke.

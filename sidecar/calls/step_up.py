@@ -2,7 +2,7 @@
 the call waits for it within its deadline (or answers with its id), and a retry carrying a
 granted approval is decided again with ``input.approval``, once.
 
-A part of :class:`sidecar.pipeline.Mediator`: it uses the guarded path's state.
+Only the guarded path's ``authorize`` step uses it: no adapter handles approvals itself.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from sidecar.approvals import Approval, ApprovalError
+from sidecar.approvals import Approval, ApprovalBroker, ApprovalError
 from sidecar.audit import CallRecord, payload_view
 from sidecar.calls.common import Decided, Facts, Stop, off_loop
 from sidecar.policy import ApprovalInfo
@@ -23,9 +23,13 @@ log = logging.getLogger("sidecar.pipeline")
 
 
 class StepUp:
-    """Approvals for step_up decisions."""
+    """Approvals for step_up decisions, on the broker every path shares."""
 
-    async def _request_approval(
+    def __init__(self, approvals: ApprovalBroker, *, max_ttl_s: int) -> None:
+        self._approvals = approvals
+        self._max_ttl_s = max_ttl_s
+
+    async def request(
         self, record: CallRecord, decided: Decided, digest: str, facts: Facts
     ) -> Approval:
         decision = decided.decision
@@ -42,7 +46,7 @@ class StepUp:
                 task_id=facts.task_id,
                 reasons=decision.reasons,
                 approvers=obligation.approvers if obligation else (),
-                ttl_s=obligation.ttl_s if obligation else self._settings.approvals.max_ttl_s,
+                ttl_s=obligation.ttl_s if obligation else self._max_ttl_s,
                 policy_revision=decided.revision,
                 decision_id=record.decision_id,
                 user=facts.user.to_record() if facts.user is not None else None,
@@ -52,7 +56,7 @@ class StepUp:
         record.approval = {"id": pending.id, "state": "pending", "digest": pending.digest}
         return pending
 
-    async def _await_approval(
+    async def wait(
         self, record: CallRecord, approval_id: str, decided: Decided, deadline: float
     ) -> Approval:
         """Park the call until the approval is decided, it expires or the deadline comes."""
@@ -65,12 +69,12 @@ class StepUp:
         assert approval is not None
         record.approval = approval.summary()
         if approval.state == "pending":
-            raise self._step_up_stop(
+            raise self.stop(
                 decided, approval_id, "the call's deadline came before an approver decided"
             )
         return approval
 
-    async def _use_approval(
+    async def use(
         self,
         record: CallRecord,
         approval_id: str,
@@ -100,9 +104,9 @@ class StepUp:
                     f"approval {approval_id} is still pending at the call's deadline",
                     approval_id=approval_id,
                 )
-        return await self._claim(record, approval_id, digest)
+        return await self.claim(record, approval_id, digest)
 
-    async def _claim(self, record: CallRecord, approval_id: str, digest: str) -> ApprovalInfo:
+    async def claim(self, record: CallRecord, approval_id: str, digest: str) -> ApprovalInfo:
         try:
             approval = await off_loop(
                 self._approvals.claim, approval_id, digest, used_by=record.decision_id
@@ -121,7 +125,7 @@ class StepUp:
             reason=approval.decision_reason,
         )
 
-    async def _check_revision(self, record: CallRecord, decided: Decided) -> None:
+    async def check_revision(self, record: CallRecord, decided: Decided) -> None:
         """An approval is for the policy revision that asked for it; the re-decision must be
         by the same one (a reload in between makes the approval useless, never broader)."""
         used = (
@@ -136,12 +140,12 @@ class StepUp:
             )
 
     @staticmethod
-    def _no_wait_why(no_wait: bool | str) -> str:
+    def no_wait_why(no_wait: bool | str) -> str:
         """Why a stepped-up call answered at once: the agent's own no_wait (True), or the
         sidecar's reason (a text: its setting decided it)."""
         return no_wait if isinstance(no_wait, str) else "the agent asked not to wait"
 
-    def _step_up_stop(self, decided: Decided, approval_id: str, why: str) -> Stop:
+    def stop(self, decided: Decided, approval_id: str, why: str) -> Stop:
         reasons = "; ".join(decided.decision.reasons) or "approval required"
         return Stop(
             "approval_required",

@@ -1,6 +1,7 @@
 """``StartTask`` and ``EndTask``: audited like calls; ending a task revokes what it held.
 
-A part of :class:`sidecar.pipeline.Mediator`.
+An adapter on the guarded path: it takes only its ``attest`` and ``finish`` steps (a task
+is no action policy decides; its owner is the attested caller).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import grpc
 
 from sidecar.audit import CallRecord
 from sidecar.calls.common import CallResult, Stop, TaskResult, off_loop
+from sidecar.calls.guarded import GuardedPath
 from sidecar.identity import CallContext
 from sidecar.ids import new_decision_id
 from sidecar.outcomes import status_for
 from sidecar.state import StateError
-from sidecar.tasks import Task, TaskError
+from sidecar.tasks import Task, TaskError, TaskRegistry
 
 __all__ = ["TaskCalls"]
 
@@ -24,7 +26,11 @@ log = logging.getLogger("sidecar.pipeline")
 
 
 class TaskCalls:
-    """StartTask and EndTask."""
+    """StartTask and EndTask on the task registry."""
+
+    def __init__(self, path: GuardedPath, tasks: TaskRegistry) -> None:
+        self._path = path
+        self._tasks = tasks
 
     async def task_rpc(
         self,
@@ -44,7 +50,7 @@ class TaskCalls:
         record.intent = intent
         task: Task | None = None
         try:
-            subject = self._attest(record, context)
+            subject = self._path.attest(record, context)
             try:
                 if rpc == "StartTask":
                     task = await off_loop(self._tasks.start, subject.spiffe_id, intent, ttl_s)
@@ -76,7 +82,7 @@ class TaskCalls:
                 exc.agent_message,
             )
         call = CallResult(result.decision_id, result.code, result.status, result.message)
-        finished = await self._finish(record, call, started)
+        finished = await self._path.finish(record, call, started)
         if finished.code != result.code:  # the audit record could not be written
             return TaskResult(
                 finished.decision_id, finished.code, finished.status, finished.message

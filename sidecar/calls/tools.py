@@ -1,8 +1,7 @@
 """Tool calls (``CallTool`` and ``Check``): the tool's action from its configuration, the
 upstream request built from the arguments, the credential injected, the answer scrubbed.
 
-A part of :class:`sidecar.pipeline.Mediator`: the guarded path (sidecar/calls/guarded.py)
-does the rest.
+An adapter: it receives the guarded path (sidecar/calls/guarded.py), which does the rest.
 """
 
 from __future__ import annotations
@@ -24,13 +23,23 @@ from sidecar.calls.common import (
     action_record,
     parse_arguments,
 )
+from sidecar.calls.guarded import GuardedPath
+from sidecar.calls.relaying import RelayGate
 from sidecar.classify import classify, redact
+from sidecar.config import Settings
 from sidecar.identity import CallContext, IdentityError
 from sidecar.outcomes import status_for_http
 from sidecar.policy import Action
 from sidecar.policy.decision import CredentialObligation
-from sidecar.relay import RelayError, UpstreamResponse, UpstreamStatusError, build_request
+from sidecar.relay import (
+    HttpRelay,
+    RelayError,
+    UpstreamResponse,
+    UpstreamStatusError,
+    build_request,
+)
 from sidecar.relay.scrub import Scrubber
+from sidecar.tracing import Tracer
 from sidecar.users import User
 
 __all__ = ["ToolCalls"]
@@ -39,7 +48,21 @@ log = logging.getLogger("sidecar.pipeline")
 
 
 class ToolCalls:
-    """CallTool and Check."""
+    """CallTool and Check: the configured tools, relayed over HTTP."""
+
+    def __init__(
+        self,
+        path: GuardedPath,
+        gate: RelayGate,
+        relay: HttpRelay,
+        settings: Settings,
+        tracer: Tracer,
+    ) -> None:
+        self._path = path
+        self._gate = gate
+        self._relay = relay
+        self._settings = settings
+        self._tracer = tracer
 
     async def call(
         self,
@@ -50,7 +73,7 @@ class ToolCalls:
         time_remaining: float | None,
     ) -> CallResult:
         """Decide (``Check``) or decide and relay (``CallTool``) one request."""
-        return await self._guarded(
+        return await self._path.run(
             rpc,
             time_remaining,
             lambda record, deadline: self._run(record, rpc, request, context, deadline),
@@ -65,7 +88,7 @@ class ToolCalls:
         deadline: float,
     ) -> CallResult:
         settings = self._settings
-        trace = self._begin(record, context, request.intent)
+        trace = self._path.begin(record, context, request.intent)
         record.action = {"kind": "tool", "name": request.tool}
         if not request.tool:
             raise Stop("malformed_request", "tool is required")
@@ -73,7 +96,7 @@ class ToolCalls:
         if tool is None:
             raise Stop("unknown_tool", f"tool {request.tool!r} is not configured")
         arguments = parse_arguments(request.arguments_json)
-        subject, chain, user, task = await self._establish(
+        subject, chain, user, task = await self._path.establish(
             record,
             context,
             trace,
@@ -91,7 +114,7 @@ class ToolCalls:
         )
         record.action = action_record(action, arguments)
         facts = Facts(subject, chain, task, request.task_id, action, arguments, user)
-        decided, common = await self._authorize(
+        decided, common = await self._path.authorize(
             record,
             facts,
             acting=rpc == "CallTool",
@@ -119,13 +142,13 @@ class ToolCalls:
             raise Stop(exc.code, str(exc), **common) from exc
 
         timeout = tool.timeout_s or settings.targets[tool.target].timeout_s
-        remaining = self._time_to_relay(deadline, common)
+        remaining = self._path.time_to_relay(deadline, common)
         record.upstream = {
             "target": tool.target,
             "method": upstream_request.method,
             "url": upstream_request.url,
         }
-        await self._before_relay(record, common)
+        await self._path.before_relay(record, common)
         scrubber = Scrubber()
         t0 = time.perf_counter()
         try:
@@ -198,6 +221,8 @@ class ToolCalls:
         user: User | None,
     ) -> UpstreamResponse:
         headers = {"X-Request-Id": record.decision_id, "traceparent": traceparent}
-        headers.update(await self._credential_headers(target, credential, task_id, scrubber, user))
-        async with self._target_slots[target], self._relay_slots:
+        headers.update(
+            await self._gate.credential_headers(target, credential, task_id, scrubber, user)
+        )
+        async with self._gate.slots(target):
             return await self._relay.send(target, request, timeout_s=timeout, headers=headers)

@@ -35,20 +35,24 @@ def audit_verify(args: argparse.Namespace) -> int:
         if path is not None and not path.is_file():
             raise SidecarError(f"{option} {path}: file not found")
     if len(args.files) == 1 and args.checkpoints is None:
-        groups = [_audit_files([segment]) for segment in segments(args.files[0])]
+        groups = [(segment, _audit_files([segment])) for segment in segments(args.files[0])]
     else:
-        groups = [_audit_files(args.files)]
+        groups = [(None, _audit_files(args.files))]
     intact = True
-    for files in groups:
+    for live, files in groups:
         prefix = f"{files[-1].name}: " if len(groups) > 1 else ""
-        intact = _verify_segment(files, args, prefix) and intact
+        intact = _verify_segment(files, args, prefix, live) and intact
     return 0 if intact else 1
 
 
-def _verify_segment(files: list[Path], args: argparse.Namespace, prefix: str) -> bool:
+def _verify_segment(
+    files: list[Path], args: argparse.Namespace, prefix: str, live: Path | None = None
+) -> bool:
     from sidecar.audit import verify
 
-    checkpoints = args.checkpoints or files[-1].with_name(files[-1].name + ".checkpoints")
+    # The live file's checkpoint file, even when only the live file's rotations are left.
+    live = live or files[-1]
+    checkpoints = args.checkpoints or live.with_name(live.name + ".checkpoints")
     report = verify(
         files,
         checkpoints_file=checkpoints,

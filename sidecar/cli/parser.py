@@ -102,7 +102,7 @@ def _serving(sub: argparse._SubParsersAction) -> None:
         help="what may this agent use: every tool, model and MCP tool decided, as a table",
         description="Decides every configured tool and model and every pinned MCP tool for "
         "one agent with the policy of --config, locally (no running sidecar): allow, deny or "
-        "step_up and the reasons, each as a first call (no arguments, no task).",
+        "step_up and the reasons, each as a first call (no arguments; no task unless --task).",
     )
     ex.add_argument("--config", required=True, type=Path, help="YAML config file")
     ex.add_argument("--as", dest="as_id", required=True, metavar="SPIFFE_ID", help="the agent")

@@ -198,8 +198,9 @@ def _user(approval: Approval) -> str:
     user = approval.user
     if not user.get("sub"):
         return ""
+    names = dict.fromkeys(user.get(k, "") for k in ("email", "preferred_username", "sub"))
     return (
-        f'<dt>On behalf of</dt><dd id="user">{show(user["sub"])} '
+        f'<dt>On behalf of</dt><dd id="user">{show(" / ".join(n for n in names if n))} '
         f"<small>({show(user.get('iss', ''))}; may not decide this request)</small></dd>"
     )
 

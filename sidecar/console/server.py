@@ -42,6 +42,7 @@ from sidecar.console.auth import (
 from sidecar.console.proxy import peer_uid
 from sidecar.console.signing import console_identity, wait_for_svid
 from sidecar.errors import SidecarError
+from sidecar.listeners import UnixSocketClaim, claim_unix_socket
 from sidecar.state import StateDb, StateError, open_state
 from sidecar.tasks import TaskRegistry
 
@@ -107,6 +108,7 @@ class ConsoleServer:
         self._streams = 0
         self._runner: web.AppRunner | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._claim: UnixSocketClaim | None = None
         self.address = ""
         if self._state.has_feed:
             self._state.subscribe("approval", self._broker.heard)
@@ -157,12 +159,11 @@ class ConsoleServer:
         log.info("approvals console listening", extra={"address": self.address})
 
     async def _start_unix(self, runner: web.AppRunner, path: Path) -> None:
-        """The proxy's socket: created under umask 077 (no moment others could connect),
-        then given ``console.socket_mode``."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            if path.is_socket():
-                path.unlink()
+        """The proxy's socket: claimed first (never a live console's or sidecar's: a
+        ``ListenError`` naming ``console.listen``; a stale file is replaced; held until
+        :meth:`stop`), created under umask 077 (no moment others could connect), then given
+        ``console.socket_mode``."""
+        self._claim = claim_unix_socket(path, "console.listen")
         previous = os.umask(0o077)
         try:
             await web.UnixSite(runner, str(path)).start()
@@ -190,6 +191,8 @@ class ConsoleServer:
                 await self._poller
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._claim is not None:
+            self._claim.release()
         self._state.close()
         self._audit.close()
         if self._identity is not None:

@@ -36,10 +36,13 @@ def _rule_options(parser: argparse.ArgumentParser) -> None:
         "process in the pod; repeatable",
     )
     parser.add_argument(
-        "--allow-dns",
-        action="store_true",
-        help="let every process reach the pod's nameservers on port 53 (an exfiltration "
-        "channel: only if the agent must resolve names itself)",
+        "--dns-server",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="let every process reach this nameserver (the cluster DNS) on port 53 (an "
+        "exfiltration channel: only if the agent must resolve names itself); repeatable. "
+        "Never read from the pod, which chooses its own resolv.conf",
     )
 
 
@@ -50,12 +53,17 @@ def add_parser(sub: argparse._SubParsersAction, make: Sub) -> None:
         help="install the pod's egress rules: only the given uids may leave (needs NET_ADMIN)",
         description="Installs nftables rules in the current network namespace: connections "
         "leaving it may be opened only by the --allow-uid users and what --allow names; "
-        "loopback, replies and (with --allow-dns) DNS to the resolv.conf nameservers stay "
+        "loopback, replies and (with --dns-server) DNS to those nameservers stay "
         "open. Replaces its own table, so running it twice changes nothing. Refuses the "
         "host's network namespace, or one already holding other nftables tables, unless "
         "--force. See also: egress-lock verify, egress-lock node-agent.",
     )
     _rule_options(lock)
+    lock.add_argument(
+        "--allow-dns",
+        action="store_true",
+        help="by hand only: also let every process reach the nameservers of --resolv-conf",
+    )
     lock.add_argument(
         "--resolv-conf",
         type=Path,
@@ -101,7 +109,8 @@ def _rules(args: argparse.Namespace, dns: tuple[str, ...] = ()) -> EgressRules:
     if not args.allow_uid:
         raise EgressLockError("give at least one --allow-uid (the sidecar's)")
     allows = tuple(Allow.parse(spec) for spec in args.allow)
-    return EgressRules(tuple(args.allow_uid), dns, allows)
+    servers = tuple(dict.fromkeys([*args.dns_server, *dns]))
+    return EgressRules(tuple(args.allow_uid), servers, allows)
 
 
 def install(args: argparse.Namespace) -> int:
@@ -109,6 +118,7 @@ def install(args: argparse.Namespace) -> int:
 
     dns = resolvers(args.resolv_conf) if args.allow_dns else ()
     rules = _rules(args, dns)
+    dns = rules.dns_servers
     if args.print_only:
         print(rules.render(), end="")
         return 0
@@ -141,7 +151,7 @@ def _node_agent(args: argparse.Namespace) -> int:
 
     configure_logging("info")
     _seconds(args.interval, "--interval")
-    agent = NodeAgent(_rules(args), dns_from_pod=args.allow_dns, proc=args.proc)
+    agent = NodeAgent(_rules(args), proc=args.proc)
     agent.interval_s = args.interval
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sidecar.egress_lock.rules import TABLE, EgressLockError, EgressRules
 
-__all__ = ["apply", "foreign_tables", "host_netns", "locked", "refusal", "tables"]
+__all__ = ["apply", "fd_path", "foreign_tables", "host_netns", "locked", "refusal", "tables"]
 
 _PROC_NET_INIT_INO = 0xEFFFFFF9  # include/linux/proc_ns.h
 _PROC_PID_INIT_INO = 0xEFFFFFFC
@@ -43,19 +43,33 @@ def host_netns(netns: Path = _SELF_NETNS, proc: Path = Path("/proc")) -> bool:
     return in_host_pids and _inode(proc / "1/ns/net") == inode
 
 
+def fd_path(fd: int) -> Path:
+    """The path that names an open namespace fd, in this process and in a child given it."""
+    return Path(f"/proc/self/fd/{fd}")
+
+
 def _run(command: list[str], netns: Path | None, stdin: str = "") -> subprocess.CompletedProcess:
     binary = shutil.which(command[0])
     if binary is None:
         raise EgressLockError(f"{command[0]}: not found (the image installs nftables, util-linux)")
     argv = [binary, *command[1:]]
+    pass_fds: tuple[int, ...] = ()
     if netns is not None:
         nsenter = shutil.which("nsenter")
         if nsenter is None:
             raise EgressLockError("nsenter: not found (util-linux)")
         argv = [nsenter, f"--net={netns}", "--", *argv]
+        if netns.parent == Path("/proc/self/fd"):  # an fd the caller holds: the child gets it
+            pass_fds = (int(netns.name),)
     try:
         return subprocess.run(
-            argv, input=stdin, capture_output=True, text=True, timeout=30, check=False
+            argv,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            pass_fds=pass_fds,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise EgressLockError(f"cannot run {command[0]}: {exc}") from exc

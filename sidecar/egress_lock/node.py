@@ -10,6 +10,13 @@ that fakes the command line only locks itself, and a namespace is locked once: a
 process of the pod that fakes it changes nothing. The host's namespace and the node agent's own
 are never touched. Nothing else in the pod has started yet: ``verify`` holds it until it sees
 the rules in force.
+
+Nothing is read from the pod's filesystem (a pod chooses its own resolv.conf, and a FIFO there
+would block the agent): DNS servers are the agent's own ``--dns-server`` arguments. The pod's
+namespace is opened once, by fd; the process is checked to still be the one scanned (same
+pid, same start time) after the fd is open, and every command enters that fd
+(``nsenter --net=/proc/self/fd/N``), so a pid reused in between cannot redirect the rules
+into another namespace.
 """
 
 from __future__ import annotations
@@ -17,11 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from sidecar.egress_lock.netns import apply, host_netns, locked
-from sidecar.egress_lock.rules import EgressLockError, EgressRules, resolvers
+from sidecar.egress_lock.netns import apply, fd_path, host_netns, locked
+from sidecar.egress_lock.rules import EgressLockError, EgressRules
 
 __all__ = ["NodeAgent", "is_verify"]
 
@@ -48,7 +55,6 @@ class NodeAgent:
     """Scan ``proc`` every ``interval_s``; lock the namespace of each new ``verify`` process."""
 
     rules: EgressRules
-    dns_from_pod: bool = False
     proc: Path = Path("/proc")
     interval_s: float = 0.5
     _done: set[tuple[str, str]] = field(default_factory=set)
@@ -77,16 +83,33 @@ class NodeAgent:
                 self._done.add(key)
                 continue
             self._done.add(key)
-            if self._lock(entry.name, own):
+            if self._lock(entry.name, start, own):
                 count += 1
         self._done &= seen  # forget exited processes
         self.locked += count
         return count
 
-    def _lock(self, pid: str, own_netns: int) -> bool:
-        netns = self.proc / pid / "ns/net"
+    def _lock(self, pid: str, start: str, own_netns: int) -> bool:
         try:
-            if os.stat(netns).st_ino == own_netns or host_netns(netns, self.proc):
+            fd = os.open(self.proc / pid / "ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            log.error("cannot open the network namespace of pid %s: %s", pid, exc)
+            return False
+        try:
+            return self._lock_fd(pid, start, fd, own_netns)
+        finally:
+            os.close(fd)
+
+    def _lock_fd(self, pid: str, start: str, fd: int, own_netns: int) -> bool:
+        netns = fd_path(fd)
+        inode = os.fstat(fd).st_ino
+        if _start_time(self.proc, pid) != start:
+            # The scanned process exited and its pid was reused before the fd was opened: the
+            # fd may be another process's namespace.
+            log.warning("pid %s changed while being locked: not locked", pid)
+            return False
+        try:
+            if inode == own_netns or host_netns(netns, self.proc):
                 log.warning("pid %s is in the host's network namespace: not locked", pid)
                 return False
             if locked(netns):
@@ -94,16 +117,12 @@ class NodeAgent:
                 # of the pod that fakes the command line later cannot change the rules.
                 log.info("pid %s: its network namespace is already locked", pid)
                 return False
-            rules = self.rules
-            if self.dns_from_pod:
-                servers = resolvers(self.proc / pid / "root/etc/resolv.conf")
-                rules = replace(rules, dns_servers=servers)
             # The pod's namespace may hold a mesh CNI's tables: not a reason to leave it open.
-            apply(rules, netns=netns, force=True)
+            apply(self.rules, netns=netns, force=True)
         except (OSError, EgressLockError) as exc:
             log.error("cannot lock the network namespace of pid %s: %s", pid, exc)
             return False
-        log.info("egress locked", extra={"pid": int(pid), "netns": os.stat(netns).st_ino})
+        log.info("egress locked", extra={"pid": int(pid), "netns": inode})
         return True
 
     def run(self, stop: threading.Event) -> None:

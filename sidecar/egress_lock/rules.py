@@ -3,10 +3,15 @@
 The ``output`` hook of the pod's network namespace accepts, in order:
 
 * everything on loopback (the agent reaches the sidecar there; a mesh's redirect lands there);
-* packets of connections already established (replies to connections the pod accepted);
+* replies (``ct direction reply``) of connections already established: to connections
+  the pod accepted, and of connections an allowed process opened. Only replies: a packet in
+  the original direction of a flow the kernel already tracks is judged as a new one (by its
+  socket's uid), or a UDP socket of the agent's bound to a port the sidecar used would
+  ride the sidecar's flow out (review finding: UDP flow reuse);
 * connections opened by the allowed uids (the sidecar's, OPA's);
 * each explicit :class:`Allow`: to its CIDRs (and ports), for its uids or for every uid;
-* DNS (port 53) to the pod's resolvers, only when asked for (an exfiltration channel);
+* DNS (port 53) to the configured resolvers (the cluster DNS: never what the pod's
+  resolv.conf says), only when asked for (an exfiltration channel);
 
 and rejects every other new connection (a TCP reset, else ICMP "administratively
 prohibited", so the agent fails fast instead of hanging).
@@ -23,6 +28,8 @@ agents must not hold ``NET_RAW`` (the webhook drops it, the admission policy ref
 from __future__ import annotations
 
 import ipaddress
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,7 +174,7 @@ class EgressRules:
             "  chain output {",
             "    type filter hook output priority filter; policy accept;",
             '    oifname "lo" accept',
-            "    ct state established,related accept",
+            "    ct direction reply ct state established,related accept",
             f"    meta skuid {{ {uids} }} accept",
             *(line for entry in self.allow for line in entry.render()),
             *dns,
@@ -185,12 +192,21 @@ class EgressRules:
 
 
 def resolvers(resolv_conf: Path) -> tuple[str, ...]:
-    """The ``nameserver`` addresses of a resolv.conf (what the pod's DNS traffic goes to)."""
-    try:  # bounded: in mode node, the file is the pod's
-        with resolv_conf.open("rb") as f:
-            text = f.read(_MAX_RESOLV_CONF).decode("utf-8", errors="replace")
-    except (OSError, UnicodeDecodeError) as exc:
+    """The ``nameserver`` addresses of a resolv.conf: only for ``egress-lock --allow-dns`` run
+    by hand. The node agent and the injected lock never read one: a pod chooses its own
+    (``dnsConfig``), so they take the cluster DNS from their arguments (``--dns-server``)."""
+    try:  # bounded, never blocking (a FIFO), never through a symlink: a regular file only
+        fd = os.open(resolv_conf, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
         raise EgressLockError(f"{resolv_conf}: cannot read: {exc}") from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise EgressLockError(f"{resolv_conf}: not a regular file")
+        text = os.read(fd, _MAX_RESOLV_CONF).decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise EgressLockError(f"{resolv_conf}: cannot read: {exc}") from exc
+    finally:
+        os.close(fd)
     found: list[str] = []
     for line in text.splitlines():
         fields = line.split()

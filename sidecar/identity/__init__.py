@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from sidecar.identity.attest import (
-    Attestor,
-    CallContext,
-    JwtAttestor,
-    MtlsAttestor,
-    PodAttestor,
-    StaticAttestor,
-)
-from sidecar.identity.credentials import UpstreamCredentials
-from sidecar.identity.errors import IdentityError, InvalidSpiffeIdError
-from sidecar.identity.subject import ATTESTATIONS, Subject, parse_spiffe_id
-from sidecar.identity.workload import Snapshot, WorkloadIdentity
+from sidecar._lazy import lazy_exports
 
 __all__ = [
     "ATTESTATIONS",
     "Attestor",
     "CallContext",
+    "DelegationSettings",
     "IdentityError",
+    "IdentitySettings",
     "InvalidSpiffeIdError",
     "JwtAttestor",
     "MtlsAttestor",
@@ -31,3 +22,27 @@ __all__ = [
     "WorkloadIdentity",
     "parse_spiffe_id",
 ]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.identity.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Attestor": "attest",
+        "CallContext": "attest",
+        "JwtAttestor": "attest",
+        "MtlsAttestor": "attest",
+        "PodAttestor": "attest",
+        "StaticAttestor": "attest",
+        "UpstreamCredentials": "credentials",
+        "IdentityError": "errors",
+        "InvalidSpiffeIdError": "errors",
+        "ATTESTATIONS": "subject",
+        "Subject": "subject",
+        "parse_spiffe_id": "subject",
+        "Snapshot": "workload",
+        "WorkloadIdentity": "workload",
+        "DelegationSettings": "settings",
+        "IdentitySettings": "settings",
+    },
+)

@@ -19,13 +19,13 @@ import ssl
 import time
 from collections.abc import Mapping
 
-from sidecar.config import TargetSettings
 from sidecar.identity.errors import IdentityError
 from sidecar.identity.workload import Snapshot, WorkloadIdentity
 from sidecar.policy.decision import CredentialObligation
 from sidecar.relay.errors import ProviderKeyUnavailable
 from sidecar.relay.http import HttpRelay
 from sidecar.relay.models import ProviderKey
+from sidecar.relay.settings import TargetSettings
 
 __all__ = ["UpstreamCredentials", "load_svid", "mtls_context", "server_context", "wire_mtls"]
 

@@ -1,11 +1,12 @@
 """MCP: the sidecar's MCP endpoint in front of upstream MCP servers (docs/mcp.md).
 
-Light on purpose: the configuration imports the settings from here; the endpoint, the
-upstream connections and the catalog are imported by their modules' full names.
+The endpoint, the upstream connections and the catalog are imported by their modules'
+full names.
 """
 
-from sidecar.mcp.errors import McpError, McpRequestError, UpstreamMcpUnavailable, UpstreamRpcError
-from sidecar.mcp.settings import McpServerSettings, McpSettings, McpToolSettings
+from __future__ import annotations
+
+from sidecar._lazy import lazy_exports
 
 __all__ = [
     "McpError",
@@ -16,3 +17,18 @@ __all__ = [
     "UpstreamMcpUnavailable",
     "UpstreamRpcError",
 ]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.mcp.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "McpError": "errors",
+        "McpRequestError": "errors",
+        "UpstreamMcpUnavailable": "errors",
+        "UpstreamRpcError": "errors",
+        "McpServerSettings": "settings",
+        "McpSettings": "settings",
+        "McpToolSettings": "settings",
+    },
+)

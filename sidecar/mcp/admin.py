@@ -16,10 +16,10 @@ import grpc
 from sidecar._proto.agentsidecar.v1 import mcp_pb2, mcp_pb2_grpc
 from sidecar.approvals.admin import authenticated
 from sidecar.audit import AuditError, AuditSink
-from sidecar.calls.common import off_loop
 from sidecar.mcp.catalog import Entry
 from sidecar.mcp.gateway import McpGateway
 from sidecar.state import StateError
+from sidecar.state.offloop import off_loop
 
 __all__ = ["McpDefinitionsService", "register"]
 

@@ -28,13 +28,13 @@ import mcp_types
 from mcp_types.jsonrpc import METHOD_NOT_FOUND
 from pydantic import ValidationError
 
-from sidecar.calls.common import off_loop
 from sidecar.mcp.entry import Entry, split_name
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
 from sidecar.mcp.pins import PinStore, definition_hash
 from sidecar.mcp.settings import McpServerSettings
 from sidecar.mcp.upstream import Upstream
 from sidecar.relay.scrub import Scrubber
+from sidecar.state.offloop import off_loop
 
 __all__ = ["KINDS", "Catalog", "Entry", "Kind", "split_name"]
 

@@ -41,10 +41,10 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, bind_unix, call_context, read_body
 from sidecar.config import Settings
 from sidecar.mcp import jsonrpc
+from sidecar.mcp.calls import McpCalls
 from sidecar.mcp.catalog import Catalog
 from sidecar.mcp.errors import McpRequestError
 from sidecar.mcp.methods import SERVER_INFO, Methods, Reply, refusal
-from sidecar.pipeline import Mediator
 
 __all__ = ["McpEndpoint"]
 
@@ -88,12 +88,12 @@ class _Session:
 
 
 class McpEndpoint:
-    def __init__(self, settings: Settings, mediator: Mediator, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, calls: McpCalls, catalog: Catalog) -> None:
         self._settings = settings
         self._config = settings.mcp
-        self._mediator = mediator
+        self._calls = calls  # the MCP adapter: refusals before decoding are audited too
         self._catalog = catalog
-        self._methods = Methods(settings, mediator, catalog)
+        self._methods = Methods(settings, calls, catalog)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         # Stateless-era listen streams: queue -> the notifications it asked for.
         self._listens: dict[asyncio.Queue[dict[str, Any] | None], tuple[Any, set[str]]] = {}
@@ -161,12 +161,12 @@ class McpEndpoint:
                 request, self._config.max_message_bytes, self._config.read_timeout_s
             )
         except BodyError as exc:
-            result = await self._mediator.reject("MCP message", exc.code, str(exc))
+            result = await self._calls.reject("MCP message", exc.code, str(exc))
             return _rpc(exc.status, jsonrpc.error(None, INVALID_REQUEST, str(exc), _data(result)))
         try:
             message = jsonrpc.parse_message(raw)
         except McpRequestError as exc:
-            result = await self._mediator.reject("MCP message", "malformed_request", str(exc))
+            result = await self._calls.reject("MCP message", "malformed_request", str(exc))
             status = exc.http_status if exc.http_status != 200 else 400
             return _rpc(status, jsonrpc.error(None, exc.rpc_code, str(exc), _data(result)))
         headers = request.headers

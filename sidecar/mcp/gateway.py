@@ -8,18 +8,21 @@ import asyncio
 import contextlib
 import logging
 
-from sidecar.calls.common import off_loop
+from sidecar.calls.decide import Decider
+from sidecar.calls.guarded import GuardedPath
+from sidecar.calls.relaying import RelayGate
 from sidecar.config import Settings
 from sidecar.identity import UpstreamCredentials
+from sidecar.mcp.calls import McpCalls
 from sidecar.mcp.catalog import Catalog
 from sidecar.mcp.endpoint import McpEndpoint
 from sidecar.mcp.http_upstream import HttpUpstream
 from sidecar.mcp.pins import Pin, PinStore
 from sidecar.mcp.stdio import StdioUpstream
 from sidecar.mcp.upstream import Upstream
-from sidecar.pipeline import Mediator
 from sidecar.relay import HttpRelay
 from sidecar.state import StateDb
+from sidecar.state.offloop import off_loop
 
 __all__ = ["McpGateway"]
 
@@ -30,7 +33,9 @@ class McpGateway:
     def __init__(
         self,
         settings: Settings,
-        mediator: Mediator,
+        path: GuardedPath,
+        gate: RelayGate,
+        decider: Decider,
         relay: HttpRelay,
         credentials: UpstreamCredentials,
         state: StateDb,
@@ -66,8 +71,10 @@ class McpGateway:
                 )
         self.upstreams = upstreams
         self.catalog = Catalog(upstreams, settings.mcp_servers, self.pins)
+        # The MCP adapter: the sidecar's one guarded path, gate and decider, on this catalog.
+        self.calls = McpCalls(path, gate, decider, self.catalog, settings.mcp_servers)
         self.endpoint = (
-            McpEndpoint(settings, mediator, self.catalog) if settings.mcp.listen else None
+            McpEndpoint(settings, self.calls, self.catalog) if settings.mcp.listen else None
         )
 
     def _notify(self, server: str, method: str, params: dict) -> None:  # type: ignore[type-arg]

@@ -17,12 +17,11 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 
 from sidecar import __version__
 from sidecar.calls.common import CallResult
-from sidecar.calls.mcp import METHOD_KINDS, McpCall
 from sidecar.config import Settings
 from sidecar.identity import CallContext
 from sidecar.mcp import jsonrpc
+from sidecar.mcp.calls import METHOD_KINDS, McpCall, McpCalls
 from sidecar.mcp.catalog import KINDS, Catalog
-from sidecar.pipeline import Mediator
 
 __all__ = ["META_PREFIX", "SERVER_INFO", "Methods", "Reply"]
 
@@ -79,9 +78,9 @@ def refusal(result: CallResult) -> dict[str, Any]:
 
 
 class Methods:
-    def __init__(self, settings: Settings, mediator: Mediator, catalog: Catalog) -> None:
+    def __init__(self, settings: Settings, calls: McpCalls, catalog: Catalog) -> None:
         self._settings = settings
-        self._mediator = mediator
+        self._calls = calls  # the MCP adapter on the guarded path
         self._catalog = catalog
 
     @staticmethod
@@ -114,7 +113,7 @@ class Methods:
             return await self._list(method, params, context)
         if method in METHOD_KINDS:
             return await self._act(method, params, context)
-        result = await self._mediator.reject(
+        result = await self._calls.reject(
             "MCP other",  # a bounded metrics label; the method is in the message
             "method_not_allowed",
             f"method {method[:100]!r} is not served by the agent-sidecar MCP endpoint",
@@ -127,7 +126,7 @@ class Methods:
         if not isinstance(task_id, str):
             return _invalid(f"_meta {META_PREFIX}task_id must be a string")
         entries = await self._catalog.entries(kind)
-        result, shown = await self._mediator.mcp_visible(context, entries, method, task_id=task_id)
+        result, shown = await self._calls.mcp_visible(context, entries, method, task_id=task_id)
         if result.status != grpc.StatusCode.OK:
             return Reply(error=refusal(result), decision_id=result.decision_id)
         return Reply(
@@ -161,8 +160,8 @@ class Methods:
             no_wait=no_wait or (wait == 0 and NOT_WAITING),
             **facts,
         )
-        result = await self._mediator.call_mcp(
-            call, self._catalog, context=context, time_remaining=wait + timeout + 1.0
+        result = await self._calls.call_mcp(
+            call, context=context, time_remaining=wait + timeout + 1.0
         )
         if result.status != grpc.StatusCode.OK:
             return Reply(error=refusal(result), decision_id=result.decision_id)

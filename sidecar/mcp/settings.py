@@ -1,5 +1,5 @@
 """MCP configuration: the agent-facing endpoint (``mcp``) and the upstream MCP servers
-(``mcp_servers.NAME``), validated once with the rest of the configuration (sidecar/config.py
+(``mcp_servers.NAME``), validated once with the rest of the configuration (sidecar/typed_config.py
 converts and names the keys; these classes check their own values)."""
 
 from __future__ import annotations

@@ -2,18 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.policy.decision import CODES, Decision, Obligations, parse_decision
-from sidecar.policy.embedded import EmbeddedEngine
-from sidecar.policy.engine import EngineResult, PolicyEngine
-from sidecar.policy.errors import (
-    CompileError,
-    DecisionError,
-    LoadOrderError,
-    PolicyError,
-    PolicyLoadError,
-    UnsupportedBuiltinError,
-)
-from sidecar.policy.input import Action, ApprovalInfo, TaskInfo, build_input
+from sidecar._lazy import lazy_exports
 
 __all__ = [
     "CODES",
@@ -29,8 +18,35 @@ __all__ = [
     "PolicyEngine",
     "PolicyError",
     "PolicyLoadError",
+    "PolicySettings",
     "TaskInfo",
     "UnsupportedBuiltinError",
     "build_input",
     "parse_decision",
 ]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.policy.settings, which need not load the engines.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "CODES": "decision",
+        "Decision": "decision",
+        "Obligations": "decision",
+        "parse_decision": "decision",
+        "EmbeddedEngine": "embedded",
+        "EngineResult": "engine",
+        "PolicyEngine": "engine",
+        "CompileError": "errors",
+        "DecisionError": "errors",
+        "LoadOrderError": "errors",
+        "PolicyError": "errors",
+        "PolicyLoadError": "errors",
+        "UnsupportedBuiltinError": "errors",
+        "Action": "input",
+        "ApprovalInfo": "input",
+        "TaskInfo": "input",
+        "build_input": "input",
+        "PolicySettings": "settings",
+    },
+)

@@ -14,8 +14,9 @@ API costs a ctypes call per node (~60 µs). That API has two traps, handled here
 Numbers rego-cpp cannot compare as OPA does are refused before policy
 (:class:`UnrepresentableInput`, code ``input_unrepresentable``): rego-cpp compares floats at
 about 15 significant digits (``100.00000000000001 > 100`` is false there, true on OPA), cannot
-read doubles near the limits, and keeps integers in 64 bits. A refusal names the path, never
-the value (arguments may be sensitive).
+read doubles near the limits, and divides integers beyond 2^53 in doubles (only
+``input.time_ns`` may be larger; see ``ast_portability``'s ``inexact-integer``). A refusal
+names the path, never the value (arguments may be sensitive).
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ from typing import Any
 from regopy.rego_shared import rego as _lib
 from regopy.rego_shared import rego_free_input, rego_new_input
 
-__all__ = ["UnrepresentableInput", "check_numbers", "set_input"]
+__all__ = ["WIDE_INTEGERS", "UnrepresentableInput", "check_numbers", "set_input"]
 
 _INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+# Integers a double holds exactly: rego-cpp divides in doubles and is undefined on == of larger
+# ones (issue 30). Only the sidecar's own nanosecond clocks (always 19 digits) may be larger;
+# the load-time check ``inexact-integer`` refuses arithmetic and equality on them, and
+# comparisons are exact.
+_EXACT_MIN, _EXACT_MAX = -(2**53), 2**53
+WIDE_INTEGERS = ("time_ns", "approval.approved_at_ns")
 # Finite doubles rego-cpp reads and compares exactly, at 15 significant digits (tested).
 _FLOAT_MIN, _FLOAT_MAX = 1e-307, 1e308
 _escape = json.JSONEncoder(ensure_ascii=False).encode
@@ -76,6 +83,8 @@ def _check_float(value: float, path: str) -> None:
 def _check_int(value: int, path: str) -> None:
     if not _INT_MIN <= value <= _INT_MAX:
         raise UnrepresentableInput(path, "an integer outside 64 bits")
+    if path not in WIDE_INTEGERS and not _EXACT_MIN <= value <= _EXACT_MAX:
+        raise UnrepresentableInput(path, "an integer beyond 2^53")
 
 
 def check_numbers(value: Any, path: str = "") -> None:
@@ -131,7 +140,7 @@ def _build(handle: int, value: Any) -> None:
     elif kind is bool:
         _bool(handle, value)
     elif kind is int:
-        if not _INT_MIN <= value <= _INT_MAX:
+        if not _EXACT_MIN <= value <= _EXACT_MAX:
             raise _Refused
         _int(handle, value)
     elif value is None:
@@ -161,12 +170,34 @@ def _build(handle: int, value: Any) -> None:
         raise TypeError(f"{kind.__name__} is not a JSON value")
 
 
+def _build_wide(handle: int, doc: dict[str, Any], wide: frozenset[str]) -> None:
+    """An object as :func:`_build` does, but its keys in ``wide`` may hold any 64-bit
+    integer (the sidecar's nanosecond clocks: ``time_ns``, ``approval.approved_at_ns``)."""
+    for key, item in doc.items():
+        _string(handle, _key(key))
+        if key in wide and type(item) is int and _INT_MIN <= item <= _INT_MAX:
+            _int(handle, item)
+        elif key == "approval" and wide is _ROOT_WIDE and type(item) is dict:
+            _build_wide(handle, item, _APPROVAL_WIDE)
+        else:
+            _build(handle, item)
+        _item(handle)
+    _object(handle, len(doc))
+
+
+_ROOT_WIDE = frozenset({"time_ns"})
+_APPROVAL_WIDE = frozenset({"approved_at_ns"})
+
+
 def set_input(interp_impl: Any, set_term: Any, doc: dict[str, Any]) -> None:
     """Give ``doc`` to the interpreter (``interp_impl``: its C handle; ``set_term``: its
     ``set_input_term``). Raises :class:`UnrepresentableInput`, ``TypeError``."""
     handle = rego_new_input()
     try:
-        _build(handle, doc)
+        if type(doc) is dict:
+            _build_wide(handle, doc, _ROOT_WIDE)
+        else:
+            _build(handle, doc)
     except _Refused:
         rego_free_input(handle)
         check_numbers(doc)  # raises, naming the path

@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.policy._rego_input import WIDE_INTEGERS
 from sidecar.policy.compat import RegoModule
 from sidecar.policy.portability import (
     DIVERGENT_BUILTINS,
@@ -47,6 +48,12 @@ _STRING_RESULT = frozenset(
     }
 )  # fmt: skip
 _SPRINTF_VERB = re.compile(r"%(.)")
+_EXACT_INT = 2**53  # integers a double holds exactly
+# the sidecar's nanosecond clocks, the only input integers allowed beyond 2^53
+_WIDE_INPUTS = frozenset(f"input.{path}" for path in WIDE_INTEGERS)
+# Operators rego-cpp gets wrong on larger integers (measured against OPA): `/` in a double,
+# `==`/`!=` undefined instead of false, `*` past 64 bits. (`+ - %` and `< >` are exact.)
+_INEXACT_ON_BIG = {"div": "/", "mul": "*", "equal": "==", "neq": "!="}
 
 
 @dataclass
@@ -100,17 +107,32 @@ def _calls(node: Any, *, nested: bool = True) -> Iterator[tuple[str, list[Any]]]
             yield from _calls(item, nested=nested)
 
 
-def _bodies(node: Any) -> Iterator[list[dict[str, Any]]]:
-    """Every body (a list of expressions) under ``node``, outermost first."""
+def _scopes(node: Any) -> Iterator[tuple[list[dict[str, Any]], Any]]:
+    """Every body (a list of expressions) under ``node`` with the head it decides (a rule's
+    or an ``else``'s; None for comprehensions and ``every``), outermost first."""
     if isinstance(node, dict):
         body = node.get("body")
         if isinstance(body, list) and all(isinstance(e, dict) and "index" in e for e in body):
-            yield body
+            yield body, node.get("head")
         for value in node.values():
-            yield from _bodies(value)
+            yield from _scopes(value)
     elif isinstance(node, list):
         for item in node:
-            yield from _bodies(item)
+            yield from _scopes(item)
+
+
+def _bodies(node: Any) -> Iterator[list[dict[str, Any]]]:
+    for body, _ in _scopes(node):
+        yield body
+
+
+def _scope_calls(body: list[dict[str, Any]], head: Any) -> Iterator[tuple[str, list[Any]]]:
+    """The calls of one scope: its expressions and its head's value, key and arguments."""
+    for expr in body:
+        yield from _calls(expr, nested=False)
+    if isinstance(head, dict):
+        for key in ("value", "key"):
+            yield from _calls(head.get(key), nested=False)
 
 
 def _canon(term: Any) -> str:
@@ -192,6 +214,7 @@ class _Checker:
             out += self._negations(mod)
             if not mod.module.path.endswith("_test.rego"):
                 out += self._comparisons(mod)
+                out += self._big_integers(mod)
         return sorted(out, key=lambda i: (i.file, i.line, i.rule, i.message))
 
     def _builtins(self, mod: _Module) -> list[PortabilityIssue]:
@@ -260,29 +283,75 @@ class _Checker:
 
     def _comparisons(self, mod: _Module) -> list[PortabilityIssue]:
         out = []
-        for body in _bodies(mod.ast):
+        for body, head in _scopes(mod.ast):
             facts = self._facts(body)
-            for expr in body:
-                for name, args in _calls(expr, nested=False):
-                    if name not in _COMPARE or len(args) != 2:
-                        continue
-                    left, right = (self._type(a, facts, 0) for a in args)
-                    if left is not None and left == right:
-                        continue
-                    sym = _COMPARE[name]
-                    line = self._line(mod, rf"(?<![<>=!:]){re.escape(sym)}(?!=)")
-                    out.append(
-                        PortabilityIssue(
-                            mod.module.path,
-                            line,
-                            "untyped-comparison",
-                            f"`{sym}` between values whose types the rule does not establish "
-                            f"as the same ({left or 'unknown'} {sym} {right or 'unknown'}): "
-                            "OPA orders values across types, the embedded engine is undefined; "
-                            "check with is_number(x) / is_string(x) in the same body",
-                        )
+            for name, args in _scope_calls(body, head):
+                if name not in _COMPARE or len(args) != 2:
+                    continue
+                left, right = (self._type(a, facts, 0) for a in args)
+                if left is not None and left == right:
+                    continue
+                sym = _COMPARE[name]
+                line = self._line(mod, rf"(?<![<>=!:]){re.escape(sym)}(?!=)")
+                out.append(
+                    PortabilityIssue(
+                        mod.module.path,
+                        line,
+                        "untyped-comparison",
+                        f"`{sym}` between values whose types the rule does not establish "
+                        f"as the same ({left or 'unknown'} {sym} {right or 'unknown'}): "
+                        "OPA orders values across types, the embedded engine is undefined; "
+                        "check with is_number(x) / is_string(x) in the same body",
                     )
+                )
         return out
+
+    def _big_integers(self, mod: _Module) -> list[PortabilityIssue]:
+        """Arithmetic or equality on an integer beyond 2^53 (``input.time_ns``,
+        ``time.now_ns()``, a literal, or a variable holding one): rego-cpp computes it in a
+        double (``floor(1764999999999999999 / 1000000000)`` is 1765000000; OPA: 1764999999)."""
+        out = []
+        for body, head in _scopes(mod.ast):
+            facts = self._facts(body)
+            for name, args in _scope_calls(body, head):
+                if name not in _INEXACT_ON_BIG or not any(self._big(a, facts, 0) for a in args):
+                    continue
+                sym = _INEXACT_ON_BIG[name]
+                line = self._line(mod, rf"(?<![<>=!:]){re.escape(sym)}(?![=])")
+                out.append(
+                    PortabilityIssue(
+                        mod.module.path,
+                        line,
+                        "inexact-integer",
+                        f"`{sym}` on an integer beyond 2^53 (input.time_ns, "
+                        "input.approval.approved_at_ns, time.now_ns(), or a literal): "
+                        "the embedded engine divides in a double, multiplies in "
+                        "64 bits and is undefined on ==/!=, where OPA is exact; "
+                        "compare the integer itself with an integer literal "
+                        "(`input.time_ns >= 1765000000000000000`), which is exact on both",
+                    )
+                )
+        return out
+
+    def _big(self, term: Any, facts: dict[str, Any], depth: int) -> bool:
+        if not isinstance(term, dict) or depth > 8:
+            return False
+        kind = term.get("type")
+        if kind == "number":
+            value = term.get("value")
+            return isinstance(value, int) and abs(value) > _EXACT_INT
+        if kind == "ref" and _ref_name(term) in _WIDE_INPUTS:
+            return True
+        fact = facts.get(_canon(term))
+        if isinstance(fact, tuple):
+            return self._big(fact[1], facts, depth + 1)
+        if kind == "call":
+            name = _ref_name(term["value"][0])
+            if name == "time.now_ns":
+                return True
+            if name in ("plus", "minus", "mul", "abs"):
+                return any(self._big(a, facts, depth + 1) for a in term["value"][1:])
+        return False
 
     def _facts(self, body: list[dict[str, Any]]) -> dict[str, Any]:
         """``is_number``/``is_string`` checks and assignments of one body, by operand."""

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:  # the policy tools (check, test) load without the identity stack
-    from sidecar.identity.subject import Subject
-    from sidecar.users.user import User
+from typing import Any, Literal, Protocol
 
 __all__ = ["INPUT_VERSION", "Action", "ApprovalInfo", "TaskInfo", "build_input"]
 
 INPUT_VERSION = 1
+
+
+class Inputs(Protocol):
+    """What the input needs of a caller: ``sidecar.identity.Subject`` (``input.subject``) and
+    ``sidecar.users.User`` (``input.user``) are both one. A protocol, not an import: policy sits
+    below identity and users in the layers (docs/architecture.md), and the policy tools
+    (check, test) load without them."""
+
+    def to_input(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -62,12 +67,12 @@ def build_input(
     *,
     request_id: str,
     time_ns: int,
-    subject: Subject,
+    subject: Inputs,
     action: Action,
     task: TaskInfo | None = None,
     delegation_chain: Sequence[str] = (),
     approval: ApprovalInfo | None = None,
-    user: User | None = None,
+    user: Inputs | None = None,
 ) -> dict[str, Any]:
     """Return the input v1 document for one request."""
     doc: dict[str, Any] = {

@@ -10,13 +10,18 @@ gives OPA's AST (``rego.parse_module``) for the portability checks (``ast_portab
 The binding is optional (it declares Python >= 3.14, so it cannot be a declared dependency of a
 3.11 package; see docs/policy-engines.md). :func:`unavailable_reason` says why it is missing.
 Each check uses a fresh OPA engine that is closed afterwards; results are cached by content.
+Go's runtime does not survive ``fork()``: in a process forked after it started here, the
+check runs in a fresh process instead (``python -m sidecar.policy.opa_compiler``).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +39,7 @@ __all__ = [
 # "file:row: code: message", then continuation lines (tab-indented) that belong to it.
 _ERROR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+)(?::(?P<col>\d+))?: (?P<code>rego_\w+): ")
 _HEADER = re.compile(r"^(?:.*?: )?\d+ errors? occurred:\s*")
+_FRESH_PROCESS_TIMEOUT_S = 120
 
 
 class OpaUnavailable(RuntimeError):
@@ -54,11 +60,15 @@ class OpaFinding:
 def unavailable_reason() -> str:
     """Empty when OPA's compiler can be used here, otherwise why not."""
     try:
-        from opa_bindings import OpaEngine  # noqa: F401
+        from opa_bindings.engine import _get_lib  # loads the Go library now, not at first use
     except ImportError as exc:
         return f"opa-golib-python-bindings is not installed ({exc})"
-    except OSError as exc:  # the Go shared library does not load on this platform
+    global _go_pid
+    try:
+        _get_lib()  # a Go c-shared library starts Go's runtime as it loads
+    except (OSError, AttributeError) as exc:  # not loadable on this platform / another API
         return f"OPA's Go library does not load here ({exc})"
+    _go_pid = os.getpid()
     return ""
 
 
@@ -102,28 +112,34 @@ def compile_modules(
 
 @functools.lru_cache(maxsize=32)
 def _compile_cached(key: str) -> tuple[OpaFinding, ...]:
+    if _forked_since_go():
+        return tuple(OpaFinding(*f) for f in _in_fresh_process({"op": "compile", "key": key}))
+    return tuple(OpaFinding(*f) for f in _compile_here(key))
+
+
+def _compile_here(key: str) -> list[tuple[str, int, str, str]]:
     from opa_bindings import OpaError
 
     *pairs, data = json.loads(key)
     engine = _engine()
-    findings: list[OpaFinding] = []
+    findings: list[tuple[str, int, str, str]] = []
     try:
         for path, source in pairs:
             try:
                 engine.add_policy(path, source)
             except OpaError as exc:  # parse errors come per module, at add time
-                findings += [OpaFinding(*e) for e in _parse_errors(exc.message, path)]
+                findings += _parse_errors(exc.message, path)
         if findings:  # the rest would report what the unparsed modules left undefined
-            return tuple(findings)
+            return findings
         try:
             engine.add_data(data)
             engine.eval_query("__compiled := true")  # compiles every module, as a load does
         except OpaError as exc:
             root = pairs[0][0] if pairs else "<policy>"
-            findings += [OpaFinding(*e) for e in _parse_errors(exc.message, root)]
+            findings += _parse_errors(exc.message, root)
     finally:
         engine.close()
-    return tuple(findings)
+    return findings
 
 
 def parse_module(module: RegoModule) -> dict[str, Any]:
@@ -134,6 +150,15 @@ def parse_module(module: RegoModule) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=256)
 def _parse_cached(path: str, source: str) -> str:
+    if _forked_since_go():
+        answer = _in_fresh_process({"op": "parse", "path": path, "source": source})
+        if "error" in answer:
+            raise ValueError(answer["error"])
+        return str(answer["ast"])
+    return _parse_here(path, source)
+
+
+def _parse_here(path: str, source: str) -> str:
     from opa_bindings import OpaError
 
     engine = _engine()
@@ -147,3 +172,48 @@ def _parse_cached(path: str, source: str) -> str:
     finally:
         engine.close()
     return json.dumps(rows[0]["__ast"])
+
+
+# -- fork safety ------------------------------------------------------------------------------
+# Go's runtime does not survive fork(): a child that calls into it after the parent started it
+# hangs (bench/policy_engine_vs_opa.py shows it). A process forked after OPA's library was used
+# here (a prefork server embedding the engine) asks a fresh process instead.
+
+_go_pid: int | None = None
+
+
+def _forked_since_go() -> bool:
+    return _go_pid is not None and _go_pid != os.getpid()
+
+
+def _in_fresh_process(request: dict[str, Any]) -> Any:
+    proc = subprocess.run(
+        [sys.executable, "-m", "sidecar.policy.opa_compiler"],
+        input=json.dumps(request),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=_FRESH_PROCESS_TIMEOUT_S,
+    )
+    if proc.returncode != 0:
+        detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+        raise OpaUnavailable(f"OPA's compiler failed in a fresh process: {detail[0]}")
+    return json.loads(proc.stdout)
+
+
+def _serve_one_request() -> int:
+    """``python -m sidecar.policy.opa_compiler``: one JSON request on stdin, answer on stdout."""
+    request = json.loads(sys.stdin.read())
+    if request["op"] == "compile":
+        answer: Any = _compile_here(request["key"])
+    else:
+        try:
+            answer = {"ast": _parse_here(request["path"], request["source"])}
+        except ValueError as exc:
+            answer = {"error": str(exc)}
+    sys.stdout.write(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_serve_one_request())

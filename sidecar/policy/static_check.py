@@ -1,9 +1,10 @@
 """Compile errors OPA raises that the embedded engine accepts, found before the policy runs.
 
-rego-cpp compiles Rego v0 rule bodies, type errors and a few other programs OPA's compiler
-refuses; such a policy then passes ``policy check`` but fails to load on OPA (or, on the
-embedded engine, denies every call at run time). Checked here, lexically (strings and comments
-blanked, like ``compat``):
+The fallback where OPA's own compiler is not installed (``vet``; with it, OPA's compiler
+decides all of this, issue 30). rego-cpp compiles Rego v0 rule bodies, type errors and a few
+other programs OPA's compiler refuses; such a policy then passes ``policy check`` but fails
+to load on OPA (or, on the embedded engine, denies every call at run time). Checked here,
+lexically (strings and comments blanked, like ``compat``):
 
 ``v1-syntax``       a rule body without ``if`` in any head form (``p = 1 {``, ``f(x) = y {``,
                     ``p[x] = y {``, ``p contains x {``, ``else = v {``)

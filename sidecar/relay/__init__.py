@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from sidecar.relay.errors import (
-    RelayError,
-    RequestBuildError,
-    UpstreamResponseTooLarge,
-    UpstreamStatusError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
-from sidecar.relay.http import HttpRelay, UpstreamRequest, UpstreamResponse, build_request
+from sidecar._lazy import lazy_exports
 
 __all__ = [
     "HttpRelay",
+    "ModelSettings",
+    "ProviderSettings",
     "RelayError",
+    "RelaySettings",
     "RequestBuildError",
+    "TargetAuthSettings",
+    "TargetSettings",
+    "ToolSettings",
     "UpstreamRequest",
     "UpstreamResponse",
     "UpstreamResponseTooLarge",
@@ -24,3 +22,27 @@ __all__ = [
     "UpstreamUnavailable",
     "build_request",
 ]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.relay.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "RelayError": "errors",
+        "RequestBuildError": "errors",
+        "UpstreamResponseTooLarge": "errors",
+        "UpstreamStatusError": "errors",
+        "UpstreamTimeout": "errors",
+        "UpstreamUnavailable": "errors",
+        "HttpRelay": "http",
+        "UpstreamRequest": "http",
+        "UpstreamResponse": "http",
+        "build_request": "http",
+        "ModelSettings": "settings",
+        "ProviderSettings": "settings",
+        "RelaySettings": "settings",
+        "TargetAuthSettings": "settings",
+        "TargetSettings": "settings",
+        "ToolSettings": "settings",
+    },
+)

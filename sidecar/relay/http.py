@@ -21,7 +21,6 @@ import aiohttp
 from yarl import URL
 
 from sidecar import __version__
-from sidecar.config import TargetSettings, ToolSettings
 from sidecar.relay._client import SessionPool, default_tls, relay_error
 from sidecar.relay.errors import (
     RelayError,
@@ -29,6 +28,7 @@ from sidecar.relay.errors import (
     UpstreamResponseTooLarge,
     UpstreamStatusError,
 )
+from sidecar.relay.settings import TargetSettings, ToolSettings
 
 __all__ = ["HttpRelay", "UpstreamRequest", "UpstreamResponse", "build_request"]
 

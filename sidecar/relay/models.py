@@ -20,7 +20,6 @@ from typing import Any
 import aiohttp
 
 from sidecar import __version__
-from sidecar.config import ProviderSettings
 from sidecar.relay._client import SessionPool, default_tls, relay_error
 from sidecar.relay.errors import (
     ProviderKeyUnavailable,
@@ -31,6 +30,7 @@ from sidecar.relay.errors import (
     UpstreamStreamInterrupted,
 )
 from sidecar.relay.http import read_bounded
+from sidecar.relay.settings import ProviderSettings
 
 __all__ = ["ModelRelay", "ProviderKey"]
 

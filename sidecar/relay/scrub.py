@@ -10,8 +10,11 @@ the audit record counts them (``credentials_scrubbed``).
 
 Not only the secret itself: its common encodings too (:func:`encoded_forms`): JSON-escaped,
 standard and URL-safe base64 in each of the three alignments it can have inside a longer
-base64 text, percent-encoded, hex. The forms are computed once per secret and the pattern once
-per set of secrets (both cached), never per response: the hot path pays a lookup.
+base64 text, percent-encoded, hex. The base64 and hex forms are found also when the encoder
+wrapped its lines (GNU base64, MIME and ``encodebytes`` at 76 columns, PEM at 64, ``xxd -p`` at
+60; ``\n``, ``\r\n`` or their JSON escapes; :mod:`sidecar.relay.unwrap`): a JWT-SVID is
+longer than one line. The forms are computed once per secret and the patterns once per set of
+secrets (both cached), never per response: the hot path pays a lookup.
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 from sidecar.classify import Detector, StreamRedactor, redact
+from sidecar.relay.unwrap import WrappedForms, span_bound
 
-__all__ = ["CREDENTIAL", "MIN_ENCODED_CHARS", "Scrubber", "encoded_forms"]
+__all__ = ["CREDENTIAL", "MIN_ENCODED_CHARS", "Scrubber", "encoded_forms", "wrappable_forms"]
 
 CREDENTIAL = "credential"
 _MARKER = f"[REDACTED:{CREDENTIAL}]"
@@ -66,9 +70,22 @@ def encoded_forms(secret: str) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=_CACHE)
-def _compiled(forms: tuple[str, ...]) -> tuple[Detector, ...]:
+def wrappable_forms(secret: str) -> frozenset[str]:
+    """The forms an encoder may break into lines: base64 (each alignment, both alphabets)
+    and hex, as long as :func:`encoded_forms` looks for them."""
+    raw = secret.encode()
+    hexed = binascii.hexlify(raw).decode()
+    forms = {*_base64_cores(raw), hexed, hexed.upper()}
+    return frozenset(f for f in forms if len(f) >= MIN_ENCODED_CHARS)
+
+
+@functools.lru_cache(maxsize=_CACHE)
+def _compiled(forms: tuple[str, ...], wrappable: tuple[str, ...]) -> tuple[Detector, ...]:
     pattern = re.compile("|".join(re.escape(f) for f in forms))  # longest first
-    return (Detector(CREDENTIAL, pattern),)
+    detectors = [Detector(CREDENTIAL, pattern)]
+    if wrappable:  # after the plain forms: what is left of them is only the wrapped ones
+        detectors.append(Detector(CREDENTIAL, WrappedForms(wrappable)))  # type: ignore[arg-type]
+    return tuple(detectors)
 
 
 class Scrubber:
@@ -77,6 +94,7 @@ class Scrubber:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._forms: tuple[str, ...] = ()
+        self._wrappable: tuple[str, ...] = ()
         self.count = 0
         for secret in secrets:
             self.add(secret)
@@ -91,10 +109,11 @@ class Scrubber:
         self._secrets.add(secret)
         forms = set(self._forms) | encoded_forms(secret)
         self._forms = tuple(sorted(forms, key=lambda f: (-len(f), f)))  # longest first
+        self._wrappable = tuple(sorted(set(self._wrappable) | wrappable_forms(secret)))
 
     @property
     def _detectors(self) -> tuple[Detector, ...]:
-        return _compiled(self._forms) if self._forms else ()
+        return _compiled(self._forms, self._wrappable) if self._forms else ()
 
     def bytes(self, body: bytes) -> bytes:
         for form in self._forms:
@@ -103,6 +122,22 @@ class Scrubber:
             if found:
                 self.count += found
                 body = body.replace(raw, _MARKER.encode())
+        if self._wrappable and (b"\n" in body or b"\\n" in body):
+            # Latin-1 maps each byte to one character and back: base64, hex and line breaks
+            # are ASCII, so a body in any encoding (or none) is searched and kept byte-exact.
+            text = body.decode("latin-1")
+            wrapped = _compiled(self._forms, self._wrappable)[-1].pattern
+            found = 0
+
+            def marker(_: object) -> str:
+                nonlocal found
+                found += 1
+                return _MARKER
+
+            scrubbed = wrapped.sub(marker, text)
+            if found:
+                self.count += found
+                body = scrubbed.encode("latin-1")
         return body
 
     def value(self, value: Any) -> Any:
@@ -124,6 +159,10 @@ class Scrubber:
 
     def stream(self, classes: Iterable[str]) -> StreamRedactor:
         """A stream redactor for ``classes`` that also removes the secrets: it holds back
-        at least the longest form, so none slips out half-received."""
-        longest = max((len(f) for f in self._forms), default=0)
+        at least the longest form (wrapped, for base64 and hex: ``unwrap.span_bound``), so
+        none slips out half-received."""
+        longest = max(
+            max((len(f) for f in self._forms), default=0),
+            max((span_bound(len(f)) for f in self._wrappable), default=0),
+        )
         return StreamRedactor([*classes, CREDENTIAL], hold=max(256, longest), extra=self._detectors)

@@ -7,10 +7,7 @@ shipped in ``migrations/`` when they open, and give the same guarantees (docs/st
 
 from __future__ import annotations
 
-from sidecar.state.base import Conn, Row, StateDb
-from sidecar.state.errors import MigrationError, StateError
-from sidecar.state.settings import PostgresSettings, StateSettings
-from sidecar.state.sqlite import SqliteStateDb
+from sidecar._lazy import lazy_exports
 
 __all__ = [
     "Conn",
@@ -25,26 +22,20 @@ __all__ = [
     "read_dsn",
 ]
 
-
-def read_dsn(settings: PostgresSettings) -> str:
-    """The DSN from ``postgres.dsn_file`` (surrounding whitespace dropped)."""
-    path = settings.dsn_file
-    if path is None:
-        raise StateError("state.postgres.dsn_file is not set")
-    try:
-        dsn = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise StateError(f"state.postgres.dsn_file {path}: cannot read: {exc.strerror}") from exc
-    if not dsn:
-        raise StateError(f"state.postgres.dsn_file {path} is empty")
-    return dsn
-
-
-def open_state(settings: StateSettings) -> StateDb:
-    """Open (and migrate) the configured store; raises :class:`StateError` when it cannot."""
-    if settings.backend == "postgres":
-        # Imported only when configured: the embedded default does not load psycopg.
-        from sidecar.state.postgres import PostgresStateDb
-
-        return PostgresStateDb(settings.postgres, read_dsn(settings.postgres))
-    return SqliteStateDb(settings.dir / "state.db")
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.state.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "Conn": "base",
+        "Row": "base",
+        "StateDb": "base",
+        "MigrationError": "errors",
+        "StateError": "errors",
+        "PostgresSettings": "settings",
+        "StateSettings": "settings",
+        "SqliteStateDb": "sqlite",
+        "open_state": "opening",
+        "read_dsn": "opening",
+    },
+)

@@ -7,9 +7,29 @@ exchange (RFC 8693) that turns it into a per-user upstream credential.
 
 from __future__ import annotations
 
-from sidecar.users.errors import IssuerUnavailable, UserTokenError
-from sidecar.users.exchange import TokenExchanger
-from sidecar.users.user import User
-from sidecar.users.verify import UserVerifier
+from sidecar._lazy import lazy_exports
 
-__all__ = ["IssuerUnavailable", "TokenExchanger", "User", "UserTokenError", "UserVerifier"]
+__all__ = [
+    "IssuerSettings",
+    "IssuerUnavailable",
+    "TokenExchanger",
+    "User",
+    "UserSettings",
+    "UserTokenError",
+    "UserVerifier",
+]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.users.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "IssuerUnavailable": "errors",
+        "UserTokenError": "errors",
+        "TokenExchanger": "exchange",
+        "User": "user",
+        "UserVerifier": "verify",
+        "IssuerSettings": "settings",
+        "UserSettings": "settings",
+    },
+)

@@ -32,10 +32,10 @@ from typing import Any
 import aiohttp
 import jwt
 
-from sidecar.config import TargetAuthSettings, TargetSettings
 from sidecar.identity.errors import IdentityError
 from sidecar.identity.workload import WorkloadIdentity
 from sidecar.policy.decision import CredentialObligation
+from sidecar.relay.settings import TargetAuthSettings, TargetSettings
 from sidecar.users.user import User
 
 __all__ = ["GRANT_TYPE", "TokenExchanger"]

@@ -21,6 +21,13 @@ class User:
     roles: tuple[str, ...] = ()
     act: dict[str, Any] | None = None
     may_act: dict[str, Any] | None = None
+    # Other names the person goes by (the console's proxy names approvers by e-mail, while most
+    # IdPs issue an opaque ``sub``): kept so that they cannot approve their own calls
+    # (sidecar/approvals/selfapproval.py). ``email_verified`` is recorded, not required: these
+    # names only ever refuse, so an unverified one can only make that rule refuse more.
+    email: str = ""
+    email_verified: bool = False
+    preferred_username: str = ""
     token: str = field(default="", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -44,5 +51,11 @@ class User:
         return doc
 
     def to_record(self) -> dict[str, Any]:
-        """What the audit record keeps: who, from where; nothing that could be replayed."""
-        return {"sub": self.sub, "iss": self.iss}
+        """What the audit record (and an approval) keeps: who, by each name the token gives,
+        from where; nothing that could be replayed."""
+        doc: dict[str, Any] = {"sub": self.sub, "iss": self.iss}
+        if self.email:
+            doc |= {"email": self.email, "email_verified": self.email_verified}
+        if self.preferred_username:
+            doc["preferred_username"] = self.preferred_username
+        return doc

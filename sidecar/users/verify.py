@@ -9,8 +9,10 @@ fetched again once when unknown, at most every ``refetch_min_s``, so a rotated k
 up (``user_token_unknown_kid``); then the signature (``user_token_bad_signature``), ``exp``
 and ``nbf`` with ``leeway_s`` (``user_token_expired``, ``user_token_not_yet_valid``), an
 accepted audience in ``aud`` (``user_token_audience_mismatch``), and ``sub``
-(``user_token_missing_claim``). Keys that cannot be fetched, with none cached, are
-``user_issuer_unavailable``.
+(``user_token_missing_claim``). ``email`` and ``preferred_username``, when they are
+non-empty strings, are kept beside ``sub`` (the names approvers go by: the user may not
+approve their own calls); anything else in them is ignored. Keys that cannot be fetched,
+with none cached, are ``user_issuer_unavailable``.
 
 Discovery and JWKS are fetched on the event loop (aiohttp), never blocking it; one fetch
 per issuer at a time. The token is never logged, and no error message quotes it.
@@ -37,9 +39,9 @@ from typing import Any
 import aiohttp
 import jwt
 
-from sidecar.config import IssuerSettings, UserSettings
 from sidecar.identity.jwt_svid import key_fits
 from sidecar.users.errors import IssuerUnavailable, UserTokenError
+from sidecar.users.settings import IssuerSettings, UserSettings
 from sidecar.users.user import User
 
 __all__ = ["UserVerifier"]
@@ -150,6 +152,9 @@ class UserVerifier:
             roles=_strings(claims.get(issuer.roles_claim)),
             act=claims["act"] if isinstance(claims.get("act"), dict) else None,
             may_act=claims["may_act"] if isinstance(claims.get("may_act"), dict) else None,
+            email=_name(claims.get("email")),
+            email_verified=claims.get("email_verified") in (True, "true"),
+            preferred_username=_name(claims.get("preferred_username")),
             token=token,
         )
 
@@ -248,6 +253,11 @@ def _check_numeric_dates(claims: Mapping[str, Any]) -> None:
             raise _fail(
                 "user_token_malformed", f"the user token's {name} is not a NumericDate (a number)"
             )
+
+
+def _name(value: Any) -> str:
+    """A name claim (``email``, ``preferred_username``): a non-empty string, else none."""
+    return value.strip() if isinstance(value, str) and value.strip() else ""
 
 
 def _strings(value: Any) -> tuple[str, ...]:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from sidecar.webhook.inject import AdmissionError, InjectionResult, mutate
-from sidecar.webhook.settings import WebhookSettings, load_webhook_settings
+from sidecar._lazy import lazy_exports
 
 __all__ = [
     "AdmissionError",
@@ -12,3 +11,16 @@ __all__ = [
     "load_webhook_settings",
     "mutate",
 ]
+
+# Loaded on first use (sidecar/_lazy.py says why): reading the configuration imports
+# sidecar.webhook.settings, which must not load the rest of the package.
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "AdmissionError": "inject",
+        "InjectionResult": "inject",
+        "mutate": "inject",
+        "WebhookSettings": "settings",
+        "load_webhook_settings": "settings",
+    },
+)

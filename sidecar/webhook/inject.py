@@ -33,7 +33,9 @@ What is injected:
   startup, readiness and liveness probes are native ``grpc:`` probes on
   ``sidecar.health_port`` (sidecar/health_listener.py), answered by the running process
   instead of a CLI started every period; its state ``emptyDir`` has a ``sizeLimit``.
-* ``opa`` the same way when the engine is ``opa`` (before the sidecar, which asks it).
+* ``opa`` the same way when the engine is ``opa`` (before the sidecar, which asks it), on
+  a unix socket in a volume only it and the sidecar mount (never on the pod's loopback,
+  where the agent could query it, read its data or make it ``http.send`` past the lock).
 * ``agent-sidecar-egress-lock`` first of all, when ``egress_lock.enabled``: it waits,
   unprivileged, until the node agent has installed the pod's packet filter (mode ``node``),
   or installs it itself as root with ``NET_ADMIN`` (mode ``init``; sidecar/egress_lock/), so
@@ -63,6 +65,7 @@ from urllib.parse import urlsplit
 from sidecar.errors import SidecarError
 from sidecar.health_listener import LIVENESS
 from sidecar.webhook.lock import LockRefusal, harden_for_lock, lock_container
+from sidecar.webhook.opa import VOL_OPA, VOL_OPA_SOCKET, opa_container, opa_dir
 from sidecar.webhook.settings import Resources, SidecarTemplate, WebhookSettings
 
 __all__ = ["AdmissionError", "InjectionResult", "mutate"]
@@ -84,14 +87,22 @@ VOL_CONFIG = "agent-sidecar-config"
 VOL_POLICY = "agent-sidecar-policy"
 VOL_SPIFFE = "agent-sidecar-spiffe"
 VOL_STATE = "agent-sidecar-state"
-VOL_OPA = "agent-sidecar-opa-config"
 VOL_SOCKET = "agent-sidecar-socket"
 SPIFFE_DIR = "/spiffe-workload-api"
 SPIFFE_SOCKET = f"unix://{SPIFFE_DIR}/spire-agent.sock"
 VOL_STATE_DSN = "agent-sidecar-state-dsn"
 STATE_DSN_DIR = "/etc/agent-sidecar/state-dsn"
 OUR_VOLUMES = frozenset(
-    {VOL_CONFIG, VOL_POLICY, VOL_SPIFFE, VOL_STATE, VOL_OPA, VOL_SOCKET, VOL_STATE_DSN}
+    {
+        VOL_CONFIG,
+        VOL_POLICY,
+        VOL_SPIFFE,
+        VOL_STATE,
+        VOL_OPA,
+        VOL_OPA_SOCKET,
+        VOL_SOCKET,
+        VOL_STATE_DSN,
+    }
 )
 STATUS_VERSION = 2
 
@@ -147,7 +158,10 @@ def mutate(
             _set_mount(container, {"name": VOL_SOCKET, "mountPath": _socket_dir(settings)})
     ours = [_sidecar(settings, engine, identity)]
     if engine == "opa":
-        ours.insert(0, _opa(settings, bundle))
+        opa_security = _security(settings.opa.run_as_user, settings.sidecar.run_as_user)
+        ours.insert(
+            0, opa_container(settings, bundle, opa_security, _resources(settings.opa.resources))
+        )
     if template.native:
         for container in ours:
             container["restartPolicy"] = "Always"
@@ -324,11 +338,11 @@ def _resources(r: Resources) -> dict[str, Any]:
     }
 
 
-def _security(uid: int) -> dict[str, Any]:
+def _security(uid: int, gid: int | None = None) -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": uid,
-        "runAsGroup": uid,
+        "runAsGroup": uid if gid is None else gid,
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -362,8 +376,8 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
     if not template.agent_socket or template.model_front_door_url or template.mcp_url:
         # TCP on the pod's loopback: every container of the pod is the agent (docs/identity.md)
         args += ["--set", "identity.pod_tcp=true"]
-    if engine == "opa":
-        args += ["--set", "policy.opa_url=http://127.0.0.1:8181"]
+    if engine == "opa":  # a socket only OPA and the sidecar mount: not the agent's to ask
+        args += ["--set", f"policy.opa_url=unix://{settings.opa.socket}"]
     else:
         args += ["--set", "policy.dir=/etc/agent-sidecar/policy"]
     if template.state_secret:  # the fleet's shared state store
@@ -387,6 +401,8 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         mounts.append(
             {"name": VOL_POLICY, "mountPath": "/etc/agent-sidecar/policy", "readOnly": True}
         )
+    else:
+        mounts.append({"name": VOL_OPA_SOCKET, "mountPath": opa_dir(settings), "readOnly": True})
     if template.health_port:  # the kubelet's probes, answered by the running sidecar
         args += ["--set", f"server.health_listen=0.0.0.0:{template.health_port}"]
     return {
@@ -428,37 +444,6 @@ def _probes(template: SidecarTemplate) -> dict[str, Any]:
     }
 
 
-def _opa(settings: WebhookSettings, bundle: str) -> dict[str, Any]:
-    probe = {"path": "/health?bundles", "port": 8282}
-    return {
-        "name": OPA,
-        "image": settings.opa.image,
-        "imagePullPolicy": "IfNotPresent",
-        "args": [
-            "run",
-            "--server",
-            "--addr=127.0.0.1:8181",
-            "--diagnostic-addr=0.0.0.0:8282",
-            "--config-file=/config/opa.yaml",
-            f"--set=bundles.agentsidecar.resource=bundles/{bundle}.tar.gz",
-        ],
-        "volumeMounts": [{"name": VOL_OPA, "mountPath": "/config", "readOnly": True}],
-        "startupProbe": {
-            "httpGet": probe,
-            "periodSeconds": 1,
-            "failureThreshold": settings.sidecar.startup_seconds,
-        },
-        "readinessProbe": {"httpGet": probe, "periodSeconds": 5},
-        "livenessProbe": {
-            "httpGet": {"path": "/health", "port": 8282},
-            "periodSeconds": 10,
-            "failureThreshold": 6,
-        },
-        "resources": _resources(settings.opa.resources),
-        "securityContext": _security(settings.opa.run_as_user),
-    }
-
-
 def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": VOL_CONFIG, "configMap": {"name": settings.sidecar.config_map}},
@@ -474,6 +459,9 @@ def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[s
         volumes.append({"name": VOL_STATE_DSN, "secret": secret})
     if engine == "opa":
         volumes.append({"name": VOL_OPA, "configMap": {"name": settings.opa.config_map}})
+        volumes.append(
+            {"name": VOL_OPA_SOCKET, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}
+        )
     else:
         volumes.append(
             {

@@ -11,6 +11,8 @@ checked, and fixed where a fix cannot break it:
   ``allowPrivilegeEscalation: true``; no ``runAsUser`` on the container or the pod (the
   image's ``USER`` would decide, and could be the sidecar's uid: a distroless ``:nonroot``
   image is 65532); a ``runAsUser`` the lock lets out (only the container named for it may);
+* refused with ``dns: resolvers``: ``dnsPolicy: None`` or ``dnsConfig.nameservers`` (the
+  lock lets port 53 out to the configured cluster DNS only, never to what the pod names);
 * fixed: ``allowPrivilegeEscalation: false`` set, and ``NET_RAW``, ``SETUID``, ``SETGID``
   dropped (a root container holds them by default: a root agent could ``setuid(65532)``).
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sidecar.egress_lock import Allow
 from sidecar.errors import SidecarError
 from sidecar.webhook.settings import WebhookSettings
 
@@ -59,16 +62,20 @@ def lock_uids(settings: WebhookSettings) -> dict[int, str]:
 
 
 def rule_args(settings: WebhookSettings, *, opa: bool = True) -> list[str]:
-    """The ``egress-lock`` options for these settings (init container and node agent alike)."""
-    uids = [settings.sidecar.run_as_user] + ([settings.opa.run_as_user] if opa else [])
-    args: list[str] = []
-    for uid in uids:
-        args += ["--allow-uid", str(uid)]
-    for allow in settings.egress_lock.allow:
-        args += ["--allow", allow.rule().to_arg()]
-    if settings.egress_lock.dns == "resolvers":
-        args.append("--allow-dns")
+    """The ``egress-lock`` options for these settings (init container and node agent alike):
+    the sidecar's uid anywhere; OPA's only to its bundle service (``opa.egress_cidrs``); the
+    explicit allows; DNS to the configured servers, never the pod's resolv.conf."""
+    args = ["--allow-uid", str(settings.sidecar.run_as_user)]
+    for allow in _allows(settings, opa=opa):
+        args += ["--allow", allow.to_arg()]
+    for server in settings.egress_lock.dns_servers:
+        args += ["--dns-server", server]
     return args
+
+
+def _allows(settings: WebhookSettings, *, opa: bool = True) -> list[Allow]:
+    egress = settings.opa.egress() if opa else None
+    return ([egress] if egress else []) + [a.rule() for a in settings.egress_lock.allow]
 
 
 def node_agent_args(settings: WebhookSettings) -> list[str]:
@@ -78,11 +85,17 @@ def node_agent_args(settings: WebhookSettings) -> list[str]:
 
 def admission_params(settings: WebhookSettings) -> dict[str, str]:
     """The lock's keys of the ConfigMap agent-sidecar-admission: how the lock container is
-    injected (mode, DNS, each allow as its argument) and ``lock_uid_N: CONTAINER``."""
+    injected (mode, DNS and ``dns_server_N``, OPA's and each allow as its argument) and
+    ``lock_uid_N: CONTAINER``."""
     lock = settings.egress_lock
     params = {"egress_lock_mode": lock.mode, "egress_lock_dns": lock.dns}
+    egress = settings.opa.egress()
+    if egress:
+        params["lock_allow_opa"] = egress.to_arg()
     for i, allow in enumerate(lock.allow):
         params[f"lock_allow_{i}"] = allow.rule().to_arg()
+    for i, server in enumerate(lock.dns_servers):
+        params[f"dns_server_{i}"] = server
     for uid, name in sorted(lock_uids(settings).items()):
         params[f"lock_uid_{uid}"] = name
     return params
@@ -139,6 +152,8 @@ def harden_for_lock(spec: dict[str, Any], settings: WebhookSettings) -> None:
     if not isinstance(pod_context, dict):
         raise LockRefusal("spec.securityContext: not an object")
     pod_uid = _uid(pod_context.get("runAsUser"), "spec.securityContext")
+    if settings.egress_lock.dns == "resolvers":
+        _refuse_own_nameservers(spec)
     allowed = lock_uids(settings)
     # The sidecar's and OPA's uids: no container of the user's may run as them, whatever its
     # name (ours are added after this check).
@@ -147,6 +162,20 @@ def harden_for_lock(spec: dict[str, Any], settings: WebhookSettings) -> None:
         for container in spec.get(key) or []:
             where = f"{key} {container.get('name')!r}"
             _harden(container, where, pod_uid, allowed, reserved)
+
+
+def _refuse_own_nameservers(spec: dict[str, Any]) -> None:
+    """DNS is let out to the configured cluster DNS only: a pod pointing its resolver
+    elsewhere would only fail, and must not look like it could widen the lock."""
+    dns_config = spec.get("dnsConfig") or {}
+    if not isinstance(dns_config, dict):
+        raise LockRefusal("spec.dnsConfig: not an object")
+    if spec.get("dnsPolicy") == "None" or dns_config.get("nameservers"):
+        raise LockRefusal(
+            "spec.dnsPolicy None / spec.dnsConfig.nameservers: with the egress lock's DNS "
+            "(dns: resolvers) the pod resolves through the cluster DNS only (the lock lets "
+            f"port 53 out to it alone): remove them; {DOCS}"
+        )
 
 
 def _harden(

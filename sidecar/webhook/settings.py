@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 import yaml
 
-from sidecar.config import ConfigError, _convert, _KeyedError
-from sidecar.egress_lock import Allow, EgressLockError
+from sidecar.egress_lock import Allow, EgressLockError, EgressRules
+from sidecar.typed_config import ConfigError, KeyedError, convert
 
 __all__ = [
     "EgressAllow",
@@ -183,9 +183,11 @@ class EgressLockTemplate:
     # restricted). init: a root init container with NET_ADMIN installs them (privileged only).
     mode: Literal["node", "init"] = "node"
     # none: the agent resolves no names (it needs none: the sidecar is on its loopback).
-    # resolvers: every process may reach the pod's nameservers on port 53 (an exfiltration
-    # channel, chosen knowingly).
+    # resolvers: every process may reach dns_servers on port 53 (an exfiltration channel,
+    # chosen knowingly). Never the pod's own resolv.conf, which the pod chooses (dnsConfig).
     dns: Literal["none", "resolvers"] = "none"
+    # The cluster DNS (kube-dns's ClusterIP), required with dns: resolvers.
+    dns_servers: tuple[str, ...] = ()
     # Explicit ways out besides the sidecar's.
     allow: tuple[EgressAllow, ...] = ()
     # How long the pod's verify container waits for the node agent (mode node).
@@ -195,15 +197,50 @@ class EgressLockTemplate:
     def __post_init__(self) -> None:
         if self.verify_timeout_seconds < 1:
             raise ValueError("verify_timeout_seconds: must be >= 1")
+        if self.dns == "resolvers" and not self.dns_servers:
+            raise ValueError(
+                "dns_servers: dns: resolvers needs the cluster DNS address (kube-dns's "
+                "ClusterIP); the pod's own resolv.conf is never trusted"
+            )
+        if self.dns == "none" and self.dns_servers:
+            raise ValueError("dns_servers: only with dns: resolvers")
+        try:
+            EgressRules((0,), self.dns_servers)
+        except EgressLockError as exc:
+            raise ValueError(f"dns_servers: {exc}") from None
 
 
 @dataclass(frozen=True)
 class OpaTemplate:
     image: str = "openpolicyagent/opa:1.4.2-static"
     config_map: str = "agent-sidecar-opa-config"
-    # OPA's own uid: the egress lock lets it out (it fetches bundles), so no agent may use it.
+    # OPA's own uid: the egress lock lets it out to egress_cidrs/egress_ports only (its
+    # bundle service), so no agent may use it.
     run_as_user: int = 65533
+    # Where OPA's uid may go with the egress lock on: the bundle service and the DNS that
+    # resolves its name (the cluster's service CIDR), on these ports. None: nowhere.
+    egress_cidrs: tuple[str, ...] = ()
+    egress_ports: tuple[int, ...] = (53, 80, 443)
+    # OPA listens on a unix socket in a volume only it and the sidecar mount (never on the
+    # pod's loopback, where the agent could query it or make it http.send anywhere).
+    socket: str = "/run/opa/opa.sock"
     resources: Resources = field(default_factory=Resources)
+
+    def __post_init__(self) -> None:
+        if self.egress_cidrs:
+            try:
+                self.egress()
+            except EgressLockError as exc:
+                raise ValueError(f"egress_cidrs: {exc}") from None
+        parts = self.socket.split("/")[1:]
+        if not re.fullmatch(r"(/[A-Za-z0-9._-]+){2,}", self.socket) or {".", ".."} & set(parts):
+            raise ValueError("socket: an absolute path /DIR/NAME (letters, digits, ._-)")
+
+    def egress(self) -> Allow | None:
+        """OPA's way out under the egress lock, or None."""
+        if not self.egress_cidrs:
+            return None
+        return Allow(self.egress_cidrs, self.egress_ports, (self.run_as_user,))
 
 
 @dataclass(frozen=True)
@@ -265,6 +302,6 @@ def load_webhook_settings(path: str | Path) -> WebhookSettings:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{path}: the webhook config must be a mapping")
     try:
-        return _convert(WebhookSettings, raw, "", path.parent)
-    except _KeyedError as exc:
+        return convert(WebhookSettings, raw, "", path.parent)
+    except KeyedError as exc:
         raise ConfigError(f"{path}: {exc.key}: {exc}") from None

@@ -303,6 +303,49 @@ def test_item4_the_user_an_agent_acts_for_cannot_approve_its_call(acting, browse
     assert reply.status == 200
 
 
+def test_item1_an_opaque_sub_does_not_let_the_user_approve_by_email(acting, browser):
+    """Most IdPs issue an opaque ``sub``: the console's approver (X-Forwarded-Email) is matched
+    against the token's ``email`` and ``preferred_username`` too, verified or not."""
+    replica, idp, proxy, home = acting
+    token = idp.user_token("00u8f3k2JqZ9xQ1a4h7", email="boss@example.com",
+                           email_verified=False, preferred_username="bossman")  # fmt: skip
+    with replica.client() as client:
+        task = client.start_task("refund for the boss, opaque sub").task_id
+        with pytest.raises(StepUpRequired) as step_up:
+            client.call_tool("payments.refund", _refund(700), task_id=task, wait=False,
+                             user_token=token)  # fmt: skip
+    approval_id = step_up.value.approval_id
+
+    page = _sign_in(browser, proxy, "Boss@Example.com", "payments-oncall")
+    page.goto(proxy.url + f"/approvals/{approval_id}")
+    shown = page.locator("#user").inner_text()
+    assert "boss@example.com" in shown and "00u8f3k2JqZ9xQ1a4h7" in shown
+    page.get_by_label("Reason (recorded in the audit log)").fill("it is my own refund")
+    page.get_by_role("button", name="Approve").click()
+    page.wait_for_selector("text=self_approval")
+    assert "is the user this request acts for" in page.locator("[role=alert]").inner_text()
+    assert page.locator("#state").inner_text() == "pending"
+
+    from sidecar.approvals.client import AdminCallError
+
+    for name in ("bossman", "BOSS@example.com"):  # preferred_username, e-mail: the socket
+        with replica.approvals(name) as approvals, pytest.raises(AdminCallError) as refused:
+            approvals.approve(approval_id, reason="mine")
+        assert "self_approval" in str(refused.value)
+    refused_records = [r for r in _audit(home) if r["event"] == "refused"]
+    assert refused_records[-1]["code"] == "self_approval"
+    assert refused_records[-1]["approval"]["user"] == {
+        "sub": "00u8f3k2JqZ9xQ1a4h7", "iss": idp.issuer, "email": "boss@example.com",
+        "preferred_username": "bossman",
+    }  # fmt: skip
+    with replica.approvals() as approvals:  # someone else may
+        assert approvals.get(approval_id).state == "pending"
+        assert approvals.approve(approval_id, reason="checked").state == "approved"
+    for path in home.parent.rglob("*"):
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            assert token.encode() not in path.read_bytes(), f"the user token is in {path}"
+
+
 # --- issue 32, item 6: the proxy proves itself --------------------------------------------
 
 
@@ -492,3 +535,101 @@ def test_item7_error_pages_carry_the_security_headers(setup):
         assert response.getheader("X-Frame-Options") == "DENY", path
         assert response.getheader("X-Content-Type-Options") == "nosniff", path
         assert text.startswith("<!doctype html>"), path
+
+
+# --- review of issue 32, item 3: a console never takes over a live socket -----------------
+
+
+def _unix_status(socket_path: Path) -> int:
+    """GET / over the console's unix socket, as the proxy (this uid): the HTTP status."""
+    import socket
+
+    conn = http.client.HTTPConnection("console.local", timeout=10)
+    conn.sock = socket.socket(socket.AF_UNIX)
+    conn.sock.settimeout(10)
+    conn.sock.connect(str(socket_path))
+    conn.request("GET", "/", headers={"X-Forwarded-Email": ONCALL,
+                                      "X-Forwarded-Groups": "payments-oncall"})  # fmt: skip
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    return response.status
+
+
+def _console_on(home: Path, tools, pg_state, socket_path: Path) -> Path:
+    home.mkdir()
+    config = fleet_config(home, tools.url, pg_state)
+    config["audit"]["path"] = str(home / "console-audit.log")
+    AUDIT_PATHS.append(home / "console-audit.log")
+    config["console"] = {"listen": f"unix://{socket_path}", "proxy_uids": [os.getuid()]}
+    (home / "c.yaml").write_text(yaml.safe_dump(config))
+    return home / "c.yaml"
+
+
+def _run_console(config: Path) -> subprocess.CompletedProcess:
+    """A console that should refuse to start. If it starts instead (it took the socket
+    over), it is stopped and the test fails at once."""
+    errors = config.with_name("console.log")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar.cli", "console", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=errors.open("wb"), cwd=ROOT, text=True,
+    )  # fmt: skip
+    started = process.stdout.readline().strip()  # "" once it exits
+    if started:
+        _stop_console(process)
+        pytest.fail(f"a second console started on a live socket: {started}")
+    process.wait(60)
+    return subprocess.CompletedProcess(process.args, process.returncode, "", errors.read_text())
+
+
+def test_item3_a_second_console_never_takes_over_a_live_console_socket(tmp_path, tools, pg_state):
+    import socket
+
+    run = Path(tempfile.mkdtemp(prefix="console-"))  # short: unix socket paths are bounded
+    socket_path = run / "console.sock"
+    try:
+        one = _console_on(tmp_path / "one", tools, pg_state, socket_path)
+        first = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "console", "--config", str(one)],
+            stdout=subprocess.PIPE, stderr=(tmp_path / "one.log").open("wb"), cwd=ROOT, text=True,
+        )  # fmt: skip
+        address = first.stdout.readline().strip()
+        assert address == f"console on unix:{socket_path}", (tmp_path / "one.log").read_text()
+        assert _unix_status(socket_path) == 200
+        inode = socket_path.stat().st_ino
+
+        # A second console on the same socket is refused, naming the setting ...
+        second = _run_console(_console_on(tmp_path / "two", tools, pg_state, socket_path))
+        assert second.returncode != 0
+        assert "console.listen" in second.stderr and str(socket_path) in second.stderr
+        assert "Traceback" not in second.stderr
+        # ... and the first still owns it: same file, still answering.
+        assert socket_path.stat().st_ino == inode and _unix_status(socket_path) == 200
+        _stop_console(first)
+
+        # A live process that is no sidecar (no lock held) is not replaced either.
+        squatter = socket.socket(socket.AF_UNIX)
+        socket_path.unlink(missing_ok=True)  # the first console's file, now stale
+        squatter.bind(str(socket_path))
+        squatter.listen(4)
+        try:
+            third = _run_console(_console_on(tmp_path / "three", tools, pg_state, socket_path))
+            assert third.returncode != 0 and "live process" in third.stderr, third.stderr
+            assert socket_path.is_socket()
+        finally:
+            squatter.close()
+
+        # A stale socket file (nobody listening) is replaced: a restart is never blocked.
+        assert socket_path.is_socket()
+        four = _console_on(tmp_path / "four", tools, pg_state, socket_path)
+        fourth = subprocess.Popen(
+            [sys.executable, "-m", "sidecar.cli", "console", "--config", str(four)],
+            stdout=subprocess.PIPE, stderr=(tmp_path / "four.log").open("wb"), cwd=ROOT, text=True,
+        )  # fmt: skip
+        try:
+            assert fourth.stdout.readline().strip() == f"console on unix:{socket_path}"
+            assert _unix_status(socket_path) == 200
+        finally:
+            _stop_console(fourth)
+    finally:
+        shutil.rmtree(run, ignore_errors=True)

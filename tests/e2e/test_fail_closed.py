@@ -49,7 +49,7 @@ BAD_DECISIONS = [
     ),
     (
         "builtin_error",
-        'decision := {"effect": "allow", "reasons": [json.unmarshal("{")]}',
+        'decision := {"effect": "allow", "reasons": [base64url.decode("%%%")]}',
         "policy_error",
     ),
     (

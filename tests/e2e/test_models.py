@@ -465,7 +465,7 @@ def test_item4_concurrent_calls_cannot_overshoot_a_budget_by_more_than_one_estim
     assert charged == 61 * relayed
     assert charged < 1000 + 125
     # Settled to the real usage: the task holds what the provider reported, no reservation.
-    rows = running.sidecar.mediator._budgets._db.query(
+    rows = running.sidecar.calls.models._budgets._db.query(
         "SELECT tokens FROM tasks WHERE id = ?", (task,)
     )
     assert rows[0]["tokens"] == charged

@@ -77,8 +77,8 @@ def test_item2_a_stopped_writer_means_not_serving_and_nothing_relayed(start_side
 
     running = start_sidecar(tools.url, audit={"mode": "best_effort"})
     assert _poll(lambda: _health(running.address) == health_pb2.HealthCheckResponse.SERVING)
-    running.sidecar.mediator._audit.write({"type": "call", "value": _Poison()})
-    assert _poll(lambda: not running.sidecar.mediator._audit.alive)
+    running.sidecar.audit.write({"type": "call", "value": _Poison()})
+    assert _poll(lambda: not running.sidecar.audit.alive)
     assert _poll(lambda: _health(running.address) == health_pb2.HealthCheckResponse.NOT_SERVING)
     with running.client() as client, pytest.raises(Unavailable) as refused:
         client.call_tool("tickets.get", {"id": "1"})

@@ -26,7 +26,7 @@ HOLD_LOCK = textwrap.dedent(
 
 
 def test_item7_a_locked_state_database_stalls_only_the_calls_that_need_it(sidecar, tools):
-    db = sidecar.sidecar.mediator._tasks._db.path
+    db = sidecar.sidecar.tasks._db.path
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(db)],
         stdin=subprocess.PIPE,

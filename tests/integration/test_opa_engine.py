@@ -141,7 +141,7 @@ def test_fail_open_is_config_only_and_read_only(start_sidecar, tools, opa):
         with pytest.raises(PolicyDenied) as denied:
             client.call_tool("tickets.create", {"title": "t"})  # act: never fails open
     assert denied.value.code == "opa_bad_response"
-    assert running.sidecar.mediator.stats["fail_open"] == 1
+    assert running.sidecar.calls.path.stats["fail_open"] == 1
     records = audit_lines(running.audit_path)
     assert records[0]["decision"]["code"] == "fail_open"
     assert "fail-open (opa_bad_response)" in records[0]["decision"]["reasons"][0]

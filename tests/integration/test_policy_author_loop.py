@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from sidecar.policy import opa_compiler
 from tests.support.cli import cli
 
@@ -115,6 +117,7 @@ def _until(lines: queue.Queue[str], wanted: str, bound_s: float = 60) -> list[st
     raise AssertionError(f"never saw {wanted!r}; saw {seen}")
 
 
+@pytest.mark.timeout(660)  # two whole `policy test` runs, on a machine as loaded as CI's
 def test_watch_runs_again_when_a_file_changes(tmp_path):
     rego = _copy_rego(tmp_path)
     proc = subprocess.Popen(
@@ -126,10 +129,11 @@ def test_watch_runs_again_when_a_file_changes(tmp_path):
     )
     try:
         lines = _lines(proc)
-        first = _until(lines, "watching")
+        # a whole `policy test` run first (OPA's compiler vets, then every test): bound generously
+        first = _until(lines, "watching", bound_s=300)
         assert any(line.strip().endswith("passed, 0 failed") for line in first)
         _add_test(rego, "test_now_failing if {\n\t1 == 2\n}")
-        second = _until(lines, "passed, 1 failed")
+        second = _until(lines, "passed, 1 failed", bound_s=300)
         assert any("changed, running again" in line for line in second)
         assert any("FAIL: data.agentsidecar.authz_test.test_now_failing" in x for x in second)
     finally:

@@ -134,7 +134,7 @@ def test_the_shadow_policy_is_recorded_and_never_enforced(start_sidecar, tools, 
     assert allowed["shadow"]["revision"] == load_policy_dir(shadow).revision
     assert denied["shadow"]["effect"] == "deny"
     assert len(tools.received) == 1
-    stats = running.sidecar.mediator.stats
+    stats = running.sidecar.calls.path.stats
     assert (stats["shadow_evaluations"], stats["shadow_disagreements"]) == (2, 1)
 
 

@@ -264,7 +264,7 @@ def test_exchange_gives_the_upstream_a_token_for_it_never_the_users(acting, idp,
 def test_ending_the_task_drops_its_exchanged_tokens(acting, idp, tools):
     running = acting()
     token = idp.user_token("alice", groups=["support"])
-    exchanger = running.sidecar.mediator._exchanger
+    exchanger = running.sidecar.calls.gate._exchanger
     with running.client() as client:
         task = client.start_task("first").task_id
         client.call_tool("tickets.get", {"id": "7"}, task_id=task, user_token=token)
@@ -370,3 +370,29 @@ def test_a_server_quoting_the_token_back_does_not_leak_it(acting, idp, tools):
         client.call_tool("tickets.get", {"id": "7"}, user_token=token)
     assert token not in str(refused.value)
     assert "[REDACTED:credential]" in str(refused.value)
+
+
+def test_item1_the_names_a_user_goes_by_are_carried_beside_an_opaque_sub(acting, idp, tmp_path):
+    """``email`` and ``preferred_username`` reach the audit record (and so an approval) beside
+    an opaque ``sub``, with whether the IdP verified the e-mail; wrong-typed names are dropped,
+    and the token never appears."""
+    running = acting()
+    opaque = idp.user_token("alice", groups=["support"], email="Alice@Example.com",
+                            email_verified=True, preferred_username="alice.s")  # fmt: skip
+    garbled = idp.user_token("alice", groups=["support"], email=["a@example.com"],
+                             email_verified="yes", preferred_username=7)  # fmt: skip
+    with running.client() as client:
+        assert client.check("tickets.get", {"id": "1"}, user_token=opaque).effect == "allow"
+        assert client.check("tickets.get", {"id": "2"}, user_token=garbled).effect == "allow"
+    records = [json.loads(line) for line in (tmp_path / "audit.log").read_text().splitlines()]
+    calls = [r for r in records if r.get("type") == "call"]
+    assert calls[0]["user"] == {
+        "sub": "alice",
+        "iss": idp.issuer,
+        "email": "Alice@Example.com",
+        "email_verified": True,
+        "preferred_username": "alice.s",
+    }
+    assert calls[1]["user"] == {"sub": "alice", "iss": idp.issuer}
+    text = (tmp_path / "audit.log").read_text()
+    assert opaque not in text and garbled not in text

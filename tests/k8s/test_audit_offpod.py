@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 
-from examples.demo.run import wait_serving
+from examples.demo.run import free_port, wait_serving
 from examples.demo.tools_server import Reply, ToolServer
+from sidecar.audit import rotated_files
 from sidecar.audit.chain import GENESIS, canonical, digest
 from sidecar.client import SidecarClient
 from sidecar.identity.dev_authority import DevAuthority
@@ -89,9 +91,16 @@ def collector() -> Iterator[Collector]:
 
 
 @contextlib.contextmanager
-def injected_pod(collector_url: str, tools_url: str) -> Iterator[Pod]:
+def injected_pod(
+    collector_url: str,
+    tools_url: str,
+    *,
+    admin_listen: str = "",
+    audit: dict[str, Any] | None = None,
+) -> Iterator[Pod]:
     """The sidecar the webhook injects into the example agent, in a directory that stands
-    for the pod; the directory is the test's to delete."""
+    for the pod; the directory is the test's to delete. ``admin_listen`` serves /metrics;
+    ``audit`` overrides the shipped audit settings."""
     docs = build("dev")  # (prod adds the PostgreSQL state store; the audit path is the same)
     settings = load_webhook_settings(ROOT / "k8s/base/webhook/webhook.yaml")
     agent = find(docs, "Deployment", "summarizer")
@@ -132,7 +141,8 @@ def injected_pod(collector_url: str, tools_url: str) -> Iterator[Pod]:
         for target in config["targets"].values():  # the cluster's Services, here on loopback
             target["base_url"] = tools_url
         config["audit"]["http_url"] = collector_url
-        config["admin"] = {"listen": ""}
+        config["audit"].update(audit or {})
+        config["admin"] = {"listen": admin_listen}
         config_path.write_text(yaml.safe_dump(config))
         authority = DevAuthority("demo.example")
         (root / "bundle.pem").write_bytes(authority.x509_bundle_pem)
@@ -182,6 +192,12 @@ def test_item5_the_shipped_config_ships_audit_off_the_pod_with_a_bounded_local_c
     assert audit["http_url"].startswith("http") and audit["http_interval_s"] <= 2
     local_bound = audit["max_bytes"] * (audit["keep_files"] + 1)
     assert 0 < local_bound <= 32 * 2**20
+    # The checkpoint copy rotates with the log and is never larger (test_audit_rotation.py):
+    # both, with two SVID-signed checkpoints (1.1 KB) past max_bytes per file, fit 64 MiB.
+    with_checkpoints = 2 * (audit["max_bytes"] + 2 * 1200) * (audit["keep_files"] + 1)
+    assert with_checkpoints <= 64 * 2**20 + 2**15
+    limit = load_webhook_settings(ROOT / "k8s/base/webhook/webhook.yaml").sidecar.state_size_limit
+    assert limit.endswith("Mi") and with_checkpoints <= int(limit[:-2]) * 2**20 // 2  # + state
 
 
 def test_item5_a_pod_deleted_after_a_call_leaves_a_verifiable_record_at_the_collector(
@@ -262,3 +278,90 @@ def test_item5_the_http_sink_sends_each_record_as_it_was_when_written(collector)
     [received] = collector.records()
     assert received["upstream"] == {"target": "tickets"}
     assert digest(received) == received["hash"]
+
+
+DROPPED = 'agent_sidecar_audit_sink_dropped_records_total{sink="http"}'
+
+
+def _scrape(listen: str, series: str) -> float | None:
+    text = requests.get(f"http://{listen}/metrics", timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[1])
+    return None
+
+
+def test_item5_records_the_http_sink_drops_are_a_metric_on_the_real_metrics_endpoint(tools):
+    """A collector answering 500 to every batch: each record is counted once when its
+    batch is given up (after 3 tries, not once per try), on the sidecar's own /metrics;
+    the local log drops nothing."""
+    refusing = Collector(status=500)
+    admin = f"127.0.0.1:{free_port()}"
+    with refusing.server, injected_pod(refusing.url, tools.url, admin_listen=admin) as pod:
+        assert _scrape(admin, DROPPED) == 0.0  # exported before anything is dropped
+        decision_id = one_call(pod)
+
+        def refused() -> set[tuple[str, int]]:
+            events = [e["agent_sidecar"] for r in refusing.server.received for e in r.json()]
+            return {(e["type"], e["seq"]) for e in events}
+
+        def counted() -> bool:
+            value = _scrape(admin, DROPPED) or 0
+            return value >= 2 and value == len(refused())  # at least the intent and the call
+
+        poll(counted, what="every refused record counted once", timeout_s=60)
+        assert ("call", max(seq for _, seq in refused())) in refused()
+        assert _scrape(admin, 'agent_sidecar_audit_records_total{result="dropped"}') == 0.0
+        assert decision_id in pod.audit_log.read_text()  # still on the pod's disk
+
+
+def test_item5_hostile_a_collector_that_accepts_counts_no_drops(collector, tools):
+    admin = f"127.0.0.1:{free_port()}"
+    with injected_pod(collector.url, tools.url, admin_listen=admin) as pod:
+        decision_id = one_call(pod)
+        poll(
+            lambda: decision_id in {r.get("decision_id") for r in collector.records()},
+            what="the call's record at the collector",
+        )
+        assert _scrape(admin, DROPPED) == 0.0
+
+
+def _head_is_checkpointed(log: Path) -> bool:
+    lines = log.read_bytes().splitlines()
+    return bool(lines) and json.loads(lines[-1])["type"] == "checkpoint"
+
+
+def test_item5_the_injected_pods_checkpoint_file_stays_bounded_and_verifies_with_the_bundle(
+    collector, tools
+):
+    """The shipped retention (``keep_files``) with a small ``max_bytes`` and a checkpoint
+    after every record, signed with the SVID (about 1.1 KB each): the checkpoint file
+    rotates with the log, the pod's audit files stay under their bound, and what is left
+    verifies against the trust bundle, sealed after SIGTERM."""
+    keep, max_bytes = shipped_audit()["keep_files"], 8192
+    overrides = {"max_bytes": max_bytes, "checkpoint_every": 1}
+    with injected_pod(collector.url, tools.url, audit=overrides) as pod:
+        log = pod.audit_log
+        with SidecarClient(pod.address) as client:
+            for i in range(60):
+                client.call_tool("tickets.get", {"id": str(i)})
+                poll(lambda: _head_is_checkpointed(log), what="the call's checkpoint")
+        pod.proc.send_signal(signal.SIGTERM)
+        assert pod.proc.wait(60) == 0
+        logs = rotated_files(log)
+        copies = rotated_files(log.with_name(log.name + ".checkpoints"))
+        assert len(logs) == len(copies) == keep + 1
+        files = {p.name for p in log.parent.iterdir() if p.name.startswith("audit.log")}
+        assert files == {p.name for p in logs + copies}
+        lines = [x for p in copies for x in p.read_bytes().splitlines(True)]
+        segment_bound = max_bytes + 2 * max(len(x) for x in lines)
+        assert all(p.stat().st_size <= segment_bound for p in logs)
+        bound = 2 * (keep + 1) * segment_bound
+        assert sum(p.stat().st_size for p in logs + copies) <= bound
+        checkpoints = [r for r in collector.records() if r["type"] == "checkpoint"]
+        assert sum(len(canonical(r)) + 1 for r in checkpoints) > (keep + 1) * segment_bound
+        bundle = str(pod.root / "bundle.pem")
+        for extra in ((), ("--require-sealed",)):
+            done = cli("audit", "verify", str(log), "--bundle", bundle, "--signer", AGENT, *extra)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "the log starts at seq" in done.stdout  # retention dropped the oldest

@@ -16,6 +16,10 @@ from tests.oracle import corpus
 from tests.oracle.conftest import Opa, OpaError
 
 QUERY = "data.agentsidecar.authz.decision"
+# Inputs refused before policy (a number the embedded engine cannot compare exactly) that OPA
+# would allow or step up: fail-closed, but measured so that it cannot grow unnoticed. Measured
+# on the seeded corpus: 729 of 12,177 refused; OPA denies 642 of them, allows 51, steps up 36.
+OVER_REFUSAL_BOUND = 87
 
 
 def _enforced(defined: bool, value: object) -> str:
@@ -50,19 +54,30 @@ def test_every_generated_input_is_decided_as_opa_decides(opa_available, capsys):
     differences = []
     try:
         for doc in corpus.generate(data):
+            opa_raw = got_raw = None
             try:
                 opa_defined, opa_value = opa.query(QUERY, doc)
                 want = _enforced(opa_defined, opa_value)
+                opa_raw = json.dumps([opa_defined, opa_value], sort_keys=True)
             except OpaError as exc:
                 want = f"deny:engine_error ({exc.code})"
             try:
                 result = engine.evaluate_sync(doc)
                 got = _enforced(result.defined, result.value)
+                got_raw = json.dumps([result.defined, result.value], sort_keys=True)
             except DecisionError as exc:
                 got = f"deny:{exc.code}"
+            if got == want and opa_raw is not None and got_raw not in (None, opa_raw):
+                # Whole decisions, order included (issue 30): the same once the sidecar sorts
+                # reasons and obligation lists, but in another order as the engine returned it.
+                tally["same enforced, raw order differs"] += 1
             if got == "deny:input_unrepresentable":
                 assert _unrepresentable(doc), doc
                 tally["refused before policy"] += 1
+                # Compared too (issue 30): a refusal is a deny, never more permissive; where
+                # OPA would not deny it is over-refusal, measured and bounded below.
+                opa_effect = json.loads(want)["effect"] if want.startswith("{") else "error"
+                tally[f"refused, OPA: {opa_effect}"] += 1
                 continue
             assert not _unrepresentable(doc), doc
             tally["decided"] += 1
@@ -79,3 +94,5 @@ def test_every_generated_input_is_decided_as_opa_decides(opa_available, capsys):
         )
     assert tally["decided"] >= 3000 and tally["allow"] and tally["step_up"] and tally["deny"]
     assert differences == [], differences[:3]
+    over_refused = tally["refused, OPA: allow"] + tally["refused, OPA: step_up"]
+    assert over_refused <= OVER_REFUSAL_BOUND, dict(tally)

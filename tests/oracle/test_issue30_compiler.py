@@ -6,7 +6,10 @@ where it is a compile error."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -203,3 +206,26 @@ def test_item30_without_opas_compiler_the_load_warns_or_fails_closed(monkeypatch
     with pytest.raises(OpaCompilerRequired, match="lexical scan only"):
         EmbeddedEngine.from_dir(root, QUERY, workers=1)
     assert {f.rule for f in check_policy(root, QUERY)} == {"opa-compiler"}
+
+
+def test_item30_a_process_forked_after_opa_was_used_still_checks(opa_available):
+    """Go's runtime hangs in a forked child that calls it; the child asks a fresh process."""
+    vet([RegoModule("warm.rego", "package warm\n\nallow if input.x == 1\n")], {})  # Go started
+    pid = os.fork()
+    if pid == 0:  # the child: a module set never seen (no cache), must be refused
+        try:
+            module = RegoModule("child.rego", "package child\n\nallow {\n\tinput.x == 1\n}\n")
+            result = vet([module], {})
+            os._exit(0 if result.compile_errors and result.checker == "opa" else 1)
+        except BaseException:
+            os._exit(2)
+    deadline = time.monotonic() + 120  # generous: a hang is what this test catches
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+            return
+        threading.Event().wait(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung calling OPA's compiler")

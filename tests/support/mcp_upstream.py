@@ -50,6 +50,9 @@ ENCODINGS = (
     "HEX",
 )
 
+# Wrapped base64 (``encode`` kinds, not in ENCODINGS): line width and break.
+WRAPPED = {"gnu": (76, "\n"), "mime": (76, "\r\n"), "pem": (64, "\n"), "pem-crlf": (64, "\r\n")}
+
 
 def encode(value: str, encoding: str) -> str:
     """``value`` as an echoing upstream would send it (``+N``: after N other bytes, so the
@@ -60,6 +63,10 @@ def encode(value: str, encoding: str) -> str:
         return base64.b64encode(raw).decode()
     if kind == "base64url":
         return base64.urlsafe_b64encode(raw).decode()
+    if kind in WRAPPED:  # base64 in lines, as GNU base64, MIME and PEM write it
+        width, newline = WRAPPED[kind]
+        text = base64.b64encode(raw).decode()
+        return newline.join(text[i : i + width] for i in range(0, len(text), width))
     if kind == "percent":
         return "q=" + quote(value, safe="")
     if kind in ("hex", "HEX"):

@@ -294,3 +294,62 @@ def test_item4_a_stored_user_of_the_wrong_type_is_read_as_none():
         assert Approval.from_doc(doc | {"user": user}).user == {}
     kept = Approval.from_doc(doc | {"user": {"sub": "b", "iss": "i", "token": "never"}})
     assert kept.user == {"sub": "b", "iss": "i"}
+
+
+# Most IdPs issue an opaque ``sub``; the console names its approver by e-mail.
+OPAQUE = {
+    "sub": "00u8f3k2JqZ9xQ1a4h7",
+    "iss": "https://login.example.com",
+    "email": "boss@example.com",
+    "preferred_username": "Boss.Man",
+}
+
+
+@pytest.mark.parametrize(
+    "approver",
+    [
+        "user:boss@example.com",  # the console: X-Forwarded-Email
+        "user:BOSS@EXAMPLE.COM",
+        "local:boss@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.com",  # fullwidth: NFKC folds it
+        "local:boss.man",  # the approvals socket, --as boss.man (preferred_username)
+        "user: Boss.Man ",
+        "local:00u8f3k2jqz9xq1a4h7",  # the opaque sub, case-folded
+    ],
+)
+def test_item1_an_opaque_sub_does_not_hide_the_user_by_email_or_username(tmp_path, approver):
+    broker, db = _broker(tmp_path)
+    approval = _for_user(broker, OPAQUE | {"token": "eyJ.never.kept", "email_verified": False})
+    assert approval.user == OPAQUE  # the names, never the token
+    for approve in (True, False):
+        with pytest.raises(ApproverRefused) as refused:
+            broker.decide(approval.id, approve=approve, approver=approver, reason="mine")
+        assert refused.value.code == "self_approval"
+        assert "is the user this request acts for" in str(refused.value)
+    db.close()
+    reopened, _ = _broker(tmp_path)  # every name is kept in the store, not in memory
+    assert reopened.get(approval.id).user == OPAQUE
+    with pytest.raises(ApproverRefused):
+        reopened.decide(approval.id, approve=True, approver=approver, reason="x")
+
+
+def test_item1_names_the_token_lacks_or_garbles_refuse_no_one_else(tmp_path):
+    broker, _ = _broker(tmp_path)
+    hostile = {"sub": "00u1", "iss": "https://login.example.com", "email": "",
+               "preferred_username": "   "}  # fmt: skip
+    approval = _for_user(broker, hostile)
+    assert approval.user["sub"] == "00u1" and "email" not in approval.user
+    # An empty or blank name matches no approver (it would otherwise match "user:").
+    for approver in ("user:", "local: ", "user:boss@example.com"):
+        other = _for_user(broker, hostile | {"iss": approver or "x"})
+        decided = broker.decide(other.id, approve=True, approver=approver, reason="ok")
+        assert decided.state == "approved"
+
+
+def test_item1_a_stored_user_keeps_only_the_names():
+    from sidecar.approvals.model import Approval
+
+    doc = {"id": "ap-1", "state": "pending", "digest": "d", "subject": "s", "action": {},
+           "arguments": {}, "task_id": "", "reasons": [], "approvers": [], "expires_at_ns": 1,
+           "policy_revision": "r", "decision_id": "x", "created_at_ns": 0}  # fmt: skip
+    stored = OPAQUE | {"token": "never", "groups": ["x"], "email_verified": True}
+    assert Approval.from_doc(doc | {"user": stored}).user == OPAQUE

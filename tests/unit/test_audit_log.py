@@ -180,3 +180,139 @@ def test_item9_a_restarted_writer_continues_the_chain_after_its_closing_checkpoi
     second.close()
     closed = verify([tmp_path / "a.log"], key_file=tmp_path / "k.pub", require_sealed=True)
     assert closed.intact and closed.closed_at == 2
+
+
+# --- issue 31 item 5: the checkpoint file rotates with the log; HTTP drops are counted ----
+
+
+def _record(i: int) -> dict:
+    return {"type": "call", "decision_id": f"d{i}", "action": {"arguments": {"pad": "x" * 300}}}
+
+
+def test_item5_rotated_files_tells_the_logs_rotations_from_the_checkpoint_files(tmp_path):
+    from sidecar.audit import rotated_files
+
+    names = [
+        "a.log", "a.log.1", "a.log.2", "a.log.10", "a.log.checkpoints",
+        "a.log.checkpoints.1", "a.log.checkpoints.2", "a.log.1x", "a.log.-1", "a.log.",
+    ]  # fmt: skip
+    for name in names:
+        (tmp_path / name).write_text("")
+    log = tmp_path / "a.log"
+    assert [p.name for p in rotated_files(log)] == ["a.log.10", "a.log.2", "a.log.1", "a.log"]
+    assert [p.name for p in rotated_files(tmp_path / "a.log.checkpoints")] == [
+        "a.log.checkpoints.2",
+        "a.log.checkpoints.1",
+        "a.log.checkpoints",
+    ]
+
+
+def test_item5_a_checkpoint_never_starts_a_segment_of_its_own(tmp_path):
+    """The log is full when a checkpoint comes: it goes into the segment of the record it
+    signs (and so does its copy), and the next record starts the new segment."""
+    log = AuditLog(
+        tmp_path / "a.log",
+        signer=FileKeySigner(tmp_path / "k.pem"),
+        checkpoints_path=tmp_path / "a.log.checkpoints",
+        checkpoint_every=1000,
+        max_bytes=700,
+        keep_files=5,
+    )
+    log.write(_record(1))
+    log.write(_record(2))  # 2 x ~480 bytes: rotated before the second record
+    log.checkpoint()  # past max_bytes now, but it stays with seq 2
+    log.write(_record(3))
+    log.close()
+    segments = [_lines(tmp_path / n) for n in ("a.log.2", "a.log.1", "a.log")]
+    assert [[d["seq"] for d in s] for s in segments] == [[1], [2, 2], [3, 3]]
+    assert [d["type"] for d in segments[1]] == ["call", "checkpoint"]
+    assert _lines(tmp_path / "a.log.checkpoints.1") == [segments[1][1]]
+    assert _lines(tmp_path / "a.log.checkpoints") == [segments[2][1]]  # the closing one
+    assert (tmp_path / "a.log.checkpoints.2").read_text() == ""  # seq 1 was never signed
+
+
+def test_item5_hostile_a_checkpoint_file_that_cannot_rotate_does_not_stop_the_log(tmp_path, caplog):
+    from sidecar.audit import rotated_files, verify
+
+    log = AuditLog(
+        tmp_path / "a.log",
+        signer=FileKeySigner(tmp_path / "k.pem"),
+        checkpoints_path=tmp_path / "a.log.checkpoints",
+        checkpoint_every=1,
+        max_bytes=1200,
+        keep_files=2,
+    )
+    log.write(_record(1))
+    log.checkpoint()
+    (tmp_path / "a.log.checkpoints").unlink()  # gone under the running writer: no rename
+    with caplog.at_level("WARNING"):
+        for i in range(2, 8):
+            log.write(_record(i))
+            log.checkpoint()
+    log.close()
+    assert "audit checkpoint file not rotated" in caplog.text
+    assert log.counts["written"] == 7 and log.counts["failed"] == 0
+    report = verify(
+        rotated_files(tmp_path / "a.log"),
+        checkpoints_file=tmp_path / "a.log.checkpoints",
+        key_file=tmp_path / "k.pub",
+        require_sealed=True,
+    )
+    assert report.intact and report.closed, report.problems
+
+
+def test_item5_hostile_a_log_that_cannot_rotate_fails_the_record_closed_and_recovers(tmp_path):
+    from sidecar.audit import AuditError
+
+    log = AuditLog(
+        tmp_path / "a.log",
+        signer=FileKeySigner(tmp_path / "k.pem"),
+        checkpoints_path=tmp_path / "a.log.checkpoints",
+        max_bytes=700,
+        keep_files=1,
+    )
+    log.write(_record(1))
+    blocker = tmp_path / "a.log.1"
+    blocker.mkdir()
+    (blocker / "x").write_text("")  # a non-empty directory where the rotation must rename to
+    with pytest.raises(AuditError, match="cannot rotate the audit log"):
+        log.write(_record(2))
+    (blocker / "x").unlink()
+    blocker.rmdir()
+    log.write(_record(3))  # the sink still writes to its file (never to a closed descriptor)
+    log.close()
+    records = _lines(tmp_path / "a.log.1") + _lines(tmp_path / "a.log")
+    calls = [d for d in records if d["type"] == "call"]
+    assert [(c["seq"], c["decision_id"]) for c in calls] == [(1, "d1"), (2, "d3")]
+
+
+def test_item5_http_drops_are_counted_and_exported_on_the_metrics_endpoint(tmp_path):
+    """Both ways the HTTP sink drops records, on a real /metrics: its buffer overflowing
+    (the oldest dropped at once) and a collector it cannot reach (after 3 tries)."""
+    import socket
+
+    import requests
+
+    from sidecar.audit import HttpSink
+    from sidecar.metrics import Metrics
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/v1/logs"
+    sink = HttpSink(url, batch=100, interval_s=600, buffer=2)
+    log = AuditLog(tmp_path / "a.log", http=sink)  # no signer: no checkpoint events
+    metrics = Metrics([])
+    metrics.watch(audit_counts=lambda: dict(log.counts))
+    port = metrics.serve("127.0.0.1:0")
+    try:
+        scrape = f"http://127.0.0.1:{port}/metrics"
+        series = 'agent_sidecar_audit_sink_dropped_records_total{sink="http"}'
+        assert f"{series} 0.0" in requests.get(scrape, timeout=5).text
+        for i in range(5):
+            log.write(_record(i))
+        assert f"{series} 3.0" in requests.get(scrape, timeout=5).text  # overflowed
+        log.close()  # the last 2 are tried, and dropped
+        assert f"{series} 5.0" in requests.get(scrape, timeout=5).text
+        assert sink.dropped == 5 and sink.delivered == 0
+    finally:
+        metrics.close()

@@ -46,8 +46,8 @@ TRICKY = [
     1.5,
     -0.0,
     1e300,
-    -(2**63),
-    2**63 - 1,
+    -(2**53),
+    2**53,  # beyond: refused per call (issue 30, tests/oracle/test_issue30_exact.py)
     1e-7,
     123.456789012345,
     0.1,
@@ -73,7 +73,7 @@ def test_undefined_is_reported_as_undefined(tmp_path):
 
 
 def test_builtin_errors_are_errors_not_undefined(tmp_path):
-    engine = _engine(tmp_path, 'out := json.unmarshal("{")')
+    engine = _engine(tmp_path, 'out := base64url.decode("%%%")')
     with pytest.raises(DecisionError) as error:
         engine.evaluate_sync({})
     assert error.value.code == "policy_error"
@@ -103,7 +103,7 @@ def test_a_builtin_the_engine_lacks_is_refused_at_load_naming_it(tmp_path, call)
 def test_policy_defined_functions_and_strings_are_not_builtins(tmp_path):
     rego = (
         "f(x) := y if { y := x + 1 }\n"
-        'out := {"n": f(1), "s": "http.send(1)", "u": trim_space(" A ")} # print(2)\n'
+        'out := {"n": f(1), "s": "http.send(1)", "u": trim(" A ", " ")} # print(2)\n'
     )
     assert _engine(tmp_path, rego).evaluate_sync({}).value == {
         "n": 2,

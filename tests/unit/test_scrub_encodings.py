@@ -96,3 +96,101 @@ def test_item3_encoded_forms_are_computed_once_per_secret_not_per_response():
         Scrubber([secret]).value({"text": "an answer"})
     after = encoded_forms.cache_info()
     assert after.misses == before.misses and after.hits >= before.hits + 100
+
+
+# --- item 2 (review of issue 32): base64 and hex with line breaks --------------------------
+
+JWT_LIKE = "eyJhbGciOiJFUzI1NiJ9." + secrets.token_urlsafe(420) + "." + secrets.token_urlsafe(64)
+LONG_SECRETS = [JWT_LIKE, "sk-proj-" + secrets.token_urlsafe(48)]  # ~660 and 72 bytes
+
+
+def _wrap(text: str, width: int, newline: str) -> str:
+    return newline.join(text[i : i + width] for i in range(0, len(text), width))
+
+
+def wrapped_encodings(secret: str) -> dict[str, str]:
+    """How GNU base64, encodebytes, MIME, PEM and ``xxd -p`` wrap a secret, in each alignment."""
+    out = {}
+    for before in range(3):
+        blob = b"p" * before + secret.encode() + b"!"
+        std, url = base64.b64encode(blob).decode(), base64.urlsafe_b64encode(blob).decode()
+        out |= {
+            f"gnu-{before}": _wrap(std, 76, "\n") + "\n",
+            f"encodebytes-{before}": base64.encodebytes(blob).decode(),
+            f"mime-{before}": _wrap(std, 76, "\r\n"),
+            f"pem-{before}": _wrap(std, 64, "\n"),
+            f"pem-crlf-{before}": _wrap(std, 64, "\r\n"),
+            f"url-76-{before}": _wrap(url, 76, "\n"),
+        }
+    out["xxd-p"] = _wrap(secret.encode().hex(), 60, "\n")
+    out["xxd-p-upper"] = _wrap(secret.encode().hex().upper(), 60, "\r\n")
+    return out
+
+
+def reveals_wrapped(text: str, secret: str) -> bool:
+    """``reveals``, also once every line break (and its JSON escape) is taken out."""
+    joined = text
+    for brk in ("\\r\\n", "\\n", "\r\n", "\n"):
+        joined = joined.replace(brk, "")
+    return reveals(text, secret) or reveals(joined, secret)
+
+
+@pytest.mark.parametrize("secret", LONG_SECRETS, ids=["jwt-svid", "api-key"])
+def test_item2_wrapped_base64_and_hex_are_scrubbed_from_json_values(secret):
+    for name, form in wrapped_encodings(secret).items():
+        assert "\n" in form and reveals_wrapped(form, secret), name  # the checker sees it
+        scrubber = Scrubber([secret])
+        answer = {"content": [{"type": "text", "text": f"-----BEGIN X-----\n{form}\nend"}]}
+        scrubbed = json.dumps(scrubber.value(answer), ensure_ascii=False)
+        assert not reveals_wrapped(scrubbed, secret), (name, scrubbed[:300])
+        assert MARK in scrubbed and scrubber.count >= 1, name
+
+
+@pytest.mark.parametrize("secret", LONG_SECRETS, ids=["jwt-svid", "api-key"])
+def test_item2_wrapped_forms_are_scrubbed_from_plain_and_json_bodies(secret):
+    for name, form in wrapped_encodings(secret).items():
+        plain, as_json = form.encode(), json.dumps({"echo": form}).encode()  # \n escaped
+        assert b"\\n" in as_json and b"\n" not in as_json
+        for body in (b"\xff\xfe binary \x00" + plain + b"\xc3(", as_json):
+            scrubber = Scrubber([secret])
+            out = scrubber.bytes(body)
+            assert not reveals_wrapped(out.decode("latin-1"), secret), (name, out[:200])
+            assert scrubber.count >= 1 and MARK.encode() in out
+            assert out.startswith(body[:10])  # the bytes around are kept exactly
+
+
+def test_item2_wrapped_forms_split_across_stream_chunks_are_caught():
+    for name, form in wrapped_encodings(JWT_LIKE).items():
+        redactor = Scrubber([JWT_LIKE]).stream([])
+        text = f"start {form} end"
+        out = "".join(redactor.feed(text[i : i + 5]) for i in range(0, len(text), 5))
+        out += redactor.flush()
+        assert not reveals_wrapped(out, JWT_LIKE) and MARK in out, name
+
+
+def test_item2_text_with_line_breaks_but_no_secret_is_left_alone():
+    scrubber = Scrubber([JWT_LIKE])
+    other = base64.encodebytes(secrets.token_bytes(300_000))  # ~400 kB of wrapped base64
+    prose = "line one\nline two\\nthree\r\nQUJD\nREVG\n" * 1000
+    hostile = "\n" * 5000 + "\\n" * 5000 + "A\nB\n" * 5000
+    for text in (other.decode(), prose, hostile, JWT_LIKE[:40] + "\n" + JWT_LIKE[41:80]):
+        assert scrubber.value(text) == text
+        assert scrubber.bytes(text.encode()) == text.encode()
+    assert scrubber.count == 0
+
+
+@pytest.mark.parametrize("length", [40, 108, 164, 400])
+def test_item2_a_stream_holds_back_a_bounded_number_of_characters(length):
+    """The first-byte delay a provider key adds to a streamed completion, in characters:
+    the hex form (2x the key) wrapped with the longest break every 16 characters, at least
+    256; text arrives as soon as more than that has come (docs/mcp.md has the table)."""
+    key = ("sk-" + secrets.token_urlsafe(length))[:length]
+    bound = max(256, 2 * length + 4 * (2 * length // 16 + 1))
+    redactor = Scrubber([key]).stream([])
+    text = "The answer is forty-two, and here is why. " * 60
+    released, fed = "", 0
+    while not released:
+        released += redactor.feed(text[fed])
+        fed += 1
+    assert fed == bound + 1 and bound <= 2.5 * length + 260
+    assert released + "".join(redactor.feed(c) for c in text[fed:]) + redactor.flush() == text

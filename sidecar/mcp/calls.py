@@ -6,7 +6,8 @@ URI), ``phase``, ``method``, the operation configured for the tool (default ``ac
 and resources ``read``), the upstream's annotations as untrusted hints, and for tools the
 definition's hash against its pin. The relay is one request on the upstream's shared session.
 
-A part of :class:`sidecar.pipeline.Mediator`: the guarded path does the rest.
+An adapter: it receives the guarded path (sidecar/calls/guarded.py), which does the rest.
+It lives beside the MCP endpoint it serves, so the calls package never imports MCP.
 """
 
 from __future__ import annotations
@@ -15,25 +16,28 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
 from sidecar.audit import CallRecord, payload_view, result_view
 from sidecar.calls.common import CallResult, Facts, Stop, action_record
+from sidecar.calls.decide import Decider
+from sidecar.calls.guarded import GuardedPath
+from sidecar.calls.relaying import RelayGate
 from sidecar.classify import classify, redact
 from sidecar.identity import CallContext, IdentityError
 from sidecar.ids import new_decision_id
+from sidecar.mcp.catalog import Catalog
 from sidecar.mcp.entry import Entry, split_name
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
+from sidecar.mcp.settings import McpServerSettings
 from sidecar.outcomes import status_for
 from sidecar.policy import Action, build_input
 from sidecar.policy.decision import ENGINE_FAILURES
 from sidecar.relay.scrub import Scrubber
-
-if TYPE_CHECKING:  # the catalog imports the MCP types (pydantic): only when MCP is on
-    from sidecar.mcp.catalog import Catalog
 
 __all__ = ["METHOD_KINDS", "McpCall", "McpCalls"]
 
@@ -60,45 +64,64 @@ class McpCall:
 
 
 class McpCalls:
-    """MCP methods that act, and the list phase."""
+    """MCP methods that act, and the list phase, on the catalog of the MCP servers."""
+
+    def __init__(
+        self,
+        path: GuardedPath,
+        gate: RelayGate,
+        decider: Decider,
+        catalog: Catalog,
+        servers: Mapping[str, McpServerSettings],
+    ) -> None:
+        self._path = path
+        self._gate = gate
+        self._decider = decider
+        self._catalog = catalog
+        self._servers = servers
+        # List-phase decisions, keyed by policy revision, caller and entry.
+        self._list_decisions: dict[Any, str] = {}
+
+    async def reject(self, rpc: str, code: str, message: str) -> CallResult:
+        """A message refused before it could be decoded: audited like every call."""
+        return await self._path.reject(rpc, code, message)
 
     async def call_mcp(
         self,
         call: McpCall,
-        catalog: Catalog,
         *,
         context: CallContext,
         time_remaining: float | None,
     ) -> CallResult:
-        return await self._guarded(
+        return await self._path.run(
             f"MCP {call.method}",
             time_remaining,
-            lambda record, deadline: self._run_mcp(record, call, catalog, context, deadline),
+            lambda record, deadline: self._run_mcp(record, call, context, deadline),
         )
 
     async def _run_mcp(
         self,
         record: CallRecord,
         call: McpCall,
-        catalog: Catalog,
         context: CallContext,
         deadline: float,
     ) -> CallResult:
-        trace = self._begin(record, context, call.intent)
+        catalog = self._catalog
+        trace = self._path.begin(record, context, call.intent)
         record.action = {"kind": "mcp", "name": call.name, "method": call.method}
         server, name = split_name(call.name)
         if server not in catalog.upstreams:
             raise Stop("unknown_tool", f"no MCP server {server or call.name!r}")
         kind = METHOD_KINDS[call.method]
         entry = await self._mcp_entry(catalog, kind, call.name, server, name)
-        subject, chain, user, task = await self._establish(
+        subject, chain, user, task = await self._path.establish(
             record, context, trace, delegation_chain=(), task_id=call.task_id, count=True
         )
         arguments = call.arguments
         action = mcp_action(entry, "call", call.method, arguments)
         record.action = action_record(action, arguments) | {"method": call.method}
         facts = Facts(subject, chain, task, call.task_id, action, arguments, user)
-        decided, common = await self._authorize(
+        decided, common = await self._path.authorize(
             record,
             facts,
             acting=True,
@@ -116,27 +139,27 @@ class McpCalls:
         obligations = decision.obligations
         sent = redact(arguments, obligations.redact) if obligations.redact else arguments
         record.action["arguments"] = payload_view(sent, log_level)
-        remaining = self._time_to_relay(deadline, common)
+        remaining = self._path.time_to_relay(deadline, common)
         params: dict[str, Any] = (
             {"uri": entry.name} if kind == "resource" else {"name": entry.name, "arguments": sent}
         )
         record.upstream = {"server": server, "method": call.method}
         upstream = catalog.upstreams[server]
-        timeout = min(self._settings.mcp_servers[server].timeout_s, remaining)
+        timeout = min(self._servers[server].timeout_s, remaining)
         # What the sidecar gave the server for good (stdio env_files), and below the call's
         # own credential: none of it comes back, in any common encoding.
         scrubber = Scrubber(upstream.secrets)
-        await self._before_relay(record, common)
+        await self._path.before_relay(record, common)
         t0 = time.perf_counter()
         try:
             headers = None
-            target = self._settings.mcp_servers[server].target
+            target = self._servers[server].target
             if target:  # over HTTP: the target's credential on this call
                 headers = {"X-Request-Id": record.decision_id}
-                headers |= await self._credential_headers(
+                headers |= await self._gate.credential_headers(
                     target, obligations.credential, call.task_id, scrubber, user
                 )
-            async with self._target_slots[f"mcp:{server}"], self._relay_slots:
+            async with self._gate.slots(f"mcp:{server}"):
                 answer = await upstream.request(
                     call.method, params, timeout_s=timeout, headers=headers
                 )
@@ -199,8 +222,8 @@ class McpCalls:
         record.action = {"kind": "mcp", "name": method, "phase": "list"}
         shown: list[Entry] = []
         try:
-            trace = self._begin(record, context, "")
-            subject, _chain, user, task = await self._establish(
+            trace = self._path.begin(record, context, "")
+            subject, _chain, user, task = await self._path.establish(
                 record, context, trace, delegation_chain=(), task_id=task_id, count=False
             )
             cache = self._list_decisions
@@ -211,7 +234,7 @@ class McpCalls:
                 acting = {"tool": "tools/call", "prompt": "prompts/get"}.get(
                     entry.kind, "resources/read"
                 )
-                key = (self._engine.revision, caller, entry.full, entry.hash, entry.pinned_hash)
+                key = (self._decider.revision, caller, entry.full, entry.hash, entry.pinned_hash)
                 effect = cache.get(key)
                 if effect is None:
                     input_doc = build_input(
@@ -222,7 +245,7 @@ class McpCalls:
                         task=task.info(record.time_ns) if task is not None else None,
                         user=user,
                     )
-                    decided = await self._decide(self._engine, input_doc, math.inf, entry.full)
+                    decided = await self._decider.decide(input_doc, math.inf, entry.full)
                     effect = decided.decision.effect
                     if decided.decision.code not in ENGINE_FAILURES:
                         cache[key] = effect  # an engine failure is not remembered
@@ -243,7 +266,7 @@ class McpCalls:
             result = CallResult(
                 record.decision_id, "internal_error", status_for("internal_error"), "internal error"
             )
-        return await self._finish(record, result, started), shown
+        return await self._path.finish(record, result, started), shown
 
 
 def mcp_action(entry: Entry, phase: str, method: str, arguments: dict[str, Any]) -> Action:

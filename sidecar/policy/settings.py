@@ -1,0 +1,53 @@
+"""The ``policy`` section: where decisions come from."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from sidecar.validate import check
+
+__all__ = ["PolicySettings"]
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Where decisions come from."""
+
+    engine: Literal["embedded", "opa"] = "embedded"
+    dir: Path = Path("rego")
+    query: str = "data.agentsidecar.authz.decision"
+    timeout_ms: int = 250
+    # embedded: interpreters evaluating in threads, in parallel; opa: connections to OPA.
+    workers: int = 2
+    # embedded: evaluate on the event loop (no thread hand-off) while every evaluation costs
+    # at most this much CPU; the first one that costs more moves this revision to the threads,
+    # where the wait is bounded by timeout_ms. 0: always in threads.
+    inline_max_ms: float = 5.0
+    # embedded: how often the policy dir is checked for changes (0: only on SIGHUP).
+    reload_interval_ms: int = 1000
+    # opa: the OPA server (http://HOST:PORT or unix:///PATH).
+    opa_url: str = "http://127.0.0.1:8181"
+    # A second policy evaluated beside the active one for every call; recorded, never enforced.
+    shadow: Path | None = None
+    # Read-only tools allowed when the engine fails (not when policy denies). Off by default.
+    fail_open_on_engine_error: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check(
+            re.fullmatch(r"data(\.[A-Za-z_][A-Za-z0-9_]*)+", self.query) is not None,
+            f"query: {self.query!r} is not a data reference like data.agentsidecar.authz.decision",
+        )
+        check(self.timeout_ms > 0, "timeout_ms: must be > 0")
+        check(1 <= self.workers <= 64, "workers: must be between 1 and 64")
+        check(0 <= self.inline_max_ms <= 1000, "inline_max_ms: must be between 0 and 1000")
+        check(self.reload_interval_ms >= 0, "reload_interval_ms: must be >= 0")
+        parts = urlsplit(self.opa_url)
+        check(
+            (parts.scheme == "http" and bool(parts.hostname))
+            or (parts.scheme == "unix" and bool(parts.path)),
+            f"opa_url: {self.opa_url!r} is not http://HOST:PORT or unix:///PATH",
+        )
