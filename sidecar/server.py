@@ -27,6 +27,7 @@ from sidecar.calls.tools import ToolCalls
 from sidecar.config import Settings
 from sidecar.health_listener import HealthListener
 from sidecar.identity import WorkloadIdentity
+from sidecar.identity.server_tls import mtls_server_credentials
 from sidecar.listeners import UnixSocketClaim, claim_unix_socket, listening
 from sidecar.policy import PolicyEngine
 from sidecar.service import SERVICE_NAME, SidecarService
@@ -35,39 +36,6 @@ from sidecar.workers import WorkerRole, WorkersStatus
 __all__ = ["SERVICE_NAME", "SidecarServer", "mtls_server_credentials"]
 
 log = logging.getLogger(__name__)
-
-
-def mtls_server_credentials(
-    identity: WorkloadIdentity, trust_domains: tuple[str, ...] | list[str]
-) -> grpc.ServerCredentials:
-    """TLS with client certificates required, from the sidecar's X.509-SVID, re-read after
-    each rotation; clients are verified against the bundles of ``trust_domains`` (default:
-    the sidecar's own)."""
-    trusted = list(trust_domains) or None
-
-    def configuration() -> Any:
-        snapshot = identity.snapshot()
-        roots = snapshot.bundle_pem(trusted or [snapshot.trust_domain])
-        return grpc.ssl_server_certificate_configuration(
-            [(snapshot.key_pem(), snapshot.chain_pem())], root_certificates=roots
-        )
-
-    seen = {"rotations": identity.rotations}
-
-    def fetch() -> Any:
-        if identity.rotations == seen["rotations"]:
-            return None
-        try:
-            config = configuration()
-        except Exception:  # an expired snapshot: keep serving the last configuration
-            log.exception("cannot rotate the mTLS certificate")
-            return None
-        seen["rotations"] = identity.rotations
-        return config
-
-    return grpc.dynamic_ssl_server_credentials(
-        configuration(), fetch, require_client_authentication=True
-    )
 
 
 class SidecarServer:
