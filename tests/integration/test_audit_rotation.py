@@ -53,7 +53,9 @@ def _records(docs: list[dict]) -> list[dict]:
 
 
 def _head_is_checkpointed(log: Path) -> bool:
-    lines = log.read_bytes().splitlines()
+    """Whether the last whole line is a checkpoint (a line still being written is not one)."""
+    data = log.read_bytes()
+    lines = data[: data.rfind(b"\n") + 1].splitlines()
     return bool(lines) and json.loads(lines[-1])["type"] == "checkpoint"
 
 
@@ -65,6 +67,9 @@ def _run(start_sidecar, tools, tmp_path: Path, *, calls: int, checkpoint_bytes: 
     running = start_sidecar(
         tools.url,
         audit={"max_bytes": MAX_BYTES, "keep_files": KEEP, "checkpoint_every": 1},
+        # this sidecar shares the test's process (and its GIL) with the polling below: a
+        # loaded CI machine must not turn that into policy timeouts, which are not under test
+        policy={"timeout_ms": 10000},
     )
     log, audit = running.audit_path, running.sidecar.audit
     with running.client() as client:

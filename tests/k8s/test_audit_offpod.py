@@ -327,7 +327,9 @@ def test_item5_hostile_a_collector_that_accepts_counts_no_drops(collector, tools
 
 
 def _head_is_checkpointed(log: Path) -> bool:
-    lines = log.read_bytes().splitlines()
+    """Whether the last whole line is a checkpoint (a line still being written is not one)."""
+    data = log.read_bytes()
+    lines = data[: data.rfind(b"\n") + 1].splitlines()
     return bool(lines) and json.loads(lines[-1])["type"] == "checkpoint"
 
 
