@@ -296,7 +296,15 @@ def main() -> int:
     parser.add_argument("--soak-calls", type=int, default=100_000)
     parser.add_argument("--workers", type=int, help="server.workers (default: its default)")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="agent-sidecar-hot-path-"))
+    return run_with_upstream(measure, args, "agent-sidecar-hot-path-")
+
+
+def run_with_upstream(
+    measure: Callable[[Any, Path, int], Awaitable[list[str]]], args: Any, prefix: str
+) -> int:
+    """Run ``measure(args, work, port)`` beside a development Workload API and the bench
+    upstream on ``port``, print its table, and stop both."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     workload_api = start_workload_api(work / "workload.sock", subprocess.DEVNULL)
     port = free_port()
     upstream = subprocess.Popen(

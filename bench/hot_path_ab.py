@@ -16,12 +16,9 @@ crowded machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import subprocess
 import sys
-import tempfile
-import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,9 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sidecar  # noqa: E402,F401  (before grpc: the engine's load order)
-from bench.hot_path import Agent, cpu_seconds, load, sidecar_config, worker_pids  # noqa: E402
+from bench.hot_path import (  # noqa: E402
+    Agent,
+    cpu_seconds,
+    load,
+    run_with_upstream,
+    sidecar_config,
+    worker_pids,
+)
 from bench.relay_overhead import percentile  # noqa: E402
-from examples.demo.run import free_port, start_workload_api, wait_serving  # noqa: E402
+from examples.demo.run import wait_serving  # noqa: E402
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2  # noqa: E402
 
 CELLS = (("CallTool", 1), ("CallTool", 8), ("Check", 1), ("Check", 8))
@@ -142,22 +146,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=400, help="calls per caller per cell")
     parser.add_argument("--workers", type=int, default=1, help="server.workers of each")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="agent-sidecar-hot-path-ab-"))
-    workload_api = start_workload_api(work / "workload.sock", subprocess.DEVNULL)
-    port = free_port()
-    upstream = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench/upstream.py"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-    )
-    started = time.perf_counter()
-    try:
-        lines = asyncio.run(measure(args, work, port))
-    finally:
-        upstream.terminate()
-        workload_api.terminate()
-    print("\n".join(lines))
-    print(f"\n(measured in {time.perf_counter() - started:.0f} s; work dir {work})")
-    return 0
+    return run_with_upstream(measure, args, "agent-sidecar-hot-path-ab-")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from tests.support.mcp_gateway import (
     baseline_policy,
     endpoint_url,
     gateway_overrides,
+    leak_auth_sidecar,
     with_client,
 )
 from tests.support.mcp_upstream import ENCODINGS, FAIL_CODE, POISON, HttpMcpServer
@@ -148,18 +149,7 @@ def test_item3_a_stdio_secret_in_a_tool_listing_is_scrubbed(start_sidecar, tools
 def test_item3_an_http_mcp_upstream_echoing_the_jwt_svid_encoded_never_leaks_it(
     notes, start_sidecar, tools, workload_api, tmp_path
 ):
-    overrides = gateway_overrides(tmp_path, notes, stdio=False)
-    overrides["targets"]["notes-mcp"]["auth"] = {"type": "jwt-svid", "audience": "notes"}
-    overrides["mcp_servers"]["notes"]["tools"] = {"leak_auth": {"operation": "read"}}
-    overrides["identity"] = {
-        "mode": "pod",
-        "socket": f"unix://{workload_api.socket_path}",
-        "pod_tcp": True,
-    }
-    grants = {"grants": {SUPPORT: {"read": ["notes.*"]}}}
-    overrides["policy"] = {"dir": str(baseline_policy(tmp_path, mcp=grants))}
-    running = start_sidecar(tools.url, **overrides)
-    assert running.sidecar.identity.wait_ready(10)
+    running = leak_auth_sidecar(start_sidecar, tools.url, workload_api, tmp_path, notes)
 
     async def run(client: Client) -> dict[str, str]:
         out = {}

@@ -19,11 +19,10 @@ from sidecar._proto.agentsidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 from tests.conftest import audit_lines
 from tests.integration.test_identity_pod import _pod, _with_jwt_auth
 from tests.support.mcp_gateway import (
-    SUPPORT,
     TASK,
-    baseline_policy,
     endpoint_url,
     gateway_overrides,
+    leak_auth_sidecar,
     with_client,
 )
 from tests.support.mcp_upstream import WRAPPED, HttpMcpServer
@@ -92,18 +91,7 @@ def test_item2_an_http_mcp_upstream_echoing_the_jwt_svid_wrapped_never_leaks_it(
     start_sidecar, tools, workload_api, tmp_path
 ):
     with HttpMcpServer() as notes:
-        overrides = gateway_overrides(tmp_path, notes, stdio=False)
-        overrides["targets"]["notes-mcp"]["auth"] = {"type": "jwt-svid", "audience": "notes"}
-        overrides["mcp_servers"]["notes"]["tools"] = {"leak_auth": {"operation": "read"}}
-        overrides["identity"] = {
-            "mode": "pod",
-            "socket": f"unix://{workload_api.socket_path}",
-            "pod_tcp": True,
-        }
-        grants = {"grants": {SUPPORT: {"read": ["notes.*"]}}}
-        overrides["policy"] = {"dir": str(baseline_policy(tmp_path, mcp=grants))}
-        running = start_sidecar(tools.url, **overrides)
-        assert running.sidecar.identity.wait_ready(10)
+        running = leak_auth_sidecar(start_sidecar, tools.url, workload_api, tmp_path, notes)
 
         async def run(client: Client) -> dict[str, str]:
             out = {}

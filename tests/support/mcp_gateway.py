@@ -80,6 +80,26 @@ def gateway_overrides(
     }
 
 
+def leak_auth_sidecar(
+    start_sidecar: Any, tools_url: str, workload_api: Any, tmp_path: Path, notes: Any
+) -> Any:
+    """A pod-mode sidecar whose HTTP MCP upstream ``notes`` gets a JWT-SVID (audience
+    ``notes``) and exposes ``leak_auth``, which echoes it back in a chosen encoding."""
+    overrides = gateway_overrides(tmp_path, notes, stdio=False)
+    overrides["targets"]["notes-mcp"]["auth"] = {"type": "jwt-svid", "audience": "notes"}
+    overrides["mcp_servers"]["notes"]["tools"] = {"leak_auth": {"operation": "read"}}
+    overrides["identity"] = {
+        "mode": "pod",
+        "socket": f"unix://{workload_api.socket_path}",
+        "pod_tcp": True,
+    }
+    grants = {"grants": {SUPPORT: {"read": ["notes.*"]}}}
+    overrides["policy"] = {"dir": str(baseline_policy(tmp_path, mcp=grants))}
+    running = start_sidecar(tools_url, **overrides)
+    assert running.sidecar.identity.wait_ready(10)
+    return running
+
+
 def endpoint_url(running: Any) -> str:
     return f"http://127.0.0.1:{running.sidecar.mcp.endpoint.port}/mcp"
 
