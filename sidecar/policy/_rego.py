@@ -39,6 +39,7 @@ from sidecar.policy._rego_input import UnrepresentableInput, set_input
 from sidecar.policy.compat import RegoModule, check_builtins
 from sidecar.policy.errors import CompileError, LoadOrderError, PolicyLoadError
 from sidecar.policy.vet import enforce
+from sidecar.policy.vet_options import VetOptions
 
 __all__ = [
     "ENGINE_VERSION",
@@ -64,7 +65,13 @@ class EvalError(Exception):
         self.messages = messages
 
 
-def new_interpreter(modules: Iterable[RegoModule], data: Any, *, vet: bool = True) -> Interpreter:
+def new_interpreter(
+    modules: Iterable[RegoModule],
+    data: Any,
+    *,
+    vet: bool = True,
+    vetting: VetOptions | None = None,
+) -> Interpreter:
     """An interpreter with strict built-in errors, the modules and the data loaded.
 
     Refuses what OPA's compiler refuses, constructs that decide differently on the two engines
@@ -77,7 +84,9 @@ def new_interpreter(modules: Iterable[RegoModule], data: Any, *, vet: bool = Tru
     interp.log_level = LogLevel.NONE  # errors come back to us; the engine must not print them
     interp.strict_built_in_errors = True
     if vet:  # False only where the caller vetted a superset (the test runner's workers)
-        enforce(modules, data)  # OPA's compiler and AST where available (sidecar/policy/vet.py)
+        enforce(
+            modules, data, vetting
+        )  # OPA's compiler and AST where available (sidecar/policy/vet.py)
     check_builtins(modules, interp.is_builtin)
     for module in modules:
         try:
@@ -85,7 +94,8 @@ def new_interpreter(modules: Iterable[RegoModule], data: Any, *, vet: bool = Tru
         except (regopy.RegoError, ValueError) as exc:
             raise _compile_error(exc, modules, module.path) from exc
     try:
-        interp.add_data_json(json.dumps(data, ensure_ascii=False))
+        # keys sorted: rego-cpp iterates objects in insertion order, OPA in sorted order
+        interp.add_data_json(json.dumps(data, ensure_ascii=False, sort_keys=True))
     except (regopy.RegoError, ValueError) as exc:
         raise PolicyLoadError(f"data documents are not accepted by the engine: {exc}") from exc
     return interp
@@ -94,9 +104,16 @@ def new_interpreter(modules: Iterable[RegoModule], data: Any, *, vet: bool = Tru
 class CompiledQuery:
     """One interpreter with ``query`` compiled once into a bundle; not thread-safe by itself."""
 
-    def __init__(self, modules: Iterable[RegoModule], data: Any, query: str) -> None:
+    def __init__(
+        self,
+        modules: Iterable[RegoModule],
+        data: Any,
+        query: str,
+        *,
+        vetting: VetOptions | None = None,
+    ) -> None:
         self._modules = list(modules)
-        self._interp = new_interpreter(self._modules, data)
+        self._interp = new_interpreter(self._modules, data, vetting=vetting)
         try:
             self._bundle = self._interp.build(f"{_BINDING} = {query}")
         except (regopy.RegoError, ValueError) as exc:

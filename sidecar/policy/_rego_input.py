@@ -17,6 +17,10 @@ about 15 significant digits (``100.00000000000001 > 100`` is false there, true o
 read doubles near the limits, and divides integers beyond 2^53 in doubles (only
 ``input.time_ns`` may be larger; see ``ast_portability``'s ``inexact-integer``). A refusal
 names the path, never the value (arguments may be sensitive).
+
+Objects are handed over with their keys sorted (code point order, which is the byte order of
+their UTF-8, OPA's order): rego-cpp iterates an object in the order it was built, OPA in sorted
+order, so ``[k | some k; input.obj[k]]`` comes out the same on both (issue 30).
 """
 
 from __future__ import annotations
@@ -128,9 +132,9 @@ def _build(handle: int, value: Any) -> None:
     if kind is str:
         _string(handle, _text(value))
     elif kind is dict:
-        for key, item in value.items():
+        for key in sorted(value) if len(value) > 1 else value:  # in OPA's order (below)
             _string(handle, _key(key))
-            _build(handle, item)
+            _build(handle, value[key])
             _item(handle)
         _object(handle, len(value))
     elif kind is list:
@@ -173,7 +177,8 @@ def _build(handle: int, value: Any) -> None:
 def _build_wide(handle: int, doc: dict[str, Any], wide: frozenset[str]) -> None:
     """An object as :func:`_build` does, but its keys in ``wide`` may hold any 64-bit
     integer (the sidecar's nanosecond clocks: ``time_ns``, ``approval.approved_at_ns``)."""
-    for key, item in doc.items():
+    for key in sorted(doc):
+        item = doc[key]
         _string(handle, _key(key))
         if key in wide and type(item) is int and _INT_MIN <= item <= _INT_MAX:
             _int(handle, item)
@@ -205,7 +210,11 @@ def set_input(interp_impl: Any, set_term: Any, doc: dict[str, Any]) -> None:
     except _NeedsTerm:
         rego_free_input(handle)
         check_numbers(doc)
-        set_term(json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False))
+        set_term(
+            json.dumps(
+                doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True
+            )
+        )
         return
     except BaseException:
         rego_free_input(handle)

@@ -2,9 +2,9 @@
 
 The same rules (``divergent-builtin``, ``sprintf-format``, ``not-undefined``,
 ``untyped-comparison``), but what is a call, a negation or a comparison is what OPA's parser
-says (``opa_compiler.parse_module``): a call split over lines, at column 0, nested in a head,
-an ``else``, a comprehension or an ``every`` is the same call. Which names are the policy's own
-functions is decided across every module of a package, not per file.
+says (``rego.parse_module``, through ``opa_compiler.check``): a call split over lines, at
+column 0, nested in a head, an ``else``, a comprehension or an ``every`` is the same call.
+Which names are the policy's own functions is decided across every module of a package.
 
 The AST carries no positions, so the line named in a finding is the matching occurrence in the
 text (the k-th call of that name, the k-th ``not``); the finding itself never depends on it.
@@ -215,6 +215,7 @@ class _Checker:
             if not mod.module.path.endswith("_test.rego"):
                 out += self._comparisons(mod)
                 out += self._big_integers(mod)
+                out += self._quoted_formats(mod)
         return sorted(out, key=lambda i: (i.file, i.line, i.rule, i.message))
 
     def _builtins(self, mod: _Module) -> list[PortabilityIssue]:
@@ -305,6 +306,63 @@ class _Checker:
                     )
                 )
         return out
+
+    def _quoted_formats(self, mod: _Module) -> list[PortabilityIssue]:
+        """``sprintf("%v", [concat(...)])``: rego-cpp keeps the JSON quotes of a string that
+        ``concat`` or ``replace`` built (also through a variable or another ``concat``) and
+        prints them, unescaped: the result differs from OPA's, and the decision it reaches is
+        malformed (measured in tests/oracle/test_semantics.py)."""
+        out = []
+        quoted_rules = self._quoted_rules(mod)
+        for body, head in _scopes(mod.ast):
+            facts = self._facts(body)
+            for name, args in _scope_calls(body, head):
+                if name != "sprintf" or len(args) != 2:
+                    continue
+                values = args[1].get("value") if args[1].get("type") == "array" else None
+                if not isinstance(values, list):
+                    continue
+                if any(self._quoted(v, facts, quoted_rules, 0) for v in values):
+                    out.append(
+                        PortabilityIssue(
+                            mod.module.path,
+                            self._call_line(mod, "sprintf"),
+                            "sprintf-format",
+                            "`%v` of a string built by concat or replace: the embedded engine "
+                            "prints it with its quotes (OPA without); format the parts instead "
+                            '(`sprintf("%v/%v", [a, b])`)',
+                        )
+                    )
+        return out
+
+    def _quoted_rules(self, mod: _Module) -> set[str]:
+        """Rules of ``mod``'s package whose value is a concat/replace result."""
+        found: set[str] = set()
+        for _ in range(3):
+            for other in self.mods:
+                if other.package != mod.package:
+                    continue
+                for rule in other.ast.get("rules") or []:
+                    head = rule.get("head", {})
+                    ref = head.get("ref") or []
+                    if not ref or ref[0].get("type") != "var":
+                        continue
+                    facts = self._facts(rule.get("body") or [])
+                    if self._quoted(head.get("value"), facts, found, 0):
+                        found.add(ref[0]["value"])
+        return found
+
+    def _quoted(self, term: Any, facts: dict[str, Any], rules: set[str], depth: int) -> bool:
+        if not isinstance(term, dict) or depth > 8:
+            return False
+        fact = facts.get(_canon(term))
+        if isinstance(fact, tuple):
+            return self._quoted(fact[1], facts, rules, depth + 1)
+        if term.get("type") == "var":
+            return term.get("value") in rules
+        if term.get("type") == "call":
+            return _ref_name(term["value"][0]) in ("concat", "replace")
+        return False
 
     def _big_integers(self, mod: _Module) -> list[PortabilityIssue]:
         """Arithmetic or equality on an integer beyond 2^53 (``input.time_ns``,

@@ -20,7 +20,6 @@ before it runs.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +29,16 @@ from sidecar.policy.compat import RegoModule
 from sidecar.policy.errors import CompileError, PolicyLoadError, UnsupportedBuiltinError
 from sidecar.policy.portability import PortabilityError
 from sidecar.policy.source import load_policy_dir
-from sidecar.policy.vet import REQUIRE_ENV, OpaCompilerRequired, vet, warn_once
+from sidecar.policy.vet import OpaCompilerRequired, vet, warn_once
+from sidecar.policy.vet_options import VetOptions
 
-_PORTABILITY = {"divergent-builtin", "sprintf-format", "not-undefined", "untyped-comparison"}
+_PORTABILITY = {
+    "divergent-builtin",
+    "sprintf-format",
+    "not-undefined",
+    "untyped-comparison",
+    "set-order",
+}
 
 __all__ = ["Finding", "check_policy"]
 
@@ -66,7 +72,7 @@ def check_policy(policy_dir: str | Path, query: str) -> list[Finding]:
     vetting = vet(source.modules, source.data)
     if vetting.warning:
         warn_once(vetting.warning)
-        if os.environ.get(REQUIRE_ENV) == "1":
+        if VetOptions().required:
             findings.append(Finding(str(root), 0, "opa-compiler", vetting.warning))
     findings += [
         Finding(e.file, e.line, "compile", e.message, e.col) for e in vetting.compile_errors

@@ -35,6 +35,7 @@ from sidecar.policy._rego_input import UnrepresentableInput
 from sidecar.policy.engine import EngineResult
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.source import PolicySource, load_policy_dir
+from sidecar.policy.vet_options import VetOptions
 
 __all__ = ["EmbeddedEngine"]
 
@@ -54,9 +55,16 @@ class EmbeddedEngine:
     name = "embedded"
 
     def __init__(
-        self, source: PolicySource, query: str, *, workers: int = 2, inline_max_ms: float = 0.0
+        self,
+        source: PolicySource,
+        query: str,
+        *,
+        workers: int = 2,
+        inline_max_ms: float = 0.0,
+        vetting: VetOptions | None = None,
     ) -> None:
         self._query = query
+        self._vetting = vetting or VetOptions()
         self._workers = workers
         self._inline_max_s = inline_max_ms / 1000
         self._dir = source.root
@@ -67,7 +75,7 @@ class EmbeddedEngine:
     def _compile(self, source: PolicySource) -> _State:
         pool: queue.SimpleQueue[CompiledQuery] = queue.SimpleQueue()
         for _ in range(self._workers):
-            pool.put(CompiledQuery(source.modules, source.data, self._query))
+            pool.put(CompiledQuery(source.modules, source.data, self._query, vetting=self._vetting))
         return _State(source, pool, inline=self._inline_max_s > 0)
 
     @property
@@ -77,9 +85,21 @@ class EmbeddedEngine:
 
     @classmethod
     def from_dir(
-        cls, policy_dir: str | Path, query: str, *, workers: int = 2, inline_max_ms: float = 0.0
+        cls,
+        policy_dir: str | Path,
+        query: str,
+        *,
+        workers: int = 2,
+        inline_max_ms: float = 0.0,
+        vetting: VetOptions | None = None,
     ) -> EmbeddedEngine:
-        return cls(load_policy_dir(policy_dir), query, workers=workers, inline_max_ms=inline_max_ms)
+        return cls(
+            load_policy_dir(policy_dir),
+            query,
+            workers=workers,
+            inline_max_ms=inline_max_ms,
+            vetting=vetting,
+        )
 
     @property
     def revision(self) -> str:

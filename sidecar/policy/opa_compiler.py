@@ -1,22 +1,28 @@
-"""OPA's own compiler (v1.20.2, Go, in-process through ``opa-golib-python-bindings``) as the
-judge of what a set of modules means.
+"""OPA's own compiler (v1.20.2, Go, through ``opa-golib-python-bindings``) as the judge of what
+a set of modules means.
 
 A text scanner can be walked around (a call split over two lines, a call at column 0 read as a
 rule head); OPA's parser and compiler cannot, because they *are* the meaning. Where the binding
 is installed, every load compiles the modules with it: parse errors (v0 bodies), type errors,
-unsafe variables, recursion, conflicts are OPA's, with OPA's message and line. ``parse_module``
-gives OPA's AST (``rego.parse_module``) for the portability checks (``ast_portability``).
+unsafe variables, recursion, conflicts are OPA's, with OPA's message and line; and OPA's AST of
+each module (``rego.parse_module``) feeds the portability checks (``ast_portability``).
+
+**Out of the caller's process** by default (:func:`check` with ``isolate=True``): one
+short-lived child (``python -m sidecar.policy.opa_compiler``) compiles and parses the whole
+module set and exits, so Go's runtime (~26 MB RSS, 5 threads) is never resident in ``serve``,
+and a process that forks is never holding it. The child is time-bounded; one that dies, hangs
+or answers garbage is :class:`OpaUnavailable` (``vet`` then fails closed when the compiler is
+required). In-process (``isolate=False``, or Go already running here, as in the test oracle)
+it is the same code. Results are cached by content.
 
 The binding is optional (it declares Python >= 3.14, so it cannot be a declared dependency of a
 3.11 package; see docs/policy-engines.md). :func:`unavailable_reason` says why it is missing.
-Each check uses a fresh OPA engine that is closed afterwards; results are cached by content.
-Go's runtime does not survive ``fork()``: in a process forked after it started here, the
-check runs in a fresh process instead (``python -m sidecar.policy.opa_compiler``).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import os
 import re
@@ -29,17 +35,20 @@ from typing import Any
 from sidecar.policy.compat import RegoModule
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "OpaCheck",
     "OpaFinding",
     "OpaUnavailable",
-    "compile_modules",
-    "parse_module",
+    "check",
+    "go_loaded_here",
     "unavailable_reason",
 ]
 
 # "file:row: code: message", then continuation lines (tab-indented) that belong to it.
 _ERROR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+)(?::(?P<col>\d+))?: (?P<code>rego_\w+): ")
 _HEADER = re.compile(r"^(?:.*?: )?\d+ errors? occurred:\s*")
-_FRESH_PROCESS_TIMEOUT_S = 120
+DEFAULT_TIMEOUT_S = 60.0
+_CHILD = (sys.executable, "-m", "sidecar.policy.opa_compiler")
 
 
 class OpaUnavailable(RuntimeError):
@@ -56,26 +65,94 @@ class OpaFinding:
     message: str
 
 
+@dataclass(frozen=True)
+class OpaCheck:
+    """OPA's verdict on a module set: its errors, or (when it compiles) the AST of each module
+    as JSON text, in the order given."""
+
+    findings: tuple[OpaFinding, ...]
+    asts: tuple[str, ...] = ()
+
+
 @functools.cache
 def unavailable_reason() -> str:
-    """Empty when OPA's compiler can be used here, otherwise why not."""
-    try:
-        from opa_bindings.engine import _get_lib  # loads the Go library now, not at first use
-    except ImportError as exc:
-        return f"opa-golib-python-bindings is not installed ({exc})"
-    global _go_pid
-    try:
-        _get_lib()  # a Go c-shared library starts Go's runtime as it loads
-    except (OSError, AttributeError) as exc:  # not loadable on this platform / another API
-        return f"OPA's Go library does not load here ({exc})"
-    _go_pid = os.getpid()
+    """Empty when the binding is installed, otherwise why not. Does not start Go here (a
+    library that is installed but does not load surfaces as :class:`OpaUnavailable`)."""
+    if importlib.util.find_spec("opa_bindings") is None:
+        return "opa-golib-python-bindings is not installed"
     return ""
 
 
-def _engine() -> Any:
+def _load_go_here() -> None:
+    """Load OPA's Go library into this process (which starts Go's runtime)."""
+    global _go_pid
+    try:
+        from opa_bindings.engine import _get_lib
+    except ImportError as exc:
+        raise OpaUnavailable(f"opa-golib-python-bindings is not installed ({exc})") from None
+    try:
+        _get_lib()  # a Go c-shared library starts Go's runtime as it loads
+    except (OSError, AttributeError) as exc:  # not loadable on this platform / another API
+        raise OpaUnavailable(f"OPA's Go library does not load here ({exc})") from None
+    _go_pid = os.getpid()
+
+
+def go_loaded_here() -> bool:
+    """Whether Go's runtime runs in this very process (not inherited through fork)."""
+    return _go_pid is not None and _go_pid == os.getpid()
+
+
+def check(
+    modules: Iterable[RegoModule],
+    data: Mapping[str, Any] | None = None,
+    *,
+    isolate: bool = True,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> OpaCheck:
+    """OPA's errors for ``modules`` (with ``data``), and their ASTs when there are none.
+
+    With ``isolate`` (and Go not already running here) it runs in a short-lived child process
+    bounded by ``timeout_s``. Raises :class:`OpaUnavailable` when the binding is missing, Go
+    does not load, or the child dies, hangs or answers something else."""
     reason = unavailable_reason()
     if reason:
         raise OpaUnavailable(reason)
+    modules = list(modules)
+    key = json.dumps(
+        [[m.path, m.source] for m in modules] + [data or {}], sort_keys=True, ensure_ascii=False
+    )
+    here = not _forked_since_go() and (go_loaded_here() or not isolate)
+    return _check_cached(key, here, timeout_s)
+
+
+@functools.lru_cache(maxsize=32)
+def _check_cached(key: str, here: bool, timeout_s: float) -> OpaCheck:
+    if here:
+        return _check_here(key)
+    answer = _in_child({"op": "check", "key": key}, timeout_s)
+    try:
+        findings = tuple(
+            OpaFinding(str(f), int(n), str(c), str(m)) for f, n, c, m in answer["findings"]
+        )
+        asts = tuple(str(a) for a in answer["asts"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise OpaUnavailable(f"OPA's compiler process answered malformed output ({exc})") from None
+    if not findings and len(asts) != len(json.loads(key)) - 1:
+        raise OpaUnavailable("OPA's compiler process answered malformed output (ASTs missing)")
+    return OpaCheck(findings, asts)
+
+
+def _check_here(key: str) -> OpaCheck:
+    findings = tuple(OpaFinding(*f) for f in _compile_here(key))
+    if findings:
+        return OpaCheck(findings)
+    pairs = json.loads(key)[:-1]
+    return OpaCheck((), tuple(_parse_here(path, source) for path, source in pairs))
+
+
+def _engine() -> Any:
+    if not go_loaded_here():
+        _load_go_here()
     from opa_bindings import OpaEngine
 
     return OpaEngine()
@@ -97,24 +174,6 @@ def _parse_errors(text: str, fallback_file: str) -> list[tuple[str, int, str, st
     if not out and text:
         out.append((fallback_file, 0, "rego_compile_error", text))
     return out
-
-
-def compile_modules(
-    modules: Iterable[RegoModule], data: Mapping[str, Any] | None = None
-) -> tuple[OpaFinding, ...]:
-    """Every error OPA's compiler reports for ``modules`` (with ``data``); empty if it
-    compiles. Raises :class:`OpaUnavailable` where the binding is missing."""
-    key = json.dumps(
-        [[m.path, m.source] for m in modules] + [data or {}], sort_keys=True, ensure_ascii=False
-    )
-    return _compile_cached(key)
-
-
-@functools.lru_cache(maxsize=32)
-def _compile_cached(key: str) -> tuple[OpaFinding, ...]:
-    if _forked_since_go():
-        return tuple(OpaFinding(*f) for f in _in_fresh_process({"op": "compile", "key": key}))
-    return tuple(OpaFinding(*f) for f in _compile_here(key))
 
 
 def _compile_here(key: str) -> list[tuple[str, int, str, str]]:
@@ -142,22 +201,6 @@ def _compile_here(key: str) -> list[tuple[str, int, str, str]]:
     return findings
 
 
-def parse_module(module: RegoModule) -> dict[str, Any]:
-    """OPA's AST of one module (``rego.parse_module``), as JSON. Raises
-    :class:`OpaUnavailable`, or ``ValueError`` with OPA's message if it does not parse."""
-    return json.loads(_parse_cached(module.path, module.source))
-
-
-@functools.lru_cache(maxsize=256)
-def _parse_cached(path: str, source: str) -> str:
-    if _forked_since_go():
-        answer = _in_fresh_process({"op": "parse", "path": path, "source": source})
-        if "error" in answer:
-            raise ValueError(answer["error"])
-        return str(answer["ast"])
-    return _parse_here(path, source)
-
-
 def _parse_here(path: str, source: str) -> str:
     from opa_bindings import OpaError
 
@@ -174,10 +217,10 @@ def _parse_here(path: str, source: str) -> str:
     return json.dumps(rows[0]["__ast"])
 
 
-# -- fork safety ------------------------------------------------------------------------------
+# -- the child process -------------------------------------------------------------------
 # Go's runtime does not survive fork(): a child that calls into it after the parent started it
-# hangs (bench/policy_engine_vs_opa.py shows it). A process forked after OPA's library was used
-# here (a prefork server embedding the engine) asks a fresh process instead.
+# hangs (bench/policy_engine_vs_opa.py shows it). So a process forked after OPA's library was
+# used here asks a fresh process too, whatever ``isolate`` says.
 
 _go_pid: int | None = None
 
@@ -186,31 +229,49 @@ def _forked_since_go() -> bool:
     return _go_pid is not None and _go_pid != os.getpid()
 
 
-def _in_fresh_process(request: dict[str, Any]) -> Any:
-    proc = subprocess.run(
-        [sys.executable, "-m", "sidecar.policy.opa_compiler"],
-        input=json.dumps(request),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=_FRESH_PROCESS_TIMEOUT_S,
-    )
+def _in_child(request: dict[str, Any], timeout_s: float) -> Any:
+    """One request to a fresh ``python -m sidecar.policy.opa_compiler``; its JSON answer."""
+    try:
+        proc = subprocess.run(
+            _CHILD,
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout_s,
+        )
+    except subprocess.TimeoutExpired:  # run() has killed it
+        raise OpaUnavailable(
+            f"OPA's compiler process did not answer within {timeout_s:g} s (killed)"
+        ) from None
+    except OSError as exc:
+        raise OpaUnavailable(f"OPA's compiler process could not start ({exc})") from None
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
-        raise OpaUnavailable(f"OPA's compiler failed in a fresh process: {detail[0]}")
-    return json.loads(proc.stdout)
+        raise OpaUnavailable(f"OPA's compiler process failed: {detail[0]}")
+    try:
+        answer = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise OpaUnavailable("OPA's compiler process answered malformed output") from None
+    if not isinstance(answer, dict):
+        raise OpaUnavailable("OPA's compiler process answered malformed output")
+    if "unavailable" in answer:
+        raise OpaUnavailable(str(answer["unavailable"]))
+    return answer
 
 
 def _serve_one_request() -> int:
     """``python -m sidecar.policy.opa_compiler``: one JSON request on stdin, answer on stdout."""
     request = json.loads(sys.stdin.read())
-    if request["op"] == "compile":
-        answer: Any = _compile_here(request["key"])
+    try:
+        result = _check_here(request["key"])
+    except OpaUnavailable as exc:
+        answer: Any = {"unavailable": str(exc)}
     else:
-        try:
-            answer = {"ast": _parse_here(request["path"], request["source"])}
-        except ValueError as exc:
-            answer = {"error": str(exc)}
+        answer = {
+            "findings": [list(f.__dict__.values()) for f in result.findings],
+            "asts": list(result.asts),
+        }
     sys.stdout.write(json.dumps(answer))
     return 0
 

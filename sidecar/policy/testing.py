@@ -27,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.policy import opa_compiler
 from sidecar.policy._rego import new_interpreter
+from sidecar.policy._test_direct import plan, policy_rules
 from sidecar.policy.compat import risky_with_forms
 from sidecar.policy.source import load_policy_dir
 
 __all__ = ["TestCase", "TestOutcome", "TestResult", "discover_tests", "run_tests", "warnings"]
 
 WORKER = (sys.executable, "-m", "sidecar.policy._test_worker")
+PLANS_ENV = "AGENT_SIDECAR_TEST_PLANS"  # the file of direct plans (``_test_direct``), by ref
 
 _TEST_RULE = re.compile(r"^((?:todo_)?test_\w+)\s*(?:if\b|\{|:=|=)", re.MULTILINE)
 
@@ -110,6 +113,7 @@ def run_tests(
     """
     source = load_policy_dir(policy_dir, include_tests=True)
     new_interpreter(source.modules, source.data)  # load errors surface here, not in the worker
+    plans = _direct_plans(source.modules, source.data)
     pattern = re.compile(run) if run else None
     cases = [c for c in discover_tests(policy_dir) if pattern is None or pattern.search(c.ref)]
     results: list[TestResult] = []
@@ -127,13 +131,14 @@ def run_tests(
             record(TestResult(case, TestOutcome.SKIP, 0.0))
         else:
             by_file.setdefault(case.file, []).append(case)
+    worker_plans = {c.ref: plans.get(c.file, {}).get(c.name) for c in cases}
     groups: list[list[TestCase]] = [[] for _ in range(max(1, jobs or _cpus()))]
     for file_cases in sorted(by_file.values(), key=len, reverse=True):
         min(groups, key=len).extend(file_cases)
 
     def run_group(pending: list[TestCase]) -> None:
         while pending:
-            pending = _run_worker(worker, Path(policy_dir), pending, record)
+            pending = _run_worker(worker, Path(policy_dir), pending, record, worker_plans)
 
     threads = [threading.Thread(target=run_group, args=(g,)) for g in groups if g]
     for thread in threads:
@@ -160,21 +165,47 @@ def _event(line: str) -> dict[str, Any] | None:
     return event if ok else None
 
 
+def _direct_plans(modules: Sequence[Any], data: Any) -> dict[str, dict[str, Any]]:
+    """``file -> test name -> checks`` for the tests ``_test_direct`` decides without ``with``,
+    from OPA's AST (the vetting just computed it: cached); empty without OPA's compiler."""
+    try:
+        result = opa_compiler.check(modules, data)
+    except opa_compiler.OpaUnavailable:
+        return {}
+    if result.findings:
+        return {}
+    asts = {m.path: json.loads(a) for m, a in zip(modules, result.asts, strict=True)}
+    rules = policy_rules(a for path, a in asts.items() if not path.endswith("_test.rego"))
+    return {
+        path: {name: [c.to_json() for c in checks] for name, checks in plan(ast, rules).items()}
+        for path, ast in asts.items()
+        if path.endswith("_test.rego")
+    }
+
+
 def _run_worker(
     worker: Sequence[str],
     policy_dir: Path,
     cases: list[TestCase],
     record: Callable[[TestResult], None],
+    plans: dict[str, Any] | None = None,
 ) -> list[TestCase]:
     """Run ``cases`` in one worker; return those not yet run if the worker died."""
     by_ref = {c.ref: c for c in cases}
-    with tempfile.TemporaryFile("w+") as errors:
+    with (
+        tempfile.TemporaryFile("w+") as errors,
+        tempfile.NamedTemporaryFile("w", suffix=".json") as planned,
+    ):
+        # the direct plans travel beside the protocol (a worker may ignore them)
+        json.dump({c.ref: (plans or {}).get(c.ref) for c in cases}, planned)
+        planned.flush()
         proc = subprocess.Popen(
             [*worker, str(policy_dir)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
+            env={**os.environ, PLANS_ENV: planned.name},
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write("".join(json.dumps([c.file, c.ref]) + "\n" for c in cases))
@@ -208,7 +239,7 @@ def _run_worker(
         for file_cases in by_file.values():
             pending = file_cases
             while pending:
-                pending = _run_worker(worker, policy_dir, pending, record)
+                pending = _run_worker(worker, policy_dir, pending, record, plans)
         return []
     if running is None:
         # The worker failed before running anything (e.g. the policy does not load).

@@ -5,31 +5,37 @@ whatever it refuses (v0 bodies, type errors, unsafe variables, a call at column 
 reads as a rule conflicting with a built-in, recursion ...) is refused with OPA's message and
 line; then the portability rules run on OPA's AST (``ast_portability``).
 
-Without it, the lexical checks (``portability``, ``static_check``) run instead, and a warning
-says what is then not checked. ``serve`` falls back rather than refuse by default, because the
-binding cannot be a declared dependency (it declares Python >= 3.14); with
-``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1`` a load without it is refused (fail closed).
+OPA's compiler runs in a short-lived child process by default (``VetOptions.isolate``), so
+Go's runtime is not resident in ``serve``. Without it (binding missing, Go not loading, its
+process dead or late), the lexical checks (``portability``, ``static_check``) run instead, and
+a warning says what is then not checked. ``serve`` falls back rather than refuse by default,
+because the binding cannot be a declared dependency (it declares Python >= 3.14); with
+``policy.require_opa_compiler: true`` (or ``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1``) such a load
+is refused instead (fail closed).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.policy import opa_compiler
 from sidecar.policy.ast_portability import ast_portability_issues
+from sidecar.policy.ast_set_order import set_order_issues
 from sidecar.policy.compat import RegoModule
 from sidecar.policy.errors import CompileError, PolicyLoadError, UnsupportedBuiltinError
 from sidecar.policy.portability import PortabilityError, PortabilityIssue, portability_issues
 from sidecar.policy.static_check import static_issues
+from sidecar.policy.vet_options import REQUIRE_ENV, VetOptions
 
 __all__ = [
     "NOT_CHECKED",
     "REQUIRE_ENV",
     "OpaCompilerRequired",
+    "VetOptions",
     "Vetting",
     "enforce",
     "vet",
@@ -38,7 +44,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REQUIRE_ENV = "AGENT_SIDECAR_REQUIRE_OPA_COMPILER"
 NOT_CHECKED = (
     "OPA's compiler is not available ({reason}): the policy is checked by a lexical scan "
     "only, so type errors that need inference, unsafe variables, and calls, `not` and "
@@ -48,7 +53,8 @@ NOT_CHECKED = (
 
 
 class OpaCompilerRequired(PolicyLoadError):
-    """``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1`` and OPA's compiler is not available."""
+    """OPA's compiler is required (``policy.require_opa_compiler`` or
+    ``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1``) and did not vet this load."""
 
 
 @dataclass(frozen=True)
@@ -62,21 +68,35 @@ class Vetting:
     warning: str = ""
 
 
-def vet(modules: Iterable[RegoModule], data: Mapping[str, Any] | None = None) -> Vetting:
+def vet(
+    modules: Iterable[RegoModule],
+    data: Mapping[str, Any] | None = None,
+    options: VetOptions | None = None,
+) -> Vetting:
     """Check ``modules`` by OPA's compiler where it is available, lexically otherwise."""
+    options = options or VetOptions()
     modules = list(modules)
     reason = opa_compiler.unavailable_reason()
     if reason:
         return _lexical(modules, NOT_CHECKED.format(reason=reason))
-    findings = opa_compiler.compile_modules(modules, data)
-    if findings:
+    try:
+        result = opa_compiler.check(
+            modules, data, isolate=options.isolate, timeout_s=options.timeout_s
+        )
+    except opa_compiler.OpaUnavailable as exc:
+        return _lexical(modules, NOT_CHECKED.format(reason=str(exc)))
+    if result.findings:
         errors = tuple(
             CompileError.Location(f.file, f.line, 0, f"{f.code}: {f.message} (OPA's compiler)")
-            for f in findings
+            for f in result.findings
         )
         return Vetting("opa", errors, ())
-    asts = [(m, opa_compiler.parse_module(m)) for m in modules]
-    return Vetting("opa", (), tuple(ast_portability_issues(asts)))
+    asts = [(m, json.loads(ast)) for m, ast in zip(modules, result.asts, strict=True)]
+    issues = sorted(
+        [*ast_portability_issues(asts), *set_order_issues(asts)],
+        key=lambda i: (i.file, i.line, i.rule, i.message),
+    )
+    return Vetting("opa", (), tuple(issues))
 
 
 def _lexical(modules: list[RegoModule], warning: str) -> Vetting:
@@ -98,14 +118,23 @@ def warn_once(warning: str) -> None:
         log.warning(warning)
 
 
-def enforce(modules: Iterable[RegoModule], data: Mapping[str, Any] | None = None) -> Vetting:
+def enforce(
+    modules: Iterable[RegoModule],
+    data: Mapping[str, Any] | None = None,
+    options: VetOptions | None = None,
+) -> Vetting:
     """Raise for the first problem (``CompileError`` with OPA's messages,
     ``UnsupportedBuiltinError``, ``PortabilityError``); warn (once per reason) when only the
-    lexical checks ran, or refuse then if ``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1``."""
-    result = vet(modules, data)
+    lexical checks ran, or refuse then (:class:`OpaCompilerRequired`) if OPA's compiler is
+    required (``options.require_opa_compiler`` or ``AGENT_SIDECAR_REQUIRE_OPA_COMPILER=1``)."""
+    options = options or VetOptions()
+    result = vet(modules, data, options)
     if result.warning:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            raise OpaCompilerRequired(f"{REQUIRE_ENV}=1: " + result.warning)
+        if options.required:
+            raise OpaCompilerRequired(
+                "policy.require_opa_compiler (or "
+                f"{REQUIRE_ENV}=1) is set, and the policy was not vetted by it: " + result.warning
+            )
         warn_once(result.warning)
     if result.compile_errors:
         raise CompileError(list(result.compile_errors))
