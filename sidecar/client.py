@@ -14,7 +14,8 @@
 
 A step-up call waits (within ``timeout_s``) for a human to approve it; with ``wait=False`` it
 raises :class:`StepUpRequired` at once, and the same call retried with
-``approval_id=exc.approval_id`` goes through once the approval is granted.
+``approval_id=exc.approval_id`` goes through once the approval is granted;
+``exc.approval_url`` is the approval's page in the approvals console, for the human.
 
 Exceptions (all carry ``code``, ``decision_id`` and ``reasons``; ``reasons`` is never empty:
 a refusal without a policy decision, such as ``task_ended``, ``approval_used`` or
@@ -72,6 +73,8 @@ class Decision:
     obligations: dict[str, Any]
     policy_revision: str
     approval_id: str
+    # The approval's page in the approvals console ("" when none is configured).
+    approval_url: str = ""
 
     @classmethod
     def from_message(cls, msg: sidecar_pb2.Decision) -> Decision:
@@ -83,6 +86,7 @@ class Decision:
             obligations=json.loads(msg.obligations_json) if msg.obligations_json else {},
             policy_revision=msg.policy_revision,
             approval_id=msg.approval_id,
+            approval_url=msg.approval_url,
         )
 
 
@@ -164,9 +168,24 @@ class PolicyDenied(SidecarCallError):
 
 
 class StepUpRequired(SidecarCallError):
+    """A human must approve: ``approval_id`` to retry with, ``approval_url`` the console
+    page to send them to (``""`` without ``approvals.console_url``). The message names the
+    page too, so whatever prints the error (a CLI, a log line) tells where to approve."""
+
     @property
     def approval_id(self) -> str:
         return self.decision.approval_id if self.decision else ""
+
+    @property
+    def approval_url(self) -> str:
+        return self.decision.approval_url if self.decision else ""
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        url = self.approval_url
+        if url and url not in message:
+            return f"{message} (approve at {url})"
+        return message
 
 
 class Unauthenticated(SidecarCallError):

@@ -20,6 +20,7 @@ __all__ = [
     "ApprovalStore",
     "ApproverRefused",
     "Notifier",
+    "approval_url",
     "request_digest",
 ]
 
@@ -35,6 +36,7 @@ __getattr__ = lazy_exports(
         "Approval": "model",
         "request_digest": "model",
         "Notifier": "notify",
+        "approval_url": "links",
         "ApprovalStore": "store",
         "ApprovalSettings": "settings",
     },

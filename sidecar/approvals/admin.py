@@ -30,6 +30,7 @@ import grpc
 from sidecar._proto.agentsidecar.v1 import approvals_pb2, approvals_pb2_grpc
 from sidecar.approvals.broker import ApprovalBroker
 from sidecar.approvals.errors import ApproverRefused
+from sidecar.approvals.links import InvalidApprovalId
 from sidecar.approvals.model import STATES, Approval
 from sidecar.audit import AuditError
 from sidecar.config import Settings
@@ -52,7 +53,8 @@ _REFUSAL_STATUS = {
 }
 
 
-def approval_message(approval: Approval) -> approvals_pb2.Approval:
+def approval_message(approval: Approval, url: str = "") -> approvals_pb2.Approval:
+    """The admin API's view of ``approval``; ``url`` its console page ("" without one)."""
     view = approval.arguments
     return approvals_pb2.Approval(
         id=approval.id,
@@ -78,6 +80,7 @@ def approval_message(approval: Approval) -> approvals_pb2.Approval:
         decision_reason=approval.decision_reason,
         used_at_ns=approval.used_at_ns,
         used_by=approval.used_by,
+        url=url,
     )
 
 
@@ -92,6 +95,13 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
         self._authenticate = authenticate
         self._record = record
 
+    def _message(self, approval: Approval) -> approvals_pb2.Approval:
+        try:
+            url = self._broker.url(approval.id)
+        except InvalidApprovalId:  # not one this sidecar made: shown, never linked
+            url = ""
+        return approval_message(approval, url)
+
     async def _approver(self, context: grpc.aio.ServicerContext) -> str:
         return await authenticated(self._authenticate, context)
 
@@ -105,9 +115,7 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
             )
         limit = min(request.limit or 100, 1000)
         approvals = await off_loop(self._broker.list, list(request.states), limit)
-        return approvals_pb2.ListApprovalsResponse(
-            approvals=[approval_message(a) for a in approvals]
-        )
+        return approvals_pb2.ListApprovalsResponse(approvals=[self._message(a) for a in approvals])
 
     async def Get(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._approver(context)
@@ -115,7 +123,7 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
         if approval is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no approval {request.id!r}")
         assert approval is not None
-        return approval_message(approval)
+        return self._message(approval)
 
     async def Approve(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         return await self._decide(request, context, approve=True)
@@ -155,19 +163,17 @@ class ApprovalsService(approvals_pb2_grpc.ApprovalsServicer):
             code = "audit_unavailable" if isinstance(exc, AuditError) else "state_unavailable"
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"{code}: {exc}")
             raise AssertionError("unreachable") from exc
-        return approval_message(approval)
+        return self._message(approval)
 
     async def Watch(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         await self._approver(context)
         queue = self._broker.subscribe()
         try:
             for approval in await off_loop(self._broker.list, ["pending"]):
-                yield approvals_pb2.ApprovalEvent(
-                    type="pending", approval=approval_message(approval)
-                )
+                yield approvals_pb2.ApprovalEvent(type="pending", approval=self._message(approval))
             while True:
                 event, approval = await queue.get()
-                yield approvals_pb2.ApprovalEvent(type=event, approval=approval_message(approval))
+                yield approvals_pb2.ApprovalEvent(type=event, approval=self._message(approval))
         finally:
             self._broker.unsubscribe(queue)
 

@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sidecar.approvals.errors import ApprovalError, ApproverRefused
+from sidecar.approvals.links import approval_url
 from sidecar.approvals.model import USER_CLAIMS, Approval
 from sidecar.approvals.selfapproval import self_approval
 from sidecar.approvals.settings import ApprovalSettings
@@ -80,6 +81,15 @@ class ApprovalBroker:
         self._announces = announces
         self._announced: dict[str, int] = {}
         self._announced_after = time.time_ns()
+
+    @property
+    def settings(self) -> ApprovalSettings:
+        """The ``approvals`` section (what links to an approval are built from)."""
+        return self._settings
+
+    def url(self, approval_id: str) -> str:
+        """The console URL of ``approval_id``, ``""`` without ``approvals.console_url``."""
+        return approval_url(self._settings, approval_id)
 
     # --- the agent side (the pipeline) -----------------------------------------------------
 
@@ -237,6 +247,12 @@ class ApprovalBroker:
     def pending_count(self) -> int:
         """Approvals waiting for a human now (the ``agent_sidecar_pending_approvals`` gauge)."""
         return self._store.count_all_pending(time.time_ns())
+
+    def oldest_pending_age_s(self) -> float:
+        """Seconds the oldest waiting approval has waited, 0 when none (a /metrics gauge)."""
+        now_ns = time.time_ns()
+        oldest = self._store.oldest_pending_created_ns(now_ns)
+        return 0.0 if oldest is None else max(0.0, (now_ns - oldest) / 1e9)
 
     def list(self, states: Sequence[str] = (), limit: int = 100) -> list[Approval]:
         self.sweep()

@@ -1,12 +1,16 @@
 """Outgoing notification of each new pending approval (``approvals.notify_url``).
 
-A JSON POST per approval, for chat or ticketing integrations::
+A JSON POST per approval, for chat or ticketing integrations (``notify_format: generic``)::
 
-    {"type": "approval.pending", "approval": {"id": "ap-...", "subject": ..., "action": ...,
+    {"type": "approval.pending", "approval_url": "https://approvals.example.com/approvals/ap-...",
+     "approval": {"id": "ap-...", "subject": ..., "action": ...,
      "arguments": {"log": "metadata", "keys": [...]}, "reasons": [...], "expires_at_ns": ...}}
 
 ``arguments`` is the view the decision's ``log`` obligation allows, the same the audit log
-holds: a value policy withholds from the log is never sent. Delivery runs on its own thread
+holds: a value policy withholds from the log is never sent. ``approval_url`` is the console
+page of the approval (``""`` without ``approvals.console_url``). ``notify_format: slack``
+posts a Slack incoming-webhook message instead (:mod:`.slack`: argument names only, a button
+to the page). Delivery runs on its own thread
 (never delaying a call), retried with exponential backoff on connection errors, 429 and 5xx;
 an approval whose notification finally fails is logged and counted, and stays pending.
 """
@@ -19,11 +23,17 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
+from sidecar.approvals.links import approval_url
 from sidecar.approvals.model import Approval
+from sidecar.approvals.settings import ApprovalSettings
+from sidecar.approvals.slack import slack_message
 
-__all__ = ["Notifier", "notification"]
+__all__ = ["Notifier", "notification", "renderer"]
+
+Render = Callable[[Approval], dict[str, Any]]
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +41,32 @@ _BACKOFF_S = 0.2
 _BACKOFF_MAX_S = 5.0
 
 
-def notification(approval: Approval) -> dict[str, Any]:
+def notification(approval: Approval, url: str = "") -> dict[str, Any]:
+    """The generic body: the approval as the audit log may show it, and its console page."""
     doc = approval.to_doc()
     doc.pop("extra", None)
-    return {"type": "approval.pending", "approval": doc}
+    return {"type": "approval.pending", "approval_url": url, "approval": doc}
+
+
+def renderer(settings: ApprovalSettings) -> Render:
+    """The body ``approvals.notify_format`` asks for, with the link ``console_url`` gives."""
+    if settings.notify_format == "slack":
+        return lambda approval: slack_message(approval, approval_url(settings, approval.id))
+    return lambda approval: notification(approval, approval_url(settings, approval.id))
 
 
 class Notifier:
-    def __init__(self, url: str, *, attempts: int, timeout_s: float, backlog: int = 1000) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        attempts: int,
+        timeout_s: float,
+        backlog: int = 1000,
+        render: Render = notification,
+    ) -> None:
         self._url = url
+        self._render = render
         self._attempts = attempts
         self._timeout = timeout_s
         self._queue: queue.Queue[Approval | None] = queue.Queue(maxsize=backlog)
@@ -67,7 +94,12 @@ class Notifier:
             self._deliver(approval)
 
     def _deliver(self, approval: Approval) -> None:
-        body = notification(approval)
+        try:
+            body = self._render(approval)
+        except ValueError:  # an id no link can be built for: never sent half-made
+            self.stats["failed"] += 1
+            log.error("approval notification not built", extra={"approval_id": approval.id})
+            return
         for attempt in range(1, self._attempts + 1):
             problem = ""
             try:

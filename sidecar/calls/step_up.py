@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from sidecar.approvals import Approval, ApprovalBroker, ApprovalError
+from sidecar.approvals.links import InvalidApprovalId
 from sidecar.audit import CallRecord, payload_view
 from sidecar.calls.common import Decided, Facts, Stop, off_loop
 from sidecar.policy import ApprovalInfo
@@ -91,7 +92,7 @@ class StepUp:
                 raise Stop(
                     "approval_required",
                     f"approval {approval_id} is still pending",
-                    approval_id=approval_id,
+                    **self.link(approval_id),
                 )
             loop = asyncio.get_running_loop()
             t0 = time.perf_counter()
@@ -102,7 +103,7 @@ class StepUp:
                 raise Stop(
                     "approval_required",
                     f"approval {approval_id} is still pending at the call's deadline",
-                    approval_id=approval_id,
+                    **self.link(approval_id),
                 )
         return await self.claim(record, approval_id, digest)
 
@@ -116,7 +117,8 @@ class StepUp:
             known = current.summary() if current is not None else {"id": approval_id}
             record.approval = known | {"refused": exc.code}
             code = "approval_required" if exc.code == "approval_pending" else exc.code
-            raise Stop(code, str(exc), approval_id=approval_id) from exc
+            link = self.link(approval_id) if code == "approval_required" else {}
+            raise Stop(code, str(exc), **({"approval_id": approval_id} | link)) from exc
         record.approval = approval.summary()
         return ApprovalInfo(
             id=approval.id,
@@ -150,9 +152,18 @@ class StepUp:
         return Stop(
             "approval_required",
             f"{reasons} ({why}; approval {approval_id})",
-            approval_id=approval_id,
+            **self.link(approval_id),
             **self._common(decided),
         )
+
+    def link(self, approval_id: str) -> dict[str, str]:
+        """The id and, with ``approvals.console_url``, the page an approver opens for it.
+        An id that is not an approval's (a retry's own) gets no link, never a broken one."""
+        try:
+            url = self._approvals.url(approval_id)
+        except InvalidApprovalId:
+            url = ""
+        return {"approval_id": approval_id, "approval_url": url}
 
     @staticmethod
     def _common(decided: Decided) -> dict[str, Any]:

@@ -1,4 +1,8 @@
-"""``agent-sidecar approvals``: the approvals admin API from a terminal."""
+"""``agent-sidecar approvals``: the approvals admin API from a terminal.
+
+Every approval printed names its console page when the sidecar has ``approvals.console_url``
+(``list`` and ``watch``: a last column; ``show``/``--json``: ``url``), so an operator can hand
+a link to whoever must decide."""
 
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ def approvals(args: argparse.Namespace) -> int:
                     print(json.dumps([json.loads(show(a)) for a in approvals], indent=2))
                 for a in [] if args.json else approvals:
                     reasons = "; ".join(a.reasons)
-                    print(f"{a.id}  {a.state:<8} {a.subject}  {a.action_name}  {reasons}")
+                    line = f"{a.id}  {a.state:<8} {a.subject}  {a.action_name}  {reasons}"
+                    print(f"{line}  {a.url}" if a.url else line)
             elif command == "show":
                 print(show(client.get(args.id)))
             elif command in ("approve", "deny"):
@@ -62,7 +67,8 @@ def approvals(args: argparse.Namespace) -> int:
             else:
                 for event in client.watch():
                     a = event.approval
-                    print(f"{event.type:<8} {a.id}  {a.subject}  {a.action_name}", flush=True)
+                    line = f"{event.type:<8} {a.id}  {a.subject}  {a.action_name}"
+                    print(f"{line}  {a.url}" if a.url else line, flush=True)
         except SidecarError as exc:
             print(f"agent-sidecar: {exc}", file=sys.stderr)
             return 1

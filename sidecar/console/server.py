@@ -27,6 +27,7 @@ from aiohttp import web
 from sidecar.approvals import ApprovalBroker, ApprovalStore
 from sidecar.approvals.errors import ApproverRefused
 from sidecar.approvals.model import Approval
+from sidecar.approvals.settings import console_path_prefix
 from sidecar.audit import AuditError
 from sidecar.config import Settings
 from sidecar.console import pages
@@ -39,6 +40,7 @@ from sidecar.console.auth import (
     approver_from_cert,
     approver_from_proxy,
 )
+from sidecar.console.landing import INDEX, landing
 from sidecar.console.proxy import peer_uid
 from sidecar.console.signing import console_identity, wait_for_svid
 from sidecar.errors import SidecarError
@@ -120,6 +122,7 @@ class ConsoleServer:
         app = web.Application(middlewares=[self._guard], client_max_size=64 * 1024)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/", self._list)
+        app.router.add_get("/login", self._login)
         app.router.add_get("/approvals/{id}", self._detail)
         app.router.add_post("/approvals/{id}/decide", self._decide)
         app.router.add_get("/events", self._events)
@@ -273,6 +276,15 @@ class ConsoleServer:
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def _login(self, request: web.Request) -> web.Response:
+        """Where a sign-in returns to: ``next`` if it is one of the console's pages, else the
+        index (:mod:`sidecar.console.landing`: never another origin). Behind the guard, so
+        reaching it means the proxy has signed the approver in."""
+        wanted = request.query.getall("next", [])
+        prefix = console_path_prefix(self._settings.approvals.console_url)
+        target = landing(wanted[0], prefix) if len(wanted) == 1 else prefix + INDEX
+        raise web.HTTPSeeOther(target, headers=_HEADERS)
 
     def _intents(self, approvals: list[Approval]) -> dict[str, str]:
         intents = {}

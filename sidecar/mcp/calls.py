@@ -33,6 +33,8 @@ from sidecar.ids import new_decision_id
 from sidecar.mcp.catalog import Catalog
 from sidecar.mcp.entry import Entry, split_name
 from sidecar.mcp.errors import UpstreamMcpUnavailable, UpstreamRpcError
+from sidecar.mcp.input_required import strip_sidecar_meta
+from sidecar.mcp.jsonrpc import INTERNAL_ERROR, SIDECAR_CODES
 from sidecar.mcp.settings import McpServerSettings
 from sidecar.outcomes import status_for
 from sidecar.policy import Action, build_input
@@ -61,6 +63,15 @@ class McpCall:
     approval_id: str = ""
     # True: the agent asked not to wait; a text: why the sidecar does not wait (its setting).
     no_wait: bool | str = False
+    # Why ``approval_id`` (from a requestState) cannot be this call's: the state was issued
+    # for another request. The call is refused (approval_mismatch) once its caller is known.
+    mismatch: str = ""
+    # The person at the client declined (or dismissed) the approval page: the call ends with
+    # approval_required and the approval's id, and never uses the approval, even a granted one.
+    declined: bool = False
+    # A retry of an input_required answer (a requestState): counted against the task only
+    # when it is relayed (the first round counted the call; a pending round is not another).
+    retry: bool = False
 
 
 class McpCalls:
@@ -85,6 +96,19 @@ class McpCalls:
     async def reject(self, rpc: str, code: str, message: str) -> CallResult:
         """A message refused before it could be decoded: audited like every call."""
         return await self._path.reject(rpc, code, message)
+
+    async def refuse(
+        self, method: str, name: str, context: CallContext, code: str, message: str
+    ) -> CallResult:
+        """A request refused before its decision (a bad ``requestState``): audited with the
+        caller attested first, so a probing attempt's record names who made it."""
+
+        async def step(record: CallRecord, deadline: float) -> CallResult:
+            record.action = {"kind": "mcp", "name": name, "method": method}
+            self._path.attest(record, context)  # an unattested caller is refused as such
+            raise Stop(code, message)
+
+        return await self._path.run(f"MCP {method}", None, step)
 
     async def call_mcp(
         self,
@@ -115,12 +139,23 @@ class McpCalls:
         kind = METHOD_KINDS[call.method]
         entry = await self._mcp_entry(catalog, kind, call.name, server, name)
         subject, chain, user, task = await self._path.establish(
-            record, context, trace, delegation_chain=(), task_id=call.task_id, count=True
+            record, context, trace, delegation_chain=(), task_id=call.task_id, count=not call.retry
         )
         arguments = call.arguments
         action = mcp_action(entry, "call", call.method, arguments)
         record.action = action_record(action, arguments) | {"method": call.method}
         facts = Facts(subject, chain, task, call.task_id, action, arguments, user)
+        if call.mismatch:  # never rides the approval, never consumes it
+            record.approval = {"id": call.approval_id, "refused": "approval_mismatch"}
+            raise Stop("approval_mismatch", call.mismatch, approval_id=call.approval_id)
+        if call.declined:  # the client's answer: no; the approval stays for a retry by id
+            record.approval = {"id": call.approval_id, "declined": True}
+            raise Stop(
+                "approval_required",
+                f"approval {call.approval_id} was not used: the client declined to open the "
+                "approval page (retry with its id in _meta once it is approved)",
+                approval_id=call.approval_id,
+            )
         decided, common = await self._path.authorize(
             record,
             facts,
@@ -149,6 +184,10 @@ class McpCalls:
         # What the sidecar gave the server for good (stdio env_files), and below the call's
         # own credential: none of it comes back, in any common encoding.
         scrubber = Scrubber(upstream.secrets)
+        if call.retry and call.task_id:  # the input_required retry that goes ahead counts
+            await self._path.establish(
+                record, context, trace, delegation_chain=(), task_id=call.task_id, count=True
+            )
         await self._path.before_relay(record, common)
         t0 = time.perf_counter()
         try:
@@ -169,9 +208,7 @@ class McpCalls:
         except UpstreamRpcError as exc:
             record.relayed = True
             record.upstream["error"] = {"code": exc.code}
-            error = {"code": exc.code, "message": scrubber.value(str(exc))}
-            if exc.data is not None:
-                error["data"] = scrubber.value(exc.data)
+            error = upstream_error(exc.code, scrubber.value(str(exc)), scrubber.value(exc.data))
             return CallResult(
                 record.decision_id,
                 "upstream_error",
@@ -282,3 +319,26 @@ def mcp_action(entry: Entry, phase: str, method: str, arguments: dict[str, Any])
         annotations=dict(entry.annotations),
         definition=entry.definition(),
     )
+
+
+# What only the sidecar's own refusals carry in an error's data: an upstream's error never
+# does, so it cannot pass for the sidecar's step-up (an approval to open, a link to phish with).
+SIDECAR_DATA_KEYS = frozenset({"approval_id", "approval_url"})
+
+
+def upstream_error(code: int, message: str, data: Any) -> dict[str, Any]:
+    """An upstream's JSON-RPC error as relayed: intact, except that it cannot speak as the
+    sidecar. A code in the sidecar's band (:data:`SIDECAR_CODES`) becomes -32603 with the
+    upstream's code kept in ``data.upstream_code``; an approval id or link and the sidecar's
+    ``_meta`` keys are dropped from its data."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if isinstance(data, dict):
+        data = strip_sidecar_meta({k: v for k, v in data.items() if k not in SIDECAR_DATA_KEYS})
+    if code in SIDECAR_CODES:
+        error["code"] = INTERNAL_ERROR
+        data = (data if isinstance(data, dict) else {"data": data} if data is not None else {}) | {
+            "upstream_code": code
+        }
+    if data is not None:
+        error["data"] = data
+    return error

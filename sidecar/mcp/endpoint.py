@@ -7,7 +7,9 @@ SDK's clients speak it, in both eras of the protocol:
 - stateless (2026-07-28): every request carries its revision in ``params._meta`` and in the
   ``MCP-Protocol-Version`` header, with ``Mcp-Method`` (and ``Mcp-Name`` for a named method)
   repeating the body; a header that disagrees with the body is refused (HEADER_MISMATCH)
-  before anything else. ``subscriptions/listen`` is the stream of list changes.
+  before anything else. ``subscriptions/listen`` is the stream of list changes. A step-up
+  may be answered ``input_required`` (sidecar/mcp/input_required.py): the one result that is
+  not ``complete``, and only ever the sidecar's own.
 
 Answers are JSON (``application/json``); streams are server-sent events. What the methods do
 is sidecar/mcp/methods.py; this module is only the transport.
@@ -203,14 +205,18 @@ class McpEndpoint:
         elif modern and message.method == "subscriptions/listen":
             return await self._listen(request, message)
         else:
-            reply = await self._methods.serve(message.method, message.params, context)
+            reply = await self._methods.serve(
+                message.method, message.params, context, modern=modern
+            )
         body = reply.message(message.id)
         if reply.decision_id and "result" in body:  # the id that joins the audit record
             meta = body["result"].get("_meta")
             meta = dict(meta) if isinstance(meta, dict) else {}
             body["result"] = body["result"] | {"_meta": meta | {_DECISION_KEY: reply.decision_id}}
         if modern and "result" in body:
-            body["result"] = body["result"] | {"resultType": "complete"}
+            # Never an upstream's own resultType: only the sidecar's step-up asks for input.
+            kind = "input_required" if reply.input_required else "complete"
+            body["result"] = body["result"] | {"resultType": kind}
             if message.method in _CACHEABLE:  # per caller and policy: never shared or kept
                 body["result"] |= {"cacheScope": "private", "ttlMs": 0}
             body["result"].setdefault("_meta", {})[_SERVER_INFO_KEY] = SERVER_INFO

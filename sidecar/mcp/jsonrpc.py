@@ -21,6 +21,7 @@ from sidecar.strict_json import StrictJsonError, loads_strict
 __all__ = [
     "APPROVAL_REQUIRED",
     "DENIED",
+    "SIDECAR_CODES",
     "UNAUTHENTICATED",
     "UNAVAILABLE",
     "Message",
@@ -39,6 +40,8 @@ UNAUTHENTICATED = -32012  # the caller could not be attested
 UNAVAILABLE = -32013  # an upstream, the audit log, state or a credential is unavailable
 DEADLINE_EXCEEDED = -32014  # the call's time ran out (waiting for approval or the upstream)
 RESOURCE_EXHAUSTED = -32015  # a budget, a rate limit or a size bound
+# The band the sidecar's own codes are in: an upstream's error with one is not relayed as is.
+SIDECAR_CODES = range(-32019, -32001)
 
 _S = grpc.StatusCode
 _BY_STATUS: dict[grpc.StatusCode, int] = {

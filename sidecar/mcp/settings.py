@@ -40,6 +40,9 @@ class McpSettings:
     # How long a tools/call (resources/read, prompts/get) stepped up by policy waits for an
     # approver before the agent gets approval_required with the approval's id (0: at once).
     wait_for_approval_s: float = 0.0
+    # Seals input_required's requestState (>= 32 bytes). Empty: a random key per process (a
+    # restart or another replica refuses the state). The same file on every replica.
+    request_state_key_file: Path | None = None
     # Handshake-era sessions kept at once, and how long an idle one is kept.
     max_sessions: int = 256
     session_idle_s: float = 3600.0

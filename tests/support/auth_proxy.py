@@ -1,7 +1,10 @@
 """An authenticating reverse proxy for tests, following oauth2-proxy's conventions.
 
 A sign-in page (``/oauth2/sign_in``) stands in for the identity provider: it takes a user
-and their groups and sets a session cookie. Every other request needs the cookie and is passed
+and their groups and sets a session cookie. A request without a session is sent there with
+the page it asked for (``rd``, as oauth2-proxy does); after sign-in the proxy hands that return
+to the console's ``/login?next=...`` (as a proxy with one fixed post-sign-in URL would), and
+the console decides whether to follow it. Every other request needs the cookie and is passed
 to the upstream with ``X-Forwarded-Email``, ``X-Forwarded-User`` and ``X-Forwarded-Groups``
 set from the session; whatever ``X-Forwarded-*`` the browser sent is dropped. Responses are
 streamed (server-sent events pass through).
@@ -14,9 +17,11 @@ can set a request header does), and drops any the browser sent.
 from __future__ import annotations
 
 import asyncio
+import html
 import secrets
 import threading
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
@@ -28,8 +33,14 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "host"
 
 class AuthProxy:
     def __init__(
-        self, upstream: str, *, secret: str = "", secret_header: str = "X-Console-Proxy-Secret"
+        self,
+        upstream: str,
+        *,
+        secret: str = "",
+        secret_header: str = "X-Console-Proxy-Secret",
+        port: int = 0,
     ) -> None:
+        self._port = port  # 0: any free one; fixed when links to the console are made first
         self._unix = upstream.removeprefix("unix://").removeprefix("unix:")
         if upstream.startswith("unix:"):
             upstream = "http://console.local"
@@ -59,7 +70,7 @@ class AuthProxy:
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
@@ -75,11 +86,12 @@ class AuthProxy:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
 
-    async def _form(self, _: web.Request) -> web.Response:
+    async def _form(self, request: web.Request) -> web.Response:
         return web.Response(
             content_type="text/html",
             text=(
                 "<!doctype html><title>Sign in</title><form method=post>"
+                f'<input type=hidden name=rd value="{html.escape(request.query.get("rd", ""))}">'
                 "<label for=user>Email</label><input id=user name=user>"
                 "<label for=groups>Groups</label><input id=groups name=groups>"
                 "<button type=submit>Sign in</button></form>"
@@ -90,14 +102,15 @@ class AuthProxy:
         form = await request.post()
         session = secrets.token_urlsafe(16)
         self.sessions[session] = (str(form["user"]), str(form.get("groups", "")))
-        response = web.HTTPSeeOther("/")
+        back = str(form.get("rd", "")) or "/"
+        response = web.HTTPSeeOther("/login?" + urlencode({"next": back}))
         response.set_cookie("_oauth2_proxy", session, httponly=True, samesite="Lax")
         raise response
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         session = self.sessions.get(request.cookies.get("_oauth2_proxy", ""))
         if session is None:
-            raise web.HTTPFound("/oauth2/sign_in")
+            raise web.HTTPFound("/oauth2/sign_in?" + urlencode({"rd": request.path_qs}))
         user, groups = session
         headers: dict[str, Any] = {
             k: v

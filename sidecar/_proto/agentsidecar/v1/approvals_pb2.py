@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentsidecar/v1/approvals.proto\x12\x0f\x61gentsidecar.v1\"\xd1\x03\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x12\n\ndelegation\x18\x04 \x03(\t\x12\x13\n\x0b\x61\x63tion_kind\x18\x05 \x01(\t\x12\x13\n\x0b\x61\x63tion_name\x18\x06 \x01(\t\x12\x11\n\toperation\x18\x07 \x01(\t\x12\x0e\n\x06target\x18\x08 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\t \x01(\t\x12\x16\n\x0e\x61rgument_names\x18\n \x03(\t\x12\x0f\n\x07task_id\x18\x0b \x01(\t\x12\x0f\n\x07reasons\x18\x0c \x03(\t\x12\x11\n\tapprovers\x18\r \x03(\t\x12\x17\n\x0fpolicy_revision\x18\x0e \x01(\t\x12\x0e\n\x06\x64igest\x18\x0f \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x10 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x11 \x01(\x03\x12\x15\n\rexpires_at_ns\x18\x12 \x01(\x03\x12\x12\n\ndecided_by\x18\x13 \x01(\t\x12\x15\n\rdecided_at_ns\x18\x14 \x01(\x03\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x15 \x01(\t\x12\x12\n\nused_at_ns\x18\x16 \x01(\x03\x12\x0f\n\x07used_by\x18\x17 \x01(\t\"5\n\x14ListApprovalsRequest\x12\x0e\n\x06states\x18\x01 \x03(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"E\n\x15ListApprovalsResponse\x12,\n\tapprovals\x18\x01 \x03(\x0b\x32\x19.agentsidecar.v1.Approval\" \n\x12GetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x15\x44\x65\x63ideApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x15WatchApprovalsRequest\"J\n\rApprovalEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12+\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x19.agentsidecar.v1.Approval2\x95\x03\n\tApprovals\x12U\n\x04List\x12%.agentsidecar.v1.ListApprovalsRequest\x1a&.agentsidecar.v1.ListApprovalsResponse\x12\x45\n\x03Get\x12#.agentsidecar.v1.GetApprovalRequest\x1a\x19.agentsidecar.v1.Approval\x12L\n\x07\x41pprove\x12&.agentsidecar.v1.DecideApprovalRequest\x1a\x19.agentsidecar.v1.Approval\x12I\n\x04\x44\x65ny\x12&.agentsidecar.v1.DecideApprovalRequest\x1a\x19.agentsidecar.v1.Approval\x12Q\n\x05Watch\x12&.agentsidecar.v1.WatchApprovalsRequest\x1a\x1e.agentsidecar.v1.ApprovalEvent0\x01\x42KZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x61gentsidecar/v1/approvals.proto\x12\x0f\x61gentsidecar.v1\"\xde\x03\n\x08\x41pproval\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x12\n\ndelegation\x18\x04 \x03(\t\x12\x13\n\x0b\x61\x63tion_kind\x18\x05 \x01(\t\x12\x13\n\x0b\x61\x63tion_name\x18\x06 \x01(\t\x12\x11\n\toperation\x18\x07 \x01(\t\x12\x0e\n\x06target\x18\x08 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\t \x01(\t\x12\x16\n\x0e\x61rgument_names\x18\n \x03(\t\x12\x0f\n\x07task_id\x18\x0b \x01(\t\x12\x0f\n\x07reasons\x18\x0c \x03(\t\x12\x11\n\tapprovers\x18\r \x03(\t\x12\x17\n\x0fpolicy_revision\x18\x0e \x01(\t\x12\x0e\n\x06\x64igest\x18\x0f \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x10 \x01(\t\x12\x15\n\rcreated_at_ns\x18\x11 \x01(\x03\x12\x15\n\rexpires_at_ns\x18\x12 \x01(\x03\x12\x12\n\ndecided_by\x18\x13 \x01(\t\x12\x15\n\rdecided_at_ns\x18\x14 \x01(\x03\x12\x17\n\x0f\x64\x65\x63ision_reason\x18\x15 \x01(\t\x12\x12\n\nused_at_ns\x18\x16 \x01(\x03\x12\x0f\n\x07used_by\x18\x17 \x01(\t\x12\x0b\n\x03url\x18\x18 \x01(\t\"5\n\x14ListApprovalsRequest\x12\x0e\n\x06states\x18\x01 \x03(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"E\n\x15ListApprovalsResponse\x12,\n\tapprovals\x18\x01 \x03(\x0b\x32\x19.agentsidecar.v1.Approval\" \n\x12GetApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\"3\n\x15\x44\x65\x63ideApprovalRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x17\n\x15WatchApprovalsRequest\"J\n\rApprovalEvent\x12\x0c\n\x04type\x18\x01 \x01(\t\x12+\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x19.agentsidecar.v1.Approval2\x95\x03\n\tApprovals\x12U\n\x04List\x12%.agentsidecar.v1.ListApprovalsRequest\x1a&.agentsidecar.v1.ListApprovalsResponse\x12\x45\n\x03Get\x12#.agentsidecar.v1.GetApprovalRequest\x1a\x19.agentsidecar.v1.Approval\x12L\n\x07\x41pprove\x12&.agentsidecar.v1.DecideApprovalRequest\x1a\x19.agentsidecar.v1.Approval\x12I\n\x04\x44\x65ny\x12&.agentsidecar.v1.DecideApprovalRequest\x1a\x19.agentsidecar.v1.Approval\x12Q\n\x05Watch\x12&.agentsidecar.v1.WatchApprovalsRequest\x1a\x1e.agentsidecar.v1.ApprovalEvent0\x01\x42KZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,19 +33,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1'
   _globals['_APPROVAL']._serialized_start=53
-  _globals['_APPROVAL']._serialized_end=518
-  _globals['_LISTAPPROVALSREQUEST']._serialized_start=520
-  _globals['_LISTAPPROVALSREQUEST']._serialized_end=573
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=575
-  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=644
-  _globals['_GETAPPROVALREQUEST']._serialized_start=646
-  _globals['_GETAPPROVALREQUEST']._serialized_end=678
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=680
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=731
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=733
-  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=756
-  _globals['_APPROVALEVENT']._serialized_start=758
-  _globals['_APPROVALEVENT']._serialized_end=832
-  _globals['_APPROVALS']._serialized_start=835
-  _globals['_APPROVALS']._serialized_end=1240
+  _globals['_APPROVAL']._serialized_end=531
+  _globals['_LISTAPPROVALSREQUEST']._serialized_start=533
+  _globals['_LISTAPPROVALSREQUEST']._serialized_end=586
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_start=588
+  _globals['_LISTAPPROVALSRESPONSE']._serialized_end=657
+  _globals['_GETAPPROVALREQUEST']._serialized_start=659
+  _globals['_GETAPPROVALREQUEST']._serialized_end=691
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=693
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=744
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_start=746
+  _globals['_WATCHAPPROVALSREQUEST']._serialized_end=769
+  _globals['_APPROVALEVENT']._serialized_start=771
+  _globals['_APPROVALEVENT']._serialized_end=845
+  _globals['_APPROVALS']._serialized_start=848
+  _globals['_APPROVALS']._serialized_end=1253
 # @@protoc_insertion_point(module_scope)

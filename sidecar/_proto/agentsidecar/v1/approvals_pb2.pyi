@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Approval(_message.Message):
-    __slots__ = ("id", "state", "subject", "delegation", "action_kind", "action_name", "operation", "target", "arguments_json", "argument_names", "task_id", "reasons", "approvers", "policy_revision", "digest", "decision_id", "created_at_ns", "expires_at_ns", "decided_by", "decided_at_ns", "decision_reason", "used_at_ns", "used_by")
+    __slots__ = ("id", "state", "subject", "delegation", "action_kind", "action_name", "operation", "target", "arguments_json", "argument_names", "task_id", "reasons", "approvers", "policy_revision", "digest", "decision_id", "created_at_ns", "expires_at_ns", "decided_by", "decided_at_ns", "decision_reason", "used_at_ns", "used_by", "url")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class Approval(_message.Message):
     DECISION_REASON_FIELD_NUMBER: _ClassVar[int]
     USED_AT_NS_FIELD_NUMBER: _ClassVar[int]
     USED_BY_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: str
     subject: str
@@ -54,7 +55,8 @@ class Approval(_message.Message):
     decision_reason: str
     used_at_ns: int
     used_by: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., subject: _Optional[str] = ..., delegation: _Optional[_Iterable[str]] = ..., action_kind: _Optional[str] = ..., action_name: _Optional[str] = ..., operation: _Optional[str] = ..., target: _Optional[str] = ..., arguments_json: _Optional[str] = ..., argument_names: _Optional[_Iterable[str]] = ..., task_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., approvers: _Optional[_Iterable[str]] = ..., policy_revision: _Optional[str] = ..., digest: _Optional[str] = ..., decision_id: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., expires_at_ns: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_at_ns: _Optional[int] = ..., decision_reason: _Optional[str] = ..., used_at_ns: _Optional[int] = ..., used_by: _Optional[str] = ...) -> None: ...
+    url: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[str] = ..., subject: _Optional[str] = ..., delegation: _Optional[_Iterable[str]] = ..., action_kind: _Optional[str] = ..., action_name: _Optional[str] = ..., operation: _Optional[str] = ..., target: _Optional[str] = ..., arguments_json: _Optional[str] = ..., argument_names: _Optional[_Iterable[str]] = ..., task_id: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., approvers: _Optional[_Iterable[str]] = ..., policy_revision: _Optional[str] = ..., digest: _Optional[str] = ..., decision_id: _Optional[str] = ..., created_at_ns: _Optional[int] = ..., expires_at_ns: _Optional[int] = ..., decided_by: _Optional[str] = ..., decided_at_ns: _Optional[int] = ..., decision_reason: _Optional[str] = ..., used_at_ns: _Optional[int] = ..., used_by: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
 
 class ListApprovalsRequest(_message.Message):
     __slots__ = ("states", "limit")
