@@ -84,6 +84,9 @@ def call_context(request: web.BaseRequest, user_header: str = "x-user-token") ->
     trace = request.headers.get("traceparent")
     if trace:
         metadata.append(("traceparent", trace))
+    session = request.headers.get("Mcp-Session-Id")
+    if session:  # telemetry's mcp.session.id (as a digest)
+        metadata.append(("mcp-session-id", session))
     metadata += [(user_header, value) for value in request.headers.getall(user_header, [])]
     peer = f"ipv4:{request.remote}" if request.remote else "unix:"
     return CallContext(metadata=tuple(metadata), peer=peer)

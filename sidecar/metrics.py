@@ -3,13 +3,21 @@
 Label values are bounded: ``effect`` (allow/deny/step_up), ``code`` (the registered stable
 codes), ``rpc`` (CallTool/Check), ``target`` (configured targets), the policy revision (one
 at a time). No argument, subject or decision id is ever a label.
+
+The GenAI client metrics of the OpenTelemetry semantic conventions are here too, in
+Prometheus' spelling (``gen_ai_client_operation_duration_seconds``,
+``gen_ai_client_token_usage``): their tool and model names pass a
+:class:`~sidecar.telemetry.semconv.LabelGuard` (configured, or resolved by the sidecar, at most
+a bounded number; every other name is ``_other``). With telemetry on, the same observations
+reach the OTLP exporter through a sink (``add_sink``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -17,8 +25,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from sidecar.outcomes import STATUS_BY_CODE
+from sidecar.telemetry.semconv import (
+    DURATION_BUCKETS,
+    ERROR_TYPE,
+    OPERATION,
+    PROVIDER,
+    REQUEST_MODEL,
+    RESPONSE_MODEL,
+    TOKEN_BUCKETS,
+    TOOL_NAME,
+    LabelGuard,
+    Measurement,
+    measure,
+)
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "Observation", "Sink"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +83,27 @@ class _Live(Collector):
                 "Seconds until the sidecar's X.509-SVID expires",
                 value=expiry - time.time(),
             )
+        yield GaugeMetricFamily(
+            "agent_sidecar_audit_writer_up",
+            "1 while the audit log takes records; 0 once its writer stopped (NOT_SERVING)",
+            value=1 if audit.get("alive", True) else 0,
+        )
+        reloader = self._sources.get("policy_reload", lambda: None)()  # None: engine opa
+        yield CounterMetricFamily(
+            "agent_sidecar_policy_reloads",
+            "Policy revisions loaded by hot reload",
+            value=getattr(reloader, "reloads", 0),
+        )
+        yield CounterMetricFamily(
+            "agent_sidecar_policy_reload_failures",
+            "Policy revisions rejected by hot reload (counted once per bad revision)",
+            value=getattr(reloader, "rejections", 0),
+        )
+        yield GaugeMetricFamily(
+            "agent_sidecar_policy_reload_failing",
+            "1 while the newest policy revision on disk is rejected; the active one stays",
+            value=1 if getattr(reloader, "failing", False) else 0,
+        )
         available = self._sources.get("state_available", lambda: True)()
         yield GaugeMetricFamily(
             "agent_sidecar_state_available",
@@ -70,6 +112,7 @@ class _Live(Collector):
         )
         try:  # read from the state store: left out while it cannot answer, the rest still served
             pending = self._sources.get("pending_approvals", lambda: 0)()
+            oldest = self._sources.get("oldest_pending_age", lambda: 0.0)()
         except Exception:
             log.warning("cannot count pending approvals for /metrics")
         else:
@@ -78,17 +121,82 @@ class _Live(Collector):
                 "Step-up approvals waiting for a human",
                 value=pending,
             )
+            yield GaugeMetricFamily(
+                "agent_sidecar_oldest_pending_approval_age_seconds",
+                "Age of the oldest step-up approval still waiting (0 when none)",
+                value=oldest,
+            )
         info = InfoMetricFamily("agent_sidecar_policy", "The active policy")
         engine, revision = self._sources.get("policy", lambda: ("", ""))()
         info.add_metric([], {"engine": engine, "revision": revision})
         yield info
 
 
+# The GenAI metric attributes, as Prometheus label names (dots become underscores).
+_GENAI_LABELS = (OPERATION, PROVIDER, REQUEST_MODEL, RESPONSE_MODEL, TOOL_NAME, ERROR_TYPE)
+_TOKEN_LABELS = (OPERATION, PROVIDER, REQUEST_MODEL, RESPONSE_MODEL, "gen_ai.token.type")
+# Names beyond the configured ones that may become label values (each label, per process).
+NAME_CAP = 100
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One finished call as the metrics see it, bounded labels only."""
+
+    rpc: str
+    code: str
+    effect: str
+    decision_code: str
+    genai: Measurement | None
+
+
+Sink = Callable[[Observation], None]
+
+
+def _prom(name: str) -> str:
+    return name.replace(".", "_")
+
+
 class Metrics:
-    def __init__(self, targets: list[str]) -> None:
+    def __init__(
+        self,
+        targets: list[str],
+        *,
+        tools: Iterable[str] = (),
+        models: Iterable[str] = (),
+        providers: Mapping[str, str] | None = None,
+    ) -> None:
+        """``tools``, ``models``: configured names (always their own label value);
+        ``providers``: configured provider name -> type (gen_ai.provider.name)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self._targets = set(targets)
+        self._tool_names = LabelGuard(frozenset(tools), NAME_CAP)
+        self._model_names = LabelGuard(frozenset(models), NAME_CAP)
+        self.providers: Mapping[str, str] = dict(providers or {})
+        self._sinks: list[Sink] = []
+        self._closers: list[Callable[[], None]] = []
+        self.genai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration (OpenTelemetry gen_ai.client.operation.duration)",
+            [_prom(n) for n in _GENAI_LABELS],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used, by token type (OpenTelemetry gen_ai.client.token.usage)",
+            [_prom(n) for n in _TOKEN_LABELS],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.telemetry_dropped = Counter(
+            "agent_sidecar_telemetry_dropped",
+            "Spans and metric exports dropped rather than delay a call (queue full, export "
+            "failed or timed out)",
+            ["signal", "reason"],
+            registry=r,
+        )
         self.decisions = Counter(
             "agent_sidecar_decisions",
             "Calls by decision effect and code",
@@ -119,6 +227,17 @@ class Metrics:
     def watch(self, **sources: Callable[[], Any]) -> None:
         self.registry.register(_Live(sources))
 
+    def add_sink(self, sink: Sink, close: Callable[[], None] | None = None) -> None:
+        """Also hand each call's observation to ``sink`` (the OTLP exporter); ``close``
+        runs when the metrics close."""
+        self._sinks.append(sink)
+        if close is not None:
+            self._closers.append(close)
+
+    def dropped(self, signal: str, reason: str, count: int = 1) -> None:
+        """Telemetry dropped by the exporter (called from its threads)."""
+        self.telemetry_dropped.labels(signal, reason).inc(count)
+
     def observe(self, record: dict[str, Any]) -> None:
         code = record["outcome"]["code"]
         code = code if code in STATUS_BY_CODE else "internal_error"
@@ -126,6 +245,21 @@ class Metrics:
         decision = record.get("decision")
         if decision:
             self.decisions.labels(decision["effect"], decision["code"]).inc()
+        genai = measure(record, self.providers, self._tool_names, self._model_names)
+        if genai is not None:
+            self._observe_genai(genai)
+        observation = Observation(
+            record["rpc"],
+            code,
+            decision["effect"] if decision else "",
+            decision["code"] if decision else "",
+            genai,
+        )
+        for sink in self._sinks:
+            try:
+                sink(observation)
+            except Exception:
+                log.exception("telemetry sink failed")
         latency = record.get("latency_ms") or {}
         if "decide" in latency:
             self.decision_seconds.observe(latency["decide"] / 1000)
@@ -135,6 +269,14 @@ class Metrics:
                 self.relay_seconds.labels(target).observe(latency["relay"] / 1000)
             if code.startswith("upstream_") or code == "deadline_exceeded":
                 self.upstream_errors.labels(target, code).inc()
+
+    def _observe_genai(self, m: Measurement) -> None:
+        a = m.attributes
+        self.genai_duration.labels(*(a.get(n, "") for n in _GENAI_LABELS)).observe(m.duration_s)
+        for kind, count in (("input", m.input_tokens), ("output", m.output_tokens)):
+            if isinstance(count, int) and count >= 0:
+                labels = [a.get(n, "") for n in _TOKEN_LABELS[:-1]] + [kind]
+                self.genai_tokens.labels(*labels).observe(count)
 
     def serve(self, listen: str) -> int:
         host, _, port = listen.rpartition(":")
@@ -147,3 +289,10 @@ class Metrics:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            self._server = None
+        closers, self._closers = self._closers, []
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("closing a telemetry sink failed")

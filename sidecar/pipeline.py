@@ -109,7 +109,12 @@ def build_calls(
     )
     step_up = StepUp(approvals, max_ttl_s=settings.approvals.max_ttl_s)
     path = GuardedPath(
-        establisher=establisher, decider=decider, step_up=step_up, audit=audit, stats=stats
+        establisher=establisher,
+        decider=decider,
+        step_up=step_up,
+        audit=audit,
+        stats=stats,
+        tracer=tracer,
     )
     return Calls(
         path=path,

@@ -78,6 +78,16 @@ class ApprovalStore:
         )
         return int(rows[0]["n"])
 
+    def oldest_pending_created_ns(self, now_ns: int) -> int | None:
+        """When the oldest approval still waiting was created (None when none waits)."""
+        rows = self._db.query(
+            "SELECT MIN(created_ns) AS oldest FROM approvals"
+            " WHERE state = 'pending' AND expires_ns > ?",
+            (now_ns,),
+        )
+        oldest = rows[0]["oldest"] if rows else None
+        return None if oldest is None else int(oldest)
+
     def pending_created_after(self, after_ns: int, limit: int = 1000) -> list[Approval]:
         """Pending approvals created after ``after_ns``, oldest first."""
         rows = self._db.query(

@@ -53,10 +53,15 @@ class PolicyReloader:
                     extra={"error": str(exc), "active_revision": self._engine.revision},
                 )
             return False
+        self._rejected = None  # also when a bad revision was reverted to the active one
         if changed:
             self.reloads += 1
-            self._rejected = None
         return changed
+
+    @property
+    def failing(self) -> bool:
+        """The newest revision on disk was rejected (``agent_sidecar_policy_reload_failing``)."""
+        return self._rejected is not None
 
     def _run(self) -> None:
         while not self._stop.is_set():

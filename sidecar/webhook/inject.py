@@ -65,6 +65,24 @@ from urllib.parse import urlsplit
 from sidecar.errors import SidecarError
 from sidecar.health_listener import LIVENESS
 from sidecar.webhook.lock import LockRefusal, harden_for_lock, lock_container
+from sidecar.webhook.names import (
+    CREDENTIAL_VOLUMES,
+    EGRESS_LOCK,
+    OPA,
+    OUR_VOLUMES,
+    SIDECAR,
+    SPIFFE_DIR,
+    SPIFFE_SOCKET,
+    STATE_DSN_DIR,
+    TELEMETRY_DIR,
+    VOL_CONFIG,
+    VOL_POLICY,
+    VOL_SOCKET,
+    VOL_SPIFFE,
+    VOL_STATE,
+    VOL_STATE_DSN,
+    VOL_TELEMETRY,
+)
 from sidecar.webhook.opa import VOL_OPA, VOL_OPA_SOCKET, opa_container, opa_dir
 from sidecar.webhook.settings import Resources, SidecarTemplate, WebhookSettings
 
@@ -80,30 +98,6 @@ IDENTITY = PREFIX + "identity-mode"
 BUNDLE = PREFIX + "policy-bundle"
 MIGRATION = "see 'Migrating from the annotation' in docs/kubernetes.md"
 
-SIDECAR = "agent-sidecar"
-OPA = "opa"
-EGRESS_LOCK = "agent-sidecar-egress-lock"
-VOL_CONFIG = "agent-sidecar-config"
-VOL_POLICY = "agent-sidecar-policy"
-VOL_SPIFFE = "agent-sidecar-spiffe"
-VOL_STATE = "agent-sidecar-state"
-VOL_SOCKET = "agent-sidecar-socket"
-SPIFFE_DIR = "/spiffe-workload-api"
-SPIFFE_SOCKET = f"unix://{SPIFFE_DIR}/spire-agent.sock"
-VOL_STATE_DSN = "agent-sidecar-state-dsn"
-STATE_DSN_DIR = "/etc/agent-sidecar/state-dsn"
-OUR_VOLUMES = frozenset(
-    {
-        VOL_CONFIG,
-        VOL_POLICY,
-        VOL_SPIFFE,
-        VOL_STATE,
-        VOL_OPA,
-        VOL_OPA_SOCKET,
-        VOL_SOCKET,
-        VOL_STATE_DSN,
-    }
-)
 STATUS_VERSION = 2
 
 
@@ -313,6 +307,15 @@ def _refuse_collisions(spec: dict[str, Any], engine: str) -> None:
                 f"volumes: the pod's own volume {volume.get('name')!r} has a name agent-sidecar "
                 "injects; rename it (it is never replaced silently)"
             )
+    for key in ("containers", "initContainers", "ephemeralContainers"):
+        for container in spec.get(key) or []:
+            for mount in container.get("volumeMounts") or []:
+                if isinstance(mount, dict) and mount.get("name") in CREDENTIAL_VOLUMES:
+                    raise AdmissionError(
+                        f"{key}: the pod's own container {container.get('name')!r} mounts "
+                        f"{mount.get('name')!r}; only the agent-sidecar container may mount "
+                        "the sidecar's credentials"
+                    )
 
 
 def _set_env(container: dict[str, Any], name: str, value: str) -> None:
@@ -383,6 +386,11 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
     if template.state_secret:  # the fleet's shared state store
         args += ["--set", "state.backend=postgres"]
         args += ["--set", f"state.postgres.dsn_file={STATE_DSN_DIR}/dsn"]
+    if template.telemetry_endpoint:  # the fleet's collector (docs/observability.md)
+        args += ["--set", f"telemetry.endpoint={template.telemetry_endpoint}"]
+        args += ["--set", f"telemetry.protocol={template.telemetry_protocol}"]
+    if template.telemetry_headers_secret:
+        args += ["--set", f"telemetry.headers_file={TELEMETRY_DIR}/headers"]
     mounts = [
         {
             "name": VOL_CONFIG,
@@ -397,6 +405,8 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
         mounts.append({"name": VOL_SOCKET, "mountPath": _socket_dir(settings)})
     if template.state_secret:
         mounts.append({"name": VOL_STATE_DSN, "mountPath": STATE_DSN_DIR, "readOnly": True})
+    if template.telemetry_headers_secret:
+        mounts.append({"name": VOL_TELEMETRY, "mountPath": TELEMETRY_DIR, "readOnly": True})
     if engine != "opa":
         mounts.append(
             {"name": VOL_POLICY, "mountPath": "/etc/agent-sidecar/policy", "readOnly": True}
@@ -457,6 +467,10 @@ def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[s
         secret = {"secretName": settings.sidecar.state_secret, "defaultMode": 0o444}
         secret["items"] = [{"key": "dsn", "path": "dsn"}]
         volumes.append({"name": VOL_STATE_DSN, "secret": secret})
+    if settings.sidecar.telemetry_headers_secret:  # the collector's key: sidecar only
+        secret = {"secretName": settings.sidecar.telemetry_headers_secret, "defaultMode": 0o444}
+        secret["items"] = [{"key": "headers", "path": "headers"}]
+        volumes.append({"name": VOL_TELEMETRY, "secret": secret})
     if engine == "opa":
         volumes.append({"name": VOL_OPA, "configMap": {"name": settings.opa.config_map}})
         volumes.append(

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from sidecar.egress_lock import Allow, EgressLockError, EgressRules
+from sidecar.telemetry.settings import TelemetrySettings
 from sidecar.typed_config import ConfigError, KeyedError, convert
 
 __all__ = [
@@ -34,6 +35,26 @@ class Resources:
     memory_request: str = "64Mi"
     cpu_limit: str = "500m"
     memory_limit: str = "256Mi"
+
+
+_K8S_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+def _check_telemetry(template: SidecarTemplate) -> None:
+    """The fleet's collector, checked as the sidecar will check it (TelemetrySettings)."""
+    if template.telemetry_headers_secret and not template.telemetry_endpoint:
+        raise ValueError("telemetry_headers_secret: set, but telemetry_endpoint is empty")
+    if template.telemetry_headers_secret and not _K8S_NAME.fullmatch(
+        template.telemetry_headers_secret
+    ):
+        raise ValueError("telemetry_headers_secret: not a Kubernetes object name")
+    if template.telemetry_endpoint:
+        try:
+            TelemetrySettings(
+                endpoint=template.telemetry_endpoint, protocol=template.telemetry_protocol
+            )
+        except ValueError as exc:
+            raise ValueError(f"telemetry_{exc}") from None
 
 
 @dataclass(frozen=True)
@@ -70,8 +91,16 @@ class SidecarTemplate:
     # sidecars then share one state store (state.backend postgres; docs/kubernetes.md). Only
     # the sidecar container mounts it.
     state_secret: str = ""
+    # Fleet-wide OTLP export (docs/observability.md): every injected sidecar pushes its spans
+    # and metrics to this collector (``telemetry.endpoint``; empty: the ConfigMap decides).
+    telemetry_endpoint: str = ""
+    telemetry_protocol: Literal["grpc", "http"] = "grpc"
+    # A Secret in the pod's namespace whose key `headers` holds the collector's headers
+    # (``Name: value`` lines): mounted read-only into the sidecar container only.
+    telemetry_headers_secret: str = ""
 
     def __post_init__(self) -> None:
+        _check_telemetry(self)
         address = self.agent_address
         if address.startswith("unix:"):
             if not address.startswith("unix:///") or address.endswith("/"):

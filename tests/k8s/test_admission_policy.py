@@ -95,6 +95,20 @@ def test_an_agent_that_mounts_the_spiffe_socket_or_the_state_is_refused():
         _refused(pod, False, "only the agent-sidecar container may mount")
 
 
+def test_review_1_an_agent_that_mounts_the_telemetry_headers_is_refused():
+    """The collector's headers (an API key) are a credential: only the sidecar mounts them."""
+    pod = golden("fleet-telemetry")
+    assert "agent-sidecar-telemetry" in [v["name"] for v in pod["spec"]["volumes"]]
+    pod["spec"]["containers"][0].setdefault("volumeMounts", []).append(
+        {"name": "agent-sidecar-telemetry", "mountPath": "/stolen"}
+    )
+    _refused(pod, False, "only the agent-sidecar container may mount")
+    debug = golden("fleet-telemetry")
+    debug["spec"]["ephemeralContainers"] = [{"name": "dbg", "image": "busybox", "volumeMounts": [
+        {"name": "agent-sidecar-telemetry", "mountPath": "/t"}]}]  # fmt: skip
+    _refused(debug, False, "only the agent-sidecar container may mount")
+
+
 def test_an_agent_with_its_own_spiffe_csi_volume_is_refused():
     pod = golden("plain-pod")
     pod["spec"]["volumes"].append({"name": "mine", "csi": {"driver": "csi.spiffe.io"}})
