@@ -47,11 +47,15 @@ rego: $(STAMP)
 	$(BIN)/agent-sidecar policy check rego/
 	$(BIN)/agent-sidecar policy test rego/
 
-# Tables measured side by side in one run (under 5 minutes on 2 cores): the hot path, then MCP
+# Tables measured side by side in one run on 2 cores: the hot path, the
+# added latency per model API (chat, Responses, embeddings, Anthropic Messages) of the front
+# door and of the LiteLLM proxy (the `bench` extra; without it that column says so; ~4 minutes
+# with it), then MCP
 # tools/call direct vs through the sidecar; the older, narrower
 # benchmarks stay runnable on their own (bench/policy_engine.py, relay_overhead.py, ...).
 bench: $(STAMP)
 	$(BIN)/python bench/hot_path.py
+	$(BIN)/python bench/model_overhead.py --calls 200 --concurrency 16
 	$(BIN)/python bench/mcp_overhead.py
 	$(BIN)/python bench/fleet_state.py
 

@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from sidecar.approvals import Approval, ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
 from sidecar.approvals.model import audit_record
+from sidecar.approvals.notify import renderer
 from sidecar.audit import AuditLog, FileKeySigner, HttpSink, SvidSigner
 from sidecar.authzen import AuthZenServer
 from sidecar.budgets import Budgets
+from sidecar.calls.observe import build_observers
 from sidecar.config import ConfigError, Settings
 from sidecar.frontdoor import FrontDoor
 from sidecar.identity import (
@@ -66,7 +68,11 @@ def build_engine(settings: Settings) -> PolicyEngine:
     if policy.engine == "opa":
         return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
     return EmbeddedEngine.from_dir(
-        policy.dir, policy.query, workers=policy.workers, inline_max_ms=policy.inline_max_ms
+        policy.dir,
+        policy.query,
+        workers=policy.workers,
+        inline_max_ms=policy.inline_max_ms,
+        vetting=policy.vetting,
     )
 
 
@@ -76,7 +82,11 @@ def build_shadow(settings: Settings) -> PolicyEngine | None:
     if policy.shadow is None:
         return None
     return EmbeddedEngine.from_dir(
-        policy.shadow, policy.query, workers=policy.workers, inline_max_ms=policy.inline_max_ms
+        policy.shadow,
+        policy.query,
+        workers=policy.workers,
+        inline_max_ms=policy.inline_max_ms,
+        vetting=policy.vetting,
     )
 
 
@@ -236,6 +246,7 @@ class Sidecar:
                 settings.approvals.notify_url,
                 attempts=settings.approvals.notify_attempts,
                 timeout_s=settings.approvals.notify_timeout_s,
+                render=renderer(settings.approvals),
             )
         record = approval_auditor(audit)
         approvals = ApprovalBroker(
@@ -279,10 +290,12 @@ class Sidecar:
             users=users,
             exchanger=exchanger,
         )
-        metrics = Metrics(list(settings.targets))
-        calls.path.metrics = metrics
+        metrics = build_observers(settings, calls.path)
+        reloader: PolicyReloader | None = None  # started below; read when scraped
         metrics.watch(
-            audit_counts=lambda: dict(audit.counts),
+            policy_reload=lambda: reloader,
+            oldest_pending_age=approvals.oldest_pending_age_s,
+            audit_counts=lambda: {**audit.counts, "alive": audit.alive},
             stats=lambda: dict(calls.path.stats),
             policy=lambda: (engine.name, engine.revision),
             svid_expires_at=lambda: _svid_expiry(identity),

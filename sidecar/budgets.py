@@ -13,6 +13,15 @@ to the provider's usage (or released). So the calls in flight are counted before
 and a budget is exceeded by at most one call's estimate. The reservation locks the task's and
 the subject's counter rows (in that order, as settling does) so that on a shared store the
 replicas' reservations queue on them rather than read the same total.
+
+What holds, and why: a reservation is refused once a counter (usage plus reservations in
+flight) has reached its limit, so the last one granted starts below the limit and the
+counter ends at most one reservation above it, provided each call's usage stays within its
+reservation. The reservation is an upper bound (``sidecar.token_estimate``: prompt bytes, the
+output cap once per choice, the cap *sent* when a budget applies and the request has none),
+so only a provider reporting more than that can go past; the excess is then charged in full
+when the call settles, and every replica refuses the task or subject from then on, since the
+counters live in the shared store.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from sidecar.budgets_settings import BudgetSettings
 from sidecar.errors import SidecarError
 from sidecar.state import Conn, StateDb
 from sidecar.tasks import Task, TaskRegistry
+from sidecar.token_estimate import MAX_TOKENS, output_cap_to_send
 
 __all__ = ["BudgetExceeded", "Budgets", "Reservation"]
 
@@ -53,6 +63,17 @@ class Budgets:
     def _day() -> str:
         return time.strftime("%Y-%m-%d", time.gmtime())
 
+    def applies(self, task_id: str) -> bool:
+        """Whether a call under ``task_id`` ("" for none) is counted against a limit."""
+        settings = self._settings
+        return bool(settings.subject_tokens_per_day or (task_id and settings.task_tokens))
+
+    def default_output_cap(self, task_id: str) -> int | None:
+        """The output cap to send the provider when neither the agent nor policy set one:
+        under a budget, the cap the reservation counted (an uncapped call could produce
+        many times it); otherwise none (:func:`sidecar.token_estimate.output_cap_to_send`)."""
+        return output_cap_to_send(None, self.applies(task_id))
+
     def subject_tokens(self, subject: str) -> int:
         rows = self._db.query(
             "SELECT tokens FROM usage WHERE subject = ? AND day = ?", (subject, self._day())
@@ -79,7 +100,7 @@ class Budgets:
         :class:`BudgetExceeded` when a limit is already reached (counting calls in flight)."""
         settings = self._settings
         day = self._day()
-        estimate = max(0, estimate)
+        estimate = min(max(0, estimate), MAX_TOKENS)
         with self._db.transaction(durable=False) as conn:
             if task_id and settings.task_tokens:
                 row = conn.execute(
@@ -117,7 +138,9 @@ class Budgets:
         if reservation.settled:
             return
         reservation.settled = True
-        delta = max(0, tokens) - reservation.tokens
+        # All of it, also above the reservation (a provider reporting more than estimated):
+        # the counters then stand past the limit and every replica refuses the next call.
+        delta = min(max(0, tokens), MAX_TOKENS) - reservation.tokens
         if delta:
             with self._db.transaction(durable=False) as conn:
                 self._add(conn, reservation.subject, reservation.task_id, reservation.day, delta)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sidecar.token_estimate import MAX_TOKENS
 from sidecar.validate import check
 
 __all__ = ["BudgetSettings"]
@@ -17,5 +18,8 @@ class BudgetSettings:
     subject_tokens_per_day: int = 0
 
     def __post_init__(self) -> None:
-        check(self.task_tokens >= 0, "task_tokens: must be >= 0")
-        check(self.subject_tokens_per_day >= 0, "subject_tokens_per_day: must be >= 0")
+        for name in ("task_tokens", "subject_tokens_per_day"):
+            value = getattr(self, name)
+            check(value >= 0, f"{name}: must be >= 0")
+            # (counts are capped there: a larger limit could never be reached)
+            check(value <= MAX_TOKENS, f"{name}: must be <= {MAX_TOKENS}")

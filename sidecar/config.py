@@ -29,6 +29,7 @@ from sidecar.metrics_settings import AdminSettings
 from sidecar.overrides import OverrideError, apply_overrides
 from sidecar.policy.settings import PolicySettings
 from sidecar.relay.settings import (
+    FORMAT_APIS,
     ModelSettings,
     ProviderSettings,
     RelaySettings,
@@ -39,6 +40,7 @@ from sidecar.relay.settings import (
 from sidecar.server_settings import DEFAULT_AGENT_SOCKET, ServerSettings
 from sidecar.state.settings import StateSettings
 from sidecar.tasks_settings import TaskSettings
+from sidecar.telemetry.settings import TelemetrySettings
 from sidecar.typed_config import ConfigError, KeyedError, convert
 from sidecar.users.settings import IssuerSettings, UserSettings
 from sidecar.validate import MIB, SPIFFE_ID_RE, is_local_address
@@ -108,6 +110,7 @@ class Settings:
     mcp: McpSettings = field(default_factory=McpSettings)
     mcp_servers: Mapping[str, McpServerSettings] = field(default_factory=dict)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
 
     def __post_init__(self) -> None:
         mcp_tcp = self.mcp.listen and not self.mcp.listen.startswith("unix:")
@@ -160,6 +163,14 @@ class Settings:
                     f"{model.provider!r} is not a configured provider (providers: "
                     f"{', '.join(sorted(self.providers)) or 'none'})",
                 )
+            kind = self.providers[model.provider].type
+            for api in model.apis:
+                if api not in FORMAT_APIS[kind]:
+                    raise KeyedError(
+                        f"models.{name}.apis",
+                        f"{api!r} is not served by {kind}-format provider {model.provider!r} "
+                        f"(it serves {', '.join(sorted(FORMAT_APIS[kind]))})",
+                    )
         if self.frontdoor.listen and self.identity.mode == "mtls":
             raise KeyedError(
                 "frontdoor.listen",

@@ -1,8 +1,13 @@
-"""The OpenAI-compatible front door: an HTTP listener on loopback, so that an agent built on
-the unmodified ``openai`` SDK is governed by setting ``base_url`` (``OPENAI_BASE_URL``).
+"""The model front door: an HTTP listener on loopback, so that an agent built on the
+unmodified ``openai`` SDK is governed by setting ``base_url`` (``OPENAI_BASE_URL``).
 
     POST /v1/chat/completions   unary, or ``stream: true`` as server-sent events
+    POST /v1/responses          the Responses API, unary or streamed (``response.*`` events)
+    POST /v1/embeddings         embeddings
     GET  /v1/models             only the aliases policy lets this caller use
+
+Each POST route is one model API (sidecar/model_apis/: ``APIS``, found by ``route``); the API
+supplies its request split, its error shape and its event framing.
 
 Every request goes through the same attest -> decide -> relay -> record path as CallModel.
 Identity: in ``pod`` mode the pod's SVID names the caller (the SDK's api key is ignored); in
@@ -12,30 +17,38 @@ Sidecar headers: ``x-agent-sidecar-task-id``, ``x-agent-sidecar-intent``,
 ``x-agent-sidecar-approval-id`` (retry after a step-up) and ``x-agent-sidecar-delegation``
 (comma-separated JWT-SVIDs, outermost first).
 
-Errors use OpenAI's shape, ``{"error": {"message", "type", "code", "param", ...}}`` plus
-``decision_id``, ``reasons`` and, for a step-up, ``approval_id`` (a success carries the
-decision id in the ``x-agent-sidecar-decision-id`` header):
+Errors use the API's own shape (OpenAI's ``{"error": {"message", "type", "code", "param",
+...}}`` for its APIs) plus ``decision_id``, ``reasons`` and, for a step-up, ``approval_id``
+(and ``approval_url`` when the approvals console has one); a success carries the decision id
+in the ``x-agent-sidecar-decision-id`` header:
 
     401 authentication_error   the caller could not be attested
     403 permission_error       policy denied (or could not decide)
     409 approval_required      a human must approve this exact request; retry with the id
     400 invalid_request_error  404 not_found_error (unknown model)
     429 rate_limit_error       a token budget or the step-up flood limit
-    502/503/504                the provider failed (or answered too much), is unreachable, or
-                               took too long
+    502/503/504                the provider answered too much or not the API's JSON, is
+                               unreachable, or took too long
+    the provider's status      ``upstream_error``: the provider's own error answer (its message,
+                               scrubbed; ``Retry-After`` / ``retry-after-ms`` passed on)
 
 409 rather than 202: the SDK treats any 2xx as a completion, and the request did *not*
-happen. Sidecar refusals carry ``x-should-retry: false`` so the SDK does not repeat them.
-A stream that breaks after it started ends with an ``error`` event (the SDK raises
-``APIError``) and no ``[DONE]``.
+happen. The sidecar's own refusals carry ``x-should-retry: false`` so the SDK does not repeat
+them; a provider's error does not (the SDK retries 408/409/429/5xx as it would direct).
+A stream holds at most :data:`STREAM_QUEUE_EVENTS` events for a slow agent; then the relay
+waits (and stops reading the provider).
+A stream that breaks after it started ends with the API's error event (the SDK raises
+``APIError``) and never with the API's final event (``[DONE]``, ``response.completed``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -45,11 +58,15 @@ from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, call_context, 
 from sidecar.calls.common import CallResult
 from sidecar.calls.models import ModelCalls
 from sidecar.config import Settings
+from sidecar.identity import CallContext
+from sidecar.model_apis import APIS, ModelApi
+from sidecar.model_apis.base import ApiError
+from sidecar.model_apis.chat import CHAT
 from sidecar.model_calls import ModelCall
 from sidecar.policy import PolicyEngine
 from sidecar.strict_json import StrictJsonError, loads_strict
 
-__all__ = ["FrontDoor", "error_body"]
+__all__ = ["FrontDoor", "api_error", "error_body"]
 
 log = logging.getLogger(__name__)
 
@@ -71,25 +88,53 @@ _CODE_STATUS: dict[str, tuple[int, str]] = {
     "upstream_response_too_large": (502, "upstream_error"),
 }
 _RETRYABLE = {"upstream_unavailable", "upstream_timeout", "identity_not_ready"}
+# Events a stream may hold between the provider and a slow agent: once full, the relay waits
+# for the agent (and stops reading the provider), so memory is bounded per stream.
+STREAM_QUEUE_EVENTS = 64
 
 
-def error_body(result: CallResult) -> tuple[int, dict[str, Any]]:
-    """The HTTP status and OpenAI-shaped error for a call that did not complete."""
+def _upstream_error(body: bytes) -> tuple[str, dict[str, Any] | None]:
+    """The provider's error message and its JSON body (already scrubbed of the key)."""
+    try:
+        value = json.loads(body) if body else None
+    except ValueError:
+        return "", None
+    if not isinstance(value, dict):
+        return "", None
+    error = value.get("error")
+    message = error.get("message") if isinstance(error, dict) else error
+    return (message[:2000] if isinstance(message, str) else ""), value
+
+
+def api_error(result: CallResult) -> ApiError:
+    """The HTTP status, error type, code and details of a call that did not complete. A
+    provider's error keeps its status (429 and 5xx, 529 included, stay retryable for the SDK)
+    and its message (scrubbed of the key)."""
     status, kind = _CODE_STATUS.get(result.code) or _STATUS.get(result.status, (500, "api_error"))
+    upstream: dict[str, Any] | None = None
+    message = result.message or result.code
     if result.upstream_status:
-        status = result.upstream_status if 400 <= result.upstream_status < 500 else 502
+        status = result.upstream_status if 400 <= result.upstream_status < 600 else 502
         kind = "upstream_error"
-    error: dict[str, Any] = {
-        "message": result.message or result.code,
-        "type": kind,
-        "code": result.code,
-        "param": None,
+        said, upstream = _upstream_error(result.upstream_body)
+        if said:
+            message = f"the provider answered HTTP {result.upstream_status}: {said}"
+    details: dict[str, Any] = {
         "decision_id": result.decision_id,
         "reasons": list(result.decision.reasons) if result.decision else [],
     }
     if result.approval_id:
-        error["approval_id"] = result.approval_id
-    return status, {"error": error}
+        details["approval_id"] = result.approval_id
+        approval_url = getattr(result, "approval_url", "")
+        if approval_url:
+            details["approval_url"] = approval_url
+    return ApiError(status, kind, result.code, message, details, upstream)
+
+
+def error_body(result: CallResult, api: ModelApi = CHAT) -> tuple[int, dict[str, Any]]:
+    """The HTTP status and the API-shaped error for a call that did not complete."""
+    error = api_error(result)
+    return error.status, api.error_body(error)
 
 
 class FrontDoor:
@@ -116,6 +161,7 @@ class FrontDoor:
             error_response=_plain_error,
         )
         self.port = self._server.port
+        self.peak_queued = 0  # the most events one stream held for a slow agent (tests)
 
     @property
     def url(self) -> str:
@@ -142,8 +188,10 @@ class FrontDoor:
         path = request.path.rstrip("/")
         if request.method == "GET" and path == "/v1/models":
             return await self._models(request)
-        if request.method == "POST" and path == "/v1/chat/completions":
-            return await self._completions(request)
+        if request.method == "POST":
+            for api in APIS.values():
+                if path == api.route:
+                    return await self._api_call(request, api)
         return _plain_error(404, "not_found", f"no route {request.method} {request.path}")
 
     async def _models(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -161,70 +209,85 @@ class FrontDoor:
             },
         )
 
-    async def _completions(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _api_call(self, request: web.BaseRequest, api: ModelApi) -> web.StreamResponse:
         door = self._settings.frontdoor
         if request.content_length is None and "chunked" not in request.headers.get(
             "Transfer-Encoding", ""
         ):
-            return _plain_error(411, "length_required", "a body with Content-Length is required")
+            return _plain_error(
+                411, "length_required", "a body with Content-Length is required", api=api
+            )
         try:
             raw = await read_body(request, door.max_request_bytes, door.read_timeout_s)
         except BodyError as exc:
-            return _plain_error(exc.status, exc.code, str(exc), close=True)
+            return _plain_error(exc.status, exc.code, str(exc), close=True, api=api)
         try:
             body = loads_strict(raw or b"null", "the body")
         except StrictJsonError as exc:
-            return _plain_error(400, "invalid_json", str(exc))
+            return _plain_error(400, "invalid_json", str(exc), api=api)
         if not isinstance(body, dict):
-            return _plain_error(400, "invalid_json", "the body must be a JSON object")
-        parameters = {
-            k: v
-            for k, v in body.items()
-            if k not in ("model", "messages", "stream", "stream_options")
-        }
+            return _plain_error(400, "invalid_json", "the body must be a JSON object", api=api)
+        content_json, parameters_json, stream = api.front_door_call(body)
         headers = request.headers
         delegation = headers.get("x-agent-sidecar-delegation", "")
         call = ModelCall(
             model=str(body.get("model") or ""),
-            messages_json=json.dumps(body.get("messages")),
-            parameters_json=json.dumps(parameters),
+            messages_json=content_json,
+            parameters_json=parameters_json,
             task_id=headers.get("x-agent-sidecar-task-id", ""),
             intent=headers.get("x-agent-sidecar-intent", ""),
             approval_id=headers.get("x-agent-sidecar-approval-id", ""),
             no_wait=self.wait_s() is None,
             delegation_chain=tuple(t.strip() for t in delegation.split(",") if t.strip()),
-            stream=bool(body.get("stream")),
+            stream=stream,
+            api=getattr(api, "key", api.name),
         )
         if call.stream:
-            return await self._stream(request, call)
+            return await self._stream(request, call, api)
         result = await self._calls.call_model(
-            "ChatCompletions",
+            api.rpc,
             call,
-            context=call_context(request, self._user_header),
+            context=_agent_context(request, self._user_header),
             time_remaining=self.wait_s(),
         )
         if result.status != grpc.StatusCode.OK:
-            return _error(result)
+            return _error(result, api)
         return _json(200, result.completion, decision_id=result.decision_id)
 
-    async def _stream(self, request: web.BaseRequest, call: ModelCall) -> web.StreamResponse:
-        """Chunks reach the agent as the provider sends them. The call is a task of its own:
+    async def _stream(
+        self, request: web.BaseRequest, call: ModelCall, api: ModelApi
+    ) -> web.StreamResponse:
+        """Events reach the agent as the provider sends them. The call is a task of its own:
         an agent that goes away does not cut it short (it completes and is audited)."""
-        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(STREAM_QUEUE_EVENTS)
+
+        async def put(kind: str, value: Any) -> None:
+            await events.put((kind, value))  # (waits while the agent is behind)
+            self.peak_queued = max(self.peak_queued, events.qsize())
+
         task = asyncio.ensure_future(
             self._calls.call_model(
-                "ChatCompletions",
+                api.rpc,
                 call,
-                context=call_context(request, self._user_header),
+                context=_agent_context(request, self._user_header),
                 time_remaining=self.wait_s(),
-                emit=lambda kind, value: events.put_nowait((kind, value)),
+                emit=put,
             )
         )
-        task.add_done_callback(lambda _: events.put_nowait(("end", None)))
         response: web.StreamResponse | None = None
         writable = True
         while True:
-            kind, value = await events.get()
+            getter = asyncio.ensure_future(events.get())
+            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+            if not getter.done() or getter.cancelled():
+                if events.empty():
+                    break  # the call ended and every event went out
+                continue
+            kind, value = getter.result()
             if kind == "start":
                 response = web.StreamResponse(
                     status=200,
@@ -238,19 +301,31 @@ class FrontDoor:
                 response.force_close()
                 writable = await _send(response.prepare(request))
             elif kind == "chunk" and response is not None and writable:
-                writable = await _send(response.write(_event(value)))
-            elif kind == "end":
-                break
+                writable = await _send(response.write(api.sse(value)))
         result: CallResult = task.result()
         if response is None:
-            return _error(result)
+            return _error(result, api)
         if writable:
             if result.status == grpc.StatusCode.OK:
-                await _send(response.write(b"data: [DONE]\n\n"))
+                end = api.stream_end()
+                if end:
+                    await _send(response.write(end))
             else:
-                await _send(response.write(_event(error_body(result)[1])))
+                await _send(response.write(api.stream_error(api_error(result))))
             await _send(response.write_eof())
         return response
+
+
+def _agent_context(request: web.BaseRequest, user_header: str) -> CallContext:
+    """The call's context; without an ``Authorization`` header an ``x-api-key`` (the other
+    scheme Anthropic clients use) is the agent's credential: in ``jwt`` mode its JWT-SVID.
+    Neither is ever forwarded."""
+    context = call_context(request, user_header)
+    key = request.headers.get("x-api-key")
+    if key and "Authorization" not in request.headers:
+        bearer = ("authorization", f"Bearer {key}")
+        context = replace(context, metadata=(bearer, *context.metadata))
+    return context
 
 
 async def _send(write: Awaitable[Any]) -> bool:
@@ -260,10 +335,6 @@ async def _send(write: Awaitable[Any]) -> bool:
     except (ConnectionError, RuntimeError):
         return False
     return True
-
-
-def _event(value: Any) -> bytes:
-    return b"data: " + json.dumps(value, separators=(",", ":")).encode() + b"\n\n"
 
 
 def _json(
@@ -282,12 +353,21 @@ def _json(
     return response
 
 
-def _error(result: CallResult) -> web.Response:
-    status, body = error_body(result)
+def _error(result: CallResult, api: ModelApi = CHAT) -> web.Response:
+    status, body = error_body(result, api)
+    if result.upstream_status:
+        # The provider's own answer: the SDK decides on its status as it would talking to
+        # the provider (it retries 408/409/429/5xx), with the provider's retry hints.
+        response = _json(status, body)
+        for name, value in (result.upstream_headers or {}).items():
+            response.headers[name] = value
+        return response
     return _json(status, body, retry=result.code in _RETRYABLE)
 
 
-def _plain_error(status: int, code: str, message: str, close: bool = False) -> web.Response:
-    body = {"error": {"message": message, "type": "invalid_request_error", "code": code}}
-    body["error"]["param"] = None
-    return _json(status, body, retry=False, close=close)
+def _plain_error(
+    status: int, code: str, message: str, close: bool = False, api: ModelApi = CHAT
+) -> web.Response:
+    """A refusal before any call began (framing, JSON): in the route's API shape."""
+    error = ApiError(status, "invalid_request_error", code, message)
+    return _json(status, api.error_body(error), retry=False, close=close)

@@ -1,4 +1,6 @@
-"""Model calls: what a chat completion request means to policy, and what goes to the provider.
+"""Model calls: the request every model API shares (:class:`ModelCall`), and what a chat
+completion request means to policy and sends to the provider (sidecar/model_apis/chat.py
+builds on these; the other APIs have their own modules there).
 
 Policy sees a summary, not the prompt: ``action.arguments`` is ``{"parameters": {...},
 "messages": {"count", "chars", "roles"}}`` (tool definitions by name only), while the data
@@ -8,7 +10,7 @@ audited only as the ``log`` obligation allows.
 
 from __future__ import annotations
 
-import math
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,13 @@ from sidecar.classify import classify, redact
 from sidecar.errors import SidecarError
 from sidecar.relay.settings import ModelSettings
 from sidecar.strict_json import StrictJsonError, loads_strict
+from sidecar.token_estimate import (
+    EstimateError,
+    choices_of,
+    estimated_tokens,
+    prompt_tokens,
+    reservation_tokens,
+)
 
 __all__ = [
     "ModelCall",
@@ -26,8 +35,10 @@ __all__ = [
     "estimate_usage",
     "parse_model_request",
     "policy_arguments",
+    "prompt_texts",
     "provider_body",
     "redact_choices",
+    "reservation_estimate",
     "usage_from",
 ]
 
@@ -42,7 +53,9 @@ class ModelRequestError(SidecarError):
 
 @dataclass(frozen=True)
 class ModelCall:
-    """A CallModel / StreamModel request (or a front-door request), decoded."""
+    """A CallModel / StreamModel request (or a front-door request), decoded. ``api`` names
+    the model API (sidecar/model_apis/): for ``chat`` ``messages_json`` is the messages
+    array; for the others it is the request's ``input`` and ``parameters_json`` the rest."""
 
     model: str
     messages_json: str
@@ -53,6 +66,7 @@ class ModelCall:
     no_wait: bool = False
     delegation_chain: tuple[str, ...] = ()
     stream: bool = False
+    api: str = "chat"
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,11 @@ def parse_model_request(call: ModelCall) -> tuple[list[dict[str, Any]], dict[str
             del parameters[key]
         elif key in parameters and not _positive_int(parameters[key]):
             raise ModelRequestError(f"{key} must be a positive integer")
+    try:  # the budget reserves the output cap once per choice: n must be what is sent
+        choices_of(parameters.get("n"))
+        choices_of(parameters.get("best_of"))  # (vLLM reads it: that many are generated)
+    except EstimateError as exc:
+        raise ModelRequestError(str(exc)) from exc
     return messages, parameters
 
 
@@ -151,9 +170,11 @@ def provider_body(
     *,
     max_tokens: int | None,
     stream: bool,
+    default_max_tokens: int | None = None,
 ) -> dict[str, Any]:
     """The provider request: the alias replaced by the provider's model name, ``max_tokens``
-    capped by policy's obligation (set to it when the agent asked for none)."""
+    capped by policy's obligation (set to it when the agent asked for none), or set to
+    ``default_max_tokens`` (a budget's reserved cap) when neither gave one."""
     body: dict[str, Any] = {"model": settings.model or model, "messages": messages}
     body.update(parameters)
     if max_tokens is not None:
@@ -162,6 +183,8 @@ def provider_body(
                 body[key] = min(body[key], max_tokens) if _positive_int(body[key]) else max_tokens
         if not any(key in body for key in _TOKEN_LIMITS):
             body["max_tokens"] = max_tokens
+    if default_max_tokens is not None and not any(key in body for key in _TOKEN_LIMITS):
+        body["max_tokens"] = default_max_tokens
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -199,21 +222,40 @@ def usage_from(obj: Mapping[str, Any]) -> Usage | None:
     return Usage(prompt, completion, total)
 
 
-# What a call without any completion cap is assumed to produce, for its budget reservation.
-DEFAULT_COMPLETION_ESTIMATE = 1024
+# Request parameters the provider tokenizes as prompt.
+_PROMPT_PARAMETERS = ("tools", "functions", "response_format", "tool_choice")
+
+
+def prompt_texts(
+    messages: list[dict[str, Any]], parameters: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Every text the provider tokenizes as prompt: each message's content, its other fields
+    (tool calls and their arguments, names) as JSON, and the tool definitions."""
+    texts = []
+    for message in messages:
+        texts.append(_text_of(message.get("content")))
+        rest = {k: v for k, v in message.items() if k not in ("role", "content")}
+        if rest:
+            texts.append(json.dumps(rest, ensure_ascii=False))
+    params = parameters or {}
+    texts += [json.dumps(params[k], ensure_ascii=False) for k in _PROMPT_PARAMETERS if k in params]
+    return texts
 
 
 def reservation_estimate(messages: list[dict[str, Any]], body: Mapping[str, Any]) -> int:
-    """Tokens to set aside before relay: the prompt's estimate plus the completion cap the
-    provider was sent (or :data:`DEFAULT_COMPLETION_ESTIMATE` when there is none)."""
+    """Tokens to set aside before relay (sidecar.token_estimate): the prompt's bytes plus
+    the completion cap the provider was sent, once per choice (``n``, or ``best_of`` when
+    larger). With both ``max_tokens`` and ``max_completion_tokens`` sent, the *larger*
+    counts: providers differ in which they obey (vLLM and SGLang read
+    ``max_completion_tokens or max_tokens``)."""
     caps = [body[k] for k in _TOKEN_LIMITS if _positive_int(body.get(k))]
-    return estimate_usage(messages, "").prompt_tokens + (
-        min(caps) if caps else DEFAULT_COMPLETION_ESTIMATE
-    )
+    choices = max(choices_of(body.get("n")), choices_of(body.get("best_of")))
+    return reservation_tokens(prompt_texts(messages, body), max(caps) if caps else None, choices)
 
 
 def estimate_usage(messages: list[dict[str, Any]], completion: str) -> Usage:
-    """About 4 characters a token: used only when the provider reports no usage."""
-    prompt = math.ceil(sum(len(_text_of(m.get("content"))) for m in messages) / 4)
-    produced = math.ceil(len(completion) / 4)
+    """UTF-8 bytes (an upper bound for any script): used only when the provider reports no
+    usage."""
+    prompt = prompt_tokens(prompt_texts(messages))
+    produced = estimated_tokens(completion)
     return Usage(prompt, produced, prompt + produced, estimated=True)

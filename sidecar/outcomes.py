@@ -18,6 +18,8 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "ok": _S.OK,
     "fail_open": _S.OK,
     "approval_required": _S.FAILED_PRECONDITION,
+    # the caller cancelled the call (or went away) before it ended: still one audit record
+    "cancelled": _S.CANCELLED,
     # request
     "request_too_large": _S.INVALID_ARGUMENT,
     # an HTTP body the sender cut short, or stopped sending (sidecar/aiohttpserve.py)
@@ -28,6 +30,10 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "input_unrepresentable": _S.INVALID_ARGUMENT,
     "unknown_tool": _S.NOT_FOUND,
     "unknown_model": _S.NOT_FOUND,
+    # a model alias reached through an API its configuration does not allow (model_apis/)
+    "wrong_model_api": _S.INVALID_ARGUMENT,
+    # embeddings input as token arrays: unreadable, so unclassifiable (model_apis/embeddings.py)
+    "unclassifiable_input": _S.INVALID_ARGUMENT,
     # an MCP method the sidecar does not serve (sidecar/mcp/methods.py)
     "method_not_allowed": _S.UNIMPLEMENTED,
     # model token budgets (sidecar/budgets.py), enforced whatever policy says

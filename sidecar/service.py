@@ -45,6 +45,7 @@ def decision_message(result: CallResult) -> sidecar_pb2.Decision:
             decision_id=result.decision_id,
             code=result.code,
             approval_id=result.approval_id,
+            approval_url=result.approval_url,
             reasons=[result.message] if result.message else [],
         )
     return sidecar_pb2.Decision(
@@ -55,6 +56,7 @@ def decision_message(result: CallResult) -> sidecar_pb2.Decision:
         obligations_json=decision.obligations_json(),
         policy_revision=result.policy_revision,
         approval_id=result.approval_id,
+        approval_url=result.approval_url,
     )
 
 
@@ -186,6 +188,7 @@ class SidecarService:
             approval_id=msg.approval_id,
             no_wait=msg.no_wait,
             delegation_chain=tuple(msg.delegation_chain),
+            api=msg.api or "chat",
         )
 
     async def _decode(self, rpc: str, message_type: Any, raw: bytes, context: Any) -> Any:

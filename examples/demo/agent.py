@@ -133,6 +133,53 @@ def run_models(base_url: str) -> list[Line]:
     return lines
 
 
+def run_responses(base_url: str) -> list[Line]:
+    """One OpenAI Responses API call (what the OpenAI Agents SDK uses by default) with the
+    unmodified ``openai`` SDK, streamed: the phone number in the instructions is redacted on
+    the way, the text arrives as ``response.output_text.delta`` events."""
+    import openai
+
+    client = openai.OpenAI(base_url=base_url, api_key="not-a-provider-key", max_retries=0)
+    try:
+        with client.responses.stream(
+            model="gpt-small",
+            instructions="If unsure, tell the customer to call +1 415 555 0100",
+            input="Where is my order?",
+        ) as stream:
+            final = stream.get_final_response()
+            decision_id = stream._response.headers.get("x-agent-sidecar-decision-id", "")
+    except openai.APIStatusError as exc:
+        error = exc.body if isinstance(exc.body, dict) else {}
+        reasons = tuple(error.get("reasons") or [error.get("code", "")])
+        return [Line("gpt-small", "deny", "allow", reasons, error.get("decision_id", ""))]
+    tokens = final.usage.total_tokens if final.usage else 0
+    note = f"{tokens} tokens (OpenAI Responses API, streamed)"
+    return [Line("gpt-small", "allow", "allow", (), decision_id, note=note)]
+
+
+def run_anthropic(base_url: str) -> list[Line]:
+    """One Anthropic Messages API call with the unmodified ``anthropic`` SDK through the same
+    front door (``base_url`` without ``/v1``): the SDK's api key is ignored in pod mode, the
+    provider gets the sidecar's key as ``x-api-key``, and the email is redacted on the way."""
+    import anthropic
+
+    client = anthropic.Anthropic(base_url=base_url, api_key="not-a-provider-key", max_retries=0)
+    prompt = "Draft a reply to jane@example.com about her refund"
+    try:
+        raw = client.messages.with_raw_response.create(
+            model="claude-small", max_tokens=200, messages=[{"role": "user", "content": prompt}]
+        )
+    except anthropic.APIStatusError as exc:
+        error = (exc.body or {}).get("error", {}) if isinstance(exc.body, dict) else {}
+        reasons = tuple(error.get("reasons") or [error.get("code", "")])
+        return [Line("claude-small", "deny", "allow", reasons, error.get("decision_id", ""))]
+    usage = raw.parse().usage
+    tokens = usage.input_tokens + usage.output_tokens
+    decision_id = raw.headers.get("x-agent-sidecar-decision-id", "")
+    note = f"{tokens} tokens (Anthropic Messages API)"
+    return [Line("claude-small", "allow", "allow", (), decision_id, note=note)]
+
+
 def run_mcp(address: str, url: str) -> list[Line]:
     """MCP calls with the official ``mcp`` client through the sidecar's MCP endpoint: the
     list shows only the granted tools, an act call runs under a task, a tool the list hides

@@ -1,5 +1,8 @@
 """A small OpenAI-compatible model server for the demo, the tests and the benchmark.
 
+``POST /v1/responses`` and ``POST /v1/embeddings`` speak those APIs' wire formats
+(examples/demo/openai_wire.py); the script's options apply to them too.
+
 ``POST /v1/chat/completions`` answers ``reply`` (default: an echo of the last user message)
 as a ``chat.completion``, or with ``stream: true`` as server-sent ``chat.completion.chunk``
 events, a usage chunk when ``stream_options.include_usage`` is set, and ``[DONE]``. Usage is
@@ -19,6 +22,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+try:
+    from examples.demo import openai_wire
+except ImportError:  # run as a script: python examples/demo/model_server.py
+    import openai_wire  # type: ignore[no-redef]
+
 __all__ = ["ModelServer", "ReceivedModelCall"]
 
 
@@ -33,6 +41,27 @@ class _Script:
     reply: str | None = None
     cut_after: int | None = None
     received: list[ReceivedModelCall] = field(default_factory=list)
+    # The reply carries the Authorization header it got (a provider echoing its key).
+    echo_key: bool = False
+    # Answer this HTTP status with an OpenAI-shaped error instead.
+    error_status: int | None = None
+    # Responses: also call this function (name, JSON arguments).
+    function_call: tuple[str, str] | None = None
+    # A slow drip: after this many events, wait for ``gate`` before sending the rest.
+    gate_after: int | None = None
+    gate: threading.Event = field(default_factory=threading.Event)
+    # Set when the drip gave up waiting for ``gate`` (nobody read the first events in time).
+    gate_timed_out: bool = False
+    # Responses: stream the reply in pieces of this many characters (default: by word).
+    piece_chars: int | None = None
+    # Headers sent with error_status (Retry-After, ...), and the error's message.
+    error_headers: dict[str, str] = field(default_factory=dict)
+    error_message: str = "scripted failure"
+    # Answer exactly this (a unary JSON object) or these (SSE data events; "[DONE]" as is).
+    answer: dict[str, Any] | None = None
+    events: list[Any] | None = None
+    # How many of ``events`` were written (a slow reader holds the provider back).
+    sent_events: int = 0
 
 
 class _Server(ThreadingHTTPServer):
@@ -65,6 +94,22 @@ class _Handler(BaseHTTPRequestHandler):
         script.received.append(
             ReceivedModelCall({k.lower(): v for k, v in self.headers.items()}, body)
         )
+        if script.error_status is not None:
+            error = {"message": script.error_message, "type": "server_error", "code": "scripted"}
+            self._json(script.error_status, {"error": error}, script.error_headers)
+            return
+        if script.answer is not None and not body.get("stream"):
+            self._json(200, script.answer)
+            return
+        if script.events is not None and body.get("stream"):
+            self._scripted_events(script)
+            return
+        if self.path.rstrip("/").endswith("/responses"):
+            self._responses(body, script)
+            return
+        if self.path.rstrip("/").endswith("/embeddings"):
+            self._json(200, openai_wire.embeddings(body))
+            return
         text = (
             script.reply
             if script.reply is not None
@@ -127,6 +172,59 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: " + json.dumps(value).encode() + b"\n\n")
         self.wfile.flush()
 
+    def _scripted_events(self, script: _Script) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for event in script.events or []:
+                if event == "[DONE]":
+                    self.wfile.write(b"data: [DONE]\n\n")
+                elif isinstance(event, dict) and "type" in event:
+                    self.wfile.write(openai_wire.sse_named(event))
+                else:
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.flush()
+                script.sent_events += 1
+        except OSError:
+            return
+
+    def _json(self, status: int, value: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(value).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        for name, header in (headers or {}).items():
+            self.send_header(name, header)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _responses(self, body: dict[str, Any], script: _Script) -> None:
+        text = script.reply if script.reply is not None else "echo: " + openai_wire.input_text(body)
+        if script.echo_key:
+            text += " key=" + self.headers.get("Authorization", "")
+        if not body.get("stream"):
+            answer = openai_wire.response_object(body, text, function_call=script.function_call)
+            self._json(200, answer)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        events = openai_wire.response_events(
+            body, text, function_call=script.function_call, piece_chars=script.piece_chars
+        )
+        for i, event in enumerate(events):
+            if script.cut_after is not None and i >= script.cut_after:
+                return  # broken off: no response.completed
+            if script.gate_after is not None and i == script.gate_after:
+                script.gate_timed_out = not script.gate.wait(30)
+            self.wfile.write(openai_wire.sse_named(event))
+            self.wfile.flush()
+
 
 class ModelServer:
     """Runs the server on a free loopback port; ``url`` is its OpenAI ``base_url``."""
@@ -144,9 +242,46 @@ class ModelServer:
     def received(self) -> list[ReceivedModelCall]:
         return self._server.script.received
 
-    def script(self, *, reply: str | None = None, cut_after: int | None = None) -> None:
-        self._server.script.reply = reply
-        self._server.script.cut_after = cut_after
+    def script(
+        self,
+        *,
+        reply: str | None = None,
+        cut_after: int | None = None,
+        echo_key: bool = False,
+        error_status: int | None = None,
+        function_call: tuple[str, str] | None = None,
+        gate_after: int | None = None,
+        piece_chars: int | None = None,
+        error_headers: dict[str, str] | None = None,
+        error_message: str = "scripted failure",
+        answer: dict[str, Any] | None = None,
+        events: list[Any] | None = None,
+    ) -> threading.Event:
+        """Set how the next requests are answered; returns the gate a slow drip waits on."""
+        script = self._server.script
+        script.reply = reply
+        script.cut_after = cut_after
+        script.echo_key = echo_key
+        script.error_status = error_status
+        script.function_call = function_call
+        script.gate_after = gate_after
+        script.gate = threading.Event()
+        script.gate_timed_out = False
+        script.piece_chars = piece_chars
+        script.error_headers = dict(error_headers or {})
+        script.error_message = error_message
+        script.answer = answer
+        script.events = events
+        script.sent_events = 0
+        return script.gate
+
+    @property
+    def sent_events(self) -> int:
+        return self._server.script.sent_events
+
+    @property
+    def gate_timed_out(self) -> bool:
+        return self._server.script.gate_timed_out
 
     def __enter__(self) -> ModelServer:
         self._thread.start()

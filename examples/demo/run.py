@@ -29,8 +29,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from examples.demo.agent import run as run_agent  # noqa: E402
+from examples.demo.agent import run_anthropic as run_anthropic_agent  # noqa: E402
 from examples.demo.agent import run_mcp as run_mcp_agent  # noqa: E402
 from examples.demo.agent import run_models as run_model_agent  # noqa: E402
+from examples.demo.agent import run_responses as run_responses_agent  # noqa: E402
+from examples.demo.anthropic_server import AnthropicServer  # noqa: E402
 from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.tools_server import ToolServer  # noqa: E402
 from sidecar.workers import segments  # noqa: E402
@@ -60,9 +63,10 @@ FRONTDOOR_PORT = free_port()
 MCP_PORT = free_port()
 # Stands in for the provider's key Secret; the agent never sees it.
 PROVIDER_KEY = "sk-demo-provider-key-0123456789abcdef"
+ANTHROPIC_KEY = "demo-anthropic-provider-key-0123456789abcdef"
 
 
-def write_config(tools_url: str, models_url: str) -> tuple[Path, str]:
+def write_config(tools_url: str, models_url: str, claude_url: str = "") -> tuple[Path, str]:
     config = yaml.safe_load((ROOT / "examples/demo/config.yaml").read_text())
     socket = RUN_DIR / "agent.sock"
     config["server"]["listen"] = [f"unix://{socket}"]
@@ -78,6 +82,15 @@ def write_config(tools_url: str, models_url: str) -> tuple[Path, str]:
     (OUT / "provider.key").chmod(0o600)
     config["providers"]["openai"]["base_url"] = models_url
     config["providers"]["openai"]["key_file"] = str(OUT / "provider.key")
+    if claude_url:  # an Anthropic-format provider (Messages API) and an alias on it
+        (OUT / "anthropic.key").write_text(ANTHROPIC_KEY)
+        (OUT / "anthropic.key").chmod(0o600)
+        config["providers"]["anthropic"] = {
+            "type": "anthropic",
+            "base_url": f"{claude_url}/v1",
+            "key_file": str(OUT / "anthropic.key"),
+        }
+        config["models"]["claude-small"] = {"provider": "anthropic", "model": "claude-haiku"}
     config["frontdoor"]["listen"] = f"127.0.0.1:{FRONTDOOR_PORT}"
     config["mcp"]["listen"] = f"127.0.0.1:{MCP_PORT}"
     notes = config["mcp_servers"]["notes"]
@@ -169,8 +182,8 @@ def main() -> int:
     RUN_DIR.mkdir(parents=True)
     workload_log = (OUT / "workload-api.log").open("w")
     workload_api = start_workload_api(WORKLOAD_SOCKET, workload_log, OUT / "bundle.pem")
-    with ToolServer() as tools, ModelServer() as models:
-        config, address = write_config(tools.url, models.url)
+    with ToolServer() as tools, ModelServer() as models, AnthropicServer() as claude:
+        config, address = write_config(tools.url, models.url, claude.url)
         log = (OUT / "sidecar.log").open("w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config)],
@@ -183,6 +196,8 @@ def main() -> int:
             print(f"{'TOOL':<16} {'EFFECT':<8} {'DECISION ID':<26}  REASONS")
             lines = run_agent(address, approve=approve_as_oncall)
             lines += run_model_agent(f"http://127.0.0.1:{FRONTDOOR_PORT}/v1")
+            lines += run_responses_agent(f"http://127.0.0.1:{FRONTDOOR_PORT}/v1")
+            lines += run_anthropic_agent(f"http://127.0.0.1:{FRONTDOOR_PORT}")
             lines += run_mcp_agent(address, f"http://127.0.0.1:{MCP_PORT}/mcp")
             for line in lines:
                 print(line)
@@ -204,8 +219,12 @@ def main() -> int:
             for r in tools.received
             if r.path.startswith("/tickets") and "authorization" in r.headers
         ]
-        prompts = [r.body["messages"][-1]["content"] for r in models.received]
+        prompts = [
+            r.body["messages"][-1]["content"] for r in models.received if "messages" in r.body
+        ]
+        instructions = [r.body["instructions"] for r in models.received if "input" in r.body]
         keys_seen = {r.headers.get("authorization") for r in models.received}
+        claude_sent = [(r.headers, r.body) for r in claude.received]
     # With server.workers > 1 each worker writes its own segment (audit.log, audit.worker1.log)
     log_files = segments(OUT / "audit.log")
     audit = [json.loads(line) for path in log_files for line in path.read_text().splitlines()]
@@ -214,6 +233,14 @@ def main() -> int:
         print(f"partner.notify as the partner received it: {json.dumps(notified[0])}")
     if prompts:
         print(f"the model provider received: {json.dumps(prompts[0])} (key: the sidecar's)")
+    if instructions:
+        print(f"the Responses API call's instructions as sent: {json.dumps(instructions[0])}")
+    if claude_sent:
+        headers, body = claude_sent[0]
+        print(
+            f"the Anthropic provider received: {json.dumps(body['messages'][-1]['content'])} "
+            f"(x-api-key: the sidecar's, anthropic-version: {headers.get('anthropic-version')})"
+        )
     if bearer:
         claims = jwt_claims(bearer[0])
         print(
@@ -252,8 +279,19 @@ def main() -> int:
     wrong = [line for line in lines if line.effect != line.expected]
     tickets_calls = sum(1 for r in tools.received if r.path.startswith("/tickets"))
     refunds = [r for r in tools.received if r.path == "/refunds"]
-    if keys_seen != {f"Bearer {PROVIDER_KEY}"} or len(prompts) != 1:
-        print("demo FAILED: the model provider did not get exactly one call", file=sys.stderr)
+    if keys_seen != {f"Bearer {PROVIDER_KEY}"} or len(prompts) != 1 or len(instructions) != 1:
+        print(
+            "demo FAILED: the model provider did not get one chat and one Responses call",
+            file=sys.stderr,
+        )
+        return 1
+    if [h.get("x-api-key") for h, _ in claude_sent] != [ANTHROPIC_KEY] or any(
+        "authorization" in h for h, _ in claude_sent
+    ):
+        print(
+            "demo FAILED: the Anthropic provider did not get one call with the sidecar's key",
+            file=sys.stderr,
+        )
         return 1
     if len(refunds) != 2:  # the small refund, and the approved large one exactly once
         print(f"demo FAILED: {len(refunds)} refunds reached the upstream", file=sys.stderr)

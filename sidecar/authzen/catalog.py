@@ -42,6 +42,8 @@ class CatalogEntry:
     target: str
     operation: str
     pinned_hash: str = ""  # mcp_tool only
+    # model only: the API asked about, the alias's first (chat for an openai-format alias)
+    api: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,23 +61,24 @@ class Catalog:
                 for name, tool in self.settings.tools.items()
             ]
         elif kind == "model":
-            found = [
-                CatalogEntry("model", alias, model.provider, model.operation)
-                for alias, model in self.settings.models.items()
-            ]
+            found = [self._model_entry(alias) for alias in self.settings.models]
         elif kind == "mcp_tool":
             found = [e for e in map(self._mcp_entry, self.pins) if e is not None]
         else:
             return []
         return sorted(found, key=lambda e: e.id)
 
+    def _model_entry(self, alias: str) -> CatalogEntry:
+        model = self.settings.models[alias]
+        apis = model.apis_for(self.settings.providers[model.provider].type)
+        return CatalogEntry("model", alias, model.provider, model.operation, api=apis[0])
+
     def find(self, kind: str, ident: str) -> CatalogEntry | None:
         if kind == "tool" and ident in self.settings.tools:
             tool = self.settings.tools[ident]
             return CatalogEntry("tool", ident, tool.target, tool.operation)
         if kind == "model" and ident in self.settings.models:
-            model = self.settings.models[ident]
-            return CatalogEntry("model", ident, model.provider, model.operation)
+            return self._model_entry(ident)
         if kind == "mcp_tool" and ident in self.pins:
             return self._mcp_entry(ident)
         return None

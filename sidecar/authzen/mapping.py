@@ -151,6 +151,8 @@ def to_action(entry: CatalogEntry, arguments: Mapping[str, Any]) -> Action:
             definition=pinned,
             **common,  # type: ignore[arg-type]
         )
+    if entry.type == "model":  # (issue 33: policy grants models per API)
+        return Action(kind="model", api=entry.api, **common)  # type: ignore[arg-type]
     return Action(kind=entry.type, **common)  # type: ignore[arg-type]
 
 

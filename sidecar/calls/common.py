@@ -96,8 +96,12 @@ class CallResult:
     upstream: UpstreamResponse | None = None
     upstream_status: int = 0
     upstream_body: bytes = b""
-    # The step-up approval to wait for or retry with.
+    # The provider's retry hints (Retry-After, retry-after-ms), passed on to the agent.
+    upstream_headers: dict[str, str] | None = None
+    # The step-up approval to wait for or retry with, and its console page ("" without
+    # approvals.console_url): the front door and MCP put it in their error bodies.
     approval_id: str = ""
+    approval_url: str = ""
     # Model calls: the completion (unary) and the token usage.
     completion: dict[str, Any] | None = None
     usage: Usage | None = None

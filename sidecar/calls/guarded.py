@@ -16,11 +16,13 @@ its steps in order: ``run`` (the deadline and the record) around ``begin``, ``es
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidecar.approvals import request_digest
@@ -35,7 +37,8 @@ from sidecar.outcomes import status_for
 from sidecar.policy import ApprovalInfo, build_input
 from sidecar.state import StateError
 from sidecar.tasks import Task
-from sidecar.tracing import TraceContext, trace_context
+from sidecar.telemetry.semconv import call_attributes, span_name
+from sidecar.tracing import TraceContext, Tracer, trace_context
 from sidecar.users import User
 
 __all__ = ["GuardedPath", "Step"]
@@ -44,6 +47,26 @@ log = logging.getLogger("sidecar.pipeline")
 
 # What an adapter runs inside the path: the call's record and its deadline (loop time).
 Step = Callable[[CallRecord, float], Awaitable[CallResult]]
+
+# Calls whose span is open; beyond this many (calls that never finished) the oldest is ended.
+MAX_OPEN_SPANS = 10_000
+
+
+@dataclass(frozen=True)
+class SpanOptions:
+    """What the call spans need from the settings (telemetry on)."""
+
+    # configured provider name -> type (gen_ai.provider.name)
+    providers: Mapping[str, str] = field(default_factory=dict)
+    # prompts and arguments as attributes under log: full (telemetry.capture_content)
+    capture_content: bool = False
+
+
+def _session(metadata: Any) -> str:
+    for key, value in metadata:
+        if key == "mcp-session-id":
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
 
 
 class GuardedPath:
@@ -58,6 +81,7 @@ class GuardedPath:
         step_up: StepUp,
         audit: AuditSink,
         stats: Counter[str],
+        tracer: Tracer | None = None,
     ) -> None:
         self._establisher = establisher
         self._decider = decider
@@ -65,6 +89,11 @@ class GuardedPath:
         self._audit = audit
         self.stats = stats
         self.metrics: Any = None
+        # One span per call, when the tracer is bound (telemetry on): opened in begin,
+        # ended with the audit record in finish.
+        self.tracer = tracer or Tracer()
+        self.span_options = SpanOptions()
+        self._open: OrderedDict[str, TraceContext] = OrderedDict()
 
     async def reject(self, rpc: str, code: str, message: str) -> CallResult:
         """A request refused before it could be decoded (too large, malformed): audited too."""
@@ -85,6 +114,15 @@ class GuardedPath:
         record = CallRecord(decision_id=new_decision_id(), rpc=rpc, time_ns=time.time_ns())
         try:
             result = await step(record, deadline)
+        except asyncio.CancelledError:
+            # The agent cancelled or went away: the call still ends in exactly one audit
+            # record (a relay may have happened), written even if cancelled again meanwhile.
+            cancelled = CallResult(
+                record.decision_id, "cancelled", status_for("cancelled"), "the call was cancelled"
+            )
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.shield(self.finish(record, cancelled, started))
+            raise
         except Stop as stop:
             result = CallResult(
                 record.decision_id, stop.code, status_for(stop.code), str(stop), **stop.kwargs
@@ -112,6 +150,12 @@ class GuardedPath:
     def begin(self, record: CallRecord, context: CallContext, intent: str) -> TraceContext:
         """Join the caller's trace (or start one) and note what the call says it is for."""
         trace = trace_context(context.metadata)
+        if self.tracer.records_calls:
+            trace = self.tracer.start_call(trace, record.time_ns, _session(context.metadata))
+            self._open[record.decision_id] = trace
+            while len(self._open) > MAX_OPEN_SPANS:
+                _, stale = self._open.popitem(last=False)
+                self.tracer.end_call(stale, "call", {}, error="abandoned")
         record.trace_id = trace.trace_id
         record.intent = intent
         return trace
@@ -197,7 +241,8 @@ class GuardedPath:
             pending = await self._step_up.request(record, decided, digest(decided.revision), facts)
             if no_wait:
                 raise self._step_up.stop(decided, pending.id, self._step_up.no_wait_why(no_wait))
-            await self._step_up.wait(record, pending.id, decided, deadline)
+            with self._child("approval wait", trace, **{"agent_sidecar.approval.id": pending.id}):
+                await self._step_up.wait(record, pending.id, decided, deadline)
             approval = await self._step_up.claim(record, pending.id, digest(decided.revision))
             input_doc = policy_input(approval)
             decided = await self._decider.decide_recorded(record, input_doc, deadline, name, trace)
@@ -221,6 +266,9 @@ class GuardedPath:
     async def before_relay(self, record: CallRecord, common: dict[str, Any]) -> None:
         """Nothing is relayed unaudited: strict writes the intent first; best_effort needs a
         live writer."""
+        trace = self._open.get(record.decision_id)
+        if trace is not None:
+            self.tracer.mark_relay(trace)
         if self._audit.strict:
             await self._write_intent(record, common)
         elif not self._audit.alive:
@@ -254,7 +302,9 @@ class GuardedPath:
             await self._audit.commit(doc)
         except AuditError as exc:
             log.error("audit write failed", extra={"decision_id": record.decision_id})
-            self._observe(doc | {"outcome": doc["outcome"] | {"code": "audit_unavailable"}})
+            failed = doc | {"outcome": doc["outcome"] | {"code": "audit_unavailable"}}
+            self._observe(failed)
+            self._end_span(failed)
             return CallResult(
                 record.decision_id,
                 "audit_unavailable",
@@ -263,13 +313,49 @@ class GuardedPath:
                 decision=result.decision,
                 policy_revision=result.policy_revision,
                 approval_id=result.approval_id,
+                approval_url=result.approval_url,
             )
         self._observe(doc)
+        self._end_span(doc)
         return result
 
     def audit_alive(self) -> bool:
         """For health: NOT_SERVING once audit records can no longer be written."""
         return self._audit.alive
+
+    def _child(self, name: str, trace: TraceContext, **attributes: Any) -> Any:
+        """A child span of the call (approval wait) when telemetry records calls."""
+        if trace.call is None:
+            return contextlib.nullcontext()
+        return self.tracer.span(name, trace, **attributes)
+
+    def _end_span(self, doc: dict[str, Any]) -> None:
+        """End the call's span with what its audit record says (after the record: a span
+        can never change or lose a call)."""
+        trace = self._open.pop(doc["decision_id"], None)
+        if trace is None or trace.call is None:
+            return
+        try:
+            latency = doc.get("latency_ms") or {}
+            if "relay" in latency:
+                target = (doc.get("upstream") or {}).get("target") or (
+                    doc.get("upstream") or {}
+                ).get("server", "")
+                self.tracer.relay_span(trace, latency["relay"], target=target)
+            options = self.span_options
+            attributes = call_attributes(
+                doc,
+                options.providers,
+                capture_content=options.capture_content,
+                session=trace.call.session,
+            )
+            outcome = doc.get("outcome") or {}
+            error = "" if outcome.get("status", "OK") == "OK" else str(outcome.get("code", ""))
+            self.tracer.end_call(trace, span_name(doc), attributes, error)
+        except Exception:
+            log.exception(
+                "ending the call's span failed", extra={"decision_id": doc["decision_id"]}
+            )
 
     def _observe(self, doc: dict[str, Any]) -> None:
         """Metrics, after the audit record: they can never change or lose a call."""

@@ -1,5 +1,7 @@
-"""Model calls (``CallModel``, ``StreamModel``, the front door): the prompt summarised for
-policy, budgets reserved before relay and settled after, completions and streams redacted.
+"""Model calls (``CallModel``, ``StreamModel``, the front door), whatever the API (chat,
+responses, embeddings, ...: sidecar/model_apis/ supplies each API's parts): the prompt
+summarised for policy, budgets reserved before relay and settled after, answers and streams
+redacted.
 
 An adapter: it receives the guarded path (sidecar/calls/guarded.py), which does the rest;
 listing the models asks the decider per alias.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -26,22 +29,20 @@ from sidecar.classify import classify, redact
 from sidecar.config import Settings
 from sidecar.identity import CallContext
 from sidecar.ids import new_decision_id
-from sidecar.model_calls import (
-    ModelCall,
-    ModelRequestError,
-    Usage,
-    completion_text,
-    estimate_usage,
-    parse_model_request,
-    policy_arguments,
-    provider_body,
-    redact_choices,
-    reservation_estimate,
-    usage_from,
+from sidecar.model_apis import APIS, ModelApi
+from sidecar.model_apis.base import (
+    Answer,
+    RedactorFactory,
+    redact_deep,
+    strip_credentials,
+    text_parameters,
+    with_decoded_json,
 )
+from sidecar.model_calls import ModelCall, ModelRequestError, Usage, policy_arguments
 from sidecar.outcomes import status_for, status_for_http
 from sidecar.policy import Action, build_input
 from sidecar.relay import RelayError, UpstreamStatusError
+from sidecar.relay.errors import UpstreamStreamInterrupted
 from sidecar.relay.models import ModelRelay
 from sidecar.relay.scrub import Scrubber
 
@@ -76,7 +77,7 @@ class ModelCalls:
         *,
         context: CallContext,
         time_remaining: float | None,
-        emit: Callable[[str, Any], None] | None = None,
+        emit: Callable[[str, Any], Any] | None = None,
     ) -> CallResult:
         """Decide and relay one chat completion (``CallModel``, ``StreamModel``, the front
         door). A stream hands ``emit("start", result)`` once relaying begins, then
@@ -94,24 +95,36 @@ class ModelCalls:
         request: ModelCall,
         context: CallContext,
         deadline: float,
-        emit: Callable[[str, Any], None] | None,
+        emit: Callable[[str, Any], Any] | None,
     ) -> CallResult:
         settings = self._settings
         trace = self._path.begin(record, context, request.intent)
-        record.action = {"kind": "model", "name": request.model}
+        record.action = {"kind": "model", "name": request.model, "api": request.api[:64]}
         model = settings.models.get(request.model)
+        api = APIS.get(request.api)
+        if api is None:
+            raise Stop("malformed_request", f"unknown model api {request.api!r}")
         if not request.model:
             raise Stop("malformed_request", "model is required")
         if model is None:
             raise Stop("unknown_model", f"model {request.model!r} is not configured")
+        provider = settings.providers[model.provider]
+        if api.name not in model.apis_for(provider.type):
+            raise Stop(
+                "wrong_model_api",
+                f"model {request.model!r} ({provider.type} format) is not served through the "
+                f"{api.name} API; it allows: {', '.join(model.apis_for(provider.type))}",
+            )
         try:
-            messages, parameters = parse_model_request(request)
+            parsed = api.parse(request)
         except ModelRequestError as exc:
             raise Stop(exc.code, str(exc)) from exc
+        content, parameters = parsed.content, parsed.parameters
         record.model = {
             "alias": request.model,
             "provider": model.provider,
             "model": model.model or request.model,
+            "api": api.name,
             "stream": request.stream,
         }
         subject, chain, user, task = await self._path.establish(
@@ -127,16 +140,21 @@ class ModelCalls:
         except BudgetExceeded as exc:
             raise Stop(exc.code, str(exc)) from exc
 
-        prompt = {"messages": messages, "parameters": parameters}
+        # Credentials (an MCP server's token, say) reach neither policy nor the audit log.
+        prompt = strip_credentials({**content, "parameters": parameters})
+        # Classified: the API's texts and every parameter that is not a number, boolean or
+        # enum (tool descriptions, schemas, metadata, ...), JSON inside strings decoded too.
+        checked = [api.classified(content), text_parameters(parameters)]
         action = Action(
             kind="model",
             name=request.model,
             operation=model.operation,
             target=model.provider,
-            arguments=policy_arguments(messages, parameters),
-            data_classes=classify(messages),
+            arguments=strip_credentials(parsed.summary),
+            data_classes=classify(with_decoded_json(checked)),
+            api=api.name,
         )
-        record.action = action_record(action, prompt)
+        record.action = action_record(action, prompt) | {"api": api.name}
         facts = Facts(subject, chain, task, request.task_id, action, prompt, user)
         decided, common = await self._path.authorize(
             record,
@@ -154,24 +172,28 @@ class ModelCalls:
             raise Stop(decision.code, "; ".join(decision.reasons) or decision.code, **common)
 
         obligations = decision.obligations
-        sent = redact(messages, obligations.redact) if obligations.redact else messages
+        # an API may redact only its texts (Messages: image data stays byte-exact)
+        redact_content = getattr(api, "redact", redact)
+        sent = redact_content(content, obligations.redact) if obligations.redact else content
+        if obligations.redact:  # the text-bearing parameters too
+            parameters = parameters | redact_deep(text_parameters(parameters), obligations.redact)
         record.action["arguments"] = payload_view(
-            {"messages": sent, "parameters": parameters}, log_level
+            strip_credentials({**sent, "parameters": parameters}), log_level
         )
-        body = provider_body(
-            request.model,
-            model,
+        body = api.provider_body(
+            model.model or request.model,
             sent,
             parameters,
             max_tokens=obligations.max_tokens,
             stream=request.stream,
+            # a budgeted call is sent the cap its reservation counts (token_estimate)
+            default_max_tokens=self._budgets.default_output_cap(request.task_id),
         )
         remaining = self._path.time_to_relay(deadline, common)
-        provider = settings.providers[model.provider]
         record.upstream = {
             "target": model.provider,
             "method": "POST",
-            "url": self._models.url(model.provider),
+            "url": self._models.url(model.provider, api.provider_path),
         }
         await self._path.before_relay(record, common)
         headers = {
@@ -184,7 +206,7 @@ class ModelCalls:
                 self._budgets.reserve,
                 subject.spiffe_id,
                 request.task_id,
-                reservation_estimate(sent, body),
+                api.reservation(sent, body),
             )
         except BudgetExceeded as exc:
             raise Stop(exc.code, str(exc), **common) from exc
@@ -192,10 +214,14 @@ class ModelCalls:
         text = ""
         delivered: list[str] = []
         usage: Usage | None = None
+        unknown_cost = False  # reached the provider, but its usage cannot be known
+        broken_stream = False  # a stream that ended without the provider's usage
+        answer: Answer | None = None
         try:
             if request.stream:
                 text, usage = await self._stream_model(
                     record,
+                    api,
                     model.provider,
                     body,
                     headers,
@@ -207,20 +233,23 @@ class ModelCalls:
                     delivered,
                     scrubber,
                 )
+                broken_stream = usage is None
             else:
-                completion = await self._complete_model(
-                    model.provider, body, headers, provider.timeout_s, remaining
+                raw = await self._complete_model(
+                    model.provider, api.provider_path, body, headers, provider.timeout_s, remaining
                 )
-                completion = scrubber.value(completion)
                 record.relayed = True
                 record.upstream["status"] = 200
-                record.upstream["response_classes"] = classify(completion.get("choices"))
-                completion = redact_choices(completion, obligations.redact_response)
-                completion["model"] = request.model
-                text = completion_text(completion)
-                usage = usage_from(completion)
+                answer = api.unary(raw, request.model, obligations.redact_response, scrubber)
+                record.upstream["response_classes"] = answer.classes
+                text, usage = answer.text, answer.usage
                 record.upstream["result"] = {"chars": len(text), **payload_view(text, log_level)}
+        except asyncio.CancelledError:  # the agent cancelled: the provider still bills it
+            record.relayed = unknown_cost = True  # (the request may have reached it)
+            raise
         except TimeoutError:
+            # The provider may have the request; no usage will come back.
+            record.relayed = unknown_cost = True
             raise Stop(
                 "deadline_exceeded", "the call's deadline passed during relay", **common
             ) from None
@@ -234,10 +263,13 @@ class ModelCalls:
                 str(exc),
                 upstream_status=exc.status,
                 upstream_body=scrubber.bytes(exc.body),
+                upstream_headers=dict(getattr(exc, "retry_headers", {}) or {}),
                 **common,
             )
         except RelayError as exc:
             record.relayed = record.relayed or exc.reached
+            unknown_cost = exc.reached
+            broken_stream = request.stream and record.upstream.get("status") == 200
             raise Stop(exc.code, str(exc), **common) from exc
         finally:
             # Whatever the provider produced counts against the budgets, also when the call
@@ -248,7 +280,22 @@ class ModelCalls:
             if usage is None and (
                 text or (record.relayed and record.upstream.get("status") == 200)
             ):
-                usage = estimate_usage(sent, text)
+                usage = api.estimate(sent, text)
+            if broken_stream or (request.stream and unknown_cost):
+                # A stream cut before the provider's usage: the provider bills what it
+                # generated, which may be more than reached the agent (thinking, tool JSON,
+                # text past the cut): charged the larger of the estimate and the reservation.
+                # (the estimate's parts are kept: what reached the agent, for the audit)
+                usage = Usage(
+                    usage.prompt_tokens if usage is not None else 0,
+                    usage.completion_tokens if usage is not None else 0,
+                    max(usage.total_tokens if usage is not None else 0, reservation.tokens),
+                    estimated=True,
+                )
+            if usage is None and unknown_cost:
+                # It reached the provider, which bills it, and no usage came back (cut off
+                # at the deadline, cancelled, an answer too large): charged its reservation.
+                usage = Usage(0, 0, reservation.tokens, estimated=True)
             if usage is not None:
                 record.model["usage"] = usage.to_dict()
             await off_loop(
@@ -256,8 +303,8 @@ class ModelCalls:
             )
         result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common)
         result.usage = usage
-        if not request.stream:
-            result.completion = completion
+        if answer is not None:
+            result.completion = answer.body
         return result
 
     async def list_models(self, context: CallContext) -> tuple[CallResult, list[str]]:
@@ -272,22 +319,27 @@ class ModelCalls:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self._settings.policy.timeout_ms / 1000 * 4
             for alias, model in sorted(self._settings.models.items()):
-                action = Action(
-                    kind="model",
-                    name=alias,
-                    operation=model.operation,
-                    target=model.provider,
-                    arguments=policy_arguments([], {}),
-                )
-                input_doc = build_input(
-                    request_id=record.decision_id,
-                    time_ns=record.time_ns,
-                    subject=subject,
-                    action=action,
-                )
-                decided = await self._decider.decide(input_doc, deadline, alias)
-                if decided.decision.effect in ("allow", "step_up"):
-                    allowed.append(alias)
+                # Listed when policy lets the caller reach it through any of its APIs.
+                kind = self._settings.providers[model.provider].type
+                for api in model.apis_for(kind):
+                    action = Action(
+                        kind="model",
+                        name=alias,
+                        operation=model.operation,
+                        target=model.provider,
+                        arguments=policy_arguments([], {}),
+                        api=api,
+                    )
+                    input_doc = build_input(
+                        request_id=record.decision_id,
+                        time_ns=record.time_ns,
+                        subject=subject,
+                        action=action,
+                    )
+                    decided = await self._decider.decide(input_doc, deadline, alias)
+                    if decided.decision.effect in ("allow", "step_up"):
+                        allowed.append(alias)
+                        break
             record.model = {"listed": allowed}
             result = CallResult(record.decision_id, "ok", grpc.StatusCode.OK)
         except Stop as stop:
@@ -303,6 +355,7 @@ class ModelCalls:
     async def _complete_model(
         self,
         provider: str,
+        path: str,
         body: dict[str, Any],
         headers: dict[str, str],
         timeout: float,
@@ -310,95 +363,85 @@ class ModelCalls:
     ) -> dict[str, Any]:
         async with self._gate.slots(provider):
             return await asyncio.wait_for(
-                self._models.complete(provider, body, timeout_s=timeout, headers=headers),
+                self._models.complete(
+                    provider, body, timeout_s=timeout, headers=headers, path=path
+                ),
                 timeout=remaining,
             )
 
     async def _stream_model(
         self,
         record: CallRecord,
+        api: ModelApi,
         provider: str,
         body: dict[str, Any],
         headers: dict[str, str],
         read_timeout: float,
         remaining: float,
         redact_classes: tuple[str, ...],
-        emit: Callable[[str, Any], None] | None,
+        emit: Callable[[str, Any], Any] | None,
         common: dict[str, Any],
         delivered: list[str],
         scrubber: Scrubber,
     ) -> tuple[str, Usage | None]:
-        """Relay a stream: chunks go to ``emit`` as they come, with ``redact_response``
-        applied across chunk boundaries; returns the whole text and the provider's usage.
+        """Relay a stream: events go to ``emit`` as they come, redacted by the API's handler
+        across event boundaries; returns the whole text and the provider's usage.
         ``delivered`` gets the text that reached the agent also when the stream breaks (the
-        budget is charged for it)."""
-        redactor = scrubber.stream(redact_classes)
-        state: dict[str, Any] = {"text": [], "usage": None, "started": False, "raw": []}
-        assert record.upstream is not None
+        budget is charged for it). A stream that ends before the API's final event is
+        :class:`UpstreamStreamInterrupted`."""
+        assert record.upstream is not None and record.action is not None
+        handler = api.stream(
+            record.action["name"], RedactorFactory(redact_classes, scrubber), scrubber
+        )
+        started = False
 
-        def handle(chunk: dict[str, Any]) -> None:
-            if not state["started"]:
-                state["started"] = True
+        async def forward(values: list[dict[str, Any]]) -> None:
+            """To ``emit``; an ``emit`` that returns an awaitable (the front door's bounded
+            queue) is awaited: a slow agent then holds the relay back, not its memory."""
+            nonlocal started
+            if not started:
+                started = True
                 record.relayed = True
                 record.upstream["status"] = 200
                 if emit is not None:
-                    emit(
+                    waiting = emit(
                         "start", CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common)
                     )
-            state["usage"] = usage_from(chunk) or state["usage"]
-            chunk["model"] = record.action["name"] if record.action else chunk.get("model")
-            for choice in chunk.get("choices") or []:
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if not isinstance(delta, dict):
-                    continue
-                content = delta.get("content")
-                if isinstance(content, str):
-                    state["raw"].append(content)
-                    released = redactor.feed(content)
-                    if choice.get("finish_reason"):
-                        released += redactor.flush()
-                    delta["content"] = released
-                    state["text"].append(released)
-                elif choice.get("finish_reason"):
-                    rest = redactor.flush()
-                    if rest:
-                        delta["content"] = rest
-                        state["text"].append(rest)
+                    if inspect.isawaitable(waiting):
+                        await waiting
             if emit is not None:
-                emit("chunk", scrubber.value(chunk))  # fields other than the text, too
+                for value in values:
+                    waiting = emit("chunk", value)
+                    if inspect.isawaitable(waiting):
+                        await waiting
 
         async def relay() -> None:
-            chunks = self._models.stream(provider, body, timeout_s=read_timeout, headers=headers)
-            async with contextlib.aclosing(chunks):
-                async for chunk in chunks:
-                    handle(chunk)
+            events = self._models.stream(
+                provider, body, timeout_s=read_timeout, headers=headers, path=api.provider_path
+            )
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    await forward(handler.feed(event))
+                    if handler.done:
+                        return
+            raise UpstreamStreamInterrupted("the provider's stream ended before its final event")
 
         try:
             async with self._gate.slots(provider):
                 await asyncio.wait_for(relay(), timeout=remaining)
         finally:
-            # What the redactor still holds (redacted) goes out too, even if the stream broke.
-            rest = redactor.flush()
-            if rest:
-                state["text"].append(rest)
-                if emit is not None and state["started"]:
-                    emit(
-                        "chunk",
-                        {
-                            "object": "chat.completion.chunk",
-                            "model": record.action["name"] if record.action else "",
-                            "choices": [
-                                {"index": 0, "delta": {"content": rest}, "finish_reason": None}
-                            ],
-                        },
-                    )
-            text = "".join(state["text"])
-            delivered.append(text)
-            scrubber.count_stream("".join(state["raw"]), text)
+            # What the redactors still hold (redacted) goes out too, even if the stream broke.
+            rest = handler.flush()
+            if rest and started:
+                await forward(rest)
+            text = handler.text
+            # everything the agent got (an API's handler may count thinking and tool JSON)
+            delivered.append(getattr(handler, "delivered", text))
+            scrubber.count_stream(handler.raw, text)
             log_level = common["decision"].obligations.log
-            record.upstream["response_classes"] = classify("".join(state["raw"]))
+            record.upstream["response_classes"] = classify(handler.raw)
             record.upstream["result"] = {"chars": len(text), **payload_view(text, log_level)}
-        return text, state["usage"]
+        return text, handler.usage
 
     def _provider_key(self, provider: str) -> str:
         """The key the relay will send (to scrub it from what comes back); "" when there is

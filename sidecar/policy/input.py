@@ -40,6 +40,8 @@ class Action:
     method: str = ""
     annotations: Mapping[str, Any] | None = None
     definition: Mapping[str, Any] | None = None
+    # Models only: the API the call came through (chat, responses, embeddings, messages).
+    api: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,8 @@ def build_input(
         },
         "delegation": {"chain": list(delegation_chain), "depth": len(delegation_chain)},
     }
+    if action.kind == "model" and action.api:
+        doc["action"]["api"] = action.api
     if action.kind == "mcp":
         doc["action"]["phase"] = action.phase
         doc["action"]["method"] = action.method

@@ -57,11 +57,18 @@ class UpstreamStatusError(RelayError):
 
     code = "upstream_error"
 
-    def __init__(self, status: int, body: bytes, content_type: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        retry_headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(f"the upstream answered HTTP {status}")
         self.status = status
         self.body = body
         self.content_type = content_type
+        self.retry_headers = retry_headers or {}  # Retry-After / retry-after-ms, as sent
 
 
 class UpstreamBadResponse(RelayError):

@@ -1,10 +1,13 @@
-"""Relay of allowed model calls to OpenAI-compatible providers.
+"""Relay of allowed model calls to providers, whatever the API (sidecar/model_apis/).
 
-The sidecar builds the provider request itself: ``POST {base_url}/chat/completions`` with the
-provider's model name and ``Authorization: Bearer <key>`` from the provider's key file. Nothing
-of the agent's HTTP request (its own ``Authorization`` above all) is forwarded. Streams are
-read as server-sent events on the event loop and handed over chunk by chunk; a stream that
-breaks off, or ends without ``data: [DONE]``, is :class:`UpstreamStreamInterrupted`.
+The sidecar builds the provider request itself: ``POST {base_url}{path}`` (the API's path)
+with the provider's model name and the key from the provider's key file in the scheme of the
+provider's format (:data:`AUTH_SCHEMES`: ``Authorization: Bearer`` for openai; ``x-api-key``
+and ``anthropic-version`` for anthropic) plus its configured ``headers``. Nothing of the
+agent's HTTP request (its own ``Authorization`` or ``x-api-key`` above all) is forwarded.
+Streams are read as server-sent events on the event loop and handed over one by one as
+:class:`SseEvent`; the API's stream handler says which event ends the stream (a stream that
+breaks off before it is :class:`UpstreamStreamInterrupted`, raised by the caller).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +36,43 @@ from sidecar.relay.errors import (
 from sidecar.relay.http import read_bounded
 from sidecar.relay.settings import ProviderSettings
 
-__all__ = ["ModelRelay", "ProviderKey"]
+__all__ = ["AUTH_SCHEMES", "ModelRelay", "ProviderKey", "SseEvent"]
 
 _ERROR_BODY_LIMIT = 4096
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One server-sent event from the provider: its ``event:`` name ("" when none) and data."""
+
+    event: str
+    data: str
+
+
+def _bearer(key: str | None, provider: ProviderSettings) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key is not None else {}
+
+
+def _x_api_key(key: str | None, provider: ProviderSettings) -> dict[str, str]:
+    return {"x-api-key": key} if key is not None else {}
+
+
+# How a provider's key is sent, by ``ProviderSettings.auth_scheme``.
+AUTH_SCHEMES: dict[str, Callable[[str | None, ProviderSettings], dict[str, str]]] = {
+    "bearer": _bearer,
+    "x-api-key": _x_api_key,
+}
+
+
+def _format_headers(provider: ProviderSettings) -> dict[str, str]:
+    """Headers a provider format always needs (anthropic: its API version, and the beta
+    features configured)."""
+    if provider.type == "anthropic":
+        headers = {"anthropic-version": provider.anthropic_version}
+        if provider.anthropic_beta:
+            headers["anthropic-beta"] = ",".join(provider.anthropic_beta)
+        return headers
+    return {}
 
 
 class ProviderKey:
@@ -92,27 +130,29 @@ class ModelRelay:
             {name: default_tls(p.ca_file) for name, p in providers.items()}, pool_size=pool_size
         )
 
-    def url(self, provider: str) -> str:
-        return self._providers[provider].base_url.rstrip("/") + "/chat/completions"
+    def url(self, provider: str, path: str = "/chat/completions") -> str:
+        return self._providers[provider].base_url.rstrip("/") + path
 
     def _headers(
         self, provider: str, body: dict[str, Any], headers: Mapping[str, str]
     ) -> dict[str, str]:
+        settings = self._providers[provider]
         all_headers = {
             "User-Agent": f"agent-sidecar/{__version__}",
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if body.get("stream") else "application/json",
+            **settings.headers,
+            **_format_headers(settings),
             **headers,
         }
-        key = self.keys[provider].get()
-        if key is not None:
-            all_headers["Authorization"] = f"Bearer {key}"
+        all_headers.update(AUTH_SCHEMES[settings.auth_scheme](self.keys[provider].get(), settings))
         return all_headers
 
     @asynccontextmanager
     async def _post(
         self,
         provider: str,
+        path: str,
         body: dict[str, Any],
         timeout: aiohttp.ClientTimeout,
         headers: Mapping[str, str],
@@ -122,7 +162,7 @@ class ModelRelay:
         async with (
             self._pool.session(provider) as session,
             session.post(
-                self.url(provider),
+                self.url(provider, path),
                 data=json.dumps(body, separators=(",", ":")).encode(),
                 headers=all_headers,
                 timeout=timeout,
@@ -132,7 +172,14 @@ class ModelRelay:
             if not 200 <= response.status < 300:
                 body_bytes = await response.content.read(_ERROR_BODY_LIMIT)
                 raise UpstreamStatusError(
-                    response.status, body_bytes, response.headers.get("Content-Type", "")
+                    response.status,
+                    body_bytes,
+                    response.headers.get("Content-Type", ""),
+                    {
+                        k: response.headers[k][:64]
+                        for k in ("Retry-After", "retry-after-ms")
+                        if k in response.headers
+                    },
                 )
             yield response
 
@@ -143,12 +190,13 @@ class ModelRelay:
         *,
         timeout_s: float,
         headers: Mapping[str, str],
+        path: str = "/chat/completions",
     ) -> dict[str, Any]:
-        """One chat completion: the provider's ``chat.completion`` object. ``timeout_s``
-        bounds the whole exchange."""
+        """One unary answer: the provider's JSON object (the API checks its shape).
+        ``timeout_s`` bounds the whole exchange."""
         try:
             async with self._post(
-                provider, body, aiohttp.ClientTimeout(total=timeout_s), headers
+                provider, path, body, aiohttp.ClientTimeout(total=timeout_s), headers
             ) as response:
                 content = await read_bounded(response, self._max, "the provider's answer")
         except RelayError:
@@ -159,8 +207,8 @@ class ModelRelay:
             completion = json.loads(content)
         except ValueError as exc:
             raise UpstreamBadResponse("the provider's answer is not JSON") from exc
-        if not isinstance(completion, dict) or not isinstance(completion.get("choices"), list):
-            raise UpstreamBadResponse("the provider's answer is not a chat.completion object")
+        if not isinstance(completion, dict):
+            raise UpstreamBadResponse("the provider's answer is not a JSON object")
         return completion
 
     async def stream(
@@ -170,18 +218,18 @@ class ModelRelay:
         *,
         timeout_s: float,
         headers: Mapping[str, str],
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Each ``chat.completion.chunk`` of a streamed completion. ``timeout_s`` bounds the
-        connection and every stall between reads (the caller bounds the whole stream)."""
+        path: str = "/chat/completions",
+    ) -> AsyncIterator[SseEvent]:
+        """Each server-sent event of a streamed answer, until the provider closes (the caller
+        stops at its API's final event). ``timeout_s`` bounds the connection and every stall
+        between reads (the caller bounds the whole stream)."""
         timeout = aiohttp.ClientTimeout(total=None, connect=timeout_s, sock_read=timeout_s)
         started = False
         try:
-            async with self._post(provider, body, timeout, headers) as response:
+            async with self._post(provider, path, body, timeout, headers) as response:
                 started = True
-                async for payload in _events(response, self._max):
-                    if payload == "[DONE]":
-                        return
-                    yield _chunk(payload)
+                async for event in _events(response, self._max):
+                    yield event
         except RelayError:
             raise
         except TimeoutError as exc:
@@ -196,15 +244,14 @@ class ModelRelay:
             raise UpstreamStreamInterrupted(
                 f"the provider's stream broke off ({type(exc).__name__})"
             ) from exc
-        raise UpstreamStreamInterrupted("the provider's stream ended without [DONE]")
 
     async def close(self) -> None:
         await self._pool.close()
 
 
-async def _events(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[str]:
-    """The data of each server-sent event, at most ``limit`` bytes in all."""
-    size, pending, data = 0, b"", []
+async def _events(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator[SseEvent]:
+    """Each server-sent event (its name and data), at most ``limit`` bytes in all."""
+    size, pending, data, name = 0, b"", [], ""
     async for block in response.content.iter_any():
         size += len(block)
         if size > limit:
@@ -218,23 +265,17 @@ async def _events(response: aiohttp.ClientResponse, limit: int) -> AsyncIterator
             if line.startswith("data:"):
                 data.append(line[5:].strip())
                 continue
+            if line.startswith("event:"):
+                name = line[6:].strip()
+                continue
             if line or not data:
-                continue  # a comment, event name or id line; or nothing to dispatch
+                if not line:
+                    name = ""  # an event without data is not dispatched
+                continue  # a comment or id line; or nothing to dispatch
             payload, data = "\n".join(data), []
-            yield payload
+            yield SseEvent(name, payload)
+            name = ""
     if pending.startswith(b"data:"):
         data.append(pending[5:].strip().decode("utf-8", errors="replace"))
     if data:
-        yield "\n".join(data)
-
-
-def _chunk(payload: str) -> dict[str, Any]:
-    try:
-        chunk = json.loads(payload)
-    except ValueError as exc:
-        raise UpstreamBadResponse("a streamed chunk is not JSON") from exc
-    if not isinstance(chunk, dict):
-        raise UpstreamBadResponse("a streamed chunk is not a JSON object")
-    if "error" in chunk:
-        raise UpstreamStreamInterrupted("the provider sent an error in the stream")
-    return chunk
+        yield SseEvent(name, "\n".join(data))

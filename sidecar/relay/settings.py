@@ -4,6 +4,7 @@ credentials, ``tools``, model ``providers`` and ``models``."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,8 @@ from urllib.parse import urlsplit
 from sidecar.validate import MIB, check, check_base_url
 
 __all__ = [
+    "DEFAULT_APIS",
+    "FORMAT_APIS",
     "ModelSettings",
     "ProviderSettings",
     "RelaySettings",
@@ -22,37 +25,95 @@ __all__ = [
 
 
 _PATH_PARAM_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# A header value that is one token (no separators, spaces or line breaks).
+_HEADER_TOKEN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+# The APIs each provider format can serve (``action.api``), and those an alias allows when it
+# lists none: embeddings must be asked for (an embeddings model cannot chat).
+FORMAT_APIS: dict[str, frozenset[str]] = {
+    "openai": frozenset({"chat", "responses", "embeddings"}),
+    "anthropic": frozenset({"messages"}),
+}
+DEFAULT_APIS: dict[str, tuple[str, ...]] = {
+    "openai": ("chat", "responses"),
+    "anthropic": ("messages",),
+}
+# Headers the sidecar sets itself: configured ``headers`` may not name them.
+_OWN_HEADERS = frozenset(
+    {"authorization", "x-api-key", "content-type", "content-length", "host", "accept"}
+)
 
 
 @dataclass(frozen=True)
 class ProviderSettings:
-    """A model provider. ``openai``: any OpenAI-compatible API (OpenAI, Azure OpenAI's
-    /openai/v1, vLLM, Ollama, LiteLLM...), ``POST {base_url}/chat/completions``. The key is
-    read from ``key_file`` (a mounted Secret), re-read when the file changes, sent as
-    ``Authorization: Bearer`` and never shown to the agent, logged or given to policy."""
+    """A model provider and its API format. ``openai``: any OpenAI-compatible API (OpenAI,
+    Azure OpenAI's /openai/v1, vLLM, Ollama, LiteLLM...): ``{base_url}/chat/completions``,
+    ``/responses``, ``/embeddings``. ``anthropic``: the Messages API, ``{base_url}/messages``.
+    The key is read from ``key_file`` (a mounted Secret), re-read when the file changes, sent
+    in the format's scheme (``auth``: ``bearer`` is ``Authorization: Bearer``, the default for
+    openai; ``x-api-key`` the default for anthropic) and never shown to the agent, logged or
+    given to policy. ``headers`` are sent as configured (e.g. ``anthropic-beta``)."""
 
     base_url: str
-    type: Literal["openai"] = "openai"
+    type: Literal["openai", "anthropic"] = "openai"
     # A file holding the API key; empty: no key (a local server).
     key_file: Path | None = None
     timeout_s: float = 60.0
     # PEM bundle to verify an https provider with (default: the system's CAs).
     ca_file: Path | None = None
+    # How the key is sent; "": the format's default.
+    auth: Literal["", "bearer", "x-api-key"] = ""
+    # anthropic: the API version sent as ``anthropic-version``.
+    anthropic_version: str = "2023-06-01"
+    # anthropic: beta features, sent as one ``anthropic-beta`` header (the agent's is not).
+    anthropic_beta: tuple[str, ...] = ()
+    # Extra headers sent to the provider as configured (never the key's headers).
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_base_url(self.base_url)
         check(self.timeout_s > 0, "timeout_s: must be > 0")
+        for beta in self.anthropic_beta:
+            check(
+                self.type == "anthropic" and _HEADER_TOKEN.fullmatch(beta) is not None,
+                f"anthropic_beta: {beta!r} must be a feature name, for type anthropic only",
+            )
+        check(
+            _HEADER_TOKEN.fullmatch(self.anthropic_version) is not None,
+            "anthropic_version: must be a version such as 2023-06-01",
+        )
+        for name, value in self.headers.items():
+            check(
+                name.lower() not in _OWN_HEADERS,
+                f"headers: {name!r} is set by the sidecar (the key goes in key_file)",
+            )
+            check(
+                "\n" not in name + value and "\r" not in name + value,
+                f"headers: {name!r} has a line break",
+            )
+
+    @property
+    def auth_scheme(self) -> str:
+        return self.auth or ("x-api-key" if self.type == "anthropic" else "bearer")
 
 
 @dataclass(frozen=True)
 class ModelSettings:
-    """A model alias agents may ask for: which provider, which upstream model."""
+    """A model alias agents may ask for: which provider, which upstream model, and through
+    which APIs (``apis``; default by the provider's format: openai ``chat`` and
+    ``responses``, anthropic ``messages``; an embeddings model lists ``[embeddings]``)."""
 
     provider: str
     # The provider's name for the model (default: the alias).
     model: str = ""
     # What a call to it counts as for policy (read: no side effects beyond the answer).
     operation: Literal["read", "act", "delegate"] = "read"
+    # The APIs the alias may be reached through; empty: the provider format's default.
+    apis: tuple[Literal["chat", "responses", "embeddings", "messages"], ...] = ()
+
+    def apis_for(self, provider_type: str) -> tuple[str, ...]:
+        return tuple(self.apis) or DEFAULT_APIS.get(provider_type, ())
 
 
 @dataclass(frozen=True)

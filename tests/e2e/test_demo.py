@@ -22,10 +22,14 @@ def test_the_demo_runs_end_to_end():
     assert "payments.refund  step_up" in out
     assert "partner.notify   deny" in out
     assert '"[REDACTED:email] asked for a call back"' in out
-    assert "(17 call records, 1 approval record" in out
+    assert "(19 call records, 1 approval record" in out
+    assert "claude-small     allow" in out and "(Anthropic Messages API)" in out
+    assert '"Draft a reply to [REDACTED:email] about her refund" (x-api-key: the sidecar' in out
     assert "mcp tools/list   allow" in out and "shows notes.add, notes.search" in out
     assert "notes.add        allow" in out and "notes.export_all deny" in out
     assert "gpt-small        deny" in out
+    assert "(OpenAI Responses API, streamed)" in out
+    assert '"If unsure, tell the customer to call [REDACTED:phone]"' in out
     assert '"Summarise: [REDACTED:email] says the printer is on fire"' in out
     assert "approved by local:demo-oncall" in out
     assert "approval_used" in out

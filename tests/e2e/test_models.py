@@ -180,8 +180,9 @@ def test_item15_a_stream_cut_by_the_upstream_is_a_clean_error_and_fully_audited(
     assert record["outcome"]["relayed"] is True
     assert record["model"]["usage"]["estimated"] is True
     assert record["upstream"]["result"]["value"] == "one two "  # what the agent got
-    # item 15: the text that reached the agent is charged (4 chars a token), not only the prompt
-    assert record["model"]["usage"]["completion_tokens"] == 2
+    # item 15: the text that reached the agent is charged, not only the prompt (issue 33
+    # item 5: at its UTF-8 bytes, an upper bound for any script)
+    assert record["model"]["usage"]["completion_tokens"] == len(b"one two ")
 
 
 @pytest.mark.parametrize("stream", [False, True])
@@ -360,7 +361,7 @@ def test_bad_front_door_requests_get_clear_openai_shaped_errors(model_sidecar, m
         ("POST", url, b"{}", {"Content-Length": "x"}, 400, "malformed_http"),
         ("POST", url, None, {}, 411, "length_required"),
         ("POST", url, b"{}", {"Content-Length": str(10**9)}, 413, "request_too_large"),
-        ("POST", "/v1/embeddings", b"{}", {"Content-Length": "2"}, 404, "not_found"),
+        ("POST", "/v1/images/generations", b"{}", {"Content-Length": "2"}, 404, "not_found"),
         ("GET", "/v1/files", None, {}, 404, "not_found"),
         (
             "POST",
@@ -436,7 +437,7 @@ def test_item4_concurrent_calls_cannot_overshoot_a_budget_by_more_than_one_estim
     start_model_sidecar, models
 ):
     """20 calls at once against a 1,000-token task budget, each really using 61 tokens (the
-    provider counts words) and reserving 125 (a 75-token prompt estimate plus max_tokens 50):
+    provider counts words) and reserving 354 (300 prompt bytes, 4 of framing, max_tokens 50):
     what the task is charged exceeds the budget by less than one call's estimate. Before
     reservations all 20 were relayed (1,220 tokens)."""
     running = start_model_sidecar(budgets={"task_tokens": 1000})
@@ -463,7 +464,7 @@ def test_item4_concurrent_calls_cannot_overshoot_a_budget_by_more_than_one_estim
     records = [r for r in audit_lines(running.audit_path) if r["rpc"] == "ChatCompletions"]
     charged = sum(r["model"]["usage"]["total_tokens"] for r in records if r["model"].get("usage"))
     assert charged == 61 * relayed
-    assert charged < 1000 + 125
+    assert charged < 1000 + 354
     # Settled to the real usage: the task holds what the provider reported, no reservation.
     rows = running.sidecar.calls.models._budgets._db.query(
         "SELECT tokens FROM tasks WHERE id = ?", (task,)

@@ -223,8 +223,18 @@ def generate(data: dict[str, Any], *, random_cases: int = 3000, seed: int = 7) -
         sorted(data.get("models", {})) + subjects[-6:-4], models, tokens, classes[:5]
     ):
         doc = _base(sid, model, "read", "model", "openai" if "gpt" in model else "local")
+        _put(doc, ("action", "api"), "chat")
         _put(doc, ("task", "tokens"), count)
         _put(doc, ("action", "data_classes"), copy.deepcopy(cls))
+        yield doc
+    # 3b. Model calls by API (issue 33): every subject, alias and API (and none, a wrong type).
+    for sid, model, api in itertools.product(
+        sorted(data.get("models", {})) + subjects[-6:-4],
+        models,
+        ["chat", "responses", "embeddings", "messages", _MISSING, 7, ["chat"]],
+    ):
+        doc = _base(sid, model, "read", "model", "openai" if "gpt" in model else "local")
+        _put(doc, ("action", "api"), api)
         yield doc
     # 4. MCP: every MCP grant in every phase, definition state, annotation and task.
     mcp = data.get("mcp", {})

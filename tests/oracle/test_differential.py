@@ -19,7 +19,10 @@ QUERY = "data.agentsidecar.authz.decision"
 # Inputs refused before policy (a number the embedded engine cannot compare exactly) that OPA
 # would allow or step up: fail-closed, but measured so that it cannot grow unnoticed. Measured
 # on the seeded corpus: 729 of 12,177 refused; OPA denies 642 of them, allows 51, steps up 36.
-OVER_REFUSAL_BOUND = 87
+# Issue 33 (model grants per API; aliases claude-small and embed-small in the data): 904 of
+# 13,026 refused; OPA denies 816, allows 52 (16 of them model calls with a huge task token
+# count), steps up 36.
+OVER_REFUSAL_BOUND = 88
 
 
 def _enforced(defined: bool, value: object) -> str:

@@ -145,7 +145,8 @@ def start_replicas(
 def chat_at_once(fleet: list[Replica], task: str, calls: int) -> list[str]:
     """``calls`` chat completions at once with the unmodified openai SDK, spread over the
     replicas' front doors, under ``task``; each prompt is about 75 tokens with max_tokens 50
-    (a 125-token reservation). Each outcome: ``ok`` or the refusal's code."""
+    (a 354-token reservation: 300 bytes, 4 of framing, 50). Each outcome: ``ok`` or the
+    refusal's code."""
     from concurrent.futures import ThreadPoolExecutor
 
     import openai

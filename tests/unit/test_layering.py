@@ -41,13 +41,19 @@ LAYERS = (
                 "validate",
                 "typed_config",
                 "egress_lock",
+                "token_estimate",
             }
         ),
     ),
     ("core", frozenset({"policy", "audit"})),
     ("settings", frozenset({"*.settings", "*_settings"})),
     ("config", frozenset({"config", "listeners", "workers", "health_listener"})),
-    ("upstream", frozenset({"state", "relay", "outcomes", "metrics", "model_calls"})),
+    (
+        "upstream",
+        frozenset(
+            {"state", "relay", "outcomes", "metrics", "model_calls", "model_apis", "telemetry"}
+        ),
+    ),
     ("identity", frozenset({"identity", "tasks", "aiohttpserve"})),
     ("services", frozenset({"users", "budgets", "approvals"})),
     ("calls", frozenset({"calls", "pipeline"})),

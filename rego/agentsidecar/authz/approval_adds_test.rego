@@ -47,11 +47,11 @@ test_approval_adds_to_an_external_tool_calls_obligations if {
 test_approval_adds_to_a_model_calls_obligations if {
 	plain := authz.decision with input.version as 1
 		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
-		with input.action as {"kind": "model", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["email"]}
+		with input.action as {"kind": "model", "api": "chat", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["email"]}
 		with input.task as {"id": "t-1", "intent": "x", "calls": 9, "tokens": 0, "age_s": 60}
 	approved := authz.decision with input.version as 1
 		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
-		with input.action as {"kind": "model", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["email"]}
+		with input.action as {"kind": "model", "api": "chat", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["email"]}
 		with input.task as {"id": "t-1", "intent": "x", "calls": 9, "tokens": 25000, "age_s": 60}
 		with input.approval as {"id": "ap-1", "approved_by": "alice@example.com", "approved_at_ns": 1}
 	plain.obligations.max_tokens == 512

@@ -45,7 +45,7 @@ test_item12_approved_model_call_keeps_max_tokens_and_redaction if {
 		"obligations": {"log": "full", "max_tokens": 512, "redact": ["email"], "redact_response": ["private_key", "secret"]},
 	} with input.version as 1
 		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
-		with input.action as {"kind": "model", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["email"]}
+		with input.action as {"kind": "model", "api": "chat", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["email"]}
 		with input.task as {"id": "t-1", "intent": "x", "calls": 9, "tokens": 25000, "age_s": 60}
 		with input.approval as {"id": "ap-1", "approved_by": "alice@example.com", "approved_at_ns": 1}
 }
@@ -57,7 +57,7 @@ test_item12_approved_model_call_without_data_classes_keeps_its_cap if {
 		"obligations": {"log": "full", "max_tokens": 512, "redact_response": ["private_key", "secret"]},
 	} with input.version as 1
 		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
-		with input.action as {"kind": "model", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": []}
+		with input.action as {"kind": "model", "api": "chat", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": []}
 		with input.task as {"id": "t-1", "intent": "x", "calls": 9, "tokens": 25000, "age_s": 60}
 		with input.approval as {"id": "ap-1", "approved_by": "alice@example.com", "approved_at_ns": 1}
 }
@@ -84,7 +84,7 @@ test_item12_approved_mcp_call_to_an_external_server_keeps_both_redactions if {
 
 test_item12_approval_without_a_subject_denies if {
 	authz.decision == {"effect": "deny", "reasons": ["<no subject> may not use model gpt-small"]} with input.version as 1
-		with input.action as {"kind": "model", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": []}
+		with input.action as {"kind": "model", "api": "chat", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": []}
 		with input.task as {"id": "t-1", "intent": "x", "calls": 9, "tokens": 25000, "age_s": 60}
 		with input.approval as {"id": "ap-1", "approved_by": "alice@example.com", "approved_at_ns": 1}
 }
@@ -99,7 +99,7 @@ test_item12_approval_without_a_version_denies if {
 test_item12_approval_does_not_lift_a_sensitive_class_deny if {
 	authz.decision == {"effect": "deny", "reasons": ["data class credit_card may not be sent to external target openai"]} with input.version as 1
 		with input.subject as {"spiffe_id": "spiffe://demo.example/agent/support", "trust_domain": "demo.example", "attestation": "static", "claims": {}}
-		with input.action as {"kind": "model", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["credit_card"]}
+		with input.action as {"kind": "model", "api": "chat", "name": "gpt-small", "operation": "read", "target": "openai", "arguments": {"parameters": {}, "messages": {"count": 1, "chars": 5, "roles": ["user"]}}, "data_classes": ["credit_card"]}
 		with input.task as {"id": "t-1", "intent": "x", "calls": 9, "tokens": 25000, "age_s": 60}
 		with input.approval as {"id": "ap-1", "approved_by": "alice@example.com", "approved_at_ns": 1}
 }

@@ -28,6 +28,10 @@ default _target := "<no target>"
 
 _target := input.action.target
 
+default _api := "<no api>"
+
+_api := input.action.api
+
 # --- grants: read, act and delegate are separate ---------------------------------------
 
 _holds(spiffe_id, operation, tool) if tool in data.agentsidecar.grants[spiffe_id][operation]
@@ -50,11 +54,43 @@ _listing if {
 	input.action.phase == "list"
 }
 
+# A subject's model grant names aliases with the APIs each may be reached through
+# ({"gpt-small": ["chat", "responses"], "embed-small": ["embeddings"]}); a plain list of aliases
+# grants each through data.agentsidecar.model_default_apis (the conversational APIs: chat,
+# responses, messages; embeddings must be granted by name). input.action.api says which API
+# the call came through; a call that names none is denied.
+_model_grants := data.agentsidecar.models[input.subject.spiffe_id]
+
+default _model_default_apis := []
+
+_model_default_apis := data.agentsidecar.model_default_apis
+
+_model_apis contains api if {
+	is_array(_model_grants)
+	some alias in _model_grants
+	alias == input.action.name
+	some api in _model_default_apis
+}
+
+_model_apis contains api if {
+	is_object(_model_grants)
+	apis := _model_grants[input.action.name]
+	is_array(apis)
+	some api in apis
+}
+
+_model_alias_granted if count(_model_apis) > 0
+
+_model_api_named if {
+	is_string(input.action.api)
+	input.action.api != ""
+}
+
 _granted if {
 	input.version == 1
 	_is_model
-	some model in data.agentsidecar.models[input.subject.spiffe_id]
-	model == input.action.name
+	_model_api_named
+	input.action.api in _model_apis
 }
 
 # --- tasks: acting or delegating needs a task the sidecar tracks -------------------------
@@ -150,9 +186,43 @@ _deny contains msg if {
 }
 
 _deny contains msg if {
-	not _granted
 	_is_model
+	not _model_alias_granted
 	msg := sprintf("%v may not use model %v", [_subject_id, _tool])
+}
+
+_deny contains msg if {
+	_is_model
+	_model_alias_granted
+	not _model_api_named
+	msg := sprintf("the call to model %v names no api", [_tool])
+}
+
+_deny contains msg if {
+	_is_model
+	_model_alias_granted
+	_model_api_named
+	not _granted
+	msg := sprintf("%v may not use model %v through the %v api", [_subject_id, _tool, _api])
+}
+
+# Provider-side tools (action.arguments.provider_tools: [{type, target}]): the provider, not the
+# agent, reaches the network or runs code (a remote MCP server, web search or fetch, a URL
+# source, code execution). Each is denied unless data.agentsidecar.model_provider_tools grants
+# its type and target host for this subject and alias ({"type": "mcp", "targets": ["mcp.example"]};
+# "*" any target). No grant data: every provider-side tool is denied.
+_provider_tool_granted(tool) if {
+	some grant in data.agentsidecar.model_provider_tools[input.subject.spiffe_id][input.action.name]
+	grant.type == tool.type
+	some target in grant.targets
+	target in {"*", tool.target}
+}
+
+_deny contains msg if {
+	_is_model
+	some tool in input.action.arguments.provider_tools
+	not _provider_tool_granted(tool)
+	msg := sprintf("model %v may not use the provider-side %v tool (target %v)", [_tool, tool.type, tool.target])
 }
 
 _deny contains msg if {
@@ -219,7 +289,9 @@ _redact contains class if {
 	class in data.agentsidecar.redact_external
 }
 
-# Iterating a set yields its members in order, so these lists come out sorted on both engines.
+# A list built from a set comes out in sorted order on OPA, in insertion order on the embedded
+# engine. `redact` (like `reasons`) is one of the decision's unordered lists, which the sidecar
+# sorts: the decision enforced is the same. Elsewhere `policy check` refuses it (`set-order`).
 _base_obligations := {"log": "redacted"} if count(_redact) == 0
 
 _base_obligations := {"log": "redacted", "redact": [c | some c in _redact]} if count(_redact) > 0

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentsidecar/v1/sidecar.proto\x12\x0f\x61gentsidecar.v1\"\x98\x01\n\x0f\x43\x61llToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x05 \x01(\t\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65legation_chain\x18\x07 \x03(\t\"o\n\x0c\x43heckRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65legation_chain\x18\x05 \x03(\t\"\xb2\x01\n\x10\x43\x61llModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmessages_json\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0e\n\x06intent\x18\x05 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x06 \x01(\t\x12\x0f\n\x07no_wait\x18\x07 \x01(\x08\x12\x18\n\x10\x64\x65legation_chain\x18\x08 \x03(\t\"b\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\x11\n\testimated\x18\x04 \x01(\x08\"\x80\x01\n\x11\x43\x61llModelResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0f\x63ompletion_json\x18\x02 \x01(\t\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.agentsidecar.v1.Usage\"t\n\nModelChunk\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x12\n\nchunk_json\x18\x02 \x01(\t\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.agentsidecar.v1.Usage\"1\n\x10StartTaskRequest\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\r\"!\n\x0e\x45ndTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xa7\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rstarted_at_ns\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ns\x18\x06 \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\x07 \x01(\x03\x12\r\n\x05\x63\x61lls\x18\x08 \x01(\x04\x12\x0e\n\x06tokens\x18\t \x01(\x04\"\x96\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x18\n\x10obligations_json\x18\x05 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x07 \x01(\t\"|\n\x10\x43\x61llToolResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x02 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"<\n\rCheckResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\"v\n\tCallError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x03 \x01(\x05\x12\x15\n\rupstream_body\x18\x04 \x01(\x0c\x32\xd1\x03\n\x07Sidecar\x12O\n\x08\x43\x61llTool\x12 .agentsidecar.v1.CallToolRequest\x1a!.agentsidecar.v1.CallToolResponse\x12\x46\n\x05\x43heck\x12\x1d.agentsidecar.v1.CheckRequest\x1a\x1e.agentsidecar.v1.CheckResponse\x12R\n\tCallModel\x12!.agentsidecar.v1.CallModelRequest\x1a\".agentsidecar.v1.CallModelResponse\x12O\n\x0bStreamModel\x12!.agentsidecar.v1.CallModelRequest\x1a\x1b.agentsidecar.v1.ModelChunk0\x01\x12\x45\n\tStartTask\x12!.agentsidecar.v1.StartTaskRequest\x1a\x15.agentsidecar.v1.Task\x12\x41\n\x07\x45ndTask\x12\x1f.agentsidecar.v1.EndTaskRequest\x1a\x15.agentsidecar.v1.TaskBKZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61gentsidecar/v1/sidecar.proto\x12\x0f\x61gentsidecar.v1\"\x98\x01\n\x0f\x43\x61llToolRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x05 \x01(\t\x12\x0f\n\x07no_wait\x18\x06 \x01(\x08\x12\x18\n\x10\x64\x65legation_chain\x18\x07 \x03(\t\"o\n\x0c\x43heckRequest\x12\x0c\n\x04tool\x18\x01 \x01(\t\x12\x16\n\x0e\x61rguments_json\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06intent\x18\x04 \x01(\t\x12\x18\n\x10\x64\x65legation_chain\x18\x05 \x03(\t\"\xbf\x01\n\x10\x43\x61llModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmessages_json\x18\x02 \x01(\t\x12\x17\n\x0fparameters_json\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0e\n\x06intent\x18\x05 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x06 \x01(\t\x12\x0f\n\x07no_wait\x18\x07 \x01(\x08\x12\x18\n\x10\x64\x65legation_chain\x18\x08 \x03(\t\x12\x0b\n\x03\x61pi\x18\t \x01(\t\"b\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x04\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x04\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x04\x12\x11\n\testimated\x18\x04 \x01(\x08\"\x80\x01\n\x11\x43\x61llModelResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0f\x63ompletion_json\x18\x02 \x01(\t\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.agentsidecar.v1.Usage\"t\n\nModelChunk\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x12\n\nchunk_json\x18\x02 \x01(\t\x12%\n\x05usage\x18\x03 \x01(\x0b\x32\x16.agentsidecar.v1.Usage\"1\n\x10StartTaskRequest\x12\x0e\n\x06intent\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\r\"!\n\x0e\x45ndTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\xa7\x01\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06intent\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x15\n\rstarted_at_ns\x18\x05 \x01(\x03\x12\x15\n\rexpires_at_ns\x18\x06 \x01(\x03\x12\x13\n\x0b\x65nded_at_ns\x18\x07 \x01(\x03\x12\r\n\x05\x63\x61lls\x18\x08 \x01(\x04\x12\x0e\n\x06tokens\x18\t \x01(\x04\"\xac\x01\n\x08\x44\x65\x63ision\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\x12\x18\n\x10obligations_json\x18\x05 \x01(\t\x12\x17\n\x0fpolicy_revision\x18\x06 \x01(\t\x12\x13\n\x0b\x61pproval_id\x18\x07 \x01(\t\x12\x14\n\x0c\x61pproval_url\x18\x08 \x01(\t\"|\n\x10\x43\x61llToolResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x02 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\"<\n\rCheckResponse\x12+\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\"v\n\tCallError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12+\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x19.agentsidecar.v1.Decision\x12\x17\n\x0fupstream_status\x18\x03 \x01(\x05\x12\x15\n\rupstream_body\x18\x04 \x01(\x0c\x32\xd1\x03\n\x07Sidecar\x12O\n\x08\x43\x61llTool\x12 .agentsidecar.v1.CallToolRequest\x1a!.agentsidecar.v1.CallToolResponse\x12\x46\n\x05\x43heck\x12\x1d.agentsidecar.v1.CheckRequest\x1a\x1e.agentsidecar.v1.CheckResponse\x12R\n\tCallModel\x12!.agentsidecar.v1.CallModelRequest\x1a\".agentsidecar.v1.CallModelResponse\x12O\n\x0bStreamModel\x12!.agentsidecar.v1.CallModelRequest\x1a\x1b.agentsidecar.v1.ModelChunk0\x01\x12\x45\n\tStartTask\x12!.agentsidecar.v1.StartTaskRequest\x1a\x15.agentsidecar.v1.Task\x12\x41\n\x07\x45ndTask\x12\x1f.agentsidecar.v1.EndTaskRequest\x1a\x15.agentsidecar.v1.TaskBKZIgithub.com/agent-sidecar/agent-sidecar/gen/agentsidecar/v1;agentsidecarv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKREQUEST']._serialized_start=205
   _globals['_CHECKREQUEST']._serialized_end=316
   _globals['_CALLMODELREQUEST']._serialized_start=319
-  _globals['_CALLMODELREQUEST']._serialized_end=497
-  _globals['_USAGE']._serialized_start=499
-  _globals['_USAGE']._serialized_end=597
-  _globals['_CALLMODELRESPONSE']._serialized_start=600
-  _globals['_CALLMODELRESPONSE']._serialized_end=728
-  _globals['_MODELCHUNK']._serialized_start=730
-  _globals['_MODELCHUNK']._serialized_end=846
-  _globals['_STARTTASKREQUEST']._serialized_start=848
-  _globals['_STARTTASKREQUEST']._serialized_end=897
-  _globals['_ENDTASKREQUEST']._serialized_start=899
-  _globals['_ENDTASKREQUEST']._serialized_end=932
-  _globals['_TASK']._serialized_start=935
-  _globals['_TASK']._serialized_end=1102
-  _globals['_DECISION']._serialized_start=1105
-  _globals['_DECISION']._serialized_end=1255
-  _globals['_CALLTOOLRESPONSE']._serialized_start=1257
-  _globals['_CALLTOOLRESPONSE']._serialized_end=1381
-  _globals['_CHECKRESPONSE']._serialized_start=1383
-  _globals['_CHECKRESPONSE']._serialized_end=1443
-  _globals['_CALLERROR']._serialized_start=1445
-  _globals['_CALLERROR']._serialized_end=1563
-  _globals['_SIDECAR']._serialized_start=1566
-  _globals['_SIDECAR']._serialized_end=2031
+  _globals['_CALLMODELREQUEST']._serialized_end=510
+  _globals['_USAGE']._serialized_start=512
+  _globals['_USAGE']._serialized_end=610
+  _globals['_CALLMODELRESPONSE']._serialized_start=613
+  _globals['_CALLMODELRESPONSE']._serialized_end=741
+  _globals['_MODELCHUNK']._serialized_start=743
+  _globals['_MODELCHUNK']._serialized_end=859
+  _globals['_STARTTASKREQUEST']._serialized_start=861
+  _globals['_STARTTASKREQUEST']._serialized_end=910
+  _globals['_ENDTASKREQUEST']._serialized_start=912
+  _globals['_ENDTASKREQUEST']._serialized_end=945
+  _globals['_TASK']._serialized_start=948
+  _globals['_TASK']._serialized_end=1115
+  _globals['_DECISION']._serialized_start=1118
+  _globals['_DECISION']._serialized_end=1290
+  _globals['_CALLTOOLRESPONSE']._serialized_start=1292
+  _globals['_CALLTOOLRESPONSE']._serialized_end=1416
+  _globals['_CHECKRESPONSE']._serialized_start=1418
+  _globals['_CHECKRESPONSE']._serialized_end=1478
+  _globals['_CALLERROR']._serialized_start=1480
+  _globals['_CALLERROR']._serialized_end=1598
+  _globals['_SIDECAR']._serialized_start=1601
+  _globals['_SIDECAR']._serialized_end=2066
 # @@protoc_insertion_point(module_scope)

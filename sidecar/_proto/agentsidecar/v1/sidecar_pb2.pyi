@@ -39,7 +39,7 @@ class CheckRequest(_message.Message):
     def __init__(self, tool: _Optional[str] = ..., arguments_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., delegation_chain: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CallModelRequest(_message.Message):
-    __slots__ = ("model", "messages_json", "parameters_json", "task_id", "intent", "approval_id", "no_wait", "delegation_chain")
+    __slots__ = ("model", "messages_json", "parameters_json", "task_id", "intent", "approval_id", "no_wait", "delegation_chain", "api")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_JSON_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class CallModelRequest(_message.Message):
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
     NO_WAIT_FIELD_NUMBER: _ClassVar[int]
     DELEGATION_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
     model: str
     messages_json: str
     parameters_json: str
@@ -56,7 +57,8 @@ class CallModelRequest(_message.Message):
     approval_id: str
     no_wait: bool
     delegation_chain: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[str] = ..., messages_json: _Optional[str] = ..., parameters_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., approval_id: _Optional[str] = ..., no_wait: _Optional[bool] = ..., delegation_chain: _Optional[_Iterable[str]] = ...) -> None: ...
+    api: str
+    def __init__(self, model: _Optional[str] = ..., messages_json: _Optional[str] = ..., parameters_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., approval_id: _Optional[str] = ..., no_wait: _Optional[bool] = ..., delegation_chain: _Optional[_Iterable[str]] = ..., api: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens", "estimated")
@@ -127,7 +129,7 @@ class Task(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., intent: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[str] = ..., started_at_ns: _Optional[int] = ..., expires_at_ns: _Optional[int] = ..., ended_at_ns: _Optional[int] = ..., calls: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("decision_id", "effect", "reasons", "code", "obligations_json", "policy_revision", "approval_id")
+    __slots__ = ("decision_id", "effect", "reasons", "code", "obligations_json", "policy_revision", "approval_id", "approval_url")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     EFFECT_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
@@ -135,6 +137,7 @@ class Decision(_message.Message):
     OBLIGATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     POLICY_REVISION_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_URL_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     effect: str
     reasons: _containers.RepeatedScalarFieldContainer[str]
@@ -142,7 +145,8 @@ class Decision(_message.Message):
     obligations_json: str
     policy_revision: str
     approval_id: str
-    def __init__(self, decision_id: _Optional[str] = ..., effect: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., code: _Optional[str] = ..., obligations_json: _Optional[str] = ..., policy_revision: _Optional[str] = ..., approval_id: _Optional[str] = ...) -> None: ...
+    approval_url: str
+    def __init__(self, decision_id: _Optional[str] = ..., effect: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., code: _Optional[str] = ..., obligations_json: _Optional[str] = ..., policy_revision: _Optional[str] = ..., approval_id: _Optional[str] = ..., approval_url: _Optional[str] = ...) -> None: ...
 
 class CallToolResponse(_message.Message):
     __slots__ = ("decision", "upstream_status", "content_type", "body")
