@@ -18,6 +18,7 @@ __all__ = [
     "check_base_url",
     "check_host_port",
     "is_local_address",
+    "is_loopback_host",
 ]
 
 MIB = 1024 * 1024
@@ -59,14 +60,18 @@ def check_base_url(url: str) -> None:
     )
 
 
-def is_local_address(address: str) -> bool:
-    """Loopback or a unix socket: reachable only from inside the pod."""
-    if address.startswith("unix:"):
-        return True
-    host = address.rpartition(":")[0].strip("[]")
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address: reachable only from inside the pod."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_local_address(address: str) -> bool:
+    """Loopback or a unix socket: reachable only from inside the pod."""
+    if address.startswith("unix:"):
+        return True
+    return is_loopback_host(address.rpartition(":")[0].strip("[]"))

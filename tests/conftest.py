@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from examples.demo.model_server import ModelServer  # noqa: E402
 from examples.demo.tools_server import Reply, ToolServer  # noqa: E402
 from sidecar.identity.dev_authority import DevAuthority  # noqa: E402
 from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer  # noqa: E402
@@ -73,6 +74,13 @@ def authority() -> DevAuthority:
 @pytest.fixture
 def tools() -> Iterator[ToolServer]:
     with ToolServer() as server:
+        yield server
+
+
+@pytest.fixture
+def models() -> Iterator[ModelServer]:
+    """The scripted OpenAI-compatible provider (examples/demo/model_server.py)."""
+    with ModelServer() as server:
         yield server
 
 

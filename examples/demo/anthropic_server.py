@@ -28,13 +28,19 @@ Every request is recorded (path, lower-cased headers, JSON body) in ``received``
 
 from __future__ import annotations
 
-import argparse
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+try:
+    from examples.demo.scripted_http import ScriptedHandler, ScriptedServer, serve_forever
+except ImportError:  # run as a script: python examples/demo/anthropic_server.py
+    from scripted_http import (  # type: ignore[no-redef]
+        ScriptedHandler,
+        ScriptedServer,
+        serve_forever,
+    )
 
 __all__ = ["AnthropicServer", "ReceivedCall"]
 
@@ -65,15 +71,6 @@ class _Script:
     delta_sent: threading.Event = field(default_factory=threading.Event)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    script: _Script
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
-
-
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -98,15 +95,11 @@ def _input_tokens(body: dict[str, Any]) -> int:
     return sum(len(t.split()) for t in texts)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, *args: Any) -> None:
-        pass
+class _Handler(ScriptedHandler):
+    server: ScriptedServer[_Script]
 
     def do_POST(self) -> None:
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        raw = self.read_body()
         script = self.server.script
         headers = {k.lower(): v for k, v in self.headers.items()}
         try:
@@ -180,11 +173,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _stream(self, body: dict[str, Any], pieces: list[str], usage: dict[str, Any]) -> None:
         script = self.server.script
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.start_event_stream()
         message = {
             "id": "msg_01",
             "type": "message",
@@ -256,11 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._event("message_stop", {"type": "message_stop"})
 
     def _verbatim(self, events: list[dict[str, Any]]) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.start_event_stream()
         for event in events:
             self._event(str(event.get("type")), event)
 
@@ -272,13 +257,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the reader went away
 
     def _json(self, status: int, value: Any) -> None:
-        data = json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("request-id", "req_01")
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(status, value, {"request-id": "req_01"})
 
     def _error(self, status: int, kind: str, message: str) -> None:
         self._json(
@@ -291,13 +270,11 @@ class AnthropicServer:
     """Runs the stand-in on a free loopback port; ``url`` is its base URL (no ``/v1``)."""
 
     def __init__(self, port: int = 0) -> None:
-        self._server = _Server(("127.0.0.1", port), _Handler)
-        self._server.script = _Script()
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = ScriptedServer(port, _Handler, _Script())
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self._server.port}"
 
     @property
     def received(self) -> list[ReceivedCall]:
@@ -340,19 +317,14 @@ class AnthropicServer:
         )
 
     def __enter__(self) -> AnthropicServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self._server.script.drip is not None:
             self._server.script.drip.set()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8083)
-    args = parser.parse_args()
-    with AnthropicServer(args.port) as server:
-        threading.Event().wait()
+    serve_forever(AnthropicServer, 8083, __doc__)

@@ -14,18 +14,21 @@ counted as one token per word. ``cut_after`` breaks a stream off after that many
 
 from __future__ import annotations
 
-import argparse
 import json
-import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 try:
     from examples.demo import openai_wire
+    from examples.demo.scripted_http import ScriptedHandler, ScriptedServer, serve_forever
 except ImportError:  # run as a script: python examples/demo/model_server.py
     import openai_wire  # type: ignore[no-redef]
+    from scripted_http import (  # type: ignore[no-redef]
+        ScriptedHandler,
+        ScriptedServer,
+        serve_forever,
+    )
 
 __all__ = ["ModelServer", "ReceivedModelCall"]
 
@@ -64,15 +67,6 @@ class _Script:
     sent_events: int = 0
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    script: _Script
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
-
-
 def _last_user_text(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
@@ -81,25 +75,21 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
     return ""
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, *args: Any) -> None:
-        pass
+class _Handler(ScriptedHandler):
+    server: ScriptedServer[_Script]
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        body = json.loads(self.read_body())
         script = self.server.script
         script.received.append(
             ReceivedModelCall({k.lower(): v for k, v in self.headers.items()}, body)
         )
         if script.error_status is not None:
             error = {"message": script.error_message, "type": "server_error", "code": "scripted"}
-            self._json(script.error_status, {"error": error}, script.error_headers)
+            self.send_json(script.error_status, {"error": error}, script.error_headers)
             return
         if script.answer is not None and not body.get("stream"):
-            self._json(200, script.answer)
+            self.send_json(200, script.answer)
             return
         if script.events is not None and body.get("stream"):
             self._scripted_events(script)
@@ -108,7 +98,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._responses(body, script)
             return
         if self.path.rstrip("/").endswith("/embeddings"):
-            self._json(200, openai_wire.embeddings(body))
+            self.send_json(200, openai_wire.embeddings(body))
             return
         text = (
             script.reply
@@ -135,18 +125,9 @@ class _Handler(BaseHTTPRequestHandler):
                 ],
                 "usage": usage,
             }
-            data = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_json(200, answer)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.start_event_stream()
         pieces = [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
         for i, piece in enumerate(pieces):
             if script.cut_after is not None and i >= script.cut_after:
@@ -173,11 +154,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     def _scripted_events(self, script: _Script) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.start_event_stream()
         try:
             for event in script.events or []:
                 if event == "[DONE]":
@@ -191,29 +168,15 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             return
 
-    def _json(self, status: int, value: Any, headers: dict[str, str] | None = None) -> None:
-        data = json.dumps(value).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        for name, header in (headers or {}).items():
-            self.send_header(name, header)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
     def _responses(self, body: dict[str, Any], script: _Script) -> None:
         text = script.reply if script.reply is not None else "echo: " + openai_wire.input_text(body)
         if script.echo_key:
             text += " key=" + self.headers.get("Authorization", "")
         if not body.get("stream"):
             answer = openai_wire.response_object(body, text, function_call=script.function_call)
-            self._json(200, answer)
+            self.send_json(200, answer)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.start_event_stream()
         events = openai_wire.response_events(
             body, text, function_call=script.function_call, piece_chars=script.piece_chars
         )
@@ -230,13 +193,11 @@ class ModelServer:
     """Runs the server on a free loopback port; ``url`` is its OpenAI ``base_url``."""
 
     def __init__(self, port: int = 0, *, reply: str | None = None) -> None:
-        self._server = _Server(("127.0.0.1", port), _Handler)
-        self._server.script = _Script(reply=reply)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = ScriptedServer(port, _Handler, _Script(reply=reply))
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._server.port}/v1"
 
     @property
     def received(self) -> list[ReceivedModelCall]:
@@ -284,17 +245,12 @@ class ModelServer:
         return self._server.script.gate_timed_out
 
     def __enter__(self) -> ModelServer:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=8082)
-    args = parser.parse_args()
-    with ModelServer(args.port) as server:
-        threading.Event().wait()
+    serve_forever(ModelServer, 8082, __doc__)

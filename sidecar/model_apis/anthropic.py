@@ -40,12 +40,19 @@ from sidecar.model_apis.anthropic_request import (
     provider_body,
     redact_request,
 )
-from sidecar.model_apis.base import Answer, ApiError, ParsedRequest, RedactorFactory, SseEvent
+from sidecar.model_apis.base import (
+    Answer,
+    ApiError,
+    ParsedRequest,
+    RedactorFactory,
+    SseEvent,
+    estimated_usage,
+    json_value,
+    parameters_object,
+)
 from sidecar.model_calls import ModelCall, ModelRequestError, Usage
 from sidecar.relay.errors import UpstreamBadResponse, UpstreamStreamInterrupted
 from sidecar.relay.scrub import Scrubber
-from sidecar.strict_json import StrictJsonError, loads_strict
-from sidecar.token_estimate import estimated_tokens, prompt_tokens
 
 __all__ = ["COUNT_TOKENS", "MESSAGES", "CountTokensApi", "MessagesApi"]
 
@@ -95,20 +102,14 @@ class MessagesApi:
         return json.dumps(content), json.dumps(parameters), body.get("stream") is True
 
     def parse(self, call: ModelCall) -> ParsedRequest:
-        try:
-            content = loads_strict(call.messages_json or "null", "messages_json")
-            parameters = loads_strict(call.parameters_json or "{}", "parameters_json")
-        except StrictJsonError as exc:
-            raise ModelRequestError(str(exc)) from exc
+        content = json_value(call.messages_json or "null", "messages_json")
+        parameters = parameters_object(
+            call.parameters_json, _OWN, "is set by the sidecar, not here"
+        )
         if isinstance(content, list):  # gRPC callers may send the bare messages array
             content = {"messages": content}
         if not isinstance(content, dict) or set(content) - set(_CONTENT):
             raise ModelRequestError("the content must be {system, messages}")
-        if not isinstance(parameters, dict):
-            raise ModelRequestError("parameters_json must be a JSON object")
-        reserved = sorted(_OWN & set(parameters))
-        if reserved:
-            raise ModelRequestError(f"parameter {reserved[0]!r} is set by the sidecar, not here")
         body = {"model": call.model, **content, **parameters, "stream": call.stream}
         try:
             request = parse_request(body, count_tokens=self.count_tokens)
@@ -150,9 +151,7 @@ class MessagesApi:
         return request.reservation(request.max_tokens)
 
     def estimate(self, content: dict[str, Any], completion: str) -> Usage:
-        prompt = prompt_tokens(_request(content).texts())
-        produced = estimated_tokens(completion)
-        return Usage(prompt, produced, prompt + produced, estimated=True)
+        return estimated_usage(_request(content).texts(), completion)
 
     def unary(
         self, answer: dict[str, Any], alias: str, classes: tuple[str, ...], scrubber: Scrubber

@@ -23,24 +23,30 @@ An API supplies (:class:`ModelApi`):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from sidecar.classify import StreamRedactor, redact
-from sidecar.model_calls import ModelCall, Usage
+from sidecar.model_calls import ModelCall, ModelRequestError, Usage
 from sidecar.relay.models import SseEvent
 from sidecar.relay.scrub import Scrubber
+from sidecar.strict_json import StrictJsonError, loads_strict
+from sidecar.token_estimate import estimated_tokens, prompt_tokens
 
 __all__ = [
     "Answer",
     "ApiError",
     "ModelApi",
+    "OpenAiApi",
     "ParsedRequest",
     "RedactorFactory",
     "SseEvent",
     "StreamHandler",
+    "estimated_usage",
+    "json_value",
     "openai_error",
+    "parameters_object",
     "provider_tool",
     "redact_deep",
     "sse_data",
@@ -196,6 +202,58 @@ def openai_error(error: ApiError) -> dict[str, Any]:
             **error.details,
         }
     }
+
+
+class OpenAiApi:
+    """What the OpenAI APIs (chat, Responses, embeddings) share: the provider format, the
+    front-door split of a body into its content field and parameters, and OpenAI's error
+    shape and ``data:`` framing (an API whose events are named overrides the framing)."""
+
+    formats: ClassVar[frozenset[str]] = frozenset({"openai"})
+    content_field: ClassVar[str]  # the body field that is the content (messages, input)
+    own: ClassVar[tuple[str, ...]]  # the body fields that are not passed on as parameters
+
+    def front_door_call(self, body: dict[str, Any]) -> tuple[str, str, bool]:
+        parameters = {k: v for k, v in body.items() if k not in self.own}
+        content = json.dumps(body.get(self.content_field))
+        return content, json.dumps(parameters), bool(body.get("stream"))
+
+    def error_body(self, error: ApiError) -> dict[str, Any]:
+        return openai_error(error)
+
+    def stream_error(self, error: ApiError) -> bytes:
+        return sse_data(openai_error(error))
+
+    def sse(self, value: dict[str, Any]) -> bytes:
+        return sse_data(value)
+
+
+def json_value(text: str, what: str) -> Any:
+    """Strict JSON (``strict_json``) whose error is the caller's 400."""
+    try:
+        return loads_strict(text, what)
+    except StrictJsonError as exc:
+        raise ModelRequestError(str(exc)) from exc
+
+
+def parameters_object(text: str, own: Collection[str], why: str) -> dict[str, Any]:
+    """A call's ``parameters_json``: a JSON object that sets none of the fields the API owns
+    (``why`` ends the error: who sets that field instead)."""
+    parameters = json_value(text or "{}", "parameters_json")
+    if not isinstance(parameters, dict):
+        raise ModelRequestError("parameters_json must be a JSON object")
+    reserved = sorted(set(own) & set(parameters))
+    if reserved:
+        raise ModelRequestError(f"parameter {reserved[0]!r} {why}")
+    return parameters
+
+
+def estimated_usage(texts: list[str], completion: str) -> Usage:
+    """UTF-8 bytes (an upper bound for any script), used only when the provider reports no
+    usage."""
+    prompt = prompt_tokens(texts)
+    produced = estimated_tokens(completion)
+    return Usage(prompt, produced, prompt + produced, estimated=True)
 
 
 def _dumps(value: Any) -> bytes:

@@ -10,13 +10,11 @@ from typing import Any, ClassVar
 from sidecar.classify import classify
 from sidecar.model_apis.base import (
     Answer,
-    ApiError,
+    OpenAiApi,
     ParsedRequest,
     RedactorFactory,
     SseEvent,
-    openai_error,
     redact_deep,
-    sse_data,
     with_decoded_json,
 )
 from sidecar.model_calls import (
@@ -39,16 +37,13 @@ __all__ = ["CHAT", "ChatApi"]
 _OWN = ("model", "messages", "stream", "stream_options")
 
 
-class ChatApi:
+class ChatApi(OpenAiApi):
     name: ClassVar[str] = "chat"
     rpc: ClassVar[str] = "ChatCompletions"
     route: ClassVar[str] = "/v1/chat/completions"
     provider_path: ClassVar[str] = "/chat/completions"
-    formats: ClassVar[frozenset[str]] = frozenset({"openai"})
-
-    def front_door_call(self, body: dict[str, Any]) -> tuple[str, str, bool]:
-        parameters = {k: v for k, v in body.items() if k not in _OWN}
-        return json.dumps(body.get("messages")), json.dumps(parameters), bool(body.get("stream"))
+    content_field: ClassVar[str] = "messages"
+    own: ClassVar[tuple[str, ...]] = _OWN
 
     def parse(self, call: ModelCall) -> ParsedRequest:
         messages, parameters = parse_model_request(call)
@@ -100,17 +95,8 @@ class ChatApi:
     def stream(self, alias: str, redactor: RedactorFactory, scrubber: Scrubber) -> ChatStream:
         return ChatStream(alias, redactor, scrubber)
 
-    def error_body(self, error: ApiError) -> dict[str, Any]:
-        return openai_error(error)
-
-    def stream_error(self, error: ApiError) -> bytes:
-        return sse_data(openai_error(error))
-
     def stream_end(self) -> bytes:
         return b"data: [DONE]\n\n"
-
-    def sse(self, value: dict[str, Any]) -> bytes:
-        return sse_data(value)
 
 
 class ChatStream:

@@ -7,23 +7,21 @@ No streaming: embeddings have none.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from sidecar.model_apis.base import (
     Answer,
-    ApiError,
+    OpenAiApi,
     ParsedRequest,
     RedactorFactory,
-    openai_error,
-    sse_data,
+    json_value,
+    parameters_object,
 )
 from sidecar.model_apis.chat import ChatStream
 from sidecar.model_calls import ModelCall, ModelRequestError, Usage
 from sidecar.relay.errors import UpstreamBadResponse
 from sidecar.relay.scrub import Scrubber
-from sidecar.strict_json import StrictJsonError, loads_strict
 from sidecar.token_estimate import prompt_tokens
 
 __all__ = ["EMBEDDINGS", "EmbeddingsApi", "UnclassifiableInput"]
@@ -54,31 +52,25 @@ def _texts(value: Any) -> list[str]:
     raise ModelRequestError("input must be a string or a non-empty array of strings")
 
 
-class EmbeddingsApi:
+class EmbeddingsApi(OpenAiApi):
     name: ClassVar[str] = "embeddings"
     rpc: ClassVar[str] = "Embeddings"
     route: ClassVar[str] = "/v1/embeddings"
     provider_path: ClassVar[str] = "/embeddings"
-    formats: ClassVar[frozenset[str]] = frozenset({"openai"})
+    content_field: ClassVar[str] = "input"
+    # ("stream" stays a parameter, so that parse refuses it by name.)
+    own: ClassVar[tuple[str, ...]] = ("model", "input")
 
     def front_door_call(self, body: dict[str, Any]) -> tuple[str, str, bool]:
-        parameters = {k: v for k, v in body.items() if k not in ("model", "input")}
-        return json.dumps(body.get("input")), json.dumps(parameters), False
+        content, parameters, _ = super().front_door_call(body)
+        return content, parameters, False
 
     def parse(self, call: ModelCall) -> ParsedRequest:
         if call.stream:
             raise ModelRequestError("embeddings cannot be streamed")
-        try:
-            value = loads_strict(call.messages_json or "null", "input")
-            parameters = loads_strict(call.parameters_json or "{}", "parameters_json")
-        except StrictJsonError as exc:
-            raise ModelRequestError(str(exc)) from exc
+        value = json_value(call.messages_json or "null", "input")
+        parameters = parameters_object(call.parameters_json, _OWN, "is not for embeddings")
         texts = _texts(value)
-        if not isinstance(parameters, dict):
-            raise ModelRequestError("parameters_json must be a JSON object")
-        reserved = sorted(set(_OWN) & set(parameters))
-        if reserved:
-            raise ModelRequestError(f"parameter {reserved[0]!r} is not for embeddings")
         summary = {
             "parameters": parameters,
             "input": {"count": len(texts), "chars": sum(len(t) for t in texts)},
@@ -128,17 +120,8 @@ class EmbeddingsApi:
     def stream(self, alias: str, redactor: RedactorFactory, scrubber: Scrubber) -> ChatStream:
         raise ModelRequestError("embeddings cannot be streamed")  # (parse refused it already)
 
-    def error_body(self, error: ApiError) -> dict[str, Any]:
-        return openai_error(error)
-
-    def stream_error(self, error: ApiError) -> bytes:
-        return sse_data(openai_error(error))
-
     def stream_end(self) -> bytes:
         return b""
-
-    def sse(self, value: dict[str, Any]) -> bytes:
-        return sse_data(value)
 
 
 EMBEDDINGS = EmbeddingsApi()

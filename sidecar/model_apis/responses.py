@@ -31,10 +31,14 @@ from sidecar.classify import StreamRedactor, classify
 from sidecar.model_apis.base import (
     Answer,
     ApiError,
+    OpenAiApi,
     ParsedRequest,
     RedactorFactory,
     SseEvent,
+    estimated_usage,
+    json_value,
     openai_error,
+    parameters_object,
     redact_deep,
     sse_named,
     with_decoded_json,
@@ -43,8 +47,7 @@ from sidecar.model_apis.responses_input import file_parts, file_text, provider_t
 from sidecar.model_calls import ModelCall, ModelRequestError, Usage
 from sidecar.relay.errors import UpstreamBadResponse, UpstreamStreamInterrupted
 from sidecar.relay.scrub import Scrubber
-from sidecar.strict_json import StrictJsonError, loads_strict
-from sidecar.token_estimate import estimated_tokens, prompt_tokens, reservation_tokens
+from sidecar.token_estimate import reservation_tokens
 
 __all__ = ["RESPONSES", "ResponsesApi", "ResponsesStream"]
 
@@ -55,13 +58,6 @@ _ROLES = frozenset({"user", "system", "developer", "assistant"})
 _PROMPT_PARAMETERS = ("tools", "tool_choice", "text")
 # Final events: the stream is complete (response.failed is the provider's failure).
 _FINAL = frozenset({"response.completed", "response.incomplete"})
-
-
-def _json(text: str, what: str) -> Any:
-    try:
-        return loads_strict(text, what)
-    except StrictJsonError as exc:
-        raise ModelRequestError(str(exc)) from exc
 
 
 def _positive(value: Any) -> bool:
@@ -164,26 +160,18 @@ def output_text(response: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-class ResponsesApi:
+class ResponsesApi(OpenAiApi):
     name: ClassVar[str] = "responses"
     rpc: ClassVar[str] = "Responses"
     route: ClassVar[str] = "/v1/responses"
     provider_path: ClassVar[str] = "/responses"
-    formats: ClassVar[frozenset[str]] = frozenset({"openai"})
-
-    def front_door_call(self, body: dict[str, Any]) -> tuple[str, str, bool]:
-        parameters = {k: v for k, v in body.items() if k not in _OWN}
-        return json.dumps(body.get("input")), json.dumps(parameters), bool(body.get("stream"))
+    content_field: ClassVar[str] = "input"
+    own: ClassVar[tuple[str, ...]] = _OWN
 
     def parse(self, call: ModelCall) -> ParsedRequest:
-        value = _json(call.messages_json or "null", "input")
+        value = json_value(call.messages_json or "null", "input")
         _check_input(value)
-        parameters = _json(call.parameters_json or "{}", "parameters_json")
-        if not isinstance(parameters, dict):
-            raise ModelRequestError("parameters_json must be a JSON object")
-        reserved = sorted(set(_OWN) & set(parameters))
-        if reserved:
-            raise ModelRequestError(f"parameter {reserved[0]!r} is set by the sidecar")
+        parameters = parameters_object(call.parameters_json, _OWN, "is set by the sidecar")
         if _CAP in parameters and parameters[_CAP] is None:
             del parameters[_CAP]
         elif _CAP in parameters and not _positive(parameters[_CAP]):
@@ -274,9 +262,7 @@ class ResponsesApi:
         )
 
     def estimate(self, content: dict[str, Any], completion: str) -> Usage:
-        prompt = prompt_tokens(strings(content))
-        produced = estimated_tokens(completion)
-        return Usage(prompt, produced, prompt + produced, estimated=True)
+        return estimated_usage(strings(content), completion)
 
     def unary(
         self, answer: dict[str, Any], alias: str, classes: tuple[str, ...], scrubber: Scrubber
@@ -291,9 +277,6 @@ class ResponsesApi:
 
     def stream(self, alias: str, redactor: RedactorFactory, scrubber: Scrubber) -> ResponsesStream:
         return ResponsesStream(alias, redactor, scrubber)
-
-    def error_body(self, error: ApiError) -> dict[str, Any]:
-        return openai_error(error)
 
     def stream_error(self, error: ApiError) -> bytes:
         """An ``error`` event; its ``error`` object (the OpenAI error with the code and the

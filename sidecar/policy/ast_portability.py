@@ -26,7 +26,7 @@ from sidecar.policy.portability import (
     PortabilityIssue,
 )
 
-__all__ = ["OPERATORS", "ast_portability_issues"]
+__all__ = ["OPERATORS", "ast_portability_issues", "ref_name"]
 
 # OPA's internal names of the operators (allowed: they are the language, verified by the suite).
 OPERATORS = frozenset(
@@ -70,7 +70,7 @@ class _Module:
     seen: dict[str, int] = field(default_factory=dict)  # occurrences located so far, per key
 
 
-def _ref_name(term: Any) -> str | None:
+def ref_name(term: Any) -> str | None:
     """``object.get`` for the ref ``object["get"]``; None for anything not a static name."""
     if not isinstance(term, dict) or term.get("type") != "ref":
         return None
@@ -92,11 +92,11 @@ def _calls(node: Any, *, nested: bool = True) -> Iterator[tuple[str, list[Any]]]
     if isinstance(node, dict):
         terms = node.get("terms")
         if "index" in node and isinstance(terms, list) and terms:
-            name = _ref_name(terms[0])
+            name = ref_name(terms[0])
             if name is not None:
                 yield name, terms[1:]
         if node.get("type") == "call" and isinstance(node.get("value"), list):
-            name = _ref_name(node["value"][0])
+            name = ref_name(node["value"][0])
             if name is not None:
                 yield name, node["value"][1:]
         for key, value in node.items():
@@ -361,7 +361,7 @@ class _Checker:
         if term.get("type") == "var":
             return term.get("value") in rules
         if term.get("type") == "call":
-            return _ref_name(term["value"][0]) in ("concat", "replace")
+            return ref_name(term["value"][0]) in ("concat", "replace")
         return False
 
     def _big_integers(self, mod: _Module) -> list[PortabilityIssue]:
@@ -398,13 +398,13 @@ class _Checker:
         if kind == "number":
             value = term.get("value")
             return isinstance(value, int) and abs(value) > _EXACT_INT
-        if kind == "ref" and _ref_name(term) in _WIDE_INPUTS:
+        if kind == "ref" and ref_name(term) in _WIDE_INPUTS:
             return True
         fact = facts.get(_canon(term))
         if isinstance(fact, tuple):
             return self._big(fact[1], facts, depth + 1)
         if kind == "call":
-            name = _ref_name(term["value"][0])
+            name = ref_name(term["value"][0])
             if name == "time.now_ns":
                 return True
             if name in ("plus", "minus", "mul", "abs"):
@@ -418,7 +418,7 @@ class _Checker:
             terms = expr.get("terms")
             if expr.get("negated") or not isinstance(terms, list) or len(terms) < 2:
                 continue
-            name = _ref_name(terms[0])
+            name = ref_name(terms[0])
             if name in ("is_number", "is_string") and len(terms) == 2:
                 facts[_canon(terms[1])] = "number" if name == "is_number" else "string"
             elif name in ("assign", "eq") and len(terms) == 3 and terms[1].get("type") == "var":
@@ -437,7 +437,7 @@ class _Checker:
         if isinstance(fact, tuple):
             return self._type(fact[1], facts, depth + 1)
         if kind == "call":
-            name = _ref_name(term["value"][0])
+            name = ref_name(term["value"][0])
             args = term["value"][1:]
             if name in _NUMBER_RESULT:
                 return "number"

@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.policy.ast_portability import ref_name
 from sidecar.policy.compat import RegoModule
 from sidecar.policy.portability import PortabilityIssue
 
@@ -48,20 +49,6 @@ _MESSAGE = (
     "order, so {why}; keep it a set (`count`, `in`, set operations), or build the list from "
     "an array"
 )
-
-
-def _ref_name(term: Any) -> str | None:
-    if not isinstance(term, dict) or term.get("type") != "ref":
-        return None
-    parts = term["value"]
-    if not parts or parts[0].get("type") != "var":
-        return None
-    names = [parts[0]["value"]]
-    for part in parts[1:]:
-        if part.get("type") != "string":
-            return None
-        names.append(part["value"])
-    return ".".join(names)
 
 
 def _canon(term: Any) -> str:
@@ -114,7 +101,7 @@ class _SetOrder:
             return None
         if term.get("type") == "var":
             return self.kinds.rules.get(mod.package, {}).get(term.get("value", ""))
-        name = _ref_name(term)
+        name = ref_name(term)
         if name is None:
             return None
         head, _, rest = name.partition(".")
@@ -151,7 +138,7 @@ class _SetOrder:
         if kind in ("var", "ref"):
             return self._rule_kind(mod, term)
         if kind == "call":
-            name = _ref_name(term["value"][0])
+            name = ref_name(term["value"][0])
             args = term["value"][1:]
             if name in _SET_CALLS:
                 return "set"
@@ -244,12 +231,12 @@ class _SetOrder:
                             "its order (and `[0]`, `concat`, `==` on it) differs",
                             f"in {name}"
                             if isinstance(name, str)
-                            else (_ref_name(collection) or "|"),
+                            else (ref_name(collection) or "|"),
                         )
                     )
                     break
         for call, facts in _calls_with_facts(rule, rule_facts):
-            name = _ref_name(call[0])
+            name = ref_name(call[0])
             args = call[1:]
             index = _ORDERED_AGGREGATES.get(name or "")
             if index is not None and len(args) > index:
@@ -285,7 +272,7 @@ class _SetOrder:
     def _function_params(self, mod: _Mod, fn: Any) -> set[int]:
         if isinstance(fn, dict) and fn.get("type") == "ref" and len(fn["value"]) == 1:
             return self.kinds.iterated_params.get((mod.package, fn["value"][0]["value"]), set())
-        name = _ref_name(fn) or ""
+        name = ref_name(fn) or ""
         head, _, rest = name.partition(".")
         if head == "data":
             package, _, rule = rest.rpartition(".")
@@ -333,7 +320,7 @@ def _facts(body: list[Any]) -> dict[str, Any]:
     for expr in body:
         terms = expr.get("terms") if isinstance(expr, dict) else None
         if isinstance(terms, list) and len(terms) == 3:
-            name = _ref_name(terms[0])
+            name = ref_name(terms[0])
             if name in ("assign", "eq") and terms[1].get("type") == "var":
                 facts.setdefault(_canon(terms[1]), terms[2])
     return facts
@@ -346,9 +333,9 @@ def _member_calls(node: Any) -> Iterator[list[Any]]:
         if node.get("type") in ("arraycomprehension", "setcomprehension", "objectcomprehension"):
             return
         terms = node.get("terms")
-        if isinstance(terms, list) and terms and _ref_name(terms[0]) in _MEMBER:
+        if isinstance(terms, list) and terms and ref_name(terms[0]) in _MEMBER:
             yield terms[1:]
-        if node.get("type") == "call" and _ref_name(node["value"][0]) in _MEMBER:
+        if node.get("type") == "call" and ref_name(node["value"][0]) in _MEMBER:
             yield node["value"][1:]
         for value in node.values():
             yield from _member_calls(value)

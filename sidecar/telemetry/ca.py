@@ -8,6 +8,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from sidecar.telemetry.bounded_file import read_bounded
+
 __all__ = ["CaFileError", "read_ca"]
 
 MAX_BYTES = 1024 * 1024
@@ -20,12 +22,7 @@ class CaFileError(ValueError):
 def read_ca(path: Path) -> bytes:
     """The file's bytes, once it is known to hold at least one PEM certificate and nothing
     that is not one."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CaFileError(f"cannot read ca_file {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_BYTES:
-        raise CaFileError(f"ca_file {path} is larger than {MAX_BYTES} bytes")
+    data = read_bounded(path, MAX_BYTES, CaFileError, "ca_file ")
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:

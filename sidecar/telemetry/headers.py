@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from sidecar.telemetry.bounded_file import read_bounded
+
 __all__ = ["HeadersError", "read_headers"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]{0,127}$")
@@ -18,12 +20,7 @@ class HeadersError(ValueError):
 def read_headers(path: Path) -> dict[str, str]:
     """``Name: value`` lines (``#`` comments, blank lines ignored); names lowercased (gRPC
     metadata). A value is never put in an error message: it is a credential."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise HeadersError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_BYTES:
-        raise HeadersError(f"{path} is larger than {MAX_BYTES} bytes")
+    data = read_bounded(path, MAX_BYTES, HeadersError)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,22 +9,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from sidecar.validate import check
+from sidecar.validate import check, is_loopback_host
 
 __all__ = ["TelemetrySettings", "is_loopback_host"]
 
 # Resource attribute keys: OpenTelemetry's dotted names, nothing that could smuggle syntax.
 _ATTRIBUTE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,127}$")
-
-
-def is_loopback_host(host: str) -> bool:
-    """``localhost`` or a loopback address: a collector inside the pod."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)

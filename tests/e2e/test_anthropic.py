@@ -230,13 +230,7 @@ def test_item3_secrets_in_answers_are_redacted_also_split_across_text_deltas(
 ):
     half = len(SECRET) // 2
     provider.script(pieces=["the key is ", SECRET[:half], SECRET[half:], " ok"])
-    client = sdk(claude_sidecar)
-    if stream:
-        with client.messages.stream(model="claude-small", max_tokens=10, messages=USER) as s:
-            text = "".join(s.text_stream)
-    else:
-        text = client.messages.create(model="claude-small", max_tokens=10, messages=USER)
-        text = text.content[0].text
+    text = _answer_text(claude_sidecar, stream)
     assert text == "the key is [REDACTED:secret] ok"
     [record] = records(claude_sidecar)
     assert record["upstream"]["response_classes"] == ["secret"]
@@ -245,17 +239,34 @@ def test_item3_secrets_in_answers_are_redacted_also_split_across_text_deltas(
 @pytest.mark.parametrize("stream", [False, True])
 def test_item3_a_provider_key_echoed_back_is_scrubbed(claude_sidecar, provider, stream):
     provider.script(echo_credentials=True)
-    client = sdk(claude_sidecar)
-    if stream:
-        with client.messages.stream(model="claude-small", max_tokens=10, messages=USER) as s:
-            text = "".join(s.text_stream)
-    else:
-        text = client.messages.create(model="claude-small", max_tokens=10, messages=USER)
-        text = text.content[0].text
+    text = _answer_text(claude_sidecar, stream)
     assert PROVIDER_KEY not in text
     assert text.startswith("x-api-key=[REDACTED:credential]")
     [record] = records(claude_sidecar)
     assert record["upstream"]["credentials_scrubbed"] >= 1
+
+
+def _answer_text(running, stream: bool) -> str:
+    """The text of one message, streamed or not."""
+    client = sdk(running)
+    if stream:
+        with client.messages.stream(model="claude-small", max_tokens=10, messages=USER) as s:
+            return "".join(s.text_stream)
+    answer = client.messages.create(model="claude-small", max_tokens=10, messages=USER)
+    return answer.content[0].text
+
+
+def _broken_stream(running) -> tuple[anthropic.APIStatusError, str]:
+    """A streamed message the sidecar ends with an error event: the SDK's error and the text
+    that arrived before it."""
+    received = []
+    with (
+        pytest.raises(anthropic.APIStatusError) as broken,
+        sdk(running).messages.stream(model="claude-small", max_tokens=10, messages=USER) as stream,
+    ):
+        for piece in stream.text_stream:
+            received.append(piece)
+    return broken.value, "".join(received)
 
 
 @pytest.mark.parametrize(
@@ -269,17 +280,10 @@ def test_item6_a_stream_the_sidecar_ends_makes_the_sdk_raise_not_a_clean_message
         provider.script(reply="one two three four five six", cut_after=2)
     else:
         provider.script(reply="one two three four five six", error_after=2)
-    received = []
-    client = sdk(claude_sidecar)
-    with (
-        pytest.raises(anthropic.APIStatusError) as broken,
-        client.messages.stream(model="claude-small", max_tokens=10, messages=USER) as stream,
-    ):
-        for piece in stream.text_stream:
-            received.append(piece)
-    assert broken.value.body["type"] == "error"
-    assert broken.value.body["error"]["code"] == code
-    assert "".join(received) == "one two "  # what arrived before the break, and no more
+    broken, received = _broken_stream(claude_sidecar)
+    assert broken.body["type"] == "error"
+    assert broken.body["error"]["code"] == code
+    assert received == "one two "  # what arrived before the break, and no more
     [record] = records(claude_sidecar)
     assert record["outcome"]["code"] == "upstream_stream_interrupted"
     assert record["model"]["usage"]["estimated"] is True
@@ -299,17 +303,10 @@ def test_item6_a_stalled_provider_ends_the_stream_with_an_error_event(
     )
     drip = threading.Event()  # never released: the provider stalls after the first delta
     provider.script(pieces=["a" * 400, "never sent"], drip=drip)
-    received = []
-    client = sdk(running)
-    with (
-        pytest.raises(anthropic.APIStatusError) as broken,
-        client.messages.stream(model="claude-small", max_tokens=10, messages=USER) as stream,
-    ):
-        for piece in stream.text_stream:
-            received.append(piece)
+    broken, received = _broken_stream(running)
     drip.set()
-    assert broken.value.body["error"]["code"] == "upstream_stream_interrupted"
-    assert "".join(received) == "a" * 400  # what arrived, released before the error
+    assert broken.body["error"]["code"] == "upstream_stream_interrupted"
+    assert received == "a" * 400  # what arrived, released before the error
     [record] = records(running)
     assert record["outcome"]["code"] == "upstream_stream_interrupted"
 

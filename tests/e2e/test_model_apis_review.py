@@ -22,7 +22,6 @@ from tests.e2e.test_model_apis import (  # noqa: F401  (fixtures)
     SECRET,
     api_sidecar,
     calls,
-    models,
     sdk,
     start_api_sidecar,
 )

@@ -11,19 +11,12 @@ import grpc
 import openai
 import pytest
 
-from examples.demo.model_server import ModelServer
 from sidecar._proto.agentsidecar.v1 import sidecar_pb2, sidecar_pb2_grpc
 from tests.conftest import audit_lines
 
 PROVIDER_KEY = "sk-provider-0123456789abcdefghijklmnop"
 AGENT_KEY = "agent-api-key-that-must-go-nowhere"
 USER = [{"role": "user", "content": "hello there"}]
-
-
-@pytest.fixture
-def models():
-    with ModelServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -88,6 +88,26 @@ def _reservation(provider: UsageProvider) -> int:
     return reservation_estimate(body["messages"], body)
 
 
+def _english_call(task: str, max_tokens: int) -> sidecar_pb2.CallModelRequest:
+    return sidecar_pb2.CallModelRequest(
+        model="gpt-small",
+        messages_json=json.dumps(ENGLISH),
+        parameters_json=json.dumps({"max_tokens": max_tokens}),
+        task_id=task,
+    )
+
+
+def _cancel_once_relayed(
+    stub: sidecar_pb2_grpc.SidecarStub,
+    request: sidecar_pb2.CallModelRequest,
+    provider: UsageProvider,
+) -> None:
+    """The agent cancels its CallModel once the (held) provider has the request."""
+    call = stub.CallModel.future(request, timeout=30)
+    poll(lambda: provider.received, what="relay")
+    assert call.cancel()
+
+
 def _finished_calls(running: RunningSidecar, count: int) -> list[dict]:
     """The CallModel audit records, once ``count`` calls have ended (each settled first)."""
 
@@ -354,12 +374,7 @@ def test_item5_a_call_cut_off_at_its_deadline_after_relay_is_charged_its_reserva
     task = _task(running)
     channel = grpc.insecure_channel(running.address)
     stub = sidecar_pb2_grpc.SidecarStub(channel)
-    request = sidecar_pb2.CallModelRequest(
-        model="gpt-small",
-        messages_json=json.dumps(ENGLISH),
-        parameters_json=json.dumps({"max_tokens": 400}),
-        task_id=task,
-    )
+    request = _english_call(task, 400)
     provider.hold()  # the provider is slow: the deadline passes first
     try:
         with pytest.raises(grpc.RpcError) as cut:
@@ -392,28 +407,17 @@ def test_item5_a_call_the_agent_cancels_after_relay_is_charged_its_reservation(r
     task = _task(running)
     channel = grpc.insecure_channel(running.address)
     stub = sidecar_pb2_grpc.SidecarStub(channel)
-    request = sidecar_pb2.CallModelRequest(
-        model="gpt-small",
-        messages_json=json.dumps(ENGLISH),
-        parameters_json=json.dumps({"max_tokens": 400}),
-        task_id=task,
-    )
+    request = _english_call(task, 400)
     provider.hold()
     try:
-        call = stub.CallModel.future(request, timeout=30)
-        reservation = poll(lambda: provider.received and _reservation(provider), what="relay")
-        assert call.cancel()
+        _cancel_once_relayed(stub, request, provider)
+        reservation = _reservation(provider)
         poll(lambda: provider.abandoned == 1, what="the sidecar dropping the provider request")
     finally:
         provider.release()
     # A later call settles after the cancelled one (one state thread, in order).
     answer = stub.CallModel(
-        sidecar_pb2.CallModelRequest(
-            model="gpt-small",
-            messages_json=json.dumps(ENGLISH),
-            parameters_json=json.dumps({"max_tokens": 5}),
-            task_id=task,
-        ),
+        _english_call(task, 5),
         timeout=10,
     )
     channel.close()
@@ -429,17 +433,10 @@ def test_review_a_cancelled_call_ends_in_exactly_one_final_audit_record(replicas
     task = _task(running)
     channel = grpc.insecure_channel(running.address)
     stub = sidecar_pb2_grpc.SidecarStub(channel)
-    request = sidecar_pb2.CallModelRequest(
-        model="gpt-small",
-        messages_json=json.dumps(ENGLISH),
-        parameters_json=json.dumps({"max_tokens": 400}),
-        task_id=task,
-    )
+    request = _english_call(task, 400)
     provider.hold()
     try:
-        call = stub.CallModel.future(request, timeout=30)
-        poll(lambda: provider.received, what="relay")
-        assert call.cancel()
+        _cancel_once_relayed(stub, request, provider)
 
         def final() -> list[dict] | None:
             found = [

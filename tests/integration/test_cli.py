@@ -64,10 +64,11 @@ def test_verbose_and_run_filter(tmp_path):
 def test_a_test_file_the_engine_cannot_evaluate_errors_alone(tmp_path):
     rego = _copy_rego(tmp_path)
     crash = rego / "agentsidecar/authz/crash_test.rego"
-    crash.write_text(
+    crash.write_text(  # (not of the constant shape policy test decides directly: see below)
         "package agentsidecar.authz_test\n\nimport rego.v1\n\n"
         "test_whole_input_with if {\n"
-        '\tdata.agentsidecar.authz.decision.effect == "deny" with input as {"version": 1}\n'
+        '\tx := data.agentsidecar.authz.decision with input as {"version": 1}\n'
+        '\tx.effect == "deny"\n'
         "}\n"
     )
     done = cli("policy", "test", str(rego))
@@ -78,10 +79,27 @@ def test_a_test_file_the_engine_cannot_evaluate_errors_alone(tmp_path):
     assert (
         "could not evaluate this test file" in done.stdout
         or "crashed evaluating this test (signal SIGABRT)" in done.stdout
+        or "test worker failed" in done.stdout
     )
     summary = done.stdout.strip().splitlines()[-1]
     passed = int(summary.split()[0])
     assert passed >= 18 and summary.endswith("1 failed")
+
+
+def test_a_whole_input_with_of_constants_is_decided_as_serve_decides(tmp_path):
+    """The same form with constants only (``ref == constant with input as {...}``) is what
+    policy test decides without ``with`` (one plan, the input set, as serve decides a call;
+    issue 30): it no longer reaches rego-cpp's crash and passes, as on OPA."""
+    rego = _copy_rego(tmp_path)
+    (rego / "agentsidecar/authz/crash_test.rego").write_text(
+        "package agentsidecar.authz_test\n\nimport rego.v1\n\n"
+        "test_whole_input_with if {\n"
+        '\tdata.agentsidecar.authz.decision.effect == "deny" with input as {"version": 1}\n'
+        "}\n"
+    )
+    done = cli("policy", "test", str(rego))
+    assert done.returncode == 0, done.stdout
+    assert done.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")
 
 
 def test_an_unsupported_builtin_stops_the_run_with_exit_2(tmp_path):

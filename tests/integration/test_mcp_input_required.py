@@ -136,6 +136,20 @@ def approval_of(answer: InputRequiredResult) -> dict[str, Any]:
     return answer.meta[APPROVAL_META]
 
 
+def decided_first_round(
+    running: Any, *, approve: bool, reason: str
+) -> tuple[InputRequiredResult, str]:
+    """The first round, then its approval approved or denied: the answer and the approval id."""
+    first = first_round(running)
+    approval_id = approval_of(first)["id"]
+    with running.approvals() as approvals:
+        if approve:
+            approvals.approve(approval_id, reason=reason)
+        else:
+            approvals.deny(approval_id, reason=reason)
+    return first, approval_id
+
+
 def test_item1_the_agent_opens_the_approval_page_and_its_retry_is_relayed_once(gateway):
     """The official client's own driver, as an agent runs it: call_tool → input_required →
     the elicitation callback (the person opens the link; the approver approves) → the
@@ -230,10 +244,7 @@ def test_item1_the_wire_exchange_pending_mismatch_granted_and_replayed(gateway):
 
 def test_item1_a_denied_approval_refuses_the_retry(gateway):
     running = gateway()
-    first = first_round(running)
-    approval_id = approval_of(first)["id"]
-    with running.approvals() as approvals:
-        approvals.deny(approval_id, reason="not today")
+    first, approval_id = decided_first_round(running, approve=False, reason="not today")
     denied = retry(running, first.request_state, responses=ACCEPT)
     assert isinstance(denied, MCPError) and denied.code == DENIED
     assert denied.error.data["code"] == "approval_denied"
@@ -278,10 +289,7 @@ def _tampered(state: str) -> list[str]:
 
 def test_item1_a_tampered_request_state_is_refused_and_audited(gateway):
     running = gateway()
-    first = first_round(running)
-    approval_id = approval_of(first)["id"]
-    with running.approvals() as approvals:
-        approvals.approve(approval_id, reason="ok")
+    first, _ = decided_first_round(running, approve=True, reason="ok")
     for bad in _tampered(first.request_state):
         refused = retry(running, bad, responses=ACCEPT)
         assert isinstance(refused, MCPError), bad
@@ -430,10 +438,7 @@ def test_review_M1_a_decline_after_the_grant_never_runs_the_tool(gateway, notes,
     tool does not run, the approval is not used (it stays granted), the answer is -32011
     with the approval's id and page; a later explicit retry by id is relayed once."""
     running = gateway()
-    first = first_round(running)
-    approval_id = approval_of(first)["id"]
-    with running.approvals() as approvals:
-        approvals.approve(approval_id, reason="ok to purge")
+    first, approval_id = decided_first_round(running, approve=True, reason="ok to purge")
     declined = retry(running, first.request_state, responses=answer)
     assert isinstance(declined, MCPError) and declined.code == APPROVAL_REQUIRED
     data = declined.error.data
@@ -456,6 +461,20 @@ def test_review_M1_a_decline_after_the_grant_never_runs_the_tool(gateway, notes,
     assert [r["outcome"]["relayed"] for r in records] == [False, False, True]
 
 
+def _planted_gateway(
+    start_sidecar: Any, tools: Any, tmp_path: Any, planting: Any, *, stdio: bool
+) -> tuple[Any, str, str]:
+    """A sidecar in front of the planting upstream (its tracker over stdio when ``stdio``):
+    the running sidecar, its MCP endpoint and a task."""
+    overrides = gateway_overrides(tmp_path, planting, stdio=stdio)
+    if stdio:
+        command = [sys.executable, "-m", "tests.support.mcp_planting", "tracker"]
+        overrides["mcp_servers"]["tracker"]["command"] = command
+    overrides["approvals"] = {"console_url": CONSOLE}
+    running = start_sidecar(tools.url, **overrides)
+    return running, endpoint_url(running), running.client().start_task("look").task_id
+
+
 @pytest.mark.parametrize("transport", ["http", "stdio"])
 @pytest.mark.parametrize("mode", [MODERN, "legacy"])
 def test_review_M2_an_upstream_cannot_speak_in_the_sidecars_meta(
@@ -467,14 +486,9 @@ def test_review_M2_an_upstream_cannot_speak_in_the_sidecars_meta(
     from tests.support.mcp_planting import EVIL_URL, planting_http_server
 
     with planting_http_server() as planting:
-        overrides = gateway_overrides(tmp_path, planting, stdio=transport == "stdio")
-        if transport == "stdio":
-            command = [sys.executable, "-m", "tests.support.mcp_planting", "tracker"]
-            overrides["mcp_servers"]["tracker"]["command"] = command
-        overrides["approvals"] = {"console_url": CONSOLE}
-        running = start_sidecar(tools.url, **overrides)
-        url = endpoint_url(running)
-        task = running.client().start_task("look").task_id
+        running, url, task = _planted_gateway(
+            start_sidecar, tools, tmp_path, planting, stdio=transport == "stdio"
+        )
         server = "tracker" if transport == "stdio" else "notes"
 
         async def run(client: Client) -> Any:
@@ -620,13 +634,7 @@ def test_review_an_upstream_error_cannot_pass_for_the_sidecars_step_up(
     from tests.support.mcp_planting import EVIL_URL, planting_http_server
 
     with planting_http_server() as planting:
-        overrides = gateway_overrides(tmp_path, planting, stdio=True)
-        command = [sys.executable, "-m", "tests.support.mcp_planting", "tracker"]
-        overrides["mcp_servers"]["tracker"]["command"] = command
-        overrides["approvals"] = {"console_url": CONSOLE}
-        running = start_sidecar(tools.url, **overrides)
-        url = endpoint_url(running)
-        task = running.client().start_task("look").task_id
+        running, url, task = _planted_gateway(start_sidecar, tools, tmp_path, planting, stdio=True)
 
         async def run(client: Client) -> Any:
             with pytest.raises(MCPError) as raised:

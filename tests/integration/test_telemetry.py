@@ -38,6 +38,18 @@ def _start(tmp_path: Path, name: str, tools_url: str, **overrides: Any) -> Runni
     return RunningSidecar(sidecar_settings(directory, tools_url, **overrides))
 
 
+def _start_capturing(
+    tmp_path: Path, tools_url: str, receiver: OtlpReceiver, capture: bool
+) -> RunningSidecar:
+    """A sidecar exporting to ``receiver`` over gRPC, content capture on or off."""
+    telemetry = {
+        "endpoint": receiver.grpc_endpoint,
+        "batch_delay_s": 0.1,
+        "capture_content": capture,
+    }
+    return _start(tmp_path, "s", tools_url, telemetry=telemetry)
+
+
 def _scrape(running: RunningSidecar) -> str:
     port = running.sidecar.admin_port
     return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
@@ -142,16 +154,7 @@ def test_item2_content_only_under_log_full_and_capture_and_the_approval_wait_is_
     arguments become ``gen_ai.tool.call.arguments`` only with ``capture_content`` on. Its
     span has the approval id and an ``approval wait`` child."""
     with OtlpReceiver() as receiver:
-        running = _start(
-            tmp_path,
-            "s",
-            tools.url,
-            telemetry={
-                "endpoint": receiver.grpc_endpoint,
-                "batch_delay_s": 0.1,
-                "capture_content": capture,
-            },
-        )
+        running = _start_capturing(tmp_path, tools.url, receiver, capture)
         decision_id = _approved_refund(running)
 
         def call_span() -> Any:
@@ -191,16 +194,7 @@ def test_item2_capture_on_but_log_not_full_exports_no_content(tmp_path, tools):
     """capture_content alone is not enough: an ordinary allow is logged redacted, and its
     arguments never become an attribute."""
     with OtlpReceiver() as receiver:
-        running = _start(
-            tmp_path,
-            "s",
-            tools.url,
-            telemetry={
-                "endpoint": receiver.grpc_endpoint,
-                "batch_delay_s": 0.1,
-                "capture_content": True,
-            },
-        )
+        running = _start_capturing(tmp_path, tools.url, receiver, True)
         with running.client() as client:
             client.call_tool("tickets.get", {"id": "content-needle-8842"})
         wait_for(lambda: len(receiver.spans()) >= 4, what="the call's spans")

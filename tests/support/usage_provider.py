@@ -19,8 +19,9 @@ import select
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from examples.demo.scripted_http import ScriptedHandler, ScriptedServer
 
 __all__ = ["UsageProvider", "tokenizer_count"]
 
@@ -56,24 +57,11 @@ class _Script:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    script: _Script
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, *args: Any) -> None:
-        pass
+class _Handler(ScriptedHandler):
+    server: ScriptedServer[_Script]
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        body = json.loads(self.read_body())
         script = self.server.script
         with script.lock:
             script.received.append(body)
@@ -109,12 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
             ],
             "usage": usage,
         }
-        data = json.dumps(answer).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(200, answer)
 
     def _held_until_released(self) -> bool:
         """Wait while held; False if the client closed its connection meanwhile."""
@@ -130,11 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _stream(
         self, base: dict[str, Any], text: str, n: int, usage: dict[str, Any], body: dict[str, Any]
     ) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
+        self.start_event_stream()
         for i in range(n):
             delta = {"role": "assistant", "content": text}
             self._event(
@@ -158,14 +137,12 @@ class UsageProvider:
     """Runs the provider on a free loopback port; ``url`` is its OpenAI ``base_url``."""
 
     def __init__(self) -> None:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.script = _Script()
+        self._server = ScriptedServer(0, _Handler, _Script())
         self._server.script.released.set()
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        return f"http://127.0.0.1:{self._server.port}/v1"
 
     @property
     def received(self) -> list[dict[str, Any]]:
@@ -199,10 +176,9 @@ class UsageProvider:
         self._server.script.released.set()
 
     def __enter__(self) -> UsageProvider:
-        self._thread.start()
+        self._server.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
