@@ -135,59 +135,61 @@ def test_item2_a_deep_link_opened_signed_out_lands_on_that_approval_after_sign_i
     assert page.url == other.approval_url
 
 
-@pytest.mark.parametrize(
-    "start",
-    [
-        f"/login?next=https://{EVIL}/phish",
-        f"/login?next=//{EVIL}/phish",
-        f"/login?next=/%5C{EVIL}/phish",
-        f"/login?next=%2F%2F{EVIL}",
-        f"/oauth2/sign_in?rd=https://{EVIL}/phish",
-        f"/oauth2/sign_in?rd=//{EVIL}",
-        "/oauth2/sign_in?rd=javascript:alert(document.cookie)",
-    ],
-)
-def test_item2_a_crafted_next_goes_to_the_index_never_another_site(linked, browser, start):
+CRAFTED_STARTS = [
+    f"/login?next=https://{EVIL}/phish",
+    f"/login?next=//{EVIL}/phish",
+    f"/login?next=/%5C{EVIL}/phish",
+    f"/login?next=%2F%2F{EVIL}",
+    f"/oauth2/sign_in?rd=https://{EVIL}/phish",
+    f"/oauth2/sign_in?rd=//{EVIL}",
+    "/oauth2/sign_in?rd=javascript:alert(document.cookie)",
+]
+
+
+def test_item2_a_crafted_next_goes_to_the_index_never_another_site(linked, browser):
+    """Each crafted start, signed out in a fresh context, on one console (one setup)."""
     _, proxy, _ = linked
-    page = _signed_out(browser)
-    page.goto(proxy.url + start)
-    _sign_in_here(page)
-    assert page.url == proxy.url + "/"
-    assert page.locator("body").get_attribute("data-page") == "list"
-    assert "EVIL" not in page.content()
+    for start in CRAFTED_STARTS:
+        page = _signed_out(browser)
+        page.goto(proxy.url + start)
+        _sign_in_here(page)
+        assert page.url == proxy.url + "/", start
+        assert page.locator("body").get_attribute("data-page") == "list", start
+        assert "EVIL" not in page.content(), start
+        page.context.close()
 
 
-@pytest.mark.parametrize(
-    ("next_value", "lands"),
-    [
-        (f"https://{EVIL}/", "/"),
-        (f"//{EVIL}", "/"),
-        (f"/\\{EVIL}", "/"),
-        (f"\\\\{EVIL}", "/"),
-        (f"/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG/../../{EVIL}", "/"),
-        ("/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG\r\nSet-Cookie: a=b", "/"),
-        ("/events", "/"),
-        ("/" + "a" * 5000, "/"),
-        ("/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG", "/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG"),
-        ("/?state=history", "/?state=history"),
-    ],
-)
-def test_item2_login_follows_only_console_pages(linked, next_value, lands):
+LOGIN_CASES = [
+    (f"https://{EVIL}/", "/"),
+    (f"//{EVIL}", "/"),
+    (f"/\\{EVIL}", "/"),
+    (f"\\\\{EVIL}", "/"),
+    (f"/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG/../../{EVIL}", "/"),
+    ("/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG\r\nSet-Cookie: a=b", "/"),
+    ("/events", "/"),
+    ("/" + "a" * 5000, "/"),
+    ("/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG", "/approvals/ap-01M80X1VR5QTVTZXSGFGNHPQKG"),
+    ("/?state=history", "/?state=history"),
+]
+
+
+def test_item2_login_follows_only_console_pages(linked):
     """The console itself, asked by its proxy: Location is the landing, nothing else."""
     _, _, address = linked
     host, port = address.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    conn.request(
-        "GET",
-        "/login?" + urlencode({"next": next_value}),
-        headers={"X-Forwarded-Email": ONCALL, SECRET_HEADER: PROXY_SECRET},
-    )
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 303
-    assert response.getheader("Location") == lands
-    assert response.getheader("Set-Cookie") is None
-    assert response.getheader("X-Frame-Options") == "DENY"
+    for next_value, lands in LOGIN_CASES:
+        conn.request(
+            "GET",
+            "/login?" + urlencode({"next": next_value}),
+            headers={"X-Forwarded-Email": ONCALL, SECRET_HEADER: PROXY_SECRET},
+        )
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 303, next_value
+        assert response.getheader("Location") == lands, next_value
+        assert response.getheader("Set-Cookie") is None, next_value
+        assert response.getheader("X-Frame-Options") == "DENY", next_value
     conn.request(  # two nexts: which one would a proxy have meant? Neither.
         "GET",
         "/login?next=/%3Fstate%3Dhistory&next=https://" + EVIL,
@@ -226,27 +228,27 @@ def prefixed(tmp_path, tools, pg_state):
     _stop_console(process)
 
 
-@pytest.mark.parametrize(
-    ("next_value", "lands"),
-    [
-        (f"/console/approvals/{ID}", f"/console/approvals/{ID}"),  # as the browser asked
-        (f"/approvals/{ID}", f"/console/approvals/{ID}"),  # as the console serves it
-        ("/console/?state=history", "/console/?state=history"),
-        (f"https://{EVIL}/console/", "/console/"),
-        (f"//{EVIL}/console", "/console/"),
-        (f"/console//{EVIL}", "/console/"),
-        (f"/console/../approvals/{ID}", "/console/"),
-        (None, "/console/"),
-    ],
-)
-def test_review_L5_login_under_a_path_prefix_lands_under_it(prefixed, next_value, lands):
+PREFIXED_CASES = [
+    (f"/console/approvals/{ID}", f"/console/approvals/{ID}"),  # as the browser asked
+    (f"/approvals/{ID}", f"/console/approvals/{ID}"),  # as the console serves it
+    ("/console/?state=history", "/console/?state=history"),
+    (f"https://{EVIL}/console/", "/console/"),
+    (f"//{EVIL}/console", "/console/"),
+    (f"/console//{EVIL}", "/console/"),
+    (f"/console/../approvals/{ID}", "/console/"),
+    (None, "/console/"),
+]
+
+
+def test_review_L5_login_under_a_path_prefix_lands_under_it(prefixed):
     host, port = prefixed.rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    query = "" if next_value is None else "?" + urlencode({"next": next_value})
     headers = {"X-Forwarded-Email": ONCALL, SECRET_HEADER: PROXY_SECRET}
-    conn.request("GET", "/login" + query, headers=headers)
-    response = conn.getresponse()
-    response.read()
+    for next_value, lands in PREFIXED_CASES:
+        query = "" if next_value is None else "?" + urlencode({"next": next_value})
+        conn.request("GET", "/login" + query, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 303, next_value
+        assert response.getheader("Location") == lands, next_value
     conn.close()
-    assert response.status == 303
-    assert response.getheader("Location") == lands
