@@ -6,28 +6,29 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from sidecar.approvals import Approval, ApprovalBroker, ApprovalStore, Notifier
+from sidecar.approvals import ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
-from sidecar.approvals.model import audit_record
 from sidecar.approvals.notify import renderer
-from sidecar.audit import AuditLog, FileKeySigner, HttpSink, SvidSigner
+from sidecar.audit import AuditLog
 from sidecar.authzen import AuthZenServer
 from sidecar.budgets import Budgets
 from sidecar.calls.observe import build_observers
-from sidecar.config import ConfigError, Settings
+from sidecar.components import (
+    approval_auditor,
+    build_attestor,
+    build_audit,
+    build_engine,
+    build_identity,
+    build_shadow,
+    svid_expiry,
+)
+from sidecar.config import Settings
 from sidecar.frontdoor import FrontDoor
 from sidecar.identity import (
-    Attestor,
     IdentityError,
-    JwtAttestor,
-    MtlsAttestor,
-    PodAttestor,
-    StaticAttestor,
     UpstreamCredentials,
     WorkloadIdentity,
 )
@@ -36,7 +37,6 @@ from sidecar.listeners import listening
 from sidecar.metrics import Metrics
 from sidecar.pipeline import Calls, build_calls
 from sidecar.policy import EmbeddedEngine, PolicyEngine
-from sidecar.policy.opa import OpaEngine
 from sidecar.policy.reload import PolicyReloader
 from sidecar.relay import HttpRelay
 from sidecar.relay.models import ModelRelay
@@ -44,9 +44,9 @@ from sidecar.server import SidecarServer
 from sidecar.state import StateDb, open_state
 from sidecar.tasks import TaskRegistry
 from sidecar.users import TokenExchanger, UserVerifier
-from sidecar.workers import WorkerRole, segment_path
+from sidecar.workers import WorkerRole
 
-__all__ = ["Sidecar", "build_attestor", "build_engine", "build_identity"]
+__all__ = ["Sidecar"]
 
 if TYPE_CHECKING:  # imported when configured (see build)
     from sidecar.mcp.gateway import McpGateway
@@ -61,127 +61,6 @@ APPROVAL_POLL_S = 0.25
 # How often ended tasks and expired approvals are swept (their ends take effect at once on
 # use in any case; the sweep revokes what nobody uses).
 SWEEP_INTERVAL_S = 1.0
-
-
-def build_engine(settings: Settings) -> PolicyEngine:
-    policy = settings.policy
-    if policy.engine == "opa":
-        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
-    return EmbeddedEngine.from_dir(
-        policy.dir,
-        policy.query,
-        workers=policy.workers,
-        inline_max_ms=policy.inline_max_ms,
-        vetting=policy.vetting,
-    )
-
-
-def build_shadow(settings: Settings) -> PolicyEngine | None:
-    """The shadow policy (config only: no request can enable or influence it)."""
-    policy = settings.policy
-    if policy.shadow is None:
-        return None
-    return EmbeddedEngine.from_dir(
-        policy.shadow,
-        policy.query,
-        workers=policy.workers,
-        inline_max_ms=policy.inline_max_ms,
-        vetting=policy.vetting,
-    )
-
-
-def workload_api_socket(settings: Settings) -> str:
-    socket = settings.identity.socket or os.environ.get("SPIFFE_ENDPOINT_SOCKET", "")
-    if not socket:
-        raise ConfigError(
-            "identity.socket: not set, and SPIFFE_ENDPOINT_SOCKET is empty; the sidecar needs "
-            "the SPIFFE Workload API socket (e.g. unix:///run/spire/sockets/agent.sock)"
-        )
-    return socket
-
-
-def build_identity(settings: Settings) -> WorkloadIdentity | None:
-    """The Workload API connection, when identity or any upstream credential needs it."""
-    needed = (
-        settings.identity.mode != "static"
-        or any(t.auth.type not in ("none", "bearer") for t in settings.targets.values())
-        or not settings.approvals_listen.startswith("unix:")
-    )
-    if not needed:
-        return None
-    return WorkloadIdentity(
-        workload_api_socket(settings), refresh_margin_s=settings.identity.jwt_refresh_margin_s
-    )
-
-
-def build_attestor(settings: Settings, identity: WorkloadIdentity | None) -> Attestor:
-    mode = settings.identity
-    if mode.mode == "static":
-        return StaticAttestor(mode.spiffe_id)
-    assert identity is not None
-    if mode.mode == "pod":
-        return PodAttestor(identity)
-    if mode.mode == "jwt":
-        return JwtAttestor(identity, mode.audience, mode.trust_domains)
-    return MtlsAttestor(identity, mode.trust_domains)
-
-
-def build_audit(
-    settings: Settings, identity: WorkloadIdentity | None, role: WorkerRole | None = None
-) -> AuditLog:
-    """The audit log (this worker's segment of it); checkpoints are signed with the SVID, or
-    a development key file."""
-    audit = settings.audit
-    index = role.index if role is not None else 0
-    path = segment_path(audit.path, index)
-    if identity is not None and audit.signing_key is None:
-        signer = SvidSigner(identity.snapshot)
-    else:
-        signer = FileKeySigner(audit.signing_key or audit.path.parent / "audit-signing.key")
-    http = None
-    if audit.http_url:
-        http = HttpSink(
-            audit.http_url,
-            batch=audit.http_batch,
-            interval_s=audit.http_interval_s,
-            query=settings.policy.query,
-        )
-    return AuditLog(
-        path,
-        mode=audit.mode,
-        fsync=audit.fsync,
-        signer=signer,
-        checkpoint_every=audit.checkpoint_every,
-        checkpoint_interval_s=audit.checkpoint_interval_s,
-        checkpoints_path=segment_path(audit.checkpoints_path, index)
-        if audit.checkpoints_path
-        else path.with_name(path.name + ".checkpoints"),
-        max_bytes=audit.max_bytes,
-        keep_files=audit.keep_files,
-        buffer=audit.buffer,
-        stdout=audit.stdout,
-        http=http,
-    )
-
-
-def _svid_expiry(identity: WorkloadIdentity | None) -> float | None:
-    if identity is None:
-        return None
-    try:
-        return identity.snapshot().expires_at
-    except IdentityError:
-        return None
-
-
-def approval_auditor(audit: AuditLog) -> Any:
-    """Writes an approval audit record (an approver's decision or refusal, an end)."""
-
-    def write(
-        event: str, approval: Approval | None, detail: Mapping[str, Any], approval_id: str = ""
-    ) -> None:
-        audit.write(audit_record(event, approval, detail, approval_id=approval_id))
-
-    return write
 
 
 @dataclass
@@ -298,7 +177,7 @@ class Sidecar:
             audit_counts=lambda: {**audit.counts, "alive": audit.alive},
             stats=lambda: dict(calls.path.stats),
             policy=lambda: (engine.name, engine.revision),
-            svid_expires_at=lambda: _svid_expiry(identity),
+            svid_expires_at=lambda: svid_expiry(identity),
             pending_approvals=approvals.pending_count,
             state_available=lambda: state.available,
         )

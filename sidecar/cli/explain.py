@@ -30,10 +30,10 @@ _ATTESTATION = {"pod": "pod-svid", "jwt": "jwt-svid", "mtls": "x509-svid", "stat
 
 
 def explain(args: argparse.Namespace) -> int:
-    from sidecar.app import build_engine
     from sidecar.authzen.catalog import Catalog
     from sidecar.authzen.explain import explain as decide_all
     from sidecar.authzen.explain import table
+    from sidecar.components import build_engine
     from sidecar.config import load_settings
     from sidecar.identity.subject import Subject
     from sidecar.policy import TaskInfo

@@ -99,7 +99,7 @@ def webhook_serve(args: argparse.Namespace) -> int:
 
 
 def check(args: argparse.Namespace) -> int:
-    from sidecar.app import build_engine
+    from sidecar.components import build_engine
     from sidecar.config import load_settings
     from sidecar.policy import Decision, DecisionError, parse_decision
 

@@ -78,7 +78,7 @@ _HEADERS = {
 
 class ConsoleServer:
     def __init__(self, settings: Settings, *, state: StateDb | None = None) -> None:
-        from sidecar.app import approval_auditor, build_audit
+        from sidecar.components import approval_auditor, build_audit
 
         self._settings = settings
         self._console = settings.console

@@ -36,7 +36,7 @@ def console_identity(settings: Settings) -> WorkloadIdentity | None:
             extra={"key_file": str(settings.audit.path.parent / "audit-signing.key")},
         )
         return None
-    from sidecar.app import workload_api_socket
+    from sidecar.components import workload_api_socket
 
     return WorkloadIdentity(
         workload_api_socket(settings), refresh_margin_s=identity.jwt_refresh_margin_s

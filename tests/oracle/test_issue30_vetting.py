@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.app import build_engine
+from sidecar.components import build_engine
 from sidecar.config import ConfigError, parse_settings
 from sidecar.policy import EmbeddedEngine, opa_compiler
 from sidecar.policy.errors import CompileError

@@ -55,7 +55,7 @@ LAYERS = (
         ),
     ),
     ("identity", frozenset({"identity", "tasks", "aiohttpserve"})),
-    ("services", frozenset({"users", "budgets", "approvals"})),
+    ("services", frozenset({"users", "budgets", "approvals", "components"})),
     ("calls", frozenset({"calls", "pipeline"})),
     ("transports", frozenset({"service", "server", "frontdoor", "mcp", "authzen", "webhook"})),
     ("app", frozenset({"app", "console", "dev", "client", "cli"})),

@@ -1,0 +1,160 @@
+"""Building the sidecar's single components from settings (engine, identity, attestor, audit):
+each one alone, so the CLI and the console can build one without the whole sidecar."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from sidecar.approvals import Approval
+from sidecar.approvals.model import audit_record
+from sidecar.audit import AuditLog, FileKeySigner, HttpSink, SvidSigner
+from sidecar.config import ConfigError, Settings
+from sidecar.identity import (
+    Attestor,
+    IdentityError,
+    JwtAttestor,
+    MtlsAttestor,
+    PodAttestor,
+    StaticAttestor,
+    WorkloadIdentity,
+)
+from sidecar.policy import EmbeddedEngine, PolicyEngine
+from sidecar.policy.opa import OpaEngine
+from sidecar.workers import WorkerRole, segment_path
+
+__all__ = [
+    "approval_auditor",
+    "build_attestor",
+    "build_audit",
+    "build_engine",
+    "build_identity",
+    "build_shadow",
+    "svid_expiry",
+    "workload_api_socket",
+]
+
+log = logging.getLogger(__name__)
+
+
+def build_engine(settings: Settings) -> PolicyEngine:
+    policy = settings.policy
+    if policy.engine == "opa":
+        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
+    return EmbeddedEngine.from_dir(
+        policy.dir,
+        policy.query,
+        workers=policy.workers,
+        inline_max_ms=policy.inline_max_ms,
+        vetting=policy.vetting,
+    )
+
+
+def build_shadow(settings: Settings) -> PolicyEngine | None:
+    """The shadow policy (config only: no request can enable or influence it)."""
+    policy = settings.policy
+    if policy.shadow is None:
+        return None
+    return EmbeddedEngine.from_dir(
+        policy.shadow,
+        policy.query,
+        workers=policy.workers,
+        inline_max_ms=policy.inline_max_ms,
+        vetting=policy.vetting,
+    )
+
+
+def workload_api_socket(settings: Settings) -> str:
+    socket = settings.identity.socket or os.environ.get("SPIFFE_ENDPOINT_SOCKET", "")
+    if not socket:
+        raise ConfigError(
+            "identity.socket: not set, and SPIFFE_ENDPOINT_SOCKET is empty; the sidecar needs "
+            "the SPIFFE Workload API socket (e.g. unix:///run/spire/sockets/agent.sock)"
+        )
+    return socket
+
+
+def build_identity(settings: Settings) -> WorkloadIdentity | None:
+    """The Workload API connection, when identity or any upstream credential needs it."""
+    needed = (
+        settings.identity.mode != "static"
+        or any(t.auth.type not in ("none", "bearer") for t in settings.targets.values())
+        or not settings.approvals_listen.startswith("unix:")
+    )
+    if not needed:
+        return None
+    return WorkloadIdentity(
+        workload_api_socket(settings), refresh_margin_s=settings.identity.jwt_refresh_margin_s
+    )
+
+
+def build_attestor(settings: Settings, identity: WorkloadIdentity | None) -> Attestor:
+    mode = settings.identity
+    if mode.mode == "static":
+        return StaticAttestor(mode.spiffe_id)
+    assert identity is not None
+    if mode.mode == "pod":
+        return PodAttestor(identity)
+    if mode.mode == "jwt":
+        return JwtAttestor(identity, mode.audience, mode.trust_domains)
+    return MtlsAttestor(identity, mode.trust_domains)
+
+
+def build_audit(
+    settings: Settings, identity: WorkloadIdentity | None, role: WorkerRole | None = None
+) -> AuditLog:
+    """The audit log (this worker's segment of it); checkpoints are signed with the SVID, or
+    a development key file."""
+    audit = settings.audit
+    index = role.index if role is not None else 0
+    path = segment_path(audit.path, index)
+    if identity is not None and audit.signing_key is None:
+        signer = SvidSigner(identity.snapshot)
+    else:
+        signer = FileKeySigner(audit.signing_key or audit.path.parent / "audit-signing.key")
+    http = None
+    if audit.http_url:
+        http = HttpSink(
+            audit.http_url,
+            batch=audit.http_batch,
+            interval_s=audit.http_interval_s,
+            query=settings.policy.query,
+        )
+    return AuditLog(
+        path,
+        mode=audit.mode,
+        fsync=audit.fsync,
+        signer=signer,
+        checkpoint_every=audit.checkpoint_every,
+        checkpoint_interval_s=audit.checkpoint_interval_s,
+        checkpoints_path=segment_path(audit.checkpoints_path, index)
+        if audit.checkpoints_path
+        else path.with_name(path.name + ".checkpoints"),
+        max_bytes=audit.max_bytes,
+        keep_files=audit.keep_files,
+        buffer=audit.buffer,
+        stdout=audit.stdout,
+        http=http,
+    )
+
+
+def svid_expiry(identity: WorkloadIdentity | None) -> float | None:
+    if identity is None:
+        return None
+    try:
+        return identity.snapshot().expires_at
+    except IdentityError:
+        return None
+
+
+def approval_auditor(audit: AuditLog) -> Any:
+    """Writes an approval audit record (an approver's decision or refusal, an end)."""
+
+    def write(
+        event: str, approval: Approval | None, detail: Mapping[str, Any], approval_id: str = ""
+    ) -> None:
+        audit.write(audit_record(event, approval, detail, approval_id=approval_id))
+
+    return write
