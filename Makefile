@@ -40,8 +40,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pytest-xdist: the suite mostly waits on real processes, so more workers than the 2 cores pay
+# (measured: docs/dependencies.md). Tests sharing a fixed path or port carry
+# @pytest.mark.host_resource and take turns on a lock (tests/conftest.py). `make unit TEST_WORKERS=0`: serial.
+TEST_WORKERS ?= 4
+
 unit: $(STAMP) $(ORACLE_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 rego: $(STAMP)
 	$(BIN)/agent-sidecar policy check rego/
@@ -57,6 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/hot_path.py
 	$(BIN)/python bench/model_overhead.py --calls 200 --concurrency 16
 	$(BIN)/python bench/mcp_overhead.py
+	$(BIN)/python bench/a2a_overhead.py
 	$(BIN)/python bench/fleet_state.py
 
 proto: $(STAMP)
@@ -66,6 +72,7 @@ proto: $(STAMP)
 k8s-policy:
 	cp rego/agentsidecar/authz/authz.rego k8s/base/agents/policy/authz.rego
 	cp rego/agentsidecar/authz/mcp.rego k8s/base/agents/policy/mcp.rego
+	cp rego/agentsidecar/authz/a2a.rego k8s/base/agents/policy/a2a.rego
 	cp rego/agentsidecar/data.json k8s/base/agents/policy/data.json
 
 # What the Dockerfile does: a plain, non-editable `pip install .` into a fresh venv.

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,7 +274,17 @@ class HttpServer:
         max_connections: int,
         idle_timeout_s: float,
         error_response: ErrorResponse,
+        tls: ssl.SSLContext | None = None,
+        cancel_on_disconnect: bool = False,
+        max_field_size: int = 8190,
+        max_headers: int = 128,
     ) -> None:
+        self._max_field_size = max_field_size  # one header's bytes (a Txn-Token nests)
+        self._max_headers = max_headers  # how many (each up to max_field_size)
+        # True: a request's handler is cancelled when its client goes away (the A2A
+        # endpoint: the peer's request ends with the agent's).
+        self._cancel_on_disconnect = cancel_on_disconnect
+        self._tls = tls  # TLS on this socket (the A2A inbound listener); None: plain HTTP
         self._sock = sock
         self._handler = handler
         self._error_response = error_response
@@ -295,10 +306,14 @@ class HttpServer:
             lingering_time=0.0,  # an unread body is not drained: the connection is closed
             access_log=None,
             max_line_size=8190,
-            max_field_size=8190,
+            max_field_size=self._max_field_size,
+            max_headers=self._max_headers,
+            handler_cancellation=self._cancel_on_disconnect,
         )
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._web, sock=self._sock, backlog=BACKLOG)
+        self._server = await loop.create_server(
+            self._web, sock=self._sock, backlog=BACKLOG, ssl=self._tls
+        )
 
     async def stop(self, grace_s: float = 5.0) -> None:
         if self._server is not None:

@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sidecar.approvals import ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
@@ -23,6 +23,7 @@ from sidecar.components import (
     build_engine,
     build_identity,
     build_shadow,
+    start_bundles,
     svid_expiry,
 )
 from sidecar.config import Settings
@@ -37,6 +38,7 @@ from sidecar.listeners import listening
 from sidecar.metrics import Metrics
 from sidecar.pipeline import Calls, build_calls
 from sidecar.policy import EmbeddedEngine, PolicyEngine
+from sidecar.policy.export.wiring import build_exports
 from sidecar.policy.reload import PolicyReloader
 from sidecar.relay import HttpRelay
 from sidecar.relay.models import ModelRelay
@@ -87,6 +89,10 @@ class Sidecar:
     frontdoor: FrontDoor | None = None
     authzen: AuthZenServer | None = None
     mcp: McpGateway | None = None
+    # The inbound A2A listener (sidecar/a2a/inbound.py), when a2a_inbound.listen is set.
+    a2a_inbound: Any = None
+    # The agent's A2A endpoint (sidecar/a2a/outbound.py), when a2a.listen is set.
+    a2a_outbound: Any = None
     _sweeper: asyncio.Task[None] | None = None
     _announcer: asyncio.Task[None] | None = None
     role: WorkerRole = dataclasses.field(default_factory=WorkerRole)
@@ -181,10 +187,23 @@ class Sidecar:
             pending_approvals=approvals.pending_count,
             state_available=lambda: state.available,
         )
+        # OPA-format status reports and decision logs (sidecar/policy/export); off unless set.
+        exports = build_exports(
+            settings.policy,
+            revision=lambda: engine.revision,
+            failing=lambda: bool(reloader and reloader.failing),
+            tracker=getattr(engine, "bundle_tracker", None),
+        )
+        calls.decider.on_decision = exports.hook
+        metrics.registry.register(exports.collector())
+        # Closed beside the rest of the shutdown (bounded): never delays the audit seal.
+        metrics.add_sink(lambda _observation: None, close=exports.begin_close)
         # Listeners last, plain sockets before gRPC ones: a port in use fails the build before
         # any gRPC server exists, and everything already opened is closed again.
         frontdoor: FrontDoor | None = None
         mcp: McpGateway | None = None
+        a2a_inbound: Any = None
+        a2a_outbound: Any = None
         server: SidecarServer | None = None
         approvals_server: AdminServer | None = None
         try:
@@ -219,8 +238,40 @@ class Sidecar:
                     )
                 if approvals_server is not None:
                     approvals_server.add_service(register_mcp_admin(mcp, audit))
+            # A2A peer cards (sidecar/a2a/cards.py): the outbound endpoint reads them; the
+            # operator reviews and accepts them on the approvals listener.
+            from sidecar.a2a.cards import build_cards
+
+            cards = build_cards(settings, state, identity)
+            if cards is not None and approvals_server is not None:
+                from sidecar.a2a.admin import register as register_a2a_admin
+
+                approvals_server.add_service(register_a2a_admin(cards, audit))
+            if settings.a2a.listen and role.primary:
+                from sidecar.a2a.outbound import A2aOutbound
+
+                with listening("a2a.listen", settings.a2a.listen):
+                    a2a_outbound = A2aOutbound(settings, calls.path, state, identity, cards=cards)
+            if settings.a2a_inbound.listen and role.primary:
+                from sidecar.a2a.inbound import InboundListener
+
+                assert identity is not None  # config: a2a_inbound needs a Workload API
+                issuer = settings.users.issuers.get(settings.a2a_inbound.users.issuer)
+                with listening("a2a_inbound.listen", settings.a2a_inbound.listen):
+                    a2a_inbound = InboundListener(
+                        settings.a2a_inbound,
+                        path=calls.path,
+                        tasks=tasks,
+                        identity=identity,
+                        users=users,
+                        user_issuer_url=issuer.issuer if issuer is not None else "",
+                        max_links=settings.delegation.max_links,
+                        state=state,
+                    )
         except BaseException:
             for close in (
+                *((a2a_inbound.close,) if a2a_inbound else ()),
+                *((a2a_outbound.close,) if a2a_outbound else ()),
                 *((frontdoor.close,) if frontdoor else ()),
                 *((mcp.close,) if mcp else ()),
                 *((server.release,) if server else ()),
@@ -246,6 +297,7 @@ class Sidecar:
         if isinstance(engine, EmbeddedEngine):
             interval = settings.policy.reload_interval_ms / 1000
             reloader = PolicyReloader(engine, interval).start()
+        start_bundles(engine, identity)  # policy.bundle: poll the bundle server
         return cls(
             settings,
             engine,
@@ -267,6 +319,8 @@ class Sidecar:
             frontdoor,
             mcp=mcp,
             role=role,
+            a2a_inbound=a2a_inbound,
+            a2a_outbound=a2a_outbound,
         )
 
     async def start(self) -> None:
@@ -294,6 +348,12 @@ class Sidecar:
                 await self.authzen.start()
         if self.mcp is not None:
             await self.mcp.start()
+        if self.a2a_inbound is not None:
+            await self.a2a_inbound.start()
+        if self.a2a_outbound is not None:
+            if self.a2a_inbound is not None:  # calls under an inbound task carry its Txn-Token
+                self.a2a_outbound.use_provenance(self.a2a_inbound.provenance)
+            await self.a2a_outbound.start()
         if self.approvals is not None:
             self.approvals.bind_loop(asyncio.get_running_loop())
         if self.state is not None:
@@ -338,6 +398,10 @@ class Sidecar:
             await self.authzen.stop()
         if self.mcp is not None:
             await self.mcp.stop()
+        if self.a2a_inbound is not None:
+            await self.a2a_inbound.stop()
+        if self.a2a_outbound is not None:
+            await self.a2a_outbound.stop()
         if self.approvals_server is not None:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
@@ -359,6 +423,10 @@ class Sidecar:
             self.frontdoor.close()
         if self.mcp is not None:
             self.mcp.close()
+        if self.a2a_inbound is not None:
+            self.a2a_inbound.close()
+        if self.a2a_outbound is not None:
+            self.a2a_outbound.close()
         if self.notifier is not None:
             self.notifier.close()
         if self.metrics is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,9 @@ from sidecar.identity import (
     StaticAttestor,
     WorkloadIdentity,
 )
+from sidecar.identity.credentials import mtls_context
 from sidecar.policy import EmbeddedEngine, PolicyEngine
+from sidecar.policy.bundle.engine import BundleEngine
 from sidecar.policy.opa import OpaEngine
 from sidecar.workers import WorkerRole, segment_path
 
@@ -29,9 +32,11 @@ __all__ = [
     "approval_auditor",
     "build_attestor",
     "build_audit",
+    "build_bundle_engine",
     "build_engine",
     "build_identity",
     "build_shadow",
+    "start_bundles",
     "svid_expiry",
     "workload_api_socket",
 ]
@@ -43,6 +48,8 @@ def build_engine(settings: Settings) -> PolicyEngine:
     policy = settings.policy
     if policy.engine == "opa":
         return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
+    if policy.bundle is not None:
+        return build_bundle_engine(settings)
     return EmbeddedEngine.from_dir(
         policy.dir,
         policy.query,
@@ -50,6 +57,47 @@ def build_engine(settings: Settings) -> PolicyEngine:
         inline_max_ms=policy.inline_max_ms,
         vetting=policy.vetting,
     )
+
+
+def build_bundle_engine(settings: Settings) -> BundleEngine:
+    """The embedded engine fed by ``policy.bundle``: the fallback directory (if set) serves
+    first, then the persisted bundle (if good); the poller starts with the sidecar
+    (:func:`start_bundles`). Until a revision is active, the engine is not healthy."""
+    from sidecar.policy.bundle.runtime import BundleRuntime
+    from sidecar.policy.source import load_policy_dir
+
+    policy = settings.policy
+    bundle = policy.bundle
+    assert bundle is not None
+    engine = BundleEngine(
+        policy.query,
+        workers=policy.workers,
+        inline_max_ms=policy.inline_max_ms,
+        vetting=policy.vetting,
+        fallback=load_policy_dir(bundle.fallback_dir) if bundle.fallback_dir else None,
+    )
+    BundleRuntime(bundle, engine, saves=WorkerRole.from_env().primary).restore()
+    return engine
+
+
+def start_bundles(engine: PolicyEngine, identity: WorkloadIdentity | None) -> None:
+    """Start polling the bundle server (a no-op for other engines); with ``svid: true`` the
+    sidecar's X.509-SVID is the client certificate, the trust bundle (or ``tls.ca_cert``) the
+    roots."""
+    if not isinstance(engine, BundleEngine) or engine.bundles is None:
+        return
+    runtime = engine.bundles
+    ca_cert = runtime.settings.service.tls.ca_cert
+
+    def svid_context() -> ssl.SSLContext:
+        if identity is None:
+            raise IdentityError("no Workload API connection for the bundle service's SVID")
+        context = mtls_context(identity.snapshot())
+        if ca_cert is not None:
+            context.load_verify_locations(cafile=str(ca_cert))
+        return context
+
+    runtime.start(svid_context=svid_context)
 
 
 def build_shadow(settings: Settings) -> PolicyEngine | None:
@@ -82,6 +130,7 @@ def build_identity(settings: Settings) -> WorkloadIdentity | None:
         settings.identity.mode != "static"
         or any(t.auth.type not in ("none", "bearer") for t in settings.targets.values())
         or not settings.approvals_listen.startswith("unix:")
+        or (settings.policy.bundle is not None and settings.policy.bundle.service.credentials.svid)
     )
     if not needed:
         return None

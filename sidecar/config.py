@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from sidecar.a2a.settings import PEER_NAME_RE, A2aPeerSettings, A2aSettings
+from sidecar.a2a_inbound_settings import InboundSettings
 from sidecar.approvals.settings import ApprovalSettings
 from sidecar.audit.settings import AuditSettings
 from sidecar.authzen.settings import AuthZenSettings
@@ -51,6 +53,8 @@ __all__ = [
     "DEFAULT_AGENT_SOCKET",
     "MIB",
     "SPIFFE_ID_RE",
+    "A2aPeerSettings",
+    "A2aSettings",
     "AdminSettings",
     "ApprovalSettings",
     "AuditSettings",
@@ -61,6 +65,7 @@ __all__ = [
     "DelegationSettings",
     "FrontDoorSettings",
     "IdentitySettings",
+    "InboundSettings",
     "IssuerSettings",
     "McpServerSettings",
     "McpSettings",
@@ -111,6 +116,9 @@ class Settings:
     mcp_servers: Mapping[str, McpServerSettings] = field(default_factory=dict)
     console: ConsoleSettings = field(default_factory=ConsoleSettings)
     telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
+    a2a_inbound: InboundSettings = field(default_factory=InboundSettings)
+    a2a: A2aSettings = field(default_factory=A2aSettings)
+    a2a_peers: Mapping[str, A2aPeerSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         mcp_tcp = self.mcp.listen and not self.mcp.listen.startswith("unix:")
@@ -178,6 +186,8 @@ class Settings:
                 "use identity mode pod or jwt (the SDK's api key carries the JWT-SVID)",
             )
         self._check_mcp()
+        self._check_a2a_inbound()
+        self._check_a2a()
         for name, tool in self.tools.items():
             if tool.target not in self.targets:
                 raise KeyedError(
@@ -219,6 +229,55 @@ class Settings:
                     "an MCP server's session is shared by every caller: its target cannot use "
                     "token-exchange (a per-user credential)",
                 )
+
+    def _check_a2a(self) -> None:
+        if self.a2a.listen:
+            if self.a2a.listen.startswith("unix:") or not is_local_address(self.a2a.listen):
+                raise KeyedError(
+                    "a2a.listen",
+                    f"{self.a2a.listen!r} is not a loopback HOST:PORT (the A2A endpoint is "
+                    "unencrypted HTTP for the agent in the same pod, and the cards it serves "
+                    "point at it by URL)",
+                )
+            if self.identity.mode == "mtls":
+                raise KeyedError(
+                    "a2a.listen",
+                    "the A2A endpoint is plain HTTP and cannot attest an mTLS caller; use "
+                    "identity mode pod or jwt (the client's Authorization carries the JWT-SVID)",
+                )
+            if self.identity.mode == "pod" and not self.identity.pod_tcp:
+                raise KeyedError(
+                    "a2a.listen",
+                    f"{self.a2a.listen!r} is TCP: in identity mode pod every process that can "
+                    "reach it would be the pod's agent. Opt in with identity.pod_tcp: true "
+                    "(docs/identity.md says what that trusts)",
+                )
+        for name in self.a2a_peers:
+            if PEER_NAME_RE.match(name) is None:
+                raise KeyedError(
+                    f"a2a_peers.{name}",
+                    "a peer name is lowercase letters, digits, '_' and '-', starting with a "
+                    "letter or digit (it is a URL path segment and the PEER of PEER.SKILL)",
+                )
+
+    def _check_a2a_inbound(self) -> None:
+        inbound = self.a2a_inbound
+        if not inbound.listen:
+            return
+        if self.identity.mode == "static":
+            raise KeyedError(
+                "a2a_inbound.listen",
+                "the inbound listener serves TLS with the sidecar's X.509-SVID and verifies "
+                "callers against the trust bundles: it needs a Workload API (identity mode "
+                "pod, jwt or mtls)",
+            )
+        issuer = inbound.users.issuer
+        if issuer and issuer not in self.users.issuers:
+            raise KeyedError(
+                "a2a_inbound.users.issuer",
+                f"{issuer!r} is not a configured user token issuer (users.issuers: "
+                f"{', '.join(sorted(self.users.issuers)) or 'none'})",
+            )
 
     def worker_count(self, cpus: int) -> int:
         """How many worker processes serve: ``server.workers``, or ``cpus`` when it is 0,

@@ -97,6 +97,27 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "upstream_error": _S.UNAVAILABLE,
     "audit_unavailable": _S.UNAVAILABLE,
     "internal_error": _S.INTERNAL,
+    # A2A outbound (docs/a2a.md)
+    "unknown_peer": _S.NOT_FOUND,
+    "peer_card_changed": _S.FAILED_PRECONDITION,
+    "peer_card_unverified": _S.FAILED_PRECONDITION,
+    "peer_unavailable": _S.UNAVAILABLE,
+    # the peer's TLS server is not its configured spiffe_id (sidecar/a2a/peer_tls.py)
+    "peer_identity_mismatch": _S.UNAVAILABLE,
+    "peer_timeout": _S.DEADLINE_EXCEEDED,
+    "peer_bad_response": _S.UNAVAILABLE,
+    "peer_response_too_large": _S.RESOURCE_EXHAUSTED,
+    "message_too_large": _S.RESOURCE_EXHAUSTED,
+    # A2A inbound and provenance (docs/a2a.md "Inbound", "Provenance")
+    "caller_unverified": _S.UNAUTHENTICATED,
+    "inbound_denied": _S.PERMISSION_DENIED,
+    "txn_token_invalid": _S.UNAUTHENTICATED,
+    "txn_ended": _S.PERMISSION_DENIED,
+    "task_not_owned": _S.NOT_FOUND,
+    "list_tasks_refused": _S.PERMISSION_DENIED,
+    "skill_mismatch": _S.INVALID_ARGUMENT,
+    "agent_unavailable": _S.UNAVAILABLE,
+    "agent_timeout": _S.DEADLINE_EXCEEDED,
 }
 # Every policy failure, and policy's own deny, is PERMISSION_DENIED.
 for _code in DECISION_CODES:

@@ -9,11 +9,17 @@ are stored in the state store: an ended task stays ended across restarts, and on
 
 A task is usable by its owner, and by agents whose verified delegation chain contains the
 owner (work delegated within the task); to anyone else it does not exist (``task_unknown``).
+
+A task opened by an inbound A2A call carries its :class:`Provenance` (docs/a2a.md
+"Provenance"): the verified chain every call under it gives policy, and the transaction it
+belongs to. Ending a transaction's origin task ends every task bound to that transaction in
+the same store (``txn_ended``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +31,7 @@ from sidecar.policy.input import TaskInfo
 from sidecar.state import StateDb
 from sidecar.tasks_settings import TaskSettings
 
-__all__ = ["Task", "TaskError", "TaskRegistry"]
+__all__ = ["Provenance", "Task", "TaskError", "TaskRegistry"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,26 @@ class TaskError(SidecarError):
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """Who started the work a task does: the verified chain (outermost first) every call
+    under the task carries, and the transaction (``txn``) it belongs to."""
+
+    txn: str
+    requester: str
+    purpose: str
+    chain: tuple[str, ...]
+    origin: bool = False  # this task started the transaction
+    token_exp: int = 0  # the incoming transaction token's exp (0: this sidecar minted it)
+    # The transaction token the task was joined with: the next one nests it (bound to the
+    # sidecar that presented it, so useless to anyone else; never audited or logged).
+    token: str = dataclasses.field(default="", repr=False)
+
+    def to_input(self) -> dict[str, str]:
+        """``input.delegation.origin``."""
+        return {"txn": self.txn, "requester": self.requester, "purpose": self.purpose}
+
+
+@dataclass(frozen=True)
 class Task:
     id: str
     owner: str
@@ -53,6 +79,8 @@ class Task:
     end_reason: str = ""
     calls: int = 0
     tokens: int = 0
+    # Attached by the call's establish step when the task has one (not a tasks column).
+    provenance: Provenance | None = None
 
     @property
     def state(self) -> str:
@@ -149,6 +177,63 @@ class TaskRegistry:
                 conn.execute("UPDATE tasks SET calls = calls + 1 WHERE id = ?", (task_id,))
         return task
 
+    def bind(self, task_id: str, provenance: Provenance) -> None:
+        """Record ``task_id``'s provenance (once: a task's chain never changes; a racing
+        second bind is a no-op, so callers re-read :meth:`provenance`)."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO task_provenance (task_id, txn, requester, purpose, chain, origin, "
+                "token_exp, token, created_ns) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (task_id) DO NOTHING",
+                (
+                    task_id,
+                    provenance.txn,
+                    provenance.requester,
+                    provenance.purpose,
+                    json.dumps(list(provenance.chain)),
+                    int(provenance.origin),
+                    provenance.token_exp,
+                    provenance.token,
+                    time.time_ns(),
+                ),
+            )
+
+    def provenance(self, task_id: str) -> Provenance | None:
+        rows = self._db.query("SELECT * FROM task_provenance WHERE task_id = ?", (task_id,))
+        return _provenance(rows[0]) if rows else None
+
+    def bound_to(self, txn: str, owner: str) -> Task | None:
+        """The live task of ``owner`` bound to transaction ``txn`` (an inbound call joins it)."""
+        rows = self._db.query(
+            "SELECT t.* FROM tasks t JOIN task_provenance p ON p.task_id = t.id "
+            "WHERE p.txn = ? AND t.owner = ? AND t.ended_ns = 0 AND t.expires_ns > ? "
+            "ORDER BY t.started_ns LIMIT 1",
+            (txn, owner, time.time_ns()),
+        )
+        return Task(**dict(rows[0])) if rows else None
+
+    def txn_state(self, txn: str) -> str:
+        """``active``, ``ended`` or ``unknown``: the transaction's origin task, as this store
+        holds it (the origin status check answers it)."""
+        rows = self._db.query(
+            "SELECT t.ended_ns, t.expires_ns FROM tasks t JOIN task_provenance p "
+            "ON p.task_id = t.id WHERE p.txn = ? AND p.origin = 1",
+            (txn,),
+        )
+        if not rows:
+            return "unknown"
+        return "ended" if self.txn_ended(txn) else "active"
+
+    def txn_ended(self, txn: str) -> bool:
+        """The transaction's origin task, if this store holds it, has ended."""
+        rows = self._db.query(
+            "SELECT t.ended_ns, t.expires_ns FROM tasks t JOIN task_provenance p "
+            "ON p.task_id = t.id WHERE p.txn = ? AND p.origin = 1",
+            (txn,),
+        )
+        now = time.time_ns()
+        return any(row["ended_ns"] or row["expires_ns"] <= now for row in rows)
+
     def add_tokens(self, task_id: str, tokens: int) -> None:
         with self._db.transaction(durable=False) as conn:
             conn.execute("UPDATE tasks SET tokens = tokens + ? WHERE id = ?", (tokens, task_id))
@@ -207,7 +292,19 @@ class TaskRegistry:
         if changed:
             log.info("task ended", extra={"task_id": task.id, "reason": reason})
             self._run_hooks(ended)
+            self._end_bound(task.id)
         return ended
+
+    def _end_bound(self, task_id: str) -> None:
+        """An origin task ended: so does every task bound to its transaction."""
+        rows = self._db.query(
+            "SELECT t.* FROM tasks t JOIN task_provenance p ON p.task_id = t.id "
+            "WHERE t.ended_ns = 0 AND p.origin = 0 AND p.txn IN "
+            "(SELECT txn FROM task_provenance WHERE task_id = ? AND origin = 1)",
+            (task_id,),
+        )
+        for row in rows:
+            self._end(Task(**dict(row)), "txn_ended")
 
     def _run_hooks(self, task: Task) -> None:
         for hook in self._on_end:
@@ -215,3 +312,16 @@ class TaskRegistry:
                 hook(task)
             except Exception:
                 log.exception("task end hook failed", extra={"task_id": task.id})
+
+
+def _provenance(row: object) -> Provenance:
+    doc = dict(row)  # type: ignore[call-overload]
+    return Provenance(
+        txn=doc["txn"],
+        requester=doc["requester"],
+        purpose=doc["purpose"],
+        chain=tuple(json.loads(doc["chain"])),
+        origin=bool(doc["origin"]),
+        token_exp=int(doc["token_exp"]),
+        token=doc["token"],
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import re
@@ -63,6 +64,24 @@ def no_secret_in_any_log_or_audit_record():
     ]
     if found:
         pytest.fail("secrets were written:\n" + "\n".join(found[:10]), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _host_resource_lock(request) -> Iterator[None]:
+    """Tests marked ``host_resource("NAME")`` share something of the host (``./demo-out``, the
+    demo's fixed ports): under pytest-xdist they take turns on an flock, whatever worker runs
+    them (``--dist load`` survives a crashed worker; ``loadgroup`` in xdist 3.8 does not)."""
+    marker = request.node.get_closest_marker("host_resource")
+    if marker is None:
+        yield
+        return
+    lock = Path("/tmp") / f"agent-sidecar-tests-{marker.args[0]}.lock"
+    with lock.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 @pytest.fixture

@@ -101,7 +101,9 @@ def write_config(tools_url: str, models_url: str, claude_url: str = "") -> tuple
     return path, f"unix:{socket}"
 
 
-def wait_serving(address: str, proc: subprocess.Popen, timeout_s: float = 30) -> None:
+def wait_serving(address: str, proc: subprocess.Popen, timeout_s: float = 90) -> None:
+    # returns as soon as it serves; 90 s: starts on a loaded 2-core machine (the test suite's
+    # parallel workers) took over 30 s
     deadline = time.monotonic() + timeout_s
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -275,7 +277,15 @@ def main() -> int:
     print(f"metrics (http://127.0.0.1:{ADMIN_PORT}/metrics):")
     for metric in decisions:
         print(f"  {metric}")
+    from examples.demo.a2a_demo import run_a2a  # it imports this module's helpers
+
+    a2a_lines, a2a_ok = run_a2a(OUT / "a2a")  # two more agents, each behind its own sidecar
+    for line in a2a_lines:
+        print(line)
     print(f"sidecar log: {OUT / 'sidecar.log'}")
+    if not a2a_ok:
+        print("demo FAILED: the agent-to-agent exchange is not what it should be", file=sys.stderr)
+        return 1
     wrong = [line for line in lines if line.effect != line.expected]
     tickets_calls = sum(1 for r in tools.received if r.path.startswith("/tickets"))
     refunds = [r for r in tools.received if r.path == "/refunds"]

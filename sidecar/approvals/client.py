@@ -16,7 +16,14 @@ from typing import Any
 
 import grpc
 
-from sidecar._proto.agentsidecar.v1 import approvals_pb2, approvals_pb2_grpc, mcp_pb2, mcp_pb2_grpc
+from sidecar._proto.agentsidecar.v1 import (
+    a2a_pb2,
+    a2a_pb2_grpc,
+    approvals_pb2,
+    approvals_pb2_grpc,
+    mcp_pb2,
+    mcp_pb2_grpc,
+)
 from sidecar.errors import SidecarError
 
 __all__ = ["AdminCallError", "ApprovalsClient", "svid_credentials"]
@@ -79,6 +86,7 @@ class ApprovalsClient:
             self._channel = grpc.insecure_channel(target)
         self._stub = approvals_pb2_grpc.ApprovalsStub(self._channel)
         self._mcp = mcp_pb2_grpc.McpDefinitionsStub(self._channel)
+        self._a2a = a2a_pb2_grpc.A2aCardsStub(self._channel)
         self._metadata = (("x-approver", approver),) if approver else ()
         self._timeout = timeout_s
 
@@ -112,6 +120,16 @@ class ApprovalsClient:
         """Pin ``name`` to the definition with ``hash`` (the one reviewed)."""
         request = mcp_pb2.AcceptDefinitionRequest(name=name, hash=hash, reason=reason)
         return self._call(self._mcp.Accept, request)
+
+    def a2a_cards(self, *, changed_only: bool = False) -> list[Any]:
+        """A2A peer cards against their pins (the same admin listener)."""
+        request = a2a_pb2.ListCardsRequest(changed_only=changed_only)
+        return list(self._call(self._a2a.List, request).cards)
+
+    def a2a_accept(self, peer: str, *, digest: str, reason: str) -> Any:
+        """Pin ``peer`` to the card with ``digest`` (the one reviewed)."""
+        request = a2a_pb2.AcceptCardRequest(peer=peer, digest=digest, reason=reason)
+        return self._call(self._a2a.Accept, request)
 
     def watch(self) -> Iterator[Any]:
         """Events as they happen (the pending approvals first); blocks until closed."""

@@ -123,6 +123,8 @@ class Facts:
     arguments: dict[str, Any]
     # The verified end user the agent acts for, if it passed a user token.
     user: User | None = None
+    # An inbound A2A call: ``input.inbound`` (sidecar/calls/a2a_inbound.py).
+    inbound: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

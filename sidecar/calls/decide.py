@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from sidecar.audit import CallRecord
@@ -47,6 +48,9 @@ class Decider:
         self._fail_open = fail_open
         self._stats = stats
         self._tracer = tracer
+        # Told every decision (its input and answer), on the call's path: it may only
+        # enqueue (the decision-log export, sidecar/policy/export); set by the app.
+        self.on_decision: Callable[[dict[str, Any], Decided], None] | None = None
 
     @property
     def revision(self) -> str:
@@ -55,7 +59,17 @@ class Decider:
 
     async def decide(self, input_doc: dict[str, Any], deadline: float, tool: str) -> Decided:
         """Ask policy alone, nothing on record: for lists that decide per entry."""
-        return await self._decide(self._engine, input_doc, deadline, tool)
+        decided = await self._decide(self._engine, input_doc, deadline, tool)
+        self._tell(input_doc, decided)
+        return decided
+
+    def _tell(self, input_doc: dict[str, Any], decided: Decided) -> None:
+        if self.on_decision is None:
+            return
+        try:
+            self.on_decision(input_doc, decided)
+        except Exception:  # an export never changes or fails a call
+            log.exception("decision hook failed", extra={"decision_id": input_doc["request_id"]})
 
     async def decide_recorded(
         self,
@@ -75,6 +89,7 @@ class Decider:
                     self._decide(self._engine, input_doc, deadline, tool),
                     self._shadow_decide(input_doc, deadline),
                 )
+        self._tell(input_doc, decided)
         decision = decided.decision
         record.latency_ms["decide"] = (
             record.latency_ms.get("decide", 0.0) + (time.perf_counter() - t0) * 1000

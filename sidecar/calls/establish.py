@@ -3,15 +3,23 @@ the user it acts for (a verified user token) and the task the call counts agains
 guarded path's ``establish`` step; tasks and model lists use ``attest`` alone.
 
 Each fact goes on the call's record as it is established, so a refusal still names who.
+
+A task opened by an inbound A2A call carries its verified chain (``Task.provenance``): every
+call under it gets that chain as ``input.delegation.chain`` (and ``origin``) without the agent
+sending one. An agent that sends an explicit ``delegation_chain`` under such a task must send
+the same chain (``delegation_invalid`` otherwise): the two never merge, so neither can widen
+the other.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from sidecar.audit import CallRecord
 from sidecar.calls.common import Stop, off_loop
 from sidecar.identity import Attestor, CallContext, IdentityError, Subject, WorkloadIdentity
 from sidecar.identity.delegation import verify_chain
-from sidecar.tasks import Task, TaskError, TaskRegistry
+from sidecar.tasks import Provenance, Task, TaskError, TaskRegistry
 from sidecar.tracing import TraceContext, Tracer
 from sidecar.users import User, UserTokenError, UserVerifier
 
@@ -61,7 +69,26 @@ class Establisher:
             user = await self._verify_user(record, context)
         record.delegation = chain
         task = await self._use_task(record, task_id, subject, chain, count=count)
+        if task is not None:
+            provenance = await off_loop(self._tasks.provenance, task.id)
+            if provenance is not None:
+                chain = self._task_chain(record, provenance, chain)
+                task = dataclasses.replace(task, provenance=provenance)
         return subject, chain, user, task
+
+    @staticmethod
+    def _task_chain(record: CallRecord, provenance: Provenance, explicit: list[str]) -> list[str]:
+        """The task's verified chain; an explicit chain must be the same one."""
+        chain = list(provenance.chain)
+        if explicit and explicit != chain:
+            raise Stop(
+                "delegation_invalid",
+                "the delegation chain sent differs from the verified chain of the task's inbound "
+                "call; send none (the task's chain is used) or the same one",
+            )
+        record.delegation = chain
+        record.task = (record.task or {}) | {"origin": provenance.to_input()}
+        return chain
 
     def attest(self, record: CallRecord, context: CallContext) -> Subject:
         try:

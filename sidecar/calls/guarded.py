@@ -221,6 +221,12 @@ class GuardedPath:
                 delegation_chain=facts.chain,
                 approval=approval,
                 user=facts.user,
+                delegation_origin=(
+                    task.provenance.to_input()
+                    if task is not None and task.provenance is not None
+                    else None
+                ),
+                inbound=facts.inbound,
             )
 
         approval: ApprovalInfo | None = None

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.cli import approvals, audit, console, explain, mcp, policy, run
+from sidecar.cli import a2a, approvals, audit, console, explain, mcp, policy, run
 from sidecar.config import DEFAULT_AGENT_SOCKET
 
 __all__ = ["build_parser"]
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _audit(sub)
     _approvals(sub)
     _mcp(sub)
+    _a2a(sub)
     _dev(sub)
     return parser
 
@@ -191,6 +192,18 @@ def _policy(sub: argparse._SubParsersAction) -> None:
     )
     rp.set_defaults(func=policy.policy_replay)
 
+    bd = _sub(policy_sub, "build", help="write an OPA bundle (.tar.gz) of a policy directory")
+    bd.add_argument("dir", type=Path, help="policy directory")
+    bd.add_argument("-o", "--output", required=True, type=Path, help="bundle file to write")
+    bd.add_argument("--revision", default="", help="manifest revision (default: content hash)")
+    bd.add_argument("--root", action="append", default=[], help="manifest root (repeatable)")
+    bd.add_argument("--signing-key", type=Path, help="PEM private key: sign the bundle")
+    bd.add_argument("--signing-alg", default="RS256", help="RS256, PS256, ES256, ...")
+    bd.add_argument("--key-id", default="", help="the key id verifiers know the key by")
+    bd.add_argument("--scope", default="", help="signature scope")
+    bd.add_argument("--query", default=QUERY, help="the decision's query (compiled first)")
+    bd.set_defaults(func=policy.policy_build)
+
 
 def _audit(sub: argparse._SubParsersAction) -> None:
     aud = _sub(sub, "audit", help="verify and query audit logs")
@@ -319,6 +332,34 @@ def _mcp(sub: argparse._SubParsersAction) -> None:
     )
     ma.add_argument("--reason", required=True, help="recorded in the audit log")
     ma.set_defaults(func=mcp.mcp)
+
+
+def _a2a(sub: argparse._SubParsersAction) -> None:
+    aa = _sub(
+        sub,
+        "a2a",
+        help="review and accept A2A peer agent cards (the admin API)",
+        description="A peer whose agent card changed after it was pinned keeps its pinned "
+        "skills, and the baseline policy refuses calls to it (peer_card_changed) until an "
+        "operator accepts the new card. Talks to the admin API like `approvals`.",
+    )
+    _admin_args(aa)
+    aa_sub = aa.add_subparsers(dest="a2a_command", required=True, metavar="COMMAND")
+    al = _sub(aa_sub, "list", help="every peer's card digest against its pin")
+    al.add_argument("--changed", action="store_true", help="only changed (or failing) cards")
+    al.set_defaults(func=a2a.a2a)
+    ash = _sub(aa_sub, "show", help="the card a peer serves now, whole")
+    ash.add_argument("peer", help="PEER (a2a_peers.NAME)")
+    ash.set_defaults(func=a2a.a2a)
+    ac = _sub(aa_sub, "accept", help="pin a peer to the card it serves now (audited)")
+    ac.add_argument("peer", help="PEER (a2a_peers.NAME)")
+    ac.add_argument(
+        "--digest",
+        required=True,
+        help="the card's digest as `a2a list` printed it: what you reviewed",
+    )
+    ac.add_argument("--reason", required=True, help="recorded in the audit log")
+    ac.set_defaults(func=a2a.a2a)
 
 
 def _dev(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ import sys
 
 from sidecar.errors import SidecarError
 
-__all__ = ["policy_check", "policy_eval", "policy_replay", "policy_test"]
+__all__ = ["policy_build", "policy_check", "policy_eval", "policy_replay", "policy_test"]
 
 
 def policy_eval(args: argparse.Namespace) -> int:
@@ -45,6 +45,34 @@ def policy_eval(args: argparse.Namespace) -> int:
         effect = out["decision"]["effect"]
         print(f"agent-sidecar: expected {args.expect}, decided {effect}", file=sys.stderr)
         return 1
+    return 0
+
+
+def policy_build(args: argparse.Namespace) -> int:
+    """Compile the directory as the sidecar would (refusing what it would refuse), then write
+    the bundle; the signing key is read, never printed."""
+    from sidecar.policy import EmbeddedEngine
+    from sidecar.policy.bundle.build import build_bundle
+
+    key = None
+    if args.signing_key is not None:
+        try:
+            key = args.signing_key.read_bytes()
+        except OSError as exc:
+            raise SidecarError(f"{args.signing_key}: cannot read the signing key: {exc}") from exc
+    EmbeddedEngine.from_dir(args.dir, args.query, workers=1).close()
+    blob = build_bundle(
+        args.dir,
+        revision=args.revision,
+        roots=tuple(args.root),
+        signing_key=key,
+        algorithm=args.signing_alg,
+        key_id=args.key_id,
+        scope=args.scope,
+    )
+    args.output.write_bytes(blob)
+    signed = f", signed ({args.signing_alg})" if key is not None else ""
+    print(f"wrote {args.output} ({len(blob)} bytes{signed})")
     return 0
 
 

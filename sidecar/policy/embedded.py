@@ -120,6 +120,13 @@ class EmbeddedEngine:
         log.info("policy reloaded", extra={"revision": source.revision})
         return True
 
+    def load(self, source: PolicySource) -> None:
+        """Compile ``source`` (a bundle) and make it the active revision, as :meth:`reload`
+        does: ``PolicyLoadError`` leaves the old one active."""
+        with self._reload_lock:
+            self._state = self._compile(source)
+        log.info("policy activated", extra={"revision": source.revision})
+
     def healthy(self) -> bool:
         return True
 

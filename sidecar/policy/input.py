@@ -28,7 +28,7 @@ class Inputs(Protocol):
 class Action:
     """What the caller wants to do."""
 
-    kind: Literal["tool", "model", "mcp"]
+    kind: Literal["tool", "model", "mcp", "a2a", "a2a_inbound"]
     name: str
     operation: Literal["read", "act", "delegate"]
     target: str
@@ -42,6 +42,9 @@ class Action:
     definition: Mapping[str, Any] | None = None
     # Models only: the API the call came through (chat, responses, embeddings, messages).
     api: str = ""
+    # A2A only: the members beyond the common ones (method, a2a_operation, skill, card),
+    # merged into ``input.action`` as they are (docs/policy-contract.md, A2A).
+    details: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ def build_input(
     delegation_chain: Sequence[str] = (),
     approval: ApprovalInfo | None = None,
     user: Inputs | None = None,
+    delegation_origin: Mapping[str, Any] | None = None,
+    inbound: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Return the input v1 document for one request."""
     doc: dict[str, Any] = {
@@ -92,6 +97,10 @@ def build_input(
         },
         "delegation": {"chain": list(delegation_chain), "depth": len(delegation_chain)},
     }
+    if delegation_origin is not None:  # the call runs under an inbound A2A task
+        doc["delegation"]["origin"] = dict(delegation_origin)
+    if inbound is not None:  # an inbound A2A call (action.kind a2a_inbound)
+        doc["inbound"] = dict(inbound)
     if action.kind == "model" and action.api:
         doc["action"]["api"] = action.api
     if action.kind == "mcp":
@@ -100,6 +109,8 @@ def build_input(
         doc["action"]["annotations"] = dict(action.annotations or {})
         if action.definition is not None:
             doc["action"]["definition"] = dict(action.definition)
+    if action.kind in ("a2a", "a2a_inbound") and action.details:
+        doc["action"].update(dict(action.details))
     if task is not None:
         task_doc: dict[str, Any] = {"id": task.id, "intent": task.intent}
         for key in ("calls", "tokens", "age_s"):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 from urllib.parse import urlsplit
 
+from sidecar.policy.bundle.settings import BundleSettings
+from sidecar.policy.export.settings import DecisionLogSettings, StatusSettings
 from sidecar.policy.vet_options import VetOptions
 from sidecar.validate import check
 
@@ -45,6 +49,13 @@ class PolicySettings:
     # embedded: run OPA's compiler in this process instead (Go's runtime then stays resident:
     # ~26 MB RSS, 5 threads per process; for comparison, bench/policy_engine_vetting.py).
     opa_compiler_in_process: bool = False
+    # embedded: policy from an OPA bundle server instead of ``dir`` (docs/policy-engines.md).
+    bundle: BundleSettings | None = None
+    # OPA's status and decision-log plugins, and the labels of their reports
+    # (sidecar/policy/export, docs/policy-engines.md "Status and decision logs").
+    status: StatusSettings | None = None
+    decision_logs: DecisionLogSettings | None = None
+    labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         check(
@@ -66,6 +77,10 @@ class PolicySettings:
         check(
             0 < self.opa_compiler_timeout_ms <= 600_000,
             "opa_compiler_timeout_ms: must be between 1 and 600000",
+        )
+        check(
+            self.bundle is None or self.engine == "embedded",
+            "bundle: only for the embedded engine (configure OPA's own bundles for engine: opa)",
         )
         parts = urlsplit(self.opa_url)
         check(

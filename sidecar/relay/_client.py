@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,8 +57,16 @@ def default_tls(ca_file: Path | None) -> ssl.SSLContext | bool:
 class SessionPool:
     """One keep-alive session per upstream name, ``pool_size`` connections each."""
 
-    def __init__(self, tls: Mapping[str, ssl.SSLContext | bool], *, pool_size: int) -> None:
+    def __init__(
+        self,
+        tls: Mapping[str, ssl.SSLContext | bool],
+        *,
+        pool_size: int,
+        connectors: Mapping[str, Callable[..., aiohttp.TCPConnector]] | None = None,
+    ) -> None:
         self._pool_size = pool_size
+        # An upstream's own connector class (an A2A peer's checks its SPIFFE ID).
+        self._connectors = dict(connectors or {})
         self._lock = threading.Lock()  # use_tls runs on identity threads
         self._upstreams = {name: _Upstream(verify) for name, verify in tls.items()}
         self._closed = False
@@ -98,7 +106,7 @@ class SessionPool:
                 asyncio.get_running_loop().create_task(entry.session.close())
             else:
                 upstream.retired.append(entry)
-        connector = aiohttp.TCPConnector(
+        connector = self._connectors.get(name, aiohttp.TCPConnector)(
             limit=self._pool_size,
             limit_per_host=0,
             ssl=verify,

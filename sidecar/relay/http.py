@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,11 +106,14 @@ class HttpRelay:
         *,
         max_response_bytes: int,
         pool_size: int = 16,
+        connectors: Mapping[str, Callable[..., aiohttp.TCPConnector]] | None = None,
     ) -> None:
         self._targets = targets
         self._max_response_bytes = max_response_bytes
         self._pool = SessionPool(
-            {name: default_tls(t.ca_file) for name, t in targets.items()}, pool_size=pool_size
+            {name: default_tls(t.ca_file) for name, t in targets.items()},
+            pool_size=pool_size,
+            connectors=connectors,
         )
 
     def use_tls(self, target: str, context: ssl.SSLContext) -> None:

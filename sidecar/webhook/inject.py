@@ -63,7 +63,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar.errors import SidecarError
-from sidecar.health_listener import LIVENESS
+from sidecar.webhook import a2a_route
+from sidecar.webhook.bundles import BUNDLE_SERVER, CONFIGMAP, policy_source, use_bundle_server
 from sidecar.webhook.lock import LockRefusal, harden_for_lock, lock_container
 from sidecar.webhook.names import (
     CREDENTIAL_VOLUMES,
@@ -84,7 +85,8 @@ from sidecar.webhook.names import (
     VOL_TELEMETRY,
 )
 from sidecar.webhook.opa import VOL_OPA, VOL_OPA_SOCKET, opa_container, opa_dir
-from sidecar.webhook.settings import Resources, SidecarTemplate, WebhookSettings
+from sidecar.webhook.probes import probes as _probes
+from sidecar.webhook.settings import Resources, WebhookSettings
 
 __all__ = ["AdmissionError", "InjectionResult", "mutate"]
 
@@ -128,6 +130,10 @@ def mutate(
     engine = annotations.get(ENGINE, settings.default_engine)
     identity = annotations.get(IDENTITY, settings.default_identity_mode)
     bundle = annotations.get(BUNDLE, settings.allowed_policy_bundles[0])
+    try:  # the ConfigMap or a bundle server (sidecar/webhook/bundles.py)
+        source = policy_source(annotations, settings) if engine != "opa" else CONFIGMAP
+    except ValueError as exc:
+        raise AdmissionError(str(exc)) from None
     previous = _previous_status(pod)
     mutated = _strip_previous(copy.deepcopy(pod), previous)
     spec = mutated.setdefault("spec", {})
@@ -151,6 +157,10 @@ def mutate(
         if template.agent_socket:
             _set_mount(container, {"name": VOL_SOCKET, "mountPath": _socket_dir(settings)})
     ours = [_sidecar(settings, engine, identity)]
+    try:  # the pod's A2A port through the inbound listener (sidecar/webhook/a2a_route.py)
+        route = a2a_route.route(spec, agents, annotations, template, ours[0])
+    except a2a_route.A2aRouteError as exc:
+        raise AdmissionError(str(exc)) from None
     if engine == "opa":
         opa_security = _security(settings.opa.run_as_user, settings.sidecar.run_as_user)
         ours.insert(
@@ -181,6 +191,8 @@ def mutate(
         if template.socket_group not in groups:
             groups.append(template.socket_group)
     volumes = _volumes(settings, engine, bundle)
+    if source == BUNDLE_SERVER:
+        use_bundle_server(spec, volumes, settings, bundle)
     spec.setdefault("volumes", []).extend(volumes)
     status = {
         "version": STATUS_VERSION,
@@ -191,7 +203,8 @@ def mutate(
         "engine": engine,
         "identity_mode": identity,
         "policy_bundle": bundle,
-    }
+    } | ({"policy_source": source} if source == BUNDLE_SERVER else {})
+    status |= route  # the A2A port moved to the listener (restored on re-admission)
     meta = mutated.setdefault("metadata", {})
     meta.setdefault("labels", {})[INJECT] = ENABLED
     meta.setdefault("annotations", {})[STATUS] = json.dumps(status, sort_keys=True)
@@ -278,6 +291,7 @@ def _strip_previous(pod: dict[str, Any], status: dict[str, Any]) -> dict[str, An
     ours = set(status.get("containers", [])) | set(status.get("init_containers", []))
     volumes = set(status.get("volumes", []))
     spec = pod.get("spec") or {}
+    a2a_route.restore(spec, status)
     for key in ("containers", "initContainers"):
         if key not in spec:
             continue
@@ -428,32 +442,6 @@ def _sidecar(settings: WebhookSettings, engine: str, identity: str) -> dict[str,
     }
 
 
-def _probes(template: SidecarTemplate) -> dict[str, Any]:
-    """Startup (the agent starts only once it passes: SERVING needs the SVID), readiness,
-    and liveness (the process answers; restarting would not bring an SVID back)."""
-    if template.health_port:
-        ready: dict[str, Any] = {"grpc": {"port": template.health_port}}
-        live: dict[str, Any] = {"grpc": {"port": template.health_port, "service": LIVENESS}}
-    else:  # gRPC health on the agent listener, asked from inside the container
-        ready = {"exec": {"command": ["agent-sidecar", "health", "--addr", template.agent_address]}}
-        live = ready
-    return {
-        "startupProbe": {
-            **ready,
-            "periodSeconds": 1,
-            "timeoutSeconds": 3,
-            "failureThreshold": template.startup_seconds,
-        },
-        "readinessProbe": {**ready, "periodSeconds": 5, "timeoutSeconds": 3},
-        "livenessProbe": {
-            **live,
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": 6,
-        },
-    }
-
-
 def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[str, Any]]:
     volumes: list[dict[str, Any]] = [
         {"name": VOL_CONFIG, "configMap": {"name": settings.sidecar.config_map}},
@@ -485,6 +473,7 @@ def _volumes(settings: WebhookSettings, engine: str, bundle: str) -> list[dict[s
                     "items": [
                         {"key": "authz.rego", "path": "agentsidecar/authz/authz.rego"},
                         {"key": "mcp.rego", "path": "agentsidecar/authz/mcp.rego"},
+                        {"key": "a2a.rego", "path": "agentsidecar/authz/a2a.rego"},
                         {"key": "data.json", "path": "agentsidecar/data.json"},
                     ],
                 },

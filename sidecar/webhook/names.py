@@ -39,6 +39,9 @@ VOL_STATE_DSN = "agent-sidecar-state-dsn"
 STATE_DSN_DIR = "/etc/agent-sidecar/state-dsn"
 VOL_TELEMETRY = "agent-sidecar-telemetry"
 TELEMETRY_DIR = "/etc/agent-sidecar/telemetry"
+# A bundle server's bearer token (sidecar only), its CA and the bundle signing key.
+VOL_BUNDLE_TOKEN = "agent-sidecar-bundle-token"  # noqa: S105 (a volume name)
+BUNDLE_VOLUMES = (VOL_BUNDLE_TOKEN, "agent-sidecar-bundle-ca", "agent-sidecar-bundle-key")
 OUR_VOLUMES = frozenset(
     {
         VOL_CONFIG,
@@ -50,11 +53,12 @@ OUR_VOLUMES = frozenset(
         VOL_SOCKET,
         VOL_STATE_DSN,
         VOL_TELEMETRY,
+        *BUNDLE_VOLUMES,
     }
 )
 # What only the sidecar container may mount (the admission policy's credentialVolumes too):
 # the SVID socket, its state, the fleet store's DSN, the collector's headers (an API key),
 # and OPA's unauthenticated API.
 CREDENTIAL_VOLUMES = frozenset(
-    {VOL_SPIFFE, VOL_STATE, VOL_STATE_DSN, VOL_TELEMETRY, VOL_OPA_SOCKET}
+    {VOL_SPIFFE, VOL_STATE, VOL_STATE_DSN, VOL_TELEMETRY, VOL_OPA_SOCKET, VOL_BUNDLE_TOKEN}
 )

@@ -7,10 +7,12 @@ errors naming the file and key), and swapped atomically when the file changes.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -19,6 +21,7 @@ from sidecar.telemetry.settings import TelemetrySettings
 from sidecar.typed_config import ConfigError, KeyedError, convert
 
 __all__ = [
+    "BundleServerTemplate",
     "EgressAllow",
     "EgressLockTemplate",
     "OpaTemplate",
@@ -98,9 +101,14 @@ class SidecarTemplate:
     # A Secret in the pod's namespace whose key `headers` holds the collector's headers
     # (``Name: value`` lines): mounted read-only into the sidecar container only.
     telemetry_headers_secret: str = ""
+    # The sidecar's inbound A2A listener port, used when a pod's annotation
+    # agent-sidecar.io/a2a-port routes its A2A port through it (sidecar/webhook/a2a_route.py).
+    a2a_inbound_port: int = 8443
 
     def __post_init__(self) -> None:
         _check_telemetry(self)
+        if not 0 < self.a2a_inbound_port < 65536 or self.a2a_inbound_port == self.health_port:
+            raise ValueError("a2a_inbound_port: a port other than health_port")
         address = self.agent_address
         if address.startswith("unix:"):
             if not address.startswith("unix:///") or address.endswith("/"):
@@ -126,8 +134,6 @@ class SidecarTemplate:
                 "state_size_limit: a Kubernetes quantity such as 256Mi or 1Gi (never unlimited)"
             )
         if self.model_front_door_url:
-            from urllib.parse import urlsplit
-
             parts = urlsplit(self.model_front_door_url)
             if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "localhost"):
                 raise ValueError(
@@ -137,8 +143,6 @@ class SidecarTemplate:
             if parts.port is None:
                 raise ValueError("model_front_door_url: needs an explicit port")
         if self.mcp_url:
-            from urllib.parse import urlsplit
-
             parts = urlsplit(self.mcp_url)
             if (
                 parts.scheme != "http"
@@ -272,6 +276,76 @@ class OpaTemplate:
         return Allow(self.egress_cidrs, self.egress_ports, (self.run_as_user,))
 
 
+_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+
+
+def _placeholders(resource: str) -> None:
+    """Refuse, at load, what ``resource.format(bundle=...)`` would fail on at admission: any
+    placeholder but a plain ``{bundle}`` (no conversion or format spec) or a stray brace."""
+    try:
+        fields = [(f, c, s) for _, f, s, c in string.Formatter().parse(resource) if f is not None]
+    except ValueError:
+        raise ValueError("resource: unbalanced { or } (write {{ or }} for a brace)") from None
+    for name, conversion, spec in fields:
+        if name != "bundle" or conversion or spec:
+            raise ValueError(
+                f"resource: {{{name}}} is not a placeholder; only {{bundle}} is (write {{{{ "
+                "or }} for a brace)"
+            )
+
+
+@dataclass(frozen=True)
+class BundleServerTemplate:
+    """Where injected sidecars download their policy bundle, and how they authenticate it."""
+
+    # The bundle service's base URL (policy.bundle.services.bundles.url); empty: off.
+    url: str = ""
+    # The bundle's path on it; {bundle} is the pod's agent-sidecar.io/policy-bundle.
+    resource: str = "bundles/{bundle}.tar.gz"
+    # Pods without an agent-sidecar.io/policy-source annotation use the bundle server.
+    default: bool = False
+    # Every pod of the embedded engine must: `configmap` is refused (an admission error), so
+    # no pod opts out of the (signed) bundles; the admission policy refuses a policy.dir too
+    # (admission param bundle_server_required). Implies default.
+    required: bool = False
+    # A Secret (pod's namespace) whose key `token` is the bearer token: sidecar only.
+    token_secret: str = ""
+    # A ConfigMap whose key `ca.crt` is the CA of the bundle server's certificate.
+    ca_config_map: str = ""
+    # A ConfigMap whose key `key.pem` is the public key bundles must be signed with
+    # (unset: bundles are not required to be signed; set it in production).
+    signing_key_config_map: str = ""
+    signing_algorithm: str = "RS256"
+    min_delay_seconds: int = 10
+    max_delay_seconds: int = 30
+    # Also report status and send decision logs (OPA's formats) to the same service.
+    status: bool = False
+    decision_logs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.url:
+            parts = urlsplit(self.url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"url: {self.url!r} is not an http(s) URL")
+            if parts.username or parts.password or parts.query or parts.fragment:
+                raise ValueError("url: no credentials, query or fragment in the URL")
+        if self.default and not self.url:
+            raise ValueError("default: needs url")
+        if self.required and not self.url:
+            raise ValueError("required: needs url")
+        if not self.resource or ".." in self.resource.split("/") or "{bundle}" not in self.resource:
+            raise ValueError("resource: a path holding {bundle}, without '..'")
+        _placeholders(self.resource)
+        for name in ("token_secret", "ca_config_map", "signing_key_config_map"):
+            value = getattr(self, name)
+            if value and not _K8S_NAME.fullmatch(value):
+                raise ValueError(f"{name}: not a Kubernetes object name")
+        if self.signing_algorithm not in _ALGORITHMS:
+            raise ValueError(f"signing_algorithm: not one of {', '.join(_ALGORITHMS)}")
+        if not 1 <= self.min_delay_seconds <= self.max_delay_seconds:
+            raise ValueError("min_delay_seconds: must be >= 1 and <= max_delay_seconds")
+
+
 @dataclass(frozen=True)
 class WebhookSettings:
     """What the webhook injects, and which per-pod choices it accepts."""
@@ -289,6 +363,8 @@ class WebhookSettings:
     allowed_identity_modes: tuple[str, ...] = ("pod", "jwt", "mtls")
     # Policy bundles a pod may choose (agent-sidecar.io/policy-bundle); the first is the default.
     allowed_policy_bundles: tuple[str, ...] = ("agentsidecar",)
+    # An OPA bundle server pods may take their policy from (agent-sidecar.io/policy-source).
+    bundle_server: BundleServerTemplate = field(default_factory=BundleServerTemplate)
     max_request_bytes: int = 1024 * 1024
     # A TLS handshake, the request's headers and its body must each arrive within this.
     read_timeout_s: float = 10.0

@@ -6,7 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+# Tests that share fixed things on the host take turns (tests/conftest.py _host_resource_lock):
+# ./demo-out (make demo and make run both write it), /tmp/agent-sidecar/*.sock and make run's
+# fixed ports (8081, 8082, 7480, 7481 and the default admin.listen 127.0.0.1:9464). The timeout
+# covers the wait for the turn.
+pytestmark = [pytest.mark.host_resource("demo-host"), pytest.mark.timeout(600)]
 
 
 def test_the_demo_runs_end_to_end():
@@ -36,6 +43,9 @@ def test_the_demo_runs_end_to_end():
     assert "task_ended" in out
     assert ": intact" in out  # the demo verifies its own audit log
     assert "tickets received a JWT-SVID the agent never saw" in out
+    # The agent-to-agent exchange (examples/demo/a2a_demo.py): billing's tool call carries support.
+    assert "billing  tool         kb.search       allow" in out
+    assert "chain ['spiffe://demo.example/agent/support']" in out
     from tests.conftest import SECRET_PATTERNS
 
     for path in (ROOT / "demo-out").rglob("*"):  # logs, audit, the state database

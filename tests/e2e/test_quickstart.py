@@ -20,6 +20,10 @@ import pytest
 from tests.support.shell import new_user_env
 
 ROOT = Path(__file__).resolve().parents[2]
+# make run writes ./demo-out and serves on fixed ports (8081, 8082, 7480, 7481, the default
+# admin 127.0.0.1:9464) and /tmp/agent-sidecar: it takes turns with test_demo
+# (tests/conftest.py _host_resource_lock); the timeout covers the wait for the turn.
+pytestmark = [pytest.mark.host_resource("demo-host"), pytest.mark.timeout(600)]
 APPROVALS = "unix:///tmp/agent-sidecar/approvals.sock"
 
 

@@ -26,10 +26,10 @@ def test_item13_bare_agent_sidecar_is_not_found_without_the_activation_step(tmp_
 def test_item13_readme_commands_run_as_written_after_its_activation_step(tmp_path):
     readme = (ROOT / "README.md").read_text()
     [activation] = [body for lang, _, body in BLOCK.findall(readme) if ".venv/bin/activate" in body]
-    rows = re.findall(r"^\| `agent-sidecar ([a-z-]+(?: (?:serve|test|check|eval|replay|"
-                      r"verify|show|workload-api))?)", readme, re.M)  # fmt: skip
+    rows = re.findall(r"^\| `agent-sidecar ([a-z0-9-]+(?: (?:serve|test|check|eval|replay|"
+                      r"build|verify|show|workload-api))?)", readme, re.M)  # fmt: skip
     commands = sorted(set(rows))
-    assert {"serve", "policy test", "approvals", "audit verify", "health"} <= set(commands)
+    assert {"serve", "policy test", "approvals", "audit verify", "health", "a2a"} <= set(commands)
     script = activation + "".join(f"agent-sidecar {c} --help >/dev/null\n" for c in commands)
     done = shell(script, new_user_env(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr

@@ -57,7 +57,8 @@ def workers_sidecar(tmp_path, tools):
     address = f"127.0.0.1:{port}"
     try:
         wait_serving(address, proc)
-        poll(lambda: status(tmp_path).complete, what="both workers serving")
+        # generous: two worker processes start on 2 cores shared with the other xdist workers
+        poll(lambda: status(tmp_path).complete, timeout_s=90, what="both workers serving")
         yield proc, address, tmp_path
     finally:
         if proc.poll() is None:

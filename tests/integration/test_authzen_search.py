@@ -508,6 +508,9 @@ def explain_json(pdp, *args: str) -> dict:
     return json.loads(done.stdout)
 
 
+# Fixed CPU work, not a wait: one `explain` process per subject, each compiling the policy;
+# 127 s alone at load average 14 (xdist workers on 2 cores), past the suite's 120 s hang guard.
+@pytest.mark.timeout(360)
 def test_item4_explain_rows_are_the_single_evaluations(pdp):
     """Each row of explain (local, from the same config and state store) has the effect and
     reasons the running sidecar's single evaluation gives, for every catalog entry."""

@@ -90,6 +90,8 @@ KEY_PEM = ec.generate_private_key(ec.SECP256R1()).private_bytes(
         (b"\xff\xfe" * 10, "holds no PEM certificate"),
         (b"A" * (1024 * 1024 + 1), "larger than"),
     ],
+    # stable ids: KEY_PEM is a fresh key per process, and xdist's workers must collect alike
+    ids=["missing", "empty", "text", "bad-pem", "private-key", "binary", "oversized"],
 )  # fmt: skip
 def test_review_6_a_bad_ca_file_fails_the_start_for_both_protocols(
     tmp_path, tools, protocol, content, why

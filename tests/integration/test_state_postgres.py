@@ -21,6 +21,8 @@ from sidecar.state.postgres import describe_dsn
 from sidecar.tasks import TaskRegistry
 from tests.support.fleet import poll
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 def _settings(pg_state: dict, **postgres) -> StateSettings:
     from sidecar.state import PostgresSettings
@@ -56,10 +58,16 @@ def _versions(pg_state) -> list[tuple[int, str]]:
 def test_migrations_apply_once_even_when_replicas_start_together(pg_state, stores):
     with ThreadPoolExecutor(6) as pool:
         dbs = list(pool.map(lambda _: stores(), range(6)))
-    assert {db.schema_version for db in dbs} == {2}
-    assert _versions(pg_state) == [(1, "base"), (2, "approval_indexes")]
+    # Every migration this build ships, each applied exactly once.
+    shipped = sorted(
+        (int(f.name[:4]), f.stem[5:])
+        for f in (ROOT / "sidecar" / "state" / "migrations" / "postgres").glob("*.sql")
+    )
+    assert [v for v, _ in shipped] == list(range(1, len(shipped) + 1))
+    assert {db.schema_version for db in dbs} == {len(shipped)}
+    assert _versions(pg_state) == shipped
     stores()  # opening again changes nothing
-    assert _versions(pg_state) == [(1, "base"), (2, "approval_indexes")]
+    assert _versions(pg_state) == shipped
 
 
 def test_a_database_newer_than_this_build_is_refused(pg_state, stores):

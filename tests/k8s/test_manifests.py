@@ -124,7 +124,7 @@ def test_the_configs_in_the_config_maps_load(tmp_path):
 
 def test_the_policy_copy_in_k8s_is_current():
     copies = ROOT / "k8s/base/agents/policy"
-    for name in ("authz.rego", "mcp.rego"):
+    for name in ("authz.rego", "mcp.rego", "a2a.rego"):
         assert (copies / name).read_text() == (
             ROOT / "rego/agentsidecar/authz" / name
         ).read_text(), "run `make k8s-policy`"

@@ -282,6 +282,9 @@ def generate(data: dict[str, Any], *, random_cases: int = 3000, seed: int = 7) -
         _put(doc, ("action", "annotations"), copy.deepcopy(annotation))
         _put(doc, ("task",), copy.deepcopy(task))
         yield doc
+    # 4b. A2A (issue 34): every outbound grant, skill, operation, card state and data class;
+    # every inbound caller (IDs, groups, a caller that is not the subject) and chain.
+    yield from _a2a_inputs(data, subjects, classes[:6], tasks[:1] + tasks[3:4])
     # 5. Seeded random combinations of everything.
     rng = random.Random(seed)
     for _ in range(random_cases):
@@ -289,4 +292,121 @@ def generate(data: dict[str, Any], *, random_cases: int = 3000, seed: int = 7) -
         for path, values in [*fields, (("action", "arguments", "amount"), _amounts(100))]:
             if rng.random() < 0.5:
                 _put(doc, path, copy.deepcopy(rng.choice(values)))
+        yield doc
+
+
+def _a2a_inputs(
+    data: dict[str, Any], subjects: list[Any], classes: list[Any], tasks: list[Any]
+) -> Iterator[dict]:
+    """A2A inputs: outbound (``action.kind: a2a``) and inbound (``a2a_inbound``)."""
+    a2a = data.get("a2a", {})
+    peers = sorted({p for g in a2a.get("grants", {}).values() for p in g}) or ["billing"]
+    skills = sorted(
+        {s for g in a2a.get("grants", {}).values() for ss in g.values() for s in ss}
+        | {s for ss in a2a.get("high_risk", {}).values() for s in ss}
+    )
+    skills = [*skills, "", "Refund", "unknown", 7, None, _MISSING]
+    a2a_subjects = [*sorted(a2a.get("grants", {})), *subjects[-6:-3]]
+    pinned = {
+        "digest": "sha256:a",
+        "pinned_digest": "sha256:a",
+        "changed": False,
+        "signed": True,
+        "signer": "kid-1",
+        "skills": [s for s in skills[:-6] if s != "*"],
+    }
+    cards = [
+        pinned,
+        {**pinned, "changed": True},
+        {**pinned, "skills": []},
+        {**pinned, "changed": "false"},
+        {**pinned, "skills": "refund"},
+        None,
+        _MISSING,
+    ]
+    operations = [
+        ("send", "SendMessage"),
+        ("stream", "message/stream"),
+        ("get_task", "GetTask"),
+        ("cancel_task", "tasks/cancel"),
+        ("extended_card", "GetExtendedAgentCard"),
+        ("bogus", "Bogus"),
+        (_MISSING, _MISSING),
+    ]
+    outbound = itertools.product(
+        a2a_subjects[:3], [*peers, "unknown-peer"], skills, operations, ["read", "act"], cards[:3]
+    )
+    for i, (sid, peer, skill, (op, method), op_kind, card) in enumerate(outbound):
+        name = f"{peer}.{skill}" if isinstance(skill, str) else f"{peer}."
+        doc = _base(sid, name, op_kind, "a2a", peer)
+        for key, value in (
+            ("method", method),
+            ("a2a_operation", op),
+            ("skill", skill),
+            ("card", copy.deepcopy(card)),
+        ):
+            _put(doc, ("action", key), value)
+        _put(doc, ("action", "data_classes"), copy.deepcopy(classes[i % 4]))
+        _put(doc, ("task",), copy.deepcopy(tasks[(i // 4) % len(tasks)]))
+        yield doc
+    for card, cls in itertools.product(cards[3:], classes):
+        doc = _base(a2a_subjects[0], f"{peers[0]}.{skills[0]}", "read", "a2a", peers[0])
+        for key, value in (
+            ("method", "SendMessage"),
+            ("a2a_operation", "send"),
+            ("skill", skills[0]),
+            ("card", copy.deepcopy(card)),
+        ):
+            _put(doc, ("action", key), value)
+        _put(doc, ("action", "data_classes"), copy.deepcopy(cls))
+        yield doc
+    inbound = a2a.get("inbound", {})
+    agents = [*sorted(inbound), "spiffe://demo.example/agent/unknown", 5, _MISSING]
+    callers = sorted({c for g in inbound.values() for c in g if not c.startswith("group:")})
+    groups = sorted({c[6:] for g in inbound.values() for c in g if c.startswith("group:")})
+    kinds = ["workload", "user", "robot", None, _MISSING]
+    chains = [
+        [],
+        callers[:1],
+        callers[-1:],
+        [callers[0], "spiffe://demo.example/agent/unknown"],
+        [7],
+        "x",
+        _MISSING,
+    ]
+    users = [
+        _MISSING,
+        {
+            "sub": "jane",
+            "iss": "https://idp.example",
+            "issuer": "corp",
+            "groups": [*groups, "Sales"],
+            "roles": [],
+            "expires_at": 1,
+        },
+        {"sub": "bob", "groups": "x"},
+    ]
+    incoming = itertools.product(
+        [*agents[:1], *agents[-3:]],
+        [*callers, "spiffe://demo.example/agent/unknown", 3],
+        kinds[:3],
+        skills,
+        ["send", "get_task", "bogus", _MISSING],
+    )
+    for i, (agent, caller, kind, skill, op) in enumerate(incoming):
+        chain, user = chains[i % len(chains)], users[(i // len(chains)) % len(users)]
+        doc = _base(caller, "", "act", "a2a_inbound", "self")
+        _put(doc, ("action", "name"), skill)
+        inb = {
+            "agent": agent,
+            "caller": {"kind": kind, "id": caller, "via": "mtls"},
+            "skill": skill,
+            "a2a_operation": op,
+            "method": "SendMessage",
+        }
+        doc["inbound"] = {k: v for k, v in inb.items() if v is not _MISSING}
+        doc["inbound"]["caller"] = {k: v for k, v in inb["caller"].items() if v is not _MISSING}
+        _put(doc, ("delegation", "chain"), copy.deepcopy(chain))
+        _put(doc, ("user",), copy.deepcopy(user))
+        _put(doc, ("task",), _MISSING)
         yield doc

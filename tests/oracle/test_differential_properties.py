@@ -63,6 +63,8 @@ OVER_REFUSAL_MAX_SHARE = 0.02
 
 TALLY: Counter[str] = Counter()
 _X_ESCAPE = re.compile(r"\\\\x([0-9a-f]{2})")
+# An integral float (`0.0`) as OPA prints it (its JSON text); rego-cpp prints `0`.
+_INTEGRAL_FLOAT = re.compile(r"(?<![\w.])(-?\d+)\.0(?![\w.])")
 
 
 class _Pair:
@@ -142,6 +144,12 @@ def _decide(pair: _Pair, doc: dict[str, Any]) -> None:
         # otherwise; docs/policy-engines.md). Counted, not failed.
         TALLY["control-character escape differs in a reason"] += 1
         return
+    if got_text != want_text and _INTEGRAL_FLOAT.sub(r"\1", want_text) == got_text:
+        # `sprintf("%v", [0.0])`: an integral float is printed `0` by rego-cpp, `0.0` by OPA
+        # (only in text: 0 == 0.0 in Rego, the same decision otherwise; docs/policy-engines.md).
+        # Counted, not failed.
+        TALLY["integral float printed without .0 in a reason"] += 1
+        return
     assert got_text == want_text, doc
 
 
@@ -156,12 +164,21 @@ def test_item4_generated_inputs_decide_as_on_opa(opa_available, pairs, seed):
     def check(data: st.DataObject) -> None:
         _decide(pair, data.draw(pair.strategy, label="input"))
 
+    before = Counter(TALLY)
     check()
+    TALLY["policies"] += 1
+    # The over-refusal bound per policy, here: under pytest-xdist the test below may run in
+    # another process, where this tally does not exist.
+    mine = TALLY - before
+    over = mine["refused, OPA: allow"] + mine["refused, OPA: step_up"]
+    assert over <= OVER_REFUSAL_MAX_SHARE * (mine["decided"] + mine["refused"]), dict(mine)
 
 
 def test_item4_over_refusal_is_measured_and_bounded(opa_available, capsys):
     if not TALLY["decided"]:
         pytest.skip("run with the generated-input tests")
+    if TALLY["policies"] < len(SEEDS):  # pytest-xdist ran some policies in other processes
+        pytest.skip("the bound was checked per policy; the whole tally is in another process")
     over = TALLY["refused, OPA: allow"] + TALLY["refused, OPA: step_up"]
     with capsys.disabled():
         print(f"\nproperty-based differential: {dict(TALLY)}; over-refused: {over}")

@@ -57,7 +57,10 @@ LAYERS = (
     ("identity", frozenset({"identity", "tasks", "aiohttpserve"})),
     ("services", frozenset({"users", "budgets", "approvals", "components"})),
     ("calls", frozenset({"calls", "pipeline"})),
-    ("transports", frozenset({"service", "server", "frontdoor", "mcp", "a2a", "authzen", "webhook"})),
+    (
+        "transports",
+        frozenset({"service", "server", "frontdoor", "mcp", "a2a", "authzen", "webhook"}),
+    ),
     ("app", frozenset({"app", "console", "dev", "client", "cli"})),
 )
 

@@ -48,6 +48,15 @@ _is_model if input.action.kind == "model"
 # MCP: tools, prompts and resources of upstream MCP servers (mcp.rego).
 _is_mcp if input.action.kind == "mcp"
 
+# A2A: calls to peer agents, and calls into this agent (a2a.rego).
+_is_a2a if input.action.kind == "a2a"
+
+_is_a2a_inbound if input.action.kind == "a2a_inbound"
+
+_is_a2a_kind if _is_a2a
+
+_is_a2a_kind if _is_a2a_inbound
+
 # The list phase of MCP: may the agent see the entry (no task, no arguments yet).
 _listing if {
 	_is_mcp
@@ -101,6 +110,7 @@ _deny contains msg if {
 	input.action.operation in {"act", "delegate"}
 	not _has_task
 	not _listing
+	not _is_a2a_inbound # an inbound A2A call opens its task (a2a.rego)
 	msg := sprintf("%v on %v needs a task (StartTask)", [_operation, _tool])
 }
 
@@ -114,6 +124,7 @@ _chain := input.delegation.chain
 
 # `not` is only ever applied to bound values: on OPA, `not f(input.missing)` is undefined.
 _deny contains msg if {
+	not _is_a2a_inbound # inbound A2A: the chain is checked against inbound grants (a2a.rego)
 	some delegator in _chain
 	tool := input.action.name
 	not _holds(delegator, "delegate", tool)
@@ -121,6 +132,7 @@ _deny contains msg if {
 }
 
 _deny contains msg if {
+	not _is_a2a_inbound
 	some delegator in _chain
 	tool := input.action.name
 	operation := input.action.operation
@@ -227,6 +239,7 @@ _deny contains msg if {
 
 _deny contains msg if {
 	not _internal_target
+	not _is_a2a_kind # A2A has its own data-class rules (a2a.rego)
 	some class in input.action.data_classes
 	class in data.agentsidecar.sensitive_classes
 	msg := sprintf("data class %v may not be sent to external target %v", [class, _target])
@@ -285,6 +298,7 @@ _approved if input.approval.id
 
 _redact contains class if {
 	not _internal_target
+	not _is_a2a_kind
 	some class in input.action.data_classes
 	class in data.agentsidecar.redact_external
 }
@@ -299,6 +313,7 @@ _base_obligations := {"log": "redacted", "redact": [c | some c in _redact]} if c
 _allow_obligations := _base_obligations if {
 	not _is_model
 	not _is_mcp
+	not _is_a2a_kind
 }
 
 # What an MCP server answers is untrusted: secrets and keys in it never reach the agent.
