@@ -107,7 +107,10 @@ class Sidecar:
         shadow = build_shadow(settings)
         identity = build_identity(settings)
         audit = build_audit(settings, identity, role)
-        if settings.identity.mode == "mtls":
+        # An mTLS listener serves with the SVID from its first handshake: the agent API in
+        # mode mtls, and the approvals API on HOST:PORT (worker 0) in any mode with identity.
+        approvals_tcp = role.primary and not settings.approvals_listen.startswith("unix:")
+        if settings.identity.mode == "mtls" or (identity is not None and approvals_tcp):
             assert identity is not None
             if not identity.wait_ready(MTLS_READY_TIMEOUT_S):
                 identity.close()

@@ -11,6 +11,11 @@ bounded below.
 
 CI runs the ``ci`` profile (derandomized: the same examples every run). For a longer local
 run: ``AGENT_SIDECAR_HYPOTHESIS=long pytest tests/oracle/test_differential_properties.py``.
+
+Derandomized examples still depend on what the process has imported before (hypothesis draws
+constants from loaded modules), so under pytest-xdist, where a worker's history differs from
+run to run, this module does not run in the workers: test_differential_properties_isolated.py
+runs it alone in a fresh process, where its examples are the same on every run.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ from tests.oracle.schema_inputs import inputs
 from tests.oracle.variants import variant
 
 QUERY = "data.agentsidecar.authz.decision"
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("PYTEST_XDIST_WORKER")),
+    reason="under pytest-xdist this module runs in its own process "
+    "(test_differential_properties_isolated.py)",
+)
+
 SEEDS = [None, 0, 1, 2, 3]  # None: the shipped policy and data
 _HEALTH = [
     HealthCheck.too_slow,
@@ -164,21 +175,12 @@ def test_item4_generated_inputs_decide_as_on_opa(opa_available, pairs, seed):
     def check(data: st.DataObject) -> None:
         _decide(pair, data.draw(pair.strategy, label="input"))
 
-    before = Counter(TALLY)
     check()
-    TALLY["policies"] += 1
-    # The over-refusal bound per policy, here: under pytest-xdist the test below may run in
-    # another process, where this tally does not exist.
-    mine = TALLY - before
-    over = mine["refused, OPA: allow"] + mine["refused, OPA: step_up"]
-    assert over <= OVER_REFUSAL_MAX_SHARE * (mine["decided"] + mine["refused"]), dict(mine)
 
 
 def test_item4_over_refusal_is_measured_and_bounded(opa_available, capsys):
     if not TALLY["decided"]:
         pytest.skip("run with the generated-input tests")
-    if TALLY["policies"] < len(SEEDS):  # pytest-xdist ran some policies in other processes
-        pytest.skip("the bound was checked per policy; the whole tally is in another process")
     over = TALLY["refused, OPA: allow"] + TALLY["refused, OPA: step_up"]
     with capsys.disabled():
         print(f"\nproperty-based differential: {dict(TALLY)}; over-refused: {over}")
