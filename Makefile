@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 ORACLE := opa-golib-python-bindings==0.4.4
 ORACLE_STAMP := $(VENV)/.oracle
 
-.PHONY: venv demo run test lint unit rego bench proto install-check image-check k8s-policy clean
+.PHONY: venv demo run test lint unit rego bench soak proto install-check image-check k8s-policy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON_BIN) -m venv $(VENV)
@@ -52,7 +52,8 @@ rego: $(STAMP)
 	$(BIN)/agent-sidecar policy check rego/
 	$(BIN)/agent-sidecar policy test rego/
 
-# Tables measured side by side in one run on 2 cores: the hot path, the
+# Tables measured side by side in one run on 2 cores: the hot path, the whole sidecar's memory
+# (every process, RSS and PSS, idle and after 20k mixed calls: docs/performance.md), the
 # added latency per model API (chat, Responses, embeddings, Anthropic Messages) of the front
 # door and of the LiteLLM proxy (the `bench` extra; without it that column says so; ~4 minutes
 # with it), then MCP
@@ -60,10 +61,23 @@ rego: $(STAMP)
 # benchmarks stay runnable on their own (bench/policy_engine.py, relay_overhead.py, ...).
 bench: $(STAMP)
 	$(BIN)/python bench/hot_path.py
+	$(BIN)/python bench/footprint.py
+	$(BIN)/python bench/open_loop.py
 	$(BIN)/python bench/model_overhead.py --calls 200 --concurrency 16
 	$(BIN)/python bench/mcp_overhead.py
 	$(BIN)/python bench/a2a_overhead.py
 	$(BIN)/python bench/fleet_state.py
+
+# Not part of `make test`: 10 minutes of mixed traffic at 300 calls/s through a pod-mode
+# sidecar, judged (memory growth, p99 drift, errors, an audit record per call); writes the table
+# and a PNG to soak-out/ (bench/soak.py; docs/observability.md#soak). The `soak` extra is matplotlib.
+SOAK_STAMP := $(VENV)/.soak
+$(SOAK_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[test,soak]'
+	touch $@
+
+soak: $(SOAK_STAMP)
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
 
 proto: $(STAMP)
 	$(BIN)/python tools/gen_proto.py

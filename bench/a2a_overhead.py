@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -123,9 +124,14 @@ def report(times: dict[str, list[float]], inside: dict[str, float]) -> str:
 
 
 def inside_the_sidecars(pair: Any) -> dict[str, float]:
-    """Median ``latency_ms`` of the audit records: where the added time is spent."""
+    """Median ``latency_ms`` of the audit records: where the added time is spent (the tool
+    call's too: each sidecar's A2A pass is compared with one tool relay)."""
     out = {}
-    for side, kind in ((pair.support, "a2a"), (pair.billing, "a2a_inbound")):
+    for side, kind in (
+        (pair.support, "a2a"),
+        (pair.billing, "a2a_inbound"),
+        (pair.support, "tool"),
+    ):
         found = [r["latency_ms"] for r in records(side.audit_path) if r["action"]["kind"] == kind]
         for part in ("decide", "relay", "total"):
             values = [t[part] for t in found if isinstance(t.get(part), (int, float))]
@@ -138,7 +144,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
+    before = os.getloadavg()[0]  # the machine is shared: say how busy it was
     print(report(*asyncio.run(measure(args.calls))))
+    print(f"load average (1 min) before/after: {before:.2f} / {os.getloadavg()[0]:.2f}")
     return 0
 
 

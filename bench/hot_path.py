@@ -4,8 +4,9 @@ model calls, how many decisions it makes at saturation, and what it holds in mem
 Everything runs on this machine at once, as in a pod: a fast upstream (bench/upstream.py,
 aiohttp), the development Workload API, the sidecar (``agent-sidecar serve``, identity mode
 ``pod``, the shipped baseline policy on the embedded engine, strict audit, ``server.workers``
-at its default: one per CPU) and this process, the agent (grpc.aio and aiohttp clients, one
-connection per concurrent caller up to 8, so the kernel spreads them over the workers). On a
+at its default: one process; ``--workers N`` for more) and this process, the agent (grpc.aio
+and aiohttp clients, one connection per concurrent caller up to 8, so the kernel spreads them
+over the workers, when there are several). On a
 2-core machine the agent, the upstream and the sidecar share the same two cores: read the
 differences and ratios; absolute figures are those of a crowded machine.
 
@@ -33,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import sidecar  # noqa: E402,F401  (before grpc: the engine's load order)
+from bench.footprint import footprint, wait_complete  # noqa: E402
 from bench.relay_overhead import demo_config, percentile, start_sidecar  # noqa: E402
 from examples.demo.run import free_port, start_workload_api, wait_serving  # noqa: E402
 
@@ -182,6 +184,8 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
     try:
         wait_serving(main_address, main, timeout_s=60)
         wait_serving(trivial_address, trivial, timeout_s=60)
+        wait_complete(work / "main" / "state", main)
+        idle_tree = footprint(main.pid)  # every process: supervisor (if any) and workers
         pids = worker_pids(work, "main", main)
         rss_idle, threads_idle = proc_stats(pids)
         agent, ceiling = Agent(main_address), Agent(trivial_address)
@@ -270,6 +274,7 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
         soak = args.soak_calls
         soaked = await load(checker(agent), soak, 32)
         rss_after, threads_after = proc_stats(worker_pids(work, "main", main))
+        after_tree = footprint(main.pid)
         await session.close()
         await agent.close()
         await ceiling.close()
@@ -279,9 +284,13 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
             f"  RSS idle MB              {' '.join(f'{v:6.1f}' for v in rss_idle)}",
             f"  RSS after {soak:>6} Checks {' '.join(f'{v:6.1f}' for v in rss_after)}"
             f"   ({len(soaked[0]) / soaked[1]:.0f}/s, {soaked[2]} failed)",
-            f"  PSS after (shared split) {' '.join(f'{pss_mb(p):6.1f}' for p in pids)}",
+            f"  host PSS after           {' '.join(f'{pss_mb(p):6.1f}' for p in pids)}",
             f"  threads idle             {' '.join(f'{v:6d}' for v in threads_idle)}",
             f"  threads after            {' '.join(f'{v:6d}' for v in threads_after)}",
+            "whole sidecar, every process summed (bench/footprint.py; the budget is read "
+            "against pod alone: files shared outside the sidecar counted in full)",
+            f"  idle                     {idle_tree.summary()}",
+            f"  after all the calls above {after_tree.summary()}",
         ]
     finally:
         for proc in (main, trivial):

@@ -18,7 +18,6 @@ install it and the rest still runs.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import tempfile
@@ -327,7 +326,7 @@ def start_or_note(
 ) -> tuple[LiteLLMProxy | None, str | None]:
     """The running proxy, or ``None`` and the reason for its column."""
     config = litellm_config(openai_url, anthropic_url)
-    workers = len(os.sched_getaffinity(0))  # the sidecar's server.workers: 0 = one per CPU
+    workers = 1  # as many as the sidecar: server.workers at its default, one process
     for attempt in (1, 2):  # a free port can be taken before the proxy binds it: once more
         try:
             proxy = start_litellm(binary, work, free_port(), config, workers)

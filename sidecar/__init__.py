@@ -7,11 +7,18 @@ input, ask Rego for a decision, enforce it, relay to the upstream, and audit. Se
 
 from __future__ import annotations
 
-# First, before anything can import grpc: the policy engine's native library must be loaded
-# before grpc's, or every decision leaks memory (sidecar/policy/loadorder.py says why).
-from sidecar._loadorder import preload as _preload
+import os as _os
 
-_preload()
+# First, before anything can import grpc: the policy engine's native library must be loaded
+# before grpc's, or every decision leaks memory (sidecar/_loadorder.py says why). Skipped
+# only in the supervisor of ``server.workers``: it evaluates nothing and loads no grpc, and
+# the library costs 14 MB resident. sidecar/supervisor.py sets the variable to its own pid
+# (``exec`` keeps it), so a value set anywhere else (a pod's env) skips nothing. Were
+# anything there to build an engine after grpc, the engine would refuse to start.
+if _os.environ.get("AGENT_SIDECAR_SUPERVISE") != str(_os.getpid()):
+    from sidecar._loadorder import preload as _preload
+
+    _preload()
 
 __all__ = ["__version__"]
 

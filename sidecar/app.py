@@ -13,7 +13,6 @@ from sidecar.approvals import ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
 from sidecar.approvals.notify import renderer
 from sidecar.audit import AuditLog
-from sidecar.authzen import AuthZenServer
 from sidecar.budgets import Budgets
 from sidecar.calls.observe import build_observers
 from sidecar.components import (
@@ -27,7 +26,6 @@ from sidecar.components import (
     svid_expiry,
 )
 from sidecar.config import Settings
-from sidecar.frontdoor import FrontDoor
 from sidecar.identity import (
     IdentityError,
     UpstreamCredentials,
@@ -50,7 +48,9 @@ from sidecar.workers import WorkerRole
 
 __all__ = ["Sidecar"]
 
-if TYPE_CHECKING:  # imported when configured (see build)
+if TYPE_CHECKING:  # imported when configured (see build; docs/performance.md)
+    from sidecar.authzen import AuthZenServer
+    from sidecar.frontdoor import FrontDoor
     from sidecar.mcp.gateway import McpGateway
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class Sidecar:
             users=users,
             exchanger=exchanger,
         )
-        metrics = build_observers(settings, calls.path)
+        metrics = build_observers(settings, calls.path, role.count)
         reloader: PolicyReloader | None = None  # started below; read when scraped
         metrics.watch(
             policy_reload=lambda: reloader,
@@ -215,6 +215,8 @@ class Sidecar:
                 with listening("admin.listen", settings.admin.listen):
                     admin_port = metrics.serve(settings.admin.listen)
             if settings.frontdoor.listen:
+                from sidecar.frontdoor import FrontDoor
+
                 with listening("frontdoor.listen", settings.frontdoor.listen):
                     frontdoor = FrontDoor(settings, calls.models, engine, reuse_port=role.shared)
             server = SidecarServer(
@@ -243,9 +245,11 @@ class Sidecar:
                     approvals_server.add_service(register_mcp_admin(mcp, audit))
             # A2A peer cards (sidecar/a2a/cards.py): the outbound endpoint reads them; the
             # operator reviews and accepts them on the approvals listener.
-            from sidecar.a2a.cards import build_cards
+            cards = None
+            if settings.a2a_peers:  # imported only with peers: the card book is theirs
+                from sidecar.a2a.cards import build_cards
 
-            cards = build_cards(settings, state, identity)
+                cards = build_cards(settings, state, identity)
             if cards is not None and approvals_server is not None:
                 from sidecar.a2a.admin import register as register_a2a_admin
 
@@ -271,6 +275,21 @@ class Sidecar:
                         max_links=settings.delegation.max_links,
                         state=state,
                     )
+            if settings.a2a_peers:  # the gRPC API's CallPeer/StreamPeer (sidecar/a2a/grpc_calls.py)
+                from sidecar.a2a.grpc_calls import PeerApi, worker_binder
+
+                server.service.peers = PeerApi.for_worker(
+                    settings,
+                    calls.path,
+                    cards=cards,
+                    identity=identity,
+                    outbound=a2a_outbound,
+                    provenance=(
+                        a2a_inbound.provenance
+                        if a2a_inbound is not None
+                        else worker_binder(settings, tasks, identity)
+                    ),
+                )
         except BaseException:
             for close in (
                 *((a2a_inbound.close,) if a2a_inbound else ()),
@@ -345,6 +364,8 @@ class Sidecar:
         if self.frontdoor is not None:
             await self.frontdoor.start()
         if self.settings.authzen.listen and self.role.primary:
+            from sidecar.authzen import AuthZenServer
+
             pins = self.mcp.pins if self.mcp is not None else None
             self.authzen = AuthZenServer(self.settings, self.calls.asserted, self.identity, pins)
             with listening("authzen.listen", self.settings.authzen.listen):
@@ -408,6 +429,11 @@ class Sidecar:
         if self.approvals_server is not None:
             await self.approvals_server.stop(0)
         await self.server.stop(grace_s)
+        # gRPC cancels streaming handlers without waiting for them: their calls end here,
+        # each with its audit record, before the audit log closes.
+        await self.server.service.streams.drain()
+        if self.server.service.peers is not None:
+            await self.server.service.peers.aclose()
         await self.relay.close()  # after the server: calls in flight have ended
         await self.calls.aclose()
         for engine in (self.engine, self.shadow):

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,7 @@ from sidecar.errors import SidecarError
 __all__ = [
     "Decision",
     "InvalidRequest",
+    "PeerResult",
     "PolicyDenied",
     "RateLimited",
     "SidecarCallError",
@@ -129,6 +130,24 @@ class ToolResult:
 
     def text(self) -> str:
         return self.body.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class PeerResult:
+    """A peer's answer (CallPeer) or one streamed event (StreamPeer; ``decision`` on the
+    first only): its JSON-RPC ``result``, or its own A2A ``error`` object."""
+
+    decision: Decision | None
+    result: Any = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_message(cls, msg: Any) -> PeerResult:
+        return cls(
+            decision=Decision.from_message(msg.decision) if msg.HasField("decision") else None,
+            result=json.loads(msg.result_json) if msg.result_json else None,
+            error=json.loads(msg.error_json) if msg.error_json else None,
+        )
 
 
 class SidecarCallError(SidecarError):
@@ -255,11 +274,47 @@ class SidecarClient:
             request_serializer=sidecar_pb2.StartTaskRequest.SerializeToString,
             response_deserializer=sidecar_pb2.Task.FromString,
         )
+        self._call_peer = self._channel.unary_unary(
+            _SERVICE + "CallPeer",
+            request_serializer=sidecar_pb2.CallPeerRequest.SerializeToString,
+            response_deserializer=sidecar_pb2.CallPeerResponse.FromString,
+        )
+        self._stream_peer = self._channel.unary_stream(
+            _SERVICE + "StreamPeer",
+            request_serializer=sidecar_pb2.CallPeerRequest.SerializeToString,
+            response_deserializer=sidecar_pb2.PeerEvent.FromString,
+        )
         self._end_task = self._channel.unary_unary(
             _SERVICE + "EndTask",
             request_serializer=sidecar_pb2.EndTaskRequest.SerializeToString,
             response_deserializer=sidecar_pb2.Task.FromString,
         )
+
+    def call_peer(
+        self, peer: str, operation: str, params: dict[str, Any], **options: Any
+    ) -> PeerResult:
+        """One A2A request to a configured peer (``operation``: the A2A method, e.g.
+        ``SendMessage``, ``GetTask``; ``params`` its camelCase JSON params); options as for
+        :meth:`call_tool` (task_id, intent, timeout_s, approval_id, wait, delegation_chain,
+        user_token). The peer's own A2A error is returned in ``error``, not raised."""
+        request, timeout_s, token = _peer_request(peer, operation, params, **options)
+        answer = self._invoke(self._call_peer, request, timeout_s, token)
+        return PeerResult.from_message(answer)
+
+    def stream_peer(
+        self, peer: str, operation: str, params: dict[str, Any], **options: Any
+    ) -> Iterator[PeerResult]:
+        """The same for SendStreamingMessage / SubscribeToTask: each event as it comes; a
+        refusal, or a failure after some events, raises a :class:`SidecarCallError`."""
+        request, timeout_s, token = _peer_request(peer, operation, params, **options)
+        stream = self._invoke(self._stream_peer, request, timeout_s, token)
+        try:
+            for event in stream:
+                yield PeerResult.from_message(event)
+        except grpc.RpcError as exc:
+            raise _translate(exc) from None
+        finally:
+            stream.cancel()
 
     def start_task(self, intent: str, *, ttl_s: int = 0) -> Task:
         """Start a task; its id goes with every call made for it (act calls need one)."""
@@ -367,6 +422,32 @@ def workload_api_jwt_svid(socket: str, audience: str) -> Callable[[], str]:
         return cached["token"]
 
     return token
+
+
+def _peer_request(
+    peer: str,
+    operation: str,
+    params: dict[str, Any],
+    *,
+    task_id: str = "",
+    intent: str = "",
+    timeout_s: float | None = None,
+    approval_id: str = "",
+    wait: bool = True,
+    delegation_chain: Sequence[str] = (),
+    user_token: str = "",
+) -> tuple[sidecar_pb2.CallPeerRequest, float | None, str]:
+    request = sidecar_pb2.CallPeerRequest(
+        peer=peer,
+        operation=operation,
+        params_json=_encode(params),
+        task_id=task_id,
+        intent=intent,
+        approval_id=approval_id,
+        no_wait=not wait,
+        delegation_chain=list(delegation_chain),
+    )
+    return request, timeout_s, user_token
 
 
 def _encode(arguments: dict[str, Any] | None) -> str:

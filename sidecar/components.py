@@ -7,7 +7,7 @@ import logging
 import os
 import ssl
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.approvals import Approval
 from sidecar.approvals.model import audit_record
@@ -24,9 +24,10 @@ from sidecar.identity import (
 )
 from sidecar.identity.credentials import mtls_context
 from sidecar.policy import EmbeddedEngine, PolicyEngine
-from sidecar.policy.bundle.engine import BundleEngine
-from sidecar.policy.opa import OpaEngine
 from sidecar.workers import WorkerRole, segment_path
+
+if TYPE_CHECKING:  # imported when configured: the OPA client (urllib3) and the bundle engine
+    from sidecar.policy.bundle.engine import BundleEngine
 
 __all__ = [
     "approval_auditor",
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 def build_engine(settings: Settings) -> PolicyEngine:
     policy = settings.policy
     if policy.engine == "opa":
+        from sidecar.policy.opa import OpaEngine
+
         return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
     if policy.bundle is not None:
         return build_bundle_engine(settings)
@@ -55,6 +58,7 @@ def build_engine(settings: Settings) -> PolicyEngine:
         policy.query,
         workers=policy.workers,
         inline_max_ms=policy.inline_max_ms,
+        memo_size=policy.memo_size,
         vetting=policy.vetting,
     )
 
@@ -63,6 +67,7 @@ def build_bundle_engine(settings: Settings) -> BundleEngine:
     """The embedded engine fed by ``policy.bundle``: the fallback directory (if set) serves
     first, then the persisted bundle (if good); the poller starts with the sidecar
     (:func:`start_bundles`). Until a revision is active, the engine is not healthy."""
+    from sidecar.policy.bundle.engine import BundleEngine
     from sidecar.policy.bundle.runtime import BundleRuntime
     from sidecar.policy.source import load_policy_dir
 
@@ -73,6 +78,7 @@ def build_bundle_engine(settings: Settings) -> BundleEngine:
         policy.query,
         workers=policy.workers,
         inline_max_ms=policy.inline_max_ms,
+        memo_size=policy.memo_size,
         vetting=policy.vetting,
         fallback=load_policy_dir(bundle.fallback_dir) if bundle.fallback_dir else None,
     )
@@ -84,9 +90,9 @@ def start_bundles(engine: PolicyEngine, identity: WorkloadIdentity | None) -> No
     """Start polling the bundle server (a no-op for other engines); with ``svid: true`` the
     sidecar's X.509-SVID is the client certificate, the trust bundle (or ``tls.ca_cert``) the
     roots."""
-    if not isinstance(engine, BundleEngine) or engine.bundles is None:
+    runtime = getattr(engine, "bundles", None)  # only a BundleEngine has them
+    if runtime is None:
         return
-    runtime = engine.bundles
     ca_cert = runtime.settings.service.tls.ca_cert
 
     def svid_context() -> ssl.SSLContext:
@@ -110,6 +116,7 @@ def build_shadow(settings: Settings) -> PolicyEngine | None:
         policy.query,
         workers=policy.workers,
         inline_max_ms=policy.inline_max_ms,
+        memo_size=policy.memo_size,
         vetting=policy.vetting,
     )
 

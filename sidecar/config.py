@@ -39,7 +39,7 @@ from sidecar.relay.settings import (
     TargetSettings,
     ToolSettings,
 )
-from sidecar.server_settings import DEFAULT_AGENT_SOCKET, ServerSettings
+from sidecar.server_settings import DEFAULT_AGENT_SOCKET, MAX_WORKERS, ServerSettings
 from sidecar.state.settings import StateSettings
 from sidecar.tasks_settings import TaskSettings
 from sidecar.telemetry.settings import TelemetrySettings
@@ -145,7 +145,7 @@ class Settings:
                         f"mode {self.identity.mode} the agent API must not be reachable from "
                         "outside the pod (only mode mtls may listen on other addresses)",
                     )
-        if self.server.workers > 1 and not self.shares_tcp:
+        if self.server.workers != "auto" and self.server.workers > 1 and not self.shares_tcp:
             raise KeyedError(
                 "server.workers",
                 f"{self.server.workers} workers need a TCP listener to share (server.listen "
@@ -280,11 +280,14 @@ class Settings:
             )
 
     def worker_count(self, cpus: int) -> int:
-        """How many worker processes serve: ``server.workers``, or ``cpus`` when it is 0,
-        and 1 when nothing could be shared (no TCP listener)."""
+        """How many worker processes serve: ``server.workers`` (0 is 1), ``cpus`` for
+        ``auto`` (at most MAX_WORKERS: a 96-CPU node without a CPU limit runs 64), and 1 when
+        nothing could be shared (no TCP listener). sidecar.workers.planned_workers logs why."""
         if not self.shares_tcp:
             return 1
-        return self.server.workers or cpus
+        if self.server.workers == "auto":
+            return min(MAX_WORKERS, max(1, cpus))
+        return max(1, self.server.workers)
 
     @property
     def shares_tcp(self) -> bool:

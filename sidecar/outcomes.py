@@ -108,6 +108,9 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "peer_bad_response": _S.UNAVAILABLE,
     "peer_response_too_large": _S.RESOURCE_EXHAUSTED,
     "message_too_large": _S.RESOURCE_EXHAUSTED,
+    # an A2A request the binding cannot carry: a 0.3 method to an HTTP+JSON peer, a REST
+    # request to the JSON-RPC-only inbound listener (sidecar/a2a/rest_binding.py)
+    "binding_unsupported": _S.UNIMPLEMENTED,
     # A2A inbound and provenance (docs/a2a.md "Inbound", "Provenance")
     "caller_unverified": _S.UNAUTHENTICATED,
     "inbound_denied": _S.PERMISSION_DENIED,

@@ -76,6 +76,7 @@ class SidecarServer:
             path=path, tools=tools, models=models, tasks=tasks, max_request_bytes=limit
         )
         self._server.add_generic_rpc_handlers((service.handlers(),))
+        self.service = service  # the wiring gives it the A2A peers (CallPeer, StreamPeer)
         self.health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         if settings.server.reflection:
@@ -101,6 +102,14 @@ class SidecarServer:
         except BaseException:
             self.release()
             raise
+        if self._role.shared and self._role.primary and unix_only(settings.server.listen):
+            # Every agent call lands on this worker (docs/performance.md, the pod-mode cliff).
+            log.warning(
+                "the agent API listens on unix sockets only: worker 0 serves every call and "
+                "the other workers only the TCP listeners (front door, MCP); agent calls get "
+                "one core. Add a TCP server.listen (identity.pod_tcp in mode pod) to use all",
+                extra={"workers": self._role.count},
+            )
 
     def _bind(self, address: str) -> str:
         with listening("server.listen", address):
@@ -196,6 +205,13 @@ class SidecarServer:
 
     async def wait(self) -> None:
         await self._server.wait_for_termination()
+
+
+def unix_only(listen: Any) -> bool:
+    """The agent API has listeners, all unix sockets: served by one process only (gRPC can
+    neither share a socket path between processes nor adopt an inherited listener)."""
+    addresses = list(listen)
+    return bool(addresses) and all(a.startswith("unix:") for a in addresses)
 
 
 def restrict_socket(path: Path, mode: str, group: str) -> None:

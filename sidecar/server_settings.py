@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from sidecar.validate import MIB, check, check_address
 
-__all__ = ["DEFAULT_AGENT_SOCKET", "ServerSettings"]
+__all__ = ["DEFAULT_AGENT_SOCKET", "MAX_WORKERS", "ServerSettings"]
 
 
 # The agent API's default listener: a unix socket (docs/identity.md).
 DEFAULT_AGENT_SOCKET = "unix:///run/agent-sidecar/agent.sock"
+# The most worker processes: ``workers: auto`` on a larger node is capped here (and says so).
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -34,16 +37,25 @@ class ServerSettings:
     # HOST:PORT of the kubelet's probe port: gRPC Health/Check only, nothing else (empty:
     # none). Kubernetes' native grpc probes reach the pod's IP (sidecar/health_listener.py).
     health_listen: str = ""
-    # Processes serving the TCP listeners (SO_REUSEPORT); 0: one per CPU available to the
-    # container (cgroup quota honoured). Unix listeners are served by worker 0 alone, so with
-    # no TCP listener (gRPC or front door) 0 means 1 (see sidecar.workers).
-    workers: int = 0
+    # Processes serving the TCP listeners (SO_REUSEPORT). 1 (the default; 0 means 1 too, with
+    # a warning: it used to mean one per CPU): one process, no supervisor, the smallest
+    # footprint (docs/performance.md). N > 1: a supervisor and N workers. "auto": one per CPU
+    # available to the container (cgroup quota honoured, rounded up), at most MAX_WORKERS
+    # (sidecar.workers.planned_workers logs the cap). Unix listeners are served by worker 0
+    # alone, so with no TCP listener (gRPC or front door) only 1 is possible, and "auto"
+    # means 1 (sidecar.workers).
+    workers: int | Literal["auto"] = 1
 
     def __post_init__(self) -> None:
         check(len(self.listen) > 0, "listen: at least one address is required")
         for address in self.listen:
             check_address(address)
-        check(0 <= self.workers <= 64, "workers: must be between 0 and 64 (0: one per CPU)")
+        check(
+            self.workers == "auto" or 0 <= self.workers <= MAX_WORKERS,
+            f"workers: {self.workers!r} must be between 0 and {MAX_WORKERS} (0 and 1: one "
+            "process), "
+            "or auto (one per CPU)",
+        )
         check(
             re.fullmatch(r"0?[0-7]{3}", self.socket_mode) is not None
             and int(self.socket_mode, 8) & 0o007 == 0,

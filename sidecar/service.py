@@ -10,11 +10,10 @@ decision id, upstream status) in ``grpc-status-details-bin``.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import any_pb2, message
@@ -29,9 +28,10 @@ from sidecar.calls.tools import ToolCalls
 from sidecar.identity import CallContext
 from sidecar.model_calls import ModelCall
 from sidecar.policy import Decision
+from sidecar.stream_bridge import InFlight, StreamBridge, finish
 from sidecar.tasks import Task
 
-__all__ = ["SERVICE_NAME", "SidecarService"]
+__all__ = ["SERVICE_NAME", "PeerHandlers", "SidecarService", "abort", "call_context"]
 
 SERVICE_NAME = sidecar_pb2.DESCRIPTOR.services_by_name["Sidecar"].full_name
 
@@ -58,6 +58,16 @@ def decision_message(result: CallResult) -> sidecar_pb2.Decision:
         approval_id=result.approval_id,
         approval_url=result.approval_url,
     )
+
+
+class PeerHandlers(Protocol):
+    """CallPeer and StreamPeer (sidecar/a2a/grpc_calls.py), when A2A peers are configured."""
+
+    async def call_peer(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any: ...
+
+    def stream_peer(self, raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]: ...
+
+    async def aclose(self) -> None: ...
 
 
 def task_message(task: Task) -> sidecar_pb2.Task:
@@ -91,6 +101,9 @@ class SidecarService:
         self._models = models
         self._tasks = tasks
         self._max = max_request_bytes
+        # Set by the wiring (sidecar/app.py) when a2a_peers is configured.
+        self.peers: PeerHandlers | None = None
+        self.streams = InFlight()  # StreamModel's calls, drained by Sidecar.stop
 
     def handlers(self) -> grpc.GenericRpcHandler:
         def unary(fn: Callable[[bytes, Any], Awaitable[Any]]) -> grpc.RpcMethodHandler:
@@ -106,6 +119,10 @@ class SidecarService:
                 "CallModel": unary(self.call_model),
                 "StreamModel": grpc.unary_stream_rpc_method_handler(
                     self.stream_model, request_deserializer=None, response_serializer=_serialize
+                ),
+                "CallPeer": unary(self.call_peer),
+                "StreamPeer": grpc.unary_stream_rpc_method_handler(
+                    self.stream_peer, request_deserializer=None, response_serializer=_serialize
                 ),
                 "StartTask": unary(self.start_task),
                 "EndTask": unary(self.end_task),
@@ -145,21 +162,19 @@ class SidecarService:
 
     async def stream_model(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         request = await self._decode_model(raw, context, "StreamModel")
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        call = asyncio.ensure_future(
+        bridge = StreamBridge()  # bounded: a slow agent holds the relay back, not memory
+        call = self.streams.start(
             self._models.call_model(
                 "StreamModel",
                 dataclasses.replace(request, stream=True),
                 context=_call_context(context),
                 time_remaining=context.time_remaining(),
-                emit=lambda kind, value: queue.put_nowait((kind, value)),
+                emit=bridge.put,
             )
         )
-        call.add_done_callback(lambda _: queue.put_nowait(("end", None)))
         first: Any = None
         try:
-            while True:
-                kind, value = await queue.get()
+            async for kind, value in bridge.events(call):
                 if kind == "start":
                     first = decision_message(value)
                 elif kind == "chunk":
@@ -167,15 +182,31 @@ class SidecarService:
                         decision=first, chunk_json=json.dumps(value, separators=(",", ":"))
                     )
                     first = None
-                else:
-                    break
         finally:
-            if not call.done():
-                call.cancel()
+            bridge.close()
+            await finish(call)  # cancelled if the agent went away; its record written first
         result = call.result()
         if result.status != grpc.StatusCode.OK:
             await _abort(context, result)
         yield sidecar_pb2.ModelChunk(decision=first, usage=_usage_message(result))
+
+    async def call_peer(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        if self.peers is None:
+            await self._no_peers("CallPeer", context)
+        assert self.peers is not None
+        return await self.peers.call_peer(raw, context)
+
+    async def stream_peer(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        if self.peers is None:
+            await self._no_peers("StreamPeer", context)
+        assert self.peers is not None
+        async for event in self.peers.stream_peer(raw, context):
+            yield event
+
+    async def _no_peers(self, rpc: str, context: grpc.aio.ServicerContext) -> None:
+        """No a2a_peers: every peer is unknown (audited, NOT_FOUND)."""
+        result = await self._path.reject(rpc, "unknown_peer", "no A2A peers are configured")
+        await _abort(context, result)
 
     async def _decode_model(self, raw: bytes, context: Any, rpc: str) -> ModelCall:
         msg = await self._decode(rpc, sidecar_pb2.CallModelRequest, raw, context)
@@ -279,6 +310,7 @@ def _call_context(context: grpc.aio.ServicerContext) -> CallContext:
 
 
 async def _abort(context: grpc.aio.ServicerContext, result: CallResult) -> None:
+    """End the RPC with ``result``'s status and a CallError detail (its ``code``)."""
     detail = sidecar_pb2.CallError(
         code=result.code,
         decision=decision_message(result),
@@ -295,3 +327,8 @@ async def _abort(context: grpc.aio.ServicerContext, result: CallResult) -> None:
         status.message,
         trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
     )
+
+
+# For the handlers that live beside their transport (sidecar/a2a/grpc_calls.py).
+abort = _abort
+call_context = _call_context

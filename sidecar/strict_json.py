@@ -7,6 +7,10 @@ numbers beyond a double (``1e400`` would read as infinity) or of more digits tha
 nesting deeper than :data:`MAX_DEPTH`; and a lone UTF-16 surrogate escape (``"\\ud800"``:
 valid JSON text, but not Unicode, so it can be neither sent as UTF-8 nor written to the audit
 log).
+
+Text from upstream (a peer's answer, its events and errors) is read with ``quote=False``: the
+message then holds nothing of the text, only a fixed reason. A peer that repeats as a key the
+credential it was sent must not get it quoted into the error the agent and the audit log see.
 """
 
 from __future__ import annotations
@@ -73,8 +77,10 @@ def _too_deep(value: Any) -> bool:
     return False
 
 
-def loads_strict(text: str | bytes, what: str) -> Any:
-    """Parse ``text``; raise :class:`StrictJsonError` ("<what> <why>") on anything above."""
+def loads_strict(text: str | bytes, what: str, *, quote: bool = True) -> Any:
+    """Parse ``text``; raise :class:`StrictJsonError` ("<what> <why>") on anything above.
+    ``quote=False`` (upstream text): the message is fixed, nothing of ``text`` in it (no key,
+    no parser detail) and no exception chained that holds it."""
     try:
         value = json.loads(
             text,
@@ -82,13 +88,19 @@ def loads_strict(text: str | bytes, what: str) -> Any:
             parse_constant=_bad_constant,
             parse_float=_finite,
         )
-    except StrictJsonError as exc:
+    except DuplicateKeyError as exc:
+        raise StrictJsonError(f"{what} {exc if quote else 'repeats a key'}") from None
+    except StrictJsonError as exc:  # a fixed reason (NaN, a number beyond a double)
         raise StrictJsonError(f"{what} {exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if not quote:
+            raise StrictJsonError(f"{what} is not valid JSON") from None
         raise StrictJsonError(f"{what} is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise StrictJsonError(f"{what} is nested too deeply") from exc
+    except RecursionError:
+        raise StrictJsonError(f"{what} is nested too deeply") from None
     except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        if not quote:
+            raise StrictJsonError(f"{what} holds a number that cannot be read") from None
         raise StrictJsonError(f"{what} holds a number that cannot be read: {exc}") from exc
     if _too_deep(value):
         raise StrictJsonError(f"{what} is nested more than {MAX_DEPTH} levels deep")

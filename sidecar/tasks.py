@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from sidecar.errors import SidecarError
 from sidecar.ids import new_decision_id
 from sidecar.policy.input import TaskInfo
-from sidecar.state import StateDb
+from sidecar.state import Conn, StateDb
 from sidecar.tasks_settings import TaskSettings
 
 __all__ = ["Provenance", "Task", "TaskError", "TaskRegistry"]
@@ -115,6 +115,27 @@ class TaskRegistry:
         self._on_end.append(hook)
 
     def start(self, owner: str, intent: str, ttl_s: int = 0) -> Task:
+        task = self._new(owner, intent, ttl_s)
+        with self._db.transaction() as conn:
+            _insert_task(conn, task)
+        log.info("task started", extra={"task_id": task.id, "subject": owner})
+        return task
+
+    def start_bound(
+        self, owner: str, intent: str, ttl_s: int, provenance: Provenance, *, durable: bool
+    ) -> Task:
+        """A task and its provenance in one transaction (an inbound A2A call opens its task
+        so), returned as stored with ``provenance`` attached: no re-read. ``durable=False``
+        commits without waiting for the disk; a task a power cut loses is unknown afterwards,
+        and every later call naming it is refused (docs/a2a.md "Provenance")."""
+        task = self._new(owner, intent, ttl_s)
+        with self._db.transaction(durable=durable) as conn:
+            _insert_task(conn, task)
+            _insert_provenance(conn, task.id, provenance)
+        log.info("task started", extra={"task_id": task.id, "subject": owner})
+        return dataclasses.replace(task, provenance=provenance)
+
+    def _new(self, owner: str, intent: str, ttl_s: int) -> Task:
         settings = self._settings
         if ttl_s < 0 or ttl_s > settings.max_ttl_s:
             raise TaskError(
@@ -124,20 +145,13 @@ class TaskRegistry:
         if len(intent) > 4096:
             raise TaskError("intent is longer than 4096 characters", code="invalid_task")
         now = time.time_ns()
-        task = Task(
+        return Task(
             id="t-" + new_decision_id(now),
             owner=owner,
             intent=intent,
             started_ns=now,
             expires_ns=now + (ttl_s or settings.default_ttl_s) * 1_000_000_000,
         )
-        with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO tasks (id, owner, intent, started_ns, expires_ns) VALUES (?,?,?,?,?)",
-                (task.id, task.owner, task.intent, task.started_ns, task.expires_ns),
-            )
-        log.info("task started", extra={"task_id": task.id, "subject": owner})
-        return task
 
     def get(self, task_id: str) -> Task | None:
         rows = self._db.query("SELECT * FROM tasks WHERE id = ?", (task_id,))
@@ -181,22 +195,7 @@ class TaskRegistry:
         """Record ``task_id``'s provenance (once: a task's chain never changes; a racing
         second bind is a no-op, so callers re-read :meth:`provenance`)."""
         with self._db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO task_provenance (task_id, txn, requester, purpose, chain, origin, "
-                "token_exp, token, created_ns) VALUES (?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT (task_id) DO NOTHING",
-                (
-                    task_id,
-                    provenance.txn,
-                    provenance.requester,
-                    provenance.purpose,
-                    json.dumps(list(provenance.chain)),
-                    int(provenance.origin),
-                    provenance.token_exp,
-                    provenance.token,
-                    time.time_ns(),
-                ),
-            )
+            _insert_provenance(conn, task_id, provenance)
 
     def provenance(self, task_id: str) -> Provenance | None:
         rows = self._db.query("SELECT * FROM task_provenance WHERE task_id = ?", (task_id,))
@@ -312,6 +311,32 @@ class TaskRegistry:
                 hook(task)
             except Exception:
                 log.exception("task end hook failed", extra={"task_id": task.id})
+
+
+def _insert_task(conn: Conn, task: Task) -> None:
+    conn.execute(
+        "INSERT INTO tasks (id, owner, intent, started_ns, expires_ns) VALUES (?,?,?,?,?)",
+        (task.id, task.owner, task.intent, task.started_ns, task.expires_ns),
+    )
+
+
+def _insert_provenance(conn: Conn, task_id: str, provenance: Provenance) -> None:
+    conn.execute(
+        "INSERT INTO task_provenance (task_id, txn, requester, purpose, chain, origin, "
+        "token_exp, token, created_ns) VALUES (?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT (task_id) DO NOTHING",
+        (
+            task_id,
+            provenance.txn,
+            provenance.requester,
+            provenance.purpose,
+            json.dumps(list(provenance.chain)),
+            int(provenance.origin),
+            provenance.token_exp,
+            provenance.token,
+            time.time_ns(),
+        ),
+    )
 
 
 def _provenance(row: object) -> Provenance:

@@ -48,7 +48,15 @@ def convert(tp: Any, value: Any, key: str, base: Path) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
-        return convert(args[0], value, key, base)
+        if len(args) == 1:
+            return convert(args[0], value, key, base)
+        refusals = []  # the first type that takes the value wins (int | Literal["auto"])
+        for arg in args:
+            try:
+                return convert(arg, value, key, base)
+            except KeyedError as exc:
+                refusals.append(str(exc))
+        raise KeyedError(where, "; or ".join(refusals))
     if origin is tuple:
         (item,) = typing.get_args(tp)[:1]
         if isinstance(value, str) or not isinstance(value, list):

@@ -1,8 +1,11 @@
 """``server.workers``: N sidecar processes serving the same listeners, supervised.
 
 One Python process is one core (the GIL), so ``agent-sidecar serve`` with ``server.workers``
-above 1 becomes a small supervisor that runs N worker processes (``serve`` again, told its
-place by ``AGENT_SIDECAR_WORKER=i/n``) and never imports gRPC or the engine itself.
+above 1 becomes a small supervisor (sidecar/supervisor.py) that runs N worker processes
+(``serve`` again, told its place by ``AGENT_SIDECAR_WORKER=i/n``) and never imports gRPC, the
+engine or the configuration itself. This module is the workers' side: their role, the CPU
+count, the audit segments, the status they read, and how they tie themselves to the
+supervisor. The default is one process and no supervisor (docs/performance.md).
 
 How the listeners are shared: every worker binds the TCP listeners (gRPC, front door) with
 ``SO_REUSEPORT``, and the kernel spreads *connections* across them (a gRPC channel is one
@@ -27,43 +30,49 @@ configured, so a crash shows in the health check until the replacement serves.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import math
 import os
-import queue
-import select
 import signal
-import subprocess
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+from sidecar.server_settings import MAX_WORKERS
+from sidecar.supervisor import (
+    READY_FD_ENV,
+    STATUS_FILE,
+    SUPERVISE_ENV,
+    SUPERVISOR_ENV,
+    WORKER_ENV,
+    exec_supervisor,
+)
+
+if TYPE_CHECKING:
+    from sidecar.config import Settings
 
 __all__ = [
+    "READY_FD_ENV",
+    "STATUS_FILE",
+    "SUPERVISE_ENV",
+    "SUPERVISOR_ENV",
     "WORKER_ENV",
-    "Supervisor",
     "WorkerRole",
     "WorkersStatus",
     "available_cpus",
+    "die_with_supervisor",
+    "exec_supervisor",
+    "planned_workers",
     "segment_path",
     "segments",
+    "signal_ready",
 ]
 
 log = logging.getLogger(__name__)
 
-WORKER_ENV = "AGENT_SIDECAR_WORKER"
-READY_FD_ENV = "AGENT_SIDECAR_READY_FD"
-SUPERVISOR_ENV = "AGENT_SIDECAR_SUPERVISOR"
-STATUS_FILE = "workers.json"
-# A worker that dies younger than this is restarted after a doubling backoff.
-YOUNG_S = 10.0
-MAX_BACKOFF_S = 30.0
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-# How long a starting worker may take to serve.
-START_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -95,21 +104,46 @@ class WorkerRole:
         return cls(int(index), int(count))
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (containers)."""
+def available_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (containers),
+    rounded up (a 1.5-CPU limit is 2). What ``server.workers: auto`` runs."""
     cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_quota()
+    quota = _cgroup_quota(cgroup_root)
     return max(1, min(cpus, math.ceil(quota))) if quota else max(1, cpus)
 
 
-def _cgroup_quota() -> float | None:
-    with contextlib.suppress(OSError, ValueError):  # cgroup v2
-        max_, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        return None if max_ == "max" else int(max_) / int(period)
-    with contextlib.suppress(OSError, ValueError):  # cgroup v1
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return None if quota <= 0 else quota / period
+ZERO_WORKERS_WARNING = (
+    "server.workers: 0 means one process (it used to mean one per CPU); write server.workers: "
+    "auto for one per CPU the container may use, or 1 (docs/configuration.md)"
+)
+CAPPED_WARNING = "server.workers: auto: %d CPUs available, capped at %d workers"
+
+
+def planned_workers(settings: Settings, cpus: int) -> int:
+    """``settings.worker_count(cpus)``, saying so where it is not what was written: an
+    explicit 0 (a value whose meaning changed) and ``auto`` capped at MAX_WORKERS. Said once,
+    by ``serve`` before it becomes the supervisor, not again by every worker."""
+    count = settings.worker_count(cpus)
+    if WORKER_ENV not in os.environ:
+        if settings.server.workers == 0:
+            log.warning(ZERO_WORKERS_WARNING)
+        elif settings.server.workers == "auto" and settings.shares_tcp and cpus > MAX_WORKERS:
+            log.warning(CAPPED_WARNING, cpus, MAX_WORKERS)
+    return count
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """The CPU limit in CPUs, or None for none (or none readable: the affinity decides)."""
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):  # cgroup v2
+        max_, period = (root / "cpu.max").read_text().split()
+        if max_ == "max":
+            return None
+        quota = int(max_) / int(period)
+        return quota if quota > 0 else None
+    with contextlib.suppress(OSError, ValueError, ZeroDivisionError):  # cgroup v1
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota <= 0 or period <= 0 else quota / period
     return None
 
 
@@ -133,7 +167,7 @@ def segments(path: Path) -> list[Path]:
 
 @dataclass
 class WorkersStatus:
-    """What the supervisor publishes in ``workers.json``."""
+    """What the supervisor publishes in ``workers.json`` (sidecar/supervisor.py writes it)."""
 
     expected: int
     alive: int = 0
@@ -157,161 +191,11 @@ class WorkersStatus:
             return cls(expected=1, alive=0)
 
     def write(self, state_dir: Path) -> None:
+        """What the supervisor's own writer does (sidecar/supervisor.py), for tests and tools."""
         state_dir.mkdir(parents=True, exist_ok=True)
         tmp = state_dir / f".{STATUS_FILE}.{os.getpid()}"
         tmp.write_text(json.dumps(asdict(self)))
         tmp.replace(state_dir / STATUS_FILE)
-
-
-class WorkerFailedToStart(RuntimeError):
-    """Worker 0 exited before serving: the configuration or environment is wrong."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(f"worker 0 exited with {code} before serving")
-        self.code = code
-
-
-@dataclass
-class _Worker:
-    index: int
-    proc: subprocess.Popen[bytes] | None = None
-    started: float = 0.0
-    backoff_s: float = 0.0
-    restart_at: float | None = None
-
-
-class Supervisor:
-    """Runs ``count`` workers of ``command`` (``serve`` with its arguments) until signalled."""
-
-    def __init__(self, command: list[str], count: int, state_dir: Path, grace_s: float) -> None:
-        self._command = command
-        self._count = count
-        self._state_dir = state_dir
-        self._grace_s = grace_s
-        self._workers = [_Worker(i) for i in range(count)]
-        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self.status = WorkersStatus(expected=count)
-        self._stopping = False
-
-    def run(self) -> int:
-        """Start worker 0, then the others; restart any that exits; stop on SIGTERM/SIGINT
-        (forwarded), forward SIGHUP (policy reload). The exit code of a failed start."""
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, lambda signum, _frame: self._events.put(("signal", signum)))
-        self._publish()
-        try:
-            if not self._start(self._workers[0]):
-                proc = self._workers[0].proc
-                raise WorkerFailedToStart((proc.wait() if proc else 1) or 1)
-            for worker in self._workers[1:]:
-                self._start(worker)
-            self._supervise()
-        except WorkerFailedToStart as exc:
-            log.critical("worker 0 could not start", extra={"exit_code": exc.code})
-            self._stop_all()
-            return exc.code
-        finally:
-            with contextlib.suppress(OSError):
-                (self._state_dir / STATUS_FILE).unlink()
-        return 0
-
-    def _start(self, worker: _Worker) -> bool:
-        """Spawn ``worker`` and wait until it serves (True) or exits (False)."""
-        read_fd, write_fd = os.pipe()
-        env = dict(os.environ)
-        env[WORKER_ENV] = f"{worker.index}/{self._count}"
-        env[READY_FD_ENV] = str(write_fd)
-        env[SUPERVISOR_ENV] = str(os.getpid())
-        try:
-            worker.proc = subprocess.Popen(self._command, env=env, pass_fds=(write_fd,))
-        finally:
-            os.close(write_fd)
-        worker.started = time.monotonic()
-        worker.restart_at = None
-        proc = worker.proc
-        threading.Thread(
-            target=lambda: self._events.put(("exit", (worker, proc, proc.wait()))),
-            name=f"wait-worker-{worker.index}",
-            daemon=True,
-        ).start()
-        with os.fdopen(read_fd, "rb") as ready:  # EOF without a byte: the worker exited
-            # poll, not select(): select() refuses fd numbers beyond FD_SETSIZE (1024)
-            poller = select.poll()
-            poller.register(ready, select.POLLIN)
-            readable = poller.poll(START_TIMEOUT_S * 1000)
-            serving = bool(readable) and ready.read(1) == b"1"
-        if not serving and proc.poll() is None:  # hung while starting
-            log.error("worker did not serve in time", extra={"worker": worker.index})
-            proc.kill()
-        if serving:
-            self._publish()
-            log.info("worker serving", extra={"worker": worker.index, "pid": proc.pid})
-        return serving
-
-    def _supervise(self) -> None:
-        while True:
-            due = [w.restart_at for w in self._workers if w.restart_at is not None]
-            timeout = max(0.0, min(due) - time.monotonic()) if due else None
-            try:
-                kind, value = self._events.get(timeout=timeout)
-            except queue.Empty:
-                kind, value = "tick", None
-            if kind == "signal":
-                if value == signal.SIGHUP:
-                    self._signal_all(signal.SIGHUP)
-                    continue
-                self._stop_all()
-                return
-            if kind == "exit":
-                self._exited(*value)
-            now = time.monotonic()
-            for worker in self._workers:
-                due_now = worker.restart_at is not None and worker.restart_at <= now
-                if due_now and not self._start(worker):
-                    self._schedule_restart(worker)
-
-    def _exited(self, worker: _Worker, proc: subprocess.Popen[bytes], code: int) -> None:
-        if self._stopping or proc is not worker.proc:
-            return
-        self.status.restarts += 1
-        self.status.last_exit = f"worker {worker.index} (pid {proc.pid}) exited with {code}"
-        log.error(
-            "worker exited: restarting it",
-            extra={"worker": worker.index, "pid": proc.pid, "exit_code": code},
-        )
-        worker.proc = None
-        self._schedule_restart(worker)
-        self._publish()
-
-    def _schedule_restart(self, worker: _Worker) -> None:
-        young = time.monotonic() - worker.started < YOUNG_S
-        worker.backoff_s = min(MAX_BACKOFF_S, max(0.5, worker.backoff_s * 2)) if young else 0.0
-        worker.restart_at = time.monotonic() + worker.backoff_s
-
-    def _publish(self) -> None:
-        running = [w.proc for w in self._workers if w.proc is not None and w.restart_at is None]
-        self.status.alive = sum(1 for p in running if p.poll() is None)
-        self.status.pids = [p.pid for p in running]
-        self.status.write(self._state_dir)
-
-    def _signal_all(self, sig: int) -> None:
-        for worker in self._workers:
-            if worker.proc is not None and worker.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    worker.proc.send_signal(sig)
-
-    def _stop_all(self) -> None:
-        self._stopping = True
-        self._signal_all(signal.SIGTERM)
-        deadline = time.monotonic() + self._grace_s + 10
-        for worker in self._workers:
-            if worker.proc is None:
-                continue
-            try:
-                worker.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                worker.proc.kill()
-                worker.proc.wait()
 
 
 def die_with_supervisor() -> None:
@@ -320,6 +204,8 @@ def die_with_supervisor() -> None:
     supervisor = os.environ.get(SUPERVISOR_ENV, "")
     if WORKER_ENV not in os.environ or not supervisor.isdigit():
         return
+    import ctypes  # here: the supervisor imports none of this module
+
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)

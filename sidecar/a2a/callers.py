@@ -12,6 +12,7 @@ the verifier's own reason in the message; the token never appears in one.
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,7 +26,10 @@ from sidecar.identity import CallContext, IdentityError, Subject, WorkloadIdenti
 from sidecar.identity.attest import JwtAttestor, MtlsAttestor
 from sidecar.users import User, UserTokenError, UserVerifier
 
-__all__ = ["Caller", "CallerUnverified", "CallerVerifier", "UserSubject"]
+__all__ = ["Caller", "CallerUnverified", "CallerVerifier", "UserSubject", "VerifiedCallers"]
+
+# Verified client certificates kept (one per calling workload and SVID in practice).
+MAX_CACHED_CALLERS = 1024
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class CallerVerifier:
         self._users = users if user_issuer else None
         self._user_issuer = user_issuer
         self._user_issuer_url = user_issuer_url
+        self._verified = VerifiedCallers()
 
     @property
     def bearer_accepted(self) -> bool:
@@ -102,12 +107,20 @@ class CallerVerifier:
             raise CallerUnverified(
                 "no client certificate and no bearer token", reason="missing_credentials"
             )
-        pem = x509.load_der_x509_certificate(peer_cert_der).public_bytes(serialization.Encoding.PEM)
         try:
+            snapshot = self._identity.snapshot()  # this sidecar's SVID and bundles, now
+            cached = self._verified.get(peer_cert_der, snapshot)
+            if cached is not None:
+                return cached
+            pem = x509.load_der_x509_certificate(peer_cert_der).public_bytes(
+                serialization.Encoding.PEM
+            )
             subject = self._mtls.attest(CallContext(auth_context={"x509_pem_cert": [pem]}))
         except IdentityError as exc:
             raise CallerUnverified(str(exc), reason=exc.code) from exc
-        return Caller("workload", subject.spiffe_id, "mtls", subject)
+        caller = Caller("workload", subject.spiffe_id, "mtls", subject)
+        self._verified.put(peer_cert_der, snapshot, caller, subject.expires_at)
+        return caller
 
     async def _bearer(self, value: str) -> Caller:
         scheme, _, token = value.partition(" ")
@@ -137,6 +150,35 @@ class CallerVerifier:
         except IdentityError as exc:
             raise CallerUnverified(str(exc), reason=exc.code) from exc
         return Caller("workload", subject.spiffe_id, "jwt_svid", subject)
+
+
+class VerifiedCallers:
+    """Client certificates already verified, keyed by their DER, each valid only under the
+    identity snapshot (this sidecar's SVID and trust bundles) it was verified with: any
+    rotation or bundle change verifies again. Bounded; an entry ends with its certificate."""
+
+    def __init__(self, max_entries: int = MAX_CACHED_CALLERS) -> None:
+        self._max = max_entries
+        self._entries: dict[bytes, tuple[Any, Caller, float]] = {}
+
+    def get(self, der: bytes, snapshot: Any) -> Caller | None:
+        entry = self._entries.get(der)
+        if entry is None:
+            return None
+        verified_under, caller, expires_at = entry
+        if verified_under is not snapshot or time.time() >= expires_at:
+            self._entries.pop(der, None)
+            return None
+        return caller
+
+    def put(self, der: bytes, snapshot: Any, caller: Caller, expires_at: float) -> None:
+        self._entries.pop(der, None)  # a replaced entry moves to the end, evicting nothing
+        if len(self._entries) >= self._max:  # the oldest goes (insertion order)
+            self._entries.pop(next(iter(self._entries)), None)
+        self._entries[der] = (snapshot, caller, expires_at)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _issuer(token: str) -> str:

@@ -34,7 +34,7 @@ from sidecar.a2a.card_shape import card_digest, rewrite_for_agent, skill_ids, va
 from sidecar.a2a.card_signature import Verified, load_card_keys, signed_content, verify_card
 from sidecar.a2a.errors import CardError, CardSignatureError
 from sidecar.a2a.peer_tls import ServerIdentityMismatch, SpiffeConnector
-from sidecar.a2a.pins import CardPin, CardPinStore
+from sidecar.a2a.pins import CardPin, CardPinStore, PinCache
 from sidecar.a2a.settings import A2aPeerSettings
 from sidecar.state.offloop import off_loop
 from sidecar.strict_json import StrictJsonError, loads_strict
@@ -142,6 +142,8 @@ class CardBook:
         self._fetched: dict[str, FetchedCard] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Pins served from memory for at most pins.PIN_CACHE_S (docs/a2a.md "Agent cards").
+        self._pin_cache = PinCache()
 
     def _peer(self, name: str) -> A2aPeerSettings:
         peer = self.peers.get(name)
@@ -157,7 +159,10 @@ class CardBook:
         fetched = self._fetched.get(name)
         if fetched is None or time.monotonic() - fetched.fetched_at >= self._ttl_s:
             return await self.refresh(name, seen=fetched)
-        pin = await off_loop(self.pins.get, name)
+        pin = self._pin_cache.get(name)
+        if pin is None:
+            pin = await off_loop(self.pins.get, name)
+            self._pin_cache.put(pin, name)
         return self._view(name, fetched, pin)
 
     async def refresh(self, name: str, *, seen: Any = _FETCH) -> PinnedCard:
@@ -180,6 +185,7 @@ class CardBook:
                     fetched = dataclasses.replace(current, fetched_at=time.monotonic())
                 self._fetched[name] = fetched
             pin = await off_loop(self.pins.pin_first, name, fetched.digest, fetched.card)
+            self._pin_cache.put(pin, name)
         return self._view(name, fetched, pin)
 
     def _view(self, name: str, fetched: FetchedCard, pin: CardPin | None) -> PinnedCard:
@@ -228,6 +234,7 @@ class CardBook:
             card = fetched.card
         before = await off_loop(self.pins.get, name)
         pin = await off_loop(self.pins.accept, name, digest, card, by)
+        self._pin_cache.put(pin, name)
         current = self._fetched.get(name)
         if current is None:
             current = FetchedCard(card, digest, False, "", time.monotonic())
@@ -266,10 +273,12 @@ class CardBook:
         context, expect_id = self._tls(peer) if https else (False, "")
         timeout = aiohttp.ClientTimeout(total=peer.timeout_s)
         if expect_id:  # its own connection: the SVID rotates, and the server's ID is checked
-            session = aiohttp.ClientSession(connector=SpiffeConnector(expect_id))
+            session = aiohttp.ClientSession(
+                connector=SpiffeConnector(expect_id), cookie_jar=aiohttp.DummyCookieJar()
+            )
         else:
             if self._session is None or self._session.closed:
-                self._session = aiohttp.ClientSession()
+                self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
             session = self._session
         try:
             async with session.get(
@@ -312,7 +321,7 @@ class CardBook:
                 outcome="peer_bad_response",
             )
         try:
-            card = validate_card(loads_strict(body, "the card"))
+            card = validate_card(loads_strict(body, "the card", quote=False))
         except StrictJsonError as exc:
             raise CardError(str(exc), code="card_malformed", outcome="peer_bad_response") from exc
         verified = self._verify(name, peer, card)

@@ -23,11 +23,19 @@ import aiohttp
 import grpc
 from aiohttp import web
 
-from sidecar.a2a import protocol
+from sidecar.a2a import protocol, rest_binding
 from sidecar.a2a.callers import Caller, CallerUnverified, CallerVerifier, peer_certificate
 from sidecar.a2a.errors import A2aError, A2aProtocolError, TxnEnded
 from sidecar.a2a.inbound_tls import svid_server_context
-from sidecar.a2a.inbound_wire import AGENT_HEADER_PREFIX, agent_headers, read_card, rewrite_card
+from sidecar.a2a.inbound_wire import (
+    AGENT_HEADER_PREFIX,
+    agent_headers,
+    read_card,
+    read_whole,
+    rewrite_card,
+)
+from sidecar.a2a.inbound_wire import json_error as _json_error
+from sidecar.a2a.inbound_wire import trace_of as _trace
 from sidecar.a2a.provenance import ProvenanceBinder, intent_of
 from sidecar.a2a.task_owners import TaskOwners, ids_in_answer, ids_in_events
 from sidecar.a2a.txn_status import STATUS_PATH, TxnStatusClient, status_answer
@@ -71,7 +79,7 @@ _HTTP_STATUS = {
     "agent_timeout": 504,
     "agent_unavailable": 502,
     "audit_unavailable": 503,
-}
+} | rest_binding.INBOUND_HTTP_STATUS  # binding_unsupported: 404 (JSON-RPC only here)
 _RPC_CODE = {
     "caller_unverified": protocol.UNAUTHENTICATED,
     "txn_token_invalid": protocol.UNAUTHENTICATED,
@@ -160,6 +168,7 @@ class InboundListener:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # one caller's cookie never reaches another's call
         )
         self._server = HttpServer(
             self._sock,
@@ -193,6 +202,8 @@ class InboundListener:
         if request.path.startswith(STATUS_PATH) and request.method == "GET":
             return await self._serve_status(request)
         if request.path != "/" or request.method != "POST":
+            if rest := rest_binding.rest_refusal(request.method, request.path):  # audited
+                return await self._refused(None, rest.code, rest.message, None, rest.rpc_code)
             return _json_error(404, None, "not_found", "POST A2A JSON-RPC to /")
         try:
             caller = await self._verifier.verify(
@@ -248,9 +259,11 @@ class InboundListener:
                 "GetTask names one of yours",
                 who,
             )
-        task_owner, context_owner = await off_loop(
-            self._owners.owners, self._binder.agent_id, parsed.task_id, parsed.context_id
-        )
+        task_owner, context_owner = "", ""
+        if parsed.task_id or parsed.context_id:  # a new message names neither: no lookup
+            task_owner, context_owner = await off_loop(
+                self._owners.owners, self._binder.agent_id, parsed.task_id, parsed.context_id
+            )
         if (parsed.task_id and task_owner != caller.id) or context_owner not in ("", caller.id):
             return await self._refused(
                 parsed.id,
@@ -259,9 +272,8 @@ class InboundListener:
                 who,
             )
         try:
-            token = await off_loop(
-                self._binder.incoming, request.headers.getall(TXN_HEADER, []), caller
-            )
+            values = request.headers.getall(TXN_HEADER, [])  # none: no thread hop
+            token = await off_loop(self._binder.incoming, values, caller) if values else None
         except A2aError as exc:
             return await self._refused(parsed.id, exc.code, str(exc), who)
         except Exception as exc:  # a token of a shape no check foresaw: refused, and audited
@@ -353,12 +365,17 @@ class InboundListener:
         holder: dict[str, web.StreamResponse],
     ) -> CallResult:
         await self._origin_active(token)
-        task = await off_loop(self._binder.open, caller, token, call.intent)
-        provenance = await off_loop(self._binder.provenance, task.id)
-        record.task = {"id": task.id, "intent": task.intent, "owner": task.owner}
-        if provenance is not None:  # the record's delegation stays the caller's delegators
-            record.task["origin"] = provenance.to_input()
-        headers = agent_headers(request.headers, caller, task.id, record.decision_id, call.skill)
+        task_id = ""
+        if not parsed.read_only:  # a read operation changes nothing: it needs no task
+            task = await off_loop(self._binder.open, caller, token, call.intent)
+            task_id, provenance = task.id, task.provenance
+            record.task = {"id": task.id, "intent": task.intent, "owner": task.owner}
+            if provenance is not None:  # the record's delegation stays the caller's delegators
+                record.task["origin"] = provenance.to_input()
+        elif token is not None:  # a read opens no task; its transaction still joins the audit
+            origin = {"txn": token.txn, "requester": token.requester, "purpose": token.purpose}
+            record.task = {"origin": origin}
+        headers = agent_headers(request.headers, caller, task_id, record.decision_id, call.skill)
         record.upstream = {"target": "agent", "method": parsed.method}
         assert self._session is not None
         t0 = time.perf_counter()
@@ -369,13 +386,10 @@ class InboundListener:
                     self._settings.agent_url, data=body, headers=headers, allow_redirects=False
                 ) as answer:
                     record.upstream["status"] = answer.status
-                    response = web.StreamResponse(status=answer.status)
-                    for name in _PASSED_BACK:
-                        if name in answer.headers:
-                            response.headers[name] = answer.headers[name]
-                    response.headers["x-agent-sidecar-decision-id"] = record.decision_id
+                    passed = {n: answer.headers[n] for n in _PASSED_BACK if n in answer.headers}
+                    passed["x-agent-sidecar-decision-id"] = record.decision_id
                     record.upstream["bytes"] = await self._pass_back(
-                        request, answer, response, caller, holder
+                        request, answer, passed, caller, holder
                     )
         except TimeoutError:
             raise Stop("agent_timeout", "the agent did not answer in time") from None
@@ -391,23 +405,30 @@ class InboundListener:
         self,
         request: web.BaseRequest,
         answer: aiohttp.ClientResponse,
-        response: web.StreamResponse,
+        headers: dict[str, str],
         caller: Caller,
         holder: dict[str, web.StreamResponse],
     ) -> int:
         """The agent's answer to the caller, each task and context id in it recorded as the
         caller's before the caller can see (and name) it."""
         agent = self._binder.agent_id
+        if answer.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+            # Asked for identity, answered compressed: ids unreadable (unrecorded), bytes unlabelled
+            raise Stop("agent_unavailable", "the agent's answer is compressed; identity asked")
         if not answer.headers.get("Content-Type", "").startswith("text/event-stream"):
-            whole = await answer.content.read(MAX_ANSWER_BYTES + 1)
-            if len(whole) > MAX_ANSWER_BYTES:
+            whole = await read_whole(answer, MAX_ANSWER_BYTES)
+            if whole is None:
                 raise Stop("agent_unavailable", "the agent's answer is larger than allowed")
-            await off_loop(self._owners.record, agent, caller.id, ids_in_answer(whole))
-            holder["response"] = response
-            await response.prepare(request)
-            await response.write(whole)
-            await response.write_eof()
+            if ids := ids_in_answer(whole):  # each id recorded before the caller sees it
+                await off_loop(self._owners.record, agent, caller.id, ids)
+            # Read whole: one response with Content-Length, its head and body in one TLS
+            # write (a StreamResponse sends its head at prepare: two records, two wake-ups).
+            unary = web.Response(status=answer.status, body=whole, headers=headers)
+            holder["response"] = unary
+            await unary.prepare(request)
+            await unary.write_eof()
             return len(whole)
+        response = web.StreamResponse(status=answer.status, headers=headers)
         holder["response"] = response
         await response.prepare(request)
         sent, pending = 0, b""
@@ -477,20 +498,3 @@ class InboundListener:
 
             card = sign_card_with_svid(card, self._identity.snapshot())
         return web.json_response(card)
-
-
-def _trace(request: web.BaseRequest) -> tuple[tuple[str, str], ...]:
-    value = request.headers.get("traceparent")
-    return (("traceparent", value),) if value else ()
-
-
-def _json_error(
-    status: int,
-    rpc_id: Any,
-    code: str,
-    message: str,
-    rpc_code: int = protocol.DENIED,
-    decision_id: str = "",
-) -> web.Response:
-    body = protocol.rpc_error(rpc_id, rpc_code, message, code, decision_id=decision_id)
-    return web.Response(status=status, body=protocol.dumps(body), content_type="application/json")

@@ -18,20 +18,21 @@ import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import web
 
 from sidecar.a2a import protocol
+from sidecar.a2a.agent_call import agent_call
 from sidecar.a2a.cards import CardBook, build_cards
 from sidecar.a2a.errors import A2aError, A2aProtocolError, CardError
-from sidecar.a2a.redact import ArtifactStreams, classify_params, redact_message, redact_parts
+from sidecar.a2a.redact import ArtifactStreams, redact_message, redact_parts
 from sidecar.a2a.relay import PeerRelay
+from sidecar.a2a.rest_binding import binding_of
 from sidecar.a2a.settings import A2aPeerSettings, peer_target
 from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, call_context, read_body
 from sidecar.audit import CallRecord
-from sidecar.calls.a2a import A2aCall, A2aCalls, AnswerStream, PeerFailure
+from sidecar.calls.a2a import A2aCall, A2aCalls, AnswerStream, PeerCard, PeerFailure
 from sidecar.calls.common import CallResult, Facts, off_loop
 from sidecar.calls.guarded import GuardedPath
 from sidecar.classify import StreamRedactor
@@ -62,6 +63,7 @@ _RPC_BY_STATUS: dict[grpc.StatusCode, int] = {
     _S.NOT_FOUND: protocol.INVALID_PARAMS,
     _S.CANCELLED: protocol.UNAVAILABLE,
     _S.INTERNAL: protocol.INTERNAL_ERROR,
+    _S.UNIMPLEMENTED: protocol.METHOD_NOT_FOUND,  # binding_unsupported (rest_binding.py)
 }
 
 
@@ -82,19 +84,22 @@ class PeerPort:
         # Where the agent reaches this peer through the sidecar (set once the port is bound).
         self.agent_url = ""
 
-    async def card_facts(self) -> dict[str, Any]:
+    async def card_facts(self) -> PeerCard:
+        """The pinned card's facts and its wire binding (rest_binding.py), both for this
+        call only: a card accepted while the call waits changes neither."""
         try:
             view = await self._cards.card_for(self.name)
         except CardError as exc:
             raise PeerFailure(str(exc), code=exc.outcome, reached=False) from exc
-        return view.policy_input()
+        binding = binding_of(self.settings.binding, view.card)  # binding_unsupported: refused
+        return PeerCard(view.policy_input(), binding)
 
     def exchange(
-        self, body: dict[str, Any], headers: Mapping[str, str], *, stream: bool
+        self, body: dict[str, Any], headers: Mapping[str, str], *, stream: bool, binding: str
     ) -> AsyncIterator[dict[str, Any]]:
         version = protocol.METHODS[body["method"]][1]
         return self._relay.exchange(
-            self.name, body, version=version, headers=headers, stream=stream
+            self.name, body, version=version, headers=headers, stream=stream, binding=binding
         )
 
     def redact_request(self, params: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
@@ -136,11 +141,14 @@ class PeerPort:
             raise PeerFailure(str(exc), code=exc.code, reached=False) from exc
 
 
-def _json(status: int, body: dict[str, Any], decision_id: str = "") -> web.Response:
+def _json(
+    status: int, body: dict[str, Any], decision_id: str = "", encoded: bytes = b""
+) -> web.Response:
+    """One JSON answer; ``encoded``: ``body`` already encoded (the call's answer, as audited)."""
     headers = {"Content-Type": "application/json", "Server": "agent-sidecar"}
     if decision_id:
         headers["x-agent-sidecar-decision-id"] = decision_id
-    return web.Response(status=status, body=protocol.dumps(body), headers=headers)
+    return web.Response(status=status, body=encoded or protocol.dumps(body), headers=headers)
 
 
 def _http_error(status: int, code: str, message: str) -> web.Response:
@@ -219,6 +227,11 @@ class A2aOutbound:
     @property
     def port(self) -> int:
         return self._server.port
+
+    @property
+    def peers(self) -> Mapping[str, PeerPort]:
+        """The configured peers (shared with the gRPC API's CallPeer, grpc_calls.py)."""
+        return self._peers
 
     def use_provenance(self, binder: Any) -> None:
         """Give every peer call the inbound side's transaction tokens (A3's binder)."""
@@ -332,30 +345,10 @@ class A2aOutbound:
     def _call(
         self, parsed: protocol.A2aRequest, peer: PeerPort, request: web.BaseRequest
     ) -> A2aCall:
-        operation = "read" if parsed.read_only else peer.settings.operation_of(parsed.skill)
-        metadata = (parsed.message or {}).get("metadata")
         wait = self._config.wait_for_approval_s
-        push_url = None
-        if parsed.push_url:
-            parts = urlsplit(parsed.push_url)
-            push_url = {"scheme": parts.scheme.lower(), "host": (parts.hostname or "").lower()}
-        return A2aCall(
-            rpc_id=parsed.id,
-            method=parsed.method,
-            a2a_operation=parsed.operation,
-            version=parsed.version,
-            skill=parsed.skill,
-            operation=operation,
-            params=parsed.params,
-            parts=parsed.parts,
-            texts=protocol.part_texts(parsed.parts),
-            part_kinds=[protocol.part_kind(p) for p in parsed.parts],
-            a2a_task_id=parsed.task_id,
-            context_id=parsed.context_id,
-            metadata_keys=sorted(metadata) if isinstance(metadata, dict) else [],
-            data_classes=classify_params(parsed.params),
-            push_url=push_url,
-            streaming=parsed.streaming,
+        return agent_call(  # shared with the gRPC API (grpc_calls.py): one policy input
+            parsed,
+            peer.settings,
             task_id=request.headers.get(TASK_HEADER, ""),
             intent=request.headers.get(INTENT_HEADER, ""),
             approval_id=request.headers.get(APPROVAL_HEADER, ""),
@@ -390,7 +383,7 @@ class A2aOutbound:
             await stream.write_eof()
             return stream
         if result.code == "ok" and result.answer is not None:
-            return _json(200, result.answer, result.decision_id)
+            return _json(200, result.answer, result.decision_id, result.upstream_body)
         return _json(200, refusal(call.rpc_id, result), result.decision_id)
 
 

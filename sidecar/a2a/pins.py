@@ -15,7 +15,12 @@ from typing import Any
 
 from sidecar.state import StateDb
 
-__all__ = ["CardPin", "CardPinStore"]
+__all__ = ["PIN_CACHE_S", "CardPin", "CardPinStore", "PinCache"]
+
+# How long a worker serves a pin from memory before reading the state store again: the bound
+# on how late a pin accepted on another worker (or replica) is seen here. This worker's own
+# accepts and first pins replace its entry at once.
+PIN_CACHE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,3 +79,29 @@ class CardPinStore:
                 (peer, digest, json.dumps(card, sort_keys=True), pin.pinned_ns, by),
             )
         return pin
+
+
+class PinCache:
+    """The pins a worker read, each for at most ``max_age_s`` (the state store is shared
+    with other workers, whose accepts reach this one no later than that).
+
+    Correct only while every read and write of pins runs on the one state thread
+    (``STATE_THREAD``, first in first out): a read that started before an accept then cannot
+    put the old pin back after it."""
+
+    def __init__(self, max_age_s: float = PIN_CACHE_S) -> None:
+        self._max_age_s = max_age_s
+        self._entries: dict[str, tuple[float, CardPin]] = {}
+
+    def get(self, peer: str) -> CardPin | None:
+        """The pin read less than ``max_age_s`` ago (None: read the store)."""
+        entry = self._entries.get(peer)
+        if entry is None or time.monotonic() - entry[0] >= self._max_age_s:
+            return None
+        return entry[1]
+
+    def put(self, pin: CardPin | None, peer: str) -> None:
+        if pin is None:
+            self._entries.pop(peer, None)
+        else:
+            self._entries[peer] = (time.monotonic(), pin)

@@ -11,6 +11,7 @@ minted (the transaction starts here) or narrowed from the one the task was joine
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 
 from sidecar.a2a.callers import Caller
@@ -100,18 +101,20 @@ class ProvenanceBinder:
         return token
 
     def open(self, caller: Caller, token: TxnToken | None, intent: str) -> Task:
-        """The agent's task for this inbound call, with its chain and transaction bound."""
+        """The agent's task for this inbound call, its chain and transaction bound (returned
+        with ``provenance`` attached). A new task and its provenance are one transaction,
+        committed without waiting for the disk: a task a power cut loses is unknown after
+        the restart, so every later call naming it is refused (fail closed)."""
         owner = self.agent_id
         if token is not None:
             joined = self._tasks.bound_to(token.txn, owner)
             if joined is not None:
                 bound = self._tasks.provenance(joined.id)
                 if bound is not None and bound.chain == (*token.chain, caller.id):
-                    return joined
+                    return dataclasses.replace(joined, provenance=bound)
         chain = (*token.chain, caller.id) if token is not None else (caller.id,)
         if len(chain) > self._max_links + 1:
             raise TxnTokenError("the delegation chain is longer than delegation.max_links")
-        task = self._tasks.start(owner, intent, self._task_ttl_s)
         if token is not None:
             provenance = Provenance(
                 txn=token.txn,
@@ -125,8 +128,7 @@ class ProvenanceBinder:
             provenance = Provenance(
                 txn=_new_txn(), requester=caller.id, purpose=intent, chain=chain, origin=True
             )
-        self._tasks.bind(task.id, provenance)
-        return task
+        return self._tasks.start_bound(owner, intent, self._task_ttl_s, provenance, durable=False)
 
     def outbound_headers(self, task: Task | str, audience: str = "") -> dict[str, str]:
         """``Txn-Token`` for a call to a peer under ``task`` (blocking: the state store).

@@ -13,7 +13,7 @@ must present exactly that SPIFFE ID, checked before any request byte is sent (pe
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,8 @@ from yarl import URL
 
 from sidecar import __version__
 from sidecar.a2a.peer_tls import ServerIdentityMismatch, connectors, wire_peer_tls
-from sidecar.a2a.protocol import A2A_VERSION_HEADER
+from sidecar.a2a.protocol import A2A_VERSION_HEADER, METHODS
+from sidecar.a2a.rest_binding import HTTP_JSON, JSON_KINDS, RestRequest, to_rest
 from sidecar.a2a.settings import A2aPeerSettings, peer_target
 from sidecar.calls.a2a import PeerFailure
 from sidecar.calls.relaying import RelayGate
@@ -93,26 +94,41 @@ class PeerRelay:
         version: str,
         headers: Mapping[str, str],
         stream: bool,
+        binding: str = "jsonrpc",
     ) -> AsyncIterator[dict[str, Any]]:
         """POST ``body`` to the peer; yield its JSON-RPC answer, or each SSE event's
         JSON-RPC message. Each is bounded by the peer's ``max_response_bytes``. The caller
         bounds the whole exchange in time; closing the iterator closes the connection (the
-        peer's request is cancelled with the agent's)."""
+        peer's request is cancelled with the agent's). With ``binding`` http_json the request
+        goes to the peer's REST route and every answer comes back as JSON-RPC
+        (rest_binding.py); a request that cannot be translated fails before connecting."""
         settings = self._peers[peer]
         limit = settings.max_response_bytes
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        rest: RestRequest | None = None
+        verb, url = "POST", URL(settings.url)
+        data: bytes | None = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        if binding == HTTP_JSON:
+            rest = to_rest(body, METHODS[body["method"]][0], version)
+            # the base as yarl encodes it (an IDN host); the path and query rest_binding's, as is
+            full = rest.url(str(URL(settings.url)))
+            verb, url, data = rest.verb, URL(full, encoded=True), rest.data()
         sent = False
         try:
             async with self.http.session(peer_target(peer)) as session:
                 sent = True
-                async with session.post(
-                    URL(settings.url),
+                async with session.request(
+                    verb,
+                    url,
                     data=data,
                     headers=self._headers(version, headers, stream),
                     timeout=aiohttp.ClientTimeout(total=settings.timeout_s),
                     allow_redirects=False,
                 ) as response:
                     kind = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+                    if response.status != 200 and rest is not None and kind in JSON_KINDS:
+                        raw = await _bounded(response, limit, "the peer's error")
+                        yield rest.error(response.status, raw)
+                        return
                     if response.status != 200:
                         raise PeerError(
                             f"the peer answered HTTP {response.status}",
@@ -120,16 +136,18 @@ class PeerRelay:
                             reached=True,
                         )
                     if kind == "text/event-stream":
-                        async for event in _sse_events(response, limit):
+                        read = rest.event if rest is not None else None
+                        async for event in _sse_events(response, limit, read):
                             yield event
                         return
-                    if kind != "application/json":
-                        raise PeerError(
-                            f"the peer answered {kind or 'no content type'!r}",
+                    if kind != "application/json" and not (rest and kind in JSON_KINDS):
+                        raise PeerError(  # not quoted: the header is the peer's text
+                            "the peer's answer is not labelled JSON or an event stream",
                             code="peer_bad_response",
                             reached=True,
                         )
-                    yield _message(await _bounded(response, limit, "the peer's answer"))
+                    raw = await _bounded(response, limit, "the peer's answer")
+                    yield rest.answer(raw) if rest is not None else _message(raw)
         except (PeerError, GeneratorExit):
             raise
         except ServerIdentityMismatch as exc:
@@ -174,7 +192,7 @@ async def _bounded(response: aiohttp.ClientResponse, limit: int, what: str) -> b
 def _message(raw: bytes) -> dict[str, Any]:
     """One JSON-RPC response from the peer, read strictly."""
     try:
-        value = loads_strict(raw, "the peer's answer")
+        value = loads_strict(raw, "the peer's answer", quote=False)  # nothing of the peer's
     except StrictJsonError as exc:
         raise PeerError(str(exc), code="peer_bad_response", reached=True) from None
     if not isinstance(value, dict) or ("result" not in value and "error" not in value):
@@ -185,7 +203,9 @@ def _message(raw: bytes) -> dict[str, Any]:
 
 
 async def _sse_events(
-    response: aiohttp.ClientResponse, limit: int
+    response: aiohttp.ClientResponse,
+    limit: int,
+    read: Callable[[bytes], dict[str, Any] | None] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Each SSE event's ``data`` as a JSON-RPC message; an event larger than ``limit``, or a
     stream whose pending bytes pass it, ends the stream (``peer_response_too_large``).
@@ -193,6 +213,7 @@ async def _sse_events(
     Line ends (CRLF, CR, LF) are normalised on the joined buffer, with a trailing CR held back
     (its LF may come in the next read); an event the stream ends inside of is a truncated
     answer (``peer_bad_response``), never silently dropped."""
+    read = read or _sse_block  # REST: RestRequest.event (rest_binding.py)
     buffer = b""
     async for chunk in response.content.iter_any():
         buffer += chunk
@@ -202,7 +223,7 @@ async def _sse_events(
         buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         while b"\n\n" in buffer:
             block, buffer = buffer.split(b"\n\n", 1)
-            message = _sse_block(block)
+            message = read(block)
             if message is not None:
                 yield message
         buffer += held
@@ -216,7 +237,7 @@ async def _sse_events(
     rest = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a held CR ends a line
     while b"\n\n" in rest:
         block, rest = rest.split(b"\n\n", 1)
-        message = _sse_block(block)
+        message = read(block)
         if message is not None:
             yield message
     if any(line.startswith(b"data:") for line in rest.split(b"\n")):

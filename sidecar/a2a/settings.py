@@ -120,6 +120,9 @@ class A2aPeerSettings:
     # The peer's answer (unary) or any one streamed event is bounded by this.
     max_response_bytes: int = 4 * MIB
     skills: Mapping[str, A2aSkillSettings] = field(default_factory=dict)
+    # The A2A binding spoken to the peer: ``auto`` (the pinned card's, JSON-RPC preferred),
+    # ``jsonrpc`` or ``http_json`` (REST routes under ``url``; the agent still speaks JSON-RPC).
+    binding: Literal["auto", "jsonrpc", "http_json"] = "auto"
 
     def __post_init__(self) -> None:
         try:
@@ -131,6 +134,10 @@ class A2aPeerSettings:
             f"spiffe_id: {self.spiffe_id!r} is not a SPIFFE ID",
         )
         check(self.timeout_s > 0, "timeout_s: must be > 0")
+        check(
+            self.binding in ("auto", "jsonrpc", "http_json"),
+            f"binding: {self.binding!r} is not one of auto, jsonrpc, http_json",
+        )
         check(self.max_message_bytes > 0, "max_message_bytes: must be > 0")
         check(self.max_response_bytes > 0, "max_response_bytes: must be > 0")
         if self.credential.kind == "mtls":

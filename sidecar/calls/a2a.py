@@ -37,7 +37,7 @@ from sidecar.identity import CallContext, IdentityError
 from sidecar.policy import Action
 from sidecar.relay.scrub import Scrubber
 
-__all__ = ["A2aCall", "A2aCalls", "AnswerStream", "Emit", "Peer", "PeerFailure"]
+__all__ = ["A2aCall", "A2aCalls", "AnswerStream", "Emit", "Peer", "PeerCard", "PeerFailure"]
 
 # The sidecar's own JSON-RPC band (sidecar/a2a/protocol.py): a peer's error with such a code
 # becomes -32603 (its code kept in data.upstream_code), so it cannot pass for the sidecar's.
@@ -60,6 +60,16 @@ class PeerFailure(SidecarError):
         self.reached = reached
 
 
+@dataclass(frozen=True)
+class PeerCard:
+    """The pinned card's facts policy decides on, and the wire binding that card gives
+    (the transport's): kept per call, so the request goes out as the card it was decided
+    under says, whatever card is accepted meanwhile."""
+
+    facts: dict[str, Any]
+    binding: str
+
+
 class AnswerStream(Protocol):
     """A streamed answer's redaction across events (sidecar/a2a/redact.py ArtifactStreams)."""
 
@@ -75,10 +85,10 @@ class Peer(Protocol):
     target: str  # its relay slots and credential
     timeout_s: float
 
-    async def card_facts(self) -> dict[str, Any]: ...
+    async def card_facts(self) -> PeerCard: ...
 
     def exchange(
-        self, body: dict[str, Any], headers: Mapping[str, str], *, stream: bool
+        self, body: dict[str, Any], headers: Mapping[str, str], *, stream: bool, binding: str
     ) -> AsyncIterator[dict[str, Any]]: ...
 
     def redact_request(self, params: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]: ...
@@ -126,6 +136,8 @@ class A2aCall:
     # How long the call may take in all (waiting for an approver included); None: the
     # peer's timeout_s bounds the relay.
     time_remaining: float | None = None
+    # JWT-SVIDs of the agents that delegated this call (the gRPC API's delegation_chain).
+    delegation_chain: tuple[str, ...] = ()
 
     def body(self, params: dict[str, Any]) -> dict[str, Any]:
         return {"jsonrpc": "2.0", "id": self.rpc_id, "method": self.method, "params": params}
@@ -175,13 +187,26 @@ class A2aCalls:
         *,
         context: CallContext,
         emit: Emit | None = None,
+        started: Callable[[CallResult], None] | None = None,
     ) -> CallResult:
-        """Decide and relay ``call``; a streamed answer goes to ``emit`` event by event."""
-        return await self._path.run(
-            f"A2A {call.method}",
-            call.time_remaining,
-            lambda record, deadline: self._run(record, call, peer, context, emit, deadline),
-        )
+        """Decide and relay ``call``; a streamed answer goes to ``emit`` event by event.
+        ``started`` hears the allowed decision just before the relay (the gRPC stream's
+        first message carries it)."""
+        scrubber = Scrubber()  # given every secret the call hands the peer, once it does
+
+        async def run(record: CallRecord, deadline: float) -> CallResult:
+            # Defence in depth: however a failure's message was made (the peer's text in an
+            # exception, a card error), it reaches the agent and the audit record scrubbed.
+            try:
+                return await self._run(
+                    record, call, peer, context, emit, deadline, started, scrubber
+                )
+            except Stop as stop:
+                if not scrubber:
+                    raise
+                raise Stop(stop.code, scrubber.text(str(stop)), **stop.kwargs) from None
+
+        return await self._path.run(f"A2A {call.method}", call.time_remaining, run)
 
     async def _run(
         self,
@@ -191,15 +216,22 @@ class A2aCalls:
         context: CallContext,
         emit: Emit | None,
         deadline: float,
+        started: Callable[[CallResult], None] | None,
+        scrubber: Scrubber,
     ) -> CallResult:
         trace = self._path.begin(record, context, call.intent)
         name = f"{peer.name}.{call.skill}"
         record.action = {"kind": "a2a", "name": name, "method": call.method}
         subject, chain, user, task = await self._path.establish(
-            record, context, trace, delegation_chain=(), task_id=call.task_id, count=True
+            record,
+            context,
+            trace,
+            delegation_chain=call.delegation_chain,
+            task_id=call.task_id,
+            count=True,
         )
         try:
-            card = await peer.card_facts()
+            pinned = await peer.card_facts()
         except PeerFailure as exc:
             raise Stop(exc.code, str(exc)) from exc
         arguments = {
@@ -226,7 +258,7 @@ class A2aCalls:
                 "method": call.method,
                 "a2a_operation": call.a2a_operation,
                 "skill": call.skill,
-                "card": card,
+                "card": pinned.facts,
             },
         )
         record.action = {
@@ -240,8 +272,11 @@ class A2aCalls:
             "data_classes": sorted(set(action.data_classes)),
             "arguments": payload_view(call.params, "metadata"),
         }
-        # The approval is bound to the whole request as sent, not to its summary.
-        facts = Facts(subject, chain, task, call.task_id, action, call.params, user)
+        # The approval is bound to the whole request as sent, not to its summary, and to its
+        # method: an approved SendMessage does not redeem a SendStreamingMessage (the approver
+        # sees both).
+        bound = {"method": call.method, "params": call.params}
+        facts = Facts(subject, chain, task, call.task_id, action, bound, user)
         decided, common = await self._path.authorize(
             record,
             facts,
@@ -264,7 +299,6 @@ class A2aCalls:
         record.action["arguments"] = payload_view(sent, log_level)
         remaining = self._path.time_to_relay(deadline, common)
         record.upstream = {"peer": peer.name, "method": call.method}
-        scrubber = Scrubber()
         try:
             headers = {"X-Request-Id": record.decision_id}
             provenance = await peer.provenance_headers(record, facts)
@@ -279,6 +313,8 @@ class A2aCalls:
         except PeerFailure as exc:  # the task's transaction token (ended, invalid)
             raise Stop(exc.code, str(exc), **common) from exc
         await self._path.before_relay(record, common)
+        if started is not None:
+            started(CallResult(record.decision_id, "ok", grpc.StatusCode.OK, **common))
 
         classes = list(obligations.redact_response)
         streams = peer.answer_stream(lambda: scrubber.stream(classes)) if call.streaming else None
@@ -305,7 +341,9 @@ class A2aCalls:
                 self._gate.slots(peer.target),
                 asyncio.timeout(min(peer.timeout_s, remaining)),
             ):
-                stream = peer.exchange(call.body(sent), headers, stream=call.streaming)
+                stream = peer.exchange(
+                    call.body(sent), headers, stream=call.streaming, binding=pinned.binding
+                )
                 try:
                     async for message in stream:
                         events += 1
@@ -352,7 +390,10 @@ class A2aCalls:
                 rpc_error=final,
                 **common,
             )
-        return CallResult(record.decision_id, "ok", grpc.StatusCode.OK, answer=final, **common)
+        # ``upstream_body``: the answer as encoded once, here; the transport sends these bytes.
+        return CallResult(
+            record.decision_id, "ok", grpc.StatusCode.OK, answer=final, upstream_body=body, **common
+        )
 
 
 def _as_agents(message: dict[str, Any], rpc_id: Any) -> dict[str, Any]:

@@ -107,15 +107,18 @@ class Decider:
             self._stats["shadow_evaluations"] += 1
             if shadow.decision.effect != decision.effect:
                 self._stats["shadow_disagreements"] += 1
-        log.info(
-            "decision",
-            extra={
-                "decision_id": record.decision_id,
-                "tool": tool,
-                "effect": decision.effect,
-                "code": decision.code,
-            },
-        )
+        # Debug, not info: the audit record already holds every decision, and formatting
+        # and writing this line cost ~14 µs of CPU per decision on the event loop.
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "decision",
+                extra={
+                    "decision_id": record.decision_id,
+                    "tool": tool,
+                    "effect": decision.effect,
+                    "code": decision.code,
+                },
+            )
         return decided
 
     async def _decide(

@@ -5,7 +5,6 @@ OpenTelemetry SDK is not even imported."""
 from __future__ import annotations
 
 import logging
-import os
 
 from sidecar.calls.guarded import GuardedPath, SpanOptions
 from sidecar.config import ConfigError, Settings
@@ -23,10 +22,11 @@ WORKERS_WARNING = (
 )
 
 
-def build_observers(settings: Settings, path: GuardedPath) -> Metrics:
+def build_observers(settings: Settings, path: GuardedPath, workers: int = 1) -> Metrics:
     """The path's metrics (bounded GenAI labels: configured tools, models, providers) and its
     OTLP exporter, bound to the path's tracer; a bad headers file or CA fails here, before
-    the sidecar listens. Closing the metrics shuts the exporter down."""
+    the sidecar listens. Closing the metrics shuts the exporter down. ``workers``: how many
+    processes serve (the role's count: what ``serve`` really started, cgroup honoured)."""
     providers = {name: p.type for name, p in settings.providers.items()}
     # Provider models are configured names too (gen_ai.response.model): they never use up
     # the bound on resolved names.
@@ -35,7 +35,6 @@ def build_observers(settings: Settings, path: GuardedPath) -> Metrics:
         list(settings.targets), tools=settings.tools, models=models, providers=providers
     )
     path.metrics = metrics
-    workers = settings.worker_count(os.cpu_count() or 1)
     if settings.admin.listen and workers > 1:
         log.warning(WORKERS_WARNING, workers, workers)
     if not settings.telemetry.enabled:

@@ -15,26 +15,32 @@ __all__ = ["check", "dev_workload_api", "egress_lock", "health", "serve", "webho
 
 
 def serve(args: argparse.Namespace) -> int:
-    from sidecar.app import Sidecar
     from sidecar.config import load_settings
-    from sidecar.listeners import ListenError
     from sidecar.logs import configure_logging
-    from sidecar.server import serve_until_signalled
     from sidecar.workers import (
         WORKER_ENV,
-        Supervisor,
         WorkerRole,
         available_cpus,
         die_with_supervisor,
+        exec_supervisor,
+        planned_workers,
         signal_ready,
     )
 
     configure_logging(args.log_level)
-    settings = load_settings(args.config, overrides=args.set)
-    count = settings.worker_count(available_cpus())
-    if count > 1 and WORKER_ENV not in os.environ:  # the supervisor: runs the workers
+    settings = load_settings(args.config, overrides=args.set)  # a bad config: exit 2 here
+    count = planned_workers(settings, available_cpus())
+    if count > 1 and WORKER_ENV not in os.environ:
+        # The supervisor: this process becomes a small one that imports none of the sidecar
+        # (sidecar/supervisor.py), and runs the workers, each `serve` again.
         command = [sys.executable, "-m", "sidecar.cli", *sys.argv[1:]]
-        return Supervisor(command, count, settings.state.dir, settings.server.grace_s).run()
+        exec_supervisor(command, count, settings.state.dir, settings.server.grace_s, args.log_level)
+        raise AssertionError("exec_supervisor returned")  # pragma: no cover
+    # Only now the application: a supervisor never imports it.
+    from sidecar.app import Sidecar
+    from sidecar.listeners import ListenError
+    from sidecar.server import serve_until_signalled
+
     role = WorkerRole.from_env()
     die_with_supervisor()
 

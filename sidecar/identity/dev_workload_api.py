@@ -78,6 +78,13 @@ class DevWorkloadApi(workload_pb2_grpc.SpiffeWorkloadAPIServicer):
             self._generation += 1
             self._cond.notify_all()
 
+    def set_federated(self, federated: Mapping[str, DevAuthority]) -> None:
+        """Serve these federated bundles instead (tests drop a trust domain so); push them."""
+        with self._cond:
+            self._federated = dict(federated)
+            self._generation += 1
+            self._cond.notify_all()
+
     def stop(self) -> None:
         with self._cond:
             self._stopping = True

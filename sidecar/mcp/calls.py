@@ -219,7 +219,9 @@ class McpCalls:
             )
         except UpstreamMcpUnavailable as exc:
             record.relayed = exc.reached
-            raise Stop(exc.code, str(exc), **common) from exc
+            # The message may quote the upstream (its status line, a header): never the
+            # credential this call carried.
+            raise Stop(exc.code, scrubber.text(str(exc)), **common) from None
         finally:
             record.latency_ms["relay"] = (time.perf_counter() - t0) * 1000
         record.relayed = True

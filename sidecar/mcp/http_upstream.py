@@ -376,7 +376,8 @@ def _plain(result: dict[str, Any]) -> dict[str, Any]:
     kind = result.get("resultType", "complete")
     if kind != "complete":
         raise UpstreamMcpUnavailable(
-            f"the upstream answered {kind!r}; the gateway relays complete results only",
+            # not quoted: the upstream's text (it could be the credential it was sent)
+            "the upstream's result is not complete; the gateway relays complete results only",
             code="upstream_bad_response",
             reached=True,
         )

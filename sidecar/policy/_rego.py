@@ -35,6 +35,7 @@ from regopy.rego_shared import (
 )
 
 from sidecar._loadorder import LOAD_ORDER_HELP, engine_loaded_first
+from sidecar.policy._memo import DecisionMemo
 from sidecar.policy._rego_input import UnrepresentableInput, set_input
 from sidecar.policy.compat import RegoModule, check_builtins
 from sidecar.policy.errors import CompileError, LoadOrderError, PolicyLoadError
@@ -121,9 +122,20 @@ class CompiledQuery:
         if not self._bundle.ok():
             raise PolicyLoadError("policy does not compile (the engine built no plan)")
 
-    def evaluate(self, input_doc: dict[str, Any]) -> tuple[bool, Any]:
+    def evaluate(
+        self, input_doc: dict[str, Any], memo: DecisionMemo | None = None
+    ) -> tuple[bool, Any]:
         """Return ``(defined, value)``; raise :class:`EvalError` on any engine error and
-        :class:`UnrepresentableInput` for a number the engine would misjudge."""
+        :class:`UnrepresentableInput` for a number the engine would misjudge. With ``memo``
+        (a memoizable revision's, sidecar/policy/_memo.py), an input the engine accepted
+        whose answer is remembered is not handed over nor evaluated again: only inputs the
+        engine accepted are remembered, and the key is exact (``DecisionMemo.key``), so an
+        input with a remembered key would be accepted too."""
+        key = memo.key(input_doc) if memo is not None and memo.wanted() else None
+        if key is not None:
+            found, value = memo.get(key)  # type: ignore[union-attr]
+            if found:
+                return True, value
         try:
             set_input(self._interp._impl, self._interp.set_input_term, input_doc)
         except UnrepresentableInput:
@@ -133,7 +145,10 @@ class CompiledQuery:
         doc = _run(lambda: rego_bundle_query(self._interp._impl, self._bundle._impl))
         if doc is None or _BINDING not in doc.get("bindings", {}):
             return False, None
-        return True, doc["bindings"][_BINDING]
+        value = doc["bindings"][_BINDING]
+        if key is not None:
+            memo.put(key, value)  # type: ignore[union-attr]
+        return True, value
 
 
 Program = tuple[Interpreter, Any]

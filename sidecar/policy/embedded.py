@@ -3,11 +3,17 @@
 The policy is compiled once per interpreter at load (a plan each; interpreters are not
 thread-safe). Each call borrows an interpreter, sets the input and runs the prepared plan:
 
-- *inline*, on the event loop, while evaluations are fast (each at most ``inline_max_ms``):
+- *inline*, on the event loop, while evaluations are fast (at most ``inline_max_ms``):
   no thread hand-off, which on the baseline policy costs a third as much as the evaluation
   itself; ``server.workers`` processes use the other cores. An inline evaluation cannot be
   interrupted, so one that took longer than its timeout is still refused (``policy_timeout``)
-  and, having blocked the loop, moves the revision to the threads for good;
+  and, having blocked the loop, moves the revision to the threads for good. So does a policy
+  that is slow *repeatedly* (``SLOW_TO_DEMOTE`` of the last ``WINDOW`` evaluations over
+  budget); one outlier alone (a garbage collection, page faults, a cold cache: 5-25 ms of CPU
+  seen on an evaluation that costs 0.4) does not. It used to: the revision then paid a thread
+  hop per decision for good, and at load every answer waited for the GIL, which the busy
+  event loop gives up only every ``sys.getswitchinterval()`` (5 ms): the pod-mode tail-latency
+  cliff of issue 26 (docs/performance.md);
 - in ``workers`` threads otherwise (evaluation releases the GIL, so they run in parallel),
   where the wait is bounded by the timeout.
 
@@ -21,15 +27,17 @@ built-in, bad data) is rejected with :class:`PolicyLoadError` and the old one st
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar.policy._memo import DecisionMemo, not_memoizable
 from sidecar.policy._rego import ENGINE_VERSION, CompiledQuery, EvalError
 from sidecar.policy._rego_input import UnrepresentableInput
 from sidecar.policy.engine import EngineResult
@@ -41,12 +49,26 @@ __all__ = ["EmbeddedEngine"]
 
 log = logging.getLogger(__name__)
 
+# Inline evaluations remembered, and how many of them over budget move a revision to threads.
+WINDOW = 16
+SLOW_TO_DEMOTE = 3
+# Decisions remembered per revision, when its policy makes that exact (sidecar/policy/_memo.py):
+# at most MEMO_SIZE x MAX_KEY_CHARS (4 MB) of inputs held; a typical entry is ~0.5 kB.
+MEMO_SIZE = 1024
+
 
 @dataclass
 class _State:
     source: PolicySource
     pool: queue.SimpleQueue[CompiledQuery]
     inline: bool = False
+    # This revision's remembered decisions; None when its policy is not memoizable.
+    memo: DecisionMemo | None = None
+    # Of the last WINDOW inline evaluations, whether each cost more than inline_max_ms
+    # (read and written on the event loop thread only).
+    recent: collections.deque[bool] = field(
+        default_factory=lambda: collections.deque(maxlen=WINDOW)
+    )
 
 
 class EmbeddedEngine:
@@ -62,8 +84,10 @@ class EmbeddedEngine:
         workers: int = 2,
         inline_max_ms: float = 0.0,
         vetting: VetOptions | None = None,
+        memo_size: int = MEMO_SIZE,
     ) -> None:
         self._query = query
+        self._memo_size = memo_size
         self._vetting = vetting or VetOptions()
         self._workers = workers
         self._inline_max_s = inline_max_ms / 1000
@@ -76,7 +100,22 @@ class EmbeddedEngine:
         pool: queue.SimpleQueue[CompiledQuery] = queue.SimpleQueue()
         for _ in range(self._workers):
             pool.put(CompiledQuery(source.modules, source.data, self._query, vetting=self._vetting))
-        return _State(source, pool, inline=self._inline_max_s > 0)
+        memo = None
+        if self._memo_size > 0:
+            why_not = not_memoizable(source.modules)
+            if why_not is None:
+                memo = DecisionMemo(self._memo_size)
+            else:
+                log.info(
+                    "policy decisions are not remembered",
+                    extra={"revision": source.revision, "why": why_not},
+                )
+        return _State(source, pool, inline=self._inline_max_s > 0, memo=memo)
+
+    @property
+    def memo(self) -> DecisionMemo | None:
+        """The active revision's remembered decisions (None: not memoizable, or off)."""
+        return self._state.memo
 
     @property
     def inline(self) -> bool:
@@ -92,6 +131,7 @@ class EmbeddedEngine:
         workers: int = 2,
         inline_max_ms: float = 0.0,
         vetting: VetOptions | None = None,
+        memo_size: int = MEMO_SIZE,
     ) -> EmbeddedEngine:
         return cls(
             load_policy_dir(policy_dir),
@@ -99,6 +139,7 @@ class EmbeddedEngine:
             workers=workers,
             inline_max_ms=inline_max_ms,
             vetting=vetting,
+            memo_size=memo_size,
         )
 
     @property
@@ -165,23 +206,36 @@ class EmbeddedEngine:
         self, state: _State, input_doc: dict[str, Any], timeout_s: float
     ) -> tuple[bool, Any]:
         """Evaluate on this thread. An answer later than ``timeout_s`` (wall clock) is not
-        used; one that cost more than ``inline_max_ms`` of this thread's CPU sends the revision
-        to the threads (CPU, not wall time: waiting for the GIL or for a core on a busy
-        machine is not the policy being slow, and must not move it)."""
+        used. Over ``inline_max_ms`` of this thread's CPU (CPU, not wall time: waiting for the
+        GIL or for a core on a busy machine is not the policy being slow) counts against the
+        revision, which moves to the threads once that blocked the loop past the timeout, or
+        happened ``SLOW_TO_DEMOTE`` times in the last ``WINDOW`` evaluations.
+
+        The CPU clock is read at the end only when the wall clock says the evaluation may
+        have been slow: a thread's CPU time never exceeds the wall time it took, and reading
+        it is a system call (~1 µs; the wall clock is ~0.05)."""
         if timeout_s <= 0:
             raise TimeoutError
         started, cpu_started = time.monotonic(), time.thread_time()
         try:
             return _evaluate(state, input_doc)
         finally:
-            cpu = time.thread_time() - cpu_started
-            if cpu > self._inline_max_s and state.inline:
+            wall = time.monotonic() - started
+            late = wall > timeout_s
+            cpu = time.thread_time() - cpu_started if wall > self._inline_max_s else wall
+            slow = cpu > self._inline_max_s
+            state.recent.append(slow)
+            if slow and state.inline and (late or sum(state.recent) >= SLOW_TO_DEMOTE):
                 state.inline = False
                 log.warning(
                     "policy evaluation is slow: evaluating in threads from now on",
-                    extra={"cpu_ms": round(cpu * 1000, 1), "revision": state.source.revision},
+                    extra={
+                        "cpu_ms": round(cpu * 1000, 1),
+                        "slow_of_last": f"{sum(state.recent)}/{len(state.recent)}",
+                        "revision": state.source.revision,
+                    },
                 )
-            if time.monotonic() - started > timeout_s:
+            if late:
                 raise TimeoutError
 
     def close(self) -> None:
@@ -191,6 +245,6 @@ class EmbeddedEngine:
 def _evaluate(state: _State, input_doc: dict[str, Any]) -> tuple[bool, Any]:
     compiled = state.pool.get()
     try:
-        return compiled.evaluate(input_doc)
+        return compiled.evaluate(input_doc, state.memo)
     finally:
         state.pool.put(compiled)

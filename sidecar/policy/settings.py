@@ -32,6 +32,9 @@ class PolicySettings:
     # at most this much CPU; the first one that costs more moves this revision to the threads,
     # where the wait is bounded by timeout_ms. 0: always in threads.
     inline_max_ms: float = 5.0
+    # embedded: decisions remembered per revision for inputs that repeat (only when the policy
+    # makes that exact: sidecar/policy/_memo.py); 0: every decision is evaluated.
+    memo_size: int = 1024
     # embedded: how often the policy dir is checked for changes (0: only on SIGHUP).
     reload_interval_ms: int = 1000
     # opa: the OPA server (http://HOST:PORT or unix:///PATH).
@@ -65,6 +68,7 @@ class PolicySettings:
         check(self.timeout_ms > 0, "timeout_ms: must be > 0")
         check(1 <= self.workers <= 64, "workers: must be between 1 and 64")
         check(0 <= self.inline_max_ms <= 1000, "inline_max_ms: must be between 0 and 1000")
+        check(0 <= self.memo_size <= 65536, "memo_size: must be between 0 and 65536")
         check(self.reload_interval_ms >= 0, "reload_interval_ms: must be >= 0")
         check(
             isinstance(self.require_opa_compiler, bool),

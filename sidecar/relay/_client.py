@@ -115,6 +115,9 @@ class SessionPool:
         session = aiohttp.ClientSession(
             connector=connector,
             trust_env=False,  # no proxy or netrc credentials from the environment
+            # No cookies: one an upstream set for one call would go out on every later call
+            # to it, whoever that call is for. Each call carries what the sidecar built.
+            cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
             skip_auto_headers=("Content-Type",),
             raise_for_status=False,

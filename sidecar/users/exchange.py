@@ -166,7 +166,7 @@ class TokenExchanger:
         self, auth: TargetAuthSettings, form: dict[str, str], secrets: list[str]
     ) -> dict[str, Any]:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         context: ssl.SSLContext | bool = True
         if auth.ca_file is not None:
             context = ssl.create_default_context(cafile=str(auth.ca_file))

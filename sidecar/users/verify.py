@@ -217,7 +217,7 @@ class UserVerifier:
 
     async def _get_json(self, url: str, issuer: IssuerSettings) -> dict[str, Any]:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         context: ssl.SSLContext | bool = True
         if issuer.ca_file is not None:
             context = ssl.create_default_context(cafile=str(issuer.ca_file))

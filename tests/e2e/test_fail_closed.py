@@ -106,7 +106,12 @@ def test_a_slow_inline_evaluation_is_refused_and_moves_policy_to_the_threads(
     """Inline evaluation cannot be interrupted: the slow one is still refused (its answer came
     after policy.timeout_ms), and from then on this revision is evaluated in threads, where
     the next slow evaluation is cut at the timeout."""
-    policy = {"dir": _policy(tmp_path, SLOW_POLICY), "timeout_ms": 20, "inline_max_ms": 5}
+    policy = {
+        "dir": _policy(tmp_path, SLOW_POLICY),
+        "timeout_ms": 20,
+        "inline_max_ms": 5,
+        "memo_size": 0,  # the same input twice: evaluated twice, not remembered
+    }
     running = start_sidecar(tools.url, policy=policy)
     assert running.sidecar.engine.inline
     with running.client() as client:

@@ -208,7 +208,11 @@ def test_worker_count_and_what_cannot_be_shared(tmp_path, tools):
     unix_only = sidecar_settings(tmp_path, tools.url)
     assert unix_only.worker_count(8) == 1  # nothing a second process could serve
     tcp = sidecar_settings(tmp_path, tools.url, server={"listen": ["127.0.0.1:0"]})
-    assert tcp.worker_count(8) == 8 and tcp.worker_count(1) == 1
+    assert tcp.worker_count(8) == 1  # issue 26: one process unless configured
+    auto = sidecar_settings(
+        tmp_path, tools.url, server={"listen": ["127.0.0.1:0"], "workers": "auto"}
+    )
+    assert auto.worker_count(8) == 8 and auto.worker_count(1) == 1
     fixed = sidecar_settings(tmp_path, tools.url, server={"listen": ["127.0.0.1:0"], "workers": 3})
     assert fixed.worker_count(8) == 3
     with pytest.raises(ConfigError, match=r"server\.workers"):

@@ -42,12 +42,13 @@ LAYERS = (
                 "typed_config",
                 "egress_lock",
                 "token_estimate",
+                "stream_bridge",
             }
         ),
     ),
     ("core", frozenset({"policy", "audit"})),
     ("settings", frozenset({"*.settings", "*_settings"})),
-    ("config", frozenset({"config", "listeners", "workers", "health_listener"})),
+    ("config", frozenset({"config", "listeners", "workers", "supervisor", "health_listener"})),
     (
         "upstream",
         frozenset(

@@ -14,7 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from sidecar.policy._rego import ENGINE_VERSION
-from sidecar.policy.embedded import EmbeddedEngine
+from sidecar.policy.embedded import MEMO_SIZE, EmbeddedEngine
 from sidecar.policy.engine import EngineResult
 from sidecar.policy.errors import DecisionError
 from sidecar.policy.source import PolicySource
@@ -38,6 +38,7 @@ class BundleEngine:
         *,
         workers: int = 2,
         inline_max_ms: float = 0.0,
+        memo_size: int = MEMO_SIZE,
         vetting: VetOptions | None = None,
         fallback: PolicySource | None = None,
     ) -> None:
@@ -45,6 +46,7 @@ class BundleEngine:
         self._options: dict[str, Any] = {
             "workers": workers,
             "inline_max_ms": inline_max_ms,
+            "memo_size": memo_size,
             "vetting": vetting,
         }
         self._lock = threading.Lock()

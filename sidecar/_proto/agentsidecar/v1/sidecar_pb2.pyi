@@ -177,3 +177,43 @@ class CallError(_message.Message):
     upstream_status: int
     upstream_body: bytes
     def __init__(self, code: _Optional[str] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., upstream_status: _Optional[int] = ..., upstream_body: _Optional[bytes] = ...) -> None: ...
+
+class CallPeerRequest(_message.Message):
+    __slots__ = ("peer", "operation", "params_json", "task_id", "intent", "approval_id", "no_wait", "delegation_chain")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    OPERATION_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    INTENT_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    NO_WAIT_FIELD_NUMBER: _ClassVar[int]
+    DELEGATION_CHAIN_FIELD_NUMBER: _ClassVar[int]
+    peer: str
+    operation: str
+    params_json: str
+    task_id: str
+    intent: str
+    approval_id: str
+    no_wait: bool
+    delegation_chain: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, peer: _Optional[str] = ..., operation: _Optional[str] = ..., params_json: _Optional[str] = ..., task_id: _Optional[str] = ..., intent: _Optional[str] = ..., approval_id: _Optional[str] = ..., no_wait: _Optional[bool] = ..., delegation_chain: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CallPeerResponse(_message.Message):
+    __slots__ = ("decision", "result_json", "error_json")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_JSON_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    result_json: str
+    error_json: str
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., result_json: _Optional[str] = ..., error_json: _Optional[str] = ...) -> None: ...
+
+class PeerEvent(_message.Message):
+    __slots__ = ("decision", "result_json", "error_json")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    ERROR_JSON_FIELD_NUMBER: _ClassVar[int]
+    decision: Decision
+    result_json: str
+    error_json: str
+    def __init__(self, decision: _Optional[_Union[Decision, _Mapping]] = ..., result_json: _Optional[str] = ..., error_json: _Optional[str] = ...) -> None: ...

@@ -64,6 +64,16 @@ class SidecarStub:
                 request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.EndTaskRequest.SerializeToString,
                 response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.Task.FromString,
                 _registered_method=True)
+        self.CallPeer = channel.unary_unary(
+                '/agentsidecar.v1.Sidecar/CallPeer',
+                request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerRequest.SerializeToString,
+                response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerResponse.FromString,
+                _registered_method=True)
+        self.StreamPeer = channel.unary_stream(
+                '/agentsidecar.v1.Sidecar/StreamPeer',
+                request_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerRequest.SerializeToString,
+                response_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.PeerEvent.FromString,
+                _registered_method=True)
 
 
 class SidecarServicer:
@@ -115,6 +125,25 @@ class SidecarServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CallPeer(self, request, context):
+        """Decides and, only when policy allows, relays one A2A request to a configured peer agent
+        (a2a_peers): the same guarded call as the A2A loopback endpoint (docs/a2a.md), one audit
+        record. Unary operations (SendMessage, GetTask, CancelTask, push-notification config,
+        the extended card); a streaming one is INVALID_ARGUMENT (use StreamPeer).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamPeer(self, request, context):
+        """The same for SendStreamingMessage and SubscribeToTask (and their 0.3 names): the first
+        message carries the decision, then one message per event from the peer. A failure after
+        the stream began ends it with the failure's status (events so far were delivered).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SidecarServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +176,16 @@ def add_SidecarServicer_to_server(servicer, server):
                     servicer.EndTask,
                     request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.EndTaskRequest.FromString,
                     response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.Task.SerializeToString,
+            ),
+            'CallPeer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CallPeer,
+                    request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerRequest.FromString,
+                    response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerResponse.SerializeToString,
+            ),
+            'StreamPeer': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamPeer,
+                    request_deserializer=agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerRequest.FromString,
+                    response_serializer=agentsidecar_dot_v1_dot_sidecar__pb2.PeerEvent.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,6 +350,60 @@ class Sidecar:
             '/agentsidecar.v1.Sidecar/EndTask',
             agentsidecar_dot_v1_dot_sidecar__pb2.EndTaskRequest.SerializeToString,
             agentsidecar_dot_v1_dot_sidecar__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentsidecar.v1.Sidecar/CallPeer',
+            agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerRequest.SerializeToString,
+            agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPeer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentsidecar.v1.Sidecar/StreamPeer',
+            agentsidecar_dot_v1_dot_sidecar__pb2.CallPeerRequest.SerializeToString,
+            agentsidecar_dot_v1_dot_sidecar__pb2.PeerEvent.FromString,
             options,
             channel_credentials,
             insecure,

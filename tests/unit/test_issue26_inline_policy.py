@@ -1,0 +1,96 @@
+"""Issue 26 item 2, the cause of the pod-mode cliff: one slow inline evaluation (an outlier: a
+garbage collection, page faults) used to move the policy to the threads for good, where at
+load every decision waits for the GIL. Now only a policy slow *repeatedly*, or one that blocked
+the loop past its timeout, moves; the engine still fails closed on a late answer.
+
+The slow evaluation is a policy that counts to ``input.n``: 100,000 costs far more than the
+5 ms budget on any machine, 1 costs microseconds. No duration is asserted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from sidecar.policy import DecisionError, EmbeddedEngine
+from sidecar.policy.embedded import SLOW_TO_DEMOTE, WINDOW
+
+COUNT = "out := count([x | some x in numbers.range(1, input.n); x % 7 == 0])"
+SLOW, FAST = {"n": 100_000}, {"n": 1}
+
+
+def _engine(tmp_path: Path) -> EmbeddedEngine:
+    directory = tmp_path / "policy" / "p"
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "p.rego").write_text(f"package p\n\nimport rego.v1\n\n{COUNT}\n")
+    # Nothing remembered (memo_size=0): these tests repeat one slow input, which the decision
+    # memo would answer without evaluating (tests/unit/test_item3_decision_memo.py).
+    return EmbeddedEngine.from_dir(tmp_path / "policy", "data.p.out", inline_max_ms=5, memo_size=0)
+
+
+def _run(engine: EmbeddedEngine, inputs: list[dict], timeout_s: float = 600.0) -> list:
+    async def run() -> list:
+        return [(await engine.evaluate(i, timeout_s=timeout_s)).value for i in inputs]
+
+    return asyncio.run(run())
+
+
+def test_item2_one_slow_inline_evaluation_keeps_policy_inline(tmp_path):
+    engine = _engine(tmp_path)
+    try:
+        assert engine.inline
+        assert _run(engine, [SLOW, FAST, FAST]) == [14285, 0, 0]  # answered, and correct
+        assert engine.inline  # an outlier alone does not move the revision
+    finally:
+        engine.close()
+
+
+def test_item2_a_repeatedly_slow_policy_moves_to_threads(tmp_path):
+    engine = _engine(tmp_path)
+    try:
+        _run(engine, [SLOW] * (SLOW_TO_DEMOTE - 1))
+        assert engine.inline
+        _run(engine, [SLOW])
+        assert not engine.inline
+        assert _run(engine, [FAST]) == [0]  # and still decides, in threads
+    finally:
+        engine.close()
+
+
+def test_item2_slow_evaluations_out_of_the_window_are_forgotten(tmp_path):
+    engine = _engine(tmp_path)
+    try:
+        _run(engine, [SLOW] * (SLOW_TO_DEMOTE - 1) + [FAST] * WINDOW)
+        _run(engine, [SLOW] * (SLOW_TO_DEMOTE - 1))
+        assert engine.inline
+    finally:
+        engine.close()
+
+
+def test_item2_a_slow_evaluation_past_its_timeout_still_fails_closed_and_moves(tmp_path):
+    """The safety case is unchanged: blocked past the deadline, refused, and in threads at
+    once (where the next wait is bounded)."""
+    engine = _engine(tmp_path)
+    try:
+        with pytest.raises(DecisionError) as refused:
+            _run(engine, [SLOW], timeout_s=0.001)
+        assert refused.value.code == "policy_timeout"
+        assert not engine.inline
+    finally:
+        engine.close()
+
+
+def test_item2_a_new_revision_starts_inline_with_a_clean_window(tmp_path):
+    engine = _engine(tmp_path)
+    try:
+        _run(engine, [SLOW] * SLOW_TO_DEMOTE)
+        assert not engine.inline
+        policy = tmp_path / "policy" / "p" / "p.rego"
+        policy.write_text(policy.read_text() + "\nother := 1\n")
+        assert engine.reload()
+        assert engine.inline
+        _run(engine, [SLOW])
+        assert engine.inline
+    finally:
+        engine.close()
