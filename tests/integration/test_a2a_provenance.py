@@ -424,4 +424,3 @@ def test_item5_the_origin_status_endpoint_answers_verified_workloads_only(
         with inbound.client(jwt_svid=lambda: authority.issue_jwt(AGENT, [SIDECAR_AUDIENCE])) as c:
             c.end_task(task)
         assert peer.get(base + txn).json()["state"] == "ended"
-
