@@ -15,7 +15,10 @@ process that was started and reads each ``/proc/PID/smaps``, mapping by mapping.
   map the same files (the bench's own driver, upstreams and any other run of this venv), so
   on a shared machine it understates what a pod holds; printed for comparison only.
 
-Memory figures are robust to a busy machine; this script prints no latency.
+Memory figures are robust to a busy machine. ``--speed N`` adds, after the memory figures
+(so they are unchanged by it), what a lever that touches threads or workers may cost: CallTool
+p50 at concurrency 1 and Check calls/s at concurrency 32, N calls each, on the same sidecar.
+Latency is not robust to a busy machine: compare runs made alternately, a few minutes apart.
 
 The run: the development Workload API, the bench upstream (tools and a model provider), an
 MCP upstream over HTTP, and ``agent-sidecar serve`` on the demo's configuration with the
@@ -25,7 +28,7 @@ before any call (idle), then after ``--calls`` calls spread evenly over CallTool
 model calls unary and streamed through the front door, and MCP ``tools/call``.
 
     python bench/footprint.py [--calls 20000] [--concurrency 8] [--workers N] [--shape k8s]
-        [--set KEY=VALUE ...]
+        [--set KEY=VALUE ...] [--speed N]
 """
 
 from __future__ import annotations
@@ -226,6 +229,31 @@ def wait_complete(state_dir: Path, proc: subprocess.Popen[bytes], timeout_s: flo
     raise SystemExit("the sidecar's workers did not all serve")
 
 
+async def speed(agent: Any, calls: int) -> str:
+    """CallTool p50 (ms) at concurrency 1 and Check calls/s at concurrency 32."""
+    from bench.hot_path import load
+    from bench.relay_overhead import percentile
+    from sidecar._proto.agentsidecar.v1 import sidecar_pb2
+
+    tool = sidecar_pb2.CallToolRequest(tool="tickets.get", arguments_json='{"id":"7"}')
+    check = sidecar_pb2.CheckRequest(tool="tickets.get", arguments_json='{"id":"7"}')
+
+    async def call_tool(index: int) -> None:
+        await agent.stub(index).CallTool(tool, timeout=10)
+
+    async def decide(index: int) -> None:
+        await agent.stub(index).Check(check, timeout=10)
+
+    tool_ms, _, tool_failed = await load(call_tool, calls, 1)
+    checks, seconds, check_failed = await load(decide, calls, 32)
+    p50 = f"{percentile(tool_ms, 50):.2f} ms" if tool_ms else "-"
+    return (
+        f"  speed: CallTool c=1 p50 {p50} ({tool_failed} failed), "
+        f"Check c=32 {len(checks) / seconds:.0f} calls/s ({check_failed} failed), "
+        f"{calls} calls each"
+    )
+
+
 async def mixed_load(
     targets: dict[str, Any], calls: int, concurrency: int
 ) -> tuple[int, dict[str, int], dict[str, str]]:
@@ -341,6 +369,7 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
                 }
             done, failures, first = await mixed_load(targets, args.calls, args.concurrency)
         after = footprint(sidecar.pid)
+        rates = [await speed(agent, args.speed)] if args.speed else []
         await session.close()
         await agent.close()
         failed = ", ".join(f"{k} {v}" for k, v in failures.items() if v) or "none failed"
@@ -352,6 +381,7 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
             f"  after {done:>6} calls {after.summary()}   ({failed})",
             f"  mix: {', '.join(targets)}, round-robin, concurrency {args.concurrency}",
             *(f"  first {kind} failure: {text}" for kind, text in first.items()),
+            *rates,
         ]
     finally:
         for process in (sidecar, *extra):
@@ -375,6 +405,13 @@ def main() -> int:
         default=[],
         metavar="KEY=VALUE",
         help="a config value (YAML) over the shape's, e.g. policy.workers=1",
+    )
+    parser.add_argument(
+        "--speed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the memory figures: CallTool p50 (c=1) and Check calls/s (c=32), N calls each",
     )
     parser.add_argument(
         "--shape",

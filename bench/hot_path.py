@@ -261,6 +261,17 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
         out += ["", "decisions at saturation (Check, c=32)", header]
         trivial_pids = worker_pids(work, "trivial", trivial)
         out.append(row("  baseline policy", *await timed_load(pids, checker(agent), n(5000), 32)))
+        ids = iter(range(10**9))
+
+        async def check_distinct(index: int) -> None:  # no decision memo hit: every input new
+            request = sidecar_pb2.CheckRequest(
+                tool="tickets.get", arguments_json=json.dumps({"id": str(next(ids))})
+            )
+            await agent.stub(index).Check(request, timeout=10)
+
+        out.append(
+            row("  baseline, distinct inputs", *await timed_load(pids, check_distinct, n(5000), 32))
+        )
         out.append(
             row(
                 "  allow-all policy", *await timed_load(trivial_pids, checker(ceiling), n(5000), 32)
@@ -268,7 +279,8 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
         )
         out.append(
             "  (CPU us/call: the sidecar's own CPU time per call, all its workers; the agent, "
-            "the upstream and the sidecar share this machine's cores)"
+            "the upstream and the sidecar share this machine's cores. The two policy rows "
+            "repeat one input: decisions there are memo hits; 'distinct inputs' are not)"
         )
 
         soak = args.soak_calls

@@ -34,6 +34,9 @@ DEFAULT = [
     "jwt",
     "psycopg",
     # the sidecar's parts
+    "sidecar.cli.parser",
+    "sidecar.model_apis",
+    "sidecar.policy.export.wiring",
     "sidecar.config",
     "sidecar.supervisor",
     "sidecar.server",

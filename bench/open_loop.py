@@ -58,6 +58,9 @@ class Step:
     failures: int
     send_lag_ms: float  # how late the client itself sent the latest call (its own limit)
     cpu_us: float | None = None  # the sidecar's CPU time per call
+    # Share of the step's wall time the sidecar's main thread (its event loop) was ready to
+    # run but had no CPU (/proc/PID/schedstat): the machine's stall, not the sidecar's.
+    runnable_wait: float | None = None
     # why calls failed: the gRPC status (policy_timeout under overload is UNAVAILABLE) or error
     why: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -117,16 +120,37 @@ async def ladder(
     start = [cpu_seconds([pid]) for pid in pids or ()]
     for rate in rates:
         before = cpu_seconds(pids) if pids else 0.0
+        waited, started = runnable_wait_s(pids or []), time.perf_counter()
         step = await offer(call, rate, seconds)
         if pids:
             step.cpu_us = (cpu_seconds(pids) - before) / max(1, len(step.latencies)) * 1e6
+            step.runnable_wait = (runnable_wait_s(pids) - waited) / (
+                len(pids) * (time.perf_counter() - started)
+            )
         steps.append(step)
         why = ", ".join(f"{k} {v}" for k, v in step.why.most_common())
-        print(f"  {name:<8} {rate:>5}/s {step.cell()}  failed {step.failures} {why}", flush=True)
+        wait = (
+            f" waited runnable {step.runnable_wait:.0%}" if step.runnable_wait is not None else ""
+        )
+        print(
+            f"  {name:<8} {rate:>5}/s {step.cell()}  failed {step.failures} {why}{wait}",
+            flush=True,
+        )
     if pids:
         used = [cpu_seconds([pid]) - before for pid, before in zip(pids, start, strict=True)]
         SHARES[name] = [u / max(sum(used), 1e-9) for u in used]
     return steps
+
+
+def runnable_wait_s(pids: list[int]) -> float:
+    """Seconds the processes' main threads have waited on a run queue (ready, no CPU)."""
+    total = 0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # no schedstats on this kernel: counts as none
+    return total / 1e9
 
 
 def holds(steps: list[Step], p99_ms: float) -> int:
@@ -153,6 +177,9 @@ def table(results: dict[str, list[Step]], p99_ms: float) -> list[str]:
         )
         lag = max(results[n][i].send_lag_ms for n in names)
         flag = f"  (client sent up to {lag:.0f} ms late)" if lag > 5 else ""
+        waits = [w for n in names if (w := results[n][i].runnable_wait) is not None]
+        if waits and max(waits) >= 0.05:  # the machine kept the event loop off the CPU
+            flag += f"  (sidecar waited for a CPU {max(waits):.0%} of the time)"
         failed = sum(results[n][i].failures for n in names)
         flag += f"  ({failed} failed)" if failed else ""
         out.append(f"{step.rate:>7} {cells} {cpu:>26}{flag}")

@@ -2,7 +2,8 @@
 
 As in a pod, on this machine: the development Workload API (the pod's SVID), a tool and model
 upstream (bench/soak_upstream.py, aiohttp; the chat endpoint streams), an MCP upstream (the
-official SDK's server, tests/support/mcp_upstream.py, Streamable HTTP) and ``agent-sidecar
+official SDK's server, tests/support/mcp_upstream.py, Streamable HTTP, stateless HTTP with JSON
+responses as the SDK documents for production) and ``agent-sidecar
 serve`` on the demo's configuration (examples/demo/config.yaml: identity mode ``pod``, the
 shipped baseline policy, strict audit, the approvers' group) with every other setting at its
 default (``server.workers``: one process) and only what the mix needs added: the targets, the
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -133,6 +135,19 @@ class Sampler(threading.Thread):
             tick += 1.0
 
 
+def wait_listening(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    """Bounded poll until something accepts connections on ``port`` (loopback)."""
+    for _ in range(600):
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start")
+
+
 def sidecar_config(work: Path, upstream: int, mcp_upstream: int) -> dict[str, Any]:
     """The demo's configuration, pointed at this run's upstreams and listeners."""
     config = demo_config(work)
@@ -188,6 +203,14 @@ def by_kind(calls: list[Call]) -> dict[str, tuple[int, int, float, float, float]
     return out
 
 
+def harness_growth(grown: dict[str, list[float]]) -> str:
+    """``name a -> b MB`` for each harness process measured twice (after warm-up, at the end)."""
+    return ", ".join(
+        f"{name} {rss[0]:.1f} -> {rss[-1]:.1f} MB" if len(rss) == 2 else f"{name} not measured"
+        for name, rss in grown.items()
+    )
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -216,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             subprocess.Popen(
                 [
                     *(sys.executable, "-m", "tests.support.mcp_upstream", "notes"),
-                    *("--http", str(mcp_upstream)),
+                    *("--http", str(mcp_upstream), "--stateless-http", "--json-response"),
                 ],
                 cwd=ROOT,
                 stdout=logs[2],
@@ -240,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
                 if sidecar.poll() is None or attempt == 3:
                     raise
                 print(f"the sidecar exited at start (attempt {attempt}); see run/sidecar.log")
-        wait_http(f"http://127.0.0.1:{mcp_upstream}/mcp", processes[2], "the MCP upstream")
+        # A TCP connect, not a GET: stateless, the SDK answers GET with an endless stream.
+        wait_listening(mcp_upstream, processes[2], "the MCP upstream")
         wait_http(endpoints.mcp, sidecar, "the sidecar's MCP endpoint")
         wait_http(endpoints.frontdoor + "/models", sidecar, "the front door")
         sampler = Sampler(sidecar.pid)
@@ -251,9 +275,23 @@ def run(args: argparse.Namespace) -> int:
             f"(pid {sidecar.pid}); load average {load_before}",
             flush=True,
         )
+        # The harness's own upstreams, at the end of the warm-up and at the end: one that
+        # grows (as the MCP upstream once did) stalls the calls it serves, not the sidecar.
+        harness = {"MCP upstream": processes[2].pid, "tool/model upstream": processes[1].pid}
+        grown: dict[str, list[float]] = {name: [] for name in harness}
+
+        def measure_harness() -> None:
+            for name, pid in harness.items():
+                grown[name].append(tree_memory(pid)[0])
+
+        at_warmup = threading.Timer(args.warmup, measure_harness)
+        at_warmup.daemon = True
+        at_warmup.start()
         agent_cpu = time.process_time()
         calls = asyncio.run(traffic.run(started=sampler.begin))
         agent_cpu = time.process_time() - agent_cpu
+        at_warmup.cancel()
+        measure_harness()
         sampler.stop()
         load_after = loadavg()
         sidecar.terminate()  # a graceful stop seals every segment with a closing checkpoint
@@ -287,7 +325,8 @@ def run(args: argparse.Namespace) -> int:
         f"{args.duration:.0f} s at {args.rate:.0f} calls/s offered (open loop), warm-up "
         f"{args.warmup:.0f} s; pod mode, demo config, server.workers default ({tree} processes "
         f"in the sidecar's tree); {os.cpu_count()} CPUs; load average before {load_before}, "
-        f"after {load_after}. Latency from each call's scheduled time. {cpu}"
+        f"after {load_after}. Latency from each call's scheduled time. {cpu} Harness RSS "
+        f"after warm-up -> at the end: {harness_growth(grown)}."
     )
     text = table(verdict, by_kind(calls), note)
     (out / "soak.md").write_text(text + "\n```\n" + verify_text + "\n```\n")

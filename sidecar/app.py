@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sidecar._lazy import component
 from sidecar.approvals import ApprovalBroker, ApprovalStore, Notifier
 from sidecar.approvals.admin import AdminServer
 from sidecar.approvals.notify import renderer
@@ -215,7 +216,8 @@ class Sidecar:
                 with listening("admin.listen", settings.admin.listen):
                     admin_port = metrics.serve(settings.admin.listen)
             if settings.frontdoor.listen:
-                from sidecar.frontdoor import FrontDoor
+                with component("frontdoor.listen", "the front door"):
+                    from sidecar.frontdoor import FrontDoor
 
                 with listening("frontdoor.listen", settings.frontdoor.listen):
                     frontdoor = FrontDoor(settings, calls.models, engine, reuse_port=role.shared)
@@ -234,8 +236,9 @@ class Sidecar:
                     approvals_server = AdminServer(settings, approvals, identity, record)
             if (settings.mcp.listen or settings.mcp_servers) and role.primary:
                 # Imported only when configured: the MCP types (pydantic) cost ~10 MB of RSS.
-                from sidecar.mcp.admin import register as register_mcp_admin
-                from sidecar.mcp.gateway import McpGateway
+                with component("mcp.listen", "the MCP gateway"):
+                    from sidecar.mcp.admin import register as register_mcp_admin
+                    from sidecar.mcp.gateway import McpGateway
 
                 with listening("mcp.listen", settings.mcp.listen):
                     mcp = McpGateway(

@@ -50,13 +50,13 @@ def build_engine(settings: Settings) -> PolicyEngine:
     if policy.engine == "opa":
         from sidecar.policy.opa import OpaEngine
 
-        return OpaEngine(policy.opa_url, policy.query, workers=policy.workers)
+        return OpaEngine(policy.opa_url, policy.query, workers=policy.pool_size)
     if policy.bundle is not None:
         return build_bundle_engine(settings)
     return EmbeddedEngine.from_dir(
         policy.dir,
         policy.query,
-        workers=policy.workers,
+        workers=policy.pool_size,
         inline_max_ms=policy.inline_max_ms,
         memo_size=policy.memo_size,
         vetting=policy.vetting,
@@ -76,7 +76,7 @@ def build_bundle_engine(settings: Settings) -> BundleEngine:
     assert bundle is not None
     engine = BundleEngine(
         policy.query,
-        workers=policy.workers,
+        workers=policy.pool_size,
         inline_max_ms=policy.inline_max_ms,
         memo_size=policy.memo_size,
         vetting=policy.vetting,
@@ -114,7 +114,7 @@ def build_shadow(settings: Settings) -> PolicyEngine | None:
     return EmbeddedEngine.from_dir(
         policy.shadow,
         policy.query,
-        workers=policy.workers,
+        workers=policy.pool_size,
         inline_max_ms=policy.inline_max_ms,
         memo_size=policy.memo_size,
         vetting=policy.vetting,

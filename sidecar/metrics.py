@@ -14,14 +14,22 @@ reach the OTLP exporter through a sink (``add_sink``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 from sidecar.outcomes import STATUS_BY_CODE
@@ -222,6 +230,8 @@ class Metrics:
         self.upstream_errors = Counter(
             "agent_sidecar_upstream_errors", "Upstream failures", ["target", "code"], registry=r
         )
+        self.gc_pauses = GcPauses()
+        r.register(self.gc_pauses)
         self._server: Any = None
 
     def watch(self, **sources: Callable[[], Any]) -> None:
@@ -286,6 +296,7 @@ class Metrics:
         return self._server.server_address[1]
 
     def close(self) -> None:
+        self.gc_pauses.close()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -296,3 +307,67 @@ class Metrics:
                 close()
             except Exception:
                 log.exception("closing a telemetry sink failed")
+
+
+GC_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+
+class GcPauses(Collector):
+    """Every garbage collection's pause, by generation, as the histogram
+    ``agent_sidecar_gc_pause_seconds``. The collector runs in whichever thread allocates, the
+    event loop's included, so a long collection stalls every call meanwhile: the pod-mode
+    tail's cause (docs/performance.md). The hook takes no lock (a collection can start while
+    any lock is held, prometheus_client's included): it swaps in a new tuple per generation,
+    read whole at scrape time. It holds its owner weakly: one never closed stops observing
+    once it is gone, and is unregistered by the next one made."""
+
+    def __init__(self) -> None:
+        self._started = 0.0
+        # generation -> (cumulative count per bucket, +Inf included; sum of seconds)
+        self._rows: dict[str, tuple[tuple[int, ...], float]] = {}
+        ref = weakref.ref(self)
+
+        def callback(phase: str, info: dict[str, Any]) -> None:
+            pauses = ref()
+            if pauses is not None:
+                pauses._observe(phase, info)
+
+        callback.owner = ref  # type: ignore[attr-defined]
+        self._callback = callback
+        gc.callbacks[:] = [c for c in gc.callbacks if getattr(c, "owner", _alive)() is not None]
+        gc.callbacks.append(callback)
+
+    def _observe(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = str(info.get("generation", ""))
+        counts, total = self._rows.get(generation, ((0,) * (len(GC_BUCKETS) + 1), 0.0))
+        self._rows[generation] = (
+            tuple(
+                n + (1 if i == len(GC_BUCKETS) or pause <= GC_BUCKETS[i] else 0)
+                for i, n in enumerate(counts)
+            ),
+            total + pause,
+        )
+
+    def collect(self) -> Iterator[Any]:
+        family = HistogramMetricFamily(
+            "agent_sidecar_gc_pause_seconds",
+            "Garbage collections by generation: each pauses the thread it runs in, the event "
+            "loop's included",
+            labels=["generation"],
+        )
+        for generation, (counts, total) in sorted(dict(self._rows).items()):
+            bounds = [str(b) for b in GC_BUCKETS] + ["+Inf"]
+            family.add_metric([generation], list(zip(bounds, counts, strict=True)), total)
+        yield family
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError):
+            gc.callbacks.remove(self._callback)
+
+
+def _alive() -> bool:
+    return True

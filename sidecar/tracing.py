@@ -84,8 +84,17 @@ def _remote_parent(trace: TraceContext) -> Any:
     return _otel.set_span_in_context(remote)
 
 
+def _no_global_provider() -> bool:
+    """No tracer provider has been set in this process (nor named by the environment): the
+    global tracer's spans are non-recording no-ops."""
+    return isinstance(_otel.get_tracer_provider(), _otel.ProxyTracerProvider)
+
+
 class Tracer:
     def __init__(self, otel_tracer: Any = None) -> None:
+        # Unbound and given no tracer: follow the process's global provider (one set later
+        # included), and skip the span entirely while there is none.
+        self._follows_global = otel_tracer is None and _otel is not None
         if otel_tracer is None and _otel is not None:
             otel_tracer = _otel.get_tracer("agent-sidecar")
         self._tracer = otel_tracer
@@ -95,14 +104,22 @@ class Tracer:
     def bind(self, otel_tracer: Any) -> None:
         """Use the tracer of the sidecar's OTLP provider (telemetry on)."""
         self._tracer = otel_tracer
+        self._follows_global = False
         self.records_calls = True
 
     @contextmanager
     def span(self, name: str, trace: TraceContext, **attributes: Any) -> Iterator[str | None]:
         """A child span of ``trace``; yields its span id (hex), or None without OpenTelemetry.
-        Attribute keys without a namespace are put under ``agent_sidecar.``."""
+        Attribute keys without a namespace are put under ``agent_sidecar.``. With no provider
+        anywhere, no span at all: OpenTelemetry's no-op one cost ~10 µs of CPU, three per
+        call. What it yielded is kept: the caller's span id, so the upstream's
+        ``traceparent`` names the caller's span as its parent (a span nobody records must not
+        become the parent of the upstream's)."""
         if self._tracer is None:
             yield None
+            return
+        if self._follows_global and _no_global_provider():
+            yield trace.parent_span_id
             return
         if trace.call is not None:
             trace.call.children.add(name)

@@ -367,7 +367,7 @@ class InboundListener:
         await self._origin_active(token)
         task_id = ""
         if not parsed.read_only:  # a read operation changes nothing: it needs no task
-            task = await off_loop(self._binder.open, caller, token, call.intent)
+            task = await self._binder.open_task(caller, token, call.intent)  # loop or thread
             task_id, provenance = task.id, task.provenance
             record.task = {"id": task.id, "intent": task.intent, "owner": task.owner}
             if provenance is not None:  # the record's delegation stays the caller's delegators

@@ -18,6 +18,8 @@ from sidecar.a2a.callers import Caller
 from sidecar.a2a.errors import TxnEnded, TxnTokenError
 from sidecar.a2a.txn_token import TXN_HEADER, TxnToken, mint, verify
 from sidecar.identity import WorkloadIdentity
+from sidecar.state.errors import StateBusy
+from sidecar.state.offloop import off_loop
 from sidecar.tasks import Provenance, Task, TaskRegistry
 
 __all__ = ["ProvenanceBinder", "TxnEnded", "intent_of"]
@@ -129,6 +131,16 @@ class ProvenanceBinder:
                 txn=_new_txn(), requester=caller.id, purpose=intent, chain=chain, origin=True
             )
         return self._tasks.start_bound(owner, intent, self._task_ttl_s, provenance, durable=False)
+
+    async def open_task(self, caller: Caller, token: TxnToken | None, intent: str) -> Task:
+        """:meth:`open` on the event loop when the store can do it without waiting (SQLite,
+        its locks free: the state thread's two hand-offs saved, ~0.2-0.5 ms per inbound
+        call), else on the state thread, where a locked database stalls only this call."""
+        try:
+            with self._tasks.without_waiting():
+                return self.open(caller, token, intent)
+        except StateBusy:
+            return await off_loop(self.open, caller, token, intent)
 
     def outbound_headers(self, task: Task | str, audience: str = "") -> dict[str, str]:
         """``Txn-Token`` for a call to a peer under ``task`` (blocking: the state store).

@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+from collections.abc import Callable
 from pathlib import Path
 
 from sidecar import __version__
-from sidecar.cli import a2a, approvals, audit, console, explain, mcp, policy, run
+from sidecar._lazy import component
+from sidecar.cli import run
 from sidecar.config import DEFAULT_AGENT_SOCKET
 
 __all__ = ["build_parser"]
 
 QUERY = "data.agentsidecar.authz.decision"
+
+
+def command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """``sidecar.cli.MODULE.NAME``, imported when that command runs: ``serve`` then holds no
+    other command's module (docs/performance.md). A module that cannot be imported is a clear
+    error (exit 2), not a traceback."""
+
+    def run_command(args: argparse.Namespace) -> int:
+        with component(f"agent-sidecar {args.command}", "the command"):
+            target = getattr(importlib.import_module(f"sidecar.cli.{module}"), name)
+        return int(target(args))
+
+    run_command.__qualname__ = run_command.__name__ = f"{module}.{name}"
+    return run_command
 
 
 class _Help(argparse.RawDescriptionHelpFormatter):
@@ -83,7 +100,7 @@ def _serving(sub: argparse._SubParsersAction) -> None:
     con.add_argument("--config", required=True, type=Path, help="YAML config file (console:)")
     con.add_argument("--listen", default="", help="HOST:PORT to serve on (default: console.listen)")
     _server_options(con, "console.auth=mtls")
-    con.set_defaults(func=console.console)
+    con.set_defaults(func=command("console", "console"))
 
     health = _sub(sub, "health", help="exit 0 if the sidecar's gRPC health is SERVING")
     health.add_argument(
@@ -124,7 +141,7 @@ def _serving(sub: argparse._SubParsersAction) -> None:
         help="decide each as under a fresh task with this intent (default: no task)",
     )
     ex.add_argument("--json", action="store_true", help="print JSON")
-    ex.set_defaults(func=explain.explain)
+    ex.set_defaults(func=command("explain", "explain"))
 
     webhook = _sub(sub, "webhook", help="the Kubernetes mutating admission webhook")
     webhook_sub = webhook.add_subparsers(dest="webhook_command", required=True, metavar="COMMAND")
@@ -155,7 +172,7 @@ def _policy(sub: argparse._SubParsersAction) -> None:
     test.add_argument(
         "--watch", "-w", action="store_true", help="run again on every change (Ctrl-C stops)"
     )
-    test.set_defaults(func=policy.policy_test)
+    test.set_defaults(func=command("policy", "policy_test"))
 
     ev = _sub(policy_sub, "eval", help="evaluate one input; print the decision")
     ev.add_argument("--input", required=True, type=Path, help="policy input (JSON)")
@@ -166,14 +183,14 @@ def _policy(sub: argparse._SubParsersAction) -> None:
         choices=["allow", "deny", "step_up"],
         help="exit 1 unless the decision's effect is this (a smoke test, e.g. in an image build)",
     )
-    ev.set_defaults(func=policy.policy_eval)
+    ev.set_defaults(func=command("policy", "policy_eval"))
 
     chk = _sub(policy_sub, "check", help="compile, built-ins, data schema, style lint")
     chk.add_argument(
         "dir", nargs="?", default=Path("rego"), type=Path, help="policy directory to check"
     )
     chk.add_argument("--query", default=QUERY, help="the decision's query (must be defined)")
-    chk.set_defaults(func=policy.policy_check)
+    chk.set_defaults(func=command("policy", "policy_check"))
 
     rp = _sub(policy_sub, "replay", help="re-decide an audit log's calls with a candidate")
     rp.add_argument("--audit", required=True, type=Path, help="audit log (JSON lines)")
@@ -190,7 +207,7 @@ def _policy(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="write the changed cases as a *_test.rego file",
     )
-    rp.set_defaults(func=policy.policy_replay)
+    rp.set_defaults(func=command("policy", "policy_replay"))
 
     bd = _sub(policy_sub, "build", help="write an OPA bundle (.tar.gz) of a policy directory")
     bd.add_argument("dir", type=Path, help="policy directory")
@@ -202,7 +219,7 @@ def _policy(sub: argparse._SubParsersAction) -> None:
     bd.add_argument("--key-id", default="", help="the key id verifiers know the key by")
     bd.add_argument("--scope", default="", help="signature scope")
     bd.add_argument("--query", default=QUERY, help="the decision's query (compiled first)")
-    bd.set_defaults(func=policy.policy_build)
+    bd.set_defaults(func=command("policy", "policy_build"))
 
 
 def _audit(sub: argparse._SubParsersAction) -> None:
@@ -248,14 +265,14 @@ def _audit(sub: argparse._SubParsersAction) -> None:
         metavar="SECONDS",
         help="fail if records were written more than SECONDS after the last checkpoint",
     )
-    av.set_defaults(func=audit.audit_verify)
+    av.set_defaults(func=command("audit", "audit_verify"))
     sh = _sub(audit_sub, "show", help="who called what, with what outcome")
     sh.add_argument("files", nargs="+", type=Path, help="audit log(s); one path finds the rest")
     sh.add_argument("--subject", help="only calls by this SPIFFE ID")
     sh.add_argument("--tool", help="only calls to this tool (or model)")
     sh.add_argument("--effect", choices=["allow", "deny", "step_up"], help="only this outcome")
     sh.add_argument("--since", help="only calls since: 30m, 2h, 1d, or an ISO 8601 time")
-    sh.set_defaults(func=audit.audit_show)
+    sh.set_defaults(func=command("audit", "audit_show"))
 
 
 def _approvals(sub: argparse._SubParsersAction) -> None:
@@ -274,19 +291,19 @@ def _approvals(sub: argparse._SubParsersAction) -> None:
         "--state", action="append", default=[], help="only this state (repeatable; default: all)"
     )
     al.add_argument("--limit", type=int, default=100, help="at most this many")
-    al.set_defaults(func=approvals.approvals)
+    al.set_defaults(func=command("approvals", "approvals"))
     ash = _sub(ap_sub, "show", help="one approval, whole")
     ash.add_argument("id", help="the approval's id")
-    ash.set_defaults(func=approvals.approvals)
+    ash.set_defaults(func=command("approvals", "approvals"))
     for name, verb in (("approve", "grant"), ("deny", "refuse")):
         ad = _sub(ap_sub, name, help=f"{verb} a pending approval")
         ad.add_argument("id", help="the approval's id")
         ad.add_argument(
             "--reason", required=True, help="recorded in the audit log and policy input"
         )
-        ad.set_defaults(func=approvals.approvals)
+        ad.set_defaults(func=command("approvals", "approvals"))
     aw = _sub(ap_sub, "watch", help="print approvals as they are created and change")
-    aw.set_defaults(func=approvals.approvals)
+    aw.set_defaults(func=command("approvals", "approvals"))
 
 
 def _admin_args(parser: argparse.ArgumentParser) -> None:
@@ -319,10 +336,10 @@ def _mcp(sub: argparse._SubParsersAction) -> None:
     mp_sub = mp.add_subparsers(dest="mcp_command", required=True, metavar="COMMAND")
     ml = _sub(mp_sub, "list", help="the tools MCP servers list now, with their pins")
     ml.add_argument("--changed", action="store_true", help="only changed definitions")
-    ml.set_defaults(func=mcp.mcp)
+    ml.set_defaults(func=command("mcp", "mcp"))
     ms = _sub(mp_sub, "show", help="one tool's current definition, whole")
     ms.add_argument("name", help="SERVER.tool")
-    ms.set_defaults(func=mcp.mcp)
+    ms.set_defaults(func=command("mcp", "mcp"))
     ma = _sub(mp_sub, "accept", help="pin a tool to its current definition (audited)")
     ma.add_argument("name", help="SERVER.tool")
     ma.add_argument(
@@ -331,7 +348,7 @@ def _mcp(sub: argparse._SubParsersAction) -> None:
         help="the definition's hash as `mcp show` printed it: what you reviewed",
     )
     ma.add_argument("--reason", required=True, help="recorded in the audit log")
-    ma.set_defaults(func=mcp.mcp)
+    ma.set_defaults(func=command("mcp", "mcp"))
 
 
 def _a2a(sub: argparse._SubParsersAction) -> None:
@@ -347,10 +364,10 @@ def _a2a(sub: argparse._SubParsersAction) -> None:
     aa_sub = aa.add_subparsers(dest="a2a_command", required=True, metavar="COMMAND")
     al = _sub(aa_sub, "list", help="every peer's card digest against its pin")
     al.add_argument("--changed", action="store_true", help="only changed (or failing) cards")
-    al.set_defaults(func=a2a.a2a)
+    al.set_defaults(func=command("a2a", "a2a"))
     ash = _sub(aa_sub, "show", help="the card a peer serves now, whole")
     ash.add_argument("peer", help="PEER (a2a_peers.NAME)")
-    ash.set_defaults(func=a2a.a2a)
+    ash.set_defaults(func=command("a2a", "a2a"))
     ac = _sub(aa_sub, "accept", help="pin a peer to the card it serves now (audited)")
     ac.add_argument("peer", help="PEER (a2a_peers.NAME)")
     ac.add_argument(
@@ -359,7 +376,7 @@ def _a2a(sub: argparse._SubParsersAction) -> None:
         help="the card's digest as `a2a list` printed it: what you reviewed",
     )
     ac.add_argument("--reason", required=True, help="recorded in the audit log")
-    ac.set_defaults(func=a2a.a2a)
+    ac.set_defaults(func=command("a2a", "a2a"))
 
 
 def _dev(sub: argparse._SubParsersAction) -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
 
 from sidecar.errors import SidecarError
 
@@ -37,19 +42,31 @@ def serve(args: argparse.Namespace) -> int:
         exec_supervisor(command, count, settings.state.dir, settings.server.grace_s, args.log_level)
         raise AssertionError("exec_supervisor returned")  # pragma: no cover
     # Only now the application: a supervisor never imports it.
-    from sidecar.app import Sidecar
+    from sidecar._lazy import component
     from sidecar.listeners import ListenError
-    from sidecar.server import serve_until_signalled
+
+    with component(str(args.config), "the application"):
+        from sidecar.app import Sidecar
+        from sidecar.server import serve_until_signalled
 
     role = WorkerRole.from_env()
     die_with_supervisor()
 
+    # A component the configuration turns on is imported while the application is built or
+    # started (sidecar/app.py): one that cannot be is an error naming this file (exit 2).
+    # Only those two steps: an error while serving (hours later) is not a missing component.
+    what = "a component this configuration turns on"
+    loading = functools.partial(component, str(args.config), what)
+
     async def serve() -> None:
         # grpc.aio binds to the running loop: build inside it.
-        sidecar = Sidecar.build(settings, role)
+        with loading():
+            sidecar = Sidecar.build(settings, role)
         try:
             reload = sidecar.reloader.request if sidecar.reloader else None
-            await serve_until_signalled(sidecar, on_hup=reload, on_started=signal_ready)
+            await serve_until_signalled(
+                _Starting(sidecar, loading), on_hup=reload, on_started=signal_ready
+            )
         finally:
             sidecar.close()  # idempotent: after a clean stop, nothing is left to close
 
@@ -58,6 +75,21 @@ def serve(args: argparse.Namespace) -> int:
     except ListenError as exc:  # a socket or port taken: name the file too (exit 2)
         raise ListenError(f"{args.config}: {exc}") from None
     return 0
+
+
+@dataclass(frozen=True)
+class _Starting:
+    """The sidecar as ``serve_until_signalled`` runs it, its start under ``loading``."""
+
+    sidecar: Any
+    loading: Callable[[], AbstractContextManager[None]]
+
+    async def start(self) -> None:
+        with self.loading():
+            await self.sidecar.start()
+
+    async def stop(self) -> None:
+        await self.sidecar.stop()
 
 
 def health(args: argparse.Namespace) -> int:

@@ -103,7 +103,8 @@ def new_interpreter(
 
 
 class CompiledQuery:
-    """One interpreter with ``query`` compiled once into a bundle; not thread-safe by itself."""
+    """One interpreter with ``query`` compiled once into a bundle; not thread-safe by itself.
+    ``vet=False`` only for one more interpreter of modules already vetted (the same load)."""
 
     def __init__(
         self,
@@ -112,9 +113,10 @@ class CompiledQuery:
         query: str,
         *,
         vetting: VetOptions | None = None,
+        vet: bool = True,
     ) -> None:
         self._modules = list(modules)
-        self._interp = new_interpreter(self._modules, data, vetting=vetting)
+        self._interp = new_interpreter(self._modules, data, vet=vet, vetting=vetting)
         try:
             self._bundle = self._interp.build(f"{_BINDING} = {query}")
         except (regopy.RegoError, ValueError) as exc:

@@ -14,8 +14,14 @@ thread-safe). Each call borrows an interpreter, sets the input and runs the prep
   hop per decision for good, and at load every answer waited for the GIL, which the busy
   event loop gives up only every ``sys.getswitchinterval()`` (5 ms): the pod-mode tail-latency
   cliff of issue 26 (docs/performance.md);
-- in ``workers`` threads otherwise (evaluation releases the GIL, so they run in parallel),
-  where the wait is bounded by the timeout.
+- in threads otherwise (evaluation releases the GIL, so they run in parallel), where the
+  wait is bounded by the timeout. A revision in threads has at least two interpreters and
+  two threads: an evaluation that timed out keeps running (it cannot be interrupted), and
+  with one interpreter every other call would queue behind it and fail closed with
+  ``policy_timeout`` too. A revision compiled with one (``workers: 1``, the default while
+  inline: a second sat idle, ~6 MB) gets its second when it moves to threads, compiled on a
+  thread of its own, off the event loop (:meth:`_grow`); until that is in its pool, calls
+  share the one.
 
 Hot reload: :meth:`reload` reads the directory, and if its content hash changed compiles a
 complete new set of interpreters on the caller's thread (off the hot path), then swaps one
@@ -57,10 +63,16 @@ SLOW_TO_DEMOTE = 3
 MEMO_SIZE = 1024
 
 
+# Interpreters (and threads) a revision evaluated in threads has at least (see above).
+THREADED_MIN = 2
+
+
 @dataclass
 class _State:
     source: PolicySource
     pool: queue.SimpleQueue[CompiledQuery]
+    # Interpreters compiled for this revision (in the pool or borrowed).
+    size: int = 0
     inline: bool = False
     # This revision's remembered decisions; None when its policy is not memoizable.
     memo: DecisionMemo | None = None
@@ -94,7 +106,10 @@ class EmbeddedEngine:
         self._dir = source.root
         self._state = self._compile(source)
         self._reload_lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rego")
+        # Threads start on first use: while inline, none does.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(THREADED_MIN, workers), thread_name_prefix="rego"
+        )
 
     def _compile(self, source: PolicySource) -> _State:
         pool: queue.SimpleQueue[CompiledQuery] = queue.SimpleQueue()
@@ -110,7 +125,45 @@ class EmbeddedEngine:
                     "policy decisions are not remembered",
                     extra={"revision": source.revision, "why": why_not},
                 )
-        return _State(source, pool, inline=self._inline_max_s > 0, memo=memo)
+        return _State(source, pool, self._workers, inline=self._inline_max_s > 0, memo=memo)
+
+    def _grow(self, state: _State) -> None:
+        """Add interpreters to ``state``'s pool up to ``THREADED_MIN``, on this thread (never
+        the event loop's: a compile takes tens of ms). The source was vetted when the revision
+        loaded, so it is not vetted again. A failure leaves the revision its one interpreter."""
+        try:
+            while state.size < THREADED_MIN:
+                state.pool.put(
+                    CompiledQuery(
+                        state.source.modules,
+                        state.source.data,
+                        self._query,
+                        vetting=self._vetting,
+                        vet=False,
+                    )
+                )
+                state.size += 1
+        except Exception as exc:  # the revision keeps working on the interpreter it has
+            log.warning(
+                "could not compile another policy interpreter",
+                extra={"revision": state.source.revision, "error": type(exc).__name__},
+            )
+
+    def _demote(self, state: _State) -> None:
+        """Move ``state`` to the threads and, if it has one interpreter, start compiling its
+        second off the event loop. Called on the event loop thread (one demotion per
+        revision: ``state.inline`` is read and written there only)."""
+        state.inline = False
+        if state.size < THREADED_MIN:
+            threading.Thread(
+                target=self._grow, args=(state,), name="rego-compile", daemon=True
+            ).start()
+
+    @property
+    def interpreters(self) -> int:
+        """Interpreters compiled for the active revision (the ``workers`` setting, and at
+        least ``THREADED_MIN`` once its second is compiled after a move to threads)."""
+        return self._state.size
 
     @property
     def memo(self) -> DecisionMemo | None:
@@ -226,7 +279,7 @@ class EmbeddedEngine:
             slow = cpu > self._inline_max_s
             state.recent.append(slow)
             if slow and state.inline and (late or sum(state.recent) >= SLOW_TO_DEMOTE):
-                state.inline = False
+                self._demote(state)
                 log.warning(
                     "policy evaluation is slow: evaluating in threads from now on",
                     extra={

@@ -26,8 +26,11 @@ class PolicySettings:
     dir: Path = Path("rego")
     query: str = "data.agentsidecar.authz.decision"
     timeout_ms: int = 250
-    # embedded: interpreters evaluating in threads, in parallel; opa: connections to OPA.
-    workers: int = 2
+    # embedded: interpreters, each with its own compiled plan (~6 MB resident each); opa:
+    # connections to OPA. Unset: embedded 1 while evaluations run inline on the event loop
+    # (one at a time: a second interpreter would sit idle until the policy moved to threads),
+    # 2 with inline_max_ms 0 (always in threads, in parallel); opa 2 (docs/performance.md).
+    workers: int | None = None
     # embedded: evaluate on the event loop (no thread hand-off) while every evaluation costs
     # at most this much CPU; the first one that costs more moves this revision to the threads,
     # where the wait is bounded by timeout_ms. 0: always in threads.
@@ -66,8 +69,14 @@ class PolicySettings:
             f"query: {self.query!r} is not a data reference like data.agentsidecar.authz.decision",
         )
         check(self.timeout_ms > 0, "timeout_ms: must be > 0")
-        check(1 <= self.workers <= 64, "workers: must be between 1 and 64")
         check(0 <= self.inline_max_ms <= 1000, "inline_max_ms: must be between 0 and 1000")
+        if self.workers is None:
+            threaded = self.engine == "opa" or self.inline_max_ms == 0
+            object.__setattr__(self, "workers", 2 if threaded else 1)
+        check(
+            isinstance(self.workers, int) and 1 <= self.workers <= 64,
+            "workers: must be between 1 and 64",
+        )
         check(0 <= self.memo_size <= 65536, "memo_size: must be between 0 and 65536")
         check(self.reload_interval_ms >= 0, "reload_interval_ms: must be >= 0")
         check(
@@ -92,6 +101,11 @@ class PolicySettings:
             or (parts.scheme == "unix" and bool(parts.path)),
             f"opa_url: {self.opa_url!r} is not http://HOST:PORT or unix:///PATH",
         )
+
+    @property
+    def pool_size(self) -> int:
+        """``workers`` as resolved (its default depends on the engine and ``inline_max_ms``)."""
+        return self.workers if self.workers is not None else 1  # None never outlives __init__
 
     @property
     def vetting(self) -> VetOptions:

@@ -14,6 +14,8 @@ import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from sidecar.state.errors import StateBusy
+
 __all__ = ["Conn", "Row", "StateDb"]
 
 Row = Mapping[str, Any]
@@ -48,6 +50,14 @@ class StateDb(abc.ABC):
 
     @abc.abstractmethod
     def query(self, sql: str, params: Sequence[object] = ()) -> list[Row]: ...
+
+    def without_waiting(self) -> contextlib.AbstractContextManager[None]:
+        """Run the work inside on the calling thread (the event loop) only where it need
+        not wait: else :class:`StateBusy` (nothing written), and the caller takes the state
+        thread; a refusal after something inside committed is a plain :class:`StateError`
+        (redoing it would write twice). Does not nest. A networked store always waits for
+        its server: it always refuses."""
+        raise StateBusy(f"{self.description}: every call waits for the server")
 
     def write(self, sql: str, params: Sequence[object] = (), *, durable: bool = True) -> list[Row]:
         """One statement that writes, committed on its own; its ``RETURNING`` rows. A backend

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,9 @@ def test_item4_a_short_soak_runs_the_whole_mix_and_audits_every_call(soak):
     )
     assert "| audit verify | intact |" in table
     assert f"| calls / errors | 480 | {len(errors)} errors |" in table
+    # the harness's own upstreams are measured too (the MCP upstream once grew, issue 26)
+    harness = table.split("Harness RSS after warm-up -> at the end: ", 1)[1].split("\n")[0]
+    assert re.fullmatch(r"MCP upstream [\d.]+ -> [\d.]+ MB, tool/model upstream .+ MB\.", harness)
     # what may fail on a loaded machine is timing or memory, and then it says so
     failures = [line for line in table.splitlines() if line.startswith("- ")]
     assert all(f.startswith(("- memory:", "- p99 drift:", "- errors:")) for f in failures)

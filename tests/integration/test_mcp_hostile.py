@@ -94,6 +94,27 @@ def test_malformed_json_rpc_is_refused_and_audited(running, raw, code):
     assert records[-1]["outcome"]["code"] == "malformed_request"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"jsonrpc": "2.0", "id": "\xed\xa0\x80", "method": "ping"}',  # a raw surrogate (CESU-8)
+        b'{"jsonrpc": "2.0", "id": 1, "method": "ping\xed\xa0\x80"}',
+        '{"jsonrpc": "2.0", "id": "\\ud800", "method": "ping"}'.encode("utf-16"),
+        '{"jsonrpc": "2.0", "id": 1, "method": "ping"}'.encode("utf-16-le")[:-1] + b"\xd8",
+    ],
+)
+def test_review_s10_strict_a_surrogate_in_any_encoding_is_malformed_not_an_internal_error(
+    running, raw
+):
+    """Before: bytes holding a raw surrogate (or an escaped one in UTF-16) passed the strict
+    reader and failed later with a 500 ``internal_error``; now a 400 like any malformed body."""
+    answer = post(running, None, raw=raw)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["data"]["code"] == "malformed_request"
+    records = [json.loads(x) for x in running.audit_path.read_text().splitlines()]
+    assert records[-1]["outcome"]["code"] == "malformed_request"
+
+
 def test_an_oversized_message_is_refused_before_it_is_read(running):
     big = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"x": "a" * 10_000}}
     answer = post(running, big)

@@ -81,10 +81,20 @@ def encode(value: str, encoding: str) -> str:
 
 def build(name: str = "notes", search_description: str = "Search the notes.") -> MCPServer:
     app = MCPServer(name)
-    sessions: set[Any] = set()
+    # The handshake sessions ``mutate`` tells of a change, by session id: the latest
+    # ``ctx.session`` of each (a proxy the SDK builds for every request). A stateless request
+    # (2026-07-28) has no session and is not kept: a plain set of every ``ctx.session`` kept
+    # one per call (with its Request, Connection and streams, ~40 objects), and the soak's
+    # upstream grew without end, its full collections with it (docs/observability.md#soak).
+    # An ended session is dropped when telling it fails; the SDK bounds how many are open.
+    # Over stdio there is one connection, kept as ``stdio``.
+    sessions: dict[str, Any] = {}
 
     def remember(ctx: Context) -> None:
-        sessions.add(ctx.session)
+        if ctx.headers is None:  # stdio: one connection, the process's whole life
+            sessions["stdio"] = ctx.session
+        elif session_id := ctx.headers.get("mcp-session-id"):
+            sessions[session_id] = ctx.session
 
     @app.tool(annotations=ToolAnnotations(readOnlyHint=True), description=search_description)
     async def search(query: str, ctx: Context) -> str:
@@ -192,11 +202,11 @@ def build(name: str = "notes", search_description: str = "Search the notes.") ->
             annotations=ToolAnnotations(readOnlyHint=True),
         )
         await ctx.notify_tools_changed()  # stateless clients: their subscriptions/listen
-        for session in list(sessions):  # handshake clients: their sessions
+        for session_id, session in list(sessions.items()):  # handshake clients: theirs
             try:
                 await session.send_tool_list_changed()
             except Exception:
-                sessions.discard(session)
+                sessions.pop(session_id, None)
         return "mutated"
 
     @app.resource("notes://welcome")
@@ -228,6 +238,9 @@ class HttpMcpServer:
         self.app = build(name, search_description)
         # Every Authorization header the server received (what the gateway sent it).
         self.authorizations: list[str] = []
+        # Handshake sessions this server handed out, and those its clients ended (DELETE).
+        self.sessions_opened: set[str] = set()
+        self.sessions_ended: set[str] = set()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
@@ -246,13 +259,33 @@ class HttpMcpServer:
 
     def _recording(self, app: Any) -> Any:
         async def asgi(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http":
-                for key, value in scope["headers"]:
-                    if key == b"authorization":
-                        self.authorizations.append(value.decode())
-            await app(scope, receive, send)
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            asked = ""
+            for key, value in scope["headers"]:
+                if key == b"authorization":
+                    self.authorizations.append(value.decode())
+                elif key == b"mcp-session-id":
+                    asked = value.decode()
+
+            async def sending(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    given = dict(message.get("headers") or []).get(b"mcp-session-id")
+                    if given is not None and scope["method"] == "POST":
+                        self.sessions_opened.add(given.decode())
+                    if scope["method"] == "DELETE" and asked and message["status"] < 300:
+                        self.sessions_ended.add(asked)
+                await send(message)
+
+            await app(scope, receive, sending)
 
         return asgi
+
+    @property
+    def open_sessions(self) -> int:
+        """Handshake sessions handed out and not ended by their client."""
+        return len(self.sessions_opened - self.sessions_ended)
 
     @property
     def base_url(self) -> str:
@@ -280,15 +313,28 @@ class HttpMcpServer:
 
 def main(argv: list[str]) -> None:
     """``NAME`` over stdio, or ``NAME --http PORT`` over Streamable HTTP (the bench's
-    upstream, a process of its own)."""
-    name = argv[0] if argv else "tracker"
-    if len(argv) == 3 and argv[1] == "--http":
-        import uvicorn
+    upstream, a process of its own); with ``--stateless-http --json-response``, the SDK's
+    documented configuration for a production server (the soak's: no session for
+    handshake-era clients, one JSON body per request instead of an SSE stream)."""
+    import argparse
 
-        app = build(name).streamable_http_app()
-        uvicorn.run(app, host="127.0.0.1", port=int(argv[2]), log_level="warning")
-    else:
-        build(name).run("stdio")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.mcp_upstream")
+    parser.add_argument("name", nargs="?", default="tracker")
+    parser.add_argument("--http", type=int, metavar="PORT", help="serve Streamable HTTP")
+    parser.add_argument("--stateless-http", action="store_true")
+    parser.add_argument("--json-response", action="store_true")
+    args = parser.parse_args(argv)
+    if args.http is None:
+        if args.stateless_http or args.json_response:
+            parser.error("--stateless-http and --json-response need --http")
+        build(args.name).run("stdio")
+        return
+    import uvicorn
+
+    app = build(args.name).streamable_http_app(
+        stateless_http=args.stateless_http, json_response=args.json_response
+    )
+    uvicorn.run(app, host="127.0.0.1", port=args.http, log_level="warning")
 
 
 if __name__ == "__main__":
