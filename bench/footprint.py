@@ -229,10 +229,8 @@ def wait_complete(state_dir: Path, proc: subprocess.Popen[bytes], timeout_s: flo
     raise SystemExit("the sidecar's workers did not all serve")
 
 
-async def speed(agent: Any, calls: int) -> str:
-    """CallTool p50 (ms) at concurrency 1 and Check calls/s at concurrency 32."""
-    from bench.hot_path import load
-    from bench.relay_overhead import percentile
+def grpc_calls(agent: Any) -> tuple[Any, Any]:
+    """The mix's two gRPC calls (CallTool, Check of ``tickets.get``), by index."""
     from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 
     tool = sidecar_pb2.CallToolRequest(tool="tickets.get", arguments_json='{"id":"7"}')
@@ -244,6 +242,15 @@ async def speed(agent: Any, calls: int) -> str:
     async def decide(index: int) -> None:
         await agent.stub(index).Check(check, timeout=10)
 
+    return call_tool, decide
+
+
+async def speed(agent: Any, calls: int) -> str:
+    """CallTool p50 (ms) at concurrency 1 and Check calls/s at concurrency 32."""
+    from bench.hot_path import load
+    from bench.relay_overhead import percentile
+
+    call_tool, decide = grpc_calls(agent)
     tool_ms, _, tool_failed = await load(call_tool, calls, 1)
     checks, seconds, check_failed = await load(decide, calls, 32)
     p50 = f"{percentile(tool_ms, 50):.2f} ms" if tool_ms else "-"
@@ -293,7 +300,6 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
 
     from bench.hot_path import MESSAGES, Agent, serve, sidecar_config
     from examples.demo.run import free_port, wait_serving
-    from sidecar._proto.agentsidecar.v1 import sidecar_pb2
 
     config = sidecar_config(work, "footprint", upstream, args.workers)
     extra: list[subprocess.Popen[bytes]] = []
@@ -324,15 +330,7 @@ async def measure(args: argparse.Namespace, work: Path, upstream: int) -> list[s
         idle = footprint(sidecar.pid)
         agent = Agent(address)
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
-        tool = sidecar_pb2.CallToolRequest(tool="tickets.get", arguments_json='{"id":"7"}')
-        check = sidecar_pb2.CheckRequest(tool="tickets.get", arguments_json='{"id":"7"}')
-
-        async def call_tool(index: int) -> None:
-            await agent.stub(index).CallTool(tool, timeout=10)
-
-        async def decide(index: int) -> None:
-            await agent.stub(index).Check(check, timeout=10)
-
+        call_tool, decide = grpc_calls(agent)
         targets: dict[str, Any] = {"CallTool": call_tool, "Check": decide}
         async with contextlib.AsyncExitStack() as stack:
             if args.shape == "demo":

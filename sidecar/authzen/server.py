@@ -16,6 +16,7 @@ otherwise). Request bodies are strict JSON objects of at most 1 MiB; errors are 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -39,6 +40,7 @@ from sidecar.authzen.search import KINDS, PageTokens, SearchError, search
 from sidecar.calls.asserted import AssertedCalls
 from sidecar.config import Settings
 from sidecar.identity.credentials import load_svid, server_context
+from sidecar.identity.errors import IdentityError
 from sidecar.identity.workload import WorkloadIdentity
 from sidecar.mcp.pins import PinStore
 from sidecar.policy.source import load_policy_dir
@@ -55,6 +57,7 @@ MAX_BODY = 1024 * 1024
 EVALUATION = "/access/v1/evaluation"
 EVALUATIONS = "/access/v1/evaluations"
 SEARCH = "/access/v1/search/"
+READY_TIMEOUT_S = 30.0  # the first X.509-SVID, before the TLS listener can serve
 _DECIDE_S = 5.0  # each evaluation's deadline (policy.timeout_ms bounds the engine within it)
 
 
@@ -102,6 +105,13 @@ class AuthZenServer:
         else:
             if self._identity is None:
                 raise RuntimeError("authzen.listen on TCP needs the Workload API (mTLS)")
+            # The first SVID may still be on its way from the Workload API (a race at start).
+            if not await asyncio.to_thread(self._identity.wait_ready, READY_TIMEOUT_S):
+                raise IdentityError(
+                    f"no X.509-SVID within {READY_TIMEOUT_S:.0f}s: the AuthZEN listener serves "
+                    "mutual TLS with it",
+                    code="identity_not_ready",
+                )
             self._tls = server_context(self._identity.snapshot())
             self._identity.subscribe(self._rotate)
             host, _, port = listen.rpartition(":")

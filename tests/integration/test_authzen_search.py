@@ -622,3 +622,56 @@ def test_item4_explain_verifies_the_user_token_as_serve_does(pdp, tmp_path, auth
             assert bad not in done.stdout + done.stderr
     finally:
         idp.stop()
+
+
+def test_review_s10_authzen_the_tls_listener_waits_for_the_first_svid(
+    start_sidecar, tools, tmp_path, authority, caplog
+):
+    """Found by CI (session 10): the AuthZEN TCP listener read the X.509-SVID at start without
+    waiting for the Workload API's first one, so a sidecar that started faster than its SVID
+    arrived failed with ``identity_not_ready``. Here the Workload API appears only after the
+    sidecar has found it unreachable: the listener waits for it, then serves mutual TLS."""
+    from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
+
+    socket = tmp_path / "late" / "wl.sock"
+    socket.parent.mkdir()
+    outcome: dict[str, object] = {}
+
+    def build() -> None:
+        try:
+            outcome["running"] = start_sidecar(
+                tools.url,
+                identity={"mode": "pod", "socket": f"unix://{socket}"},
+                authzen={"listen": "127.0.0.1:0", "callers": [GATEWAY]},
+            )
+        except Exception as exc:  # the test reports it below
+            outcome["error"] = exc
+
+    starting = threading.Thread(target=build, daemon=True)
+    with caplog.at_level("WARNING", logger="sidecar.identity.workload"):
+        starting.start()
+        for _ in range(3000):  # the sidecar is starting and has found no Workload API yet
+            if any("not reachable yet" in r.getMessage() for r in caplog.records):
+                break
+            threading.Event().wait(0.01)
+        else:
+            raise AssertionError("the sidecar never looked for its Workload API")
+    server = DevWorkloadApiServer(
+        DevWorkloadApi(authority, "spiffe://demo.example/agent/support"), socket
+    ).start()
+    try:
+        starting.join(60)
+        assert not starting.is_alive() and "error" not in outcome, outcome.get("error")
+        running = outcome["running"]
+        port = int(running.sidecar.authzen.address.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+        (tmp_path / "bundle.pem").write_bytes(authority.x509_bundle_pem)
+        context = ssl.create_default_context(cafile=str(tmp_path / "bundle.pem"))
+        context.check_hostname = False
+        issued = authority.issue_x509(GATEWAY)
+        (tmp_path / "gw.pem").write_bytes(issued.chain_pem + issued.key_pem)
+        context.load_cert_chain(tmp_path / "gw.pem")
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
+        connection.request("GET", "/.well-known/authzen-configuration")
+        assert connection.getresponse().status == 200
+    finally:
+        server.stop()
