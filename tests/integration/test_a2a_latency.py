@@ -40,19 +40,9 @@ from tests.integration.test_review_a3 import error_code, rpc, send
 from tests.integration.test_review_a3 import open_inbound as open_inbound
 from tests.support.a2a_cards import CardServer, card
 from tests.support.policies import write_policy
+from tests.support.settle import poll
 
 PARTNER = "spiffe://partner.example/agent/planner"
-
-
-def _poll(check: Any, what: str, bound_s: float = 30.0) -> Any:
-    """``check()`` once it is truthy (a generous bound, no duration asserted)."""
-    deadline = time.monotonic() + bound_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.01)
-    raise AssertionError(f"never: {what}")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -266,9 +256,9 @@ def test_item3_a_rotated_bundle_that_no_longer_trusts_the_caller_refuses_it(
             },
         )
         assert running.sidecar.identity.wait_ready(10)
-        _poll(
+        poll(
             lambda: "partner.example" in running.sidecar.identity.snapshot().bundles,
-            "the partner bundle arrives",
+            what="the partner bundle arrives",
         )
         url = f"https://127.0.0.1:{running.sidecar.a2a_inbound.port}/"
         tls = client_tls(partner, tmp_path, PARTNER)
@@ -282,9 +272,9 @@ def test_item3_a_rotated_bundle_that_no_longer_trusts_the_caller_refuses_it(
             assert len(verifier._verified) == 1
 
             api.set_federated({})  # the partner is no longer trusted
-            _poll(
+            poll(
                 lambda: "partner.example" not in running.sidecar.identity.snapshot().bundles,
-                "the rotated bundles arrive",
+                what="the rotated bundles arrive",
             )
             refused = http.post(url, json=send("hi"), headers={"A2A-Version": "1.0"})
         assert refused.status_code == 401, refused.text

@@ -29,6 +29,7 @@ from tests.integration.test_a2a_inbound import PLANNER, client_tls, post, record
 from tests.integration.test_a2a_latency2 import agent as agent
 from tests.integration.test_review_a3 import AGENT, send
 from tests.integration.test_review_a3 import open_inbound as open_inbound
+from tests.support.settle import poll
 
 BOUND_S = 30.0  # generous: a poll's bound, never a duration asserted
 
@@ -39,15 +40,6 @@ def long_sweeps(monkeypatch: pytest.MonkeyPatch) -> None:
     that lined up with the open made it fall back to the state thread, which a test here
     holds (review s10, flaky candidate 1). Autouse: set before any sidecar starts."""
     monkeypatch.setattr("sidecar.app.SWEEP_INTERVAL_S", 3600.0)
-
-
-def _poll(check: Any, what: str) -> Any:
-    done = threading.Event()
-    for _ in range(int(BOUND_S / 0.01)):
-        if value := check():
-            return value
-        done.wait(0.01)
-    raise AssertionError(f"not within {BOUND_S}s: {what}")
 
 
 def _rows(db_path: Path, sql: str, params: tuple = ()) -> list[tuple]:
@@ -84,7 +76,7 @@ def test_s10_a2a_1_an_inbound_task_opens_on_the_loop_before_the_agent_sees_the_r
     )
     caller.start()
     try:
-        seen = _poll(lambda: list(agent.seen), "the agent received the request")
+        seen = poll(lambda: list(agent.seen), what="the agent received the request")
         task_id = seen[0]["x-agent-sidecar-task"]
         assert task_id.startswith("t-")
         assert _rows(db_path, "SELECT owner FROM tasks WHERE id = ?", (task_id,)) == [(AGENT,)]

@@ -15,6 +15,7 @@ from sidecar.state import PostgresSettings, SqliteStateDb, StateBusy, StateSetti
 from sidecar.state.offloop import STATE_THREAD
 from sidecar.state.opening import open_state
 from sidecar.state.sqlite import CHECKPOINT_EVERY
+from tests.support.settle import poll
 
 BOUND_S = 30.0
 # A store that would wait this long for a lock: a test it made wait would hang, not pass.
@@ -35,15 +36,6 @@ def _pragmas(db: SqliteStateDb) -> tuple[int, int]:
         db.query("PRAGMA busy_timeout")[0][0],
         db.query("PRAGMA wal_autocheckpoint")[0][0],
     )
-
-
-def _poll(check, what: str) -> None:
-    done = threading.Event()
-    for _ in range(int(BOUND_S / 0.01)):
-        if check():
-            return
-        done.wait(0.01)
-    raise AssertionError(f"not within {BOUND_S}s: {what}")
 
 
 def test_s10_a2a_1_work_without_waiting_commits_on_the_calling_thread(tmp_path):
@@ -149,7 +141,7 @@ def test_s10_a2a_1_no_checkpoint_without_waiting_the_state_thread_checkpoints(tm
     assert main.stat().st_size == base  # nothing copied back: no checkpoint ran
     with db.without_waiting():
         _insert(db, "t-last", BLOB)
-    _poll(lambda: main.stat().st_size > base, "the state thread checkpointed")
+    poll(lambda: main.stat().st_size > base, what="the state thread checkpointed")
     assert db.query("SELECT count(*) FROM tasks")[0][0] == CHECKPOINT_EVERY
     db.close()
 

@@ -8,7 +8,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +18,11 @@ import yaml
 from examples.demo.run import free_port, wait_serving
 from sidecar.client import SidecarClient
 from tests.support.running import AUDIT_PATHS, DEMO_CONFIG, ROOT
+from tests.support.settle import poll
 
 __all__ = ["ONCALL", "Replica", "chat_at_once", "fleet_config", "poll", "start_replicas"]
 
 ONCALL = "oncall@example.com"  # a console user in group payments-oncall (proxy headers)
-
-
-def poll(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"{what} did not happen within {timeout_s}s")
 
 
 def fleet_config(

@@ -1,11 +1,24 @@
-"""Waiting for a counter to stop moving, without asserting any duration."""
+"""Waiting without asserting any duration: for a condition (``poll``) or for a counter to stop
+moving (``settled``)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
-__all__ = ["settled"]
+__all__ = ["poll", "settled"]
+
+
+def poll(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """``predicate()`` once it is truthy, polled every 10 ms within a generous bound."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"{what} did not happen within {timeout_s}s")
 
 
 def settled(read: Callable[[], int], polls: int = 25, bound: int = 3000) -> int:
