@@ -29,7 +29,6 @@ from sidecar.a2a.errors import A2aProtocolError
 from sidecar.a2a.outbound import PeerPort
 from sidecar.a2a.provenance import ProvenanceBinder
 from sidecar.a2a.relay import PeerRelay
-from sidecar.a2a.txn_status import STATUS_PATH
 from sidecar.calls.a2a import A2aCall, A2aCalls
 from sidecar.calls.common import CallResult
 from sidecar.calls.guarded import GuardedPath
@@ -221,7 +220,7 @@ class PeerApi:
         """Audit the refusal under ``code`` and abort; the CallError carries ``wire`` (the
         loopback endpoint's data.code) when it is more precise than the audit code."""
         result = await self._path.reject(rpc, code, message)
-        if wire:
+        if wire and result.code == code:  # else the record was not written: say so
             result = dataclasses.replace(result, code=wire)
         await abort(context, result)
         raise AssertionError("context.abort returned")  # it raises: the RPC has ended
@@ -234,17 +233,7 @@ def worker_binder(settings: Any, tasks: Any, identity: Any) -> ProvenanceBinder 
     inbound = settings.a2a_inbound
     if not inbound.listen or identity is None:
         return None
-    return ProvenanceBinder(
-        tasks,
-        identity,
-        agent_id=inbound.agent_id,
-        trust_domains=inbound.trust_domains,
-        task_ttl_s=inbound.task_ttl_s,
-        token_ttl_s=inbound.txn_token_ttl_s,
-        max_links=settings.delegation.max_links,
-        status_url=inbound.url.rstrip("/") + STATUS_PATH if inbound.url else "",
-        txn_issuers=inbound.txn_issuers,
-    )
+    return ProvenanceBinder.from_settings(inbound, tasks, identity, settings.delegation.max_links)
 
 
 def _body(request: sidecar_pb2.CallPeerRequest) -> bytes:

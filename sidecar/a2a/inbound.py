@@ -116,17 +116,7 @@ class InboundListener:
         self._settings = settings
         self._identity = identity
         self._calls = InboundCalls(path)
-        self._binder = ProvenanceBinder(
-            tasks,
-            identity,
-            agent_id=settings.agent_id,
-            trust_domains=settings.trust_domains,
-            task_ttl_s=settings.task_ttl_s,
-            token_ttl_s=settings.txn_token_ttl_s,
-            max_links=max_links,
-            status_url=settings.url.rstrip("/") + STATUS_PATH if settings.url else "",
-            txn_issuers=settings.txn_issuers,
-        )
+        self._binder = ProvenanceBinder.from_settings(settings, tasks, identity, max_links)
         self._status = TxnStatusClient(
             identity, settings.txn_status_hosts, settings.txn_status_cache_s
         )

@@ -16,7 +16,9 @@ import secrets
 
 from sidecar.a2a.callers import Caller
 from sidecar.a2a.errors import TxnEnded, TxnTokenError
+from sidecar.a2a.txn_status import STATUS_PATH
 from sidecar.a2a.txn_token import TXN_HEADER, TxnToken, mint, verify
+from sidecar.a2a_inbound_settings import InboundSettings
 from sidecar.identity import WorkloadIdentity
 from sidecar.state.errors import StateBusy
 from sidecar.state.offloop import off_loop
@@ -62,6 +64,28 @@ class ProvenanceBinder:
         self._status_url = status_url
         # Who may sign a transaction token (every level): a2a_inbound.txn_issuers.
         self._txn_issuers = txn_issuers
+
+    @classmethod
+    def from_settings(
+        cls,
+        inbound: InboundSettings,
+        tasks: TaskRegistry,
+        identity: WorkloadIdentity,
+        max_links: int,
+    ) -> ProvenanceBinder:
+        """The binder ``a2a_inbound`` describes: one construction for the inbound listener
+        and for CallPeer on every worker, so a task's Txn-Token is the same whichever serves."""
+        return cls(
+            tasks,
+            identity,
+            agent_id=inbound.agent_id,
+            trust_domains=inbound.trust_domains,
+            task_ttl_s=inbound.task_ttl_s,
+            token_ttl_s=inbound.txn_token_ttl_s,
+            max_links=max_links,
+            status_url=inbound.url.rstrip("/") + STATUS_PATH if inbound.url else "",
+            txn_issuers=inbound.txn_issuers,
+        )
 
     @property
     def agent_id(self) -> str:

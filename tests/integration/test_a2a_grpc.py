@@ -34,6 +34,7 @@ from sidecar.client import (
 from tests.conftest import SIDECAR_AUDIENCE, audit_lines
 from tests.support.a2a_peer import PEER_SECRET_EMAIL, PeerAgent
 from tests.support.policies import write_policy
+from tests.support.settle import poll
 
 AGENT = "spiffe://demo.example/agent/support"
 PEER_AUDIENCE = "spiffe://demo.example/agent/billing"
@@ -463,12 +464,7 @@ def test_item1_grpc_the_agent_going_away_mid_stream_is_one_cancelled_record(door
     first = next(stream)
     assert first.decision.effect == "allow"
     stream.close()  # the agent cancels the RPC
-    for _ in range(400):
-        records = door.records()
-        if records:
-            break
-        threading.Event().wait(0.05)
-    [record] = records
+    [record] = poll(door.records, what="the cancelled call's record")
     assert record["outcome"]["code"] == "cancelled" and record["outcome"]["relayed"]
 
 
@@ -504,3 +500,30 @@ def test_item1_grpc_and_http_give_policy_the_same_input_for_the_same_message(doo
     assert _comparable(grpc_record) == _comparable(http_record)
     # The peer received the same redacted params through either door.
     assert peer.seen[0].body["params"] == peer.seen[1].body["params"]
+
+
+def test_review_s10_final_a_refusal_that_cannot_be_audited_says_so(
+    start_jwt_sidecar, authority, peer, tmp_path
+):
+    """Found in the final review (session 10): a malformed CallPeer whose refusal could not be
+    audited answered ``parse_error``: the wire code overwrote ``audit_unavailable``, hiding the
+    outage from the agent. Fail closed, and say why."""
+    running = start_jwt_sidecar(
+        policy={"dir": str(write_policy(tmp_path / "policy", POLICY))},
+        audit={"path": "/dev/full", "mode": "strict"},
+        a2a={"listen": "127.0.0.1:0"},
+        a2a_peers={"billing": PEER["billing"] | {"url": peer.url}},
+    )
+    door = Door(running, authority.issue_jwt(AGENT, [SIDECAR_AUDIENCE]))
+    try:
+        request = sidecar_pb2.CallPeerRequest(
+            peer="billing", operation="SendMessage", params_json="{not json"
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            door.raw(request)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert _error(refused.value).code == "audit_unavailable"
+        assert peer.seen == []
+    finally:
+        door.client.close()
+        door.channel.close()
