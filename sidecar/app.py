@@ -287,6 +287,7 @@ class Sidecar:
                     cards=cards,
                     identity=identity,
                     outbound=a2a_outbound,
+                    state=state,
                     provenance=(
                         a2a_inbound.provenance
                         if a2a_inbound is not None

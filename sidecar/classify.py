@@ -30,8 +30,12 @@ class Detector:
 
 
 def _luhn(candidate: str) -> bool:
+    """A payment card number: 13 to 19 digits, a card network's first digit (2 to 6: Mastercard
+    2 and 5, Amex, Diners and JCB 3, Visa 4, Discover and UnionPay 6) and the Luhn check.
+    Program-made numbers (millisecond timestamps and snowflake ids start with 1 for decades)
+    are not cards: without the first-digit rule one such id in ten passes Luhn."""
     digits = [int(c) for c in candidate if c.isdigit()]
-    if not 13 <= len(digits) <= 19:
+    if not 13 <= len(digits) <= 19 or not 2 <= digits[0] <= 6:
         return False
     total = 0
     for i, d in enumerate(reversed(digits)):
@@ -117,11 +121,47 @@ def _strings(value: Any) -> Iterable[str]:
             yield from _strings(v)
 
 
+_BUILTIN = {id(d): d for d in DETECTORS}
+_COMBINED: dict[tuple[int, ...], Callable[[str], object]] = {}
+_SHORT = 48  # characters: up to here one combined search is cheaper
+
+
+def _always(_text: str) -> bool:
+    return True
+
+
+def _could_match(detectors: tuple[Detector, ...]) -> Callable[[str], object]:
+    """One search for "could any of ``detectors`` match here", for short strings (ids, names,
+    short texts: most match nothing, and one search saves the detectors' call overheads;
+    past ~50 characters the separate patterns scan faster than their alternation, so longer
+    strings go to the detectors directly). Exact as a filter: an alternation finds a match
+    wherever one of its patterns does (each detector's own pattern and check still decide).
+    Only the built-in detectors are combined (and the combinations kept, by their ids, which
+    never change: they live as long as the module): a call's own detectors
+    (sidecar/relay/scrub.py) carry its secrets, which must not outlive it."""
+    ids = tuple(map(id, detectors))
+    search = _COMBINED.get(ids)
+    if search is not None:
+        return search
+    if not ids or not all(i in _BUILTIN for i in ids):
+        return _always
+    patterns = [_BUILTIN[i].pattern for i in ids]
+    if any(p.flags != re.UNICODE for p in patterns):  # flags of its own: not combined
+        return _always
+    search = re.compile("|".join(f"(?:{p.pattern})" for p in patterns)).search
+    if len(_COMBINED) < 128:  # 7 detectors in their fixed order: far fewer subsets in use
+        _COMBINED[ids] = search
+    return search
+
+
 def classify(value: Any, detectors: Iterable[Detector] = DETECTORS) -> list[str]:
     """Sorted names of the data classes found anywhere in a JSON value (keys included)."""
     detectors = tuple(detectors)
+    could_match = _could_match(detectors)
     found = set()
     for text in _strings(value):
+        if len(text) <= _SHORT and not could_match(text):
+            continue
         for detector in detectors:
             spans = [m.span() for m in detector.matches(text)]
             if spans:
@@ -142,8 +182,11 @@ def redact(value: Any, classes: Iterable[str], detectors: Iterable[Detector] = D
     active = tuple(d for d in detectors if d.name in wanted)
     if not active:
         return value
+    could_match = _could_match(active)
 
     def text(s: str) -> str:
+        if len(s) <= _SHORT and not could_match(s):
+            return s
         for detector in active:  # most specific first: keys before emails inside them
             s = detector.pattern.sub(
                 lambda m, d=detector: f"[REDACTED:{d.name}]" if d.valid(m.group(0)) else m.group(0),
@@ -167,6 +210,11 @@ def redact(value: Any, classes: Iterable[str], detectors: Iterable[Detector] = D
 
 
 _PEM_END = re.compile(r"-----END [A-Z ]*-----")
+# A PEM block held unfinished past this many characters is not waited for: it is replaced by
+# one marker and dropped up to its END (a real private key's PEM is at most ~13 kB), so a
+# stream that opens a block and never ends it holds bounded memory.
+PEM_HOLD_MAX = 64 * 1024
+_END_TAIL = 256  # characters of a dropped block kept to find an END split across pieces
 
 
 class StreamRedactor:
@@ -175,8 +223,15 @@ class StreamRedactor:
 
     Text is released only once no match can still grow into it: the last ``hold`` characters
     are kept back (longer than any single-line match), a match running into that tail moves
-    the cut before it, and from an unfinished ``-----BEGIN`` (a PEM block spans lines) nothing
-    is released until its ``-----END ...-----`` has arrived. ``flush`` releases the rest.
+    the cut before it, and from an unfinished ``-----BEGIN`` (a PEM block spans lines; only
+    when ``private_key`` is wanted) nothing is released until its ``-----END ...-----`` has
+    arrived. ``flush`` releases the rest.
+
+    The work is linear in the text, however it is cut: while a block is held, the held text
+    is searched again only once it has grown by a quarter (each search is over all of it),
+    and a block held past ``PEM_HOLD_MAX`` characters becomes ``[REDACTED:private_key]``,
+    the rest of it dropped up to its END (or the stream's end). ``scanned`` counts the
+    characters searched, for tests.
     """
 
     def __init__(
@@ -184,26 +239,79 @@ class StreamRedactor:
     ) -> None:
         wanted = set(classes)
         self._active = tuple(d for d in (*extra, *DETECTORS) if d.name in wanted)
+        self._names = [d.name for d in self._active]
+        self._pem = "private_key" in wanted
         self._hold = hold
         self._pending = ""
+        self._next_scan = 0  # a block is held: search again once pending is this long
+        self._dropping: str | None = None  # the tail of a dropped over-long block
+        self.scanned = 0
 
     def feed(self, text: str) -> str:
         if not self._active:
             return text
+        if self._dropping is not None:
+            return self._drop(text)
         self._pending += text
-        cut = max(0, len(self._pending) - self._hold)
-        begin = self._pending.rfind("-----BEGIN")
-        if begin != -1 and not _PEM_END.search(self._pending, begin):
+        pending = self._pending
+        if len(pending) < self._next_scan:
+            return ""
+        self.scanned += len(pending)
+        cut = max(0, len(pending) - self._hold)
+        begin = pending.rfind("-----BEGIN") if self._pem else -1
+        holding = begin != -1 and not _PEM_END.search(pending, begin)
+        if holding:
+            if len(pending) - begin > PEM_HOLD_MAX:
+                return self._start_drop(begin)
             cut = min(cut, begin)
+        cut = self._before_matches(cut, 0, len(pending))
+        released, self._pending = pending[:cut], pending[cut:]
+        held = len(self._pending)
+        # Searched again once grown by a quarter, or as soon as the block passes the cap.
+        over_cap = PEM_HOLD_MAX + begin - cut + 1
+        self._next_scan = min(held + max(held // 4, 1), over_cap) if holding else 0
+        return redact(released, self._names, self._active)
+
+    def _before_matches(self, cut: int, start: int, end: int) -> int:
+        """``cut`` moved before any match (in ``pending[start:end]``) running across it. A
+        window's edge may make a match start at it: the cut then moves earlier (more held),
+        never later. (A detector's pattern offers ``finditer(text)`` only: WrappedForms.)"""
+        whole = start == 0 and end >= len(self._pending)
+        text = self._pending if whole else self._pending[start:end]
         for detector in self._active:
-            for match in detector.matches(self._pending):
-                if match.start() < cut < match.end():
-                    cut = match.start()
-        released, self._pending = self._pending[:cut], self._pending[cut:]
-        return redact(released, [d.name for d in self._active], self._active)
+            for match in detector.pattern.finditer(text):
+                first, last = match.start() + start, match.end() + start
+                if first < cut < last and detector.valid(match.group(0)):
+                    cut = first
+        return cut
+
+    def _start_drop(self, begin: int) -> str:
+        """The held block is too long to wait for: what precedes it is released (redacted),
+        the block becomes one marker, and what follows is dropped until its END."""
+        window = max(0, begin - self._hold)
+        self.scanned += min(len(self._pending), begin + self._hold) - window
+        cut = self._before_matches(begin, window, begin + self._hold)
+        released = self._pending[:cut]
+        self._dropping = self._pending[cut:][-_END_TAIL:]
+        self._pending, self._next_scan = "", 0
+        return redact(released, self._names, self._active) + "[REDACTED:private_key]"
+
+    def _drop(self, text: str) -> str:
+        window = (self._dropping or "") + text
+        self.scanned += len(window)
+        end = _PEM_END.search(window)
+        if end is None:
+            self._dropping = window[-_END_TAIL:]
+            return ""
+        self._dropping = None
+        return self.feed(window[end.end() :])
 
     def flush(self) -> str:
+        if self._dropping is not None:  # the stream ended inside a dropped block
+            self._dropping = None
+            return ""
         released, self._pending = self._pending, ""
+        self._next_scan = 0
         if not self._active:
             return released
-        return redact(released, [d.name for d in self._active], self._active)
+        return redact(released, self._names, self._active)

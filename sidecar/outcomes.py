@@ -121,6 +121,12 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "skill_mismatch": _S.INVALID_ARGUMENT,
     "agent_unavailable": _S.UNAVAILABLE,
     "agent_timeout": _S.DEADLINE_EXCEEDED,
+    # more message.referenceTaskIds than one request may name (sidecar/a2a/inbound_request.py)
+    "too_many_references": _S.RESOURCE_EXHAUSTED,
+    # an inbound allow whose obligations the listener cannot apply (sidecar/calls/a2a_inbound.py)
+    "obligation_unsupported": _S.FAILED_PRECONDITION,
+    # an agent answer redact_response cannot read (not JSON-RPC): not passed on
+    "agent_bad_response": _S.UNAVAILABLE,
 }
 # Every policy failure, and policy's own deny, is PERMISSION_DENIED.
 for _code in DECISION_CODES:

@@ -52,7 +52,7 @@ def agent_call(
         a2a_task_id=parsed.task_id,
         context_id=parsed.context_id,
         metadata_keys=sorted(metadata) if isinstance(metadata, dict) else [],
-        data_classes=classify_params(parsed.params),
+        data_classes=classify_params(parsed.params, rpc_id=parsed.id),
         push_url=push_url,
         streaming=parsed.streaming,
         task_id=task_id,

@@ -34,12 +34,22 @@ class A2aError(SidecarError):
         self.code = code
 
 
+# Parser refusals audited (and counted) under their own code; every other one is a
+# malformed_request on the record, its precise ``code`` on the wire.
+_OWN_AUDIT_CODES = frozenset({"message_too_large", "skill_mismatch", "too_many_references"})
+
+
 class A2aProtocolError(A2aError):
     """The agent's request is not A2A JSON-RPC the sidecar accepts; ``rpc_code`` answers it."""
 
     def __init__(self, message: str, *, rpc_code: int, code: str) -> None:
         super().__init__(message, code=code)
         self.rpc_code = rpc_code
+
+    @property
+    def audit_code(self) -> str:
+        """The outcome code of the refusal's audit record, the same at every door."""
+        return self.code if self.code in _OWN_AUDIT_CODES else "malformed_request"
 
 
 class A2aSettingsError(A2aError):

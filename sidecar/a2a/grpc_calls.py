@@ -73,11 +73,13 @@ class PeerApi:
         identity: Any,
         outbound: Any = None,
         provenance: Any = None,
+        state: Any = None,
     ) -> PeerApi:
         """The API over ``outbound``'s peers (its relay, pools and concurrency slots: one
         budget for both doors), or, in a worker without the loopback endpoint, over peers of
         its own built from the same settings. ``provenance``: the ProvenanceBinder that gives
-        calls under a task their Txn-Token."""
+        calls under a task their Txn-Token; ``state``: the store recording which local agent
+        owns which peer task (peer_tasks.py; without it every named task is refused)."""
         limit = settings.server.max_request_bytes
         if outbound is not None:
             api = cls(outbound.calls, outbound.peers, path, max_request_bytes=limit)
@@ -89,7 +91,7 @@ class PeerApi:
                 per_peer=settings.relay.per_target,
             )
             peers = {
-                name: PeerPort(name, peer, relay, cards)
+                name: PeerPort(name, peer, relay, cards, state)
                 for name, peer in settings.a2a_peers.items()
             }
             api = cls(A2aCalls(path, relay.gate), peers, path, max_request_bytes=limit, relay=relay)
@@ -184,8 +186,7 @@ class PeerApi:
                 _body(request), max_bytes=peer.settings.max_message_bytes
             )
         except A2aProtocolError as exc:
-            audit = "message_too_large" if exc.code == "message_too_large" else "malformed_request"
-            await self._refuse(rpc, context, audit, str(exc), wire=exc.code)
+            await self._refuse(rpc, context, exc.audit_code, str(exc), wire=exc.code)
         if parsed.streaming and not streaming:
             await self._refuse(
                 rpc,

@@ -15,6 +15,7 @@ pointing here, optionally signed with the SVID.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -26,29 +27,32 @@ from aiohttp import web
 from sidecar.a2a import protocol, rest_binding
 from sidecar.a2a.callers import Caller, CallerUnverified, CallerVerifier, peer_certificate
 from sidecar.a2a.errors import A2aError, A2aProtocolError, TxnEnded
-from sidecar.a2a.inbound_tls import svid_server_context
-from sidecar.a2a.inbound_wire import (
-    AGENT_HEADER_PREFIX,
-    agent_headers,
-    read_card,
-    read_whole,
-    rewrite_card,
+from sidecar.a2a.inbound_answer import AnswerRelay
+from sidecar.a2a.inbound_request import (
+    RequestRefused,
+    arguments_of,
+    push_fact,
+    reference_task_ids,
+    sent_id,
+    sent_request,
 )
+from sidecar.a2a.inbound_tls import svid_server_context
+from sidecar.a2a.inbound_wire import AGENT_HEADER_PREFIX, agent_headers, read_card, rewrite_card
 from sidecar.a2a.inbound_wire import json_error as _json_error
 from sidecar.a2a.inbound_wire import trace_of as _trace
 from sidecar.a2a.provenance import ProvenanceBinder, intent_of
-from sidecar.a2a.task_owners import TaskOwners, ids_in_answer, ids_in_events
+from sidecar.a2a.redact import classify_params
+from sidecar.a2a.task_owners import TaskOwners
 from sidecar.a2a.txn_status import STATUS_PATH, TxnStatusClient, status_answer
 from sidecar.a2a.txn_token import MAX_TOKEN_CHARS, TXN_HEADER, TxnToken
 from sidecar.a2a_inbound_settings import InboundSettings
 from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, read_body
-from sidecar.audit import CallRecord
+from sidecar.audit import CallRecord, payload_view
 from sidecar.calls.a2a_inbound import InboundCall, InboundCalls
 from sidecar.calls.common import CallResult, Stop, off_loop
 from sidecar.calls.guarded import GuardedPath
-from sidecar.classify import classify
 from sidecar.identity import CallContext, IdentityError, WorkloadIdentity
-from sidecar.policy import Decision
+from sidecar.policy import Decision, Obligations
 from sidecar.state import StateDb
 from sidecar.tasks import TaskRegistry
 from sidecar.users import UserVerifier
@@ -66,8 +70,7 @@ MAX_HEADERS = 32
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 TASK_NOT_FOUND = -32001  # A2A TaskNotFoundError: another caller's task is not this one's
 UNSUPPORTED_OPERATION = -32004
-# params.metadata keys an agent could read its skill from besides message.metadata's.
-_SKILL_KEYS = ("skill", "skillId", "skill_id")
+# The agent's answer headers the caller receives.
 _PASSED_BACK = ("Content-Type", "Cache-Control", protocol.A2A_VERSION_HEADER)
 # HTTP status of a refusal: an unverifiable caller (or its token) is 401, a body over the
 # bound 413, the agent's own failures 502/504; every other refusal, policy's included, is a
@@ -78,6 +81,7 @@ _HTTP_STATUS = {
     "message_too_large": 413,
     "agent_timeout": 504,
     "agent_unavailable": 502,
+    "agent_bad_response": 502,
     "audit_unavailable": 503,
 } | rest_binding.INBOUND_HTTP_STATUS  # binding_unsupported: 404 (JSON-RPC only here)
 _RPC_CODE = {
@@ -85,6 +89,7 @@ _RPC_CODE = {
     "txn_token_invalid": protocol.UNAUTHENTICATED,
     "message_too_large": protocol.RESOURCE_EXHAUSTED,
     "task_not_owned": TASK_NOT_FOUND,
+    "too_many_references": protocol.RESOURCE_EXHAUSTED,
     "list_tasks_refused": UNSUPPORTED_OPERATION,
     "skill_mismatch": protocol.INVALID_PARAMS,
     "malformed_request": protocol.INVALID_REQUEST,
@@ -92,6 +97,7 @@ _RPC_CODE = {
     "agent_timeout": protocol.DEADLINE_EXCEEDED,
     "deadline_exceeded": protocol.DEADLINE_EXCEEDED,
     "agent_unavailable": protocol.UNAVAILABLE,
+    "agent_bad_response": protocol.UNAVAILABLE,
     "audit_unavailable": protocol.UNAVAILABLE,
     "state_unavailable": protocol.UNAVAILABLE,
     "internal_error": protocol.INTERNAL_ERROR,
@@ -228,19 +234,8 @@ class InboundListener:
             return await self._refused(None, code, str(exc), who)
         try:
             parsed = protocol.parse_request(body)
-        except A2aProtocolError as exc:
-            return await self._refused(None, "malformed_request", str(exc), who, exc.rpc_code)
-        params_metadata = parsed.params.get("metadata")
-        if isinstance(params_metadata, dict) and any(
-            key in params_metadata and params_metadata[key] != parsed.skill for key in _SKILL_KEYS
-        ):
-            return await self._refused(
-                parsed.id,
-                "skill_mismatch",
-                "params.metadata names another skill than message.metadata: policy decides on "
-                "the message's (the agent receives it as x-agent-sidecar-skill)",
-                who,
-            )
+        except A2aProtocolError as exc:  # the parser's own codes that say more than malformed
+            return await self._refused(None, exc.audit_code, str(exc), who, exc.rpc_code)
         if parsed.operation == "list_tasks":
             return await self._refused(
                 parsed.id,
@@ -261,6 +256,16 @@ class InboundListener:
                 f"no task {parsed.task_id or parsed.context_id!r} of this caller's",
                 who,
             )
+        try:
+            refs = reference_task_ids(parsed.message)
+        except RequestRefused as exc:
+            return await self._refused(parsed.id, exc.code, exc.message, who)
+        if refs:  # each referenced task handed to the agent's executor: the caller's own only
+            owners = await off_loop(self._owners.task_owners, self._binder.agent_id, refs)
+            if stranger := next((r for r in refs if owners.get(r) != caller.id), None):
+                return await self._refused(
+                    parsed.id, "task_not_owned", f"no task {stranger!r} of this caller's", who
+                )
         try:
             values = request.headers.getall(TXN_HEADER, [])  # none: no thread hop
             token = await off_loop(self._binder.incoming, values, caller) if values else None
@@ -284,7 +289,6 @@ class InboundListener:
         task_owner: str,
     ) -> web.StreamResponse:
         texts = protocol.part_texts(parsed.parts)
-        metadata = (parsed.message or {}).get("metadata")
         inbound = {
             "agent": self._binder.agent_id,
             "caller": caller.to_input(),
@@ -293,6 +297,8 @@ class InboundListener:
             "method": parsed.method,
             "task_owner": task_owner,
         }
+        if push := push_fact(parsed.push_url):  # where the agent will POST task updates
+            inbound["push_url"] = push
         call = InboundCall(
             subject=caller.subject,
             user=caller.user,
@@ -300,24 +306,23 @@ class InboundListener:
             inbound=inbound,
             skill=parsed.skill,
             operation="read" if parsed.read_only else "act",
-            data_classes=tuple(classify(texts)),
-            arguments={
-                "parts": {
-                    "count": len(parsed.parts),
-                    "kinds": sorted({protocol.part_kind(p) for p in parsed.parts}),
-                    "chars": sum(len(t) for t in texts),
-                },
-                "task_id": parsed.task_id,
-                "context_id": parsed.context_id,
-                "metadata_keys": sorted(metadata) if isinstance(metadata, dict) else [],
-            },
+            data_classes=tuple(classify_params(parsed.params, rpc_id=parsed.id)),
+            arguments=arguments_of(parsed, parsed.parts),
             intent=intent_of(parsed.skill, texts),
             trace=CallContext(metadata=_trace(request)),
         )
         holder: dict[str, web.StreamResponse] = {}
 
         async def relay(record: CallRecord, decision: Decision, deadline: float) -> CallResult:
-            return await self._relay(request, parsed, caller, token, call, body, record, holder)
+            sent, arguments, intent = sent_request(parsed, body, decision.obligations.redact)
+            sending = call
+            if arguments is not None:  # the record describes what the agent received
+                record.action["arguments"] = payload_view(arguments, decision.obligations.log)
+                record.intent = intent  # the task's intent (and purpose): redacted too
+                sending = dataclasses.replace(call, intent=intent)
+            return await self._relay(
+                request, parsed, caller, token, sending, sent, record, holder, decision.obligations
+            )
 
         result = await self._calls.call(call, relay, self._settings.timeout_s)
         if "response" in holder:  # the agent's answer is (being) sent: the stream ends here
@@ -353,6 +358,7 @@ class InboundListener:
         body: bytes,
         record: CallRecord,
         holder: dict[str, web.StreamResponse],
+        obligations: Obligations,
     ) -> CallResult:
         await self._origin_active(token)
         task_id = ""
@@ -379,7 +385,7 @@ class InboundListener:
                     passed = {n: answer.headers[n] for n in _PASSED_BACK if n in answer.headers}
                     passed["x-agent-sidecar-decision-id"] = record.decision_id
                     record.upstream["bytes"] = await self._pass_back(
-                        request, answer, passed, caller, holder
+                        request, answer, passed, caller, holder, parsed, obligations
                     )
         except TimeoutError:
             raise Stop("agent_timeout", "the agent did not answer in time") from None
@@ -398,47 +404,34 @@ class InboundListener:
         headers: dict[str, str],
         caller: Caller,
         holder: dict[str, web.StreamResponse],
+        parsed: protocol.A2aRequest,
+        obligations: Obligations,
     ) -> int:
-        """The agent's answer to the caller, each task and context id in it recorded as the
-        caller's before the caller can see (and name) it."""
+        """The agent's answer to the caller (inbound_answer.py): each task and context id in
+        it recorded as the caller's before the caller can see (and name) it, under the
+        caller's own request id, and ``redact_response`` applied."""
         agent = self._binder.agent_id
         if answer.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
             # Asked for identity, answered compressed: ids unreadable (unrecorded), bytes unlabelled
             raise Stop("agent_unavailable", "the agent's answer is compressed; identity asked")
+
+        async def record(ids: set[str]) -> None:
+            await off_loop(self._owners.record, agent, caller.id, ids)
+
+        relay = AnswerRelay(
+            record, obligations.redact_response, parsed.id, parsed.version, MAX_ANSWER_BYTES,
+            renamed=sent_id(parsed, obligations.redact) != parsed.id,
+        )  # fmt: skip
         if not answer.headers.get("Content-Type", "").startswith("text/event-stream"):
-            whole = await read_whole(answer, MAX_ANSWER_BYTES)
-            if whole is None:
-                raise Stop("agent_unavailable", "the agent's answer is larger than allowed")
-            if ids := ids_in_answer(whole):  # each id recorded before the caller sees it
-                await off_loop(self._owners.record, agent, caller.id, ids)
-            # Read whole: one response with Content-Length, its head and body in one TLS
-            # write (a StreamResponse sends its head at prepare: two records, two wake-ups).
-            unary = web.Response(status=answer.status, body=whole, headers=headers)
+            unary, size = await relay.unary(answer, headers)
             holder["response"] = unary
             await unary.prepare(request)
             await unary.write_eof()
-            return len(whole)
+            return size
         response = web.StreamResponse(status=answer.status, headers=headers)
         holder["response"] = response
         await response.prepare(request)
-        sent, pending = 0, b""
-        async for chunk in answer.content.iter_any():
-            pending += chunk
-            ids, end = ids_in_events(pending)
-            if len(pending) > MAX_ANSWER_BYTES:  # one event beyond any bound: ids unrecorded
-                ids, end = set(), len(pending)
-            if ids:
-                await off_loop(self._owners.record, agent, caller.id, ids)
-            if end:
-                await response.write(pending[:end])
-                sent, pending = sent + end, pending[end:]
-        ids, _ = ids_in_events(pending + b"\n\n")
-        if ids:
-            await off_loop(self._owners.record, agent, caller.id, ids)
-        if pending:
-            await response.write(pending)
-        await response.write_eof()
-        return sent + len(pending)
+        return await relay.stream(answer, response)
 
     async def _refused(
         self,

@@ -26,9 +26,10 @@ from sidecar.a2a import protocol
 from sidecar.a2a.agent_call import agent_call
 from sidecar.a2a.cards import CardBook, build_cards
 from sidecar.a2a.errors import A2aError, A2aProtocolError, CardError
+from sidecar.a2a.peer_tasks import PeerTaskLedger, PeerTasks
 from sidecar.a2a.redact import ArtifactStreams, redact_message, redact_parts
 from sidecar.a2a.relay import PeerRelay
-from sidecar.a2a.rest_binding import binding_of
+from sidecar.a2a.rest_binding import HTTP_JSON, binding_of, to_rest
 from sidecar.a2a.settings import A2aPeerSettings, peer_target
 from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, call_context, read_body
 from sidecar.audit import CallRecord
@@ -37,6 +38,7 @@ from sidecar.calls.common import CallResult, Facts, off_loop
 from sidecar.calls.guarded import GuardedPath
 from sidecar.classify import StreamRedactor
 from sidecar.config import Settings
+from sidecar.state import StateDb
 
 __all__ = ["A2aOutbound", "PeerPort"]
 
@@ -50,6 +52,9 @@ APPROVAL_HEADER = "X-Agent-Sidecar-Approval"
 NOT_WAITING = "a2a.wait_for_approval_s is 0: the sidecar does not wait for an approver"
 # What the agent's step-up answer says in data.code (its audit code is approval_required).
 STEP_UP_REQUIRED = "step_up_required"
+# A2A's TaskNotFoundError: another local agent's task at the peer is not this agent's
+# (task_not_owned, peer_tasks.py); its SDK raises what it would for a task the peer lacks.
+TASK_NOT_FOUND = -32001
 
 _S = grpc.StatusCode
 _RPC_BY_STATUS: dict[grpc.StatusCode, int] = {
@@ -71,7 +76,12 @@ class PeerPort:
     """One configured peer as the guarded call sees it (sidecar/calls/a2a.py ``Peer``)."""
 
     def __init__(
-        self, name: str, settings: A2aPeerSettings, relay: PeerRelay, cards: CardBook
+        self,
+        name: str,
+        settings: A2aPeerSettings,
+        relay: PeerRelay,
+        cards: CardBook,
+        state: StateDb | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -79,6 +89,8 @@ class PeerPort:
         self.timeout_s = settings.timeout_s
         self._relay = relay
         self._cards = cards
+        # Which local agent owns which task here (no store: every named task is refused).
+        self.tasks = PeerTasks(name, state)
         # A3's ProvenanceBinder (sidecar/a2a/provenance.py), when the inbound side is on.
         self.provenance: Any = None
         # Where the agent reaches this peer through the sidecar (set once the port is bound).
@@ -110,6 +122,16 @@ class PeerPort:
 
     def answer_stream(self, new: Callable[[], StreamRedactor]) -> AnswerStream:
         return ArtifactStreams(new)
+
+    def task_ledger(self, subject: str, call: A2aCall, binding: str) -> PeerTaskLedger:
+        """The call's task ownership; a request the card's binding cannot carry (a hostile
+        id in a REST path) is refused as malformed before it is refused as not owned."""
+
+        def shape() -> None:
+            if binding == HTTP_JSON and call.version == "1.0":
+                to_rest(call.body(call.params), call.a2a_operation, call.version)
+
+        return self.tasks.ledger(subject, call, shape)
 
     def checked_answer(self, a2a_operation: str, message: dict[str, Any]) -> dict[str, Any]:
         """The extended card checked, verified and projected like the public card (cards.py)
@@ -173,6 +195,8 @@ def refusal(rpc_id: Any, result: CallResult) -> dict[str, Any]:
     rpc_code = _RPC_BY_STATUS.get(result.status, protocol.DENIED)
     if rpc_code == protocol.APPROVAL_REQUIRED and code != STEP_UP_REQUIRED:
         rpc_code = protocol.DENIED  # a changed or unverified card: no approval to wait for
+    if code == "task_not_owned":
+        rpc_code = TASK_NOT_FOUND
     return protocol.rpc_error(
         rpc_id,
         rpc_code,
@@ -207,7 +231,7 @@ class A2aOutbound:
         self.cards = cards if cards is not None else build_cards(settings, state, identity)
         self.calls = A2aCalls(path, self.relay.gate)
         self._peers = {
-            name: PeerPort(name, peer, self.relay, self.cards)  # type: ignore[arg-type]
+            name: PeerPort(name, peer, self.relay, self.cards, state)  # type: ignore[arg-type]
             for name, peer in peers.items()
         }
         host, _, port = self._config.listen.rpartition(":")
@@ -331,10 +355,7 @@ class A2aOutbound:
         try:
             parsed = protocol.parse_request(raw, max_bytes=limit)
         except A2aProtocolError as exc:
-            audit_code = (
-                "message_too_large" if exc.code == "message_too_large" else "malformed_request"
-            )
-            result = await self.calls.reject("A2A message", audit_code, str(exc))
+            result = await self.calls.reject("A2A message", exc.audit_code, str(exc))
             body = protocol.rpc_error(
                 _request_id(raw), exc.rpc_code, str(exc), exc.code, decision_id=result.decision_id
             )

@@ -6,10 +6,14 @@ The sidecar does not import a2a-sdk at runtime: requests are plain dicts read by
 strict JSON reader (sidecar/strict_json.py), so what policy sees is what the peer receives.
 
 Read only, by :func:`parse_request`: the method (1.0 or 0.3 name), the id, the params, and
-for a message its parts, its skill (``message.metadata.skill`` or ``message.metadata.skillId``:
-a non-empty string; both present must agree), its task id and context id, and the URL of a
-push-notification config. Anything of the wrong shape is an :class:`A2aProtocolError` carrying
-the JSON-RPC code and a stable snake_case ``code``.
+for a message its parts, its skill (any key of ``message.metadata`` or ``params.metadata``
+that reads ``skill`` or ``skillId`` case-folded without ``_`` and ``-``: a non-empty string;
+all present must agree, else ``skill_mismatch``: sidecar/a2a/identifiers.py), its task id and
+context id, and the URL of a push-notification config (one: a configuration naming both the
+1.0 and the 0.3 key is refused). Identifier members (ids, ``tenant``, ``extensions``,
+``referenceTaskIds``, ``acceptedOutputModes``) are bounded (sidecar/a2a/identifiers.py).
+Anything of the wrong shape is an :class:`A2aProtocolError` carrying the JSON-RPC code and a
+stable snake_case ``code``.
 
 A2A's JSON is camelCase, but the SDKs also accept the snake_case proto names (``task_id``
 for ``taskId``): a peer would act on ``task_id`` while the sidecar read ``taskId``. So a
@@ -25,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar.a2a.errors import A2aProtocolError
+from sidecar.a2a.identifiers import MAX_ID_CHARS, bad_params, id_list, ids, skill_of, string
 from sidecar.a2a.shape import decode_bytes
 from sidecar.strict_json import StrictJsonError, loads_strict
 
@@ -119,8 +124,8 @@ _TASK_ID_KEY: dict[tuple[str, str], str] = {
     ("push_config_delete", "0.3"): "id",
 }
 MAX_PARTS = 256
-MAX_ID_CHARS = 256
-_SKILL_KEYS = ("skill", "skillId")
+_ID_KEYS = ("messageId", "taskId", "contextId")
+_PARAM_ID_KEYS = ("tenant", "id", "taskId", "contextId", "pushNotificationConfigId")
 # A 1.0 part names its content by which field it sets; a 0.3 part by ``kind``.
 _V1_PART_FIELDS = {"text": "text", "data": "data", "raw": "raw", "url": "file"}
 _V03_PART_KINDS = {"text": "text", "data": "data", "file": "file"}
@@ -155,7 +160,7 @@ class A2aRequest:
 def _bad(
     message: str, *, rpc: int = INVALID_PARAMS, code: str = "invalid_params"
 ) -> A2aProtocolError:
-    return A2aProtocolError(message, rpc_code=rpc, code=code)
+    return bad_params(message, rpc=rpc, code=code)
 
 
 def _valid_id(value: Any) -> bool:
@@ -209,25 +214,13 @@ def parse_request(body: bytes, *, max_bytes: int | None = None) -> A2aRequest:
     if not isinstance(params, dict):
         raise _bad("params must be an object")
     _no_aliases(params, "params")
+    ids(params, _PARAM_ID_KEYS, "params")
     request = A2aRequest(
         method=method, operation=operation, version=version, id=doc["id"], params=params
     )
     if operation in ("send", "stream"):
         return _message_request(request)
     return _task_request(request)
-
-
-def _string(container: dict[str, Any], key: str, where: str, *, required: bool = False) -> str:
-    value = container.get(key)
-    if value is None:
-        if required:
-            raise _bad(f"{where}.{key} is required")
-        return ""
-    if not isinstance(value, str):
-        raise _bad(f"{where}.{key} must be a string")
-    if len(value) > MAX_ID_CHARS:
-        raise _bad(f"{where}.{key} is longer than {MAX_ID_CHARS} characters")
-    return value
 
 
 def _message_request(request: A2aRequest) -> A2aRequest:
@@ -246,6 +239,9 @@ def _message_request(request: A2aRequest) -> A2aRequest:
             code="message_too_large",
         )
     _no_aliases(message, "params.message")
+    ids(message, _ID_KEYS, "params.message")
+    id_list(message, "extensions", "params.message")
+    id_list(message, "referenceTaskIds", "params.message")
     for index, part in enumerate(parts):
         part_kind(part, f"params.message.parts[{index}]")
         _no_aliases(part, f"params.message.parts[{index}]")
@@ -254,17 +250,24 @@ def _message_request(request: A2aRequest) -> A2aRequest:
     metadata = message.get("metadata")
     if metadata is not None and not isinstance(metadata, dict):
         raise _bad("params.message.metadata must be an object")
-    skill = _skill(metadata or {})
     for key in ("configuration", "metadata"):
         if request.params.get(key) is not None and not isinstance(request.params[key], dict):
             raise _bad(f"params.{key} must be an object")
+    skill = skill_of(metadata or {}, request.params.get("metadata") or {})
     push_url = ""
     configuration = request.params.get("configuration")
     if isinstance(configuration, dict):
         _no_aliases(configuration, "params.configuration")
-        for key in ("taskPushNotificationConfig", "pushNotificationConfig"):
-            if configuration.get(key) is not None:
-                push_url = _push_url(configuration[key], f"params.configuration.{key}")
+        id_list(configuration, "acceptedOutputModes", "params.configuration")
+        named = [
+            key
+            for key in ("taskPushNotificationConfig", "pushNotificationConfig")
+            if configuration.get(key) is not None
+        ]
+        if len(named) > 1:  # each version's server reads one of them: policy must see that one
+            raise _bad("params.configuration names a push config twice (1.0 and 0.3 keys)")
+        for key in named:
+            push_url = _push_url(configuration[key], f"params.configuration.{key}")
     return A2aRequest(
         method=request.method,
         operation=request.operation,
@@ -274,8 +277,8 @@ def _message_request(request: A2aRequest) -> A2aRequest:
         message=message,
         parts=parts,
         skill=skill,
-        task_id=_string(message, "taskId", "params.message"),
-        context_id=_string(message, "contextId", "params.message"),
+        task_id=string(message, "taskId", "params.message"),
+        context_id=string(message, "contextId", "params.message"),
         push_url=push_url,
     )
 
@@ -288,21 +291,6 @@ def _no_aliases(container: dict[str, Any], where: str) -> None:
                 f"{where}.{key[:64]}: snake_case member names are not accepted (A2A's JSON "
                 "is camelCase; an alias could name another task than the one checked)"
             )
-
-
-def _skill(metadata: dict[str, Any]) -> str:
-    """The skill a message names: ``skill`` or ``skillId``, non-empty, one value."""
-    found = {
-        key: _string(metadata, key, "params.message.metadata")
-        for key in _SKILL_KEYS
-        if key in metadata
-    }
-    for key, value in found.items():
-        if not value:
-            raise _bad(f"params.message.metadata.{key} must not be empty")
-    if len(set(found.values())) > 1:
-        raise _bad("params.message.metadata.skill and .skillId name different skills")
-    return next(iter(found.values()), "")
 
 
 def _push_url(config: Any, where: str) -> str:
@@ -329,12 +317,12 @@ def _task_request(request: A2aRequest) -> A2aRequest:
     key = _TASK_ID_KEY.get((request.operation, request.version))
     task_id = ""
     if key is not None:
-        task_id = _string(request.params, key, "params", required=True)
+        task_id = string(request.params, key, "params", required=True)
         if not task_id:
             raise _bad(f"params.{key} must not be empty")
     context_id = ""
     if request.operation == "list_tasks":
-        context_id = _string(request.params, "contextId", "params")
+        context_id = string(request.params, "contextId", "params")
     push_url = ""
     if request.operation == "push_config_set":
         nested = request.params.get("pushNotificationConfig")

@@ -2,13 +2,16 @@
 the ``redact`` (outgoing request) and ``redact_response`` (what the peer answers)
 obligations, with sidecar/classify.py's detectors.
 
-Everything the peer or the agent can read is classified and redacted: every member of the
-params but the protocol's own identifiers and enums, at their known positions only
-(sidecar/a2a/shape.py): part text, data (keys and values), file names and URIs, raw bytes
-that are text, message, params and part metadata, push-notification URLs, artifact names,
-status messages, errors. Strings that are JSON are decoded and read too (the models path's
-``with_decoded_json``). A streamed artifact's text is redacted across its ``append`` chunks
-(:class:`ArtifactStreams`), so a secret split over two events never passes.
+Everything the peer or the agent can read is classified and redacted: every value of the
+params and answers, the protocol's identifiers and enums included (``messageId``,
+``referenceTaskIds``, ``extensions``, ``tenant``, ``status.state``, ``artifactId``, ...), and
+every key but the protocol's own at its known position (sidecar/a2a/shape.py): part text,
+data (keys and values), file names and URIs, raw bytes that are text, message, params and
+part metadata, push-notification URLs, artifact names, status messages, errors. An id or
+enum value that carries no class is left as it is. Strings that are JSON are decoded and
+read too (the models path's ``with_decoded_json``). A streamed artifact's text is redacted
+across its ``append`` chunks (:class:`ArtifactStreams`), so a secret split over two events
+never passes.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ from sidecar.model_apis.base import redact_deep, with_decoded_json
 __all__ = ["ArtifactStreams", "classify_params", "redact_message", "redact_parts"]
 
 
-def classify_params(params: dict[str, Any]) -> list[str]:
-    """The data classes of everything in a request's params but its protocol identifiers."""
-    found: list[Any] = []
+def classify_params(params: dict[str, Any], *, rpc_id: Any = None) -> list[str]:
+    """The data classes of every value in a request's params (identifiers included) and of
+    every key but the protocol's own; ``rpc_id``, the JSON-RPC id the peer also receives."""
+    found: list[Any] = [] if rpc_id is None else [rpc_id]
 
     def collect(value: Any) -> Any:
         found.append(value)
@@ -37,8 +41,8 @@ def classify_params(params: dict[str, Any]) -> list[str]:
 
 
 def redact_message(message: dict[str, Any], classes: Iterable[str]) -> dict[str, Any]:
-    """A copy of a JSON-RPC message (result or error) with ``classes`` redacted everywhere
-    but at the protocol's identifier positions."""
+    """A copy of a JSON-RPC message (result or error) with ``classes`` redacted in every value
+    (identifiers included) and every key but the protocol's own."""
     wanted = sorted(set(classes))
     if not wanted:
         return message
@@ -46,8 +50,8 @@ def redact_message(message: dict[str, Any], classes: Iterable[str]) -> dict[str,
 
 
 def redact_parts(params: dict[str, Any], classes: Iterable[str]) -> dict[str, Any]:
-    """A copy of a request's params with ``classes`` redacted everywhere but at the protocol's
-    identifier positions (the message, its metadata, the params' metadata, the configuration)."""
+    """A copy of a request's params with ``classes`` redacted in every value (identifiers
+    included) and every key but the protocol's own."""
     wanted = sorted(set(classes))
     if not wanted:
         return params

@@ -24,6 +24,7 @@ from sidecar.a2a.peer_tls import ServerIdentityMismatch, connectors, wire_peer_t
 from sidecar.a2a.protocol import A2A_VERSION_HEADER, METHODS
 from sidecar.a2a.rest_binding import HTTP_JSON, JSON_KINDS, RestRequest, to_rest
 from sidecar.a2a.settings import A2aPeerSettings, peer_target
+from sidecar.a2a.sse_split import SseSplitter
 from sidecar.calls.a2a import PeerFailure
 from sidecar.calls.relaying import RelayGate
 from sidecar.identity import UpstreamCredentials, WorkloadIdentity
@@ -210,33 +211,26 @@ async def _sse_events(
     """Each SSE event's ``data`` as a JSON-RPC message; an event larger than ``limit``, or a
     stream whose pending bytes pass it, ends the stream (``peer_response_too_large``).
 
-    Line ends (CRLF, CR, LF) are normalised on the joined buffer, with a trailing CR held back
-    (its LF may come in the next read); an event the stream ends inside of is a truncated
-    answer (``peer_bad_response``), never silently dropped."""
+    Line ends (CRLF, CR, LF) are normalised read by read, a trailing CR held back (its LF
+    may come in the next read), and the framing's work is linear in the bytes read
+    (sse_split.py); an event the stream ends inside of is a truncated answer
+    (``peer_bad_response``), never silently dropped."""
     read = read or _sse_block  # REST: RestRequest.event (rest_binding.py)
-    buffer = b""
+    framing = SseSplitter()  # linear in the bytes read, however they are split
     async for chunk in response.content.iter_any():
-        buffer += chunk
-        held = b"\r" if buffer.endswith(b"\r") else b""
-        if held:
-            buffer = buffer[:-1]
-        buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        while b"\n\n" in buffer:
-            block, buffer = buffer.split(b"\n\n", 1)
+        for block in framing.feed(chunk):
             message = read(block)
             if message is not None:
                 yield message
-        buffer += held
-        if len(buffer) > limit:
+        if framing.pending > limit:
             response.close()
             raise PeerError(
                 f"a streamed event exceeds {limit} bytes",
                 code="peer_response_too_large",
                 reached=True,
             )
-    rest = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a held CR ends a line
-    while b"\n\n" in rest:
-        block, rest = rest.split(b"\n\n", 1)
+    blocks, rest = framing.finish()
+    for block in blocks:
         message = read(block)
         if message is not None:
             yield message

@@ -1,12 +1,15 @@
-"""Where an A2A payload holds protocol identifiers, and where it holds what people and models
-read: one walker over requests, results and streamed events, used to classify and to redact.
+"""Where an A2A payload holds the protocol's own structure, and where it holds what people
+and models read: one walker over requests, results and streamed events, used to classify and
+to redact.
 
-Only the members at known protocol positions (a message's ``messageId``, a task's ``id``
-and ``status.state``, a part's ``mediaType``, an update's ``append``/``lastChunk``, ...) are
-*kept*: everywhere else, including every key and value inside ``metadata``, ``data`` and an
-unknown member, is *free* and goes to the caller's function. A kept position holding anything
-but a scalar or a list of strings is free too, so nothing hides in an identifier's place.
-Raw bytes (1.0 ``raw``, 0.3 ``file.bytes``) that decode as UTF-8 text are free as that text.
+Every *value* goes to the caller's function, the protocol's identifiers and enums included
+(a message's ``messageId``, a task's ``id`` and ``status.state``, ``referenceTaskIds``,
+``extensions``, ``tenant``, ...): a peer or an agent reads them as well as the text, so a card
+number used as a ``messageId`` is classified and redacted like one in a part (a real id or
+enum carries no class, and redaction leaves it as it is). Only the *keys* at the protocol's
+known positions (``messageId``, ``parts``, ``status``, ...) are kept as they are; every other
+key (inside ``metadata``, ``data`` or an unknown member) goes to the function too. Raw bytes
+(1.0 ``raw``, 0.3 ``file.bytes``) that decode as UTF-8 text are read as that text.
 """
 
 from __future__ import annotations
@@ -21,12 +24,17 @@ __all__ = ["MAX_DECODED_BYTES", "Free", "decode_bytes", "map_message", "map_para
 # Raw bytes larger than this are not decoded (the message size bounds them anyway).
 MAX_DECODED_BYTES = 1 << 20
 
-# Applied to every free value (a string, number, object or list) and to every free key.
+# Applied to every value (a string, number, object or list) and to every key that is not
+# the protocol's own at its position.
 Free = Callable[[Any], Any]
 
 _KEEP = "keep"
+# The JSON-RPC id of an answer: the requester's own id echoed to it (the outbound relay
+# answers under the agent's id whatever the peer sent), so it is passed as it is.
+_ECHO = "echo"
 _RAW = "raw"
-# schema name -> member -> how it is read: _KEEP, _RAW, a schema name, or [schema name].
+# schema name -> member -> how it is read: _KEEP, _ECHO, _RAW, a schema name, or
+# [schema name].
 _SCHEMAS: dict[str, dict[str, Any]] = {
     "message": {
         "messageId": _KEEP,
@@ -102,9 +110,24 @@ _SCHEMAS: dict[str, dict[str, Any]] = {
         "configuration": "configuration",
         "pushNotificationConfig": "push_config",
     },
-    "rpc": {"jsonrpc": _KEEP, "id": _KEEP},
+    "rpc": {"jsonrpc": _KEEP, "id": _ECHO},
     "error": {"code": _KEEP},
 }
+# Values the protocol defines (its enums) carry no data class: passed without being read,
+# which keeps the walk cheap on every A2A call (a value of any other spelling is read).
+_CONSTANTS = frozenset(
+    {
+        "2.0",
+        *(f"TASK_STATE_{s}" for s in ("SUBMITTED", "WORKING", "COMPLETED", "FAILED")),
+        *(f"TASK_STATE_{s}" for s in ("CANCELED", "REJECTED", "INPUT_REQUIRED")),
+        *(f"TASK_STATE_{s}" for s in ("AUTH_REQUIRED", "UNSPECIFIED")),
+        *("submitted", "working", "completed", "failed", "canceled", "rejected"),
+        *("input-required", "auth-required", "unknown"),
+        *("ROLE_USER", "ROLE_AGENT", "ROLE_UNSPECIFIED", "user", "agent"),
+        *("message", "task", "status-update", "artifact-update", "text", "file", "data"),
+        *("text/plain", "application/json"),
+    }
+)
 _KINDS_03 = {
     "task": "task",
     "message": "message",
@@ -125,13 +148,15 @@ def decode_bytes(value: Any) -> str | None:
         return None
 
 
-def _keepable(value: Any) -> bool:
-    if isinstance(value, list):
-        return all(isinstance(v, str) for v in value)
-    return value is None or isinstance(value, str | int | float | bool)
+def _constant(value: Any) -> bool:
+    return (
+        value is None or isinstance(value, bool) or (isinstance(value, str) and value in _CONSTANTS)
+    )
 
 
 def _raw(value: Any, free: Free) -> Any:
+    if not isinstance(value, str):  # not bytes at all: read as the JSON it is
+        return free(value)
     text = decode_bytes(value)
     if text is None:
         return value
@@ -150,7 +175,9 @@ def _map(value: Any, schema: str, free: Free) -> Any:
     out: dict[str, Any] = {}
     for key, item in value.items():
         rule = rules.get(key)
-        if rule == _KEEP and _keepable(item):
+        if rule == _KEEP:  # the key is the protocol's; its value is read like any other
+            out[key] = item if _constant(item) else free(item)
+        elif rule == _ECHO:
             out[key] = item
         elif rule == _RAW:
             out[key] = _raw(item, free)
@@ -184,7 +211,8 @@ def _result_schema(value: Any) -> str:
 
 
 def map_message(message: Any, free: Free) -> Any:
-    """A JSON-RPC response or streamed event with ``free`` applied off the kept positions."""
+    """A JSON-RPC response or streamed event with ``free`` applied to every value and to every
+    key but the protocol's own."""
     if not isinstance(message, dict):
         return free(message)
     out = _map({k: v for k, v in message.items() if k not in ("result", "error")}, "rpc", free)
@@ -196,5 +224,6 @@ def map_message(message: Any, free: Free) -> Any:
 
 
 def map_params(params: Any, free: Free) -> Any:
-    """A request's params with ``free`` applied off the kept positions."""
+    """A request's params with ``free`` applied to every value and to every key but the
+    protocol's own."""
     return _map(params, "params", free)

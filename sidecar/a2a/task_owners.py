@@ -6,7 +6,8 @@ sidecar records, from the agent's own answers (unary results and every SSE event
 any of it reaches the caller), which verified caller each task id and context id was
 created for; a later request naming a task or context is passed on only for its owner
 (``task_not_owned`` otherwise, an unknown task id included), and ``ListTasks``, which
-would list every caller's tasks, is refused (``list_tasks_refused``).
+would list every caller's tasks, is refused (``list_tasks_refused``). A message's
+``referenceTaskIds`` (tasks an SDK agent loads and hands its executor) are checked the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ class TaskOwners:
             self._owner(agent, "context:" + context_id) if context_id else "",
         )
 
+    def task_owners(self, agent: str, task_ids: Iterable[str]) -> dict[str, str]:
+        """The caller owning each known task of ``task_ids`` (unknown ids absent; the
+        listener bounds how many one request may name)."""
+        found = {}
+        for task_id in dict.fromkeys(task_ids):
+            if owner := self._owner(agent, "task:" + task_id):
+                found[task_id] = owner
+        return found
+
     def _owner(self, agent: str, key: str) -> str:
         rows = self._db.query(
             "SELECT caller FROM a2a_task_owners WHERE agent = ? AND task_id = ?", (agent, key)
@@ -69,9 +79,13 @@ def ids_in_answer(body: bytes) -> set[str]:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         return set()
+    return ids_in_result(doc.get("result")) if isinstance(doc, dict) else set()
+
+
+def ids_in_result(result: Any) -> set[str]:
+    """The keys named by one JSON-RPC ``result``, already parsed (the outbound side's)."""
     found: set[str] = set()
-    if isinstance(doc, dict):
-        _walk(doc.get("result"), found, 0)
+    _walk(result, found, 0)
     return found
 
 

@@ -31,13 +31,22 @@ from sidecar.audit import CallRecord, payload_view, result_view
 from sidecar.calls.common import CallResult, Facts, Stop
 from sidecar.calls.guarded import GuardedPath
 from sidecar.calls.relaying import RelayGate
-from sidecar.classify import StreamRedactor
+from sidecar.classify import StreamRedactor, redact
 from sidecar.errors import SidecarError
 from sidecar.identity import CallContext, IdentityError
 from sidecar.policy import Action
 from sidecar.relay.scrub import Scrubber
 
-__all__ = ["A2aCall", "A2aCalls", "AnswerStream", "Emit", "Peer", "PeerCard", "PeerFailure"]
+__all__ = [
+    "A2aCall",
+    "A2aCalls",
+    "AnswerStream",
+    "Emit",
+    "Peer",
+    "PeerCard",
+    "PeerFailure",
+    "TaskLedger",
+]
 
 # The sidecar's own JSON-RPC band (sidecar/a2a/protocol.py): a peer's error with such a code
 # becomes -32603 (its code kept in data.upstream_code), so it cannot pass for the sidecar's.
@@ -78,6 +87,18 @@ class AnswerStream(Protocol):
     def finish(self, rpc_id: Any, version: str) -> list[dict[str, Any]]: ...
 
 
+class TaskLedger(Protocol):
+    """One call's peer-task ownership (sidecar/a2a/peer_tasks.py): ``admit`` raises a
+    :class:`PeerFailure` (``task_not_owned``) before anything is sent; ``answer`` records
+    the ids each peer message names as the subject's before the agent sees them."""
+
+    task_owner: str
+
+    async def admit(self) -> None: ...
+
+    async def answer(self, message: dict[str, Any]) -> dict[str, Any]: ...
+
+
 class Peer(Protocol):
     """What the adapter needs of one configured peer (sidecar/a2a/outbound.py)."""
 
@@ -98,6 +119,8 @@ class Peer(Protocol):
     async def provenance_headers(self, record: CallRecord, facts: Facts) -> dict[str, str]: ...
 
     def answer_stream(self, new: Callable[[], StreamRedactor]) -> AnswerStream: ...
+
+    def task_ledger(self, subject: str, call: A2aCall, binding: str) -> TaskLedger: ...
 
     def checked_answer(self, a2a_operation: str, message: dict[str, Any]) -> dict[str, Any]:
         """The peer's raw answer checked (and rewritten) before any redaction: the extended
@@ -139,8 +162,11 @@ class A2aCall:
     # JWT-SVIDs of the agents that delegated this call (the gRPC API's delegation_chain).
     delegation_chain: tuple[str, ...] = ()
 
-    def body(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {"jsonrpc": "2.0", "id": self.rpc_id, "method": self.method, "params": params}
+    def body(self, params: dict[str, Any], rpc_id: Any = None) -> dict[str, Any]:
+        """The request as the peer gets it: ``rpc_id`` when given (the agent's id redacted
+        under a ``redact`` obligation), else the agent's own."""
+        sent_id = self.rpc_id if rpc_id is None else rpc_id
+        return {"jsonrpc": "2.0", "id": sent_id, "method": self.method, "params": params}
 
 
 class A2aCalls:
@@ -221,7 +247,12 @@ class A2aCalls:
     ) -> CallResult:
         trace = self._path.begin(record, context, call.intent)
         name = f"{peer.name}.{call.skill}"
-        record.action = {"kind": "a2a", "name": name, "method": call.method}
+        record.action = {
+            "kind": "a2a",
+            "name": name,
+            "method": call.method,
+            "a2a_operation": call.a2a_operation,
+        }
         subject, chain, user, task = await self._path.establish(
             record,
             context,
@@ -232,6 +263,9 @@ class A2aCalls:
         )
         try:
             pinned = await peer.card_facts()
+            # Another local agent's task at this peer (it sees one caller: the sidecar).
+            ledger = peer.task_ledger(subject.spiffe_id, call, pinned.binding)
+            await ledger.admit()
         except PeerFailure as exc:
             raise Stop(exc.code, str(exc)) from exc
         arguments = {
@@ -242,6 +276,7 @@ class A2aCalls:
             },
             "task_id": call.a2a_task_id,
             "context_id": call.context_id,
+            "task_owner": ledger.task_owner,
             "metadata_keys": call.metadata_keys,
         }
         if call.push_url is not None:
@@ -293,9 +328,11 @@ class A2aCalls:
             record.action["arguments"] = payload_view(call.params, log_level)
             raise Stop(decision.code, "; ".join(decision.reasons) or decision.code, **common)
         obligations = decision.obligations
-        sent = call.params
+        sent, sent_id = call.params, call.rpc_id
         if obligations.redact:
             sent = peer.redact_request(call.params, list(obligations.redact))
+            # The peer reads the request's id too (its answer comes back under the agent's).
+            sent_id = redact(call.rpc_id, list(obligations.redact))
         record.action["arguments"] = payload_view(sent, log_level)
         remaining = self._path.time_to_relay(deadline, common)
         record.upstream = {"peer": peer.name, "method": call.method}
@@ -342,12 +379,12 @@ class A2aCalls:
                 asyncio.timeout(min(peer.timeout_s, remaining)),
             ):
                 stream = peer.exchange(
-                    call.body(sent), headers, stream=call.streaming, binding=pinned.binding
+                    call.body(sent, sent_id), headers, stream=call.streaming, binding=pinned.binding
                 )
                 try:
                     async for message in stream:
                         events += 1
-                        for final in answers(message):
+                        for final in answers(await ledger.answer(message)):
                             if call.streaming and emit is not None:
                                 await emit(final)
                     for final in (

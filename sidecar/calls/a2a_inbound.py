@@ -3,8 +3,9 @@
 The transport (sidecar/a2a/inbound.py) has verified the caller and read the request; this
 adapter asks policy (``action.kind: a2a_inbound``, ``input.inbound``) and, only on allow, runs
 the transport's relay to the agent inside the same call, so that every inbound call, however
-it ends, is exactly one audit record. The caller is the call's subject; a person calling with
-a user token is also ``input.user``.
+it ends, is exactly one audit record. An allow whose obligations the transport cannot apply
+(:func:`unsupported_obligations`) is refused (``obligation_unsupported``), never relayed. The
+caller is the call's subject; a person calling with a user token is also ``input.user``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,30 @@ from typing import Any
 from sidecar.audit import CallRecord, payload_view
 from sidecar.calls.common import CallResult, Facts, Stop, action_record
 from sidecar.calls.guarded import GuardedPath
+from sidecar.classify import redact
 from sidecar.identity import CallContext
-from sidecar.policy import Action, Decision
+from sidecar.policy import Action, Decision, Obligations
 from sidecar.users import User
 
-__all__ = ["InboundCall", "InboundCalls", "InboundRelay"]
+__all__ = ["InboundCall", "InboundCalls", "InboundRelay", "unsupported_obligations"]
 
 # The transport's relay to the agent: the record, the decision, the deadline (loop time).
 InboundRelay = Callable[[CallRecord, Decision, float], Awaitable[CallResult]]
+
+
+def unsupported_obligations(obligations: Obligations) -> list[str]:
+    """The obligations of an inbound allow the listener cannot apply: a credential (the agent
+    is called on loopback, with none), ``max_tokens`` (no model call), an approval on an allow.
+    ``log``, ``redact`` (the request's params and JSON-RPC id) and ``redact_response`` (the
+    answer) it applies."""
+    found = []
+    if obligations.credential is not None:
+        found.append("credential")
+    if obligations.max_tokens is not None:
+        found.append("max_tokens")
+    if obligations.approval is not None:
+        found.append("approval")
+    return found
 
 
 @dataclass(frozen=True)
@@ -112,7 +129,16 @@ class InboundCalls:
         record.action["arguments"] = payload_view(request.arguments, decision.obligations.log)
         if not decision.allowed:
             raise Stop("inbound_denied", "; ".join(decision.reasons) or decision.code, **common)
+        if unsupported := unsupported_obligations(decision.obligations):
+            raise Stop(
+                "obligation_unsupported",
+                f"policy allowed this inbound call with obligations the listener cannot apply "
+                f"({', '.join(unsupported)}): refused, never relayed without them",
+                **common,
+            )
         self._path.time_to_relay(deadline, common)
+        if decision.obligations.redact:  # the intent on record is the redacted request's
+            record.intent = redact(record.intent, decision.obligations.redact)
         await self._path.before_relay(record, common)
         result = await relay(record, decision, deadline)
         result.decision = decision

@@ -138,6 +138,15 @@ class CompiledQuery:
             found, value = memo.get(key)  # type: ignore[union-attr]
             if found:
                 return True, value
+        return self.evaluate_missed(input_doc, memo if key is not None else None, key)
+
+    def evaluate_missed(
+        self, input_doc: dict[str, Any], memo: DecisionMemo | None, key: str | None
+    ) -> tuple[bool, Any]:
+        """Evaluate ``input_doc``, whose ``key`` (``DecisionMemo.key``) was looked up in
+        ``memo`` and missed: the answer is remembered under it. No ``key``: not remembered.
+        The engine in threads looks the memo up on the event loop and calls this on its
+        thread (a remembered answer needs neither a thread nor an interpreter)."""
         try:
             set_input(self._interp._impl, self._interp.set_input_term, input_doc)
         except UnrepresentableInput:
@@ -148,8 +157,8 @@ class CompiledQuery:
         if doc is None or _BINDING not in doc.get("bindings", {}):
             return False, None
         value = doc["bindings"][_BINDING]
-        if key is not None:
-            memo.put(key, value)  # type: ignore[union-attr]
+        if key is not None and memo is not None:
+            memo.put(key, value)
         return True, value
 
 

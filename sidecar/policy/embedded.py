@@ -230,8 +230,18 @@ class EmbeddedEngine:
             if state.inline:
                 defined, value = self._evaluate_inline(state, input_doc, timeout_s)
             else:
+                # A remembered answer is found here, on the loop: no thread hop, and no
+                # waiting for an interpreter that slower evaluations hold.
+                memo = state.memo
+                key = memo.key(input_doc) if memo is not None and memo.wanted() else None
+                if key is not None and memo is not None:
+                    found, value = memo.get(key)
+                    if found:
+                        return EngineResult(True, value, state.source.revision)
                 loop = asyncio.get_running_loop()
-                future = loop.run_in_executor(self._executor, _evaluate, state, input_doc)
+                future = loop.run_in_executor(
+                    self._executor, _evaluate_missed, state, input_doc, key
+                )
                 defined, value = await asyncio.wait_for(future, timeout=max(timeout_s, 0.0))
         except TimeoutError:
             raise DecisionError(
@@ -299,5 +309,14 @@ def _evaluate(state: _State, input_doc: dict[str, Any]) -> tuple[bool, Any]:
     compiled = state.pool.get()
     try:
         return compiled.evaluate(input_doc, state.memo)
+    finally:
+        state.pool.put(compiled)
+
+
+def _evaluate_missed(state: _State, input_doc: dict[str, Any], key: str | None) -> tuple[bool, Any]:
+    """On an engine thread: an input the memo was asked for (under ``key``) and missed."""
+    compiled = state.pool.get()
+    try:
+        return compiled.evaluate_missed(input_doc, state.memo if key is not None else None, key)
     finally:
         state.pool.put(compiled)

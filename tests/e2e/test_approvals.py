@@ -23,6 +23,7 @@ from sidecar.approvals.client import AdminCallError
 from sidecar.client import PolicyDenied, RateLimited, StepUpRequired
 from tests.conftest import all_audit_lines, audit_lines
 from tests.support.cli import cli as run_cli
+from tests.support.settle import poll
 
 REFUND = {"order": "A-1", "amount": 500}
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,7 +145,8 @@ def test_an_expired_approval_is_refused(start_sidecar, tools):
         with running.approvals() as admin:
             approval = admin.approve(approval_id, reason="ok")
             assert approval.expires_at_ns - approval.created_at_ns == 1_000_000_000
-        time.sleep(1.2)
+        # The sidecar's clock (this process's) passes the expiry: polled, bounded, not slept.
+        poll(lambda: time.time_ns() >= approval.expires_at_ns, what="the approval's expiry")
         with pytest.raises(PolicyDenied) as expired:
             client.call_tool("payments.refund", REFUND, task_id=task, approval_id=approval_id)
         assert expired.value.code == "approval_expired"
@@ -282,7 +284,8 @@ def test_cli_list_show_and_watch(sidecar):
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        time.sleep(0.2)
+        # Barrier: the watch is subscribed (a later approval is announced to it).
+        poll(lambda: sidecar.sidecar.approvals._watchers, what="the watch subscribed")
         with sidecar.client() as client:
             task = client.start_task("refunds").task_id
             approval_id = step_up_id(client, task)
@@ -350,9 +353,7 @@ def test_each_pending_approval_is_posted_to_the_notify_url(
         with running.client() as client:
             task = client.start_task("refunds").task_id
             approval_id = step_up_id(client, task, {"order": "SECRET-ORDER-7", "amount": 500})
-        deadline = time.monotonic() + 10
-        while not _Hook.bodies and time.monotonic() < deadline:
-            time.sleep(0.05)
+        poll(lambda: _Hook.bodies, what="the notification delivered")
     finally:
         hook.shutdown()
     [body] = _Hook.bodies  # delivered after one 503, once

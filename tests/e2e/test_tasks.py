@@ -11,6 +11,7 @@ import pytest
 from sidecar.client import InvalidRequest, PolicyDenied, StepUpRequired
 from tests.conftest import SIDECAR_AUDIENCE as AUDIENCE
 from tests.conftest import audit_lines
+from tests.support.settle import poll
 
 REFUND = {"order": "A-1", "amount": 500}
 
@@ -91,10 +92,8 @@ def test_a_waiting_call_ends_when_its_task_ends(sidecar, tools):
     with sidecar.client(timeout_s=20) as client, ThreadPoolExecutor(1) as pool:
         task = client.start_task("refunds").task_id
         call = pool.submit(client.call_tool, "payments.refund", REFUND, task_id=task)
-        deadline = time.monotonic() + 10
         with sidecar.approvals() as admin:
-            while not admin.list(["pending"]) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            poll(lambda: admin.list(["pending"]), what="the call's approval pending")
         client.end_task(task)
         with pytest.raises(PolicyDenied) as revoked:
             call.result(timeout=10)
@@ -105,9 +104,11 @@ def test_a_waiting_call_ends_when_its_task_ends(sidecar, tools):
 def test_a_task_ends_when_its_ttl_passes(start_sidecar, tools):
     running = start_sidecar(tools.url)
     with running.client() as client:
-        task = client.start_task("quick", ttl_s=1).task_id
+        started = client.start_task("quick", ttl_s=1)
+        task = started.task_id
         assert client.call_tool("tickets.get", {"id": "1"}, task_id=task).status == 200
-        time.sleep(1.2)
+        # The sidecar's clock (this process's) passes the TTL: polled, bounded, not slept.
+        poll(lambda: time.time_ns() >= started.expires_at_ns, what="the task's expiry")
         with pytest.raises(PolicyDenied) as ended:
             client.call_tool("tickets.get", {"id": "1"}, task_id=task)
     assert ended.value.code == "task_ended"

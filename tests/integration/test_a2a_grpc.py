@@ -219,7 +219,9 @@ def test_item1_grpc_task_get_cancel_and_the_peers_own_error(door, peer):
     assert got.result["id"] == task["id"]
     cancelled = door.client.call_peer("billing", "CancelTask", {"id": task["id"]})
     assert cancelled.result["status"]["state"] == "TASK_STATE_CANCELED"
-    # The peer's own A2A error is an answer (error, not a raised refusal), as on HTTP.
+    # The peer's own A2A error is an answer (error, not a raised refusal), as on HTTP (a task
+    # of this agent's the peer has forgotten: another agent's is refused first, s11 item 2).
+    door.running.sidecar.a2a_outbound.peers["billing"].tasks.record(AGENT, {"task:no-such-task"})
     missing = door.client.call_peer("billing", "GetTask", {"id": "no-such-task"})
     assert missing.result is None and missing.error["code"] == -32001
     assert missing.decision.effect == "allow"

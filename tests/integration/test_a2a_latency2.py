@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from aiohttp.streams import StreamReader
 
 import sidecar.a2a.inbound as inbound_module
 from sidecar.a2a import protocol
@@ -36,9 +37,9 @@ from tests.integration.test_review_a3 import error_code, send
 from tests.integration.test_review_a3 import open_inbound as open_inbound
 from tests.support.a2a_inbound_agent import InboundAgent
 
-# How long the piecewise agent holds its answer's second piece: long enough that the listener
-# has read the first, never a bound any assertion depends on.
-HOLD_S = 0.3
+# The most the piecewise agent holds its answer's second piece, waiting for the listener to
+# have the first (a barrier, not a pause: it is released as soon as the first piece is read).
+HOLD_BOUND_S = 30.0
 
 
 def _answer(text: str, context: str = "") -> bytes:
@@ -50,9 +51,10 @@ def _answer(text: str, context: str = "") -> bytes:
 
 class PiecewiseAgent:
     """An agent's A2A server answering every POST with ``body`` as ``mode`` says: ``chunked``
-    (two chunks, the second held back a moment), ``whole`` (one Content-Length write) or
-    ``gzip`` (compressed whenever the request accepts gzip), ``gzip-always`` (compressed even
-    when asked for identity, as gzip middleware may). ``seen``: each request's headers."""
+    (two chunks, the second held back until ``first_read``: the listener's connection to the
+    agent has the first), ``whole`` (one Content-Length write) or ``gzip`` (compressed whenever
+    the request accepts gzip), ``gzip-always`` (compressed even when asked for identity, as gzip
+    middleware may). ``seen``: each request's headers."""
 
     def __init__(self, body: bytes, mode: str) -> None:
         owner = self
@@ -83,7 +85,7 @@ class PiecewiseAgent:
                 half = len(owner.body) // 2
                 for i, piece in enumerate((owner.body[:half], owner.body[half:])):
                     if i:
-                        owner.release.wait(HOLD_S)  # the listener has the first piece by now
+                        owner.first_read.wait(HOLD_BOUND_S)  # the listener has the first
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
                     self.wfile.flush()
                 self.wfile.write(b"0\r\n\r\n")
@@ -94,20 +96,21 @@ class PiecewiseAgent:
 
         self.body, self.mode = body, mode
         self.seen: list[dict[str, str]] = []
-        self.release = threading.Event()  # set at teardown only: never cut a test short
+        self.first_piece = body[: len(body) // 2]
+        self.first_read = threading.Event()  # the listener's reader was fed the first piece
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        self.release.set()
+        self.first_read.set()
         self._server.shutdown()
         self._server.server_close()
 
 
 @pytest.fixture
-def agent(request) -> Iterator[Any]:
+def agent(request, monkeypatch) -> Iterator[Any]:
     """The agent behind ``open_inbound``: the SDK server, or a :class:`PiecewiseAgent` for a
     test parametrised indirectly with ``(body, mode)``."""
     if not hasattr(request, "param"):
@@ -115,6 +118,18 @@ def agent(request) -> Iterator[Any]:
             yield server
         return
     server = PiecewiseAgent(*request.param)
+    tail = server.first_piece[-32:]
+    feed = StreamReader.feed_data
+
+    def observed(reader: StreamReader, data: bytes, *args: Any) -> Any:
+        fed = feed(reader, data, *args)  # wakes the listener's read of the agent's answer
+        if bytes(data).endswith(tail):  # the first piece (or, if large, part of it) is in
+            server.first_read.set()
+        return fed
+
+    # Only observed (the listener runs in this process): the second piece leaves once the
+    # listener holds the first, so a read that returns "what has arrived" gets only that.
+    monkeypatch.setattr(StreamReader, "feed_data", observed)
     try:
         yield server
     finally:
@@ -197,6 +212,7 @@ def test_item6_an_answer_arriving_in_pieces_reaches_the_caller_whole(
     answer = post(open_inbound, send("refund A-7"), tls=client_tls(authority, tmp_path, PLANNER))
     assert answer.status_code == 200, answer.text[:300]
     assert answer.content == agent.body  # not the first piece under its own Content-Length
+    assert agent.mode != "chunked" or agent.first_read.is_set()  # held until it was read
     assert int(answer.headers["content-length"]) == len(agent.body)
     [record] = records(open_inbound.audit_path)
     assert record["outcome"]["code"] == "ok"
@@ -214,6 +230,7 @@ def test_item6_an_answer_over_the_bound_in_pieces_is_refused_not_cut(
     answer = post(open_inbound, send("refund A-7"), tls=client_tls(authority, tmp_path, PLANNER))
     assert answer.status_code == 502 and error_code(answer) == "agent_unavailable"
     assert "yyyy" not in answer.text
+    assert agent.first_read.is_set()  # the second piece was held until the first was read
     [record] = records(open_inbound.audit_path)
     assert record["outcome"]["code"] == "agent_unavailable"
 

@@ -295,7 +295,11 @@ def test_a2a_outbound_0_3_names_are_governed_alike(outbound, peer):
     assert answer["result"]["kind"] == "message" and answer["id"] == "a"
     assert AGENT_EMAIL not in json.dumps(peer.seen[0].body)
     assert peer.seen[0].headers["a2a-version"] == "0.3"
-    # The peer's own A2A error (TaskNotFound) reaches the agent intact, under its id.
+    # The peer's own A2A error (TaskNotFound) reaches the agent intact, under its id (a task
+    # of this agent's the peer has forgotten: another agent's is refused before, s11 item 2).
+    outbound.running.sidecar.a2a_outbound.peers["billing"].tasks.record(
+        AGENT, {"task:no-such-task"}
+    )
     missing = outbound.post(
         {"jsonrpc": "2.0", "id": "b", "method": "tasks/get", "params": {"id": "no-such-task"}}
     ).json()

@@ -254,6 +254,11 @@ def test_item34_rest_sdk_push_config_create_get_list_delete(outbound, rest_peer)
 
 
 def test_item34_rest_a_peer_error_maps_to_the_json_rpc_error_the_sdk_expects(outbound, rest_peer):
+    # Tasks of this agent's the peer has forgotten (another agent's: refused first, s11 item 2).
+    outbound.running.sidecar.a2a_outbound.peers["ledger"].tasks.record(
+        AGENT, {"task:no-such-task", "task:nope"}
+    )
+
     async def work(client: Any) -> Any:
         with pytest.raises(TaskNotFoundError):
             await client.get_task(GetTaskRequest(id="no-such-task"))

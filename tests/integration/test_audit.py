@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from sidecar.audit import AuditLog, FileKeySigner, canonical, digest
 from sidecar.client import PolicyDenied, SidecarClient, StepUpRequired, Unavailable
 from tests.conftest import all_audit_lines, audit_lines
 from tests.support.cli import cli
+from tests.support.settle import poll
 
 # --- a real log, then every way of tampering with it ---------------------------------------
 
@@ -159,10 +159,7 @@ def test_best_effort_mode_never_fails_calls_and_counts_failures(start_sidecar, t
     running = start_sidecar(tools.url, audit={"path": "/dev/full", "mode": "best_effort"})
     with running.client() as client:
         assert client.call_tool("tickets.get", {"id": "1"}).status == 200
-    deadline = time.monotonic() + 5
-    while running.sidecar.audit.counts["failed"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert running.sidecar.audit.counts["failed"] >= 1
+    poll(lambda: running.sidecar.audit.counts["failed"] >= 1, what="a counted write failure")
 
 
 def test_best_effort_drops_the_oldest_when_full_and_counts_them(tmp_path):
@@ -170,11 +167,13 @@ def test_best_effort_drops_the_oldest_when_full_and_counts_them(tmp_path):
         tmp_path / "a.log", mode="best_effort", buffer=2, signer=FileKeySigner(tmp_path / "k.pem")
     )
     with log._lock:  # the writer is stuck (a slow disk): the queue fills up
-        for i in range(6):
+        log.write({"type": "call", "decision_id": "0"})
+        # Barrier: the writer has taken record 0 and is stuck writing it (on this lock).
+        poll(lambda: not log._queue, what="the writer taking the first record")
+        for i in range(1, 6):
             log.write({"type": "call", "decision_id": str(i)})
-        time.sleep(0.2)
     log.close()
-    assert log.counts["dropped"] >= 3
+    assert log.counts["dropped"] == 3  # 1..5 into a queue of 2: the three oldest dropped
     written = [json.loads(x) for x in (tmp_path / "a.log").read_text().splitlines()]
     calls = [d for d in written if d["type"] == "call"]
     assert [d["seq"] for d in calls] == list(range(1, len(calls) + 1))  # no gaps in the chain
@@ -215,8 +214,7 @@ def test_kill_9_leaves_a_verifiable_log_with_every_relayed_call(tmp_path):
             threads = [threading.Thread(target=stream) for _ in range(3)]
             for thread in threads:
                 thread.start()
-            while len(upstream.received) < 40:
-                time.sleep(0.01)
+            poll(lambda: len(upstream.received) >= 40, what="40 relayed calls")
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
             stop.set()

@@ -5,7 +5,6 @@ refused in the handshake (before any call exists, so there is nothing to audit).
 from __future__ import annotations
 
 import datetime as dt
-import time
 
 import grpc
 import pytest
@@ -14,6 +13,7 @@ from sidecar.client import SidecarClient, Unavailable
 from sidecar.identity.dev_authority import DevAuthority, IssuedX509Svid
 from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
 from tests.conftest import audit_lines
+from tests.support.settle import poll
 
 SIDECAR_ID = "spiffe://demo.example/ns/agents/sa/support-sidecar"
 AGENT = "spiffe://demo.example/agent/support"
@@ -70,9 +70,7 @@ def test_the_server_certificate_follows_rotation(mtls_sidecar, authority):
     before = mtls_sidecar.workload_api.svid.leaf.serial_number
     mtls_sidecar.workload_api.rotate()
     identity = mtls_sidecar.sidecar.identity
-    deadline = time.monotonic() + 10
-    while identity.rotations < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: identity.rotations >= 1, what="the rotation applied")
     with _client(mtls_sidecar, authority, authority.issue_x509(AGENT)) as client:
         assert client.check("tickets.get", {"id": "1"}).effect == "allow"
     assert identity.snapshot().chain[0].serial_number != before

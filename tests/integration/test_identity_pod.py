@@ -23,6 +23,7 @@ from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServ
 from sidecar.identity.jwt_svid import validate_jwt_svid
 from sidecar.identity.workload import parse_jwt_bundles
 from tests.conftest import audit_lines
+from tests.support.settle import poll
 
 AGENT = "spiffe://demo.example/agent/support"
 TICKETS_AUD = "spiffe://demo.example/tickets"
@@ -114,18 +115,21 @@ def test_rotation_during_a_stream_of_calls_fails_none(start_sidecar, tools, work
                     failures.append(exc)
         done.set()
 
+    identity = running.sidecar.identity
     thread = threading.Thread(target=calls)
     thread.start()
     rotations = 0
     while not done.is_set() and rotations < 5:
-        time.sleep(0.1)
+        # Barriers, not pauses: a call was relayed since the last rotation, and each rotation
+        # has reached the sidecar before the next: rotations and calls interleave.
+        relayed = len(tools.received)
+        poll(lambda n=relayed: done.is_set() or len(tools.received) > n, what="a relayed call")
         workload_api.api.rotate()
         rotations += 1
+        poll(lambda n=rotations: identity.rotations >= n, what="the rotation applied")
     thread.join(60)
     assert failures == []
     assert rotations >= 3
-    identity = running.sidecar.identity
-    assert _wait(lambda: identity.rotations >= rotations)
     assert identity.snapshot().chain[0].serial_number == workload_api.api.svid.leaf.serial_number
     assert len(audit_lines(running.audit_path)) == 150
 
@@ -137,10 +141,12 @@ def test_workload_api_down_keeps_serving_until_the_svid_expires(
     running = start_sidecar(tools.url, identity=_pod(workload_api.socket_path))
     identity = running.sidecar.identity
     assert _wait(lambda: identity.ready and identity.snapshot().expires_at - time.time() < 5)
+    expires_at = identity.snapshot().expires_at
     workload_api.stop()  # the SPIRE agent goes away
     with running.client() as client:
         assert client.call_tool("tickets.get", {"id": "1"}).status == 200  # cached SVID
-        time.sleep(max(0.0, identity.snapshot().expires_at - time.time()) + 0.3)
+        # The sidecar's clock (this process's) passes the SVID's expiry: polled, bounded.
+        poll(lambda: time.time() >= expires_at, what="the SVID's expiry")
         with pytest.raises(Unauthenticated) as failed:
             client.call_tool("tickets.get", {"id": "2"})
     assert failed.value.code == "svid_expired"

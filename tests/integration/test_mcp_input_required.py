@@ -24,6 +24,7 @@ from mcp_types import CallToolResult, ElicitRequestURLParams, ElicitResult, Inpu
 
 from tests.support.mcp_gateway import TASK, endpoint_url, gateway_overrides, with_client
 from tests.support.mcp_upstream import HttpMcpServer
+from tests.support.settle import poll
 
 MODERN = "2026-07-28"
 CONSOLE = "https://approvals.example.com"
@@ -260,9 +261,7 @@ def test_item1_an_expired_approval_refuses_the_retry(gateway):
     approval_id = approval_of(first)["id"]
     with running.approvals() as approvals:
         expires = approvals.approve(approval_id, reason="ok").expires_at_ns
-    deadline = time.monotonic() + 30  # a generous bound: wait for the clock to pass it
-    while time.time_ns() <= expires and time.monotonic() < deadline:
-        time.sleep(0.05)
+    poll(lambda: time.time_ns() > expires, what="the clock passing the approval's expiry")
     expired = retry(running, first.request_state, responses=ACCEPT)
     assert isinstance(expired, MCPError) and expired.code == DENIED
     assert expired.error.data["code"] == "approval_expired"

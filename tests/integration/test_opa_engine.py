@@ -13,6 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.client import PolicyDenied
 from tests.conftest import REGO, audit_lines
 from tests.support.opa_server import FakeOpa
+from tests.support.settle import poll
 
 
 @pytest.fixture
@@ -123,13 +124,12 @@ def test_readiness_waits_for_opa_bundles(start_sidecar, tools, opa):
             stub = health_pb2_grpc.HealthStub(channel)
             return stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
 
-    time.sleep(0.3)
+    # Barrier: a second health check has begun, so the first one's answer (unhealthy
+    # bundles) has been applied: the health service starts out SERVING for "".
+    poll(lambda: opa.health_checks >= 2, what="two OPA health checks")
     assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
     opa.healthy = True
-    deadline = time.monotonic() + 5
-    while status() != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert status() == health_pb2.HealthCheckResponse.SERVING
+    poll(lambda: status() == health_pb2.HealthCheckResponse.SERVING, what="SERVING")
 
 
 def test_fail_open_is_config_only_and_read_only(start_sidecar, tools, opa):

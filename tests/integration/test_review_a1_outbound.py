@@ -191,6 +191,17 @@ def test_review_a1_1_metadata_is_redacted_before_it_leaves(testpol, peer):
     assert AGENT_EMAIL not in sent and sent.count("[REDACTED:email]") == 3
 
 
+def test_review_s11_the_request_id_is_redacted_before_it_leaves(testpol, peer):
+    """The JSON-RPC id is the agent's text the peer reads too: under ``redact`` it leaves
+    redacted like the params, and the answer still comes back under the agent's own id."""
+    body = _send("echo hi")
+    body["id"] = f"req {AGENT_EMAIL}"
+    answer = testpol.post(body).json()
+    assert "result" in answer and answer["id"] == f"req {AGENT_EMAIL}"
+    assert peer.seen[0].body["id"] == "req [REDACTED:email]"
+    assert AGENT_EMAIL not in json.dumps(peer.seen[0].body)
+
+
 def test_review_a1_3_a_secret_split_across_streamed_chunks_never_reaches_the_agent(testpol, peer):
     events = asyncio.run(_sdk_send(testpol, _request("split"), streaming=True))
     texts = [
@@ -265,6 +276,8 @@ def test_review_a1_7_a_push_url_is_policy_input_and_the_baseline_denies_an_unlis
     # the host policy saw (arguments.push_url) is in the baseline's reason
     assert any("URL on host 169.254.169.254" in r for r in error["data"]["reasons"])
     assert peer.seen == []
+    # "t-1": a task of this agent's at the peer (another agent's is refused first, s11 item 2)
+    baseline.running.sidecar.a2a_outbound.peers["billing"].tasks.record(AGENT, {"task:t-1"})
     set_body = {
         "jsonrpc": "2.0",
         "id": 2,

@@ -187,6 +187,8 @@ def test_review_s9_a2a_1_a_peer_echoing_its_credential_as_a_repeated_key_gets_no
 ):
     caplog.set_level(logging.DEBUG)
     task = door.client.start_task("settle the invoice").task_id
+    # "error": a task of this agent's at the peer (another agent's is refused first, s11 item 2)
+    door.running.sidecar.a2a_outbound.peers["ledger"].tasks.record(AGENT, {"task:error"})
     answers = []
     for peer, method, secret in CASES:
         params = {"id": "error"} if method == "GetTask" else _message(f"echo {secret}", "lookup")

@@ -33,6 +33,7 @@ class FakeOpa:
         self.fault: str | None = None  # "status:500", "malformed", "no_result", "not_object",
         #                                "delay:SECONDS", "drop"
         self.healthy = True
+        self.health_checks = 0  # ``GET /health`` requests received (a barrier for readiness)
         self.requests: list[dict[str, Any]] = []
         self.decision_ids: list[str] = []  # every decision_id answered, in order
         opa = self
@@ -55,6 +56,7 @@ class FakeOpa:
 
             def do_GET(self) -> None:
                 if self.path.startswith("/health"):
+                    opa.health_checks += 1
                     self._send(200 if opa.healthy else 500, b"{}")
                 else:
                     self._send(404, b'{"code": "not_found"}')

@@ -208,3 +208,23 @@ def test_a2a_outbound_the_endpoint_is_refused_where_it_cannot_attest(tmp_path):
                 {"identity": identity, "a2a": {"listen": "127.0.0.1:8095"}},
                 source=Path(tmp_path / "config.yaml"),
             )
+
+
+@pytest.mark.parametrize("method", ["SendMessage", "message/send", "SendStreamingMessage"])
+def test_review_s11_two_push_configs_in_one_request_are_refused(method):
+    """A 1.0 server reads ``taskPushNotificationConfig``, a 0.3 one ``pushNotificationConfig``:
+    a request naming both would let policy decide on one URL while the server stores the other
+    (an unlisted host, e.g. 169.254.169.254, past the push rule). Refused; each alone is read."""
+    message = {"role": "ROLE_USER", "messageId": "m-1", "parts": [{"text": "hi"}]}
+    both = {
+        "taskPushNotificationConfig": {"url": "http://169.254.169.254/latest/meta-data/"},
+        "pushNotificationConfig": {"url": "https://hooks.demo.example/a2a"},
+    }
+    with pytest.raises(A2aProtocolError) as refused:
+        protocol.parse_request(_body(method, {"message": message, "configuration": both}))
+    assert refused.value.code == "invalid_params" and "twice" in str(refused.value)
+    for key, config in both.items():
+        parsed = protocol.parse_request(
+            _body(method, {"message": message, "configuration": {key: config}})
+        )
+        assert parsed.push_url == config["url"]

@@ -14,6 +14,7 @@ from sidecar.approvals import ApprovalBroker, ApprovalError, ApprovalStore, Appr
 from sidecar.approvals.model import request_digest
 from sidecar.config import ApprovalSettings
 from sidecar.state import SqliteStateDb, StateDb
+from tests.support.settle import poll
 
 BASE = {
     "subject": "spiffe://demo.example/agent/support",
@@ -198,14 +199,28 @@ def test_waiting_wakes_on_the_decision_and_times_out_pending(tmp_path):
     broker, _ = _broker(tmp_path)
     approval = _request(broker)
 
+    read = broker._store.get
+    reads: list[str] = []
+
+    def observed_get(approval_id: str):
+        found = read(approval_id)
+        reads.append(found.state)  # after the read: a decision now cannot be in what it saw
+        return found
+
+    broker._store.get = observed_get  # type: ignore[method-assign]
+
     async def scenario() -> tuple[str, str]:
-        timed_out = await broker.wait(approval.id, 0.2)  # nobody decides: still pending
-        loop = asyncio.get_running_loop()
-        loop.call_later(
-            0.1,
-            lambda: broker.decide(approval.id, approve=True, approver="local:alice", reason="ok"),
-        )
-        decided = await broker.wait(approval.id, 10)  # woken by the decision, not the timeout
+        timed_out = await broker.wait(approval.id, 0.2)  # the wait's own timeout: still pending
+        before = len(reads)
+        waiting = asyncio.ensure_future(broker.wait(approval.id, 60))
+        # Barrier, not a delay: the wait has read "pending", so only a wake-up can end it.
+        for _ in range(3000):  # bounded poll
+            if len(reads) > before:
+                break
+            await asyncio.sleep(0.01)
+        assert reads[before:] == ["pending"]
+        broker.decide(approval.id, approve=True, approver="local:alice", reason="ok")
+        decided = await asyncio.wait_for(waiting, 30)  # woken by the decision, not the timeout
         return timed_out.state, decided.state
 
     assert asyncio.run(scenario()) == ("pending", "approved")
@@ -215,7 +230,8 @@ def test_expiry_ends_pending_and_approved_approvals(tmp_path):
     broker, _ = _broker(tmp_path)
     approval = _request(broker, ttl_s=1)
     broker.decide(approval.id, approve=True, approver="local:alice", reason="ok")
-    time.sleep(1.05)
+    # The broker's clock (this process's) passes the expiry: polled, bounded, not slept.
+    poll(lambda: time.time_ns() >= approval.expires_at_ns, what="the approval's expiry")
     with pytest.raises(ApprovalError) as expired:
         broker.claim(approval.id, approval.digest, used_by="call")
     assert expired.value.code == "approval_expired"

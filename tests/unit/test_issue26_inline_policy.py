@@ -94,3 +94,35 @@ def test_item2_a_new_revision_starts_inline_with_a_clean_window(tmp_path):
         assert engine.inline
     finally:
         engine.close()
+
+
+def test_item2_a_remembered_decision_needs_no_thread_nor_interpreter(tmp_path):
+    """In threads (``inline_max_ms: 0``, one interpreter), the memo is asked on the event loop:
+    a remembered answer comes back while a slow evaluation holds the only interpreter (before,
+    it queued for the interpreter behind it), and no engine thread is woken for it. A missed
+    key is remembered by the thread that evaluates it, as before."""
+    directory = tmp_path / "policy" / "p"
+    directory.mkdir(parents=True)
+    (directory / "p.rego").write_text(f"package p\n\nimport rego.v1\n\n{COUNT}\n")
+    engine = EmbeddedEngine.from_dir(tmp_path / "policy", "data.p.out", workers=1)
+    assert not engine.inline and engine.memo is not None
+    remembered = {"n": 10}
+    very_slow = {"n": 200_000}  # ~0.7 s of evaluation; nothing below waits for it to end
+
+    async def run() -> None:
+        assert (await engine.evaluate(remembered, timeout_s=600)).value == 1  # missed, kept
+        assert engine.memo.misses == 1 and len(engine.memo) == 1
+        slow = asyncio.create_task(engine.evaluate(very_slow, timeout_s=600))
+        for _ in range(10_000_000):  # loop turns until the slow one holds the only interpreter
+            if not engine._state.pool.qsize():
+                break
+            await asyncio.sleep(0)
+        assert (await engine.evaluate(remembered, timeout_s=600)).value == 1
+        assert not slow.done()  # answered from the memo while the interpreter is held
+        assert engine.memo.hits == 1
+        slow.cancel()
+
+    try:
+        asyncio.run(run())
+    finally:
+        engine.close()

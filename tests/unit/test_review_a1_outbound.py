@@ -177,7 +177,7 @@ def test_review_a1_5_free_maps_may_hold_underscores():
     "metadata",
     [
         {"skill": "", "skillId": "refund"},
-        {"skill": "lookup", "skillId": "refund"},
+        # {"skill": "lookup", "skillId": "refund"}: skill_mismatch since review s11 item 7
         {"skillId": ""},
         {"skill": 5},
         {"skill": None, "skillId": "refund"},

@@ -4,8 +4,6 @@ else is served there."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -13,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sidecar.config import ConfigError
 from sidecar.server import SERVICE_NAME
 from tests.support.running import sidecar_settings
+from tests.support.settle import poll
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
@@ -32,10 +31,8 @@ def _check(channel: grpc.Channel, service: str = "") -> int:
 
 
 def test_probes_the_running_sidecar_answers_readiness_and_liveness(probe_port):
-    deadline = time.monotonic() + 30  # SERVING once the health task has looked once
-    while _check(probe_port) != SERVING:
-        assert time.monotonic() < deadline, "never SERVING"
-        time.sleep(0.05)
+    # SERVING once the health task has looked once
+    poll(lambda: _check(probe_port) == SERVING, what="SERVING")
     assert _check(probe_port, "liveness") == SERVING
     assert _check(probe_port, SERVICE_NAME) == SERVING
 

@@ -15,6 +15,8 @@
 # Inbound grants live in data.agentsidecar.a2a.inbound[THIS AGENT's ID][CALLER]: CALLER is the
 # verified caller's ID, or "group:G" for a person (a user token) in group G. Every delegator
 # in the caller's chain must be granted the skill too (permissions narrow along the chain).
+# A caller's push-notification URL must name a host data.agentsidecar.a2a.inbound_push_hosts
+# [THIS AGENT] lists (none by default).
 package agentsidecar.authz
 
 import rego.v1
@@ -263,6 +265,36 @@ _deny contains msg if {
 	is_string(delegator)
 	not _a2a_delegator_allowed(delegator)
 	msg := sprintf("delegator %v may not ask this agent for %v", [delegator, _a2a_inbound_skill])
+}
+
+# --- inbound: push-notification URLs -----------------------------------------------------
+
+# A caller's push-notification config makes this agent POST task updates to a URL later, from
+# inside the pod and past the egress lock: only a host data.agentsidecar.a2a.inbound_push_hosts
+# [THIS AGENT] lists (exact, lower-case; none by default, so never a loopback, link-local or
+# private address unless an operator lists that very address). A push_url present without a
+# string host, or an agent with no list, is denied.
+_a2a_inbound_push_host_allowed if {
+	host := input.inbound.push_url.host
+	is_string(host)
+	host != ""
+	some allowed in data.agentsidecar.a2a.inbound_push_hosts[input.inbound.agent]
+	allowed == host
+}
+
+# `default` and plain references, as _a2a_push_host above (embedded engine and OPA agree).
+default _a2a_inbound_push_host := "<none>"
+
+_a2a_inbound_push_host := host if {
+	host := input.inbound.push_url.host
+	is_string(host)
+}
+
+_deny contains msg if {
+	_is_a2a_inbound
+	_ = input.inbound.push_url
+	not _a2a_inbound_push_host_allowed
+	msg := sprintf("a caller may not give this agent a push-notification URL on host %v (data.agentsidecar.a2a.inbound_push_hosts)", [_a2a_inbound_push_host])
 }
 
 _allow_obligations := _base_obligations if _is_a2a_inbound

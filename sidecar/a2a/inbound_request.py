@@ -1,0 +1,123 @@
+"""What the inbound listener reads from a caller's request besides what protocol.py parses,
+and the request as the agent receives it (docs/a2a.md "Inbound").
+
+``referenceTaskIds``: an SDK agent built with ``should_populate_referred_tasks`` loads each
+referenced task and hands it to its executor, so each must be the caller's own, like the
+task and context a message names. The push-notification URL is a fact for policy (the
+agent will POST task updates there, from inside the pod). Under a ``redact`` obligation the
+agent receives the params and the JSON-RPC ``id`` redacted, re-encoded, and the audit record
+describes those (the caller's answer still comes back under its own id: inbound_answer.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from sidecar.a2a import protocol
+from sidecar.a2a.provenance import intent_of
+from sidecar.a2a.redact import redact_parts
+from sidecar.classify import redact
+
+__all__ = [
+    "MAX_REFERENCES",
+    "RequestRefused",
+    "arguments_of",
+    "push_fact",
+    "reference_task_ids",
+    "sent_id",
+    "sent_request",
+]
+
+# More referenced tasks than any conversation needs: refused (too_many_references).
+MAX_REFERENCES = 64
+
+
+class RequestRefused(Exception):
+    """A request the listener refuses before policy, with its stable code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def reference_task_ids(message: dict[str, Any] | None) -> list[str]:
+    """The task ids ``message.referenceTaskIds`` names (shape and count checked)."""
+    refs = (message or {}).get("referenceTaskIds")
+    if refs is None:
+        return []
+    if not isinstance(refs, list):
+        raise RequestRefused("malformed_request", "params.message.referenceTaskIds must be a list")
+    if len(refs) > MAX_REFERENCES:
+        raise RequestRefused(
+            "too_many_references",
+            f"params.message.referenceTaskIds names {len(refs)} tasks; the limit is "
+            f"{MAX_REFERENCES}",
+        )
+    for ref in refs:
+        if not isinstance(ref, str) or not ref or len(ref) > protocol.MAX_ID_CHARS:
+            raise RequestRefused(
+                "malformed_request",
+                "params.message.referenceTaskIds must hold non-empty task ids of at most "
+                f"{protocol.MAX_ID_CHARS} characters",
+            )
+    return list(dict.fromkeys(refs))
+
+
+def push_fact(push_url: str) -> dict[str, str] | None:
+    """``{scheme, host}`` of the push-notification URL a request names (None: none). The
+    host as the agent's HTTP client reads it: lower-case, an IPv6 literal without brackets."""
+    if not push_url:
+        return None
+    parts = urlsplit(push_url)  # protocol.py checked it: http(s) with a host
+    return {"scheme": parts.scheme.lower(), "host": parts.hostname or ""}
+
+
+def arguments_of(parsed: protocol.A2aRequest, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """``input.action.arguments``: the request described, never its content."""
+    texts = protocol.part_texts(parts)
+    metadata = (parsed.message or {}).get("metadata")
+    arguments: dict[str, Any] = {
+        "parts": {
+            "count": len(parts),
+            "kinds": sorted({protocol.part_kind(p) for p in parts}),
+            "chars": sum(len(t) for t in texts),
+        },
+        "task_id": parsed.task_id,
+        "context_id": parsed.context_id,
+        "metadata_keys": sorted(metadata) if isinstance(metadata, dict) else [],
+    }
+    if refs := (parsed.message or {}).get("referenceTaskIds"):
+        arguments["reference_task_ids"] = len(refs)
+    if push := push_fact(parsed.push_url):
+        arguments["push_url"] = push
+    return arguments
+
+
+def sent_id(parsed: protocol.A2aRequest, classes: tuple[str, ...]) -> Any:
+    """The JSON-RPC ``id`` the agent receives: the caller's, ``classes`` redacted (a caller
+    may write a secret there as anywhere else)."""
+    return redact(parsed.id, classes) if classes else parsed.id
+
+
+def sent_request(
+    parsed: protocol.A2aRequest, body: bytes, classes: tuple[str, ...]
+) -> tuple[bytes, dict[str, Any] | None, str]:
+    """The request the agent receives under ``redact``: its params redacted and re-encoded,
+    the arguments describing them and the task's intent from the redacted text (None and ""
+    when ``classes`` is empty: ``body`` passes unchanged)."""
+    if not classes:
+        return body, None, ""
+    params = redact_parts(parsed.params, classes)
+    message = params.get("message")
+    parts = message.get("parts") if isinstance(message, dict) else None
+    parts = parts if isinstance(parts, list) else []
+    doc = {
+        "jsonrpc": "2.0",
+        "id": sent_id(parsed, classes),
+        "method": parsed.method,
+        "params": params,
+    }
+    intent = intent_of(parsed.skill, protocol.part_texts(parts))
+    return protocol.dumps(doc), arguments_of(parsed, parts), intent
