@@ -50,6 +50,7 @@ def agent_call(
         texts=protocol.part_texts(parsed.parts),
         part_kinds=[protocol.part_kind(p) for p in parsed.parts],
         a2a_task_id=parsed.task_id,
+        references=parsed.references,
         context_id=parsed.context_id,
         metadata_keys=sorted(metadata) if isinstance(metadata, dict) else [],
         data_classes=classify_params(parsed.params, rpc_id=parsed.id),

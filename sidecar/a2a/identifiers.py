@@ -85,6 +85,8 @@ def id_list(container: dict[str, Any], key: str, where: str) -> None:
         raise bad_params(message)
     if any(len(v) > MAX_ID_CHARS for v in value):
         raise bad_params(f"{where}.{key} has an item longer than {MAX_ID_CHARS} characters")
+    if key == "referenceTaskIds" and not all(value):
+        raise bad_params(f"{where}.{key} has an empty task id")
 
 
 def is_skill_key(key: object) -> bool:

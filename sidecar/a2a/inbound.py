@@ -29,10 +29,8 @@ from sidecar.a2a.callers import Caller, CallerUnverified, CallerVerifier, peer_c
 from sidecar.a2a.errors import A2aError, A2aProtocolError, TxnEnded
 from sidecar.a2a.inbound_answer import AnswerRelay
 from sidecar.a2a.inbound_request import (
-    RequestRefused,
     arguments_of,
     push_fact,
-    reference_task_ids,
     sent_id,
     sent_request,
 )
@@ -256,10 +254,7 @@ class InboundListener:
                 f"no task {parsed.task_id or parsed.context_id!r} of this caller's",
                 who,
             )
-        try:
-            refs = reference_task_ids(parsed.message)
-        except RequestRefused as exc:
-            return await self._refused(parsed.id, exc.code, exc.message, who)
+        refs = list(parsed.references)  # shape and count: the parser's (identifiers.py)
         if refs:  # each referenced task handed to the agent's executor: the caller's own only
             owners = await off_loop(self._owners.task_owners, self._binder.agent_id, refs)
             if stranger := next((r for r in refs if owners.get(r) != caller.id), None):

@@ -1,10 +1,11 @@
 """What the inbound listener reads from a caller's request besides what protocol.py parses,
 and the request as the agent receives it (docs/a2a.md "Inbound").
 
-``referenceTaskIds``: an SDK agent built with ``should_populate_referred_tasks`` loads each
-referenced task and hands it to its executor, so each must be the caller's own, like the
-task and context a message names. The push-notification URL is a fact for policy (the
-agent will POST task updates there, from inside the pod). Under a ``redact`` obligation the
+``referenceTaskIds`` (parsed and bounded by protocol.py): an SDK agent built with
+``should_populate_referred_tasks`` loads each referenced task and hands it to its executor,
+so each must be the caller's own, like the task and context a message names. The
+push-notification URL is a fact for policy (the agent will POST task updates there, from
+inside the pod). Under a ``redact`` obligation the
 agent receives the params and the JSON-RPC ``id`` redacted, re-encoded, and the audit record
 describes those (the caller's answer still comes back under its own id: inbound_answer.py).
 """
@@ -20,49 +21,11 @@ from sidecar.a2a.redact import redact_parts
 from sidecar.classify import redact
 
 __all__ = [
-    "MAX_REFERENCES",
-    "RequestRefused",
     "arguments_of",
     "push_fact",
-    "reference_task_ids",
     "sent_id",
     "sent_request",
 ]
-
-# More referenced tasks than any conversation needs: refused (too_many_references).
-MAX_REFERENCES = 64
-
-
-class RequestRefused(Exception):
-    """A request the listener refuses before policy, with its stable code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def reference_task_ids(message: dict[str, Any] | None) -> list[str]:
-    """The task ids ``message.referenceTaskIds`` names (shape and count checked)."""
-    refs = (message or {}).get("referenceTaskIds")
-    if refs is None:
-        return []
-    if not isinstance(refs, list):
-        raise RequestRefused("malformed_request", "params.message.referenceTaskIds must be a list")
-    if len(refs) > MAX_REFERENCES:
-        raise RequestRefused(
-            "too_many_references",
-            f"params.message.referenceTaskIds names {len(refs)} tasks; the limit is "
-            f"{MAX_REFERENCES}",
-        )
-    for ref in refs:
-        if not isinstance(ref, str) or not ref or len(ref) > protocol.MAX_ID_CHARS:
-            raise RequestRefused(
-                "malformed_request",
-                "params.message.referenceTaskIds must hold non-empty task ids of at most "
-                f"{protocol.MAX_ID_CHARS} characters",
-            )
-    return list(dict.fromkeys(refs))
 
 
 def push_fact(push_url: str) -> dict[str, str] | None:
@@ -88,8 +51,8 @@ def arguments_of(parsed: protocol.A2aRequest, parts: list[dict[str, Any]]) -> di
         "context_id": parsed.context_id,
         "metadata_keys": sorted(metadata) if isinstance(metadata, dict) else [],
     }
-    if refs := (parsed.message or {}).get("referenceTaskIds"):
-        arguments["reference_task_ids"] = len(refs)
+    if parsed.references:
+        arguments["reference_task_ids"] = len(parsed.references)
     if push := push_fact(parsed.push_url):
         arguments["push_url"] = push
     return arguments

@@ -25,7 +25,6 @@ from sidecar.state import StateDb
 
 __all__ = ["PeerTaskLedger", "PeerTasks"]
 
-MAX_REFERENCES = 64
 # The operations that name one existing task (protocol.py reads its id per version).
 _TASK_OPERATIONS = frozenset(
     {
@@ -92,8 +91,8 @@ class PeerTaskLedger:
 
     async def admit(self) -> None:
         """Refuse (``task_not_owned``) a request naming another subject's task or context,
-        or a task id no answer to this subject ever named; ``malformed_request`` for
-        ``referenceTaskIds`` that are not a short list of ids."""
+        or a task id no answer to this subject ever named (``referenceTaskIds`` included,
+        their shape and count checked by the parser, sidecar/a2a/identifiers.py)."""
         call = self.call
         operation = call.a2a_operation
         named: list[str] = []
@@ -101,7 +100,7 @@ class PeerTaskLedger:
         if operation in _TASK_OPERATIONS:
             named = [call.a2a_task_id]
         elif operation in ("send", "stream"):
-            named = ([call.a2a_task_id] if call.a2a_task_id else []) + _references(call.params)
+            named = ([call.a2a_task_id] if call.a2a_task_id else []) + list(call.references)
             context = call.context_id
         elif operation == "list_tasks":
             value = call.params.get("contextId")
@@ -153,22 +152,3 @@ class PeerTaskLedger:
         if "totalSize" in result:
             trimmed["totalSize"] = len(kept)  # how many others' tasks exist is not the agent's
         return message | {"result": trimmed}
-
-
-def _references(params: dict[str, Any]) -> list[str]:
-    message = params.get("message")
-    refs = message.get("referenceTaskIds") if isinstance(message, dict) else None
-    if refs is None:
-        return []
-    if (
-        not isinstance(refs, list)
-        or len(refs) > MAX_REFERENCES
-        or not all(isinstance(r, str) and 0 < len(r) <= MAX_ID_CHARS for r in refs)
-    ):
-        raise PeerFailure(
-            f"params.message.referenceTaskIds must be a list of at most {MAX_REFERENCES} "
-            f"task ids (1 to {MAX_ID_CHARS} characters each)",
-            code="malformed_request",
-            reached=False,
-        )
-    return list(dict.fromkeys(refs))

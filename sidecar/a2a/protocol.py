@@ -147,6 +147,8 @@ class A2aRequest:
     context_id: str = ""
     # The push-notification URL a send's configuration or a push_config_set names ("" none).
     push_url: str = ""
+    # message.referenceTaskIds, each once, in order (bounded and non-empty: identifiers.py).
+    references: tuple[str, ...] = ()
 
     @property
     def streaming(self) -> bool:
@@ -280,6 +282,7 @@ def _message_request(request: A2aRequest) -> A2aRequest:
         task_id=string(message, "taskId", "params.message"),
         context_id=string(message, "contextId", "params.message"),
         push_url=push_url,
+        references=tuple(dict.fromkeys(message.get("referenceTaskIds") or ())),
     )
 
 

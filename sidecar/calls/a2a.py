@@ -145,6 +145,8 @@ class A2aCall:
     part_kinds: list[str] = field(default_factory=list)
     a2a_task_id: str = ""
     context_id: str = ""
+    # The message's referenceTaskIds, each once (bounded by the parser).
+    references: tuple[str, ...] = ()
     metadata_keys: list[str] = field(default_factory=list)
     # Every class found in the params but their protocol identifiers (the transport's).
     data_classes: list[str] = field(default_factory=list)
