@@ -94,6 +94,8 @@ class Sidecar:
     a2a_inbound: Any = None
     # The agent's A2A endpoint (sidecar/a2a/outbound.py), when a2a.listen is set.
     a2a_outbound: Any = None
+    # Prunes unused A2A task-ownership rows (sidecar/a2a/ownership_retention.py); worker 0.
+    ownership_retention: Any = None
     _sweeper: asyncio.Task[None] | None = None
     _announcer: asyncio.Task[None] | None = None
     role: WorkerRole = dataclasses.field(default_factory=WorkerRole)
@@ -386,9 +388,16 @@ class Sidecar:
             self.approvals.bind_loop(asyncio.get_running_loop())
         if self.state is not None:
             self.state.start()
+            if self.role.primary:
+                from sidecar.a2a.ownership_retention import OwnershipRetention
+
+                ttl_s = self.settings.a2a.task_ownership_ttl_s
+                self.ownership_retention = OwnershipRetention(self.state, ttl_s)
         self._sweeper = asyncio.create_task(self._sweep())
         if self.role.shared and self.role.primary and not (self.state and self.state.has_feed):
             self._announcer = asyncio.create_task(self._announce())
+        # Ready only now: every listener above serves (the agent API alone said nothing).
+        await self.server.track_health()
 
     async def _announce(self) -> None:
         """Worker 0 of several: approvals created by the other workers reach the watchers of
@@ -413,6 +422,11 @@ class Sidecar:
                     await asyncio.to_thread(self.approvals.sweep)
             except Exception:
                 log.exception("sweeping tasks and approvals failed")
+            try:
+                if self.ownership_retention is not None:
+                    await asyncio.to_thread(self.ownership_retention.run_if_due)
+            except Exception:
+                log.exception("pruning A2A task-ownership rows failed")
 
     async def stop(self, grace_s: float | None = None) -> None:
         for task in (self._sweeper, self._announcer):

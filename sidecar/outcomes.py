@@ -117,6 +117,8 @@ STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
     "txn_token_invalid": _S.UNAUTHENTICATED,
     "txn_ended": _S.PERMISSION_DENIED,
     "task_not_owned": _S.NOT_FOUND,
+    # a local agent owning a2a_peers.PEER.max_owned_per_agent ids there invents a contextId
+    "task_ownership_limit": _S.RESOURCE_EXHAUSTED,
     "list_tasks_refused": _S.PERMISSION_DENIED,
     "skill_mismatch": _S.INVALID_ARGUMENT,
     "agent_unavailable": _S.UNAVAILABLE,

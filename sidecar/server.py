@@ -65,6 +65,7 @@ class SidecarServer:
         self._engine = engine
         self._role = role or WorkerRole()
         self._health_task: asyncio.Task[None] | None = None
+        self._stopping = False
         limit = settings.server.max_request_bytes
         self._server = grpc.aio.server(
             options=[
@@ -166,35 +167,50 @@ class SidecarServer:
             return False
         return self._identity.ready
 
-    async def _track_health(self) -> None:
-        current = None
+    async def _check_health(self, current: bool | None) -> bool:
+        """One readiness check, published to both health names when it changed."""
+        try:
+            serving = await asyncio.to_thread(self._serving)
+        except Exception:  # the check itself failed: not serving, and say why
+            log.exception("health check failed")
+            serving = False
+        if serving != current:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for service in ("", SERVICE_NAME):
+                await self.health.set(service, status)
+            log.info("health", extra={"serving": serving})
+        return serving
+
+    async def _track_health(self, current: bool) -> None:
         while True:
-            try:
-                serving = await asyncio.to_thread(self._serving)
-            except Exception:  # the check itself failed: not serving, and say why
-                log.exception("health check failed")
-                serving = False
-            if serving != current:
-                status = (
-                    health_pb2.HealthCheckResponse.SERVING
-                    if serving
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
-                )
-                for service in ("", SERVICE_NAME):
-                    await self.health.set(service, status)
-                current = serving
-                log.info("health", extra={"serving": serving})
-            await asyncio.sleep(0.05 if not serving else 0.5)
+            await asyncio.sleep(0.05 if not current else 0.5)
+            current = await self._check_health(current)
 
     async def start(self) -> None:
+        """Listen, NOT_SERVING: gRPC's health service starts out SERVING, and a probe answered
+        before the first readiness check (the kubelet's, on ``server.health_listen``) would call
+        ready a sidecar that holds no SVID yet, or whose engine or audit log is not usable. The
+        owner calls :meth:`track_health` once everything else it serves is listening too."""
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
         if self.probe_listener is not None:
             await self.probe_listener.start()
-        self._health_task = asyncio.create_task(self._track_health())
-        await asyncio.sleep(0)
         log.info("listening", extra={"addresses": self.addresses, "pid": os.getpid()})
 
+    async def track_health(self) -> None:
+        """The first readiness check, published at once (ready as soon as start-up ends when
+        it already is), then one every 0.5 s (0.05 s while not ready). Not after ``stop``."""
+        current = await self._check_health(None)
+        if not self._stopping:
+            self._health_task = asyncio.create_task(self._track_health(current))
+
     async def stop(self, grace_s: float | None = None) -> None:
+        self._stopping = True
         if self._health_task is not None:
             self._health_task.cancel()
         await self.health.enter_graceful_shutdown()

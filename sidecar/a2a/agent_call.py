@@ -9,9 +9,8 @@ sidecar task, intent, approval, how long to wait for an approver).
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from sidecar.a2a import protocol
+from sidecar.a2a.push_url import parse_push_url
 from sidecar.a2a.redact import classify_params
 from sidecar.a2a.settings import A2aPeerSettings
 from sidecar.calls.a2a import A2aCall
@@ -34,10 +33,7 @@ def agent_call(
     A2A operations, else the skill's configured operation."""
     operation = "read" if parsed.read_only else peer.operation_of(parsed.skill)
     metadata = (parsed.message or {}).get("metadata")
-    push_url = None
-    if parsed.push_url:
-        parts = urlsplit(parsed.push_url)
-        push_url = {"scheme": parts.scheme.lower(), "host": (parts.hostname or "").lower()}
+    push_url = parse_push_url(parsed.push_url).to_input() if parsed.push_url else None
     return A2aCall(
         rpc_id=parsed.id,
         method=parsed.method,

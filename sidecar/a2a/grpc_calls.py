@@ -263,7 +263,20 @@ def _payload(message: dict[str, Any]) -> dict[str, str]:
 def _answer(result: CallResult) -> dict[str, str] | None:
     """The response fields of a call the peer answered (a result or its own error)."""
     if result.code == "ok" and result.answer is not None:
-        return _payload(result.answer)
+        return _result_of(result.answer, result.upstream_body)
     if result.rpc_error is not None:
         return _payload(result.rpc_error)
     return None
+
+
+def _result_of(answer: dict[str, Any], body: bytes) -> dict[str, str]:
+    """``result_json`` cut from ``body``, the answer as the guarded call encoded it once
+    (sidecar/calls/a2a.py ``upstream_body``: ``{"jsonrpc":..,"id":..,"result":R}``, the same
+    encoder), instead of encoding the result a second time; any other shape is encoded."""
+    if list(answer) == ["jsonrpc", "id", "result"]:
+        head = (
+            _dumps({"jsonrpc": answer["jsonrpc"], "id": answer["id"]})[:-1] + ',"result":'
+        ).encode()
+        if body.startswith(head) and body.endswith(b"}"):
+            return {"result_json": body[len(head) : -1].decode()}
+    return _payload(answer)

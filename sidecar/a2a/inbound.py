@@ -69,7 +69,8 @@ MAX_ANSWER_BYTES = 16 * 1024 * 1024
 TASK_NOT_FOUND = -32001  # A2A TaskNotFoundError: another caller's task is not this one's
 UNSUPPORTED_OPERATION = -32004
 # The agent's answer headers the caller receives.
-_PASSED_BACK = ("Content-Type", "Cache-Control", protocol.A2A_VERSION_HEADER)
+# Not Content-Type: the sidecar labels the answer by what it read (review s12 R2).
+_PASSED_BACK = ("Cache-Control", protocol.A2A_VERSION_HEADER)
 # HTTP status of a refusal: an unverifiable caller (or its token) is 401, a body over the
 # bound 413, the agent's own failures 502/504; every other refusal, policy's included, is a
 # JSON-RPC error in an HTTP 200 answer, as A2A's JSON-RPC binding answers errors.
@@ -417,12 +418,17 @@ class InboundListener:
             record, obligations.redact_response, parsed.id, parsed.version, MAX_ANSWER_BYTES,
             renamed=sent_id(parsed, obligations.redact) != parsed.id,
         )  # fmt: skip
-        if not answer.headers.get("Content-Type", "").startswith("text/event-stream"):
+        # A stream wherever an SSE client would read one ("text/event-stream" anywhere in the
+        # type, as the a2a-sdk client tests it; any case): review s12 R2.
+        if "text/event-stream" not in answer.headers.get("Content-Type", "").lower():
             unary, size = await relay.unary(answer, headers)
             holder["response"] = unary
             await unary.prepare(request)
             await unary.write_eof()
             return size
+        # SSE is UTF-8: an agent's charset (latin-1: byte 0x85 a line break) would have the
+        # caller split lines the sidecar did not (review s12 F2), so none is passed on.
+        headers["Content-Type"] = "text/event-stream"
         response = web.StreamResponse(status=answer.status, headers=headers)
         holder["response"] = response
         await response.prepare(request)

@@ -13,10 +13,10 @@ describes those (the caller's answer still comes back under its own id: inbound_
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
 
 from sidecar.a2a import protocol
 from sidecar.a2a.provenance import intent_of
+from sidecar.a2a.push_url import parse_push_url
 from sidecar.a2a.redact import redact_parts
 from sidecar.classify import redact
 
@@ -28,13 +28,14 @@ __all__ = [
 ]
 
 
-def push_fact(push_url: str) -> dict[str, str] | None:
-    """``{scheme, host}`` of the push-notification URL a request names (None: none). The
-    host as the agent's HTTP client reads it: lower-case, an IPv6 literal without brackets."""
+def push_fact(push_url: str) -> dict[str, str | int] | None:
+    """``{scheme, host, port}`` of the push-notification URL a request names (None: none):
+    the host lower-case (an IPv6 literal without brackets), the effective port. protocol.py
+    refused any URL sidecar/a2a/push_url.py cannot read unambiguously; userinfo never gets
+    here."""
     if not push_url:
         return None
-    parts = urlsplit(push_url)  # protocol.py checked it: http(s) with a host
-    return {"scheme": parts.scheme.lower(), "host": parts.hostname or ""}
+    return parse_push_url(push_url).to_input()
 
 
 def arguments_of(parsed: protocol.A2aRequest, parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from sidecar.a2a.redact import ArtifactStreams, redact_message, redact_parts
 from sidecar.a2a.relay import PeerRelay
 from sidecar.a2a.rest_binding import HTTP_JSON, binding_of, to_rest
 from sidecar.a2a.settings import A2aPeerSettings, peer_target
+from sidecar.a2a.sse_split import sse_event
 from sidecar.aiohttpserve import BodyError, HttpServer, bind_tcp, call_context, read_body
 from sidecar.audit import CallRecord
 from sidecar.calls.a2a import A2aCall, A2aCalls, AnswerStream, PeerCard, PeerFailure
@@ -90,7 +91,7 @@ class PeerPort:
         self._relay = relay
         self._cards = cards
         # Which local agent owns which task here (no store: every named task is refused).
-        self.tasks = PeerTasks(name, state)
+        self.tasks = PeerTasks(name, state, settings.max_owned_per_agent)
         # A3's ProvenanceBinder (sidecar/a2a/provenance.py), when the inbound side is on.
         self.provenance: Any = None
         # Where the agent reaches this peer through the sidecar (set once the port is bound).
@@ -409,7 +410,7 @@ class A2aOutbound:
 
 
 def _event(message: dict[str, Any]) -> bytes:
-    return b"data: " + protocol.dumps(message) + b"\n\n"
+    return sse_event(protocol.dumps(message))  # U+2028 and the like escaped: sse_split.py
 
 
 def _request_id(raw: bytes) -> Any:

@@ -26,10 +26,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from sidecar.a2a.errors import A2aProtocolError
 from sidecar.a2a.identifiers import MAX_ID_CHARS, bad_params, id_list, ids, skill_of, string
+from sidecar.a2a.push_url import PushUrlError, parse_push_url
 from sidecar.a2a.shape import decode_bytes
 from sidecar.strict_json import StrictJsonError, loads_strict
 
@@ -297,7 +297,8 @@ def _no_aliases(container: dict[str, Any], where: str) -> None:
 
 
 def _push_url(config: Any, where: str) -> str:
-    """The URL of one push-notification config (its shape checked)."""
+    """The URL of one push-notification config (its shape checked; the URL strictly, by
+    sidecar/a2a/push_url.py)."""
     if not isinstance(config, dict):
         raise _bad(f"{where} must be an object")
     _no_aliases(config, where)
@@ -306,13 +307,10 @@ def _push_url(config: Any, where: str) -> str:
         return ""
     if not isinstance(url, str) or not url:
         raise _bad(f"{where}.url must be a non-empty string")
-    try:
-        parts = urlsplit(url)
-        usable = bool(parts.hostname) and parts.scheme.lower() in ("http", "https")
-    except ValueError:
-        usable = False
-    if not usable:
-        raise _bad(f"{where}.url must be an http(s) URL with a host")
+    try:  # policy matches its host and port: one unambiguous reading, or refused
+        parse_push_url(url)
+    except PushUrlError as exc:
+        raise _bad(f"{where}.url {exc}") from None  # the reason, never the URL (userinfo)
     return url
 
 

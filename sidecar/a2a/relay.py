@@ -24,7 +24,7 @@ from sidecar.a2a.peer_tls import ServerIdentityMismatch, connectors, wire_peer_t
 from sidecar.a2a.protocol import A2A_VERSION_HEADER, METHODS
 from sidecar.a2a.rest_binding import HTTP_JSON, JSON_KINDS, RestRequest, to_rest
 from sidecar.a2a.settings import A2aPeerSettings, peer_target
-from sidecar.a2a.sse_split import SseSplitter
+from sidecar.a2a.sse_split import SseSplitter, hidden_break
 from sidecar.calls.a2a import PeerFailure
 from sidecar.calls.relaying import RelayGate
 from sidecar.identity import UpstreamCredentials, WorkloadIdentity
@@ -214,12 +214,14 @@ async def _sse_events(
     Line ends (CRLF, CR, LF) are normalised read by read, a trailing CR held back (its LF
     may come in the next read), and the framing's work is linear in the bytes read
     (sse_split.py); an event the stream ends inside of is a truncated answer
-    (``peer_bad_response``), never silently dropped."""
+    (``peer_bad_response``), never silently dropped, and so is an event with a line break
+    outside its data that an SSE client other than the sidecar splits at (sse_split.py: the
+    agent's client must never be handed an event the sidecar read otherwise)."""
     read = read or _sse_block  # REST: RestRequest.event (rest_binding.py)
     framing = SseSplitter()  # linear in the bytes read, however they are split
     async for chunk in response.content.iter_any():
         for block in framing.feed(chunk):
-            message = read(block)
+            message = _read(read, block)
             if message is not None:
                 yield message
         if framing.pending > limit:
@@ -231,13 +233,25 @@ async def _sse_events(
             )
     blocks, rest = framing.finish()
     for block in blocks:
-        message = read(block)
+        message = _read(read, block)
         if message is not None:
             yield message
     if any(line.startswith(b"data:") for line in rest.split(b"\n")):
         raise PeerError(
             "the peer's stream ended inside an event", code="peer_bad_response", reached=True
         )
+
+
+def _read(read: Callable[[bytes], dict[str, Any] | None], block: bytes) -> dict[str, Any] | None:
+    """``block`` read by ``read``, unless a line of it other than ``data:`` holds a break
+    the agent's SDK client splits at (sse_split.py): then the stream ends, fail closed."""
+    if hidden_break(block):
+        raise PeerError(
+            "an event of the peer's stream has a hidden line break",
+            code="peer_bad_response",
+            reached=True,
+        )
+    return read(block)
 
 
 def _sse_block(block: bytes) -> dict[str, Any] | None:

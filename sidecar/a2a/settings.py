@@ -30,6 +30,9 @@ __all__ = [
 
 # A peer's name is a URL path segment (/peers/NAME) and the first half of ``PEER.SKILL``.
 PEER_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# a2a.task_ownership_ttl_s bounds (NaN and infinity fail both comparisons).
+MIN_OWNERSHIP_TTL_S = 600.0
+MAX_OWNERSHIP_TTL_S = 10 * 365 * 86400.0
 
 
 def peer_target(name: str) -> str:
@@ -49,6 +52,9 @@ class A2aSettings:
     wait_for_approval_s: float = 0.0
     read_timeout_s: float = 30.0
     max_connections: int = 256
+    # Which local agent or caller owns each A2A task and context id (a2a_task_owners, both
+    # directions): a row unused this long is pruned, and its id refused from then on.
+    task_ownership_ttl_s: float = 7 * 86400.0
 
     def __post_init__(self) -> None:
         if self.listen:
@@ -57,6 +63,12 @@ class A2aSettings:
         check(self.wait_for_approval_s >= 0, "wait_for_approval_s: must be >= 0")
         check(self.read_timeout_s > 0, "read_timeout_s: must be > 0")
         check(self.max_connections >= 1, "max_connections: must be >= 1")
+        check(
+            MIN_OWNERSHIP_TTL_S <= self.task_ownership_ttl_s <= MAX_OWNERSHIP_TTL_S,
+            f"task_ownership_ttl_s: must be a duration in seconds from {MIN_OWNERSHIP_TTL_S:.0f} "
+            f"(a row's use is recorded at most once a minute) to {MAX_OWNERSHIP_TTL_S:.0f} "
+            "(10 years)",
+        )
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,9 @@ class A2aPeerSettings:
     # The A2A binding spoken to the peer: ``auto`` (the pinned card's, JSON-RPC preferred),
     # ``jsonrpc`` or ``http_json`` (REST routes under ``url``; the agent still speaks JSON-RPC).
     binding: Literal["auto", "jsonrpc", "http_json"] = "auto"
+    # Task and context ids one local agent may own at this peer before a contextId it
+    # invents is refused (task_ownership_limit). Counted on each such claim: 1..1000000.
+    max_owned_per_agent: int = 10000
 
     def __post_init__(self) -> None:
         try:
@@ -140,6 +155,10 @@ class A2aPeerSettings:
         )
         check(self.max_message_bytes > 0, "max_message_bytes: must be > 0")
         check(self.max_response_bytes > 0, "max_response_bytes: must be > 0")
+        check(
+            1 <= self.max_owned_per_agent <= 1_000_000,
+            "max_owned_per_agent: must be in 1..1000000",
+        )
         if self.credential.kind == "mtls":
             check(urlsplit(self.url).scheme == "https", "credential: kind mtls needs an https url")
             check(self.ca_file is None, "ca_file: not with mtls (the SPIFFE bundle is used)")

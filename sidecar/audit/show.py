@@ -36,7 +36,9 @@ def rows(
     since_ns: int | None = None,
 ) -> Iterator[tuple[str, ...]]:
     for path in files:
-        for line in path.read_text(encoding="utf-8").splitlines():
+        # Records end at "\n" only: a record may hold U+2028 or U+0085 in its text,
+        # which str.splitlines() would take for line ends (hiding the record).
+        for line in path.read_text(encoding="utf-8").split("\n"):
             try:
                 record: dict[str, Any] = json.loads(line)
             except ValueError:

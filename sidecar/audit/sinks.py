@@ -104,7 +104,9 @@ class FileSink:
             if not path.is_file():
                 continue  # e.g. /dev/full in tests: nothing to continue from
             try:
-                lines = path.read_text(encoding="utf-8").splitlines()
+                # "\n" only: a record holding U+2028 or U+0085 (an upstream's text) is one
+                # line; str.splitlines() would cut it and continue from an older head.
+                lines = path.read_text(encoding="utf-8").split("\n")
             except (OSError, UnicodeDecodeError):
                 continue
             for line in reversed(lines):

@@ -5,7 +5,8 @@ guarded path.
 The action (docs/policy-contract.md, A2A): ``kind: "a2a"``, ``name: "PEER.SKILL"`` (``PEER.``
 without a skill), the configured operation (``read`` for the read-only A2A operations), the
 method and its operation, the pinned card's facts, a summary of the parts as ``arguments``
-(with ``push_url``: the scheme and host a push-notification config would send the task to),
+(with ``push_url``: the scheme, host and effective port a push-notification config would
+send the task to),
 and the data classes of everything in the params but the protocol's identifiers (the
 transport classifies). Obligations: ``redact`` on the outgoing params, ``redact_response`` on
 every answer (a streamed artifact's text across its chunks), the credential. Every secret
@@ -88,13 +89,17 @@ class AnswerStream(Protocol):
 
 
 class TaskLedger(Protocol):
-    """One call's peer-task ownership (sidecar/a2a/peer_tasks.py): ``admit`` raises a
-    :class:`PeerFailure` (``task_not_owned``) before anything is sent; ``answer`` records
-    the ids each peer message names as the subject's before the agent sees them."""
+    """One call's peer-task ownership (sidecar/a2a/peer_tasks.py): ``admit`` (a read, before
+    policy) raises a :class:`PeerFailure` (``task_not_owned``) for another agent's task or
+    context; ``claim`` (once policy allowed, before sending) claims a new context and may
+    raise the same; ``answer`` records the ids each peer message names as the subject's
+    before the agent sees them."""
 
     task_owner: str
 
     async def admit(self) -> None: ...
+
+    async def claim(self) -> None: ...
 
     async def answer(self, message: dict[str, Any]) -> dict[str, Any]: ...
 
@@ -150,8 +155,9 @@ class A2aCall:
     metadata_keys: list[str] = field(default_factory=list)
     # Every class found in the params but their protocol identifiers (the transport's).
     data_classes: list[str] = field(default_factory=list)
-    # {scheme, host} of a push-notification URL the request names; None when it names none.
-    push_url: dict[str, str] | None = None
+    # {scheme, host, port} of a push-notification URL the request names (port: the effective
+    # one, sidecar/a2a/push_url.py); None when it names none.
+    push_url: dict[str, str | int] | None = None
     streaming: bool = False
     # The sidecar's own task (X-Agent-Sidecar-Task), intent, approval to retry with.
     task_id: str = ""
@@ -350,6 +356,11 @@ class A2aCalls:
         except IdentityError as exc:
             raise Stop("credential_unavailable", str(exc), **common) from exc
         except PeerFailure as exc:  # the task's transaction token (ended, invalid)
+            raise Stop(exc.code, str(exc), **common) from exc
+        try:
+            # authorize -> claim -> send: a request refused (or held) claims no context.
+            await ledger.claim()
+        except PeerFailure as exc:
             raise Stop(exc.code, str(exc), **common) from exc
         await self._path.before_relay(record, common)
         if started is not None:

@@ -52,7 +52,9 @@ _EXACT_INT = 2**53  # integers a double holds exactly
 # the sidecar's nanosecond clocks, the only input integers allowed beyond 2^53
 _WIDE_INPUTS = frozenset(f"input.{path}" for path in WIDE_INTEGERS)
 # Operators rego-cpp gets wrong on larger integers (measured against OPA): `/` in a double,
-# `==`/`!=` undefined instead of false, `*` past 64 bits. (`+ - %` and `< >` are exact.)
+# `==`/`!=` undefined instead of false, `*` past 64 bits (`+ -` and `< >` are exact on them).
+# `%` is wrong even on small integers (`70 % 7` is 2) and `/`, `+ - *` on non-integers are
+# rounded: all refused by `ast_arithmetic` (`divergent-arithmetic`).
 _INEXACT_ON_BIG = {"div": "/", "mul": "*", "equal": "==", "neq": "!="}
 
 

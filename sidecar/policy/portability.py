@@ -17,6 +17,9 @@ construct at load, with a named rule, the file and line, and the fix:
                          rule does not check (``is_number(x)``/``is_string(x)``): OPA orders
                          values across types (``"500" > 100``), rego-cpp is undefined (R3).
 
+``%``, ``/``, non-integer ``+ - *`` (``divergent-arithmetic``) and number literals the engine
+does not keep (``inexact-number``) are refused by ``arithmetic`` / ``ast_arithmetic`` (S12).
+
 The rules are decided on OPA's AST where OPA's compiler is installed (``ast_portability``,
 through ``vet``); the lexical scan here is the fallback. Numbers rego-cpp cannot compare
 exactly are refused per call instead
@@ -167,10 +170,10 @@ class PortabilityError(PolicyLoadError):
     """The policy uses a construct that decides differently on the embedded engine and OPA."""
 
     def __init__(self, issue: PortabilityIssue) -> None:
-        super().__init__(
-            f"{issue}; rewrite it, or run this policy with `policy.engine: opa` "
-            "(docs/policy-engines.md)"
-        )
+        way_out = "; rewrite it, or run this policy with `policy.engine: opa`"
+        if "policy.engine: opa" in issue.message:
+            way_out = ""  # the message names it already
+        super().__init__(f"{issue}{way_out} (docs/policy-engines.md)")
         self.issue = issue
 
 

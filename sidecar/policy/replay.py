@@ -47,7 +47,7 @@ class ReplayReport:
 
 
 def _records(audit: Path) -> Iterator[dict[str, Any]]:
-    for line in audit.read_text(encoding="utf-8").splitlines():
+    for line in audit.read_text(encoding="utf-8").split("\n"):  # not U+2028 or U+0085
         if line.strip():
             record = json.loads(line)
             if record.get("type") == "call":

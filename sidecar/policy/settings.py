@@ -30,10 +30,13 @@ class PolicySettings:
     # connections to OPA. Unset: embedded 1 while evaluations run inline on the event loop
     # (one at a time: a second interpreter would sit idle until the policy moved to threads),
     # 2 with inline_max_ms 0 (always in threads, in parallel); opa 2 (docs/performance.md).
+    # In threads, an evaluation stuck past its timeout is replaced by a fresh interpreter, at
+    # most SPARE_MAX (2) beyond this (sidecar/policy/_pool.py).
     workers: int | None = None
-    # embedded: evaluate on the event loop (no thread hand-off) while every evaluation costs
-    # at most this much CPU; the first one that costs more moves this revision to the threads,
-    # where the wait is bounded by timeout_ms. 0: always in threads.
+    # embedded: evaluate on the event loop (no thread hand-off) while evaluations cost at most
+    # this much CPU; one costlier and late, one over 10x this (FAR_OVER), or 3 costlier of the
+    # last 16 move this revision to the threads, where the wait is bounded by timeout_ms (an
+    # outlier alone does not: sidecar/policy/embedded.py). 0: always in threads.
     inline_max_ms: float = 5.0
     # embedded: decisions remembered per revision for inputs that repeat (only when the policy
     # makes that exact: sidecar/policy/_memo.py); 0: every decision is evaluated.

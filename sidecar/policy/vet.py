@@ -23,6 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.policy import opa_compiler
+from sidecar.policy.arithmetic import (
+    data_number_issues,
+    lexical_arithmetic_issues,
+    literal_issues,
+)
+from sidecar.policy.ast_arithmetic import ast_arithmetic_issues
 from sidecar.policy.ast_portability import ast_portability_issues
 from sidecar.policy.ast_set_order import set_order_issues
 from sidecar.policy.compat import RegoModule
@@ -46,9 +52,11 @@ log = logging.getLogger(__name__)
 
 NOT_CHECKED = (
     "OPA's compiler is not available ({reason}): the policy is checked by a lexical scan "
-    "only, so type errors that need inference, unsafe variables, and calls, `not` and "
-    "comparisons written in forms the scan does not recognise are NOT checked; install "
-    "opa-golib-python-bindings (docs/policy-engines.md)"
+    "only, so type errors that need inference, unsafe variables, arithmetic on a value "
+    "that comes from the input or a float through more than one definition (or through a "
+    "comprehension's variable), a guard `x == round(x)` written in another body than the "
+    "arithmetic, and calls, `not` and comparisons written in forms the scan does not "
+    "recognise are NOT checked; install opa-golib-python-bindings (docs/policy-engines.md)"
 )
 
 
@@ -78,13 +86,13 @@ def vet(
     modules = list(modules)
     reason = opa_compiler.unavailable_reason()
     if reason:
-        return _lexical(modules, NOT_CHECKED.format(reason=reason))
+        return _lexical(modules, data, NOT_CHECKED.format(reason=reason))
     try:
         result = opa_compiler.check(
             modules, data, isolate=options.isolate, timeout_s=options.timeout_s
         )
     except opa_compiler.OpaUnavailable as exc:
-        return _lexical(modules, NOT_CHECKED.format(reason=str(exc)))
+        return _lexical(modules, data, NOT_CHECKED.format(reason=str(exc)))
     if result.findings:
         errors = tuple(
             CompileError.Location(f.file, f.line, 0, f"{f.code}: {f.message} (OPA's compiler)")
@@ -93,18 +101,28 @@ def vet(
         return Vetting("opa", errors, ())
     asts = [(m, json.loads(ast)) for m, ast in zip(modules, result.asts, strict=True)]
     issues = sorted(
-        [*ast_portability_issues(asts), *set_order_issues(asts)],
+        [
+            *ast_portability_issues(asts),
+            *set_order_issues(asts),
+            *ast_arithmetic_issues(asts, data),
+            *data_number_issues(data),
+        ],
         key=lambda i: (i.file, i.line, i.rule, i.message),
     )
     return Vetting("opa", (), tuple(issues))
 
 
-def _lexical(modules: list[RegoModule], warning: str) -> Vetting:
-    issues = list(portability_issues(modules))
+def _lexical(modules: list[RegoModule], data: Mapping[str, Any] | None, warning: str) -> Vetting:
+    issues = [*portability_issues(modules), *data_number_issues(data)]
+    for module in modules:
+        issues += lexical_arithmetic_issues(module, data)
+        if not module.path.endswith("_test.rego"):  # test inputs: guarded per test
+            issues += literal_issues(module)
     functions = {f for m in modules for f in m.defined_functions()}
     for module in modules:
         for s in static_issues(module, functions):
             issues.append(PortabilityIssue(s.file, s.line, s.rule, s.message))
+    issues.sort(key=lambda i: (i.file, i.line, i.rule, i.message))
     return Vetting("lexical", (), tuple(issues), warning)
 
 

@@ -246,6 +246,7 @@ def test_item34_rest_sdk_push_config_create_get_list_delete(outbound, rest_peer)
     assert records[0]["input"]["action"]["arguments"]["push_url"] == {
         "scheme": "https",
         "host": "hooks.example",
+        "port": 443,  # the effective port (review s12, h2)
     }
     assert all(r["outcome"]["code"] == "ok" for r in records)
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from sidecar.client import PolicyDenied
+from sidecar.policy import EmbeddedEngine
+from sidecar.policy.reload import PolicyReloader
+from sidecar.policy.settings import PolicySettings
 from sidecar.policy.source import load_policy_dir
 from tests.conftest import REGO, audit_lines
 from tests.support.settle import poll
@@ -149,11 +151,25 @@ def test_sighup_reloads_a_running_sidecar(tmp_path):
         "targets": {"t": {"base_url": "http://127.0.0.1:9"}},
         "tools": {"t.get": {"target": "t", "operation": "read", "method": "GET", "path": "/"}},
     }
+    # The barrier for "it never polls" (session 12, item 3; it was a fixed 0.3 s sleep, shorter
+    # than the 1 s default interval, so it could not fail): the same reloader at the default
+    # interval, watching the same directory in this process, picks up two changes one after
+    # the other. Its second pickup comes at least one full default interval after the first
+    # change was written, so a sidecar polling at that interval (or faster) would have
+    # reloaded by then.
+    default_interval_s = PolicySettings().reload_interval_ms / 1000
+    watched = EmbeddedEngine.from_dir(policy_dir, "data.agentsidecar.authz.decision")
+    control = PolicyReloader(watched, default_interval_s)
     with serve_process(tmp_path, config) as (proc, address), SidecarClient(address) as client:
         assert client.check("t.get").reasons == ("before",)
-        _write(policy_dir, MARKED.format(marker="after"))
-        # A negative check ("it never polls") has no positive barrier to wait on: kept short.
-        time.sleep(0.3)
+        control.start()
+        try:
+            for n, marker in enumerate(("after", "later"), start=1):
+                _write(policy_dir, MARKED.format(marker=marker))
+                poll(lambda n=n: control.reloads == n, what=f"the control's reload {n}")
+        finally:
+            control.stop()
+            watched.close()
         assert client.check("t.get").reasons == ("before",)  # no polling: reload_interval 0
         proc.send_signal(signal.SIGHUP)
-        poll(lambda: client.check("t.get").reasons == ("after",), what="the SIGHUP reload")
+        poll(lambda: client.check("t.get").reasons == ("later",), what="the SIGHUP reload")

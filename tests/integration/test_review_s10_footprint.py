@@ -54,7 +54,7 @@ default decision := {"effect": "allow"}
 decision := {"effect": "deny", "n": n} if {
 \tis_number(input.size)
 \tinput.size > 0
-\tn := count([y | some y in numbers.range(1, input.size); y % 7 == 0])
+\tn := count([y | some y in numbers.range(1, input.size); z := y])
 }
 """
 SLOW = {"size": 600_000}  # ~2 s of CPU: far longer than a fast call's timeout

@@ -349,19 +349,19 @@ def with_push(url: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    ("url", "host"),
+    ("url", "host", "port"),  # port: the effective one (review s12, h2)
     [
-        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
-        ("http://127.0.0.1:9901/quitquitquit", "127.0.0.1"),
-        ("http://[::1]:8080/", "::1"),
-        ("http://localhost/", "localhost"),
-        ("https://10.0.0.7/", "10.0.0.7"),
-        ("http://2852039166/", "2852039166"),  # 169.254.169.254 as one number
-        ("https://HOOKS.demo.example.evil.example/", "hooks.demo.example.evil.example"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254", 80),
+        ("http://127.0.0.1:9901/quitquitquit", "127.0.0.1", 9901),
+        ("http://[::1]:8080/", "::1", 8080),
+        ("http://localhost/", "localhost", 80),
+        ("https://10.0.0.7/", "10.0.0.7", 443),
+        ("http://2852039166/", "2852039166", 80),  # 169.254.169.254 as one number
+        ("https://HOOKS.demo.example.evil.example/", "hooks.demo.example.evil.example", 443),
     ],
 )
 def test_review_s11_5_a_push_url_to_an_unlisted_host_is_denied_by_the_shipped_policy(
-    shipped, ref_agent, authority, tmp_path, url, host
+    shipped, ref_agent, authority, tmp_path, url, host, port
 ):
     planner = client_tls(authority, tmp_path, PLANNER)
     answer = post(shipped, with_push(url), tls=planner)
@@ -369,7 +369,7 @@ def test_review_s11_5_a_push_url_to_an_unlisted_host_is_denied_by_the_shipped_po
     assert "inbound_push_hosts" in answer.json()["error"]["message"]
     assert ref_agent.texts == []
     [record] = records(shipped.audit_path, 1)
-    push = {"scheme": url.split(":", 1)[0], "host": host}
+    push = {"scheme": url.split(":", 1)[0], "host": host, "port": port}
     assert record["action"]["inbound"]["push_url"] == push  # the shipped policy logs no input
     assert record["decision"]["effect"] == "deny"
 
@@ -394,7 +394,7 @@ def test_review_s11_5_the_push_url_is_in_the_policy_input_and_its_arguments(
     planner = client_tls(authority, tmp_path, PLANNER)
     post(listener, with_push("http://[::1]:8080/x"), tls=planner)
     [record] = records(listener.audit_path, 1)
-    push = {"scheme": "http", "host": "::1"}
+    push = {"scheme": "http", "host": "::1", "port": 8080}
     assert record["input"]["inbound"]["push_url"] == push
     assert record["input"]["action"]["arguments"]["push_url"] == push
 
@@ -694,13 +694,20 @@ def test_review2_3b_under_redact_response_no_sse_line_carries_a_class(
 def test_review2_3b_without_an_obligation_the_stream_passes_byte_for_byte(
     start_jwt_sidecar, authority, tmp_path
 ):
-    """Control: no redact_response and the id unchanged: every line as the agent sent it."""
+    """Control: no redact_response and the id unchanged: every line as the agent sent it,
+    but the agent's JSON-RPC id, which goes back as the caller's (s12 h3: test_s12_a2a_*)."""
     agent = ScriptedAgent(_HOSTILE_SSE, "text/event-stream")
+    reply = _reply(f"agent {MAIL}", f"hello {MAIL}")
+    callers = {"jsonrpc": "2.0", "id": 1, "result": reply["result"]}
+    expected = _HOSTILE_SSE.replace(
+        json.dumps(reply).encode(), json.dumps(callers, separators=(",", ":")).encode()
+    )
     try:
         running = scripted_listener(start_jwt_sidecar, tmp_path, agent)
         planner = client_tls(authority, tmp_path, PLANNER)
+        assert expected != _HOSTILE_SSE
         assert raw_stream(running, send("hi", "plain", "SendStreamingMessage"), planner) == (
-            _HOSTILE_SSE
+            expected
         )
     finally:
         agent.stop()

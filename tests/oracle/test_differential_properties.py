@@ -73,7 +73,23 @@ PROFILE = settings.get_profile(os.environ.get("AGENT_SIDECAR_HYPOTHESIS", "ci"))
 OVER_REFUSAL_MAX_SHARE = 0.02
 
 TALLY: Counter[str] = Counter()
-_X_ESCAPE = re.compile(r"\\\\x([0-9a-f]{2})")
+# A character escaped inside a reason's text: OPA quotes strings inside a composite the Go way
+# (`\x1f`, `\u00ad`, `\U00018d09` for what Go deems unprintable), rego-cpp the JSON way
+# (`\u001f`, every other character as itself).
+_QUOTED_CHAR = re.compile(r"\\(?:x([0-9a-f]{2})|u([0-9a-f]{4})|U([0-9a-f]{8}))")
+
+
+def _unquoted(value: Any) -> Any:
+    """``value`` with every escaped character in its strings written as itself."""
+    if isinstance(value, str):
+        return _QUOTED_CHAR.sub(lambda m: chr(int(m.group(m.lastindex), 16)), value)
+    if isinstance(value, (list, tuple)):
+        return [_unquoted(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _unquoted(item) for key, item in value.items()}
+    return value
+
+
 # An integral float (`0.0`) as OPA prints it (its JSON text); rego-cpp prints `0`.
 _INTEGRAL_FLOAT = re.compile(r"(?<![\w.])(-?\d+)\.0(?![\w.])")
 
@@ -149,11 +165,14 @@ def _decide(pair: _Pair, doc: dict[str, Any]) -> None:
         return
     TALLY[_effect(*want)] += 1
     got_text, want_text = json.dumps(got, sort_keys=True), json.dumps(want, sort_keys=True)
-    if got_text != want_text and _X_ESCAPE.sub(r"\\\\u00\1", got_text) == want_text:
-        # `sprintf("%v", [["\x1f"]])`: a control character inside a composite value is
-        # printed `\x1f` by rego-cpp, `\u001f` by OPA (only in text: the same decision
-        # otherwise; docs/policy-engines.md). Counted, not failed.
-        TALLY["control-character escape differs in a reason"] += 1
+    if got_text != want_text and json.dumps(_unquoted(got), sort_keys=True) == json.dumps(
+        _unquoted(want), sort_keys=True
+    ):
+        # `sprintf("%v", [["\x1f"]])`: a character inside a composite value is escaped the
+        # JSON way by rego-cpp (`\u001f`, an unprintable one as itself) and the Go way by OPA
+        # (`\x1f`, `\U00018d09`): only the reason's text differs, the same decision otherwise
+        # (docs/policy-engines.md). Counted, not failed.
+        TALLY["character escape differs in a reason"] += 1
         return
     if got_text != want_text and _INTEGRAL_FLOAT.sub(r"\1", want_text) == got_text:
         # `sprintf("%v", [0.0])`: an integral float is printed `0` by rego-cpp, `0.0` by OPA

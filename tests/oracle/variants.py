@@ -30,6 +30,8 @@ _TEMPLATES = [
     """_deny contains msg if {{
 	amount := input.action.arguments.amount
 	is_number(amount)
+	amount == round(amount)
+	abs(amount) <= 9007199254740992
 	scaled := (amount * {mul}) + {add}
 	is_number(scaled)
 	scaled > {limit}
@@ -79,6 +81,8 @@ _TEMPLATES = [
     """_deny contains msg if {{
 	depth := input.delegation.depth
 	is_number(depth)
+	depth == round(depth)
+	abs(depth) <= 9007199254740992
 	is_array(input.delegation.chain)
 	budget := data.agentsidecar.variant.depth_budget
 	is_number(budget)
@@ -86,7 +90,8 @@ _TEMPLATES = [
 	weight > budget
 	msg := sprintf("variant: delegation weight %v", [weight])
 }}""",
-    # division and modulo on integers (exact below 2^53)
+    # subtraction and multiplication on integers (exact below 2^53; `/` and `%` are refused,
+    # divergent-arithmetic)
     """_high_risk contains msg if {{
 	tokens := input.task.tokens
 	is_number(tokens)
@@ -94,11 +99,11 @@ _TEMPLATES = [
 	abs(tokens) < 9007199254740992
 	divisor := data.agentsidecar.variant.token_divisor
 	is_number(divisor)
-	share := tokens / divisor
+	share := tokens - divisor * {share}
 	is_number(share)
-	share >= {share}
-	tokens % 7 != {rem}
-	msg := sprintf("variant: task tokens share %v", [round(share)])
+	share >= 0
+	tokens != {rem}
+	msg := sprintf("variant: task tokens %v above the share", [share])
 }}""",
     # substring / indexof / replace on the target
     """_deny contains msg if {{
@@ -117,7 +122,13 @@ _TEMPLATES = [
 	n > 0
 	n <= 50
 	n == round(n)
-	big := [i | some i in numbers.range(1, n); i % {step} == 0]
+	big := [i |
+		some j in numbers.range(1, n)
+		j == round(j)
+		abs(j) <= 9007199254740992
+		i := j * {step}
+		i != {max_big}
+	]
 	count(big) > {max_big}
 	msg := sprintf("variant: %v multiples of {step}", [count(big)])
 }}""",
@@ -164,8 +175,8 @@ def _data(rng: random.Random, base: dict[str, Any]) -> dict[str, Any]:
 
 def _module(rng: random.Random) -> str:
     fields = {
-        "mul": rng.choice([2, 0.5, 3, -1]),
-        "add": rng.choice([0, 1, 10.25]),
+        "mul": rng.choice([2, 5, 3, -1]),  # integers: `*` on a float is refused
+        "add": rng.choice([0, 1, 10]),
         "limit": rng.choice([150, 201, 99.75]),
         "extra_class": rng.choice(["credit_card", "phone", "Secret"]),
         "max_parts": rng.choice([1, 2]),

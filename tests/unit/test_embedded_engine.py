@@ -133,7 +133,7 @@ def test_revision_is_a_content_hash(tmp_path):
 
 def test_parallel_evaluations_never_cross_inputs(tmp_path):
     engine = _engine(
-        tmp_path, 'out := {"n": input.n, "s": sprintf("%v", [input.n * 2])}', workers=4
+        tmp_path, 'out := {"n": input.n, "s": sprintf("%v%v", [input.n, input.n])}', workers=4
     )
 
     async def run():
@@ -143,12 +143,12 @@ def test_parallel_evaluations_never_cross_inputs(tmp_path):
         return [r.value for r in results]
 
     values = asyncio.run(run())
-    assert values == [{"n": n, "s": str(n * 2)} for n in range(400)]
+    assert values == [{"n": n, "s": f"{n}{n}"} for n in range(400)]
     engine.close()
 
 
 def test_a_slow_evaluation_times_out(tmp_path):
-    engine = _engine(tmp_path, "out := count([x | some x in numbers.range(1, 300000); x % 7 == 0])")
+    engine = _engine(tmp_path, "out := count([x | some x in numbers.range(1, 300000); x != 7])")
 
     async def run():
         await engine.evaluate({}, timeout_s=0.01)

@@ -3,8 +3,11 @@ garbage collection, page faults) used to move the policy to the threads for good
 load every decision waits for the GIL. Now only a policy slow *repeatedly*, or one that blocked
 the loop past its timeout, moves; the engine still fails closed on a late answer.
 
-The slow evaluation is a policy that counts to ``input.n``: 100,000 costs far more than the
-5 ms budget on any machine, 1 costs microseconds. No duration is asserted."""
+The slow evaluation is a policy that counts to ``input.n``, 1 costs microseconds. "An outlier"
+(``SLOW``) is an input calibrated on this machine to cost sqrt(FAR_OVER) x the 5 ms budget (~16
+ms, like the 24.4 ms outlier seen): over the budget, and as far under ``FAR_OVER`` x the budget,
+which moves a revision at once (session 12: tests/unit/test_s12_inline_far.py). It used to be
+n = 100,000, ~400 ms here, far over both. No duration is asserted."""
 
 from __future__ import annotations
 
@@ -14,10 +17,17 @@ from pathlib import Path
 import pytest
 
 from sidecar.policy import DecisionError, EmbeddedEngine
-from sidecar.policy.embedded import SLOW_TO_DEMOTE, WINDOW
+from sidecar.policy.embedded import FAR_OVER, SLOW_TO_DEMOTE, WINDOW
+from tests.support.policy_cost import COUNT_RULE as COUNT
+from tests.support.policy_cost import expected, input_costing
 
-COUNT = "out := count([x | some x in numbers.range(1, input.n); x % 7 == 0])"
-SLOW, FAST = {"n": 100_000}, {"n": 1}
+BUDGET_MS = 5
+FAST = {"n": 1}  # answered 1 (1..1: tests/support/policy_cost.py)
+
+
+def _slow() -> dict[str, int]:
+    """The outlier, calibrated on first use inside a test (never at import)."""
+    return input_costing(BUDGET_MS * FAR_OVER**0.5)
 
 
 def _engine(tmp_path: Path) -> EmbeddedEngine:
@@ -26,7 +36,9 @@ def _engine(tmp_path: Path) -> EmbeddedEngine:
     (directory / "p.rego").write_text(f"package p\n\nimport rego.v1\n\n{COUNT}\n")
     # Nothing remembered (memo_size=0): these tests repeat one slow input, which the decision
     # memo would answer without evaluating (tests/unit/test_item3_decision_memo.py).
-    return EmbeddedEngine.from_dir(tmp_path / "policy", "data.p.out", inline_max_ms=5, memo_size=0)
+    return EmbeddedEngine.from_dir(
+        tmp_path / "policy", "data.p.out", inline_max_ms=BUDGET_MS, memo_size=0
+    )
 
 
 def _run(engine: EmbeddedEngine, inputs: list[dict], timeout_s: float = 600.0) -> list:
@@ -40,7 +52,7 @@ def test_item2_one_slow_inline_evaluation_keeps_policy_inline(tmp_path):
     engine = _engine(tmp_path)
     try:
         assert engine.inline
-        assert _run(engine, [SLOW, FAST, FAST]) == [14285, 0, 0]  # answered, and correct
+        assert _run(engine, [_slow(), FAST, FAST]) == [expected(_slow()), 1, 1]  # answered, correct
         assert engine.inline  # an outlier alone does not move the revision
     finally:
         engine.close()
@@ -49,11 +61,11 @@ def test_item2_one_slow_inline_evaluation_keeps_policy_inline(tmp_path):
 def test_item2_a_repeatedly_slow_policy_moves_to_threads(tmp_path):
     engine = _engine(tmp_path)
     try:
-        _run(engine, [SLOW] * (SLOW_TO_DEMOTE - 1))
+        _run(engine, [_slow()] * (SLOW_TO_DEMOTE - 1))
         assert engine.inline
-        _run(engine, [SLOW])
+        _run(engine, [_slow()])
         assert not engine.inline
-        assert _run(engine, [FAST]) == [0]  # and still decides, in threads
+        assert _run(engine, [FAST]) == [1]  # and still decides, in threads
     finally:
         engine.close()
 
@@ -61,8 +73,8 @@ def test_item2_a_repeatedly_slow_policy_moves_to_threads(tmp_path):
 def test_item2_slow_evaluations_out_of_the_window_are_forgotten(tmp_path):
     engine = _engine(tmp_path)
     try:
-        _run(engine, [SLOW] * (SLOW_TO_DEMOTE - 1) + [FAST] * WINDOW)
-        _run(engine, [SLOW] * (SLOW_TO_DEMOTE - 1))
+        _run(engine, [_slow()] * (SLOW_TO_DEMOTE - 1) + [FAST] * WINDOW)
+        _run(engine, [_slow()] * (SLOW_TO_DEMOTE - 1))
         assert engine.inline
     finally:
         engine.close()
@@ -74,7 +86,7 @@ def test_item2_a_slow_evaluation_past_its_timeout_still_fails_closed_and_moves(t
     engine = _engine(tmp_path)
     try:
         with pytest.raises(DecisionError) as refused:
-            _run(engine, [SLOW], timeout_s=0.001)
+            _run(engine, [_slow()], timeout_s=0.001)
         assert refused.value.code == "policy_timeout"
         assert not engine.inline
     finally:
@@ -84,13 +96,13 @@ def test_item2_a_slow_evaluation_past_its_timeout_still_fails_closed_and_moves(t
 def test_item2_a_new_revision_starts_inline_with_a_clean_window(tmp_path):
     engine = _engine(tmp_path)
     try:
-        _run(engine, [SLOW] * SLOW_TO_DEMOTE)
+        _run(engine, [_slow()] * SLOW_TO_DEMOTE)
         assert not engine.inline
         policy = tmp_path / "policy" / "p" / "p.rego"
         policy.write_text(policy.read_text() + "\nother := 1\n")
         assert engine.reload()
         assert engine.inline
-        _run(engine, [SLOW])
+        _run(engine, [_slow()])
         assert engine.inline
     finally:
         engine.close()
@@ -107,17 +119,17 @@ def test_item2_a_remembered_decision_needs_no_thread_nor_interpreter(tmp_path):
     engine = EmbeddedEngine.from_dir(tmp_path / "policy", "data.p.out", workers=1)
     assert not engine.inline and engine.memo is not None
     remembered = {"n": 10}
-    very_slow = {"n": 200_000}  # ~0.7 s of evaluation; nothing below waits for it to end
+    very_slow = input_costing(700)  # nothing below waits for it to end
 
     async def run() -> None:
-        assert (await engine.evaluate(remembered, timeout_s=600)).value == 1  # missed, kept
+        assert (await engine.evaluate(remembered, timeout_s=600)).value == 10  # missed, kept
         assert engine.memo.misses == 1 and len(engine.memo) == 1
         slow = asyncio.create_task(engine.evaluate(very_slow, timeout_s=600))
         for _ in range(10_000_000):  # loop turns until the slow one holds the only interpreter
             if not engine._state.pool.qsize():
                 break
             await asyncio.sleep(0)
-        assert (await engine.evaluate(remembered, timeout_s=600)).value == 1
+        assert (await engine.evaluate(remembered, timeout_s=600)).value == 10
         assert not slow.done()  # answered from the memo while the interpreter is held
         assert engine.memo.hits == 1
         slow.cancel()

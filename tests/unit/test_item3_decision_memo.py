@@ -187,14 +187,14 @@ def test_item3_answers_are_fresh_copies(tmp_path):
 
 
 def test_item3_errors_and_undefined_are_never_remembered(tmp_path):
-    body = "out := 10 / input.d if input.d != 5\n"
+    body = "out := count(input.d) + 3 if input.d != 5\n"  # `/` is refused (S12)
     engine = EmbeddedEngine.from_dir(_policy(tmp_path, body), "data.p.out")
     try:
         for _ in range(3):
-            assert _answer(engine, {"d": 0}) == ("refused", "policy_error")  # division by zero
+            assert _answer(engine, {"d": 0}) == ("refused", "policy_error")  # count of a number
             assert _answer(engine, {"d": 5})[0] == "undefined"
         assert len(engine.memo) == 0
-        assert _answer(engine, {"d": 2}) == ("defined", 5)
+        assert _answer(engine, {"d": [1, 2]}) == ("defined", 5)
         assert len(engine.memo) == 1
     finally:
         engine.close()

@@ -1,6 +1,11 @@
 """The kubelet's probe port (``server.health_listen``) on a real sidecar, over real gRPC: the
 injected ``grpc:`` probes get the sidecar's health from the running process, and nothing
-else is served there."""
+else is served there.
+
+Readiness is shown to *follow* that health (session 12, item 3): gRPC's health service starts
+out SERVING for "", so a SERVING answer right after start proved nothing. The sidecar is started
+in identity mode jwt before its Workload API exists: readiness must say NOT_SERVING (no SVID)
+while liveness says SERVING, then SERVING once the SVID has arrived."""
 
 from __future__ import annotations
 
@@ -9,11 +14,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config import ConfigError
+from sidecar.identity.dev_workload_api import DevWorkloadApi, DevWorkloadApiServer
 from sidecar.server import SERVICE_NAME
+from tests.conftest import SIDECAR_AUDIENCE, SIDECAR_ID, SIDECAR_SERVER_NAME
 from tests.support.running import sidecar_settings
 from tests.support.settle import poll
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 @pytest.fixture
@@ -30,11 +38,28 @@ def _check(channel: grpc.Channel, service: str = "") -> int:
     return stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
 
 
-def test_probes_the_running_sidecar_answers_readiness_and_liveness(probe_port):
-    # SERVING once the health task has looked once
-    poll(lambda: _check(probe_port) == SERVING, what="SERVING")
-    assert _check(probe_port, "liveness") == SERVING
-    assert _check(probe_port, SERVICE_NAME) == SERVING
+def test_s12_item3_probe_readiness_is_not_serving_until_the_svid_then_serving(
+    start_sidecar, tools, authority, tmp_path
+):
+    socket = tmp_path / "wl.sock"  # no Workload API there yet: the sidecar has no SVID
+    identity = {"mode": "jwt", "socket": f"unix://{socket}", "audience": SIDECAR_AUDIENCE}
+    running = start_sidecar(tools.url, identity=identity, server={"health_listen": "127.0.0.1:0"})
+    listener = running.sidecar.server.probe_listener
+    assert listener is not None
+    with grpc.insecure_channel(listener.address) as channel:
+        # NOT_SERVING from the start (never gRPC's default SERVING: test_s12_readiness_at_start)
+        assert _check(channel) == NOT_SERVING
+        assert _check(channel, SERVICE_NAME) == NOT_SERVING
+        assert _check(channel, "liveness") == SERVING  # liveness does not ask for the SVID
+        api = DevWorkloadApiServer(
+            DevWorkloadApi(authority, SIDECAR_ID, dns_names=(SIDECAR_SERVER_NAME,)), socket
+        ).start()
+        try:
+            poll(lambda: _check(channel) == SERVING, what="readiness SERVING with the SVID")
+            assert _check(channel, SERVICE_NAME) == SERVING
+            assert _check(channel, "liveness") == SERVING
+        finally:
+            api.stop()
 
 
 def test_probes_nothing_but_check_is_served_there(probe_port):

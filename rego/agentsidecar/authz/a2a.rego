@@ -15,8 +15,8 @@
 # Inbound grants live in data.agentsidecar.a2a.inbound[THIS AGENT's ID][CALLER]: CALLER is the
 # verified caller's ID, or "group:G" for a person (a user token) in group G. Every delegator
 # in the caller's chain must be granted the skill too (permissions narrow along the chain).
-# A caller's push-notification URL must name a host data.agentsidecar.a2a.inbound_push_hosts
-# [THIS AGENT] lists (none by default).
+# A caller's push-notification URL must name a host and port
+# data.agentsidecar.a2a.inbound_push_hosts[THIS AGENT] lists (none by default).
 package agentsidecar.authz
 
 import rego.v1
@@ -147,16 +147,91 @@ _allow_obligations := {k: v |
 	some k, v in obligations
 } if _is_a2a
 
+# --- push-notification URLs: host AND port ---------------------------------------------
+
+# A list entry is "host" (that host on its scheme's default port only: 443 for https, 80 for
+# http) or "host:port" (exactly that port; "[v6]:port" for an IPv6 literal). The sidecar hands
+# policy {scheme, host (lower-case, an IPv6 literal without brackets), port (the effective
+# one)} and refuses a URL with userinfo, a bad port or an ambiguous host before policy
+# (sidecar/a2a/push_url.py). A missing or wrong-typed scheme, host or port matches no entry.
+# An entry's port is read digit by digit and compared as a number, never the input's port
+# printed: sprintf prints an integral float 443.0 as "443" on the embedded engine and "443.0"
+# on OPA, which would decide differently (docs/policy-engines.md).
+_push_default_port := {"https": 443, "http": 80}
+
+_push_digit := {"0": 0, "1": 1, "2": 2, "3": 3, "4": 4, "5": 5, "6": 6, "7": 7, "8": 8, "9": 9}
+
+# A well-formed push_url: a known scheme, a non-empty string host, an integer port 1-65535.
+_push_target_ok(push) if {
+	push.scheme in {"http", "https"}
+	is_string(push.host)
+	push.host != ""
+	_push_port_ok(push.port)
+}
+
+_push_port_ok(port) if {
+	is_number(port)
+	round(port) == port
+	port >= 1
+	port <= 65535
+}
+
+# The number an entry's port text writes: 1-5 decimal digits, no leading zero (left-padded
+# with zeros to five, each digit looked up: a character that is no digit leaves it undefined).
+_push_entry_port(text) := port if {
+	size := count(split(text, ""))
+	size in {1, 2, 3, 4, 5}
+	substring(text, 0, 1) != "0"
+	padded := concat("", [substring("0000", 0, 5 - size), text])
+	d1 := _push_digit[substring(padded, 0, 1)]
+	d2 := _push_digit[substring(padded, 1, 1)]
+	d3 := _push_digit[substring(padded, 2, 1)]
+	d4 := _push_digit[substring(padded, 3, 1)]
+	d5 := _push_digit[substring(padded, 4, 1)]
+	port := (((((d1 * 10) + d2) * 10) + d3) * 10 + d4) * 10 + d5
+}
+
+# "host": the host on its scheme's default port.
+_push_entry_matches(entry, push) if {
+	_push_target_ok(push)
+	is_string(entry)
+	entry == push.host
+	_push_default_port[push.scheme] == push.port
+}
+
+# "host:port" (a name or IPv4 address: one colon).
+_push_entry_matches(entry, push) if {
+	_push_target_ok(push)
+	is_string(entry)
+	parts := split(entry, ":")
+	count(parts) == 2
+	parts[0] == push.host
+	_push_entry_port(parts[1]) == push.port
+}
+
+# "[v6]:port" (an IPv6 literal: its host has a colon).
+_push_entry_matches(entry, push) if {
+	_push_target_ok(push)
+	is_string(entry)
+	startswith(entry, "[")
+	parts := split(trim_prefix(entry, "["), "]:")
+	count(parts) == 2
+	contains(parts[0], ":")
+	parts[0] == push.host
+	_push_entry_port(parts[1]) == push.port
+}
+
+# The port a reason names: the input's, when it is one.
+_push_port_of(push) := push.port if _push_port_ok(push.port)
+
 # --- outbound: push-notification URLs ----------------------------------------------------
 
 # A push-notification config makes the peer call a URL later, outside the sidecar: only a host
-# data.agentsidecar.a2a.push_hosts[PEER] lists may be given to the peer (none by default).
+# and port data.agentsidecar.a2a.push_hosts[PEER] lists may be given to the peer (none by
+# default; entries as above).
 _a2a_push_host_allowed if {
-	host := input.action.arguments.push_url.host
-	is_string(host)
-	host != ""
 	some allowed in data.agentsidecar.a2a.push_hosts[input.action.target]
-	allowed == host
+	_push_entry_matches(allowed, input.action.arguments.push_url)
 }
 
 # Named with `default` and plain references, not object.keys/object.get: on a wrong-typed
@@ -170,11 +245,15 @@ _a2a_push_host := host if {
 	is_string(host)
 }
 
+default _a2a_push_port := "<none>"
+
+_a2a_push_port := _push_port_of(input.action.arguments.push_url)
+
 _deny contains msg if {
 	_is_a2a
 	_ = input.action.arguments.push_url
 	not _a2a_push_host_allowed
-	msg := sprintf("peer %v may not be given a push-notification URL on host %v (data.agentsidecar.a2a.push_hosts)", [_target, _a2a_push_host])
+	msg := sprintf("peer %v may not be given a push-notification URL on host %v port %v (data.agentsidecar.a2a.push_hosts)", [_target, _a2a_push_host, _a2a_push_port])
 }
 
 # --- outbound: high-risk skills ----------------------------------------------------------
@@ -270,16 +349,15 @@ _deny contains msg if {
 # --- inbound: push-notification URLs -----------------------------------------------------
 
 # A caller's push-notification config makes this agent POST task updates to a URL later, from
-# inside the pod and past the egress lock: only a host data.agentsidecar.a2a.inbound_push_hosts
-# [THIS AGENT] lists (exact, lower-case; none by default, so never a loopback, link-local or
-# private address unless an operator lists that very address). A push_url present without a
-# string host, or an agent with no list, is denied.
+# inside the pod and past the egress lock: only a host and port
+# data.agentsidecar.a2a.inbound_push_hosts[THIS AGENT] lists ("host": its scheme's default
+# port, "host:port": that port, "[v6]:port"; exact, lower-case; none by default, so never a
+# loopback, link-local or private address unless an operator lists that very address). A
+# push_url present without a string host, an integer port and a known scheme, or an agent
+# with no list, is denied.
 _a2a_inbound_push_host_allowed if {
-	host := input.inbound.push_url.host
-	is_string(host)
-	host != ""
 	some allowed in data.agentsidecar.a2a.inbound_push_hosts[input.inbound.agent]
-	allowed == host
+	_push_entry_matches(allowed, input.inbound.push_url)
 }
 
 # `default` and plain references, as _a2a_push_host above (embedded engine and OPA agree).
@@ -290,11 +368,15 @@ _a2a_inbound_push_host := host if {
 	is_string(host)
 }
 
+default _a2a_inbound_push_port := "<none>"
+
+_a2a_inbound_push_port := _push_port_of(input.inbound.push_url)
+
 _deny contains msg if {
 	_is_a2a_inbound
 	_ = input.inbound.push_url
 	not _a2a_inbound_push_host_allowed
-	msg := sprintf("a caller may not give this agent a push-notification URL on host %v (data.agentsidecar.a2a.inbound_push_hosts)", [_a2a_inbound_push_host])
+	msg := sprintf("a caller may not give this agent a push-notification URL on host %v port %v (data.agentsidecar.a2a.inbound_push_hosts)", [_a2a_inbound_push_host, _a2a_inbound_push_port])
 }
 
 _allow_obligations := _base_obligations if _is_a2a_inbound
