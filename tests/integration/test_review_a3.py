@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import time
+import uuid
 
 import httpx
 import pytest
@@ -82,7 +82,8 @@ def send(text: str, **message_fields) -> dict:
         {
             "message": {
                 "role": "ROLE_USER",
-                "messageId": f"m-{time.monotonic_ns()}",
+                # Not digits: a 13-19 digit id starting 2-6 passes Luhn one time in ten (a card).
+                "messageId": f"m-{uuid.uuid4().hex}",
                 "parts": [{"text": text}],
                 "metadata": {"skill": "refund"},
             }
