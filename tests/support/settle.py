@@ -1,13 +1,14 @@
-"""Waiting without asserting any duration: for a condition (``poll``) or for a counter to stop
-moving (``settled``)."""
+"""Waiting without asserting any duration: for a condition (``poll``; ``apoll`` on a running
+event loop, which keeps running meanwhile) or for a counter to stop moving (``settled``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["poll", "settled"]
+__all__ = ["apoll", "poll", "settled"]
 
 
 def poll(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -18,6 +19,21 @@ def poll(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "con
         if value:
             return value
         time.sleep(0.01)
+    raise AssertionError(f"{what} did not happen within {timeout_s}s")
+
+
+async def apoll(
+    predicate: Callable[[], Any], timeout_s: float = 120.0, what: str = "condition"
+) -> Any:
+    """``poll`` for a coroutine: ``predicate()`` once it is truthy, checked every 5 ms while the
+    event loop goes on running its callbacks and tasks, within a generous bound."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.005)
     raise AssertionError(f"{what} did not happen within {timeout_s}s")
 
 

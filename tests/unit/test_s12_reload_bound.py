@@ -27,7 +27,7 @@ from sidecar.policy._pool import SPARE_MAX, InterpreterPool, Loan
 from sidecar.policy._rego import CompiledQuery
 from sidecar.policy.embedded import RUNNING_SETS, THREADED_MIN
 from tests.support.policy_cost import write_counting_policy
-from tests.support.settle import poll
+from tests.support.settle import apoll, poll
 
 BOUND_S = 120.0  # generous: 2 cores shared with other test runs
 FAST = {"n": 1}  # answered 1
@@ -76,10 +76,8 @@ def _rego_threads() -> int:
 
 
 async def _until(predicate, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + BOUND_S
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"{what} did not happen"
-        await asyncio.sleep(0.005)
+    """The event loop keeps running meanwhile (a replacement is reserved by a callback on it)."""
+    await apoll(predicate, BOUND_S, what)
 
 
 async def _outcome(engine: EmbeddedEngine, doc: dict, timeout_s: float) -> object:

@@ -31,7 +31,7 @@ from sidecar.policy import DecisionError, EmbeddedEngine
 from sidecar.policy._pool import SPARE_MAX, InterpreterPool
 from tests.support.inputs import sample_input
 from tests.support.policy_cost import input_costing, write_counting_policy
-from tests.support.settle import poll
+from tests.support.settle import apoll, poll
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND_S = 120.0  # generous: 2 cores shared with other test runs
@@ -95,12 +95,8 @@ async def _time_out_while_evaluating(engine: EmbeddedEngine, cpu_ms: float) -> N
 
 
 async def _until(predicate, what: str) -> None:
-    """Loop turns until ``predicate()``, within a generous bound. The event loop keeps running
-    meanwhile: a replacement is reserved by a callback on it, STUCK_GRACE_S after the call."""
-    deadline = asyncio.get_running_loop().time() + BOUND_S
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, f"{what} did not happen"
-        await asyncio.sleep(0.005)
+    """The event loop keeps running meanwhile (a replacement is reserved by a callback on it)."""
+    await apoll(predicate, BOUND_S, what)
 
 
 def _settle(engine: EmbeddedEngine, size: int) -> None:
